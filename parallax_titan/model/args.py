@@ -1,0 +1,93 @@
+"""Model arguments: torchtitan's Qwen3ModelArgs plus the Parallax knobs."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, fields
+
+from torch import nn
+from torchtitan.models.qwen3.model.args import Qwen3ModelArgs
+from torchtitan.tools.logging import logger
+
+ATTENTION_TYPES = ("softmax", "parallax")
+PROBE_INITS = ("normal", "zero")
+
+
+@dataclass
+class ParallaxModelArgs(Qwen3ModelArgs):
+    # "softmax": torchtitan's Qwen3 attention unchanged. "parallax": adds the probe r = W_R x.
+    attention: str = "parallax"
+    # Authors' defaults: per-head RMSNorm on r with its own weight, RoPE on r at the query's positions.
+    probe_rope: bool = True
+    probe_norm: bool = True
+    # "normal": W_R initialised like W_Q; "zero": W_R = 0 (exactly softmax attention at step 0).
+    probe_init: str = "normal"
+    # The paper's gated-probe ablation: r = sigmoid(w_g . x) * W_R x, one gate per token and head.
+    probe_gate: bool = False
+    # parallax_attention backend (parallax_titan.ops.BACKENDS).
+    attention_backend: str = "torch"
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        if self.attention not in ATTENTION_TYPES:
+            raise ValueError(
+                f"[parallax] attention = {self.attention!r} is unknown; choose one of {ATTENTION_TYPES}"
+            )
+        if self.probe_init not in PROBE_INITS:
+            raise ValueError(
+                f"[parallax] probe_init = {self.probe_init!r} is unknown; choose one of {PROBE_INITS}"
+            )
+        if self.n_heads % self.n_kv_heads != 0:
+            raise ValueError(
+                f"n_heads={self.n_heads} must be a multiple of n_kv_heads={self.n_kv_heads}"
+            )
+        # Imported here: ops imports the kernels, which need not load for config handling alone.
+        from parallax_titan.ops import check_backend
+
+        check_backend(self.attention_backend)
+
+    def update_from_config(self, job_config, **kwargs) -> None:
+        super().update_from_config(job_config, **kwargs)
+        section = getattr(job_config, "parallax", None)
+        if section is not None:
+            for f in fields(section):
+                value = getattr(section, f.name)
+                if value is not None:  # None: keep the flavor's value
+                    setattr(self, f.name, value)
+        self.validate()
+        self._check_tokenizer(job_config.model.hf_assets_path)
+
+    def _check_tokenizer(self, assets_path: str) -> None:
+        """Refuse a tokenizer whose ids would index past the embedding; take its EOS id."""
+        path = os.path.join(assets_path, "tokenizer.json")
+        if not os.path.isfile(path):
+            return  # torchtitan's tokenizer builder reports a missing tokenizer itself
+        from tokenizers import Tokenizer
+
+        tokenizer = Tokenizer.from_file(path)
+        size = tokenizer.get_vocab_size(with_added_tokens=True)
+        if size > self.vocab_size:
+            raise ValueError(
+                f"tokenizer {path} has {size} tokens but the model flavor's vocab_size is "
+                f"{self.vocab_size}: token ids would index past the embedding"
+            )
+        config_path = os.path.join(assets_path, "tokenizer_config.json")
+        if os.path.isfile(config_path):
+            eos = json.load(open(config_path)).get("eos_token")
+            eos = eos.get("content") if isinstance(eos, dict) else eos
+            if eos is not None and tokenizer.token_to_id(eos) is not None:
+                self.eos_id = tokenizer.token_to_id(eos)
+
+    def get_nparams_and_flops(self, model: nn.Module, seq_len: int) -> tuple[int, int]:
+        from parallax_titan.model.flops import count_parameters, training_flops_per_token
+
+        counted = count_parameters(self)
+        actual = sum(p.numel() for p in model.parameters())
+        if counted["total"] != actual:
+            logger.warning(
+                f"analytic parameter count {counted['total']:,} differs from the model's {actual:,}"
+            )
+        return actual, training_flops_per_token(self, seq_len)

@@ -1,0 +1,106 @@
+"""Public entry point for Parallax attention: shape checks and backend selection.
+
+`parallax_attention(q, k, v, r, *, causal=True, scale=None, backend="torch")` is a public contract:
+q, r are (B, H, N, D), k, v are (B, Hkv, N, D) with H a multiple of Hkv (GQA); the result is (B, H, N, D).
+
+    w = softmax(scale * q k^T) over visible keys, t_ij = r_i . k_j (unscaled),
+    o_i = sum_j w_ij (1 + tbar_i - t_ij) v_j,  tbar_i = sum_j w_ij t_ij.
+
+Backends register here with a function that says whether they can run; asking for one that cannot
+run is an error, never a silent switch to another backend.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from parallax_kernels.torch_chunked import parallax_attention_torch
+
+
+@dataclass(frozen=True)
+class Backend:
+    fn: Callable[..., torch.Tensor]
+    # Returns None when the backend can run on these inputs, else the reason it cannot.
+    unavailable_reason: Callable[[torch.Tensor], str | None]
+
+
+def _always_available(_: torch.Tensor) -> str | None:
+    return None
+
+
+BACKENDS: dict[str, Backend] = {
+    "torch": Backend(parallax_attention_torch, _always_available),
+}
+
+
+def register_backend(name: str, fn: Callable[..., torch.Tensor], unavailable_reason=_always_available):
+    if name in BACKENDS:
+        raise ValueError(f"parallax_attention backend {name!r} is already registered")
+    BACKENDS[name] = Backend(fn, unavailable_reason)
+
+
+def check_backend(backend: str, example: torch.Tensor | None = None) -> None:
+    """Raise if `backend` is unknown, or (given an example input) cannot run on it."""
+    if backend not in BACKENDS:
+        raise ValueError(
+            f"unknown parallax_attention backend {backend!r}; backends here: {sorted(BACKENDS)}"
+        )
+    if example is not None:
+        reason = BACKENDS[backend].unavailable_reason(example)
+        if reason is not None:
+            raise RuntimeError(f"parallax_attention backend {backend!r} is unavailable: {reason}")
+
+
+def _check_shapes(q, k, v, r, document_ids) -> None:
+    if q.dim() != 4 or k.dim() != 4 or v.dim() != 4 or r.dim() != 4:
+        raise ValueError(
+            "parallax_attention expects 4-D (B, H, N, D) tensors; got "
+            f"q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}, r {tuple(r.shape)}"
+        )
+    if r.shape != q.shape:
+        raise ValueError(f"r must have q's shape {tuple(q.shape)}; got {tuple(r.shape)}")
+    if k.shape != v.shape:
+        raise ValueError(f"k {tuple(k.shape)} and v {tuple(v.shape)} must have the same shape")
+    b, h, n, d = q.shape
+    if k.shape[0] != b or k.shape[2] != n:
+        raise ValueError(
+            f"batch and sequence sizes differ: q {tuple(q.shape)} vs k {tuple(k.shape)}"
+        )
+    if k.shape[3] != d:
+        raise ValueError(f"head_dim mismatch: q has D={d}, k and v have D={k.shape[3]}")
+    if h % k.shape[1] != 0:
+        raise ValueError(
+            f"query heads H={h} must be a multiple of key/value heads Hkv={k.shape[1]} (GQA)"
+        )
+    if not (q.dtype == k.dtype == v.dtype == r.dtype):
+        raise ValueError(
+            f"dtypes differ: q {q.dtype}, k {k.dtype}, v {v.dtype}, r {r.dtype}"
+        )
+    if document_ids is not None and tuple(document_ids.shape) != (b, n):
+        raise ValueError(
+            f"document_ids must be (B, N) = {(b, n)}; got {tuple(document_ids.shape)}"
+        )
+
+
+def parallax_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    r: torch.Tensor,
+    *,
+    causal: bool = True,
+    scale: float | None = None,
+    backend: str = "torch",
+    document_ids: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Parallax attention. `document_ids` (B, N), optional: keys in another document are invisible
+    (packed sequences)."""
+    _check_shapes(q, k, v, r, document_ids)
+    check_backend(backend, q)
+    scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
+    return BACKENDS[backend].fn(
+        q, k, v, r, causal=causal, scale=scale, document_ids=document_ids
+    )

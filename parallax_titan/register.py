@@ -1,0 +1,47 @@
+"""Registers the `parallax_qwen3` TrainSpec and the datasets with torchtitan.
+
+TOML: `[experimental] custom_import = "parallax_titan.register"` and `[model] name = "parallax_qwen3"`.
+"""
+
+from __future__ import annotations
+
+from torchtitan.components.loss import build_cross_entropy_loss
+from torchtitan.components.lr_scheduler import build_lr_schedulers
+from torchtitan.components.optimizer import build_optimizers
+from torchtitan.components.tokenizer import build_hf_tokenizer
+from torchtitan.components.validate import build_validator
+from torchtitan.hf_datasets.text_datasets import build_text_dataloader
+from torchtitan.models.qwen3 import parallelize_qwen3
+from torchtitan.models.qwen3.model.state_dict_adapter import Qwen3StateDictAdapter
+from torchtitan.protocols.train_spec import _extra_train_specs, register_train_spec, TrainSpec
+
+from parallax_titan.data import register_datasets
+from parallax_titan.model.flavors import FLAVORS
+from parallax_titan.model.model import ParallaxQwen3Model
+
+MODEL_NAME = "parallax_qwen3"
+
+
+def get_train_spec() -> TrainSpec:
+    return TrainSpec(
+        model_cls=ParallaxQwen3Model,
+        model_args=FLAVORS,
+        parallelize_fn=parallelize_qwen3,
+        pipelining_fn=None,
+        build_optimizers_fn=build_optimizers,
+        build_lr_schedulers_fn=build_lr_schedulers,
+        build_dataloader_fn=build_text_dataloader,
+        build_tokenizer_fn=build_hf_tokenizer,
+        build_loss_fn=build_cross_entropy_loss,
+        build_validator_fn=build_validator,
+        state_dict_adapter=Qwen3StateDictAdapter,
+    )
+
+
+def register() -> None:
+    register_datasets()
+    if MODEL_NAME not in _extra_train_specs:
+        register_train_spec(MODEL_NAME, get_train_spec())
+
+
+register()
