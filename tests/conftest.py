@@ -1,0 +1,25 @@
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # scripts/ helpers are imported by some tests
+
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+@pytest.fixture
+def rng():
+    """A fresh generator per test: inputs are random, never zero, and reproducible."""
+    return torch.Generator().manual_seed(1234)
+
+
+def random_qkvr(rng, b, h, hkv, n, d, dtype=torch.float64, requires_grad=True):
+    def make(heads):
+        x = torch.randn(b, heads, n, d, generator=rng, dtype=torch.float64).to(dtype)
+        return x.requires_grad_(requires_grad)
+
+    return make(h), make(hkv), make(hkv), make(h)

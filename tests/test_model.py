@@ -1,0 +1,156 @@
+"""Qwen3-Parallax model: shapes, softmax equivalence at W_R = 0, parameter/FLOP arithmetic, errors."""
+
+from dataclasses import replace
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from parallax_titan.data import EMBEDDED_TOKENIZER
+from parallax_titan.job_config import Parallax as ParallaxSection
+from parallax_titan.model.args import ParallaxModelArgs
+from parallax_titan.model.flavors import FLAVORS
+from parallax_titan.model.flops import (
+    attention_flops_per_token,
+    count_parameters,
+    training_flops_per_token,
+)
+from parallax_titan.model.model import ParallaxAttention, ParallaxQwen3Model
+
+DEBUG = [name for name in FLAVORS if name.startswith("debug")]
+
+
+def build(args: ParallaxModelArgs, seed: int = 0) -> ParallaxQwen3Model:
+    torch.manual_seed(seed)
+    model = ParallaxQwen3Model(args)
+    with torch.no_grad():  # as torchtitan's Trainer calls it
+        model.init_weights(buffer_device=torch.device("cpu"))
+    return model
+
+
+def small(name: str, **overrides) -> ParallaxModelArgs:
+    return replace(FLAVORS[name], max_seq_len=64, **overrides)
+
+
+@pytest.mark.parametrize("name", DEBUG)
+def test_forward_backward_shapes(name):
+    model = build(small(name))
+    tokens = torch.randint(0, 2048, (2, 24))
+    logits = model(tokens)
+    assert logits.shape == (2, 24, 2048)
+    logits.float().logsumexp(-1).mean().backward()
+    missing = [n for n, p in model.named_parameters() if p.grad is None or not torch.isfinite(p.grad).all()]
+    assert not missing, f"no finite gradient for {missing}"
+
+
+def test_parallax_has_probe_modules_named_for_routing():
+    model = build(small("debug-parallax"))
+    names = {n for n, _ in model.named_parameters()}
+    assert "layers.0.attention.wr.weight" in names
+    assert "layers.0.attention.r_norm.weight" in names
+    attn = model.layers["0"].attention
+    assert isinstance(attn, ParallaxAttention)
+    assert attn.wr.weight.shape == (4 * 64, 256)
+    softmax = build(small("debug-transformer"))
+    assert not any(".wr." in n for n, _ in softmax.named_parameters())
+
+
+@pytest.mark.parametrize("probe_rope", [True, False])
+def test_zero_probe_model_equals_softmax_model(probe_rope):
+    """W_R = 0 makes Parallax softmax attention exactly: same weights, same logits."""
+    softmax = build(small("debug-transformer"), seed=1)
+    parallax = build(small("debug-parallax", probe_init="zero", probe_rope=probe_rope), seed=2)
+    missing, unexpected = parallax.load_state_dict(softmax.state_dict(), strict=False)
+    assert all(".wr." in m or ".r_norm." in m for m in missing) and not unexpected
+    assert all(float(l.attention.wr.weight.detach().abs().max()) == 0 for l in parallax.layers.values())
+    tokens = torch.randint(0, 2048, (2, 31))
+    torch.testing.assert_close(parallax(tokens), softmax(tokens), rtol=1e-5, atol=1e-5)
+    # and with the probe initialised normally it is not softmax attention
+    normal = build(small("debug-parallax"), seed=2)
+    normal.load_state_dict(softmax.state_dict(), strict=False)
+    assert (normal(tokens) - softmax(tokens)).abs().max() > 1e-3
+
+
+def test_probe_gate_and_norm_knobs_change_parameters():
+    gated = build(small("debug-parallax", probe_gate=True, probe_norm=False))
+    names = {n for n, _ in gated.named_parameters()}
+    assert "layers.0.attention.probe_gate.weight" in names
+    assert not any("r_norm" in n for n in names)
+    assert gated(torch.randint(0, 2048, (1, 9))).shape == (1, 9, 2048)
+
+
+@pytest.mark.parametrize("name", list(FLAVORS))
+def test_analytic_parameter_count_matches_modules(name):
+    args = FLAVORS[name]
+    with torch.device("meta"):
+        model = ParallaxQwen3Model(args)
+    actual = sum(p.numel() for p in model.parameters())
+    assert count_parameters(args)["total"] == actual
+
+
+@pytest.mark.parametrize("size", ["debug", "0.6B", "1.7B"])
+def test_controls_match_as_documented(size):
+    parallax = count_parameters(FLAVORS[f"{size}-parallax"])
+    transformer = count_parameters(FLAVORS[f"{size}-transformer"])
+    param_matched = count_parameters(FLAVORS[f"{size}-transformer-param-matched"])
+    compute_matched = count_parameters(FLAVORS[f"{size}-parallax-compute-matched"])
+    assert transformer["total"] < parallax["total"]
+    for control in (param_matched, compute_matched):
+        rel = abs(control["non_embedding"] - parallax["non_embedding"]) / parallax["non_embedding"]
+        assert rel < 0.005, f"{size}: non-embedding parameters differ by {rel:.3%}"
+    softmax_fwd = attention_flops_per_token(FLAVORS[f"{size}-transformer"], 4096, training=False)
+    cm_fwd = attention_flops_per_token(FLAVORS[f"{size}-parallax-compute-matched"], 4096, training=False)
+    assert abs(cm_fwd - softmax_fwd) / softmax_fwd < 0.01
+    assert FLAVORS[f"{size}-parallax-compute-matched"].head_dim * 2 == FLAVORS[f"{size}-parallax"].head_dim
+
+
+def test_flop_arithmetic_by_hand():
+    args = FLAVORS["0.6B-transformer"]
+    # softmax attention: 6 matmuls of 2*D*T per head, layer and token (torchtitan's 12*L*H*D*T)
+    assert attention_flops_per_token(args, 4096) == 12 * 28 * 16 * 128 * 4096
+    parallax = FLAVORS["0.6B-parallax"]
+    assert attention_flops_per_token(parallax, 4096) == 20 * 28 * 16 * 128 * 4096
+    assert attention_flops_per_token(parallax, 4096, training=False) == 8 * 28 * 16 * 128 * 4096
+    p = count_parameters(args)
+    # tied head still runs its matmul: counted once as dense work
+    assert training_flops_per_token(args, 4096) == 6 * (p["non_embedding"] + 151936 * 1024) + 12 * 28 * 16 * 128 * 4096
+
+
+def test_unknown_attention_type_is_a_clear_error():
+    with pytest.raises(ValueError, match=r"\[parallax\] attention = 'linear' is unknown"):
+        replace(FLAVORS["debug-parallax"], attention="linear")
+
+
+def test_unknown_backend_in_model_args_is_a_clear_error():
+    with pytest.raises(ValueError, match=r"unknown parallax_attention backend 'nope'"):
+        replace(FLAVORS["debug-parallax"], attention_backend="nope")
+
+
+def _job_config(assets_path: str, **parallax):
+    return SimpleNamespace(
+        training=SimpleNamespace(seq_len=128),
+        debug=SimpleNamespace(moe_force_load_balance=False),
+        model=SimpleNamespace(hf_assets_path=assets_path),
+        parallax=ParallaxSection(**parallax),
+    )
+
+
+def test_update_from_config_applies_parallax_section_and_tokenizer_eos():
+    args = replace(FLAVORS["debug-parallax"])
+    args.update_from_config(_job_config(EMBEDDED_TOKENIZER, attention="softmax", probe_init="zero"))
+    assert args.attention == "softmax" and args.probe_init == "zero"
+    assert args.probe_rope is True  # unset keys keep the flavor's value
+    assert args.max_seq_len == 128
+    assert args.eos_id == 0  # <|endoftext|> in the embedded tokenizer
+
+
+def test_tokenizer_larger_than_vocab_is_refused():
+    args = replace(FLAVORS["debug-parallax"], vocab_size=1000)
+    with pytest.raises(ValueError, match=r"tokenizer .*tokenizer.json has 2048 tokens but the model flavor's vocab_size is 1000"):
+        args.update_from_config(_job_config(EMBEDDED_TOKENIZER))
+
+
+def test_bad_parallax_value_from_config_is_a_clear_error():
+    args = replace(FLAVORS["debug-parallax"])
+    with pytest.raises(ValueError, match=r"\[parallax\] probe_init = 'ones' is unknown"):
+        args.update_from_config(_job_config(EMBEDDED_TOKENIZER, probe_init="ones"))
