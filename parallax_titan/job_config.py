@@ -26,5 +26,41 @@ class Parallax:
 
 
 @dataclass
+class Optimizer:
+    """Keys added to torchtitan's [optimizer] (name = "Muon" | "AdamW"; lr, betas, eps and
+    weight_decay are torchtitan's and serve the AdamW groups and, unless overridden, Muon)."""
+
+    muon_lr: float | None = None
+    """Muon's lr (default: [optimizer] lr; with match_rms_adamw one lr serves both)"""
+    muon_weight_decay: float | None = None
+    """Muon's decoupled weight decay (default: [optimizer] weight_decay)"""
+    muon_momentum: float = 0.95
+    muon_nesterov: bool = True
+    muon_ns_steps: int = 5
+    """Newton-Schulz quintic iterations"""
+    muon_scaling: str = "match_rms_adamw"
+    """match_rms_adamw (0.2 sqrt(max(out, in))) | spectral (sqrt(max(1, out/in)))"""
+    muon_per_head: bool = False
+    """orthogonalise q/k/v/o and W_R per head instead of as one matrix"""
+    muon_ns_dtype: str = "auto"
+    """auto (bf16 on GPU, fp32 on CPU) | bfloat16 | float32"""
+    embed_lr: float | None = None
+    """AdamW lr for embeddings and output head (default: lr)"""
+    embed_weight_decay: float | None = None
+    """weight decay for embeddings and output head (default: weight_decay)"""
+    scalar_weight_decay: float | None = None
+    """weight decay for norms and other 1-D parameters (default: weight_decay, as torchtitan)"""
+
+
+@dataclass
+class LRScheduler:
+    weight_decay_anneal: bool = False
+    """anneal every group's weight decay over the decay phase: wd (1 - t)^gamma"""
+    weight_decay_anneal_gamma: float = 2.0
+
+
+@dataclass
 class JobConfig:
     parallax: Parallax = field(default_factory=Parallax)
+    optimizer: Optimizer = field(default_factory=Optimizer)
+    lr_scheduler: LRScheduler = field(default_factory=LRScheduler)

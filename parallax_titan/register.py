@@ -6,8 +6,6 @@ TOML: `[experimental] custom_import = "parallax_titan.register"` and `[model] na
 from __future__ import annotations
 
 from torchtitan.components.loss import build_cross_entropy_loss
-from torchtitan.components.lr_scheduler import build_lr_schedulers
-from torchtitan.components.optimizer import build_optimizers
 from torchtitan.components.tokenizer import build_hf_tokenizer
 from torchtitan.components.validate import build_validator
 from torchtitan.hf_datasets.text_datasets import build_text_dataloader
@@ -18,6 +16,9 @@ from torchtitan.protocols.train_spec import _extra_train_specs, register_train_s
 from parallax_titan.data import register_datasets
 from parallax_titan.model.flavors import FLAVORS
 from parallax_titan.model.model import ParallaxQwen3Model
+from parallax_titan.optim.builder import build_optimizers
+from parallax_titan.optim.metrics import build_metrics_processor
+from parallax_titan.optim.schedules import build_lr_schedulers
 
 MODEL_NAME = "parallax_qwen3"
 
@@ -34,6 +35,7 @@ def get_train_spec() -> TrainSpec:
         build_tokenizer_fn=build_hf_tokenizer,
         build_loss_fn=build_cross_entropy_loss,
         build_validator_fn=build_validator,
+        build_metrics_processor_fn=build_metrics_processor,
         state_dict_adapter=Qwen3StateDictAdapter,
     )
 

@@ -47,3 +47,26 @@ def test_quickstart_config_trains_on_cpu(tmp_path, flavor):
     run = tmp_path / "run"
     assert (run / "checkpoint" / "step-24").is_dir(), "no DCP checkpoint written"
     assert list((run / "tb").rglob("events.out.tfevents.*")), "no TensorBoard event file"
+
+
+@pytest.mark.slow
+def test_muon_run_resumes_from_dcp_checkpoint_exactly(tmp_path):
+    """Stop at step 5, resume from its DCP checkpoint (model, Muon + AdamW state, lr schedule,
+    data position): steps 6-10 reproduce the uninterrupted run's losses."""
+    common = ("--optimizer.name", "Muon", "--checkpoint.interval", "5", "--validation.no-enable",
+              "--optimizer.muon_per_head")
+    full = run_training(tmp_path / "full", *common, steps=10)
+    assert "Muon  hidden" in full and "optimizer routing" in full
+    full_losses = {int(m.group(1)): float(m.group(2)) for m in LOSS.finditer(full)}
+
+    import shutil
+
+    resumed_ckpt = tmp_path / "resumed" / "run" / "checkpoint"
+    resumed_ckpt.mkdir(parents=True)
+    shutil.copytree(tmp_path / "full" / "run" / "checkpoint" / "step-5", resumed_ckpt / "step-5")
+    resumed = run_training(tmp_path / "resumed", *common, steps=10)
+    assert "Training starts at step 6" in resumed, resumed[-3000:]
+    resumed_losses = {int(m.group(1)): float(m.group(2)) for m in LOSS.finditer(resumed)}
+    assert sorted(resumed_losses) == list(range(6, 11))
+    for step in range(6, 11):
+        assert resumed_losses[step] == pytest.approx(full_losses[step], abs=1e-4), (step, resumed_losses, full_losses)

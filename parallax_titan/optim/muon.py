@@ -1,0 +1,272 @@
+"""Muon for torchtitan: torch.optim.Muon extended with what it lacks for this project.
+
+torch.optim.Muon gives the algorithm (momentum with Nesterov, Newton-Schulz orthogonalisation,
+decoupled weight decay, update scaling "original"/"match_rms_adamw"); it works on whole local
+tensors and always runs Newton-Schulz in bf16. This subclass keeps its constructor, state layout
+("momentum_buffer") and scaling rule, and adds:
+
+- FSDP2 / DTensor: a Shard(0) parameter's update is assembled as a whole matrix on one owner rank,
+  orthogonalised there and its rows sent back, with one all-to-all each way per step for all
+  matrices. Owners are assigned to balance Newton-Schulz cost, so each rank orthogonalises about
+  1/W of the matrices (the cost per rank falls as ranks grow) instead of all ranks repeating it.
+- Per-head orthogonalisation: a group may carry `head_split = (axis, head_dim)`, and each head's
+  block is orthogonalised on its own (q/k/v/r split rows, o splits columns); scaling uses the
+  block's shape.
+- Newton-Schulz dtype: bf16 on GPU as usual; fp32 on CPU, where bf16 matmuls are very slow.
+- Scaling names as this project's TOML spells them: match_rms_adamw (0.2 * sqrt(max(out, in))) and
+  spectral (sqrt(max(1, out / in)), torch's "original").
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.distributed as dist
+from torch.distributed.tensor import DTensor, Replicate, Shard
+
+NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)
+SCALINGS = {"match_rms_adamw": "match_rms_adamw", "spectral": "original"}
+NS_DTYPES = {"auto": None, "bfloat16": torch.bfloat16, "float32": torch.float32}
+
+
+def newton_schulz(
+    g: torch.Tensor,
+    steps: int = 5,
+    coefficients: tuple[float, float, float] = NS_COEFFICIENTS,
+    eps: float = 1e-7,
+    dtype: torch.dtype = torch.bfloat16,
+) -> torch.Tensor:
+    """Approximate polar factor U V^T of g (..., m, n) by the quintic Newton-Schulz iteration.
+
+    Singular values land in a band around 1 (not exactly 1: the coefficients trade exactness for
+    speed). Wide orientation internally, so the Gram matrix is the small side.
+    """
+    a, b, c = coefficients
+    x = g.to(dtype)
+    tall = x.size(-2) > x.size(-1)
+    if tall:
+        x = x.mT
+    x = x / x.norm(dim=(-2, -1), keepdim=True).clamp(min=eps)
+    # fused multiply-adds, as torch.optim.Muon does (same rounding in bf16)
+    mm = torch.addmm if x.dim() == 2 else torch.baddbmm
+    for _ in range(steps):
+        gram = x @ x.mT
+        x = mm(x, mm(gram, gram, gram, beta=b, alpha=c), x, beta=a)
+    return x.mT if tall else x
+
+
+def _scale(shape: tuple[int, int], scaling: str) -> float:
+    fan_out, fan_in = shape
+    if scaling == "match_rms_adamw":
+        return 0.2 * math.sqrt(max(fan_out, fan_in))
+    return math.sqrt(max(1.0, fan_out / fan_in))
+
+
+def _block_shape(shape, group: dict) -> tuple[int, int]:
+    """The shape each orthogonalised block has: the matrix, or one head's slice of it."""
+    rows, cols = shape
+    split = group.get("head_split")
+    if split is None:
+        return rows, cols
+    axis, head_dim = split
+    return (head_dim, cols) if axis == 0 else (rows, head_dim)
+
+
+def _orthogonalize(update: torch.Tensor, group: dict, dtype: torch.dtype) -> torch.Tensor:
+    """Whole matrix (R, C) -> orthogonalised update (unscaled), per head if the group asks."""
+    steps, eps, coefficients = group["ns_steps"], group["eps"], group["ns_coefficients"]
+    split = group.get("head_split")
+    rows, cols = update.shape
+    if split is None:
+        return newton_schulz(update, steps, coefficients, eps, dtype)
+    axis, head_dim = split
+    if axis == 0:
+        blocks = update.reshape(rows // head_dim, head_dim, cols)
+        return newton_schulz(blocks, steps, coefficients, eps, dtype).reshape(rows, cols)
+    blocks = update.reshape(rows, cols // head_dim, head_dim).transpose(0, 1)
+    out = newton_schulz(blocks, steps, coefficients, eps, dtype)
+    return out.transpose(0, 1).reshape(rows, cols)
+
+
+def _shard_group(p: DTensor) -> tuple[dist.ProcessGroup | None, int]:
+    """The process group over which p is Shard(0), and its size; replicated dims are ignored."""
+    shard_dims = [i for i, pl in enumerate(p.placements) if not isinstance(pl, Replicate)]
+    if not shard_dims:
+        return None, 1
+    if len(shard_dims) > 1 or p.placements[shard_dims[0]] != Shard(0):
+        raise NotImplementedError(
+            f"Muon supports parameters sharded as Shard(0) on one mesh dimension (FSDP/HSDP); "
+            f"got placements {p.placements} for a parameter of shape {tuple(p.shape)}"
+        )
+    mesh = p.device_mesh
+    return mesh.get_group(shard_dims[0]), mesh.size(shard_dims[0])
+
+
+def _assign_owners(shapes: list[torch.Size], world: int) -> list[int]:
+    """Greedy balance of Newton-Schulz cost (~ m * n * min(m, n)) over ranks, largest first."""
+    load = [0.0] * world
+    owners = [0] * len(shapes)
+    for i in sorted(range(len(shapes)), key=lambda i: -shapes[i].numel() * min(shapes[i])):
+        rank = min(range(world), key=load.__getitem__)
+        owners[i] = rank
+        load[rank] += shapes[i].numel() * min(shapes[i])
+    return owners
+
+
+def _distributed_orthogonalize(
+    locals_: list[torch.Tensor],
+    shapes: list[torch.Size],
+    group: dict,
+    pg: dist.ProcessGroup,
+    world: int,
+    dtype: torch.dtype,
+) -> list[torch.Tensor]:
+    """Row shards (torch.chunk layout over `world` ranks) in, orthogonalised row shards out
+    (in the Newton-Schulz dtype, which is also what travels: bf16 halves the traffic on GPU)."""
+    rank = dist.get_rank(pg)
+    owners = _assign_owners(shapes, world)
+    chunks = [math.ceil(s[0] / world) for s in shapes]
+    device = locals_[0].device
+
+    def padded(x: torch.Tensor, rows: int) -> torch.Tensor:
+        return torch.nn.functional.pad(x, (0, 0, 0, rows - x.shape[0])) if x.shape[0] < rows else x
+
+    # 1. every rank sends its (padded) row chunk of matrix i to i's owner
+    order = [[i for i in range(len(shapes)) if owners[i] == o] for o in range(world)]
+    send = torch.cat([padded(locals_[i], chunks[i]).to(dtype).reshape(-1) for o in range(world) for i in order[o]])
+    in_splits = [sum(chunks[i] * shapes[i][1] for i in order[o]) for o in range(world)]
+    mine = order[rank]
+    mine_numel = sum(chunks[i] * shapes[i][1] for i in mine)
+    recv = torch.empty(mine_numel * world, dtype=dtype, device=device)
+    dist.all_to_all_single(recv, send, [mine_numel] * world, in_splits, group=pg)
+
+    # 2. owners rebuild whole matrices, orthogonalise, and cut them back into row chunks
+    recv = recv.view(world, mine_numel)
+    results = []
+    offset = 0
+    for i in mine:
+        n = chunks[i] * shapes[i][1]
+        full = recv[:, offset : offset + n].reshape(world * chunks[i], shapes[i][1])[: shapes[i][0]]
+        out = _orthogonalize(full, group, dtype)
+        results.append(padded(out, world * chunks[i]).reshape(world, n))
+        offset += n
+    back = torch.cat(results, dim=1) if results else torch.empty(world, 0, dtype=dtype, device=device)
+
+    # 3. the second all-to-all returns each rank its rows of every matrix
+    back_recv = torch.empty(sum(in_splits), dtype=dtype, device=device)
+    dist.all_to_all_single(back_recv, back.reshape(-1).contiguous(), in_splits, [mine_numel] * world, group=pg)
+    outputs: list[torch.Tensor] = [None] * len(shapes)  # type: ignore[list-item]
+    offset = 0
+    for o in range(world):
+        for i in order[o]:
+            n = chunks[i] * shapes[i][1]
+            rows = locals_[i].shape[0]
+            outputs[i] = back_recv[offset : offset + n].view(chunks[i], shapes[i][1])[:rows]
+            offset += n
+    return outputs
+
+
+class Muon(torch.optim.Muon):
+    def __init__(
+        self,
+        params,
+        lr: float,
+        weight_decay: float = 0.1,
+        momentum: float = 0.95,
+        nesterov: bool = True,
+        ns_steps: int = 5,
+        ns_coefficients: tuple[float, float, float] = NS_COEFFICIENTS,
+        eps: float = 1e-7,
+        scaling: str = "match_rms_adamw",
+        ns_dtype: str = "auto",
+        names: dict[int, str] | None = None,
+    ) -> None:
+        """`names` maps id(param) -> name, for error messages only (kept out of the state dict)."""
+        if scaling not in SCALINGS:
+            raise ValueError(f"[optimizer] muon_scaling = {scaling!r} is unknown; choose one of {sorted(SCALINGS)}")
+        if ns_dtype not in NS_DTYPES:
+            raise ValueError(f"[optimizer] muon_ns_dtype = {ns_dtype!r} is unknown; choose one of {sorted(NS_DTYPES)}")
+        names = names or {}
+        params = list(params)
+        for group in params if params and isinstance(params[0], dict) else [{"params": params}]:
+            for p in group["params"]:
+                if p.ndim != 2:
+                    raise ValueError(
+                        f"Muon cannot take parameter {names.get(id(p), '(unnamed)')} of shape {tuple(p.shape)}: "
+                        "it orthogonalises 2-D hidden matrices only (route 1-D/embedding parameters to AdamW)"
+                    )
+        super().__init__(
+            params, lr=lr, weight_decay=weight_decay, momentum=momentum, nesterov=nesterov,
+            ns_coefficients=ns_coefficients, eps=eps, ns_steps=ns_steps, adjust_lr_fn=SCALINGS[scaling],
+        )
+        for group in self.param_groups:
+            group.setdefault("scaling", scaling)
+            group.setdefault("ns_dtype", ns_dtype)
+            split = group.get("head_split")
+            if split is not None:
+                axis, head_dim = split
+                for p in group["params"]:
+                    if p.shape[axis] % head_dim:
+                        raise ValueError(
+                            f"per-head Muon: {names.get(id(p), '(unnamed)')} of shape {tuple(p.shape)} does not split into heads of {head_dim}"
+                        )
+
+    @staticmethod
+    def _ns_dtype(group: dict, device: torch.device) -> torch.dtype:
+        chosen = NS_DTYPES[group["ns_dtype"]]
+        if chosen is not None:
+            return chosen
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            params = [p for p in group["params"] if p.grad is not None]
+            if not params:
+                continue
+            momentum = group["momentum"]
+            updates = []
+            for p in params:
+                grad = p.grad.to_local() if isinstance(p.grad, DTensor) else p.grad
+                state = self.state[p]
+                if "momentum_buffer" not in state:
+                    state["momentum_buffer"] = torch.zeros_like(p.grad)
+                buf = state["momentum_buffer"]
+                buf_local = buf.to_local() if isinstance(buf, DTensor) else buf
+                buf_local.lerp_(grad, 1 - momentum)
+                updates.append(grad.lerp(buf_local, momentum) if group["nesterov"] else buf_local.clone())
+
+            dtype = self._ns_dtype(group, updates[0].device)
+            ortho = self._orthogonalize_all(params, updates, group, dtype)
+            lr, wd = group["lr"], group["weight_decay"]
+            for p, o in zip(params, ortho):
+                local = p.to_local() if isinstance(p, DTensor) else p
+                scale = _scale(_block_shape(p.shape, group), group["scaling"])
+                local.mul_(1 - lr * wd)
+                local.add_(o, alpha=-lr * scale)
+        return loss
+
+    def _orthogonalize_all(self, params, updates, group, dtype) -> list[torch.Tensor]:
+        out: list[torch.Tensor] = [None] * len(params)  # type: ignore[list-item]
+        sharded: dict[int, list[int]] = {}  # process group id -> indices
+        groups: dict[int, tuple[dist.ProcessGroup, int]] = {}
+        for i, p in enumerate(params):
+            pg, world = _shard_group(p) if isinstance(p, DTensor) else (None, 1)
+            if pg is None or world == 1:
+                out[i] = _orthogonalize(updates[i], group, dtype)
+            else:
+                sharded.setdefault(id(pg), []).append(i)
+                groups[id(pg)] = (pg, world)
+        for key, idx in sharded.items():
+            pg, world = groups[key]
+            results = _distributed_orthogonalize(
+                [updates[i] for i in idx], [params[i].shape for i in idx], group, pg, world, dtype
+            )
+            for i, r in zip(idx, results):
+                out[i] = r
+        return out
