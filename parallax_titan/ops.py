@@ -31,8 +31,23 @@ def _always_available(_: torch.Tensor) -> str | None:
     return None
 
 
+def _triton_fn(*args, **kwargs):
+    from parallax_kernels.triton_parallax import parallax_attention_triton
+
+    return parallax_attention_triton(*args, **kwargs)
+
+
+def _triton_unavailable(x: torch.Tensor) -> str | None:
+    try:
+        from parallax_kernels.triton_parallax import unavailable_reason
+    except ImportError as err:  # triton missing or broken
+        return f"cannot import the Triton kernel ({err})"
+    return unavailable_reason(x)
+
+
 BACKENDS: dict[str, Backend] = {
     "torch": Backend(parallax_attention_torch, _always_available),
+    "triton": Backend(_triton_fn, _triton_unavailable),
 }
 
 

@@ -1,0 +1,153 @@
+"""The fused Triton kernel (backend="triton") against the float64 definition.
+
+Without a GPU these run in Triton's CPU interpreter at tiny sizes (conftest sets TRITON_INTERPRET=1);
+on a GPU the same tests run on CUDA, plus the full-size ones marked `gpu`.
+"""
+
+import os
+
+import pytest
+import torch
+
+from conftest import random_qkvr
+from parallax_kernels.reference import parallax_attention_reference
+from parallax_titan.ops import parallax_attention
+
+ON_GPU = torch.cuda.is_available()
+DEVICE = "cuda" if ON_GPU else "cpu"
+if not ON_GPU and os.environ.get("TRITON_INTERPRET") != "1":
+    pytest.skip("no GPU and not in Triton's interpreter", allow_module_level=True)
+
+# relative error bounds against float64 on the same (rounded) inputs
+TOLERANCE = {torch.bfloat16: 1e-2, torch.float16: 5e-3, torch.float32: 1e-5}
+
+
+def relative_error(got, want):
+    return float((got.double() - want).norm() / want.norm())
+
+
+def check_against_float64(rng, b, h, hkv, n, d, dtype, causal, with_docs):
+    q, k, v, r = random_qkvr(rng, b, h, hkv, n, d, requires_grad=False)
+    docs = torch.cumsum(torch.rand(b, n, generator=rng) < 0.08, dim=1) if with_docs else None
+    inputs = [x.to(dtype).to(DEVICE).requires_grad_() for x in (q, k, v, r)]
+    docs_dev = docs.to(DEVICE) if docs is not None else None
+    out = parallax_attention(*inputs, causal=causal, backend="triton", document_ids=docs_dev)
+    grad = torch.randn(out.shape, generator=rng, dtype=torch.float64)
+    grads = torch.autograd.grad(out, inputs, grad.to(dtype).to(DEVICE))
+
+    ref_inputs = [x.detach().cpu().double().requires_grad_() for x in inputs]
+    ref = parallax_attention_reference(*ref_inputs, causal=causal, document_ids=docs)
+    ref_grads = torch.autograd.grad(ref, ref_inputs, grad.to(dtype).double())
+    tol = TOLERANCE[dtype]
+    errors = {"o": relative_error(out.cpu(), ref)}
+    errors.update({f"d{n}": relative_error(g.cpu(), w) for n, g, w in zip("qkvr", grads, ref_grads)})
+    assert all(e < tol for e in errors.values()), f"{dtype}: {errors} (bound {tol})"
+    assert out.dtype == dtype and all(g.dtype == dtype for g in grads)
+
+
+@pytest.mark.interpret
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+@pytest.mark.parametrize("causal", [True, False])
+@pytest.mark.parametrize(
+    "shape",
+    [
+        (1, 2, 2, 37, 16),  # odd length, MHA
+        (2, 4, 2, 45, 32),  # GQA 2, odd length, batch
+        (1, 4, 1, 33, 64),  # MQA, head_dim 64
+    ],
+)
+def test_kernel_matches_float64(rng, shape, dtype, causal):
+    check_against_float64(rng, *shape, dtype, causal, with_docs=False)
+
+
+@pytest.mark.interpret
+@pytest.mark.parametrize("causal", [True, False])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_kernel_document_masking(rng, dtype, causal):
+    check_against_float64(rng, 2, 4, 2, 70, 32, dtype, causal, with_docs=True)
+
+
+@pytest.mark.interpret
+def test_kernel_head_dim_128(rng):
+    check_against_float64(rng, 1, 2, 1, 20, 128, torch.bfloat16, True, with_docs=False)
+
+
+@pytest.mark.interpret
+def test_kernel_matches_torch_backend_in_the_model_layout(rng):
+    """q and r as strided views of one (B, N, 2H, D) projection, as the model passes them."""
+    b, n, h, hkv, d = 2, 29, 4, 2, 32
+    qr = torch.randn(b, n, 2 * h, d, generator=rng).to(DEVICE)
+    q, r = qr[:, :, :h].transpose(1, 2), qr[:, :, h:].transpose(1, 2)
+    k = torch.randn(b, n, hkv, d, generator=rng).to(DEVICE).transpose(1, 2)
+    v = torch.randn(b, n, hkv, d, generator=rng).to(DEVICE).transpose(1, 2)
+    fused = parallax_attention(q, k, v, r, backend="triton")
+    plain = parallax_attention(q, k, v, r, backend="torch")
+    torch.testing.assert_close(fused, plain, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.interpret
+def test_kernel_under_torch_compile(rng):
+    """Registered as a custom op with a fake implementation: compiles with fullgraph, forward and backward."""
+    q, k, v, r = random_qkvr(rng, 1, 2, 1, 24, 16, dtype=torch.float32, requires_grad=False)
+    inputs = [x.to(DEVICE).requires_grad_() for x in (q, k, v, r)]
+
+    def f(q, k, v, r):
+        return parallax_attention(q, k, v, r, backend="triton").square().sum()
+
+    compiled = torch.compile(f, backend="aot_eager", fullgraph=True)
+    loss = compiled(*inputs)
+    grads = torch.autograd.grad(loss, inputs)
+    eager_inputs = [x.detach().clone().requires_grad_() for x in inputs]
+    eager_loss = f(*eager_inputs)
+    eager_grads = torch.autograd.grad(eager_loss, eager_inputs)
+    torch.testing.assert_close(loss, eager_loss)
+    for g, e in zip(grads, eager_grads):
+        torch.testing.assert_close(g, e)
+
+
+def test_unavailable_head_dim_is_an_error_not_a_fallback():
+    x = torch.zeros(1, 2, 8, 48, device=DEVICE)
+    with pytest.raises(RuntimeError, match=r"backend 'triton' is unavailable: head_dim 48 is not supported"):
+        parallax_attention(x, x, x, x, backend="triton")
+
+
+@pytest.mark.skipif(ON_GPU, reason="CPU-only check")
+def test_cpu_tensors_without_interpreter_are_refused(monkeypatch):
+    import parallax_kernels.triton_parallax as tp
+
+    monkeypatch.setattr(tp, "INTERPRET", False)
+    x = torch.zeros(1, 2, 8, 16)
+    with pytest.raises(RuntimeError, match=r"the Triton kernel needs CUDA"):
+        parallax_attention(x, x, x, x, backend="triton")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not ON_GPU, reason="needs a CUDA GPU")
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize(
+    "shape,causal,docs",
+    [
+        ((2, 16, 8, 1000, 128), True, False),
+        ((1, 16, 8, 2047, 128), False, False),
+        ((2, 8, 2, 1531, 64), True, True),
+        ((1, 16, 16, 4096, 64), True, False),
+    ],
+)
+def test_kernel_full_size_on_gpu(rng, shape, dtype, causal, docs):
+    check_against_float64(rng, *shape, dtype, causal, with_docs=docs)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not ON_GPU, reason="needs a CUDA GPU")
+def test_kernel_agrees_with_fla_naive_parallax(rng):
+    """Cross-check against flash-linear-attention's naive Parallax where fla-core is installed."""
+    naive = pytest.importorskip("fla.ops.parallax.naive")
+    b, h, hkv, n, d = 2, 8, 4, 300, 64
+    q, k, v, r = (x.to(DEVICE).float() for x in random_qkvr(rng, b, h, hkv, n, d, requires_grad=False))
+    ours = parallax_attention(q, k, v, r, backend="triton").transpose(1, 2)
+    fn = getattr(naive, "naive_parallax_attn", None) or getattr(naive, "naive_parallax", None)
+    if fn is None:
+        pytest.skip(f"no naive function in fla.ops.parallax.naive: {dir(naive)}")
+    theirs = fn(*(x.transpose(1, 2) for x in (q, k, v, r)))
+    theirs = theirs[0] if isinstance(theirs, tuple) else theirs
+    torch.testing.assert_close(ours, theirs.to(ours.dtype), rtol=2e-3, atol=2e-3)
