@@ -53,15 +53,17 @@ def _dot(a, b, DOT_FP32: tl.constexpr):
     # the tensor cores do anyway (exact products, fp32 accumulation). Off on GPUs.
     if DOT_FP32:
         return tl.dot(a.to(tl.float32), b.to(tl.float32))
+    if a.dtype == tl.float32:  # fp32 inputs: full fp32 products, not TF32 (fp32 is not the fast path)
+        return tl.dot(a, b, input_precision="ieee")
     return tl.dot(a, b)
 
 
-@triton.autotune(configs=_configs("fwd"), key=["N_CTX", "HEAD_DIM", "CAUSAL", "HAS_DOC"])
+@triton.autotune(configs=_configs("fwd"), key=["N_BUCKET", "HEAD_DIM", "CAUSAL", "HAS_DOC"])
 @triton.jit
 def _fwd_kernel(
     Q, K, V, R, O, A, LSE, TBAR, DOC, DOC_START,
     s_qb, s_qh, s_qn, s_kb, s_kh, s_kn, s_vb, s_vh, s_vn, s_ob, s_oh, s_on,
-    N_CTX, H, GROUP, scale_log2,
+    N_CTX, N_BUCKET, H, GROUP, scale_log2,
     HEAD_DIM: tl.constexpr, CAUSAL: tl.constexpr, HAS_DOC: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, DOT_FP32: tl.constexpr,
 ):
@@ -158,13 +160,13 @@ def _bwd_tile(q, r, do, k, v, lse, tb, drow, e, offs_m, offs_n, doc_q, doc_k, N_
     return w, tc, dt, ds
 
 
-@triton.autotune(configs=_configs("bwd"), key=["N_CTX", "HEAD_DIM", "CAUSAL", "HAS_DOC"])
+@triton.autotune(configs=_configs("bwd"), key=["N_BUCKET", "HEAD_DIM", "CAUSAL", "HAS_DOC"])
 @triton.jit
 def _bwd_dkdv_kernel(
     Q, K, V, R, DO, LSE, TBAR, DROW, E, DK, DV, DOC, DOC_START, DOC_END,
     s_qb, s_qh, s_qn, s_kb, s_kh, s_kn, s_vb, s_vh, s_vn, s_ob, s_oh, s_on,
     s_dkb, s_dkh, s_dkn,
-    N_CTX, H, HKV, GROUP, scale, scale_log2,
+    N_CTX, N_BUCKET, H, HKV, GROUP, scale, scale_log2,
     HEAD_DIM: tl.constexpr, CAUSAL: tl.constexpr, HAS_DOC: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, DOT_FP32: tl.constexpr,
 ):
@@ -218,13 +220,13 @@ def _bwd_dkdv_kernel(
     tl.store(DV + dkv_off, dv.to(DV.dtype.element_ty), mask=col_ok[:, None])
 
 
-@triton.autotune(configs=_configs("bwd"), key=["N_CTX", "HEAD_DIM", "CAUSAL", "HAS_DOC"])
+@triton.autotune(configs=_configs("bwd"), key=["N_BUCKET", "HEAD_DIM", "CAUSAL", "HAS_DOC"])
 @triton.jit
 def _bwd_dqdr_kernel(
     Q, K, V, R, DO, LSE, TBAR, DROW, E, DQ, DR, DOC, DOC_START,
     s_qb, s_qh, s_qn, s_kb, s_kh, s_kn, s_vb, s_vh, s_vn, s_ob, s_oh, s_on,
     s_dqb, s_dqh, s_dqn,
-    N_CTX, H, GROUP, scale, scale_log2,
+    N_CTX, N_BUCKET, H, GROUP, scale, scale_log2,
     HEAD_DIM: tl.constexpr, CAUSAL: tl.constexpr, HAS_DOC: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, DOT_FP32: tl.constexpr,
 ):
@@ -318,8 +320,9 @@ def attention_fwd(
         q, r = q.contiguous(), r.contiguous()
     b, h, n, d = q.shape
     hkv = k.shape[1]
-    o = torch.empty_like(q)
-    a = torch.empty_like(q)
+    # outputs are always contiguous (B, H, N, D): the fake implementation promises exactly this
+    o = torch.empty(q.shape, dtype=q.dtype, device=q.device)
+    a = torch.empty_like(o)
     lse = torch.empty(b, h, n, dtype=torch.float32, device=q.device)
     tbar = torch.empty_like(lse)
     has_doc = document_ids is not None
@@ -330,7 +333,7 @@ def attention_fwd(
         q, k, v, r, o, a, lse, tbar, doc, start,
         q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
         v.stride(0), v.stride(1), v.stride(2), o.stride(0), o.stride(1), o.stride(2),
-        n, h, h // hkv, scale * LOG2E,
+        n, triton.next_power_of_2(n), h, h // hkv, scale * LOG2E,
         HEAD_DIM=d, CAUSAL=causal, HAS_DOC=has_doc, DOT_FP32=INTERPRET,
     )
     return o, a, lse, tbar
@@ -340,7 +343,7 @@ def attention_fwd(
 def _(q, k, v, r, causal, scale, document_ids):
     b, h, n, _ = q.shape
     stats = q.new_empty(b, h, n, dtype=torch.float32)
-    return torch.empty_like(q), torch.empty_like(q), stats, torch.empty_like(stats)
+    return q.new_empty(q.shape), q.new_empty(q.shape), stats, torch.empty_like(stats)
 
 
 @torch.library.custom_op("parallax::attention_bwd", mutates_args=())
@@ -373,7 +376,7 @@ def attention_bwd(
         q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
         v.stride(0), v.stride(1), v.stride(2), do.stride(0), do.stride(1), do.stride(2),
         dk.stride(0), dk.stride(1), dk.stride(2),
-        n, h, hkv, h // hkv, scale, scale * LOG2E,
+        n, triton.next_power_of_2(n), h, hkv, h // hkv, scale, scale * LOG2E,
         HEAD_DIM=d, CAUSAL=causal, HAS_DOC=has_doc, DOT_FP32=INTERPRET,
     )
     grid_q = lambda meta: (triton.cdiv(n, meta["BLOCK_M"]), b * h)  # noqa: E731
@@ -382,7 +385,7 @@ def attention_bwd(
         q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
         v.stride(0), v.stride(1), v.stride(2), do.stride(0), do.stride(1), do.stride(2),
         dq.stride(0), dq.stride(1), dq.stride(2),
-        n, h, h // hkv, scale, scale * LOG2E,
+        n, triton.next_power_of_2(n), h, h // hkv, scale, scale * LOG2E,
         HEAD_DIM=d, CAUSAL=causal, HAS_DOC=has_doc, DOT_FP32=INTERPRET,
     )
     return dq, dk, dv, dr
@@ -390,7 +393,7 @@ def attention_bwd(
 
 @attention_bwd.register_fake
 def _(grad_out, q, k, v, r, o, a, lse, tbar, causal, scale, document_ids):
-    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v), torch.empty_like(r)
+    return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape), r.new_empty(r.shape)
 
 
 def _setup_context(ctx, inputs, output):

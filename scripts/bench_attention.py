@@ -1,0 +1,144 @@
+"""Time Parallax attention against its peers, in one run on one GPU.
+
+    python scripts/bench_attention.py [--shapes 8,16,2048,128 4,16,4096,128 ...] [--kv-ratio 2] [--json out.json]
+
+Peers, each in its native layout, causal, bf16, GQA with Hkv = H / kv-ratio:
+  parallax-triton  this repo's fused kernel (backend="triton")
+  parallax-torch   this repo's chunked eager backend (backend="torch"), skipped where it would be slow
+  fla-parallax     flash-linear-attention's parallel_parallax (fla-core), if installed
+  sdpa-flash       softmax attention, torch SDPA with the FLASH_ATTENTION backend
+  sdpa-cudnn       softmax attention, torch SDPA with the CUDNN_ATTENTION backend
+
+FLOPs (causal, half the N x N): softmax forward F = 2 B H N^2 D, backward 2.5 F (FlashAttention's
+convention, recomputation included). Parallax forward 2 F (4 matmuls), backward 8/5 of softmax's = 4 F.
+Times are medians of triton.testing.do_bench; memory is the peak allocated during one fwd+bwd.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import torch
+import torch.nn.functional as F
+from torch.nn.attention import sdpa_kernel, SDPBackend
+from triton.testing import do_bench
+
+from parallax_titan.ops import parallax_attention
+
+DEFAULT_SHAPES = ["8,16,2048,128", "4,16,4096,128", "2,16,8192,128", "4,16,4096,64"]
+
+
+def flops(b, h, n, d, kind: str) -> tuple[float, float]:
+    f = 2.0 * b * h * n * n * d
+    return (2 * f, 6 * f) if kind == "parallax" else (f, 3.5 * f)
+
+
+def make_peers(b, h, hkv, n, d, dtype, with_torch_backend: bool):
+    """name -> (kind, fwd closure, inputs requiring grad)."""
+    gen = torch.Generator(device="cuda").manual_seed(0)
+
+    def rand(*shape):
+        return torch.randn(*shape, device="cuda", dtype=dtype, generator=gen)
+
+    q, r = rand(b, h, n, d), rand(b, h, n, d)
+    k, v = rand(b, hkv, n, d), rand(b, hkv, n, d)
+    peers = {}
+    bhnd = [x.clone().requires_grad_() for x in (q, k, v, r)]
+    peers["parallax-triton"] = ("parallax", lambda x=bhnd: parallax_attention(*x, backend="triton"), bhnd)
+    if with_torch_backend:
+        bhnd2 = [x.clone().requires_grad_() for x in (q, k, v, r)]
+        peers["parallax-torch"] = ("parallax", lambda x=bhnd2: parallax_attention(*x, backend="torch"), bhnd2)
+    try:
+        from fla.ops.parallax import parallel_parallax
+
+        bthd = [x.transpose(1, 2).contiguous().requires_grad_() for x in (q, r, k, v)]
+        peers["fla-parallax"] = ("parallax", lambda x=bthd: parallel_parallax(*x), bthd)
+    except ImportError:
+        pass
+    for name, backend in (("sdpa-flash", SDPBackend.FLASH_ATTENTION), ("sdpa-cudnn", SDPBackend.CUDNN_ATTENTION)):
+        s = [x.clone().requires_grad_() for x in (q, k, v)]
+
+        def run(x=s, backend=backend):
+            with sdpa_kernel(backend):
+                return F.scaled_dot_product_attention(*x, is_causal=True, enable_gqa=hkv != h)
+
+        peers[name] = ("softmax", run, s)
+    return peers, (q, k, v, r)
+
+
+def time_peer(fn, inputs):
+    out = fn()
+    grad = torch.randn_like(out)
+    fwd = do_bench(fn, warmup=10, rep=50, return_mode="median")
+
+    def fwd_bwd():
+        fn().backward(grad)
+
+    both = do_bench(fwd_bwd, warmup=10, rep=50, grad_to_none=inputs, return_mode="median")
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    fwd_bwd()
+    torch.cuda.synchronize()
+    peak = (torch.cuda.max_memory_allocated() - base) / 2**20
+    return fwd, both, peak
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--shapes", nargs="+", default=DEFAULT_SHAPES, help="B,H,N,D")
+    ap.add_argument("--kv-ratio", type=int, default=2)
+    ap.add_argument("--torch-backend-max-tokens", type=int, default=16384,
+                    help="time the eager torch backend only where B*N is at most this")
+    ap.add_argument("--json", default=None)
+    args = ap.parse_args()
+    dtype = torch.bfloat16
+    print(f"device: {torch.cuda.get_device_name()}, torch {torch.__version__}, bf16, causal, Hkv = H/{args.kv_ratio}")
+    rows = []
+    for spec in args.shapes:
+        b, h, n, d = map(int, spec.split(","))
+        hkv = h // args.kv_ratio
+        peers, (q, k, v, r) = make_peers(b, h, hkv, n, d, dtype, b * n <= args.torch_backend_max_tokens)
+        # correctness in the same run: the fused kernel against fla's kernel (and the eager backend)
+        ours = parallax_attention(q, k, v, r, backend="triton").float()
+        checks = {}
+        if "fla-parallax" in peers:
+            from fla.ops.parallax import parallel_parallax
+
+            fla_out = parallel_parallax(*(x.transpose(1, 2).contiguous() for x in (q, r, k, v))).transpose(1, 2).float()
+            checks["vs_fla"] = float((ours - fla_out).norm() / fla_out.norm())
+        result = {"shape": [b, h, hkv, n, d], **checks, "peers": {}}
+        for name, (kind, fn, inputs) in peers.items():
+            fwd, both, peak = time_peer(fn, inputs)
+            f_fwd, f_both = flops(b, h, n, d, kind)
+            result["peers"][name] = dict(fwd_ms=fwd, fwd_bwd_ms=both, fwd_tflops=f_fwd / fwd / 1e9,
+                                         fwd_bwd_tflops=f_both / both / 1e9, peak_mib=peak)
+            del fn, inputs
+        rows.append(result)
+        torch.cuda.empty_cache()
+        print_shape(result)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(rows, f, indent=2)
+
+
+def print_shape(result) -> None:
+    b, h, hkv, n, d = result["shape"]
+    peers = result["peers"]
+    extra = "".join(f", {k} rel. err. {v:.1e}" for k, v in result.items() if k.startswith("vs_"))
+    print(f"\n(B,H,Hkv,N,D) = ({b},{h},{hkv},{n},{d}){extra}")
+    print("| peer | fwd ms | fwd TFLOP/s | fwd+bwd ms | fwd+bwd TFLOP/s | peak MiB |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for name, p in peers.items():
+        print(f"| {name} | {p['fwd_ms']:.3f} | {p['fwd_tflops']:.0f} | {p['fwd_bwd_ms']:.3f} | "
+              f"{p['fwd_bwd_tflops']:.0f} | {p['peak_mib']:.0f} |")
+    ours = peers["parallax-triton"]
+    for peer in ("fla-parallax", "sdpa-flash", "sdpa-cudnn"):
+        if peer in peers:
+            print(f"ratio parallax-triton / {peer}: fwd {ours['fwd_ms'] / peers[peer]['fwd_ms']:.2f}, "
+                  f"fwd+bwd {ours['fwd_bwd_ms'] / peers[peer]['fwd_bwd_ms']:.2f}")
+
+
+if __name__ == "__main__":
+    main()
