@@ -12,7 +12,7 @@ It stores o, a, lse (log2 domain) and tbar: the backward needs lse and tbar to r
 and a for E_i = dO_i . a_i.
 
 Backward (FlashAttention-2 style: recompute tiles, no N x N tensor; PAPER.md's derivation):
-    Drow_i = dO_i . o_i, E_i = dO_i . a_i                     (row dot products, in torch)
+    Drow_i = dO_i . o_i, E_i = dO_i . a_i                     (row dot products, a small kernel)
     dalpha = dO V^T, alpha = w (1 + tbar - t), dV = alpha^T dO
     dt = w (E - dalpha), ds = w (dalpha (1 + tbar - t) + E t - Drow - E tbar)
        = w (dalpha (1 - tc) + E tc - Drow) with tc = t - tbar (the form used, for accuracy)
@@ -35,6 +35,8 @@ import triton.language as tl
 
 LOG2E = 1.4426950408889634
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+# PARALLAX_TRITON_AUTOTUNE=0: use each kernel's first config, no tuning (fast tests).
+AUTOTUNE = os.environ.get("PARALLAX_TRITON_AUTOTUNE", "1") != "0"
 
 
 def _configs(kind: str):
@@ -44,7 +46,8 @@ def _configs(kind: str):
         shapes = [(128, 64, 8, 3), (128, 64, 4, 3), (128, 128, 8, 3), (64, 64, 4, 3), (128, 32, 4, 4), (64, 128, 4, 3)]
     else:
         shapes = [(64, 64, 4, 2), (64, 64, 8, 2), (128, 64, 8, 2), (64, 128, 8, 2), (32, 64, 4, 2), (64, 32, 4, 3)]
-    return [triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=s) for m, n, w, s in shapes]
+    configs = [triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=s) for m, n, w, s in shapes]
+    return configs if AUTOTUNE else configs[:1]
 
 
 @triton.jit
@@ -277,6 +280,41 @@ def _bwd_dqdr_kernel(
     tl.store(DR + b * s_dqb + h * s_dqh + offs_m[:, None] * s_dqn + offs_d[None, :], dr.to(DR.dtype.element_ty), mask=row_ok[:, None])
 
 
+@triton.jit
+def _bwd_preprocess_kernel(DO, O, A, DROW, E, s_ob, s_oh, s_on, s_db, s_dh, s_dn, N_CTX, H,
+                           HEAD_DIM: tl.constexpr, BLOCK: tl.constexpr):
+    """Drow_i = dO_i . o_i and E_i = dO_i . a_i, reading each (bf16) tensor once."""
+    pid_m = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = pid_bh // H
+    h = pid_bh % H
+    offs_m = pid_m * BLOCK + tl.arange(0, BLOCK)
+    offs_d = tl.arange(0, HEAD_DIM)
+    ok = (offs_m < N_CTX)[:, None]
+    o_off = b * s_ob + h * s_oh + offs_m[:, None] * s_on + offs_d[None, :]
+    do = tl.load(DO + b * s_db + h * s_dh + offs_m[:, None] * s_dn + offs_d[None, :], mask=ok, other=0.0).to(tl.float32)
+    o = tl.load(O + o_off, mask=ok, other=0.0).to(tl.float32)
+    a = tl.load(A + o_off, mask=ok, other=0.0).to(tl.float32)
+    row = pid_bh * N_CTX + offs_m
+    tl.store(DROW + row, tl.sum(do * o, 1), mask=offs_m < N_CTX)
+    tl.store(E + row, tl.sum(do * a, 1), mask=offs_m < N_CTX)
+
+
+def row_dot_products(do, o, a, fused: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """(Drow, E) of the backward, (B, H, N) fp32; `fused=False` is the plain torch version."""
+    if not fused:
+        return (do.float() * o.float()).sum(-1), (do.float() * a.float()).sum(-1)
+    b, h, n, d = o.shape
+    drow = torch.empty(b, h, n, dtype=torch.float32, device=o.device)
+    e = torch.empty_like(drow)
+    block = 64
+    _bwd_preprocess_kernel[(triton.cdiv(n, block), b * h)](
+        do, o, a, drow, e, o.stride(0), o.stride(1), o.stride(2), do.stride(0), do.stride(1), do.stride(2),
+        n, h, HEAD_DIM=d, BLOCK=block,
+    )
+    return drow, e
+
+
 # --- launchers ---------------------------------------------------------------------------------
 
 SUPPORTED_HEAD_DIMS = (16, 32, 64, 128)
@@ -358,8 +396,7 @@ def attention_bwd(
         q, r = q.contiguous(), r.contiguous()
     b, h, n, d = q.shape
     hkv = k.shape[1]
-    drow = (do.float() * o.float()).sum(-1)
-    e = (do.float() * a.float()).sum(-1)
+    drow, e = row_dot_products(do, o, a)
     dq = torch.empty(q.shape, dtype=q.dtype, device=q.device)
     dr = torch.empty_like(dq)
     dk = torch.empty(k.shape, dtype=k.dtype, device=k.device)

@@ -9,6 +9,8 @@ import torch
 # module is imported (triton.jit reads it when it decorates).
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
+# Correctness tests need no block-size tuning (the benchmark tunes, and cross-checks fla's kernel).
+os.environ.setdefault("PARALLAX_TRITON_AUTOTUNE", "0")
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # scripts/ helpers are imported by some tests

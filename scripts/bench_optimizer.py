@@ -1,0 +1,65 @@
+"""Time one optimizer step (Muon vs AdamW, this repo's routing) for a model flavor on one GPU, against
+the forward+backward of a training step at seq 4096, in the same run.
+
+    python scripts/bench_optimizer.py [--flavor 0.6B-parallax] [--batch 4] [--backend triton]
+
+The model holds fp32 parameters (as FSDP's sharded master weights); forward+backward runs under bf16
+autocast, eager (no torch.compile), with the given attention backend. Times are medians of
+triton.testing.do_bench.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import replace
+from types import SimpleNamespace
+
+import torch
+from triton.testing import do_bench
+
+from parallax_titan.job_config import Optimizer as OptimizerExtra
+from parallax_titan.model.flavors import FLAVORS
+from parallax_titan.model.model import ParallaxQwen3Model
+from parallax_titan.optim.builder import MuonAdamWContainer
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--flavor", default="0.6B-parallax")
+    ap.add_argument("--batch", type=int, default=4)
+    ap.add_argument("--seq-len", type=int, default=4096)
+    ap.add_argument("--backend", default="triton")
+    args = ap.parse_args()
+    model_args = replace(FLAVORS[args.flavor], max_seq_len=args.seq_len, attention_backend=args.backend)
+    with torch.device("cuda"):
+        model = ParallaxQwen3Model(model_args)
+        with torch.no_grad():
+            model.init_weights(buffer_device=torch.device("cuda"))
+    tokens = torch.randint(0, model_args.vocab_size, (args.batch, args.seq_len + 1), device="cuda")
+
+    def fwd_bwd():
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            logits = model(tokens[:, :-1])
+            loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), tokens[:, 1:].flatten())
+        loss.backward()
+
+    train_ms = do_bench(fwd_bwd, warmup=2, rep=10, return_mode="median")
+    print(f"device: {torch.cuda.get_device_name()}, flavor {args.flavor}, batch {args.batch} x {args.seq_len}, "
+          f"backend {args.backend}, eager bf16 autocast")
+    print(f"forward+backward: {train_ms:.1f} ms")
+    print("| optimizer | step ms | % of fwd+bwd |")
+    print("|---|---:|---:|")
+    for name, extra in (("AdamW", {}), ("Muon", {}), ("Muon", {"muon_per_head": True})):
+        config = SimpleNamespace(name=name, lr=1e-3, beta1=0.9, beta2=0.95, eps=1e-8, weight_decay=0.1,
+                                 implementation="foreach", early_step_in_backward=False,
+                                 **{**vars(OptimizerExtra()), **extra})
+        container = MuonAdamWContainer([model], config)
+        for p in model.parameters():
+            p.grad = torch.randn_like(p) * 1e-3
+        step_ms = do_bench(container.step, warmup=3, rep=20, return_mode="median")
+        label = name + (" per-head" if extra else "")
+        print(f"| {label} | {step_ms:.1f} | {100 * step_ms / train_ms:.1f}% |")
+
+
+if __name__ == "__main__":
+    main()
