@@ -73,20 +73,30 @@ def _block_shape(shape, group: dict) -> tuple[int, int]:
     return (head_dim, cols) if axis == 0 else (rows, head_dim)
 
 
-def _orthogonalize(update: torch.Tensor, group: dict, dtype: torch.dtype) -> torch.Tensor:
-    """Whole matrix (R, C) -> orthogonalised update (unscaled), per head if the group asks."""
-    steps, eps, coefficients = group["ns_steps"], group["eps"], group["ns_coefficients"]
-    split = group.get("head_split")
-    rows, cols = update.shape
-    if split is None:
-        return newton_schulz(update, steps, coefficients, eps, dtype)
-    axis, head_dim = split
-    if axis == 0:
-        blocks = update.reshape(rows // head_dim, head_dim, cols)
-        return newton_schulz(blocks, steps, coefficients, eps, dtype).reshape(rows, cols)
-    blocks = update.reshape(rows, cols // head_dim, head_dim).transpose(0, 1)
-    out = newton_schulz(blocks, steps, coefficients, eps, dtype)
-    return out.transpose(0, 1).reshape(rows, cols)
+def _orthogonalize_many(updates: list[torch.Tensor], group: dict, dtype: torch.dtype) -> list[torch.Tensor]:
+    """Orthogonalise whole matrices, stacking those of one shape into a single batched Newton-Schulz
+    (a transformer has a handful of shapes: a few large batched matmuls instead of hundreds of small)."""
+    by_shape: dict[tuple[int, int], list[int]] = {}
+    for i, u in enumerate(updates):
+        by_shape.setdefault(tuple(u.shape), []).append(i)
+    out: list[torch.Tensor] = [None] * len(updates)  # type: ignore[list-item]
+    for (rows, cols), idx in by_shape.items():
+        stacked = torch.stack([updates[i] for i in idx])  # (n, R, C)
+        split = group.get("head_split")
+        steps, eps, coefficients = group["ns_steps"], group["eps"], group["ns_coefficients"]
+        if split is None:
+            result = newton_schulz(stacked, steps, coefficients, eps, dtype)
+        elif split[0] == 0:
+            blocks = stacked.reshape(len(idx) * (rows // split[1]), split[1], cols)
+            result = newton_schulz(blocks, steps, coefficients, eps, dtype).reshape(len(idx), rows, cols)
+        else:
+            blocks = stacked.reshape(len(idx), rows, cols // split[1], split[1]).transpose(1, 2)
+            blocks = blocks.reshape(-1, rows, split[1])
+            result = newton_schulz(blocks, steps, coefficients, eps, dtype)
+            result = result.reshape(len(idx), cols // split[1], rows, split[1]).transpose(1, 2).reshape(len(idx), rows, cols)
+        for j, i in enumerate(idx):
+            out[i] = result[j]
+    return out
 
 
 def _shard_group(p: DTensor) -> tuple[dist.ProcessGroup | None, int]:
@@ -143,14 +153,16 @@ def _distributed_orthogonalize(
 
     # 2. owners rebuild whole matrices, orthogonalise, and cut them back into row chunks
     recv = recv.view(world, mine_numel)
-    results = []
+    fulls = []
     offset = 0
     for i in mine:
         n = chunks[i] * shapes[i][1]
-        full = recv[:, offset : offset + n].reshape(world * chunks[i], shapes[i][1])[: shapes[i][0]]
-        out = _orthogonalize(full, group, dtype)
-        results.append(padded(out, world * chunks[i]).reshape(world, n))
+        fulls.append(recv[:, offset : offset + n].reshape(world * chunks[i], shapes[i][1])[: shapes[i][0]])
         offset += n
+    results = [
+        padded(out, world * chunks[i]).reshape(world, chunks[i] * shapes[i][1])
+        for i, out in zip(mine, _orthogonalize_many(fulls, group, dtype))
+    ]
     back = torch.cat(results, dim=1) if results else torch.empty(world, 0, dtype=dtype, device=device)
 
     # 3. the second all-to-all returns each rank its rows of every matrix
@@ -255,13 +267,16 @@ class Muon(torch.optim.Muon):
         out: list[torch.Tensor] = [None] * len(params)  # type: ignore[list-item]
         sharded: dict[int, list[int]] = {}  # process group id -> indices
         groups: dict[int, tuple[dist.ProcessGroup, int]] = {}
+        local: list[int] = []
         for i, p in enumerate(params):
             pg, world = _shard_group(p) if isinstance(p, DTensor) else (None, 1)
             if pg is None or world == 1:
-                out[i] = _orthogonalize(updates[i], group, dtype)
+                local.append(i)
             else:
                 sharded.setdefault(id(pg), []).append(i)
                 groups[id(pg)] = (pg, world)
+        for i, result in zip(local, _orthogonalize_many([updates[i] for i in local], group, dtype)):
+            out[i] = result
         for key, idx in sharded.items():
             pg, world = groups[key]
             results = _distributed_orthogonalize(
