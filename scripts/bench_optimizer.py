@@ -2,6 +2,12 @@
 the forward+backward of a training step at seq 4096, in the same run.
 
     python scripts/bench_optimizer.py [--flavor 0.6B-parallax] [--batch 4] [--backend triton]
+    torchrun --nproc_per_node=N scripts/bench_optimizer.py --fsdp     # step time per rank under FSDP2
+
+With --fsdp the model is sharded with fully_shard (per block, then the root, as torchtitan does),
+gradients are random DTensors, and only the optimizer step is timed: the Muon step's cost per rank
+should fall (or at least not grow) as ranks grow, since each rank orthogonalises about 1/N of the
+matrices.
 
 The model holds fp32 parameters (as FSDP's sharded master weights); forward+backward runs under bf16
 autocast, eager (no torch.compile), with the given attention backend. Times are medians of
@@ -29,7 +35,10 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--seq-len", type=int, default=4096)
     ap.add_argument("--backend", default="triton")
+    ap.add_argument("--fsdp", action="store_true")
     args = ap.parse_args()
+    if args.fsdp:
+        return bench_fsdp(args)
     model_args = replace(FLAVORS[args.flavor], max_seq_len=args.seq_len, attention_backend=args.backend)
     with torch.device("cuda"):
         model = ParallaxQwen3Model(model_args)
@@ -59,6 +68,43 @@ def main() -> None:
         step_ms = do_bench(container.step, warmup=3, rep=20, return_mode="median")
         label = name + (" per-head" if extra else "")
         print(f"| {label} | {step_ms:.1f} | {100 * step_ms / train_ms:.1f}% |")
+
+
+def bench_fsdp(args) -> None:
+    import os
+
+    import torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    dist.init_process_group("nccl")
+    rank, world = dist.get_rank(), dist.get_world_size()
+    torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
+    mesh = init_device_mesh("cuda", (world,))
+    with torch.device("cuda"):
+        model = ParallaxQwen3Model(replace(FLAVORS[args.flavor], max_seq_len=args.seq_len))
+        with torch.no_grad():
+            model.init_weights(buffer_device=torch.device("cuda"))
+    for block in model.layers.values():
+        fully_shard(block, mesh=mesh)
+    fully_shard(model, mesh=mesh)
+    rows = []
+    for name, extra in (("AdamW", {}), ("Muon", {}), ("Muon", {"muon_per_head": True})):
+        config = SimpleNamespace(name=name, lr=1e-3, beta1=0.9, beta2=0.95, eps=1e-8, weight_decay=0.1,
+                                 implementation="foreach", early_step_in_backward=False,
+                                 **{**vars(OptimizerExtra()), **extra})
+        container = MuonAdamWContainer([model], config)
+        for p in model.parameters():
+            p.grad = torch.randn_like(p) * 1e-3
+        step_ms = do_bench(container.step, warmup=3, rep=20, return_mode="median")
+        rows.append((name + (" per-head" if extra else ""), step_ms))
+    if rank == 0:
+        print(f"device: {torch.cuda.get_device_name()} x {world}, flavor {args.flavor}, FSDP2 (fully_shard)")
+        print("| optimizer | ranks | step ms (rank 0) |")
+        print("|---|---:|---:|")
+        for label, ms in rows:
+            print(f"| {label} | {world} | {ms:.1f} |")
+    dist.destroy_process_group()
 
 
 if __name__ == "__main__":
