@@ -7,13 +7,11 @@ from __future__ import annotations
 
 from torchtitan.components.loss import build_cross_entropy_loss
 from torchtitan.components.tokenizer import build_hf_tokenizer
-from torchtitan.components.validate import build_validator
-from torchtitan.hf_datasets.text_datasets import build_text_dataloader
 from torchtitan.models.qwen3 import parallelize_qwen3
 from torchtitan.models.qwen3.model.state_dict_adapter import Qwen3StateDictAdapter
 from torchtitan.protocols.train_spec import _extra_train_specs, register_train_spec, TrainSpec
 
-from parallax_titan.data import register_datasets
+from parallax_titan.data import build_dataloader, build_validator, register_datasets
 from parallax_titan.model.flavors import FLAVORS
 from parallax_titan.model.model import ParallaxQwen3Model
 from parallax_titan.optim.builder import build_optimizers
@@ -31,7 +29,7 @@ def get_train_spec() -> TrainSpec:
         pipelining_fn=None,
         build_optimizers_fn=build_optimizers,
         build_lr_schedulers_fn=build_lr_schedulers,
-        build_dataloader_fn=build_text_dataloader,
+        build_dataloader_fn=build_dataloader,
         build_tokenizer_fn=build_hf_tokenizer,
         build_loss_fn=build_cross_entropy_loss,
         build_validator_fn=build_validator,

@@ -70,3 +70,18 @@ def test_muon_run_resumes_from_dcp_checkpoint_exactly(tmp_path):
     assert sorted(resumed_losses) == list(range(6, 11))
     for step in range(6, 11):
         assert resumed_losses[step] == pytest.approx(full_losses[step], abs=1e-4), (step, resumed_losses, full_losses)
+
+
+@pytest.mark.slow
+def test_trains_from_pretokenised_shards_with_held_out_validation(tmp_path):
+    from parallax_titan.data import EMBEDDED_TOKENIZER, EMBEDDED_TRAIN
+    from scripts.prepare_data import prepare
+
+    shards = tmp_path / "shards"
+    prepare(EMBEDDED_TRAIN, "en", EMBEDDED_TOKENIZER, shards, validation_permille=50, shard_tokens=200_000)
+    log = run_training(tmp_path, "--training.dataset_path", str(shards), "--validation.dataset_path", str(shards),
+                       steps=16)
+    assert "Reading train shards from" in log and "Reading validation shards from" in log
+    losses = [float(m.group(2)) for m in LOSS.finditer(log) if "validate" not in m.group(0)]
+    assert sum(losses[-4:]) / 4 < sum(losses[:4]) / 4 - 0.5, losses
+    assert "validate step" in log

@@ -1,0 +1,104 @@
+"""Data for torchtitan's trainer: `[training] dataset = "ultrafineweb"` (or "embedded_en") with
+`dataset_path` choosing one of three sources by what the path is:
+
+  (a) unset or a hub id          stream openbmb/Ultra-FineWeb from the hub (`datasets`, split en|zh)
+  (b) a folder of parquet/jsonl  the same files from disk, tokenised on the fly (torchtitan's loader)
+  (c) a folder with manifest.json  pre-tokenised shards from scripts/prepare_data.py (the fast path)
+
+The embedded default corpus (parallax_titan/assets/embedded_en) is a folder of type (b), and tests
+turn it into (c). Validation: `[validation] dataset`/`dataset_path` the same way; shards use their
+held-out "validation" split.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from functools import partial
+from pathlib import Path
+
+from torchtitan.components.dataloader import ParallelAwareDataloader
+from torchtitan.components.validate import Validator
+from torchtitan.hf_datasets import DatasetConfig
+from torchtitan.hf_datasets.text_datasets import build_text_dataloader, DATASETS
+from torchtitan.tools.logging import logger
+
+from parallax_titan.data.shards import is_shard_folder, ShardTokenDataset, tokenizer_fingerprint
+from parallax_titan.data.text import load_text_dataset, TEXT_COLUMN, text_of, ULTRAFINEWEB_HUB
+
+ASSETS = Path(__file__).resolve().parents[1] / "assets"
+EMBEDDED_TRAIN = str(ASSETS / "embedded_en" / "train")
+EMBEDDED_VALIDATION = str(ASSETS / "embedded_en" / "validation")
+EMBEDDED_TOKENIZER = str(ASSETS / "tokenizer")
+
+__all__ = [
+    "EMBEDDED_TOKENIZER", "EMBEDDED_TRAIN", "EMBEDDED_VALIDATION", "TEXT_COLUMN",
+    "build_dataloader", "build_validator", "register_datasets",
+]
+
+
+def register_datasets() -> None:
+    """Text sources (a), (b) in torchtitan's dataset table."""
+    entries = {
+        "ultrafineweb": DatasetConfig(
+            path=ULTRAFINEWEB_HUB, loader=partial(load_text_dataset, split="en"), sample_processor=text_of
+        ),
+        "ultrafineweb_zh": DatasetConfig(
+            path=ULTRAFINEWEB_HUB, loader=partial(load_text_dataset, split="zh"), sample_processor=text_of
+        ),
+        "embedded_en": DatasetConfig(path=EMBEDDED_TRAIN, loader=load_text_dataset, sample_processor=text_of),
+        "embedded_en_validation": DatasetConfig(
+            path=EMBEDDED_VALIDATION, loader=load_text_dataset, sample_processor=text_of
+        ),
+    }
+    for name, config in entries.items():
+        DATASETS.setdefault(name, config)
+
+
+def _shard_loader(folder, split, seq_len, batch_size, dp_rank, dp_world_size, job_config, infinite, dataloader_cfg):
+    seed = job_config.debug.seed if job_config.debug.seed is not None else 0
+    dataset = ShardTokenDataset(
+        folder, split, seq_len, dp_rank=dp_rank, dp_world_size=dp_world_size, seed=seed, infinite=infinite,
+        tokenizer=tokenizer_fingerprint(job_config.model.hf_assets_path),
+    )
+    logger.info(f"Reading {split} shards from {folder}: {dataset.data.num_tokens:,} tokens, "
+                f"{dataset.num_windows:,} windows of {seq_len + 1}")
+    return ParallelAwareDataloader(
+        dataset, dp_rank=dp_rank, dp_world_size=dp_world_size, **{**asdict(dataloader_cfg), "batch_size": batch_size}
+    )
+
+
+def build_dataloader(dp_world_size, dp_rank, tokenizer, job_config, infinite: bool = True):
+    t = job_config.training
+    if is_shard_folder(t.dataset_path):
+        return _shard_loader(t.dataset_path, "train", t.seq_len, t.local_batch_size, dp_rank, dp_world_size,
+                             job_config, infinite, t.dataloader)
+    return build_text_dataloader(dp_world_size, dp_rank, tokenizer, job_config, infinite)
+
+
+class ShardAwareValidator(Validator):
+    """torchtitan's Validator, whose dataloader may also be a shard folder's validation split.
+    (Validator.__init__ only stores its arguments and builds the dataloader; this does the same.)"""
+
+    def __init__(self, job_config, dp_world_size, dp_rank, tokenizer, parallel_dims, loss_fn,
+                 validation_context, maybe_enable_amp, metrics_processor, pp_schedule=None,
+                 pp_has_first_stage=None, pp_has_last_stage=None):
+        v = job_config.validation
+        if not is_shard_folder(v.dataset_path):
+            super().__init__(job_config, dp_world_size, dp_rank, tokenizer, parallel_dims, loss_fn,
+                             validation_context, maybe_enable_amp, metrics_processor, pp_schedule,
+                             pp_has_first_stage, pp_has_last_stage)
+            return
+        self.job_config, self.tokenizer, self.parallel_dims, self.loss_fn = job_config, tokenizer, parallel_dims, loss_fn
+        self.validation_dataloader = _shard_loader(
+            v.dataset_path, "validation", v.seq_len, v.local_batch_size, dp_rank, dp_world_size, job_config,
+            infinite=v.steps != -1, dataloader_cfg=v.dataloader,
+        )
+        self.validation_context, self.maybe_enable_amp = validation_context, maybe_enable_amp
+        self.metrics_processor = metrics_processor
+        self.pp_schedule, self.pp_has_first_stage, self.pp_has_last_stage = (
+            pp_schedule, pp_has_first_stage, pp_has_last_stage)
+
+
+def build_validator(**kwargs) -> ShardAwareValidator:
+    return ShardAwareValidator(**kwargs)
+

@@ -1,0 +1,140 @@
+"""Data pipeline: shards written from the embedded corpus, read deterministically, sharded by rank,
+resumable, with a held-out split; and clear errors for bad input."""
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from tokenizers import Tokenizer
+
+from parallax_titan.data import EMBEDDED_TOKENIZER, EMBEDDED_TRAIN
+from parallax_titan.data.shards import ShardSplit, ShardTokenDataset, tokenizer_fingerprint
+from parallax_titan.data.text import load_text_dataset
+from scripts.prepare_data import is_validation, prepare
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory):
+    out = tmp_path_factory.mktemp("shards")
+    prepare(EMBEDDED_TRAIN, "en", EMBEDDED_TOKENIZER, out, validation_permille=100, shard_tokens=40_000, max_docs=120)
+    return out
+
+
+def test_manifest_counts_and_document_boundaries(shards):
+    manifest = json.loads((shards / "manifest.json").read_text())
+    assert manifest["tokenizer"]["sha256"] == tokenizer_fingerprint(EMBEDDED_TOKENIZER)["sha256"]
+    train, val = manifest["splits"]["train"], manifest["splits"]["validation"]
+    assert train["num_docs"] + val["num_docs"] == 120 and val["num_docs"] > 0
+    assert len(train["shards"]) > 1  # several shards at 40k tokens each
+    eos = manifest["tokenizer"]["eos_id"]
+    for shard in train["shards"] + val["shards"]:
+        tokens = np.fromfile(shards / shard["tokens"], dtype=np.uint32)
+        starts = np.load(shards / shard["docs"]).astype(np.int64)
+        assert len(tokens) == shard["num_tokens"] and len(starts) == shard["num_docs"]
+        ends = np.append(starts[1:], len(tokens)) - 1
+        assert (tokens[ends] == eos).all(), "every document ends with EOS"
+        assert (tokens[:-1] == eos).sum() == len(starts) - 1, "EOS only between documents"
+
+
+def test_validation_split_is_held_out_by_content(shards):
+    tok = Tokenizer.from_file(str(Path(EMBEDDED_TOKENIZER) / "tokenizer.json"))
+    manifest = json.loads((shards / "manifest.json").read_text())
+    for split, expected in (("validation", True), ("train", False)):
+        shard = manifest["splits"][split]["shards"][0]
+        tokens = np.fromfile(shards / shard["tokens"], dtype=np.uint32)
+        starts = list(np.load(shards / shard["docs"])) + [len(tokens)]
+        for a, b in list(zip(starts, starts[1:]))[:5]:
+            text = tok.decode(tokens[a : b - 1].tolist())  # byte-level BPE round-trips exactly
+            assert is_validation(text, 100) is expected
+
+
+def _windows(ds, n):
+    it = iter(ds)
+    return [next(it)[0]["input"] for _ in range(n)]
+
+
+def test_same_seed_same_stream_and_ranks_disjoint(shards):
+    a = _windows(ShardTokenDataset(str(shards), "train", 64, seed=3), 20)
+    b = _windows(ShardTokenDataset(str(shards), "train", 64, seed=3), 20)
+    c = _windows(ShardTokenDataset(str(shards), "train", 64, seed=4), 20)
+    assert all((x == y).all() for x, y in zip(a, b))
+    assert not all((x == y).all() for x, y in zip(a, c))
+    ranks = [ShardTokenDataset(str(shards), "train", 64, dp_rank=r, dp_world_size=3, seed=3) for r in range(3)]
+    orders = [set(r._order(0).tolist()) for r in ranks]
+    assert not (orders[0] & orders[1]) and not (orders[1] & orders[2]) and not (orders[0] & orders[2])
+    assert len(set.union(*orders)) == (ranks[0].num_windows // 3) * 3
+
+
+def test_windows_are_next_token_pairs_across_shard_boundaries(shards):
+    ds = ShardTokenDataset(str(shards), "train", 128, seed=0)
+    stream = np.concatenate([np.fromfile(shards / s["tokens"], dtype=np.uint32) for s in
+                             json.loads((shards / "manifest.json").read_text())["splits"]["train"]["shards"]])
+    for window in range(ds.num_windows):  # every window, including those spanning two shards
+        got = ds.data.read(window * 128, 129)
+        assert (got == stream[window * 128 : window * 128 + 129]).all()
+    (x, ), y = next(iter(ds))[0].values(), next(iter(ds))[1]
+    assert x.shape == y.shape == (128,)
+
+
+def test_resume_mid_stream_gives_exactly_the_next_windows(shards):
+    full = ShardTokenDataset(str(shards), "train", 64, seed=1)
+    uninterrupted = _windows(full, 30 + full.num_windows)  # runs past an epoch boundary too
+    first = ShardTokenDataset(str(shards), "train", 64, seed=1)
+    _windows(first, 30)
+    state = first.state_dict()
+    resumed = ShardTokenDataset(str(shards), "train", 64, seed=1)
+    resumed.load_state_dict(state)
+    again = _windows(resumed, full.num_windows)
+    assert all((x == y).all() for x, y in zip(again, uninterrupted[30:]))
+
+
+def test_tokenizer_mismatch_names_both(shards, tmp_path):
+    other = tmp_path / "tok"
+    shutil.copytree(EMBEDDED_TOKENIZER, other)
+    data = json.loads((other / "tokenizer.json").read_text())
+    data["added_tokens"].append({**data["added_tokens"][0], "id": 2048, "content": "<|other|>"})
+    (other / "tokenizer.json").write_text(json.dumps(data))
+    with pytest.raises(ValueError, match=r"tokenised with tokenizer sha256 .*\(vocab 2048\), but training uses sha256 .*\(vocab 2049\)"):
+        ShardSplit.open(str(shards), "train", tokenizer_fingerprint(str(other)))
+
+
+def test_truncated_shard_and_corrupt_manifest_are_named(shards, tmp_path):
+    broken = tmp_path / "broken"
+    shutil.copytree(shards, broken)
+    first = json.loads((broken / "manifest.json").read_text())["splits"]["train"]["shards"][0]["tokens"]
+    data = (broken / first).read_bytes()
+    (broken / first).write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match=rf"shard .*{first} is truncated or corrupt"):
+        ShardSplit.open(str(broken), "train")
+    (broken / "manifest.json").write_text("{not json")
+    with pytest.raises(ValueError, match=r"corrupt shard manifest .*manifest.json"):
+        ShardSplit.open(str(broken), "train")
+    with pytest.raises(ValueError, match=r"no split 'test'"):
+        ShardSplit.open(str(shards), "test")
+
+
+def test_text_source_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"dataset_path /no/such/folder does not exist"):
+        load_text_dataset("/no/such/folder")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(FileNotFoundError, match=r"no .parquet or .jsonl files"):
+        load_text_dataset(str(empty))
+    wrong = tmp_path / "wrong"
+    wrong.mkdir()
+    pq.write_table(pa.table({"text": ["hello world"]}), wrong / "part.parquet")
+    with pytest.raises(ValueError, match=r"no text column 'content'; columns are \['text'\]"):
+        load_text_dataset(str(wrong))
+
+
+def test_local_parquet_and_jsonl_sources(tmp_path):
+    ds = load_text_dataset(EMBEDDED_TRAIN)
+    assert len(ds) == 574 and len(ds[0]["content"]) > 200
+    jsonl = tmp_path / "jsonl"
+    jsonl.mkdir()
+    (jsonl / "a.jsonl").write_text(json.dumps({"content": "one document"}) + "\n" + json.dumps({"content": "two"}) + "\n")
+    assert load_text_dataset(str(jsonl))["content"] == ["one document", "two"]
