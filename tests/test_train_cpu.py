@@ -75,7 +75,7 @@ def test_muon_run_resumes_from_dcp_checkpoint_exactly(tmp_path):
 @pytest.mark.slow
 def test_trains_from_pretokenised_shards_with_held_out_validation(tmp_path):
     from parallax_titan.data import EMBEDDED_TOKENIZER, EMBEDDED_TRAIN
-    from scripts.prepare_data import prepare
+    from parallax_titan.data.prepare import prepare
 
     shards = tmp_path / "shards"
     prepare(EMBEDDED_TRAIN, "en", EMBEDDED_TOKENIZER, shards, validation_permille=50, shard_tokens=200_000)

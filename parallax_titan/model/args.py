@@ -27,6 +27,10 @@ class ParallaxModelArgs(Qwen3ModelArgs):
     probe_gate: bool = False
     # parallax_attention backend (parallax_titan.ops.BACKENDS).
     attention_backend: str = "torch"
+    # Attention stays inside each packed document (documents end with EOS). Parallax: document ids
+    # from the input's EOS tokens, handed to the kernel. Softmax: torchtitan's flex attention with its
+    # block_causal mask (same EOS convention; FlexAttention's backward needs a GPU).
+    document_masking: bool = False
 
     def __post_init__(self) -> None:
         self.validate()
@@ -59,6 +63,8 @@ class ParallaxModelArgs(Qwen3ModelArgs):
                     setattr(self, f.name, value)
         self.validate()
         self._check_tokenizer(job_config.model.hf_assets_path)
+        if self.document_masking and self.attention == "softmax":
+            self.attn_type, self.attn_mask_type = "flex", "block_causal"
 
     def _check_tokenizer(self, assets_path: str) -> None:
         """Refuse a tokenizer whose ids would index past the embedding; take its EOS id."""

@@ -22,6 +22,13 @@ from parallax_titan.model.args import ParallaxModelArgs
 from parallax_titan.ops import parallax_attention
 
 
+def document_ids_from_eos(tokens: torch.Tensor, eos_id: int) -> torch.Tensor:
+    """(B, N) document index of each token; an EOS belongs to the document it ends (torchtitan's
+    block_causal convention)."""
+    ends = (tokens == eos_id).to(torch.int32)
+    return torch.cumsum(ends, dim=1) - ends
+
+
 class ParallaxInnerAttention(nn.Module):
     """The attention core, in a module of its own like torchtitan's SDPA/flex wrappers."""
 
@@ -118,3 +125,9 @@ class ParallaxQwen3Model(Qwen3Model):
         self.layers = nn.ModuleDict(
             {str(i): ParallaxTransformerBlock(i, model_args) for i in range(model_args.n_layers)}
         )
+
+    def forward(self, tokens: torch.Tensor, attention_masks=None, positions: torch.Tensor | None = None):
+        args = self.model_args
+        if args.attention == "parallax" and args.document_masking:
+            attention_masks = document_ids_from_eos(tokens, args.eos_id)
+        return super().forward(tokens, attention_masks, positions)
