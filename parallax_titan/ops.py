@@ -100,6 +100,19 @@ def _check_shapes(q, k, v, r, document_ids) -> None:
         )
 
 
+def _document_ids_from_cu_seqlens(cu_seqlens, q, document_ids) -> torch.Tensor:
+    if document_ids is not None:
+        raise ValueError("give document_ids or cu_seqlens, not both")
+    b, _, n, _ = q.shape
+    if b != 1 or cu_seqlens.dim() != 1 or int(cu_seqlens[0]) != 0 or int(cu_seqlens[-1]) != n:
+        raise ValueError(
+            f"cu_seqlens must be 1-D [0, ..., N={n}] for a packed batch of one sequence; "
+            f"got shape {tuple(cu_seqlens.shape)} for q of shape {tuple(q.shape)}"
+        )
+    positions = torch.arange(n, device=cu_seqlens.device)
+    return torch.searchsorted(cu_seqlens[1:].contiguous(), positions, right=True)[None]
+
+
 def parallax_attention(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -110,9 +123,14 @@ def parallax_attention(
     scale: float | None = None,
     backend: str = "torch",
     document_ids: torch.Tensor | None = None,
+    cu_seqlens: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Parallax attention. `document_ids` (B, N), optional: keys in another document are invisible
-    (packed sequences)."""
+    """Parallax attention. For packed sequences, keys in another document are invisible; give the
+    documents either as `document_ids` (B, N), labels of contiguous segments (EOS-derived in the model),
+    or as `cu_seqlens`, the cumulative document lengths [0, n1, n1 + n2, ..., N] of a B = 1 batch
+    (flash-attn's varlen convention)."""
+    if cu_seqlens is not None:
+        document_ids = _document_ids_from_cu_seqlens(cu_seqlens, q, document_ids)
     _check_shapes(q, k, v, r, document_ids)
     check_backend(backend, q)
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)

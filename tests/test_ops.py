@@ -128,3 +128,15 @@ def test_bad_shapes_are_clear_errors(kwargs, message):
     doc = base.pop("document_ids", None)
     with pytest.raises(ValueError, match=message):
         parallax_attention(base["q"], base["k"], base["v"], base["r"], document_ids=doc)
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_cu_seqlens_packs_documents(rng, backend):
+    q, k, v, r = random_qkvr(rng, 1, 2, 1, 30, 16, dtype=torch.float32, requires_grad=False)
+    cu = torch.tensor([0, 7, 8, 21, 30])
+    out = parallax_attention(q, k, v, r, backend=backend, cu_seqlens=cu)
+    for a, b in zip(cu[:-1].tolist(), cu[1:].tolist()):
+        alone = parallax_attention_reference(q[:, :, a:b], k[:, :, a:b], v[:, :, a:b], r[:, :, a:b])
+        torch.testing.assert_close(out[:, :, a:b], alone, rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match=r"cu_seqlens must be 1-D \[0, ..., N=30\]"):
+        parallax_attention(q, k, v, r, cu_seqlens=torch.tensor([0, 7, 29]))

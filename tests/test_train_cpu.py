@@ -50,11 +50,19 @@ def test_quickstart_config_trains_on_cpu(tmp_path, flavor):
 
 
 @pytest.mark.slow
-def test_muon_run_resumes_from_dcp_checkpoint_exactly(tmp_path):
+@pytest.mark.parametrize("source", ["text", "shards"])
+def test_muon_run_resumes_from_dcp_checkpoint_exactly(tmp_path, source):
     """Stop at step 5, resume from its DCP checkpoint (model, Muon + AdamW state, lr schedule,
-    data position): steps 6-10 reproduce the uninterrupted run's losses."""
+    data position, for the on-the-fly text loader and the shard loader): steps 6-10 reproduce the
+    uninterrupted run's losses."""
     common = ("--optimizer.name", "Muon", "--checkpoint.interval", "5", "--validation.no-enable",
               "--optimizer.muon_per_head")
+    if source == "shards":
+        from parallax_titan.data import EMBEDDED_TOKENIZER, EMBEDDED_TRAIN
+        from parallax_titan.data.prepare import prepare
+
+        prepare(EMBEDDED_TRAIN, "en", EMBEDDED_TOKENIZER, tmp_path / "shards", shard_tokens=200_000)
+        common += ("--training.dataset_path", str(tmp_path / "shards"))
     full = run_training(tmp_path / "full", *common, steps=10)
     assert "Muon  hidden" in full and "optimizer routing" in full
     full_losses = {int(m.group(1)): float(m.group(2)) for m in LOSS.finditer(full)}
