@@ -63,6 +63,10 @@ def _scale(shape: tuple[int, int], scaling: str) -> float:
     return math.sqrt(max(1.0, fan_out / fan_in))
 
 
+def _local(t: torch.Tensor) -> torch.Tensor:
+    return t.to_local() if isinstance(t, DTensor) else t
+
+
 def _block_shape(shape, group: dict) -> tuple[int, int]:
     """The shape each orthogonalised block has: the matrix, or one head's slice of it."""
     rows, cols = shape
@@ -242,25 +246,28 @@ class Muon(torch.optim.Muon):
             if not params:
                 continue
             momentum = group["momentum"]
-            updates = []
+            grads, bufs = [], []
             for p in params:
-                grad = p.grad.to_local() if isinstance(p.grad, DTensor) else p.grad
                 state = self.state[p]
                 if "momentum_buffer" not in state:
                     state["momentum_buffer"] = torch.zeros_like(p.grad)
-                buf = state["momentum_buffer"]
-                buf_local = buf.to_local() if isinstance(buf, DTensor) else buf
-                buf_local.lerp_(grad, 1 - momentum)
-                updates.append(grad.lerp(buf_local, momentum) if group["nesterov"] else buf_local.clone())
+                grads.append(_local(p.grad))
+                bufs.append(_local(state["momentum_buffer"]))
+            # momentum (and Nesterov) on local shards, one fused launch per op for all matrices
+            torch._foreach_lerp_(bufs, grads, 1 - momentum)
+            updates = torch._foreach_lerp(grads, bufs, momentum) if group["nesterov"] else [b.clone() for b in bufs]
 
             dtype = self._ns_dtype(group, updates[0].device)
             ortho = self._orthogonalize_all(params, updates, group, dtype)
             lr, wd = group["lr"], group["weight_decay"]
-            for p, o in zip(params, ortho):
-                local = p.to_local() if isinstance(p, DTensor) else p
-                scale = _scale(_block_shape(p.shape, group), group["scaling"])
-                local.mul_(1 - lr * wd)
-                local.add_(o, alpha=-lr * scale)
+            locals_ = [_local(p) for p in params]
+            torch._foreach_mul_(locals_, 1 - lr * wd)  # decoupled weight decay
+            by_scale: dict[float, list[int]] = {}
+            for i, p in enumerate(params):
+                by_scale.setdefault(_scale(_block_shape(p.shape, group), group["scaling"]), []).append(i)
+            for scale, idx in by_scale.items():
+                torch._foreach_add_([locals_[i] for i in idx], [ortho[i].to(locals_[i].dtype) for i in idx],
+                                    alpha=-lr * scale)
         return loss
 
     def _orthogonalize_all(self, params, updates, group, dtype) -> list[torch.Tensor]:
