@@ -61,6 +61,29 @@ def _dot(a, b, DOT_FP32: tl.constexpr):
     return tl.dot(a, b)
 
 
+@triton.jit
+def _query_tile_keys(pid_m, b, N_CTX, DOC_START, CAUSAL: tl.constexpr, HAS_DOC: tl.constexpr,
+                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """Key range [lo, hi) a query tile can see: up to its last row if causal, from its first row's
+    document start (rounded down to a key tile) if documents are masked."""
+    lo = 0
+    hi = N_CTX
+    if CAUSAL:
+        hi = tl.minimum((pid_m + 1) * BLOCK_M, N_CTX)
+    if HAS_DOC:
+        first = tl.load(DOC_START + b * N_CTX + pid_m * BLOCK_M)
+        lo = (first // BLOCK_N) * BLOCK_N
+    return lo, hi
+
+
+@triton.jit
+def _load_kv_tile(k_base, v_base, offs_n, offs_d, s_kn, s_vn, N_CTX):
+    col_ok = offs_n < N_CTX
+    k = tl.load(k_base + offs_n[:, None] * s_kn + offs_d[None, :], mask=col_ok[:, None], other=0.0)
+    v = tl.load(v_base + offs_n[:, None] * s_vn + offs_d[None, :], mask=col_ok[:, None], other=0.0)
+    return k, v, col_ok
+
+
 @triton.autotune(configs=_configs("fwd"), key=["N_BUCKET", "HEAD_DIM", "CAUSAL", "HAS_DOC"])
 @triton.jit
 def _fwd_kernel(
@@ -91,19 +114,12 @@ def _fwd_kernel(
     acc1 = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)  # sum P1 v
     acc2 = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)  # sum P1 (t - c) v
 
-    lo = 0
-    hi = N_CTX
-    if CAUSAL:
-        hi = tl.minimum((pid_m + 1) * BLOCK_M, N_CTX)
+    lo, hi = _query_tile_keys(pid_m, b, N_CTX, DOC_START, CAUSAL, HAS_DOC, BLOCK_M, BLOCK_N)
     if HAS_DOC:
         doc_q = tl.load(DOC + b * N_CTX + offs_m, mask=row_ok, other=-1)
-        first = tl.load(DOC_START + b * N_CTX + pid_m * BLOCK_M)
-        lo = (first // BLOCK_N) * BLOCK_N
     for start_n in range(lo, hi, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
-        col_ok = offs_n < N_CTX
-        k = tl.load(k_base + offs_n[:, None] * s_kn + offs_d[None, :], mask=col_ok[:, None], other=0.0)
-        v = tl.load(v_base + offs_n[:, None] * s_vn + offs_d[None, :], mask=col_ok[:, None], other=0.0)
+        k, v, col_ok = _load_kv_tile(k_base, v_base, offs_n, offs_d, s_kn, s_vn, N_CTX)
         s1 = _dot(q, tl.trans(k), DOT_FP32) * scale_log2
         t = _dot(r, tl.trans(k), DOT_FP32)
         valid = col_ok[None, :]
@@ -255,20 +271,13 @@ def _bwd_dqdr_kernel(
     k_base = K + b * s_kb + hk * s_kh
     v_base = V + b * s_vb + hk * s_vh
 
-    lo = 0
-    hi = N_CTX
-    if CAUSAL:
-        hi = tl.minimum((pid_m + 1) * BLOCK_M, N_CTX)
+    lo, hi = _query_tile_keys(pid_m, b, N_CTX, DOC_START, CAUSAL, HAS_DOC, BLOCK_M, BLOCK_N)
     doc_q = offs_m
     if HAS_DOC:
         doc_q = tl.load(DOC + b * N_CTX + offs_m, mask=row_ok, other=-1)
-        first = tl.load(DOC_START + b * N_CTX + pid_m * BLOCK_M)
-        lo = (first // BLOCK_N) * BLOCK_N
     for start_n in range(lo, hi, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
-        col_ok = offs_n < N_CTX
-        k = tl.load(k_base + offs_n[:, None] * s_kn + offs_d[None, :], mask=col_ok[:, None], other=0.0)
-        v = tl.load(v_base + offs_n[:, None] * s_vn + offs_d[None, :], mask=col_ok[:, None], other=0.0)
+        k, v, col_ok = _load_kv_tile(k_base, v_base, offs_n, offs_d, s_kn, s_vn, N_CTX)
         doc_k = offs_n
         if HAS_DOC:
             doc_k = tl.load(DOC + b * N_CTX + offs_n, mask=col_ok, other=-2)

@@ -29,6 +29,23 @@ from parallax_titan.model.model import ParallaxQwen3Model
 from parallax_titan.optim.builder import MuonAdamWContainer
 
 
+def optimizer_variants():
+    """(label, [optimizer] config) for AdamW, Muon and per-head Muon, this repo's routing."""
+    for name, extra in (("AdamW", {}), ("Muon", {}), ("Muon", {"muon_per_head": True})):
+        config = SimpleNamespace(name=name, lr=1e-3, beta1=0.9, beta2=0.95, eps=1e-8, weight_decay=0.1,
+                                 implementation="foreach", early_step_in_backward=False,
+                                 **{**vars(OptimizerExtra()), **extra})
+        yield name + (" per-head" if extra else ""), config
+
+
+def time_optimizer_step(model, config) -> float:
+    """Median ms of one step of a fresh container, on random gradients (DTensors under FSDP)."""
+    container = MuonAdamWContainer([model], config)
+    for p in model.parameters():
+        p.grad = torch.randn_like(p) * 1e-3
+    return do_bench(container.step, warmup=3, rep=20, return_mode="median")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--flavor", default="0.6B-parallax")
@@ -58,15 +75,8 @@ def main() -> None:
     print(f"forward+backward: {train_ms:.1f} ms")
     print("| optimizer | step ms | % of fwd+bwd |")
     print("|---|---:|---:|")
-    for name, extra in (("AdamW", {}), ("Muon", {}), ("Muon", {"muon_per_head": True})):
-        config = SimpleNamespace(name=name, lr=1e-3, beta1=0.9, beta2=0.95, eps=1e-8, weight_decay=0.1,
-                                 implementation="foreach", early_step_in_backward=False,
-                                 **{**vars(OptimizerExtra()), **extra})
-        container = MuonAdamWContainer([model], config)
-        for p in model.parameters():
-            p.grad = torch.randn_like(p) * 1e-3
-        step_ms = do_bench(container.step, warmup=3, rep=20, return_mode="median")
-        label = name + (" per-head" if extra else "")
+    for label, config in optimizer_variants():
+        step_ms = time_optimizer_step(model, config)
         print(f"| {label} | {step_ms:.1f} | {100 * step_ms / train_ms:.1f}% |")
 
 
@@ -88,16 +98,7 @@ def bench_fsdp(args) -> None:
     for block in model.layers.values():
         fully_shard(block, mesh=mesh)
     fully_shard(model, mesh=mesh)
-    rows = []
-    for name, extra in (("AdamW", {}), ("Muon", {}), ("Muon", {"muon_per_head": True})):
-        config = SimpleNamespace(name=name, lr=1e-3, beta1=0.9, beta2=0.95, eps=1e-8, weight_decay=0.1,
-                                 implementation="foreach", early_step_in_backward=False,
-                                 **{**vars(OptimizerExtra()), **extra})
-        container = MuonAdamWContainer([model], config)
-        for p in model.parameters():
-            p.grad = torch.randn_like(p) * 1e-3
-        step_ms = do_bench(container.step, warmup=3, rep=20, return_mode="median")
-        rows.append((name + (" per-head" if extra else ""), step_ms))
+    rows = [(label, time_optimizer_step(model, config)) for label, config in optimizer_variants()]
     if rank == 0:
         print(f"device: {torch.cuda.get_device_name()} x {world}, flavor {args.flavor}, FSDP2 (fully_shard)")
         print("| optimizer | ranks | step ms (rank 0) |")
