@@ -26,9 +26,11 @@ from torch.distributed.checkpoint.state_dict import (
 from torchtitan.components.optimizer import OptimizersContainer
 from torchtitan.tools.logging import logger
 
+from parallax_titan.job_config import Optimizer as OptimizerKeys
 from parallax_titan.optim.muon import Muon
 
 OPTIMIZER_NAMES = ("Muon", "AdamW")
+_DEFAULTS = OptimizerKeys()
 _PER_HEAD = {"wq": 0, "wk": 0, "wv": 0, "wr": 0, "wo": 1}  # axis along which heads are laid out
 
 
@@ -56,9 +58,11 @@ def _summarise(names: list[str]) -> str:
     return ", ".join(f"{k} (x{v})" if v > 1 else k for k, v in counts.items())
 
 
-def _option(config, key: str, default):
-    value = getattr(config, key, None)
-    return default if value is None else value
+def _option(config, key: str, fallback=None):
+    """An `[optimizer]` key added by parallax_titan.job_config; its dataclass holds the defaults
+    (also used when a config lacks the extension). None there means "use `fallback`"."""
+    value = getattr(config, key, getattr(_DEFAULTS, key))
+    return fallback if value is None else value
 
 
 class MuonAdamWContainer(OptimizersContainer):
@@ -112,7 +116,7 @@ class MuonAdamWContainer(OptimizersContainer):
 
     @staticmethod
     def _build_muon(model: nn.Module, hidden: list[tuple[str, nn.Parameter]], c) -> Muon:
-        per_head = bool(_option(c, "muon_per_head", False))
+        per_head = bool(_option(c, "muon_per_head"))
         head_dim = getattr(getattr(model, "model_args", None), "head_dim", None)
         groups: dict[Any, list] = defaultdict(list)
         for name, p in hidden:
@@ -128,11 +132,11 @@ class MuonAdamWContainer(OptimizersContainer):
             muon_groups,
             lr=_option(c, "muon_lr", c.lr),
             weight_decay=_option(c, "muon_weight_decay", c.weight_decay),
-            momentum=_option(c, "muon_momentum", 0.95),
-            nesterov=_option(c, "muon_nesterov", True),
-            ns_steps=_option(c, "muon_ns_steps", 5),
-            scaling=_option(c, "muon_scaling", "match_rms_adamw"),
-            ns_dtype=_option(c, "muon_ns_dtype", "auto"),
+            momentum=_option(c, "muon_momentum"),
+            nesterov=_option(c, "muon_nesterov"),
+            ns_steps=_option(c, "muon_ns_steps"),
+            scaling=_option(c, "muon_scaling"),
+            ns_dtype=_option(c, "muon_ns_dtype"),
             names={id(p): n for n, p in hidden},
         )
 

@@ -84,10 +84,10 @@ def _orthogonalize_many(updates: list[torch.Tensor], group: dict, dtype: torch.d
     for i, u in enumerate(updates):
         by_shape.setdefault(tuple(u.shape), []).append(i)
     out: list[torch.Tensor] = [None] * len(updates)  # type: ignore[list-item]
+    split = group.get("head_split")
+    steps, eps, coefficients = group["ns_steps"], group["eps"], group["ns_coefficients"]
     for (rows, cols), idx in by_shape.items():
         stacked = torch.stack([updates[i] for i in idx])  # (n, R, C)
-        split = group.get("head_split")
-        steps, eps, coefficients = group["ns_steps"], group["eps"], group["ns_coefficients"]
         if split is None:
             result = newton_schulz(stacked, steps, coefficients, eps, dtype)
         elif split[0] == 0:
@@ -272,20 +272,18 @@ class Muon(torch.optim.Muon):
 
     def _orthogonalize_all(self, params, updates, group, dtype) -> list[torch.Tensor]:
         out: list[torch.Tensor] = [None] * len(params)  # type: ignore[list-item]
-        sharded: dict[int, list[int]] = {}  # process group id -> indices
-        groups: dict[int, tuple[dist.ProcessGroup, int]] = {}
+        # process group id -> (group, its size, indices of the matrices sharded over it)
+        sharded: dict[int, tuple[dist.ProcessGroup, int, list[int]]] = {}
         local: list[int] = []
         for i, p in enumerate(params):
             pg, world = _shard_group(p) if isinstance(p, DTensor) else (None, 1)
             if pg is None or world == 1:
                 local.append(i)
             else:
-                sharded.setdefault(id(pg), []).append(i)
-                groups[id(pg)] = (pg, world)
+                sharded.setdefault(id(pg), (pg, world, []))[2].append(i)
         for i, result in zip(local, _orthogonalize_many([updates[i] for i in local], group, dtype)):
             out[i] = result
-        for key, idx in sharded.items():
-            pg, world = groups[key]
+        for pg, world, idx in sharded.values():
             results = _distributed_orthogonalize(
                 [updates[i] for i in idx], [params[i].shape for i in idx], group, pg, world, dtype
             )
