@@ -32,7 +32,8 @@ def load_text_dataset(path: str, split: str = "en", streaming: bool = True):
         raise FileNotFoundError(f"dataset_path {path} does not exist")
     else:
         ds = load_dataset(path, split=split, streaming=streaming)
-    if TEXT_COLUMN not in ds.column_names:
+    # a streamed dataset may not know its columns up front (None): then the first row will tell
+    if ds.column_names is not None and TEXT_COLUMN not in ds.column_names:
         raise ValueError(
             f"dataset {path}: no text column {TEXT_COLUMN!r}; columns are {ds.column_names}"
         )

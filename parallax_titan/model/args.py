@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, fields
 
@@ -71,21 +70,17 @@ class ParallaxModelArgs(Qwen3ModelArgs):
         path = os.path.join(assets_path, "tokenizer.json")
         if not os.path.isfile(path):
             return  # torchtitan's tokenizer builder reports a missing tokenizer itself
-        from tokenizers import Tokenizer
+        from parallax_titan.data.shards import tokenizer_fingerprint
 
-        tokenizer = Tokenizer.from_file(path)
-        size = tokenizer.get_vocab_size(with_added_tokens=True)
+        tokenizer = tokenizer_fingerprint(assets_path)
+        size = tokenizer["vocab_size"]
         if size > self.vocab_size:
             raise ValueError(
                 f"tokenizer {path} has {size} tokens but the model flavor's vocab_size is "
                 f"{self.vocab_size}: token ids would index past the embedding"
             )
-        config_path = os.path.join(assets_path, "tokenizer_config.json")
-        if os.path.isfile(config_path):
-            eos = json.load(open(config_path)).get("eos_token")
-            eos = eos.get("content") if isinstance(eos, dict) else eos
-            if eos is not None and tokenizer.token_to_id(eos) is not None:
-                self.eos_id = tokenizer.token_to_id(eos)
+        if tokenizer["eos_id"] is not None:
+            self.eos_id = tokenizer["eos_id"]
 
     def get_nparams_and_flops(self, model: nn.Module, seq_len: int) -> tuple[int, int]:
         from parallax_titan.model.flops import count_parameters, training_flops_per_token
