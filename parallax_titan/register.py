@@ -8,10 +8,10 @@ from __future__ import annotations
 from torchtitan.components.loss import build_cross_entropy_loss
 from torchtitan.components.tokenizer import build_hf_tokenizer
 from torchtitan.models.qwen3 import parallelize_qwen3
-from torchtitan.models.qwen3.model.state_dict_adapter import Qwen3StateDictAdapter
 from torchtitan.protocols.train_spec import _extra_train_specs, register_train_spec, TrainSpec
 
 from parallax_titan.data import build_dataloader, build_validator, register_datasets
+from parallax_titan.hf_interop import ParallaxQwen3StateDictAdapter
 from parallax_titan.model.flavors import FLAVORS
 from parallax_titan.model.model import ParallaxQwen3Model
 from parallax_titan.optim.builder import build_optimizers
@@ -34,7 +34,7 @@ def get_train_spec() -> TrainSpec:
         build_loss_fn=build_cross_entropy_loss,
         build_validator_fn=build_validator,
         build_metrics_processor_fn=build_metrics_processor,
-        state_dict_adapter=Qwen3StateDictAdapter,
+        state_dict_adapter=ParallaxQwen3StateDictAdapter,
     )
 
 

@@ -93,3 +93,33 @@ def test_trains_from_pretokenised_shards_with_held_out_validation(tmp_path):
     losses = [float(m.group(2)) for m in LOSS.finditer(log) if "validate" not in m.group(0)]
     assert sum(losses[-4:]) / 4 < sum(losses[:4]) / 4 - 0.5, losses
     assert "validate step" in log
+
+
+@pytest.mark.slow
+def test_qwen3_converted_to_parallax_starts_as_softmax_and_learns_its_probe(tmp_path):
+    """The continued-pretraining path: an HF Qwen3 converted with W_R = 0 gives the same first loss
+    as the same checkpoint converted to softmax (exact start through the real trainer), then learns
+    W_R and lowers the loss."""
+    pytest.importorskip("transformers")
+    from test_hf_interop import tiny_qwen3
+
+    from parallax_titan.hf_interop import load_model_dcp
+    from parallax_titan.model.flavors import FLAVORS
+    from scripts.convert_hf import main as convert
+
+    _, hf_dir = tiny_qwen3(tmp_path)
+    first_losses = {}
+    for flavor in ("debug-transformer", "debug-parallax"):
+        dcp = tmp_path / f"init_{flavor}"
+        convert(["to-dcp", "--hf", str(hf_dir), "--flavor", flavor, "--out", str(dcp)])
+        log = run_training(tmp_path / flavor, "--model.flavor", flavor, "--validation.no-enable",
+                           "--checkpoint.initial_load_path", str(dcp), "--checkpoint.initial_load_model_only",
+                           steps=12)
+        assert "Loading the checkpoint from" in log and str(dcp) in log, log[-3000:]
+        losses = {int(m.group(1)): float(m.group(2)) for m in LOSS.finditer(log)}
+        first_losses[flavor] = losses[1]
+        if flavor == "debug-parallax":
+            assert sum(losses[s] for s in (10, 11, 12)) / 3 < losses[1] - 0.5, losses
+            state = load_model_dcp(tmp_path / flavor / "run" / "checkpoint" / "step-12", FLAVORS[flavor])
+            assert min(state[f"layers.{i}.attention.wr.weight"].abs().max() for i in range(4)) > 0
+    assert first_losses["debug-parallax"] == pytest.approx(first_losses["debug-transformer"], abs=1e-4)

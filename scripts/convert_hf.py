@@ -1,0 +1,84 @@
+"""Convert between Hugging Face Qwen3 checkpoints and this repo's DCP checkpoints.
+
+    # HF Qwen3 -> model-only DCP for `[checkpoint] initial_load_path` (softmax, or Parallax with an exact start)
+    python scripts/convert_hf.py to-dcp --hf assets/Qwen3-0.6B --flavor 0.6B-parallax --out outputs/qwen3-0.6B-parallax-init
+    # a trained checkpoint (checkpoint/step-N, full or model-only) -> safetensors + config.json + model card
+    python scripts/convert_hf.py to-hf --dcp outputs/run/checkpoint/step-20000 --flavor 0.6B-parallax --out exported/
+
+Any flavor mismatch (dims, heads, vocab, RoPE), missing or extra tensor, or non-float dtype is an error
+naming it; nothing is loaded partially. The mapping is torchtitan's Qwen3 state-dict adapter plus the
+Parallax probe tensors (parallax_titan/hf_interop.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+from parallax_titan.hf_interop import (
+    PROBE_STARTS,
+    check_config_matches,
+    from_hf_state,
+    load_model_dcp,
+    read_hf_checkpoint,
+    save_model_dcp,
+    write_hf_checkpoint,
+)
+from parallax_titan.model.flavors import FLAVORS
+
+DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+
+
+def flavor_args(name: str):
+    if name not in FLAVORS:
+        raise SystemExit(f"--flavor {name!r} is unknown; choose one of {sorted(FLAVORS)}")
+    return FLAVORS[name]
+
+
+def to_dcp(args: argparse.Namespace) -> None:
+    model_args = flavor_args(args.flavor)
+    config, hf_state = read_hf_checkpoint(args.hf)
+    check_config_matches(config, model_args, str(Path(args.hf) / "config.json"), args.flavor)
+    state = from_hf_state(hf_state, model_args, str(args.hf), probe_start=args.probe_start, seed=args.seed)
+    save_model_dcp(state, args.out)
+    probe = f", probe start {args.probe_start!r}" if model_args.attention == "parallax" else ""
+    print(f"wrote {len(state)} tensors ({model_args.attention} attention{probe}) as fp32 DCP to {args.out}")
+
+
+def to_hf(args: argparse.Namespace) -> None:
+    model_args = flavor_args(args.flavor)
+    state = load_model_dcp(args.dcp, model_args)
+    out = write_hf_checkpoint(args.out, state, model_args, args.flavor, DTYPES[args.dtype], str(args.dcp))
+    print(f"wrote {out.tensors} tensors ({out.bytes / 2**20:.1f} MiB, {args.dtype}) with config.json and README.md to {out.path}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("to-dcp", help="Hugging Face Qwen3 directory -> model-only DCP checkpoint")
+    p.add_argument("--hf", type=Path, required=True, help="directory with config.json and *.safetensors")
+    p.add_argument("--flavor", required=True, help="this repo's flavor, e.g. 0.6B-transformer or 0.6B-parallax")
+    p.add_argument("--out", type=Path, required=True, help="new DCP folder")
+    p.add_argument("--probe-start", choices=PROBE_STARTS, default="zero-wr",
+                   help="Parallax only: W_R = 0 with r-norm at one (default), or W_R random with r-norm at zero; "
+                        "both are exactly softmax attention at step 0 (parallax_titan/hf_interop.py says how they differ)")
+    p.add_argument("--seed", type=int, default=0, help="seed of W_R for --probe-start zero-norm")
+    p.set_defaults(run=to_dcp)
+    p = sub.add_parser("to-hf", help="DCP checkpoint -> safetensors + config.json + model card")
+    p.add_argument("--dcp", type=Path, required=True, help="a checkpoint/step-N folder")
+    p.add_argument("--flavor", required=True)
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--dtype", choices=sorted(DTYPES), default="bfloat16")
+    p.set_defaults(run=to_hf)
+    args = parser.parse_args(argv)
+    try:
+        args.run(args)
+    except (ValueError, FileNotFoundError, FileExistsError) as error:
+        sys.exit(f"convert_hf: {error}")
+
+
+if __name__ == "__main__":
+    main()
