@@ -22,11 +22,10 @@ from parallax_titan.hf_interop import (
     PROBE_STARTS,
     check_config_matches,
     from_hf_state,
-    load_model_dcp,
     read_hf_checkpoint,
-    save_model_dcp,
     write_hf_checkpoint,
 )
+from parallax_titan.model.checkpoint import load_model_dcp, save_model_dcp
 from parallax_titan.model.flavors import FLAVORS
 
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}

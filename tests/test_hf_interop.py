@@ -10,7 +10,7 @@ import torch
 transformers = pytest.importorskip("transformers")
 from safetensors.torch import load_file, save_file  # noqa: E402
 
-from parallax_titan.hf_interop import load_model_dcp  # noqa: E402
+from parallax_titan.model.checkpoint import load_model_dcp  # noqa: E402
 from parallax_titan.model.flavors import FLAVORS  # noqa: E402
 from parallax_titan.model.model import ParallaxQwen3Model  # noqa: E402
 from scripts.convert_hf import main as convert  # noqa: E402

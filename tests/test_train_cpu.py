@@ -103,7 +103,7 @@ def test_qwen3_converted_to_parallax_starts_as_softmax_and_learns_its_probe(tmp_
     pytest.importorskip("transformers")
     from test_hf_interop import tiny_qwen3
 
-    from parallax_titan.hf_interop import load_model_dcp
+    from parallax_titan.model.checkpoint import load_model_dcp
     from parallax_titan.model.flavors import FLAVORS
     from scripts.convert_hf import main as convert
 

@@ -79,26 +79,7 @@ class ParallaxAttention(Attention):
         positions: torch.Tensor | None = None,
     ):
         bs, seqlen, _ = x.shape
-        # -1 heads: tensor parallelism may shard the projections
-        xq = self.wq(x).view(bs, seqlen, -1, self.head_dim)
-        xk = self.wk(x).view(bs, seqlen, -1, self.head_dim)
-        xv = self.wv(x).view(bs, seqlen, -1, self.head_dim)
-        xr = self.wr(x).view(bs, seqlen, -1, self.head_dim)
-        if self.q_norm is not None:
-            xq = self.q_norm(xq)
-        if self.k_norm is not None:
-            xk = self.k_norm(xk)
-        if self.r_norm is not None:
-            xr = self.r_norm(xr)
-        if self.probe_gate is not None:
-            xr = xr * torch.sigmoid(self.probe_gate(x)).unsqueeze(-1)
-        n_q = xq.shape[2]
-        if self.probe_rope:
-            # r takes the query's positions: rotate q and r together, k as usual.
-            qr, xk = apply_rotary_emb(torch.cat([xq, xr], dim=2), xk, rope_cache, positions)
-            xq, xr = qr[:, :, :n_q], qr[:, :, n_q:]
-        else:
-            xq, xk = apply_rotary_emb(xq, xk, rope_cache, positions)
+        xq, xk, xv, xr = attention_inputs(self, x, rope_cache, positions)
         output = self.inner_attention(
             xq.transpose(1, 2),
             xk.transpose(1, 2),
@@ -109,6 +90,36 @@ class ParallaxAttention(Attention):
         )
         output = output.transpose(1, 2).contiguous().view(bs, seqlen, -1)
         return self.wo(output)
+
+
+def attention_inputs(attn: Attention, x: torch.Tensor, rope_cache: torch.Tensor, positions=None):
+    """q, k, v and (Parallax only, else None) the probe r of an attention module, each
+    (B, N, heads, head_dim), normalised and rotated: shared by training and the KV-cache decoder."""
+    bs, seqlen, _ = x.shape
+    # -1 heads: tensor parallelism may shard the projections
+    xq = attn.wq(x).view(bs, seqlen, -1, attn.head_dim)
+    xk = attn.wk(x).view(bs, seqlen, -1, attn.head_dim)
+    xv = attn.wv(x).view(bs, seqlen, -1, attn.head_dim)
+    if attn.q_norm is not None:
+        xq = attn.q_norm(xq)
+    if attn.k_norm is not None:
+        xk = attn.k_norm(xk)
+    if not isinstance(attn, ParallaxAttention):
+        xq, xk = apply_rotary_emb(xq, xk, rope_cache, positions)
+        return xq, xk, xv, None
+    xr = attn.wr(x).view(bs, seqlen, -1, attn.head_dim)
+    if attn.r_norm is not None:
+        xr = attn.r_norm(xr)
+    if attn.probe_gate is not None:
+        xr = xr * torch.sigmoid(attn.probe_gate(x)).unsqueeze(-1)
+    n_q = xq.shape[2]
+    if attn.probe_rope:
+        # r takes the query's positions: rotate q and r together, k as usual.
+        qr, xk = apply_rotary_emb(torch.cat([xq, xr], dim=2), xk, rope_cache, positions)
+        xq, xr = qr[:, :, :n_q], qr[:, :, n_q:]
+    else:
+        xq, xk = apply_rotary_emb(xq, xk, rope_cache, positions)
+    return xq, xk, xv, xr
 
 
 class ParallaxTransformerBlock(TransformerBlock):

@@ -1,0 +1,191 @@
+"""Triton Parallax decode: split-KV over a contiguous cache, merged inside the same launch.
+
+Grid (B, Hkv, S). A program takes the G = H / Hkv query heads that share one KV head, so each K/V
+tile is read once for all of them and for both branches (q.k and r.k). It writes fp32 partials for its
+split (kernels/decode.py gives the arithmetic), then takes a ticket from a per-(b, kv head) counter;
+the program that draws the last ticket merges the S partials and resets the counter to zero, so the
+next launch finds it clean. This is the portable fallback with the semantics of the Hopper kernel.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+SUPPORTED_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
+LOG2E = 1.4426950408889634
+
+
+@triton.jit
+def _dot(a, b, DOT_FP32: tl.constexpr):
+    # see kernels/triton_parallax.py: the CPU interpreter miscomputes low-precision tl.dot
+    if DOT_FP32:
+        return tl.dot(a.to(tl.float32), b.to(tl.float32))
+    if a.dtype == tl.float32:
+        return tl.dot(a, b, input_precision="ieee")
+    return tl.dot(a, b)
+
+
+@triton.jit
+def _decode_kernel(
+    Q, R, K, V, O, SEQLENS, PM, PD1, PTS, PO1, PO2, COUNTER,
+    s_qb, s_qh, s_kb, s_kh, s_kn, s_vb, s_vh, s_vn, s_ob, s_oh,
+    scale_log2, H, HKV, SPLITS,
+    G: tl.constexpr, G_PAD: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr,
+    DOT_FP32: tl.constexpr,
+):
+    b = tl.program_id(0)
+    hk = tl.program_id(1)
+    split = tl.program_id(2)
+    offs_g = tl.arange(0, G_PAD)
+    offs_d = tl.arange(0, HEAD_DIM)
+    row_ok = offs_g < G
+    heads = hk * G + offs_g
+    q_off = b * s_qb + heads[:, None] * s_qh + offs_d[None, :]
+    q = tl.load(Q + q_off, mask=row_ok[:, None], other=0.0)
+    r = tl.load(R + q_off, mask=row_ok[:, None], other=0.0)
+
+    length = tl.load(SEQLENS + b)
+    chunk = tl.cdiv(tl.cdiv(length, SPLITS), BLOCK_N) * BLOCK_N
+    lo = tl.minimum(split * chunk, length)
+    hi = tl.minimum(lo + chunk, length)
+    k_base = K + b * s_kb + hk * s_kh
+    v_base = V + b * s_vb + hk * s_vh
+
+    m_i = tl.full([G_PAD], float("-inf"), tl.float32)
+    d1 = tl.zeros([G_PAD], tl.float32)
+    t_sum = tl.zeros([G_PAD], tl.float32)
+    c = tl.zeros([G_PAD], tl.float32)
+    acc1 = tl.zeros([G_PAD, HEAD_DIM], tl.float32)
+    acc2 = tl.zeros([G_PAD, HEAD_DIM], tl.float32)
+    for start_n in range(lo, hi, BLOCK_N):
+        offs_n = start_n + tl.arange(0, BLOCK_N)
+        col_ok = offs_n < hi
+        k = tl.load(k_base + offs_n[:, None] * s_kn + offs_d[None, :], mask=col_ok[:, None], other=0.0)
+        v = tl.load(v_base + offs_n[:, None] * s_vn + offs_d[None, :], mask=col_ok[:, None], other=0.0)
+        s1 = _dot(q, tl.trans(k), DOT_FP32) * scale_log2
+        t = _dot(r, tl.trans(k), DOT_FP32)
+        s1 = tl.where(col_ok[None, :], s1, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s1, 1))  # finite: every tile has a visible key
+        alpha = tl.exp2(m_i - m_new)
+        p1 = tl.exp2(s1 - m_new[:, None])
+        d1 = d1 * alpha + tl.sum(p1, 1)
+        t_sum = t_sum * alpha + tl.sum(p1 * t, 1)
+        c_new = t_sum / d1
+        acc1 = acc1 * alpha[:, None]
+        acc2 = acc2 * alpha[:, None] + (c - c_new)[:, None] * acc1
+        p2 = p1 * (t - c_new[:, None])
+        acc1 += _dot(p1.to(v.dtype), v, DOT_FP32)
+        acc2 += _dot(p2.to(v.dtype), v, DOT_FP32)
+        c = c_new
+        m_i = m_new
+
+    # partials, laid out (B, H, S[, D])
+    row = (b * H + heads) * SPLITS + split
+    tl.store(PM + row, m_i, mask=row_ok)
+    tl.store(PD1 + row, d1, mask=row_ok)
+    tl.store(PTS + row, t_sum, mask=row_ok)
+    tl.store(PO1 + row[:, None] * HEAD_DIM + offs_d[None, :], acc1, mask=row_ok[:, None])
+    tl.store(PO2 + row[:, None] * HEAD_DIM + offs_d[None, :], acc2, mask=row_ok[:, None])
+
+    # acq_rel: our partial stores are released before the ticket; the last program acquires all
+    ticket = tl.atomic_add(COUNTER + b * HKV + hk, 1, sem="acq_rel")
+    if ticket == SPLITS - 1:
+        big_m = tl.full([G_PAD], float("-inf"), tl.float32)
+        for s in range(0, SPLITS):
+            big_m = tl.maximum(big_m, tl.load(PM + (b * H + heads) * SPLITS + s, mask=row_ok,
+                                               other=float("-inf"), cache_modifier=".cg"))
+        big_m = tl.where(big_m == float("-inf"), 0.0, big_m)
+        D1 = tl.zeros([G_PAD], tl.float32)
+        TS = tl.zeros([G_PAD], tl.float32)
+        for s in range(0, SPLITS):
+            srow = (b * H + heads) * SPLITS + s
+            a_s = tl.exp2(tl.load(PM + srow, mask=row_ok, other=float("-inf"), cache_modifier=".cg") - big_m)
+            D1 += a_s * tl.load(PD1 + srow, mask=row_ok, other=0.0, cache_modifier=".cg")
+            TS += a_s * tl.load(PTS + srow, mask=row_ok, other=0.0, cache_modifier=".cg")
+        D1_safe = tl.where(D1 > 0.0, D1, 1.0)
+        C = TS / D1_safe
+        O1 = tl.zeros([G_PAD, HEAD_DIM], tl.float32)
+        O2 = tl.zeros([G_PAD, HEAD_DIM], tl.float32)
+        for s in range(0, SPLITS):
+            srow = (b * H + heads) * SPLITS + s
+            a_s = tl.exp2(tl.load(PM + srow, mask=row_ok, other=float("-inf"), cache_modifier=".cg") - big_m)
+            d_s = tl.load(PD1 + srow, mask=row_ok, other=0.0, cache_modifier=".cg")
+            c_s = tl.where(d_s > 0.0, tl.load(PTS + srow, mask=row_ok, other=0.0, cache_modifier=".cg")
+                           / tl.where(d_s > 0.0, d_s, 1.0), 0.0)
+            o1_s = tl.load(PO1 + srow[:, None] * HEAD_DIM + offs_d[None, :], mask=row_ok[:, None], other=0.0,
+                           cache_modifier=".cg")
+            o2_s = tl.load(PO2 + srow[:, None] * HEAD_DIM + offs_d[None, :], mask=row_ok[:, None], other=0.0,
+                           cache_modifier=".cg")
+            O1 += a_s[:, None] * o1_s
+            O2 += a_s[:, None] * (o2_s + (c_s - C)[:, None] * o1_s)
+        out = (O1 - O2) / D1_safe[:, None]
+        o_off = b * s_ob + heads[:, None] * s_oh + offs_d[None, :]
+        tl.store(O + o_off, out.to(O.dtype.element_ty), mask=row_ok[:, None])
+        tl.atomic_xchg(COUNTER + b * HKV + hk, 0)
+
+
+def unavailable_reason(x: torch.Tensor) -> str | None:
+    if x.device.type != "cuda" and not (INTERPRET and x.device.type == "cpu"):
+        return f"tensors are on {x.device.type}; the Triton decode kernel needs CUDA (or TRITON_INTERPRET=1)"
+    if x.dtype not in SUPPORTED_DTYPES:
+        return f"dtype {x.dtype} is not supported (bf16, fp16, fp32)"
+    d = x.shape[-1]
+    if d < 16 or d > 256 or d & (d - 1):
+        return f"head_dim {d} is not supported (a power of two in [16, 256])"
+    return None
+
+
+_COUNTERS: dict[tuple, torch.Tensor] = {}
+
+
+def _counter(device: torch.device, n: int) -> torch.Tensor:
+    """Zeroed tickets, one per (b, kv head); each launch leaves them at zero again."""
+    key = (device, n)
+    if key not in _COUNTERS:
+        _COUNTERS[key] = torch.zeros(n, dtype=torch.int32, device=device)
+    return _COUNTERS[key]
+
+
+def default_num_splits(batch: int, kv_heads: int, max_len: int, device: torch.device, block_n: int) -> int:
+    """Enough splits for the grid to fill about one wave of SMs, never more than there are key tiles."""
+    if device.type == "cuda":
+        sms = torch.cuda.get_device_properties(device).multi_processor_count
+    else:
+        sms = 4
+    tiles = max(1, triton.cdiv(max_len, block_n))
+    return max(1, min(tiles, triton.cdiv(sms, batch * kv_heads), 128))
+
+
+def parallax_decode_triton(q, k_cache, v_cache, r, cache_seqlens, *, scale: float, num_splits: int | None = None,
+                           block_n: int = 64):
+    b, h, d = q.shape
+    hkv, l_max = k_cache.shape[1], k_cache.shape[2]
+    g = h // hkv
+    if q.stride(-1) != 1 or r.stride(-1) != 1 or k_cache.stride(-1) != 1 or v_cache.stride(-1) != 1:
+        raise ValueError("parallax_decode (triton) needs the last dimension of q, r, k_cache, v_cache contiguous")
+    if q.stride() != r.stride():  # the kernel addresses q and r with one set of strides
+        q, r = q.contiguous(), r.contiguous()
+    splits = num_splits or default_num_splits(b, hkv, l_max, q.device, block_n)
+    out = torch.empty_like(q)
+    f32 = dict(dtype=torch.float32, device=q.device)
+    pm = torch.empty(b, h, splits, **f32)
+    pd1 = torch.empty(b, h, splits, **f32)
+    pts = torch.empty(b, h, splits, **f32)
+    po1 = torch.empty(b, h, splits, d, **f32)
+    po2 = torch.empty(b, h, splits, d, **f32)
+    counter = _counter(q.device, b * hkv)
+    seqlens = cache_seqlens.to(device=q.device, dtype=torch.int32)
+    _decode_kernel[(b, hkv, splits)](
+        q, r, k_cache, v_cache, out, seqlens, pm, pd1, pts, po1, po2, counter,
+        q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
+        v_cache.stride(0), v_cache.stride(1), v_cache.stride(2), out.stride(0), out.stride(1),
+        scale * LOG2E, h, hkv, splits,
+        G=g, G_PAD=max(16, triton.next_power_of_2(g)), HEAD_DIM=d, BLOCK_N=block_n,
+        DOT_FP32=INTERPRET, num_warps=4, num_stages=2,
+    )
+    return out
