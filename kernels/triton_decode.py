@@ -9,6 +9,7 @@ next launch finds it clean. This is the portable fallback with the semantics of 
 
 from __future__ import annotations
 
+import functools
 import os
 
 import torch
@@ -34,7 +35,7 @@ def _dot(a, b, DOT_FP32: tl.constexpr):
 def _decode_kernel(
     Q, R, K, V, O, SEQLENS, PM, PD1, PTS, PO1, PO2, COUNTER,
     s_qb, s_qh, s_kb, s_kh, s_kn, s_vb, s_vh, s_vn, s_ob, s_oh,
-    scale_log2, H, HKV, SPLITS,
+    scale_log2, H, HKV, SPLITS, L_MAX,
     G: tl.constexpr, G_PAD: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr,
     DOT_FP32: tl.constexpr,
 ):
@@ -49,7 +50,7 @@ def _decode_kernel(
     q = tl.load(Q + q_off, mask=row_ok[:, None], other=0.0)
     r = tl.load(R + q_off, mask=row_ok[:, None], other=0.0)
 
-    length = tl.load(SEQLENS + b)
+    length = tl.minimum(tl.load(SEQLENS + b), L_MAX)  # never read past the cache
     chunk = tl.cdiv(tl.cdiv(length, SPLITS), BLOCK_N) * BLOCK_N
     lo = tl.minimum(split * chunk, length)
     hi = tl.minimum(lo + chunk, length)
@@ -151,12 +152,14 @@ def _counter(device: torch.device, n: int) -> torch.Tensor:
     return _COUNTERS[key]
 
 
+@functools.lru_cache(maxsize=None)
+def _sm_count(device: torch.device) -> int:
+    return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 4
+
+
 def default_num_splits(batch: int, kv_heads: int, max_len: int, device: torch.device, block_n: int) -> int:
     """Enough splits for the grid to fill about one wave of SMs, never more than there are key tiles."""
-    if device.type == "cuda":
-        sms = torch.cuda.get_device_properties(device).multi_processor_count
-    else:
-        sms = 4
+    sms = _sm_count(device)
     tiles = max(1, triton.cdiv(max_len, block_n))
     return max(1, min(tiles, triton.cdiv(sms, batch * kv_heads), 128))
 
@@ -184,7 +187,7 @@ def parallax_decode_triton(q, k_cache, v_cache, r, cache_seqlens, *, scale: floa
         q, r, k_cache, v_cache, out, seqlens, pm, pd1, pts, po1, po2, counter,
         q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         v_cache.stride(0), v_cache.stride(1), v_cache.stride(2), out.stride(0), out.stride(1),
-        scale * LOG2E, h, hkv, splits,
+        scale * LOG2E, h, hkv, splits, l_max,
         G=g, G_PAD=max(16, triton.next_power_of_2(g)), HEAD_DIM=d, BLOCK_N=block_n,
         DOT_FP32=INTERPRET, num_warps=4, num_stages=2,
     )

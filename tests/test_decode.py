@@ -107,7 +107,7 @@ def test_bad_decode_input_is_a_clear_error():
     with pytest.raises(ValueError, match="cache_seqlens must be an integer tensor of shape"):
         parallax_decode(q, k, v, r, cache_seqlens=lengths[:1])
     with pytest.raises(ValueError, match="exceed the cache length 16"):
-        parallax_decode(q, k, v, r, cache_seqlens=torch.tensor([17, 3], device=DEVICE))
+        parallax_decode(q, k, v, r, cache_seqlens=torch.tensor([17, 3]))
     with pytest.raises(ValueError, match="multiple of Hkv"):
         parallax_decode(q[:, :3], k, v, r[:, :3], cache_seqlens=lengths)
     with pytest.raises(ValueError, match="unknown parallax_decode backend 'cute'"):
@@ -178,3 +178,24 @@ def test_top_p_keeps_the_smallest_nucleus():
     logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
     seen = {int(sample(logits, 1.0, 0.7, torch.Generator().manual_seed(s))) for s in range(200)}
     assert seen == {0, 1}
+
+
+def test_generate_script_samples_from_a_dcp_checkpoint(tmp_path, capsys):
+    from pathlib import Path
+
+    from parallax_titan.inference import load_model
+    from parallax_titan.model.checkpoint import save_model_dcp
+    from scripts.generate import main
+
+    config = Path(__file__).resolve().parents[1] / "configs" / "debug_cpu.toml"
+    loaded = load_model(config, None)
+    save_model_dcp(loaded.model.state_dict(), tmp_path / "step-1")
+    argv = ["--config", str(config), "--checkpoint", str(tmp_path / "step-1"), "--prompt", "The tutorial",
+            "--prompt", "Python", "--max-new-tokens", "8", "--device", "cpu", "--seed", "1"]
+    main(argv)
+    first = capsys.readouterr()
+    main(argv)
+    assert capsys.readouterr().out == first.out  # seeded
+    assert first.out.count("=== ") == 2 and "tokens/s" in first.err
+    with pytest.raises(SystemExit, match="no .metadata"):
+        main(["--config", str(config), "--checkpoint", str(tmp_path), "--prompt", "x", "--device", "cpu"])

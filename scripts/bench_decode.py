@@ -1,0 +1,156 @@
+"""Time one Parallax decode step against softmax decode peers, in one run on one GPU.
+
+    python scripts/bench_decode.py [--batches 1 8 64 256 1024 2048] [--lengths 128 1024 8192 32768] [--json out.json]
+
+One query row per (batch, head), H = 16 query heads, Hkv = 8, D = 128, bf16, every sequence's cache
+full (length L). Peers, each in its native cache layout:
+  parallax-triton   this repo's split-KV Triton kernel (backend="triton", default split count)
+  fla-parallax      flash-linear-attention's parallax_decode_one_step (fla-core), if installed
+  sdpa-<backend>    softmax decode, torch SDPA with each backend that accepts the shape (enable_gqa)
+  flex              softmax decode, torch.compile'd FlexAttention (enable_gqa)
+flash-attn-4 is not timed: it needs nvidia-cutlass-dsl, whose libs wheel (92 MB) is not on the device
+host, and it has no split-KV path on SM90.
+
+Times are medians of triton.testing.do_bench_cudagraph (CUDA-graph replay, like the paper's latencies).
+Bandwidth counts the K and V bytes read (2 B Hkv L D 2), against the device copy bandwidth measured
+in the same run. A cell is skipped when its cache would take more than --max-cache-gib.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import torch
+import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from triton.testing import do_bench_cudagraph
+
+from parallax_titan.ops import parallax_decode
+
+# one compiled FlexAttention per shape; a generous cache so no cell falls back to eager
+torch._dynamo.config.cache_size_limit = 256
+FLEX = None
+
+H, HKV, D = 16, 8, 128
+SDPA_BACKENDS = {
+    "sdpa-cudnn": SDPBackend.CUDNN_ATTENTION,
+    "sdpa-flash": SDPBackend.FLASH_ATTENTION,
+    "sdpa-efficient": SDPBackend.EFFICIENT_ATTENTION,
+}
+
+
+def copy_bandwidth() -> float:
+    """Device copy bandwidth, bytes read + written per second (1 GiB buffer)."""
+    src = torch.empty(2**29, dtype=torch.bfloat16, device="cuda")
+    dst = torch.empty_like(src)
+    ms = do_bench_cudagraph(lambda: dst.copy_(src), rep=100)
+    return 2 * src.numel() * 2 / (ms * 1e-3)
+
+
+def peers(b: int, length: int, dtype, with_flex: bool):
+    gen = torch.Generator(device="cuda").manual_seed(0)
+
+    def rand(*shape):
+        return torch.randn(*shape, device="cuda", dtype=dtype, generator=gen)
+
+    q, r = rand(b, H, D), rand(b, H, D)
+    k, v = rand(b, HKV, length, D), rand(b, HKV, length, D)
+    seqlens = torch.full((b,), length, dtype=torch.int32, device="cuda")
+    out = {"parallax-triton": ("parallax", lambda: parallax_decode(q, k, v, r, cache_seqlens=seqlens, backend="triton"))}
+    try:
+        from fla.ops.parallax.decode import parallax_decode_one_step
+
+        # fla's layout: (B, S, H, D); a second copy of the cache, freed with the closure
+        kt, vt = k.transpose(1, 2).contiguous(), v.transpose(1, 2).contiguous()
+        qt, rt = q[:, None].contiguous(), r[:, None].contiguous()
+        out["fla-parallax"] = ("parallax", lambda: parallax_decode_one_step(qt, rt, kt, vt))
+    except ImportError:
+        pass
+    q4 = q[:, :, None]
+    for name, backend in SDPA_BACKENDS.items():
+        def run(backend=backend):
+            with sdpa_kernel(backend):
+                return F.scaled_dot_product_attention(q4, k, v, enable_gqa=True)
+        out[name] = ("softmax", run)
+    if with_flex:
+        out["flex"] = ("softmax", lambda: FLEX(q4, k, v, enable_gqa=True))
+    return out, (q, k, v, r, seqlens)
+
+
+def check(q, k, v, r, seqlens) -> float:
+    """Relative error of the Triton kernel against the float64 definition on this cell's inputs."""
+    from parallax_kernels.decode import parallax_decode_reference
+
+    got = parallax_decode(q, k, v, r, cache_seqlens=seqlens, backend="triton").double()
+    ref = parallax_decode_reference(q.double(), k.double(), v.double(), r.double(), seqlens, scale=D**-0.5)
+    return float((got - ref).abs().max() / ref.abs().max())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--batches", type=int, nargs="+", default=[1, 8, 64, 256, 1024, 2048])
+    parser.add_argument("--lengths", type=int, nargs="+", default=[128, 1024, 8192, 32768])
+    parser.add_argument("--max-cache-gib", type=float, default=None, help="default: 40%% of GPU memory")
+    parser.add_argument("--no-flex", action="store_true", help="skip FlexAttention (it compiles per shape)")
+    parser.add_argument("--json", default=None)
+    args = parser.parse_args()
+    global FLEX
+    if not args.no_flex:
+        from torch.nn.attention.flex_attention import flex_attention
+
+        FLEX = torch.compile(flex_attention, dynamic=False)
+    dtype = torch.bfloat16
+    total = torch.cuda.get_device_properties(0).total_memory
+    limit = (args.max_cache_gib * 2**30) if args.max_cache_gib else 0.4 * total
+    bandwidth = copy_bandwidth()
+    print(f"device: {torch.cuda.get_device_name()}, torch {torch.__version__}; copy bandwidth {bandwidth / 1e12:.2f} TB/s")
+    print(f"H={H} Hkv={HKV} D={D} bf16, one query row, full caches; times in microseconds (CUDA-graph medians)")
+    rows = []
+    for b in args.batches:
+        for length in args.lengths:
+            cache_bytes = 2 * b * HKV * length * D * 2
+            if cache_bytes > limit:
+                print(f"B={b} L={length}: skipped (cache {cache_bytes / 2**30:.1f} GiB > {limit / 2**30:.1f} GiB)")
+                continue
+            cell, inputs = peers(b, length, dtype, not args.no_flex)
+            error = check(*inputs) if b * length <= 8 * 32768 else None
+            times = {}
+            for name, (_, fn) in cell.items():
+                try:
+                    fn()
+                    times[name] = do_bench_cudagraph(fn, rep=50) * 1e3
+                except RuntimeError as err:  # a backend that refuses the shape
+                    times[name] = None
+                    print(f"  B={b} L={length} {name}: not run ({str(err).splitlines()[0][:90]})")
+            softmax = {n: t for n, t in times.items() if cell[n][0] == "softmax" and t is not None}
+            best = min(softmax, key=softmax.get)
+            ours = times["parallax-triton"]
+            row = {
+                "B": b, "L": length, "times_us": times, "fastest_softmax": best,
+                "ratio_to_fastest_softmax": ours / softmax[best],
+                "parallax_bandwidth_fraction": cache_bytes / (ours * 1e-6) / bandwidth,
+                "softmax_bandwidth_fraction": cache_bytes / (softmax[best] * 1e-6) / bandwidth,
+                "rel_error_vs_fp64": error,
+            }
+            if times.get("fla-parallax"):
+                row["ratio_to_fla"] = ours / times["fla-parallax"]
+            rows.append(row)
+            del cell, inputs
+            torch.cuda.empty_cache()
+    names = list(rows[0]["times_us"]) if rows else []
+    print("\n| B | L | " + " | ".join(names) + " | fastest softmax | parallax / fastest | parallax / fla | parallax BW | softmax BW | rel err |")
+    print("|---|---|" + "---:|" * (len(names) + 6))
+    for row in rows:
+        cells = " | ".join("-" if row["times_us"][n] is None else f"{row['times_us'][n]:.1f}" for n in names)
+        fla = f"{row['ratio_to_fla']:.2f}" if "ratio_to_fla" in row else "-"
+        err = f"{row['rel_error_vs_fp64']:.1e}" if row["rel_error_vs_fp64"] is not None else "-"
+        print(f"| {row['B']} | {row['L']} | {cells} | {row['fastest_softmax']} | {row['ratio_to_fastest_softmax']:.2f} | "
+              f"{fla} | {row['parallax_bandwidth_fraction']:.0%} | {row['softmax_bandwidth_fraction']:.0%} | {err} |")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"device": torch.cuda.get_device_name(), "copy_bandwidth": bandwidth, "rows": rows}, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
