@@ -35,9 +35,9 @@ def _dot(a, b, DOT_FP32: tl.constexpr):
 def _decode_kernel(
     Q, R, K, V, O, SEQLENS, PM, PD1, PTS, PO1, PO2, COUNTER,
     s_qb, s_qh, s_kb, s_kh, s_kn, s_vb, s_vh, s_vn, s_ob, s_oh,
-    scale_log2, H, HKV, SPLITS, L_MAX,
+    scale_log2, H, HKV, L_MAX, SPLITS: tl.constexpr,
     G: tl.constexpr, G_PAD: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr,
-    DOT_FP32: tl.constexpr,
+    S_PAD: tl.constexpr, DOT_FP32: tl.constexpr,
 ):
     b = tl.program_id(0)
     hk = tl.program_id(1)
@@ -85,49 +85,55 @@ def _decode_kernel(
         c = c_new
         m_i = m_new
 
-    # partials, laid out (B, H, S[, D])
-    row = (b * H + heads) * SPLITS + split
-    tl.store(PM + row, m_i, mask=row_ok)
-    tl.store(PD1 + row, d1, mask=row_ok)
-    tl.store(PTS + row, t_sum, mask=row_ok)
-    tl.store(PO1 + row[:, None] * HEAD_DIM + offs_d[None, :], acc1, mask=row_ok[:, None])
-    tl.store(PO2 + row[:, None] * HEAD_DIM + offs_d[None, :], acc2, mask=row_ok[:, None])
-
-    # acq_rel: our partial stores are released before the ticket; the last program acquires all
-    ticket = tl.atomic_add(COUNTER + b * HKV + hk, 1, sem="acq_rel")
-    if ticket == SPLITS - 1:
-        big_m = tl.full([G_PAD], float("-inf"), tl.float32)
-        for s in range(0, SPLITS):
-            big_m = tl.maximum(big_m, tl.load(PM + (b * H + heads) * SPLITS + s, mask=row_ok,
-                                               other=float("-inf"), cache_modifier=".cg"))
-        big_m = tl.where(big_m == float("-inf"), 0.0, big_m)
-        D1 = tl.zeros([G_PAD], tl.float32)
-        TS = tl.zeros([G_PAD], tl.float32)
-        for s in range(0, SPLITS):
-            srow = (b * H + heads) * SPLITS + s
-            a_s = tl.exp2(tl.load(PM + srow, mask=row_ok, other=float("-inf"), cache_modifier=".cg") - big_m)
-            D1 += a_s * tl.load(PD1 + srow, mask=row_ok, other=0.0, cache_modifier=".cg")
-            TS += a_s * tl.load(PTS + srow, mask=row_ok, other=0.0, cache_modifier=".cg")
-        D1_safe = tl.where(D1 > 0.0, D1, 1.0)
-        C = TS / D1_safe
-        O1 = tl.zeros([G_PAD, HEAD_DIM], tl.float32)
-        O2 = tl.zeros([G_PAD, HEAD_DIM], tl.float32)
-        for s in range(0, SPLITS):
-            srow = (b * H + heads) * SPLITS + s
-            a_s = tl.exp2(tl.load(PM + srow, mask=row_ok, other=float("-inf"), cache_modifier=".cg") - big_m)
-            d_s = tl.load(PD1 + srow, mask=row_ok, other=0.0, cache_modifier=".cg")
-            c_s = tl.where(d_s > 0.0, tl.load(PTS + srow, mask=row_ok, other=0.0, cache_modifier=".cg")
-                           / tl.where(d_s > 0.0, d_s, 1.0), 0.0)
-            o1_s = tl.load(PO1 + srow[:, None] * HEAD_DIM + offs_d[None, :], mask=row_ok[:, None], other=0.0,
-                           cache_modifier=".cg")
-            o2_s = tl.load(PO2 + srow[:, None] * HEAD_DIM + offs_d[None, :], mask=row_ok[:, None], other=0.0,
-                           cache_modifier=".cg")
-            O1 += a_s[:, None] * o1_s
-            O2 += a_s[:, None] * (o2_s + (c_s - C)[:, None] * o1_s)
-        out = (O1 - O2) / D1_safe[:, None]
+    if SPLITS == 1:  # nothing to merge: finish here (o = a - sum w (t - tbar) v, as in training)
+        d1_safe = tl.where(d1 > 0.0, d1, 1.0)
+        out = (acc1 - acc2) / d1_safe[:, None]
         o_off = b * s_ob + heads[:, None] * s_oh + offs_d[None, :]
         tl.store(O + o_off, out.to(O.dtype.element_ty), mask=row_ok[:, None])
-        tl.atomic_xchg(COUNTER + b * HKV + hk, 0)
+    else:
+        # partials, laid out (B, H, S[, D])
+        row = (b * H + heads) * SPLITS + split
+        tl.store(PM + row, m_i, mask=row_ok)
+        tl.store(PD1 + row, d1, mask=row_ok)
+        tl.store(PTS + row, t_sum, mask=row_ok)
+        tl.store(PO1 + row[:, None] * HEAD_DIM + offs_d[None, :], acc1, mask=row_ok[:, None])
+        tl.store(PO2 + row[:, None] * HEAD_DIM + offs_d[None, :], acc2, mask=row_ok[:, None])
+        # acq_rel: our partial stores are released before the ticket; the last program acquires all
+        ticket = tl.atomic_add(COUNTER + b * HKV + hk, 1, sem="acq_rel")
+        if ticket == SPLITS - 1:
+            _merge(PM, PD1, PTS, PO1, PO2, O, b, hk, s_ob, s_oh, H, SPLITS, G, HEAD_DIM, S_PAD)
+            tl.atomic_xchg(COUNTER + b * HKV + hk, 0)
+
+
+@triton.jit
+def _merge(PM, PD1, PTS, PO1, PO2, O, b, hk, s_ob, s_oh, H, SPLITS,
+           G: tl.constexpr, HEAD_DIM: tl.constexpr, S_PAD: tl.constexpr):
+    """One query row at a time, all splits at once: [S_PAD] and [S_PAD, D] tiles, one round of loads
+    per row (.cg: read the other programs' partials from L2, not a stale L1)."""
+    offs_s = tl.arange(0, S_PAD)
+    offs_d = tl.arange(0, HEAD_DIM)
+    s_ok = offs_s < SPLITS
+    for gi in tl.static_range(G):
+        h = hk * G + gi
+        rows = (b * H + h) * SPLITS + offs_s
+        m_s = tl.load(PM + rows, mask=s_ok, other=float("-inf"), cache_modifier=".cg")
+        d_s = tl.load(PD1 + rows, mask=s_ok, other=0.0, cache_modifier=".cg")
+        ts_s = tl.load(PTS + rows, mask=s_ok, other=0.0, cache_modifier=".cg")
+        o1_s = tl.load(PO1 + rows[:, None] * HEAD_DIM + offs_d[None, :], mask=s_ok[:, None], other=0.0,
+                       cache_modifier=".cg")
+        o2_s = tl.load(PO2 + rows[:, None] * HEAD_DIM + offs_d[None, :], mask=s_ok[:, None], other=0.0,
+                       cache_modifier=".cg")
+        big_m = tl.max(m_s, 0)
+        big_m = tl.where(big_m == float("-inf"), 0.0, big_m)
+        a_s = tl.exp2(m_s - big_m)  # 0 for empty splits
+        d1 = tl.sum(a_s * d_s, 0)
+        d1_safe = tl.where(d1 > 0.0, d1, 1.0)
+        c = tl.sum(a_s * ts_s, 0) / d1_safe
+        c_s = tl.where(d_s > 0.0, ts_s / tl.where(d_s > 0.0, d_s, 1.0), 0.0)
+        o1 = tl.sum(a_s[:, None] * o1_s, 0)
+        o2 = tl.sum(a_s[:, None] * (o2_s + (c_s - c)[:, None] * o1_s), 0)
+        out = (o1 - o2) / d1_safe
+        tl.store(O + b * s_ob + h * s_oh + offs_d, out.to(O.dtype.element_ty))
 
 
 def unavailable_reason(x: torch.Tensor) -> str | None:
@@ -157,15 +163,20 @@ def _sm_count(device: torch.device) -> int:
     return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 4
 
 
+MAX_SPLITS = 32  # the merge holds [splits, D] fp32 tiles in registers
+CTAS_PER_SM = 1  # H100 sweep (docs/benchmarks.md): one wave of programs was best or within 5%
+
+
 def default_num_splits(batch: int, kv_heads: int, max_len: int, device: torch.device, block_n: int) -> int:
-    """Enough splits for the grid to fill about one wave of SMs, never more than there are key tiles."""
-    sms = _sm_count(device)
+    """Enough splits for the grid to fill about one wave (CTAS_PER_SM programs per SM), never more
+    than there are key tiles: small batches with long caches get split, large batches do not."""
     tiles = max(1, triton.cdiv(max_len, block_n))
-    return max(1, min(tiles, triton.cdiv(sms, batch * kv_heads), 128))
+    want = triton.cdiv(_sm_count(device) * CTAS_PER_SM, batch * kv_heads)
+    return max(1, min(tiles, want, MAX_SPLITS))
 
 
 def parallax_decode_triton(q, k_cache, v_cache, r, cache_seqlens, *, scale: float, num_splits: int | None = None,
-                           block_n: int = 64):
+                           block_n: int | None = None, num_warps: int = 4, num_stages: int = 3):
     b, h, d = q.shape
     hkv, l_max = k_cache.shape[1], k_cache.shape[2]
     g = h // hkv
@@ -173,22 +184,27 @@ def parallax_decode_triton(q, k_cache, v_cache, r, cache_seqlens, *, scale: floa
         raise ValueError("parallax_decode (triton) needs the last dimension of q, r, k_cache, v_cache contiguous")
     if q.stride() != r.stride():  # the kernel addresses q and r with one set of strides
         q, r = q.contiguous(), r.contiguous()
-    splits = num_splits or default_num_splits(b, hkv, l_max, q.device, block_n)
+    splits = num_splits or default_num_splits(b, hkv, l_max, q.device, 64)
+    if block_n is None:  # longer key runs per program take the larger tile (H100 sweep)
+        block_n = 128 if l_max // splits >= 1024 else 64
+    if splits > MAX_SPLITS:
+        raise ValueError(f"num_splits {splits} exceeds the kernel's maximum {MAX_SPLITS}")
     out = torch.empty_like(q)
     f32 = dict(dtype=torch.float32, device=q.device)
-    pm = torch.empty(b, h, splits, **f32)
-    pd1 = torch.empty(b, h, splits, **f32)
-    pts = torch.empty(b, h, splits, **f32)
-    po1 = torch.empty(b, h, splits, d, **f32)
-    po2 = torch.empty(b, h, splits, d, **f32)
+    parts = 0 if splits == 1 else splits  # one split writes the output directly
+    pm = torch.empty(b, h, parts, **f32)
+    pd1 = torch.empty(b, h, parts, **f32)
+    pts = torch.empty(b, h, parts, **f32)
+    po1 = torch.empty(b, h, parts, d, **f32)
+    po2 = torch.empty(b, h, parts, d, **f32)
     counter = _counter(q.device, b * hkv)
     seqlens = cache_seqlens.to(device=q.device, dtype=torch.int32)
     _decode_kernel[(b, hkv, splits)](
         q, r, k_cache, v_cache, out, seqlens, pm, pd1, pts, po1, po2, counter,
         q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         v_cache.stride(0), v_cache.stride(1), v_cache.stride(2), out.stride(0), out.stride(1),
-        scale * LOG2E, h, hkv, splits, l_max,
+        scale * LOG2E, h, hkv, l_max, splits,
         G=g, G_PAD=max(16, triton.next_power_of_2(g)), HEAD_DIM=d, BLOCK_N=block_n,
-        DOT_FP32=INTERPRET, num_warps=4, num_stages=2,
+        S_PAD=max(2, triton.next_power_of_2(splits)), DOT_FP32=INTERPRET, num_warps=num_warps, num_stages=num_stages,
     )
     return out

@@ -87,6 +87,39 @@ def check(q, k, v, r, seqlens) -> float:
     return float((got - ref).abs().max() / ref.abs().max())
 
 
+SWEEP_CELLS = [(1, 8192), (1, 32768), (8, 8192), (64, 8192), (256, 1024), (2048, 128)]
+
+
+def sweep(dtype) -> None:
+    """Parallax kernel settings (key tile, warps, stages, splits) on a few cells, to choose defaults."""
+    from parallax_kernels.triton_decode import default_num_splits, parallax_decode_triton
+
+    print("| B | L | default splits | block_n | warps | stages | splits | us |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|")
+    for b, length in SWEEP_CELLS:
+        cell, (q, k, v, r, seqlens) = peers(b, length, dtype, False)
+        base = default_num_splits(b, HKV, length, q.device, 64)
+        results = []
+        for block_n in (64, 128):
+            for warps in (4, 8):
+                for stages in (2, 3, 4):
+                    for splits in sorted({1, max(1, base // 2), base, min(32, base * 2)}):
+                        fn = lambda: parallax_decode_triton(q, k, v, r, seqlens, scale=D**-0.5, num_splits=splits,
+                                                            block_n=block_n, num_warps=warps, num_stages=stages)
+                        try:
+                            fn()
+                            results.append((do_bench_cudagraph(fn, rep=30) * 1e3, block_n, warps, stages, splits))
+                        except Exception as err:  # e.g. out of shared memory
+                            print(f"  B={b} L={length} {block_n}/{warps}/{stages}/{splits}: {type(err).__name__}")
+        for us, block_n, warps, stages, splits in sorted(results)[:4]:
+            print(f"| {b} | {length} | {base} | {block_n} | {warps} | {stages} | {splits} | {us:.1f} |")
+        default = [x for x in results if x[1:] == (64, 4, 2, base)]
+        if default:
+            print(f"| {b} | {length} | {base} | 64 | 4 | 2 | {base} (default) | {default[0][0]:.1f} |")
+        del cell
+        torch.cuda.empty_cache()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 8, 64, 256, 1024, 2048])
@@ -94,7 +127,11 @@ def main() -> None:
     parser.add_argument("--max-cache-gib", type=float, default=None, help="default: 40%% of GPU memory")
     parser.add_argument("--no-flex", action="store_true", help="skip FlexAttention (it compiles per shape)")
     parser.add_argument("--json", default=None)
+    parser.add_argument("--sweep", action="store_true", help="only sweep the Parallax kernel's settings")
     args = parser.parse_args()
+    if args.sweep:
+        sweep(torch.bfloat16)
+        return
     global FLEX
     if not args.no_flex:
         from torch.nn.attention.flex_attention import flex_attention

@@ -45,13 +45,13 @@ def test_split_bounds_cover_each_sequence_once():
 @pytest.mark.parametrize("splits", [1, 2, 5, 16])
 def test_merged_partials_equal_the_definition_in_float64(splits):
     q, k, v, r, lengths = decode_inputs(3, 4, 2, 37, 16, torch.float64, lengths=[37, 1, 20])
-    merged = merge_partials_torch(decode_partials_torch(q, k, v, r, lengths.cpu(), 16 ** -0.5, splits))
+    merged = merge_partials_torch(decode_partials_torch(q, k, v, r, lengths, 16 ** -0.5, splits))
     torch.testing.assert_close(merged, reference(q, k, v, r, lengths), rtol=1e-10, atol=1e-10)
 
 
 def test_an_empty_split_contributes_nothing():
     q, k, v, r, lengths = decode_inputs(1, 2, 1, 8, 16, torch.float64, lengths=[3])
-    partials = decode_partials_torch(q, k, v, r, lengths.cpu(), 0.25, num_splits=6)
+    partials = decode_partials_torch(q, k, v, r, lengths, 0.25, num_splits=6)
     assert torch.isinf(partials.m[..., 3:]).all() and (partials.d1[..., 3:] == 0).all()
     torch.testing.assert_close(merge_partials_torch(partials), reference(q, k, v, r, lengths))
 
@@ -70,6 +70,7 @@ CASES = [  # (B, H, Hkv, L_max, D, lengths, splits)
     (3, 4, 4, 130, 16, [1, 130, 64], 3),
     (2, 8, 1, 200, 64, [199, 5], 8),
     (1, 2, 1, 300, 32, [300], 16),  # more splits than key blocks of 64: empty splits
+    (2, 4, 2, 700, 16, [700, 333], 32),  # the most splits the merge takes
 ]
 
 
@@ -112,6 +113,9 @@ def test_bad_decode_input_is_a_clear_error():
         parallax_decode(q[:, :3], k, v, r[:, :3], cache_seqlens=lengths)
     with pytest.raises(ValueError, match="unknown parallax_decode backend 'cute'"):
         parallax_decode(q, k, v, r, cache_seqlens=lengths, backend="cute")
+    if DEVICE == "cuda" or __import__("os").environ.get("TRITON_INTERPRET") == "1":
+        with pytest.raises(ValueError, match="num_splits 33 exceeds the kernel's maximum 32"):
+            parallax_decode(q, k, v, r, cache_seqlens=lengths, backend="triton", num_splits=33)
     with pytest.raises(ValueError, match="num_splits must be >= 1"):
         parallax_decode(q, k, v, r, cache_seqlens=lengths, num_splits=0)
 

@@ -11,7 +11,7 @@ run() {  # name config steps [overrides...]
   [[ $runs == all || " $runs " == *" $name "* ]] || return 0
   timeout 240 torchrun --standalone --nproc_per_node=1 -m parallax_titan.train --job.config_file "$config" \
     --model.hf_assets_path ./parallax_titan/assets/tokenizer --training.dataset embedded_en \
-    --training.steps "$steps" --training.local_batch_size 4 --training.global_batch_size 4 \
+    --training.steps "$steps" --training.local_batch_size ${LOCAL_BATCH:-4} --training.global_batch_size ${LOCAL_BATCH:-4} \
     --lr_scheduler.warmup_steps 2 --checkpoint.no-enable --metrics.log_freq 1 \
     --metrics.disable_color_printing --job.dump_folder "/tmp/$name" "$@" > "$out/$name.log" 2>&1
   echo "== $name (rc=$?)"; grep -E "optimizer routing|step: |Error|error:" "$out/$name.log" | cut -c1-220 | tail -14
@@ -19,3 +19,5 @@ run() {  # name config steps [overrides...]
 run parallax_muon_torch configs/0.6B_parallax_muon.toml 3
 run parallax_muon_triton_compile configs/0.6B_parallax_muon.toml 12 --parallax.attention_backend triton --compile.enable
 run transformer_muon_compile configs/0.6B_transformer_muon.toml 12 --compile.enable
+# issue 4's reference: the optimizer against a step at a larger local batch (LOCAL_BATCH=8)
+run parallax_adamw_triton_compile configs/0.6B_parallax_adamw.toml 12 --parallax.attention_backend triton --compile.enable
