@@ -62,7 +62,25 @@ class LRScheduler:
 
 
 @dataclass
+class Diagnostics:
+    """Parallax diagnostics (parallax_titan/diagnostics.py) logged with the metrics."""
+
+    interval: int = 0
+    """every this many steps (0: off); activation statistics need `python -m parallax_titan.train`"""
+    tokens: int = 512
+    """probe length: the first sequence of that step's batch, cut to this many tokens"""
+
+
+@dataclass
+class Metrics:
+    jsonl_file: str = "metrics.jsonl"
+    """every logged metric, one JSON record per step, in the dump folder ("" : off); scripts/plot_runs.py reads it"""
+
+
+@dataclass
 class JobConfig:
     parallax: Parallax = field(default_factory=Parallax)
+    diagnostics: Diagnostics = field(default_factory=Diagnostics)
+    metrics: Metrics = field(default_factory=Metrics)
     optimizer: Optimizer = field(default_factory=Optimizer)
     lr_scheduler: LRScheduler = field(default_factory=LRScheduler)

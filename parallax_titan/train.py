@@ -5,7 +5,8 @@ on GPUs). What it adds:
 - on a machine without CUDA it installs parallax_titan.cpu_shim first, so the Trainer runs on CPU
   with gloo (the shim must precede any torchtitan import, which is why this wrapper exists);
 - started without torchrun, it fills in the single-process rendezvous variables;
-- it registers this repo's TrainSpec and datasets even if the TOML forgot `custom_import`.
+- it registers this repo's TrainSpec and datasets even if the TOML forgot `custom_import`;
+- it runs parallax_titan.trainer.ParallaxTrainer, which feeds the activation diagnostics a probe.
 """
 
 from __future__ import annotations
@@ -40,9 +41,11 @@ def main(argv: list[str] | None = None) -> None:
     _single_process_env()
 
     import parallax_titan.register  # noqa: F401  (TrainSpec + datasets)
-    from torchtitan.train import main as torchtitan_main, Trainer
+    from torchtitan.train import main as torchtitan_main
 
-    torchtitan_main(Trainer)
+    from parallax_titan.trainer import ParallaxTrainer
+
+    torchtitan_main(ParallaxTrainer)
 
 
 if __name__ == "__main__":

@@ -90,6 +90,10 @@ selective_ac_option = "2"
 [compile]
 enable = true
 
+[diagnostics]
+interval = 100
+tokens = 512
+
 [metrics]
 log_freq = 10
 enable_tensorboard = true

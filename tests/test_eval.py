@@ -71,3 +71,138 @@ def test_perplexity_bad_checkpoint_is_a_clear_error(tmp_path):
 
     with pytest.raises(SystemExit, match="no .metadata"):
         main(["--config", str(CONFIG), "--checkpoint", str(tmp_path), "--device", "cpu"])
+
+
+# --- diagnostics --------------------------------------------------------------------------------
+
+def test_attention_stats_match_a_hand_computation():
+    """One head, D = 1, two tokens. Query 1: w = (1/4, 3/4), t = (0, 6), tbar = 4.5, so
+    alpha = (1/4 * 5.5, 3/4 * (1 + 4.5 - 6)) = (1.375, -0.375); query 0 sees only itself."""
+    from parallax_titan.diagnostics import attention_stats
+
+    q = torch.tensor([[[0.0], [math.log(3)]]])
+    k = torch.tensor([[[0.0], [1.0]]])
+    v = torch.tensor([[[1.0], [0.0]]])
+    r = torch.tensor([[[5.0], [6.0]]])
+    stats = attention_stats(q, k, v, r, scale=1.0)
+    a = torch.tensor([1.0, 0.25])
+    o = torch.tensor([1.0, 1.375])
+    assert stats["cor"] == pytest.approx(float((o - a).norm() / a.norm()), rel=1e-6)
+    assert stats["sink"] == pytest.approx(0.25)
+    assert stats["entropy"] == pytest.approx(-(0.25 * math.log(0.25) + 0.75 * math.log(0.75)) / 2, rel=1e-6)
+    assert stats["neg_frac"] == pytest.approx(1 / 3)
+    assert stats["alpha_max"] == pytest.approx(1.375)
+    softmax = attention_stats(q, k, v, None, scale=1.0)
+    assert softmax["cor"] == 0 and softmax["neg_frac"] == 0 and softmax["sink"] == stats["sink"]
+
+
+def test_stable_ranks_match_direct_svds():
+    from parallax_titan.diagnostics import circuit_stable_rank, stable_rank, weight_stats
+
+    assert float(stable_rank(torch.tensor([4.0, 3.0]))) == pytest.approx(25 / 16)
+    g = torch.Generator().manual_seed(0)
+    left, right = torch.randn(3, 8, 40, generator=g), torch.randn(3, 8, 40, generator=g)
+    direct = [torch.linalg.svdvals(left[h].T.double() @ right[h].double()) for h in range(3)]
+    expected = torch.stack([(s**2).sum() / s.max() ** 2 for s in direct])
+    torch.testing.assert_close(circuit_stable_rank(left, right), expected)
+    # a rank-one W_R has stable rank one in every head
+    wr = torch.randn(4 * 8, 1, generator=g) @ torch.randn(1, 40, generator=g)
+    wq, wk, wv = torch.randn(32, 40, generator=g), torch.randn(16, 40, generator=g), torch.randn(16, 40, generator=g)
+    wo = torch.randn(40, 32, generator=g)
+    stats = weight_stats(wq, wk, wv, wo, wr, n_heads=4, n_kv_heads=2)
+    assert stats["sr_wr"] == pytest.approx(1.0) and stats["sr_rk"] == pytest.approx(1.0)
+    ov_direct = torch.linalg.svdvals(wo[:, :8].double() @ wv[:8].double())
+    assert stats["sr_ov"] >= 1.0 and float((ov_direct**2).sum() / ov_direct.max() ** 2) >= 1.0
+
+
+def test_activation_walk_sees_what_the_forward_sees():
+    """The diagnostics walk the layers by hand; their per-layer statistics must equal those of the
+    q, k, v, r the model's own forward hands to its attention."""
+    from dataclasses import replace
+
+    from parallax_titan.diagnostics import attention_stats, model_activation_stats
+    from parallax_titan.model.flavors import FLAVORS
+    from parallax_titan.model.model import ParallaxQwen3Model
+
+    torch.manual_seed(0)
+    model = ParallaxQwen3Model(replace(FLAVORS["debug-parallax"], attention_backend="torch"))
+    with torch.no_grad():
+        model.init_weights()
+    tokens = torch.randint(0, 2048, (1, 40))
+    seen = {}
+
+    def hook(i):
+        def capture(module, args, kwargs):
+            q, k, v, r = args
+            seen[i] = attention_stats(q[0], k[0], v[0], r[0], kwargs["scale"])
+        return capture
+
+    for i, block in model.layers.items():
+        block.attention.inner_attention.register_forward_pre_hook(hook(int(i)), with_kwargs=True)
+    with torch.no_grad():
+        model(tokens)
+    walked = model_activation_stats(model, tokens)
+    for i in seen:
+        for name, value in seen[i].items():
+            assert walked[i][name] == pytest.approx(value, rel=1e-4, abs=1e-6), (i, name)
+    assert all(walked[i]["cor"] > 0 for i in walked)
+
+
+def test_diagnose_script_prints_every_layer(random_checkpoint, tmp_path, capsys):
+    from scripts.diagnose import main
+
+    path, _ = random_checkpoint
+    stats = main(["--config", str(CONFIG), "--checkpoint", str(path), "--tokens", "64", "--device", "cpu",
+                  "--json", str(tmp_path / "d.json")])
+    out = capsys.readouterr().out
+    assert sorted(stats) == [0, 1, 2, 3] and out.count("\n| ") >= 5
+    assert all(0 < stats[i]["sr_wr"] <= 64 for i in stats)
+
+
+# --- run plots ----------------------------------------------------------------------------------
+
+def _synthetic_run(folder, offset, slope=1.0):
+    import json
+
+    folder.mkdir(parents=True)
+    with open(folder / "metrics.jsonl", "w") as f:
+        for step in range(1, 101):
+            record = {"step": step, "tokens": step * 1000, "loss_metrics/global_avg_loss": 8 - slope * math.log(step) + offset}
+            if step % 20 == 0:
+                record.update({f"diagnostics/cor/layer{i}": offset + i for i in range(4)})
+            f.write(json.dumps(record) + "\n")
+            if step % 25 == 0:
+                f.write(json.dumps({"step": step, "tokens": step * 1000, "validation_metrics/loss": 8.2 - math.log(step) + offset}) + "\n")
+
+
+def test_plot_runs_draws_png_and_svg_from_jsonl_and_tensorboard(tmp_path):
+    import xml.etree.ElementTree as ET
+
+    from matplotlib.image import imread
+    from torch.utils.tensorboard import SummaryWriter
+
+    from scripts.plot_runs import layer_values, load_run, main
+
+    _synthetic_run(tmp_path / "a", 0.0)
+    _synthetic_run(tmp_path / "b", -0.1)
+    tb = tmp_path / "c" / "tb"
+    writer = SummaryWriter(str(tb))
+    for step in range(1, 51):
+        writer.add_scalar("loss_metrics/global_avg_loss", 8 - math.log(step) + 0.05, step)
+    writer.close()
+    paths = main([str(tmp_path / "a"), str(tmp_path / "b"), str(tmp_path / "c"), "--labels", "T", "P", "TB",
+                  "--baseline", "T", "--tokens-per-step", "1000", "--out", str(tmp_path / "plots" / "cmp")])
+    png, svg = paths
+    image = imread(png)
+    assert image.ndim == 3 and image.shape[0] > 300 and image.shape[1] > 1000
+    assert image[..., :3].std() > 0.05  # not blank
+    text = "".join(ET.parse(svg).getroot().itertext())
+    assert "difference to T" in text and "cor per layer" in text
+    run = load_run(tmp_path / "c", "TB", 1000)
+    x, _ = run.series["loss_metrics/global_avg_loss"]
+    assert x[0] == 1000 and x[-1] == 50_000
+    assert layer_values(load_run(tmp_path / "b", "P", None), "cor") == ([0, 1, 2, 3], [-0.1, 0.9, 1.9, 2.9])
+    with pytest.raises(SystemExit, match="--baseline 'X'"):
+        main([str(tmp_path / "a"), "--baseline", "X", "--out", str(tmp_path / "x")])
+    with pytest.raises(SystemExit, match="--tokens-per-step"):
+        main([str(tmp_path / "c"), "--out", str(tmp_path / "x")])

@@ -13,7 +13,7 @@ REPO = Path(__file__).resolve().parents[1]
 LOSS = re.compile(r"step:\s*(\d+)\s+loss:\s*([0-9.]+)")
 
 
-def run_training(tmp_path: Path, *overrides: str, steps: int = 24) -> str:
+def run_training(tmp_path: Path, *overrides: str, steps: int = 24, wandb_mode: str = "disabled") -> str:
     cmd = [
         sys.executable, "-m", "parallax_titan.train",
         "--job.config_file", str(REPO / "configs" / "debug_cpu.toml"),
@@ -28,7 +28,7 @@ def run_training(tmp_path: Path, *overrides: str, steps: int = 24) -> str:
         "--metrics.disable_color_printing",
         *overrides,
     ]
-    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "WANDB_MODE": "disabled"}
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "WANDB_MODE": wandb_mode}
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
     log = proc.stdout + proc.stderr
     assert proc.returncode == 0, log[-4000:]
@@ -46,7 +46,16 @@ def test_quickstart_config_trains_on_cpu(tmp_path, flavor):
     assert "validate step" in log
     run = tmp_path / "run"
     assert (run / "checkpoint" / "step-24").is_dir(), "no DCP checkpoint written"
-    assert list((run / "tb").rglob("events.out.tfevents.*")), "no TensorBoard event file"
+    events = list((run / "tb").rglob("events.out.tfevents.*"))
+    assert events, "no TensorBoard event file"
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    tags = EventAccumulator(str(events[0].parent)).Reload().Tags()["scalars"]
+    # the config logs diagnostics every 10 steps (log_freq 1 here): weights and the step's probe
+    for name in ("sr_wq", "sr_ov", "sink", "entropy"):
+        assert f"diagnostics/{name}/layer3" in tags, sorted(tags)
+    if flavor == "debug-parallax":
+        assert "diagnostics/cor/mean" in tags and "diagnostics/sr_rk/layer0" in tags
 
 
 @pytest.mark.slow
@@ -88,11 +97,18 @@ def test_trains_from_pretokenised_shards_with_held_out_validation(tmp_path):
     shards = tmp_path / "shards"
     prepare(EMBEDDED_TRAIN, "en", EMBEDDED_TOKENIZER, shards, validation_permille=50, shard_tokens=200_000)
     log = run_training(tmp_path, "--training.dataset_path", str(shards), "--validation.dataset_path", str(shards),
-                       steps=16)
+                       "--metrics.enable_wandb", steps=16, wandb_mode="offline")
     assert "Reading train shards from" in log and "Reading validation shards from" in log
     losses = [float(m.group(2)) for m in LOSS.finditer(log) if "validate" not in m.group(0)]
     assert sum(losses[-4:]) / 4 < sum(losses[:4]) / 4 - 0.5, losses
     assert "validate step" in log
+    assert list((tmp_path / "run").rglob("offline-run-*")), "no offline wandb run written"
+    # the metrics JSONL has training and held-out records against tokens (seq 128 x batch 8 per step)
+    import json
+
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert any("validation_metrics/loss" in r for r in records)
+    assert all(r["tokens"] == r["step"] * 128 * 8 for r in records)
 
 
 @pytest.mark.slow

@@ -1,9 +1,15 @@
 """`build_metrics_processor_fn` of the TrainSpec: torchtitan's metrics plus each optimizer group's
-learning rate and weight decay at every logged step (keys `lr/<group>`, `weight_decay/<group>`)."""
+learning rate and weight decay at every logged step (keys `lr/<group>`, `weight_decay/<group>`), and
+every `[diagnostics] interval` steps the Parallax diagnostics (`diagnostics/<name>/layer<i>`)."""
 
 from __future__ import annotations
 
-from torchtitan.components.metrics import MetricsProcessor
+import json
+import os
+import time
+
+import torch
+from torchtitan.components.metrics import BaseLogger, MetricsProcessor
 
 
 def group_hyperparameters(optimizers) -> dict[str, float]:
@@ -17,11 +23,68 @@ def group_hyperparameters(optimizers) -> dict[str, float]:
 
 
 class GroupMetricsProcessor(MetricsProcessor):
+    # set by parallax_titan.trainer.ParallaxTrainer at diagnostics steps: (1, N) tokens of that step
+    diagnostics_probe: torch.Tensor | None = None
+
     def log(self, step, global_avg_loss, global_max_loss, grad_norm, extra_metrics=None):
         extra = dict(extra_metrics or {})
         extra.update(group_hyperparameters(self.optimizers))
+        interval = getattr(getattr(self.job_config, "diagnostics", None), "interval", 0)
+        if interval and step % interval == 0:
+            extra.update(self._diagnostics())
         super().log(step, global_avg_loss, global_max_loss, grad_norm, extra_metrics=extra)
+
+    def _diagnostics(self) -> dict[str, float]:
+        from parallax_titan.diagnostics import flatten, model_activation_stats, model_weight_stats
+
+        if len(getattr(self, "model_parts", []) or []) != 1:
+            return {}  # pipeline stages hold parts of the model
+        model = self.model_parts[0]
+        start = time.perf_counter()
+        stats = model_weight_stats(model)  # collective under FSDP: every rank gets here
+        if self.diagnostics_probe is not None:
+            for layer, values in model_activation_stats(model, self.diagnostics_probe).items():
+                stats[layer].update(values)
+            self.diagnostics_probe = None
+        metrics = flatten(stats)
+        metrics["diagnostics/seconds"] = time.perf_counter() - start
+        return metrics
+
+
+class JsonlTee(BaseLogger):
+    """Passes metrics on to torchtitan's loggers and appends them to a JSONL file, one record per
+    call: {"step", "tokens", <metric>: value, ...} (training steps and validation alike), which
+    scripts/plot_runs.py reads without TensorBoard."""
+
+    def __init__(self, inner: BaseLogger, path: str, tokens_per_step: int):
+        self.inner, self.path, self.tokens_per_step = inner, path, tokens_per_step
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        self.file = open(path, "a", buffering=1)
+
+    def log(self, metrics, step: int) -> None:
+        self.inner.log(metrics, step)
+        record = {"step": step, "tokens": step * self.tokens_per_step}
+        record.update({k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))})
+        self.file.write(json.dumps(record) + "\n")
+
+    def close(self) -> None:
+        self.inner.close()
+        self.file.close()
+
+
+def tokens_per_step(job_config, parallel_dims) -> int:
+    t = job_config.training
+    batch = t.global_batch_size
+    if batch is None or batch < 0:
+        batch = t.local_batch_size * parallel_dims.dp_replicate * parallel_dims.dp_shard
+    return batch * t.seq_len
 
 
 def build_metrics_processor(job_config, parallel_dims, model_args=None, tag=None) -> GroupMetricsProcessor:
-    return GroupMetricsProcessor(job_config, parallel_dims, tag)
+    processor = GroupMetricsProcessor(job_config, parallel_dims, tag)
+    name = getattr(job_config.metrics, "jsonl_file", "")
+    rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
+    if name and rank == 0 and not parallel_dims.pp_enabled:
+        path = os.path.join(job_config.job.dump_folder, name)
+        processor.logger = JsonlTee(processor.logger, path, tokens_per_step(job_config, parallel_dims))
+    return processor

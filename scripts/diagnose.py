@@ -1,0 +1,65 @@
+"""Parallax diagnostics of a checkpoint (parallax_titan/diagnostics.py), one row per layer.
+
+    python scripts/diagnose.py --config configs/debug_cpu.toml --checkpoint outputs/debug_cpu/checkpoint/step-40 \
+        [--text-file FILE | default: the embedded validation text] [--tokens 512] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+import torch
+
+from parallax_titan.diagnostics import model_activation_stats, model_weight_stats
+from parallax_titan.inference import default_device, load_model
+
+COLUMNS = ("cor", "sink", "entropy", "neg_frac", "alpha_max", "sr_wq", "sr_wk", "sr_wr", "sr_qk", "sr_rk", "sr_ov")
+
+
+def probe_text(path: str | None) -> str:
+    if path:
+        return open(path, encoding="utf-8").read()
+    import pyarrow.parquet as pq
+
+    from parallax_titan.data import EMBEDDED_VALIDATION, TEXT_COLUMN
+    from pathlib import Path
+
+    files = sorted(Path(EMBEDDED_VALIDATION).glob("*.parquet"))
+    return "\n\n".join(pq.read_table(files[0], columns=[TEXT_COLUMN]).column(TEXT_COLUMN).to_pylist()[:20])
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", required=True)
+    parser.add_argument("--checkpoint", required=True)
+    parser.add_argument("--text-file", default=None)
+    parser.add_argument("--tokens", type=int, default=512)
+    parser.add_argument("--device", default=default_device())
+    parser.add_argument("--json", default=None)
+    args = parser.parse_args(argv)
+    try:
+        loaded = load_model(args.config, args.checkpoint, device=args.device, attention_backend="torch")
+    except (ValueError, FileNotFoundError) as error:
+        sys.exit(f"diagnose: {error}")
+    ids = loaded.tokenizer.encode(probe_text(args.text_file)).ids[: args.tokens]
+    if len(ids) < 2:
+        sys.exit("diagnose: the probe text has fewer than 2 tokens")
+    tokens = torch.tensor(ids, device=args.device)
+    stats = model_weight_stats(loaded.model)
+    for layer, values in model_activation_stats(loaded.model, tokens).items():
+        stats[layer].update(values)
+    print(f"{args.checkpoint}: {loaded.args.attention} attention, probe of {len(ids)} tokens")
+    print("| layer | " + " | ".join(COLUMNS) + " |")
+    print("|---|" + "---:|" * len(COLUMNS))
+    for layer, values in sorted(stats.items()):
+        print(f"| {layer} | " + " | ".join(f"{values[c]:.3g}" if c in values else "-" for c in COLUMNS) + " |")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"checkpoint": args.checkpoint, "tokens": len(ids), "layers": stats}, f, indent=1)
+    return stats
+
+
+if __name__ == "__main__":
+    main()
