@@ -1,0 +1,111 @@
+"""Run the MAD protocol for this repo's attention types and print the table.
+
+    python -m eval.mad.run --attention softmax parallax --out runs/mad.jsonl            # full protocol
+    python -m eval.mad.run --attention softmax parallax --baseline-only --epochs 20 \
+        --lrs 5e-4 --wds 0 --out runs/mad_quick.jsonl                                     # a quick look
+
+Full protocol (MAD): 66 task settings (each task's baseline and one-factor changes) x lr {1e-4, 5e-4, 1e-3}
+x weight decay {0, 0.1}, 200 epochs, batch 128. A setting's score is its best run over the sweep; a task's
+score is the mean over its settings; the average is over the six tasks. Results append to --out (JSONL)
+as each run ends, and runs already there are skipped, so an interrupted protocol resumes. --table only
+prints the table of an existing file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections import defaultdict
+from pathlib import Path
+
+from eval.mad.tasks import PROTOCOL, all_settings
+from eval.mad.train import MADRun, train_setting
+
+SHORT = {"in-context-recall": "CR", "fuzzy-in-context-recall": "FR", "noisy-in-context-recall": "NR",
+         "selective-copying": "SC", "compression": "C", "memorization": "M"}
+
+
+def run_key(r: dict) -> tuple:
+    return (r["setting"], r["attention"], r["optimizer"], r["lr"], r["weight_decay"], r["epochs"], r["seed"])
+
+
+def scores(records: list[dict]) -> dict[tuple[str, str], dict[str, float]]:
+    """(attention, optimizer) -> {task: mean over settings of the best sweep run, "average": ...}."""
+    best: dict[tuple, float] = {}
+    for r in records:
+        key = (r["attention"], r["optimizer"], r["task"], r["setting"])
+        best[key] = max(best.get(key, 0.0), r["test_acc"])
+    per_task: dict[tuple, list[float]] = defaultdict(list)
+    for (attention, optimizer, task, _), acc in best.items():
+        per_task[(attention, optimizer, task)].append(acc)
+    out: dict[tuple[str, str], dict[str, float]] = defaultdict(dict)
+    for (attention, optimizer, task), accs in per_task.items():
+        out[(attention, optimizer)][task] = sum(accs) / len(accs)
+    for model, tasks in out.items():
+        tasks["average"] = sum(tasks.values()) / len(tasks)
+    return out
+
+
+def table(records: list[dict]) -> str:
+    results = scores(records)
+    tasks = [t for t in PROTOCOL if any(t in r for r in results.values())]
+    settings = defaultdict(set)
+    for r in records:
+        settings[r["task"]].add(r["setting"])
+    lines = ["| model | optimizer | " + " | ".join(f"{SHORT[t]} ({len(settings[t])})" for t in tasks) + " | average |",
+             "|---|---|" + "---:|" * (len(tasks) + 1)]
+    for (attention, optimizer), values in sorted(results.items()):
+        cells = " | ".join(f"{values[t]:.3f}" if t in values else "-" for t in tasks)
+        lines.append(f"| {attention} | {optimizer} | {cells} | {values['average']:.3f} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> str:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--attention", nargs="+", default=["softmax", "parallax"], choices=["softmax", "parallax"])
+    parser.add_argument("--optimizer", nargs="+", default=["adamw"], choices=["adamw", "muon"])
+    parser.add_argument("--tasks", nargs="+", default=None, help=f"default: all of {list(PROTOCOL)}")
+    parser.add_argument("--baseline-only", action="store_true", help="each task's baseline setting only")
+    parser.add_argument("--lrs", type=float, nargs="+", default=[1e-4, 5e-4, 1e-3])
+    parser.add_argument("--wds", type=float, nargs="+", default=[0.0, 0.1])
+    parser.add_argument("--epochs", type=int, default=200)
+    parser.add_argument("--seed", type=int, default=12345)
+    parser.add_argument("--max-train-examples", type=int, default=None, help="cap (smoke runs only)")
+    parser.add_argument("--device", default=None)
+    parser.add_argument("--backend", default=None, help="attention backend (default: triton on CUDA, else torch)")
+    parser.add_argument("--out", type=Path, required=True, help="JSONL of results (appended; resumable)")
+    parser.add_argument("--table", action="store_true", help="only print the table of --out")
+    args = parser.parse_args(argv)
+    records = [json.loads(line) for line in args.out.read_text().splitlines()] if args.out.is_file() else []
+    if not args.table:
+        import torch
+        from dataclasses import replace
+
+        device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        backend = args.backend or ("triton" if device.startswith("cuda") else "torch")
+        done = {run_key(r) for r in records}
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        for setting in all_settings(args.tasks, args.baseline_only):
+            if args.max_train_examples:
+                setting = replace(setting, num_train_examples=min(setting.num_train_examples, args.max_train_examples),
+                                  num_test_examples=min(setting.num_test_examples, args.max_train_examples))
+            for attention in args.attention:
+                for optimizer in args.optimizer:
+                    for lr in args.lrs:
+                        for wd in args.wds:
+                            run = MADRun(attention=attention, optimizer=optimizer, lr=lr, weight_decay=wd,
+                                         epochs=args.epochs, seed=args.seed, backend=backend)
+                            key = (setting.name, attention, optimizer, lr, wd, args.epochs, args.seed)
+                            if key in done:
+                                continue
+                            result = train_setting(setting, run, device)
+                            records.append(result)
+                            with open(args.out, "a") as f:
+                                f.write(json.dumps(result) + "\n")
+    text = table(records)
+    print(text)
+    return text
+
+
+if __name__ == "__main__":
+    main()

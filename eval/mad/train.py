@@ -1,0 +1,153 @@
+"""Train and score one model on one MAD setting.
+
+Model: this repo's Qwen3-Parallax decoder at MAD's size (width 128, two attention + SwiGLU blocks, 16
+heads of 8), softmax or Parallax attention, with an untied output layer. Compression uses MAD's
+auto-encoder head: the encoder's last position, plus a sinusoidal position code per output position,
+through a two-layer MLP decoder. Training follows the MAD protocol: batch 128, AdamW (or this repo's
+Muon for hidden matrices with AdamW for the rest), cosine decay to 1e-6 over the run, bf16 autocast on
+CUDA. The score is test accuracy over the probed tokens after the last epoch.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from eval.mad.tasks import IGNORE, TaskSetting, make_dataset
+from parallax_titan.model.args import ParallaxModelArgs
+from parallax_titan.model.model import ParallaxQwen3Model
+
+MAD_WIDTH, MAD_LAYERS, MAD_HEADS = 128, 2, 16
+
+
+@dataclass
+class MADRun:
+    attention: str = "parallax"
+    optimizer: str = "adamw"  # adamw | muon
+    lr: float = 5e-4
+    weight_decay: float = 0.0
+    epochs: int = 200
+    batch_size: int = 128
+    min_lr: float = 1e-6
+    seed: int = 12345
+    backend: str = "torch"
+
+
+def model_args(setting: TaskSetting, attention: str, backend: str) -> ParallaxModelArgs:
+    return ParallaxModelArgs(
+        dim=MAD_WIDTH, n_layers=MAD_LAYERS, n_heads=MAD_HEADS, n_kv_heads=MAD_HEADS, head_dim=MAD_WIDTH // MAD_HEADS,
+        hidden_dim=384, vocab_size=setting.vocab_size, max_seq_len=setting.seq_len, rope_theta=10000,
+        qk_norm=True, enable_weight_tying=False, attention=attention, attention_backend=backend,
+    )
+
+
+def _sincos(length: int, dim: int) -> torch.Tensor:
+    position = torch.arange(length)[:, None]
+    freq = torch.exp(-math.log(10000.0) * torch.arange(0, dim, 2) / dim)
+    table = torch.zeros(length, dim)
+    table[:, 0::2], table[:, 1::2] = torch.sin(position * freq), torch.cos(position * freq)
+    return table
+
+
+class AutoEncoder(nn.Module):
+    """Encoder = the decoder-only model's blocks; the code is its last position's final hidden state."""
+
+    def __init__(self, args: ParallaxModelArgs):
+        super().__init__()
+        self.encoder = ParallaxQwen3Model(args)
+        dim = args.dim
+        self.register_buffer("positions", _sincos(args.max_seq_len, dim), persistent=False)
+        self.decoder = nn.Sequential(nn.RMSNorm(dim), nn.Linear(dim, dim), nn.GELU(),
+                                     nn.RMSNorm(dim), nn.Linear(dim, dim), nn.GELU())
+        self.unembed = nn.Sequential(nn.RMSNorm(dim), nn.Linear(dim, args.vocab_size))
+
+    def init_weights(self):
+        self.encoder.init_weights()
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        e = self.encoder
+        h = e.tok_embeddings(tokens)
+        for layer in e.layers.values():
+            h = layer(h, e.rope_cache, None, None)
+        code = e.norm(h)[:, -1:]  # (B, 1, dim)
+        return self.unembed(self.decoder(code + self.positions[: tokens.shape[1]]))
+
+
+def build_model(setting: TaskSetting, run: MADRun) -> nn.Module:
+    args = model_args(setting, run.attention, run.backend)
+    model = AutoEncoder(args) if setting.task == "compression" else ParallaxQwen3Model(args)
+    with torch.no_grad():
+        model.init_weights()
+    return model
+
+
+def build_optimizer(model: nn.Module, run: MADRun) -> list[torch.optim.Optimizer]:
+    if run.optimizer == "adamw":
+        return [torch.optim.AdamW(model.parameters(), lr=run.lr, weight_decay=run.weight_decay)]
+    if run.optimizer != "muon":
+        raise ValueError(f"MAD optimizer {run.optimizer!r} is unknown; choose adamw or muon")
+    from parallax_titan.optim.muon import Muon
+
+    hidden = [p for n, p in model.named_parameters() if p.ndim == 2 and ".layers." in f".{n}" and "tok_embeddings" not in n]
+    ids = {id(p) for p in hidden}
+    rest = [p for p in model.parameters() if id(p) not in ids]
+    return [Muon(hidden, lr=run.lr, weight_decay=run.weight_decay, ns_dtype="float32"),
+            torch.optim.AdamW(rest, lr=run.lr, weight_decay=run.weight_decay)]
+
+
+@torch.no_grad()
+def accuracy(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, batch_size: int, device, autocast) -> float:
+    correct = total = 0
+    for i in range(0, len(inputs), batch_size):
+        x, y = inputs[i:i + batch_size].to(device), targets[i:i + batch_size].to(device)
+        with autocast:
+            pred = model(x).argmax(-1)
+        mask = y != IGNORE
+        correct += int((pred[mask] == y[mask]).sum())
+        total += int(mask.sum())
+    return correct / max(total, 1)
+
+
+def train_setting(setting: TaskSetting, run: MADRun, device: str = "cpu", log=print) -> dict:
+    torch.manual_seed(run.seed)
+    data = make_dataset(setting, run.seed)
+    x_train, y_train = (torch.from_numpy(a) for a in data["train"])
+    x_test, y_test = (torch.from_numpy(a) for a in data["test"])
+    model = build_model(setting, run).to(device)
+    optimizers = build_optimizer(model, run)
+    steps_per_epoch = math.ceil(len(x_train) / run.batch_size)
+    total = run.epochs * steps_per_epoch
+    schedulers = [torch.optim.lr_scheduler.CosineAnnealingLR(o, T_max=total, eta_min=run.min_lr) for o in optimizers]
+    cuda = str(device).startswith("cuda")
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else torch.autocast("cpu", enabled=False)
+    order_rng = np.random.default_rng(run.seed)
+    start = time.perf_counter()
+    for epoch in range(run.epochs):
+        model.train()
+        for idx in np.array_split(order_rng.permutation(len(x_train)), steps_per_epoch):
+            x, y = x_train[idx].to(device), y_train[idx].to(device)
+            with autocast:
+                logits = model(x)
+            loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), ignore_index=IGNORE)
+            for o in optimizers:
+                o.zero_grad(set_to_none=True)
+            loss.backward()
+            for o, s in zip(optimizers, schedulers):
+                o.step()
+                s.step()
+        if not math.isfinite(float(loss)):
+            raise FloatingPointError(f"{setting.name}: non-finite loss at epoch {epoch + 1}")
+    model.eval()
+    acc = accuracy(model, x_test, y_test, 512, device, autocast)
+    result = {"setting": setting.name, "task": setting.task, "attention": run.attention, "optimizer": run.optimizer,
+              "lr": run.lr, "weight_decay": run.weight_decay, "epochs": run.epochs, "seed": run.seed,
+              "test_acc": acc, "final_train_loss": float(loss), "seconds": time.perf_counter() - start}
+    log(f"{setting.name:58s} {run.attention:8s} {run.optimizer:5s} lr={run.lr:g} wd={run.weight_decay:g} "
+        f"acc={acc:.3f} loss={float(loss):.3f} ({result['seconds']:.0f} s)")
+    return result

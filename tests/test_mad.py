@@ -1,0 +1,126 @@
+"""MAD task generators (documented distributions, seeded) and the training/table path at toy size."""
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from eval.mad.tasks import IGNORE, PROTOCOL, all_settings, make_dataset, memorization_map
+
+
+def small(task, **overrides):
+    return replace(PROTOCOL[task].baseline, num_train_examples=64, num_test_examples=64, **overrides)
+
+
+def test_protocol_has_mads_66_settings():
+    settings = all_settings()
+    assert len(settings) == 66 and len({s.name for s in settings}) == 66
+    counts = {t: sum(s.task == t for s in settings) for t in PROTOCOL}
+    assert counts == {"in-context-recall": 11, "fuzzy-in-context-recall": 11, "noisy-in-context-recall": 14,
+                      "selective-copying": 13, "compression": 11, "memorization": 6}
+    with pytest.raises(ValueError, match="unknown MAD tasks"):
+        all_settings(["recall"])
+
+
+@pytest.mark.parametrize("task", list(PROTOCOL))
+def test_generators_are_seeded_and_stay_in_the_vocabulary(task):
+    s = small(task)
+    a, b, c = make_dataset(s, 1), make_dataset(s, 1), make_dataset(s, 2)
+    for split in ("train", "test"):
+        x, y = a[split]
+        assert x.shape == y.shape and x.dtype == np.int64
+        assert x.min() >= 0 and x.max() < s.vocab_size
+        assert ((y == IGNORE) | ((y >= 0) & (y < s.vocab_size))).all()
+        assert np.array_equal(x, b[split][0]) and np.array_equal(y, b[split][1])
+    assert not np.array_equal(a["test"][0], c["test"][0])
+
+
+@pytest.mark.parametrize("task", ["in-context-recall", "noisy-in-context-recall"])
+def test_recall_targets_are_the_value_bound_to_the_key_earlier_in_the_sequence(task):
+    s = small(task)
+    x, y = make_dataset(s, 0)["test"]
+    checked = 0
+    for seq, tgt in zip(x, y):
+        for i in np.flatnonzero(tgt != IGNORE):
+            key = seq[i]
+            earlier = [j for j in range(0, i, 2) if seq[j] == key and j + 1 < i]
+            assert earlier, "a probed key must have appeared before"
+            assert tgt[i] == seq[earlier[-1] + 1]
+            checked += 1
+        assert tgt[-1] != IGNORE  # the final probe
+    assert checked > 64 * 10
+    train_x, train_y = make_dataset(s, 0)["train"]
+    assert np.array_equal(train_x[:, 1:], train_y[:, :-1])  # next-token targets in training
+
+
+def test_noise_fraction_and_vocabularies():
+    s = small("noisy-in-context-recall", frac_noise=0.4)
+    x, _ = make_dataset(s, 0)["test"]
+    usable = s.vocab_size - s.noise_vocab_size
+    pairs = x[:, :-1].reshape(len(x), -1, 2)
+    noise_pairs = (pairs >= usable).all(-1)
+    assert ((pairs >= usable).any(-1) == noise_pairs).all()  # noise comes in whole pairs
+    assert noise_pairs.mean() == pytest.approx(0.4, abs=0.03)
+
+
+def test_selective_copying_targets_are_the_scattered_tokens_in_order():
+    s = small("selective-copying")
+    x, y = make_dataset(s, 0)["test"]
+    blank, copy = s.vocab_size - 2, s.vocab_size - 1
+    for seq, tgt in zip(x, y):
+        cut = int(np.flatnonzero(seq == copy)[0])
+        assert cut == s.seq_len - s.num_tokens_to_copy - 1
+        assert np.array_equal(seq[:cut][seq[:cut] != blank], tgt[cut + 1:])
+        assert (tgt[: cut + 1] == IGNORE).all() and (seq[cut + 1:] == blank).all()
+
+
+def test_fuzzy_recall_test_keys_are_the_longest_motif():
+    s = small("fuzzy-in-context-recall")
+    x, y = make_dataset(s, 0)["test"]
+    n_keys = (s.vocab_size - 1) // 2
+    for seq, tgt in zip(x, y):
+        last_value = np.flatnonzero(tgt != IGNORE)
+        run_start = last_value[-1]
+        while run_start - 1 in last_value:
+            run_start -= 1
+        key = seq[run_start - 2: run_start + 1]  # the value's first target sits on the key's last token
+        assert (key < n_keys).all() and len(set(key.tolist())) == 3
+
+
+def test_memorisation_uses_one_fixed_map_and_compression_rebuilds_its_input():
+    s = small("memorization")
+    kv = memorization_map(s.vocab_size, 0)
+    assert len(kv) == (s.vocab_size - 1) // 2 and len(set(kv.values())) == len(kv)
+    for split in ("train", "test"):
+        x, y = make_dataset(s, 0)[split]
+        assert (x[:, 1::2] == s.vocab_size - 1).all()
+        assert all(y[i, j] == kv[int(x[i, j - 1])] for i in range(8) for j in range(1, s.seq_len, 2))
+    c = small("compression")
+    x, y = make_dataset(c, 0)["test"]
+    assert np.array_equal(x, y) and (x[:, -1] == c.vocab_size - 1).all()
+
+
+@pytest.mark.slow
+def test_training_and_the_table_at_toy_size(tmp_path):
+    from eval.mad.run import main
+
+    out = tmp_path / "mad.jsonl"
+    argv = ["--attention", "softmax", "parallax", "--tasks", "in-context-recall", "compression", "--baseline-only",
+            "--epochs", "2", "--lrs", "1e-3", "--wds", "0", "--max-train-examples", "256", "--device", "cpu",
+            "--out", str(out)]
+    text = main(argv)
+    lines = out.read_text().splitlines()
+    assert len(lines) == 4
+    assert "| parallax | adamw |" in text and "| softmax | adamw |" in text and "CR (1)" in text
+    assert main(argv) == text and len(out.read_text().splitlines()) == 4  # resumed: nothing re-run
+    import json
+
+    assert all(0.0 <= json.loads(line)["test_acc"] <= 1.0 for line in lines)
+
+
+def test_muon_trains_a_mad_model():
+    from eval.mad.train import MADRun, train_setting
+
+    s = replace(PROTOCOL["memorization"].baseline, num_train_examples=64, num_test_examples=64)
+    result = train_setting(s, MADRun(optimizer="muon", epochs=3, lr=2e-2), "cpu", log=lambda *_: None)
+    assert result["optimizer"] == "muon" and np.isfinite(result["final_train_loss"])
