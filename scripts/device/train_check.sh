@@ -5,7 +5,7 @@
 set -uo pipefail
 out=${OUT:-./outputs/train_check}
 mkdir -p "$out"
-runs=${RUNS:-all}  # space-separated run names to do, or all
+runs=${RUNS:-all}  # space-separated run names to do, or all; EXTRA: more overrides for every run
 run() {  # name config steps [overrides...]
   local name=$1 config=$2 steps=$3; shift 3
   [[ $runs == all || " $runs " == *" $name "* ]] || return 0
@@ -13,7 +13,7 @@ run() {  # name config steps [overrides...]
     --model.hf_assets_path ./parallax_titan/assets/tokenizer --training.dataset embedded_en \
     --training.steps "$steps" --training.local_batch_size ${LOCAL_BATCH:-4} --training.global_batch_size ${LOCAL_BATCH:-4} \
     --lr_scheduler.warmup_steps 2 --checkpoint.no-enable --metrics.log_freq 1 \
-    --metrics.disable_color_printing --job.dump_folder "/tmp/$name" "$@" > "$out/$name.log" 2>&1
+    --metrics.disable_color_printing --job.dump_folder "/tmp/$name" "$@" ${EXTRA:-} > "$out/$name.log" 2>&1
   echo "== $name (rc=$?)"; grep -E "optimizer routing|step: |Error|error:" "$out/$name.log" | cut -c1-220 | tail -14
 }
 run parallax_muon_torch configs/0.6B_parallax_muon.toml 3
