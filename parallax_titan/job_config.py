@@ -72,6 +72,18 @@ class Diagnostics:
 
 
 @dataclass
+class Faults:
+    """What a non-finite loss or gradient norm does (parallax_titan.trainer)."""
+
+    on_nonfinite: str = "stop"
+    """stop: raise with the step, the ranks and the last complete checkpoint | skip: drop the update | ignore"""
+    max_skipped_steps: int = 10
+    """with skip: stop once this many updates were dropped"""
+    inject_nonfinite_at_step: int = 0
+    """testing aid (0: off): make one gradient NaN at this step, to exercise the guard"""
+
+
+@dataclass
 class Metrics:
     jsonl_file: str = "metrics.jsonl"
     """every logged metric, one JSON record per step, in the dump folder ("" : off); scripts/plot_runs.py reads it"""
@@ -82,5 +94,6 @@ class JobConfig:
     parallax: Parallax = field(default_factory=Parallax)
     diagnostics: Diagnostics = field(default_factory=Diagnostics)
     metrics: Metrics = field(default_factory=Metrics)
+    faults: Faults = field(default_factory=Faults)
     optimizer: Optimizer = field(default_factory=Optimizer)
     lr_scheduler: LRScheduler = field(default_factory=LRScheduler)

@@ -100,6 +100,15 @@ log_freq = 10
 enable_tensorboard = true
 enable_wandb = false
 
+[faults]
+# a NaN/inf loss or gradient stops the run naming the step, ranks and last checkpoint ("skip" drops the update)
+on_nonfinite = "stop"
+
+[comm]
+# a rank that stops answering fails the job after this long instead of hanging it
+init_timeout_seconds = 600
+train_timeout_seconds = 300
+
 [checkpoint]
 enable = true
 folder = "checkpoint"

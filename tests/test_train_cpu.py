@@ -1,6 +1,7 @@
 """CPU training smoke runs through torchtitan's Trainer (a subprocess: the CPU shim must precede any
 torchtitan import, and tests import torchtitan)."""
 
+import math
 import os
 import re
 import subprocess
@@ -139,3 +140,30 @@ def test_qwen3_converted_to_parallax_starts_as_softmax_and_learns_its_probe(tmp_
             state = load_model_dcp(tmp_path / flavor / "run" / "checkpoint" / "step-12", FLAVORS[flavor])
             assert min(state[f"layers.{i}.attention.wr.weight"].abs().max() for i in range(4)) > 0
     assert first_losses["debug-parallax"] == pytest.approx(first_losses["debug-transformer"], abs=1e-4)
+
+
+@pytest.mark.slow
+def test_nonfinite_gradient_stops_the_run_naming_step_rank_and_last_checkpoint(tmp_path):
+    with pytest.raises(AssertionError) as failed:
+        run_training(tmp_path, "--faults.inject_nonfinite_at_step", "5", "--checkpoint.interval", "2",
+                     "--validation.no-enable", steps=8)
+    log = str(failed.value)
+    assert "non-finite loss or gradient at step 5 on rank(s) [0]" in log, log[-2000:]
+    assert "Last complete checkpoint: " in log and "step-4" in log
+
+
+@pytest.mark.slow
+def test_skip_mode_drops_the_bad_update_and_trains_on(tmp_path):
+    log = run_training(tmp_path, "--faults.inject_nonfinite_at_step", "5", "--faults.on_nonfinite", "skip",
+                       "--faults.max_skipped_steps", "2", "--validation.no-enable", steps=8)
+    assert "update skipped (1 of at most 2)" in log
+    losses = {int(m.group(1)): float(m.group(2)) for m in LOSS.finditer(log)}
+    assert all(math.isfinite(losses[s]) for s in range(6, 9)) and losses[8] < losses[1]
+
+
+@pytest.mark.slow
+def test_incomplete_checkpoint_folder_is_an_error_not_a_fresh_start(tmp_path):
+    (tmp_path / "run" / "checkpoint" / "step-3").mkdir(parents=True)
+    with pytest.raises(AssertionError) as failed:
+        run_training(tmp_path, "--validation.no-enable", steps=4)
+    assert "holds incomplete checkpoints ['step-3']" in str(failed.value)

@@ -1,0 +1,57 @@
+"""scripts/train.sh: how it calls torchrun (a stand-in torchrun records the call), and a real
+single-process launch on CPU."""
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def launch(tmp_path, env, *args):
+    fake = tmp_path / "bin"
+    fake.mkdir(exist_ok=True)
+    (fake / "torchrun").write_text('#!/bin/sh\necho "torchrun $@"\n')
+    (fake / "torchrun").chmod(0o755)
+    full_env = {**os.environ, "PATH": f"{fake}:{os.environ['PATH']}", **env}
+    return subprocess.run(["bash", str(REPO / "scripts" / "train.sh"), *args], cwd=REPO, env=full_env,
+                          capture_output=True, text=True)
+
+
+def test_single_node_is_standalone(tmp_path):
+    out = launch(tmp_path, {"NGPU": "8"}, "configs/debug_cpu.toml", "--training.steps", "3")
+    assert out.returncode == 0, out.stderr
+    call = out.stdout.strip()
+    assert "--nproc_per_node=8 --nnodes=1 --max-restarts=0 --standalone" in call
+    assert call.endswith("-m parallax_titan.train --job.config_file configs/debug_cpu.toml --training.steps 3")
+
+
+def test_multi_node_uses_master_address_or_rendezvous(tmp_path):
+    out = launch(tmp_path, {"NGPU": "4", "NNODES": "2", "NODE_RANK": "1", "MASTER_ADDR": "10.0.0.1"},
+                 "configs/debug_cpu.toml")
+    assert "--nnodes=2" in out.stdout and "--node-rank=1 --master-addr=10.0.0.1 --master-port=29500" in out.stdout
+    out = launch(tmp_path, {"NGPU": "4", "NNODES": "2", "RDZV_ENDPOINT": "h:29400", "RDZV_ID": "j7"},
+                 "configs/debug_cpu.toml")
+    assert "--rdzv-backend=c10d --rdzv-endpoint=h:29400 --rdzv-id=j7" in out.stdout
+    out = launch(tmp_path, {"NGPU": "4", "NNODES": "2"}, "configs/debug_cpu.toml")
+    assert out.returncode != 0 and "set MASTER_ADDR" in out.stderr
+
+
+def test_missing_config_is_a_usage_error(tmp_path):
+    out = launch(tmp_path, {}, "configs/nope.toml")
+    assert out.returncode == 2 and "configs/nope.toml' not found" in out.stderr
+
+
+@pytest.mark.slow
+def test_real_torchrun_launch_on_cpu(tmp_path):
+    env = {**os.environ, "NGPU": "1", "CUDA_VISIBLE_DEVICES": "", "WANDB_MODE": "disabled"}
+    out = subprocess.run(
+        ["bash", "scripts/train.sh", "configs/debug_cpu.toml", "--job.dump_folder", str(tmp_path / "run"),
+         "--training.steps", "3", "--training.seq_len", "64", "--validation.no-enable", "--checkpoint.no-enable",
+         "--metrics.log_freq", "1"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    log = out.stdout + out.stderr
+    assert out.returncode == 0, log[-3000:]
+    assert "step:  3" in log and (tmp_path / "run" / "metrics.jsonl").is_file()
