@@ -16,19 +16,11 @@ import torch
 import triton
 import triton.language as tl
 
+from parallax_kernels.triton_parallax import _dot, _online_update
+
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 SUPPORTED_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 LOG2E = 1.4426950408889634
-
-
-@triton.jit
-def _dot(a, b, DOT_FP32: tl.constexpr):
-    # see kernels/triton_parallax.py: the CPU interpreter miscomputes low-precision tl.dot
-    if DOT_FP32:
-        return tl.dot(a.to(tl.float32), b.to(tl.float32))
-    if a.dtype == tl.float32:
-        return tl.dot(a, b, input_precision="ieee")
-    return tl.dot(a, b)
 
 
 @triton.jit
@@ -71,19 +63,7 @@ def _decode_kernel(
         s1 = _dot(q, tl.trans(k), DOT_FP32) * scale_log2
         t = _dot(r, tl.trans(k), DOT_FP32)
         s1 = tl.where(col_ok[None, :], s1, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s1, 1))  # finite: every tile has a visible key
-        alpha = tl.exp2(m_i - m_new)
-        p1 = tl.exp2(s1 - m_new[:, None])
-        d1 = d1 * alpha + tl.sum(p1, 1)
-        t_sum = t_sum * alpha + tl.sum(p1 * t, 1)
-        c_new = t_sum / d1
-        acc1 = acc1 * alpha[:, None]
-        acc2 = acc2 * alpha[:, None] + (c - c_new)[:, None] * acc1
-        p2 = p1 * (t - c_new[:, None])
-        acc1 += _dot(p1.to(v.dtype), v, DOT_FP32)
-        acc2 += _dot(p2.to(v.dtype), v, DOT_FP32)
-        c = c_new
-        m_i = m_new
+        m_i, d1, t_sum, c, acc1, acc2 = _online_update(s1, t, v, m_i, d1, t_sum, c, acc1, acc2, DOT_FP32)
 
     if SPLITS == 1:  # nothing to merge: finish here (o = a - sum w (t - tbar) v, as in training)
         d1_safe = tl.where(d1 > 0.0, d1, 1.0)

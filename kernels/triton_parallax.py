@@ -84,6 +84,27 @@ def _load_kv_tile(k_base, v_base, offs_n, offs_d, s_kn, s_vn, N_CTX):
     return k, v, col_ok
 
 
+@triton.jit
+def _online_update(s1, t, v, m_i, d1, t_sum, c, acc1, acc2, DOT_FP32: tl.constexpr):
+    """One key tile of the streaming forward (shared with the decode kernel): rescale to the new
+    running max, accumulate d1 = sum P1, t_sum = sum P1 t, acc1 = sum P1 v and acc2 = sum P1 (t - c) v."""
+    m_new = tl.maximum(m_i, tl.max(s1, 1))
+    m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows with nothing visible yet
+    alpha = tl.exp2(m_i - m_safe)
+    p1 = tl.exp2(s1 - m_safe[:, None])
+    d1 = d1 * alpha + tl.sum(p1, 1)
+    t_sum = t_sum * alpha + tl.sum(p1 * t, 1)
+    # Centre t on the running tbar so P2 = P1 (t - c) stays small in bf16: moving the centre
+    # from c to c_new adds (c - c_new) * sum P1 v to acc2 (like the max rescale, one FMA).
+    c_new = tl.where(d1 > 0.0, t_sum / tl.where(d1 > 0.0, d1, 1.0), c)
+    acc1 = acc1 * alpha[:, None]
+    acc2 = acc2 * alpha[:, None] + (c - c_new)[:, None] * acc1
+    p2 = p1 * (t - c_new[:, None])
+    acc1 += _dot(p1.to(v.dtype), v, DOT_FP32)
+    acc2 += _dot(p2.to(v.dtype), v, DOT_FP32)
+    return m_new, d1, t_sum, c_new, acc1, acc2
+
+
 @triton.autotune(configs=_configs("fwd"), key=["N_BUCKET", "HEAD_DIM", "CAUSAL", "HAS_DOC"])
 @triton.jit
 def _fwd_kernel(
@@ -129,22 +150,7 @@ def _fwd_kernel(
             doc_k = tl.load(DOC + b * N_CTX + offs_n, mask=col_ok, other=-2)
             valid = valid & (doc_q[:, None] == doc_k[None, :])
         s1 = tl.where(valid, s1, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s1, 1))
-        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows with nothing visible yet
-        alpha = tl.exp2(m_i - m_safe)
-        p1 = tl.exp2(s1 - m_safe[:, None])
-        d1 = d1 * alpha + tl.sum(p1, 1)
-        t_sum = t_sum * alpha + tl.sum(p1 * t, 1)
-        # Centre t on the running tbar so P2 = P1 (t - c) stays small in bf16: moving the centre
-        # from c to c_new adds (c - c_new) * sum P1 v to acc2 (like the max rescale, one FMA).
-        c_new = tl.where(d1 > 0.0, t_sum / tl.where(d1 > 0.0, d1, 1.0), c)
-        acc1 = acc1 * alpha[:, None]
-        acc2 = acc2 * alpha[:, None] + (c - c_new)[:, None] * acc1
-        p2 = p1 * (t - c_new[:, None])
-        acc1 += _dot(p1.to(v.dtype), v, DOT_FP32)
-        acc2 += _dot(p2.to(v.dtype), v, DOT_FP32)
-        c = c_new
-        m_i = m_new
+        m_i, d1, t_sum, c, acc1, acc2 = _online_update(s1, t, v, m_i, d1, t_sum, c, acc1, acc2, DOT_FP32)
 
     d1_safe = tl.where(d1 > 0.0, d1, 1.0)  # padded rows beyond N_CTX
     a = acc1 / d1_safe[:, None]

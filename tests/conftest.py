@@ -30,3 +30,20 @@ def random_qkvr(rng, b, h, hkv, n, d, dtype=torch.float64, requires_grad=True):
         return x.requires_grad_(requires_grad)
 
     return make(h), make(hkv), make(hkv), make(h)
+
+
+DEBUG_CONFIG = REPO / "configs" / "debug_cpu.toml"
+
+
+@pytest.fixture(scope="session")
+def debug_checkpoint(tmp_path_factory):
+    """A freshly initialised debug-parallax model (configs/debug_cpu.toml, seed 0) saved as a
+    model-only DCP checkpoint: (checkpoint path, the model)."""
+    from parallax_titan.inference import load_model
+    from parallax_titan.model.checkpoint import save_model_dcp
+
+    torch.manual_seed(0)
+    loaded = load_model(DEBUG_CONFIG, None)
+    path = tmp_path_factory.mktemp("debug_ckpt") / "step-1"
+    save_model_dcp(loaded.model.state_dict(), path)
+    return path, loaded.model

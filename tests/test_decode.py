@@ -184,17 +184,12 @@ def test_top_p_keeps_the_smallest_nucleus():
     assert seen == {0, 1}
 
 
-def test_generate_script_samples_from_a_dcp_checkpoint(tmp_path, capsys):
-    from pathlib import Path
-
-    from parallax_titan.inference import load_model
-    from parallax_titan.model.checkpoint import save_model_dcp
+def test_generate_script_samples_from_a_dcp_checkpoint(tmp_path, capsys, debug_checkpoint):
+    from conftest import DEBUG_CONFIG
     from scripts.generate import main
 
-    config = Path(__file__).resolve().parents[1] / "configs" / "debug_cpu.toml"
-    loaded = load_model(config, None)
-    save_model_dcp(loaded.model.state_dict(), tmp_path / "step-1")
-    argv = ["--config", str(config), "--checkpoint", str(tmp_path / "step-1"), "--prompt", "The tutorial",
+    path, _ = debug_checkpoint
+    argv = ["--config", str(DEBUG_CONFIG), "--checkpoint", str(path), "--prompt", "The tutorial",
             "--prompt", "Python", "--max-new-tokens", "8", "--device", "cpu", "--seed", "1"]
     main(argv)
     first = capsys.readouterr()
@@ -202,4 +197,4 @@ def test_generate_script_samples_from_a_dcp_checkpoint(tmp_path, capsys):
     assert capsys.readouterr().out == first.out  # seeded
     assert first.out.count("=== ") == 2 and "tokens/s" in first.err
     with pytest.raises(SystemExit, match="no .metadata"):
-        main(["--config", str(config), "--checkpoint", str(tmp_path), "--prompt", "x", "--device", "cpu"])
+        main(["--config", str(DEBUG_CONFIG), "--checkpoint", str(tmp_path), "--prompt", "x", "--device", "cpu"])

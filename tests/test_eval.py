@@ -10,18 +10,6 @@ REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "configs" / "debug_cpu.toml"
 
 
-@pytest.fixture(scope="module")
-def random_checkpoint(tmp_path_factory):
-    from parallax_titan.inference import load_model
-    from parallax_titan.model.checkpoint import save_model_dcp
-
-    torch.manual_seed(0)
-    loaded = load_model(CONFIG, None)
-    path = tmp_path_factory.mktemp("ckpt") / "step-1"
-    save_model_dcp(loaded.model.state_dict(), path)
-    return path, loaded.model
-
-
 def test_uniform_model_has_perplexity_equal_to_the_vocabulary(tmp_path):
     """A model whose logits are all zero predicts uniformly: perplexity is exactly the vocab size."""
     from eval.perplexity import main
@@ -39,13 +27,13 @@ def test_uniform_model_has_perplexity_equal_to_the_vocabulary(tmp_path):
     assert '"perplexity"' in (tmp_path / "p.json").read_text()
 
 
-def test_shard_perplexity_is_the_token_weighted_mean_over_every_window(tmp_path, random_checkpoint):
+def test_shard_perplexity_is_the_token_weighted_mean_over_every_window(tmp_path, debug_checkpoint):
     from eval.perplexity import main
     from parallax_titan.data import EMBEDDED_TOKENIZER, EMBEDDED_TRAIN
     from parallax_titan.data.prepare import prepare
     from parallax_titan.data.shards import ShardSplit
 
-    path, model = random_checkpoint
+    path, model = debug_checkpoint
     shards = tmp_path / "shards"
     prepare(EMBEDDED_TRAIN, "en", EMBEDDED_TOKENIZER, shards, validation_permille=20, shard_tokens=200_000)
     seq = 128
@@ -151,10 +139,10 @@ def test_activation_walk_sees_what_the_forward_sees():
     assert all(walked[i]["cor"] > 0 for i in walked)
 
 
-def test_diagnose_script_prints_every_layer(random_checkpoint, tmp_path, capsys):
+def test_diagnose_script_prints_every_layer(debug_checkpoint, tmp_path, capsys):
     from scripts.diagnose import main
 
-    path, _ = random_checkpoint
+    path, _ = debug_checkpoint
     stats = main(["--config", str(CONFIG), "--checkpoint", str(path), "--tokens", "64", "--device", "cpu",
                   "--json", str(tmp_path / "d.json")])
     out = capsys.readouterr().out

@@ -15,15 +15,8 @@ CONFIG = REPO / "configs" / "debug_cpu.toml"
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    from parallax_titan.inference import load_model
-    from parallax_titan.model.checkpoint import save_model_dcp
-
-    torch.manual_seed(0)
-    loaded = load_model(CONFIG, None)
-    path = tmp_path_factory.mktemp("ckpt") / "step-1"
-    save_model_dcp(loaded.model.state_dict(), path)
-    return path
+def checkpoint(debug_checkpoint):
+    return debug_checkpoint[0]
 
 
 @pytest.fixture(scope="module")
