@@ -55,3 +55,21 @@ def test_real_torchrun_launch_on_cpu(tmp_path):
     log = out.stdout + out.stderr
     assert out.returncode == 0, log[-3000:]
     assert "step:  3" in log and (tmp_path / "run" / "metrics.jsonl").is_file()
+
+
+@pytest.mark.slow
+def test_bench_train_collects_throughput_per_variant(tmp_path, capsys):
+    from scripts.bench_train import main
+
+    base = (REPO / "configs" / "debug_cpu.toml").read_text()
+    configs = []
+    for variant in ("transformer", "parallax"):
+        path = tmp_path / f"debug_{variant}_adamw.toml"
+        path.write_text(base.replace('flavor = "debug-parallax"', f'flavor = "debug-{variant}"'))
+        configs.append(str(path))
+    results = main(["--configs", *configs, "--steps", "4", "--warmup", "1", "--launcher", "python",
+                    "--out", str(tmp_path / "runs"), "--", "--training.seq_len", "64"])
+    out = capsys.readouterr().out
+    assert list(results) == ["debug_transformer_adamw", "debug_parallax_adamw"]
+    assert all(r["steps"] == 3 and r["tokens_per_s"] > 0 and r["step_time"] > 0 for r in results.values())
+    assert "| debug_transformer_adamw |" in out and "1.00x" in out
