@@ -1,7 +1,8 @@
 """Token-weighted held-out perplexity of a checkpoint.
 
     python eval/perplexity.py --config configs/debug_cpu.toml --checkpoint outputs/debug_cpu/checkpoint/step-40 \
-        [--dataset embedded_en_validation | --dataset-path DIR] [--seq-len 256] [--batch-size 8] [--max-batches N]
+        [--dataset embedded_en_validation | --dataset-path DIR] [--seq-len 256] [--batch-size 8] [--max-batches N] \
+        [-- --section.key value ...]     (the overrides the run was trained with, if any)
 
 The validation data comes from the data pipeline: a shard folder (scripts/prepare_data.py) is read from
 its held-out "validation" split, window by window; a text source (a registered dataset name, optionally
@@ -80,6 +81,9 @@ def perplexity(model, data: Iterable[tuple[torch.Tensor, torch.Tensor]], device,
 
 
 def main(argv: list[str] | None = None) -> PerplexityResult:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    overrides = argv[argv.index("--") + 1:] if "--" in argv else []
+    argv = argv[: argv.index("--")] if "--" in argv else argv
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", required=True, help="the run's TOML")
     parser.add_argument("--checkpoint", required=True, help="a checkpoint/step-N folder")
@@ -94,11 +98,11 @@ def main(argv: list[str] | None = None) -> PerplexityResult:
     args = parser.parse_args(argv)
     cuda = str(args.device).startswith("cuda")
     try:
-        loaded = load_model(args.config, args.checkpoint, device=args.device,
+        loaded = load_model(args.config, args.checkpoint, overrides=overrides, device=args.device,
                             attention_backend=args.attention_backend or ("triton" if cuda else "torch"))
         from parallax_titan.inference import model_args_from_config
 
-        _, job = model_args_from_config(args.config)
+        _, job = model_args_from_config(args.config, overrides)
         v = job.validation
         seq_len = args.seq_len or v.seq_len
         windows = validation_windows(job, args.dataset or v.dataset, args.dataset_path or v.dataset_path, seq_len)

@@ -10,7 +10,7 @@ from torchtitan.config import ConfigManager
 
 import parallax_titan.register  # noqa: F401
 from parallax_titan.model.flavors import FLAVORS, VARIANTS
-from scripts.make_configs import OPTIMIZERS, SIZES, render
+from scripts.make_configs import MINI_SIZES, OPTIMIZERS, SIZES, config_path, render
 
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").rglob("*.toml"))
 RUN_IDENTITY = {"job.dump_folder", "job.description"}
@@ -32,16 +32,16 @@ def test_config_loads_through_torchtitan(path):
 
 def test_one_config_per_paper_run():
     names = {p.stem for p in CONFIGS}
-    expected = {f"{s}_{v}_{o}" for s in SIZES for v in VARIANTS for o in OPTIMIZERS}
+    expected = {f"{s}_{v}_{o}" for s in [*SIZES, *MINI_SIZES] for v in VARIANTS for o in OPTIMIZERS}
     assert expected <= names, f"missing: {sorted(expected - names)}"
     assert "debug_cpu" in names
 
 
 def test_committed_configs_are_what_the_generator_writes():
-    for size, variant, optimizer in itertools.product(SIZES, VARIANTS, OPTIMIZERS):
+    for size, variant, optimizer in itertools.product([*SIZES, *MINI_SIZES], VARIANTS, OPTIMIZERS):
         stem, text = render(size, variant, optimizer)
-        committed = Path(__file__).resolve().parents[1] / "configs" / f"{stem}.toml"
-        assert committed.read_text() == text, f"{stem}.toml was edited: rerun scripts/make_configs.py"
+        committed = config_path(size, stem)
+        assert committed.read_text() == text, f"{committed} was edited: rerun scripts/make_configs.py"
 
 
 def _assert_twins(a: Path, b: Path, ablation_keys: set[str], ablation_section: str | None = None):
@@ -58,9 +58,9 @@ def _assert_twins(a: Path, b: Path, ablation_keys: set[str], ablation_section: s
         assert fa[key] == fb[key], f"{a.name} vs {b.name}: {key} differs ({fa[key]!r} vs {fb[key]!r})"
 
 
-@pytest.mark.parametrize("size", list(SIZES))
+@pytest.mark.parametrize("size", [*SIZES, *MINI_SIZES])
 def test_twins_differ_only_in_their_ablation(size):
-    folder = Path(__file__).resolve().parents[1] / "configs"
+    folder = config_path(size, "x").parent
     for optimizer in OPTIMIZERS:
         for v1, v2 in itertools.combinations(VARIANTS, 2):
             _assert_twins(folder / f"{size}_{v1}_{optimizer}.toml", folder / f"{size}_{v2}_{optimizer}.toml", {"model.flavor"})

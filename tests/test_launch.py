@@ -73,3 +73,29 @@ def test_bench_train_collects_throughput_per_variant(tmp_path, capsys):
     assert list(results) == ["debug_transformer_adamw", "debug_parallax_adamw"]
     assert all(r["steps"] == 3 and r["tokens_per_s"] > 0 and r["step_time"] > 0 for r in results.values())
     assert "| debug_transformer_adamw |" in out and "1.00x" in out
+
+
+@pytest.mark.slow
+def test_ablate_trains_evaluates_plots_and_resumes(tmp_path, capsys):
+    from scripts.ablate import main
+
+    base = (REPO / "configs" / "debug_cpu.toml").read_text()
+    configs = []
+    for variant in ("transformer", "parallax"):
+        path = tmp_path / f"debug_{variant}.toml"
+        path.write_text(base.replace('flavor = "debug-parallax"', f'flavor = "debug-{variant}"')
+                        .replace('dump_folder = "./outputs/debug_cpu"', f'dump_folder = "{tmp_path / variant}"'))
+        configs.append(str(path))
+    argv = [*configs, "--launcher", "python", "--out", str(tmp_path / "plot"), "--eval-device", "cpu",
+            "--eval-max-batches", "4",
+            "--", "--training.steps", "4", "--training.seq_len", "64", "--checkpoint.interval", "4",
+            "--validation.seq_len", "64", "--validation.steps", "2", "--validation.freq", "4"]
+    summary = main(argv)
+    assert [s["run"] for s in summary] == ["debug_transformer", "debug_parallax"]
+    assert all(1 < s["perplexity"] < 2048 * 2 for s in summary)
+    assert (tmp_path / "plot.png").is_file() and (tmp_path / "plot.svg").is_file()
+    assert (tmp_path / "parallax" / "perplexity.json").is_file()
+    capsys.readouterr()
+    again = main(argv)  # complete runs are not retrained
+    assert capsys.readouterr().out.count("already complete") == 2
+    assert [s["perplexity"] for s in again] == [s["perplexity"] for s in summary]

@@ -88,7 +88,7 @@ def test_analytic_parameter_count_matches_modules(name):
     assert count_parameters(args)["total"] == actual
 
 
-@pytest.mark.parametrize("size", ["debug", "0.6B", "1.7B"])
+@pytest.mark.parametrize("size", ["debug", "mini20M", "mini60M", "0.6B", "1.7B"])
 def test_controls_match_as_documented(size):
     parallax = count_parameters(FLAVORS[f"{size}-parallax"])
     transformer = count_parameters(FLAVORS[f"{size}-transformer"])

@@ -1,4 +1,4 @@
-"""Model flavors: {debug, 0.6B, 1.7B} x {transformer, parallax, transformer-param-matched,
+"""Model flavors: {debug, mini20M, mini60M, 0.6B, 1.7B} x {transformer, parallax, transformer-param-matched,
 parallax-compute-matched}.
 
 Base shapes are torchtitan's Qwen3 flavors (0.6B, 1.7B); `debug` is a few-million-parameter model
@@ -50,6 +50,22 @@ BASES: dict[str, tuple[ParallaxModelArgs, int]] = {
             enable_weight_tying=True,
         ),
         8,
+    ),
+    # The mini ladder (issue 9): Qwen3's shape rules (head_dim 64 here, GQA 2, tied embeddings, Qwen3's
+    # vocabulary) at about 20M and 60M non-embedding parameters.
+    "mini20M": (
+        ParallaxModelArgs(
+            dim=384, n_layers=12, n_heads=6, n_kv_heads=3, head_dim=64, hidden_dim=1024,
+            vocab_size=151936, max_seq_len=1024, rope_theta=1000000, qk_norm=True, enable_weight_tying=True,
+        ),
+        16,  # finer FFN rounding than the large sizes: one step of 64 would be ~3% of the parameters here
+    ),
+    "mini60M": (
+        ParallaxModelArgs(
+            dim=576, n_layers=16, n_heads=8, n_kv_heads=4, head_dim=64, hidden_dim=1536,
+            vocab_size=151936, max_seq_len=1024, rope_theta=1000000, qk_norm=True, enable_weight_tying=True,
+        ),
+        16,
     ),
     "0.6B": (_from_qwen3("0.6B"), 64),
     "1.7B": (_from_qwen3("1.7B"), 64),

@@ -1,0 +1,98 @@
+"""Run a list of TOMLs one after another, evaluate each, and draw the comparison.
+
+    python scripts/ablate.py configs/mini/mini20M_{transformer,parallax}_muon.toml \
+        --baseline mini20M_transformer_muon --out docs/plots/mini20M_muon [--nproc 1] [-- --section.key value ...]
+
+For each config (overrides after `--` apply to all):
+1. train, unless its final checkpoint (`checkpoint/step-<training.steps>`) is already complete. An interrupted run
+   resumes from its latest checkpoint: torchtitan loads it from the run's folder. A ladder can therefore be
+   completed in pieces by running the same command again;
+2. held-out perplexity of the final checkpoint (eval/perplexity.py, the TOML's [validation] data), written to
+   <dump_folder>/perplexity.json;
+3. after all runs: scripts/plot_runs.py over their metrics.jsonl, and a summary table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run_facts(config: Path, overrides: list[str]):
+    from parallax_titan.inference import model_args_from_config
+
+    _, job = model_args_from_config(config, overrides)
+    dump = Path(job.job.dump_folder)
+    final = dump / job.checkpoint.folder / f"step-{job.training.steps}"
+    return job, dump, final
+
+
+def train(config: Path, overrides: list[str], nproc: int, launcher: str, log: Path) -> None:
+    args = ["--job.config_file", str(config), *overrides]
+    if launcher == "torchrun":
+        cmd = ["torchrun", "--standalone", f"--nproc_per_node={nproc}", "-m", "parallax_titan.train", *args]
+    else:
+        cmd = [sys.executable, "-m", "parallax_titan.train", *args]
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "a") as out:
+        rc = subprocess.run(cmd, cwd=REPO, stdout=out, stderr=subprocess.STDOUT).returncode
+    if rc != 0:
+        raise SystemExit(f"{config}: training exited with {rc}; see {log}. Rerun to resume from its last checkpoint.")
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    argv = sys.argv[1:] if argv is None else argv
+    overrides = argv[argv.index("--") + 1:] if "--" in argv else []
+    own = argv[: argv.index("--")] if "--" in argv else argv
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("configs", nargs="+", type=Path)
+    parser.add_argument("--nproc", type=int, default=1)
+    parser.add_argument("--launcher", choices=["torchrun", "python"], default="torchrun")
+    parser.add_argument("--baseline", default=None, help="run name (TOML stem) to subtract in the plot; default: first")
+    parser.add_argument("--out", type=Path, required=True, help="plot path without suffix")
+    parser.add_argument("--eval-device", default=None)
+    parser.add_argument("--eval-batch-size", type=int, default=8)
+    parser.add_argument("--eval-max-batches", type=int, default=None, help="smoke runs only: cap the evaluation")
+    args = parser.parse_args(own)
+    missing = [str(c) for c in args.configs if not c.is_file()]
+    if missing:
+        raise SystemExit(f"configs not found: {missing}")
+    from eval.perplexity import main as perplexity
+    from scripts.plot_runs import main as plot_runs
+
+    summary = []
+    for config in args.configs:
+        job, dump, final = run_facts(config, overrides)
+        if (final / ".metadata").is_file():
+            print(f"{config.stem}: already complete ({final})")
+        else:
+            print(f"{config.stem}: training to step {job.training.steps} in {dump}", flush=True)
+            train(config, overrides, args.nproc, args.launcher, dump / "train.log")
+            if not (final / ".metadata").is_file():
+                raise SystemExit(f"{config.stem}: training ended without {final}; is [checkpoint] enable = true?")
+        eval_args = ["--config", str(config), "--checkpoint", str(final), "--json", str(dump / "perplexity.json"),
+                     "--batch-size", str(args.eval_batch_size)]
+        if args.eval_device:
+            eval_args += ["--device", args.eval_device]
+        if args.eval_max_batches:
+            eval_args += ["--max-batches", str(args.eval_max_batches)]
+        eval_args += ["--", *overrides]
+        result = perplexity(eval_args)
+        summary.append({"run": config.stem, "dump": str(dump), "steps": job.training.steps,
+                        "held_out_loss": result.loss, "perplexity": result.perplexity, "tokens": result.tokens})
+    plot_runs([*(s["dump"] for s in summary), "--labels", *(s["run"] for s in summary),
+               "--baseline", args.baseline or summary[0]["run"], "--out", str(args.out)])
+    print("| run | steps | held-out loss | perplexity | evaluated tokens |\n|---|---:|---:|---:|---:|")
+    for s in summary:
+        print(f"| {s['run']} | {s['steps']} | {s['held_out_loss']:.4f} | {s['perplexity']:.2f} | {s['tokens']:,} |")
+    Path(str(args.out) + ".json").write_text(json.dumps(summary, indent=1))
+    return summary
+
+
+if __name__ == "__main__":
+    main()
