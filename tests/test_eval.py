@@ -197,3 +197,13 @@ def test_plot_runs_draws_png_and_svg_from_jsonl_and_tensorboard(tmp_path):
         main([str(tmp_path / "a"), "--baseline", "X", "--out", str(tmp_path / "x")])
     with pytest.raises(SystemExit, match="--tokens-per-step"):
         main([str(tmp_path / "c"), "--out", str(tmp_path / "x")])
+
+
+def test_diagnostics_interval_must_be_a_multiple_of_the_log_frequency():
+    from types import SimpleNamespace
+
+    from parallax_titan.optim.metrics import build_metrics_processor
+
+    config = SimpleNamespace(diagnostics=SimpleNamespace(interval=7), metrics=SimpleNamespace(log_freq=5))
+    with pytest.raises(ValueError, match=r"\[diagnostics\] interval = 7 must be a multiple of \[metrics\] log_freq = 5"):
+        build_metrics_processor(config, parallel_dims=None)

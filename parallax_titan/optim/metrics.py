@@ -81,6 +81,10 @@ def tokens_per_step(job_config, parallel_dims) -> int:
 
 
 def build_metrics_processor(job_config, parallel_dims, model_args=None, tag=None) -> GroupMetricsProcessor:
+    interval = getattr(getattr(job_config, "diagnostics", None), "interval", 0)
+    if interval and interval % job_config.metrics.log_freq:
+        raise ValueError(f"[diagnostics] interval = {interval} must be a multiple of [metrics] log_freq = "
+                         f"{job_config.metrics.log_freq}: diagnostics are logged with the metrics")
     processor = GroupMetricsProcessor(job_config, parallel_dims, tag)
     name = getattr(job_config.metrics, "jsonl_file", "")
     rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
