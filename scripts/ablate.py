@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -34,13 +35,14 @@ def run_facts(config: Path, overrides: list[str]):
 
 def train(config: Path, overrides: list[str], nproc: int, launcher: str, log: Path) -> None:
     args = ["--job.config_file", str(config), *overrides]
-    if launcher == "torchrun":
-        cmd = ["torchrun", "--standalone", f"--nproc_per_node={nproc}", "-m", "parallax_titan.train", *args]
+    if launcher == "torchrun":  # through the repo's launcher: same environment and torchrun flags as users get
+        cmd = ["bash", str(REPO / "scripts" / "train.sh"), str(config), *args[2:]]
     else:
         cmd = [sys.executable, "-m", "parallax_titan.train", *args]
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "a") as out:
-        rc = subprocess.run(cmd, cwd=REPO, stdout=out, stderr=subprocess.STDOUT).returncode
+        rc = subprocess.run(cmd, cwd=REPO, stdout=out, stderr=subprocess.STDOUT,
+                            env={**os.environ, "NGPU": str(nproc)}).returncode
     if rc != 0:
         raise SystemExit(f"{config}: training exited with {rc}; see {log}. Rerun to resume from its last checkpoint.")
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -46,14 +47,15 @@ def launch(config: Path, dump: Path, steps: int, nproc: int, launcher: str, extr
     args = ["--job.config_file", str(config), "--job.dump_folder", str(dump), "--training.steps", str(steps),
             "--metrics.log_freq", "1", "--checkpoint.no-enable", "--validation.no-enable",
             "--diagnostics.interval", "0", *extra]
-    if launcher == "torchrun":
-        cmd = ["torchrun", "--standalone", f"--nproc_per_node={nproc}", "-m", "parallax_titan.train", *args]
+    if launcher == "torchrun":  # through the repo's launcher: same environment and torchrun flags as users get
+        cmd = ["bash", str(REPO / "scripts" / "train.sh"), str(config), *args[2:]]
     else:
         cmd = [sys.executable, "-m", "parallax_titan.train", *args]
     log = dump.with_suffix(".log")
     dump.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "w") as out:
-        rc = subprocess.run(cmd, cwd=REPO, stdout=out, stderr=subprocess.STDOUT).returncode
+        rc = subprocess.run(cmd, cwd=REPO, stdout=out, stderr=subprocess.STDOUT,
+                            env={**os.environ, "NGPU": str(nproc)}).returncode
     if rc != 0:
         raise SystemExit(f"{config.name}: training exited with {rc}; see {log}")
     return dump / "metrics.jsonl"
