@@ -125,7 +125,7 @@ class ParallaxLM(TemplateLM):
             kwargs = dict(kwargs or {})
             until = kwargs.pop("until", None) or []
             until = [until] if isinstance(until, str) else list(until)
-            max_new = int(kwargs.pop("max_gen_toks", 256))
+            max_new = min(int(kwargs.pop("max_gen_toks", 256)), self.max_length - 1)  # leave room for the prompt
             sample = bool(kwargs.pop("do_sample", False))
             temperature = float(kwargs.pop("temperature", 1.0 if sample else 0.0)) if sample else 0.0
             prompt = self.tok_encode(context)[-(self.max_length - max_new):]
