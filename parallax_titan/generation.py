@@ -4,7 +4,8 @@ Prefill runs the prompt through the training attention (`parallax_attention`, ca
 and V per layer; each decode step computes q, k, v and the probe r for the new token only, appends k
 and v, and attends with `parallax_decode` (softmax layers: SDPA over the cache). Prompts of different
 lengths are right-padded: causality keeps padding out of the real positions, and each sequence's cache
-length says which cache rows it sees.
+length says which cache rows it sees. Each prompt is one document: a model trained with
+document_masking sees no EOS-based masks here.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from parallax_titan.model.model import ParallaxAttention, attention_inputs
+from parallax_titan.model.model import attention_inputs
 from parallax_titan.ops import parallax_attention, parallax_decode
 
 
