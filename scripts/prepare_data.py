@@ -27,11 +27,13 @@ def main() -> None:
     ap.add_argument("--tokenizer", required=True, help="folder with tokenizer.json and tokenizer_config.json")
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--validation-permille", type=int, default=5)
+    ap.add_argument("--validation-source", default=None,
+                    help="a second local/hub source that becomes the whole validation split (held-out sources)")
     ap.add_argument("--shard-tokens", type=int, default=100_000_000)
     ap.add_argument("--max-docs", type=int, default=None)
     args = ap.parse_args()
     manifest = prepare(args.source, args.lang, args.tokenizer, args.out, args.validation_permille,
-                       args.shard_tokens, args.max_docs)
+                       args.shard_tokens, args.max_docs, validation_source=args.validation_source)
     for name, split in manifest["splits"].items():
         print(f"{name}: {split['num_docs']:,} documents, {split['num_tokens']:,} tokens, {len(split['shards'])} shards")
 

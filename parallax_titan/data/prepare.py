@@ -25,32 +25,42 @@ def is_validation(text: str, permille: int) -> bool:
     return int.from_bytes(hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest(), "little") % 1000 < permille
 
 
+def _documents(source: str, lang: str, max_docs: int | None):
+    docs = (row[TEXT_COLUMN] for row in load_text_dataset(source, split=lang, streaming=True))
+    return itertools.islice(docs, max_docs) if max_docs is not None else docs
+
+
 def prepare(source: str, lang: str, tokenizer_dir: str, out: Path, validation_permille: int = 5,
-            shard_tokens: int = 100_000_000, max_docs: int | None = None, batch_docs: int = 1024) -> dict:
+            shard_tokens: int = 100_000_000, max_docs: int | None = None, batch_docs: int = 1024,
+            validation_source: str | None = None) -> dict:
+    """`validation_source`: a second text source that becomes the whole validation split (held-out
+    sources rather than held-out documents); the hash split is then off."""
     fingerprint = tokenizer_fingerprint(tokenizer_dir)
     if fingerprint["eos_id"] is None:
         raise ValueError(f"tokenizer {tokenizer_dir}: no eos_token in tokenizer_config.json to end documents with")
     tokenizer = Tokenizer.from_file(os.path.join(tokenizer_dir, "tokenizer.json"))
     out.mkdir(parents=True, exist_ok=True)
     writers = {name: ShardWriter(out, name, shard_tokens) for name in ("train", "validation")}
-    dataset = load_text_dataset(source, split=lang, streaming=True)
-    docs = (row[TEXT_COLUMN] for row in dataset)
-    if max_docs is not None:
-        docs = itertools.islice(docs, max_docs)
+    streams = [(_documents(source, lang, max_docs), None)]  # None: the hash decides
+    if validation_source is not None:
+        validation_permille = 0
+        streams = [(streams[0][0], "train"), (_documents(validation_source, lang, max_docs), "validation")]
     skipped = 0
     eos = np.array([fingerprint["eos_id"]], dtype=np.uint32)
     with tqdm(desc="tokenising", unit="doc") as bar:
-        while batch := list(itertools.islice(docs, batch_docs)):
-            texts = [t for t in batch if isinstance(t, str) and t.strip()]
-            skipped += len(batch) - len(texts)
-            for text, enc in zip(texts, tokenizer.encode_batch(texts, add_special_tokens=False)):
-                split = "validation" if is_validation(text, validation_permille) else "train"
-                writers[split].add(np.concatenate([np.asarray(enc.ids, dtype=np.uint32), eos]))
-            bar.update(len(batch))
+        for docs, fixed_split in streams:
+            while batch := list(itertools.islice(docs, batch_docs)):
+                texts = [t for t in batch if isinstance(t, str) and t.strip()]
+                skipped += len(batch) - len(texts)
+                for text, enc in zip(texts, tokenizer.encode_batch(texts, add_special_tokens=False)):
+                    split = fixed_split or ("validation" if is_validation(text, validation_permille) else "train")
+                    writers[split].add(np.concatenate([np.asarray(enc.ids, dtype=np.uint32), eos]))
+                bar.update(len(batch))
     for w in writers.values():
         w.flush()
     if skipped:
         print(f"skipped {skipped} empty or non-text documents")
     source_info = {"source": source, "lang": lang, "text_column": TEXT_COLUMN, "max_docs": max_docs,
-                   "validation_permille": validation_permille, "skipped_docs": skipped}
+                   "validation_permille": validation_permille, "validation_source": validation_source,
+                   "skipped_docs": skipped}
     return write_manifest(out, fingerprint, source_info, {n: w.shards for n, w in writers.items()})
