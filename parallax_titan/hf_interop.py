@@ -98,6 +98,12 @@ def check_config_matches(config: dict, args: ParallaxModelArgs, source: str, fla
         raise ValueError(f"{source} does not match flavor {flavor!r}: " + "; ".join(wrong))
     if config.get("model_type", "qwen3") not in ("qwen3", PARALLAX_MODEL_TYPE):
         raise ValueError(f"{source}: model_type {config.get('model_type')!r} is not a Qwen3 checkpoint")
+    probe = config.get("parallax") or {}
+    if probe and args.attention != "parallax":
+        raise ValueError(f"{source} is a Parallax checkpoint; flavor {flavor!r} has softmax attention")
+    for key in ("probe_rope", "probe_norm", "probe_gate"):  # settings no tensor shape would reveal
+        if key in probe and probe[key] != getattr(args, key):
+            raise ValueError(f"{source}: parallax.{key} = {probe[key]} but flavor {flavor!r} has {key} = {getattr(args, key)}")
 
 
 def hf_config_for(args: ParallaxModelArgs, dtype: torch.dtype) -> dict:

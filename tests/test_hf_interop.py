@@ -107,6 +107,14 @@ def test_parallax_export_names_its_probe_and_round_trips(tmp_path):
     assert "Parallax" in (out / "README.md").read_text()
     with pytest.raises((ValueError, KeyError)):  # transformers must not load it as plain Qwen3
         transformers.AutoModelForCausalLM.from_pretrained(out)
+    # its probe settings are checked against the flavor's: no tensor shape would reveal probe_rope
+    config["parallax"]["probe_rope"] = False
+    (out / "config.json").write_text(json.dumps(config))
+    _fails(["to-dcp", "--hf", str(out), "--flavor", flavor, "--out", str(tmp_path / "bad")], "parallax.probe_rope = False")
+    _fails(["to-dcp", "--hf", str(out), "--flavor", "debug-transformer", "--out", str(tmp_path / "bad")],
+           "is a Parallax checkpoint")
+    config["parallax"]["probe_rope"] = True
+    (out / "config.json").write_text(json.dumps(config))
     # back to DCP: the probe tensors are read, not re-initialised
     convert(["to-dcp", "--hf", str(out), "--flavor", flavor, "--out", str(tmp_path / "dcp2")])
     first = load_model_dcp(tmp_path / "dcp", FLAVORS[flavor])
