@@ -81,9 +81,9 @@ def perplexity(model, data: Iterable[tuple[torch.Tensor, torch.Tensor]], device,
 
 
 def main(argv: list[str] | None = None) -> PerplexityResult:
-    argv = sys.argv[1:] if argv is None else list(argv)
-    overrides = argv[argv.index("--") + 1:] if "--" in argv else []
-    argv = argv[: argv.index("--")] if "--" in argv else argv
+    from parallax_titan.launch import split_overrides
+
+    argv, overrides = split_overrides(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", required=True, help="the run's TOML")
     parser.add_argument("--checkpoint", required=True, help="a checkpoint/step-N folder")

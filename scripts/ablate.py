@@ -16,12 +16,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from parallax_titan.launch import LAUNCHERS, split_overrides, train
 
 
 def run_facts(config: Path, overrides: list[str]):
@@ -33,28 +31,12 @@ def run_facts(config: Path, overrides: list[str]):
     return job, dump, final
 
 
-def train(config: Path, overrides: list[str], nproc: int, launcher: str, log: Path) -> None:
-    args = ["--job.config_file", str(config), *overrides]
-    if launcher == "torchrun":  # through the repo's launcher: same environment and torchrun flags as users get
-        cmd = ["bash", str(REPO / "scripts" / "train.sh"), str(config), *args[2:]]
-    else:
-        cmd = [sys.executable, "-m", "parallax_titan.train", *args]
-    log.parent.mkdir(parents=True, exist_ok=True)
-    with open(log, "a") as out:
-        rc = subprocess.run(cmd, cwd=REPO, stdout=out, stderr=subprocess.STDOUT,
-                            env={**os.environ, "NGPU": str(nproc)}).returncode
-    if rc != 0:
-        raise SystemExit(f"{config}: training exited with {rc}; see {log}. Rerun to resume from its last checkpoint.")
-
-
 def main(argv: list[str] | None = None) -> list[dict]:
-    argv = sys.argv[1:] if argv is None else argv
-    overrides = argv[argv.index("--") + 1:] if "--" in argv else []
-    own = argv[: argv.index("--")] if "--" in argv else argv
+    own, overrides = split_overrides(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("configs", nargs="+", type=Path)
     parser.add_argument("--nproc", type=int, default=1)
-    parser.add_argument("--launcher", choices=["torchrun", "python"], default="torchrun")
+    parser.add_argument("--launcher", choices=LAUNCHERS, default="torchrun")
     parser.add_argument("--baseline", default=None, help="run name (TOML stem) to subtract in the plot; default: first")
     parser.add_argument("--out", type=Path, required=True, help="plot path without suffix")
     parser.add_argument("--eval-device", default=None)
@@ -74,7 +56,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
             print(f"{config.stem}: already complete ({final})")
         else:
             print(f"{config.stem}: training to step {job.training.steps} in {dump}", flush=True)
-            train(config, overrides, args.nproc, args.launcher, dump / "train.log")
+            log = dump / "train.log"
+            rc = train(config, overrides, args.nproc, args.launcher, log, append=True)
+            if rc != 0:
+                raise SystemExit(f"{config}: training exited with {rc}; see {log}. "
+                                 "Rerun to resume from its last checkpoint.")
             if not (final / ".metadata").is_file():
                 raise SystemExit(f"{config.stem}: training ended without {final}; is [checkpoint] enable = true?")
         eval_args = ["--config", str(config), "--checkpoint", str(final), "--json", str(dump / "perplexity.json"),

@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
-import subprocess
 import sys
 from pathlib import Path
+
+from parallax_titan.launch import LAUNCHERS, split_overrides, train
 
 REPO = Path(__file__).resolve().parents[1]
 VARIANTS = ("transformer", "parallax", "transformer-param-matched", "parallax-compute-matched")
@@ -44,18 +44,10 @@ def summarise(metrics_file: Path, warmup: int) -> dict[str, float]:
 
 
 def launch(config: Path, dump: Path, steps: int, nproc: int, launcher: str, extra: list[str]) -> Path:
-    args = ["--job.config_file", str(config), "--job.dump_folder", str(dump), "--training.steps", str(steps),
-            "--metrics.log_freq", "1", "--checkpoint.no-enable", "--validation.no-enable",
-            "--diagnostics.interval", "0", *extra]
-    if launcher == "torchrun":  # through the repo's launcher: same environment and torchrun flags as users get
-        cmd = ["bash", str(REPO / "scripts" / "train.sh"), str(config), *args[2:]]
-    else:
-        cmd = [sys.executable, "-m", "parallax_titan.train", *args]
+    overrides = ["--job.dump_folder", str(dump), "--training.steps", str(steps), "--metrics.log_freq", "1",
+                 "--checkpoint.no-enable", "--validation.no-enable", "--diagnostics.interval", "0", *extra]
     log = dump.with_suffix(".log")
-    dump.parent.mkdir(parents=True, exist_ok=True)
-    with open(log, "w") as out:
-        rc = subprocess.run(cmd, cwd=REPO, stdout=out, stderr=subprocess.STDOUT,
-                            env={**os.environ, "NGPU": str(nproc)}).returncode
+    rc = train(config, overrides, nproc, launcher, log)
     if rc != 0:
         raise SystemExit(f"{config.name}: training exited with {rc}; see {log}")
     return dump / "metrics.jsonl"
@@ -73,9 +65,7 @@ def table(results: dict[str, dict[str, float]], baseline: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
-    argv = sys.argv[1:] if argv is None else argv
-    extra = argv[argv.index("--") + 1:] if "--" in argv else []
-    own = argv[: argv.index("--")] if "--" in argv else argv
+    own, extra = split_overrides(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", default="0.6B")
     parser.add_argument("--optimizer", default="muon", choices=["muon", "adamw"])
@@ -85,7 +75,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=5, help="steps left out of the medians (compile, warm-up)")
     parser.add_argument("--nproc", type=int, default=1)
-    parser.add_argument("--launcher", choices=["torchrun", "python"], default="torchrun")
+    parser.add_argument("--launcher", choices=LAUNCHERS, default="torchrun")
     parser.add_argument("--out", type=Path, default=REPO / "outputs" / "bench_train")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(own)
