@@ -19,7 +19,12 @@ import json
 import sys
 from pathlib import Path
 
-from parallax_titan.launch import LAUNCHERS, split_overrides, train
+from parallax_titan.launch import LAUNCHERS, REPO, split_overrides, train
+
+# Run as `python scripts/ablate.py`, Python puts scripts/ (not the repo) on the path; eval/ and
+# scripts/ are imported as packages from the repo root.
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
 
 
 def run_facts(config: Path, overrides: list[str]):

@@ -3,6 +3,7 @@ single-process launch on CPU."""
 
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -91,3 +92,13 @@ def test_ablate_trains_evaluates_plots_and_resumes(tmp_path, capsys):
     again = main(argv)  # complete runs are not retrained
     assert capsys.readouterr().out.count("already complete") == 2
     assert [s["perplexity"] for s in again] == [s["perplexity"] for s in summary]
+
+
+def test_ablate_runs_as_a_file_from_the_repo_root(tmp_path):
+    """`python scripts/ablate.py` (as documented) must find the eval/ and scripts/ packages."""
+    probe = ("import runpy, sys; sys.path[0] = 'scripts'; "
+             "runpy.run_path('scripts/ablate.py', run_name='ablate'); "
+             "import eval.perplexity, scripts.plot_runs; print('imports ok')")
+    out = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True,
+                         env={**os.environ, "PYTHONSAFEPATH": "1"})
+    assert out.returncode == 0 and "imports ok" in out.stdout, out.stderr[-2000:]
