@@ -29,6 +29,11 @@ from parallax_titan.model.model import ParallaxAttention, attention_inputs
 
 def attention_stats(q, k, v, r, scale: float) -> dict[str, float]:
     """q, r (H, N, D); k, v (Hkv, N, D); r None for softmax attention. Causal."""
+    return _dense_attention(q, k, v, r, scale)[0]
+
+
+def _dense_attention(q, k, v, r, scale: float) -> tuple[dict[str, float], torch.Tensor]:
+    """The statistics and the attention output (H, N, D) in fp32, from one dense evaluation."""
     q, k, v = q.float(), k.float(), v.float()
     rep = q.shape[0] // k.shape[0]
     k, v = k.repeat_interleave(rep, 0), v.repeat_interleave(rep, 0)
@@ -41,7 +46,7 @@ def attention_stats(q, k, v, r, scale: float) -> dict[str, float]:
     sink = w[:, 1:, 0].mean() if n > 1 else w[:, :, 0].mean()
     if r is None:
         return {"cor": 0.0, "sink": float(sink), "entropy": float(entropy), "neg_frac": 0.0,
-                "alpha_max": float(w.max())}
+                "alpha_max": float(w.max())}, a
     t = r.float() @ k.transpose(-1, -2)
     tbar = (w * t).sum(-1, keepdim=True)
     alpha = w * (1 + tbar - t)
@@ -53,7 +58,7 @@ def attention_stats(q, k, v, r, scale: float) -> dict[str, float]:
         "entropy": float(entropy),
         "neg_frac": float(neg),
         "alpha_max": float(alpha.masked_fill(~visible, 0).abs().max()),
-    }
+    }, o
 
 
 def stable_rank(singular_values: torch.Tensor) -> torch.Tensor:
@@ -145,16 +150,12 @@ def _unsharded(module):
         yield
 
 
-def _attention(block):
-    return block.attention
-
-
 @torch.no_grad()
 def model_weight_stats(model) -> dict[int, dict[str, float]]:
     args = model.model_args
     out = {}
     for i, block in model.layers.items():
-        attn = _attention(block)
+        attn = block.attention
         wr = _full(attn.wr.weight) if isinstance(attn, ParallaxAttention) else None
         full = [_full(m.weight) for m in (attn.wq, attn.wk, attn.wv, attn.wo)]
         n_heads = full[0].shape[0] // attn.head_dim
@@ -173,24 +174,15 @@ def model_activation_stats(model, tokens: torch.Tensor) -> dict[int, dict[str, f
         rope = model.rope_cache
         for i, block in model.layers.items():
             with _unsharded(block):
-                attn = _attention(block)
+                attn = block.attention
                 q, k, v, r = attention_inputs(attn, block.attention_norm(x), rope, None)
                 q, k, v = q[0].transpose(0, 1), k[0].transpose(0, 1), v[0].transpose(0, 1)
                 r = r[0].transpose(0, 1) if r is not None else None
-                out[int(i)] = attention_stats(q, k, v, r, attn.scaling)
-                o = _attention_output(q, k, v, r, attn.scaling).to(x.dtype)
+                out[int(i)], o = _dense_attention(q, k, v, r, attn.scaling)
+                o = o.to(x.dtype)
                 x = x + attn.wo(o.transpose(0, 1).reshape(1, tokens.shape[1], -1))
                 x = x + block.feed_forward(block.ffn_norm(x))
     return out
-
-
-def _attention_output(q, k, v, r, scale):
-    from parallax_kernels.reference import parallax_attention_reference
-
-    dtype = q.dtype
-    q, k, v = q.float()[None], k.float()[None], v.float()[None]
-    r = torch.zeros_like(q) if r is None else r.float()[None]
-    return parallax_attention_reference(q, k, v, r, causal=True, scale=scale)[0].to(dtype)
 
 
 def flatten(stats: dict[int, dict[str, float]], prefix: str = "diagnostics") -> dict[str, float]:
