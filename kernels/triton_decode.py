@@ -10,17 +10,12 @@ next launch finds it clean. This is the portable fallback with the semantics of 
 from __future__ import annotations
 
 import functools
-import os
 
 import torch
 import triton
 import triton.language as tl
 
-from parallax_kernels.triton_parallax import _dot, _online_update
-
-INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
-SUPPORTED_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
-LOG2E = 1.4426950408889634
+from parallax_kernels.triton_parallax import INTERPRET, LOG2E, SUPPORTED_DTYPES, _dot, _online_update
 
 
 @triton.jit
