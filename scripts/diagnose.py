@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 import torch
 
@@ -24,7 +25,6 @@ def probe_text(path: str | None) -> str:
     import pyarrow.parquet as pq
 
     from parallax_titan.data import EMBEDDED_VALIDATION, TEXT_COLUMN
-    from pathlib import Path
 
     files = sorted(Path(EMBEDDED_VALIDATION).glob("*.parquet"))
     return "\n\n".join(pq.read_table(files[0], columns=[TEXT_COLUMN]).column(TEXT_COLUMN).to_pylist()[:20])
