@@ -161,3 +161,38 @@ def test_fused_row_dot_products_match_torch(rng):
     fused, plain = row_dot_products(do, o, a), row_dot_products(do, o, a, fused=False)
     for f, p in zip(fused, plain):
         torch.testing.assert_close(f, p, rtol=1e-5, atol=1e-5)
+
+
+def fused_forward_calls_in_op_sac_step(rng, save_list):
+    """Forward + backward of one attention under torchtitan's op-level SAC; how often the fused forward ran."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from torchtitan.config import ActivationCheckpoint
+    from torchtitan.distributed.activation_checkpoint import _apply_op_sac
+
+    class Attention(torch.nn.Module):
+        def forward(self, q, k, v, r):
+            return parallax_attention(q, k, v, r, causal=True, backend="triton")
+
+    class CountFused(TorchDispatchMode):
+        calls = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            CountFused.calls += func == torch.ops.parallax.attention_fwd.default
+            return func(*args, **(kwargs or {}))
+
+    ac = ActivationCheckpoint(mode="selective", selective_ac_option="op")
+    module = _apply_op_sac(Attention(), ac, op_sac_save_list=save_list)
+    inputs = [x.float().to(DEVICE).requires_grad_() for x in random_qkvr(rng, 1, 2, 2, 33, 16, requires_grad=False)]
+    with CountFused():
+        module(*inputs).sum().backward()
+    return CountFused.calls
+
+
+def test_op_sac_saves_the_fused_forward_instead_of_recomputing_it(rng):
+    from torchtitan.models.qwen3.infra.parallelize import _op_sac_save_list
+
+    import parallax_titan.register  # noqa: F401  (adds the fused forward to qwen3's save list)
+
+    assert fused_forward_calls_in_op_sac_step(rng, _op_sac_save_list) == 1
+    without = _op_sac_save_list - {torch.ops.parallax.attention_fwd.default}
+    assert fused_forward_calls_in_op_sac_step(rng, without) == 2  # recomputed in the backward
