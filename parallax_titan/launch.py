@@ -24,7 +24,11 @@ def train(config: Path, overrides: list[str], nproc: int, launcher: str, log: Pa
     """Train `config` with `overrides`, output to `log`; returns the exit status. "torchrun" goes through
     scripts/train.sh (NGPU=nproc), "python" runs one process of `python -m parallax_titan.train`."""
     if launcher == "torchrun":
-        cmd = ["bash", str(REPO / "scripts" / "train.sh"), str(config), *overrides]
+        script = REPO / "scripts" / "train.sh"
+        if not script.is_file():
+            raise FileNotFoundError(f"{script} not found: parallax_titan is imported from {REPO}, not from a checkout "
+                                    "of the repository; install it with `pip install -e .` from the checkout")
+        cmd = ["bash", str(script), str(config), *overrides]
     elif launcher == "python":
         cmd = [sys.executable, "-m", "parallax_titan.train", "--job.config_file", str(config), *overrides]
     else:

@@ -46,7 +46,7 @@ def summarise(metrics_file: Path, warmup: int) -> dict[str, float]:
 def launch(config: Path, dump: Path, steps: int, nproc: int, launcher: str, extra: list[str]) -> Path:
     overrides = ["--job.dump_folder", str(dump), "--training.steps", str(steps), "--metrics.log_freq", "1",
                  "--checkpoint.no-enable", "--validation.no-enable", "--diagnostics.interval", "0", *extra]
-    log = dump.with_suffix(".log")
+    log = dump.parent / f"{dump.name}.log"  # not with_suffix: '0.6B_...' has a dot
     rc = train(config, overrides, nproc, launcher, log)
     if rc != 0:
         raise SystemExit(f"{config.name}: training exited with {rc}; see {log}")

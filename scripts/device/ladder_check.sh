@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# The mini ladder on one offline GPU (issue 9): tokenise the carried mini corpus text once, then train the
+# named configs side by side (one scripts/ablate.py per config: train, held-out perplexity), and pack each
+# run's metrics.jsonl, perplexity.json and log into $OUT/ladder.tgz.
+#
+#   carried: .ladder/mini_text (scripts/build_mini_corpus.py output) and .ladder/Qwen3-0.6B (tokenizer.json.xz
+#   and tokenizer_config.json from scripts/download_assets.py --from-package)
+#   CONFIGS="configs/mini/a.toml configs/mini/b.toml ..." LADDER_TIMEOUT=480 bash scripts/device/ladder_check.sh
+set -uo pipefail
+export PYTHONUNBUFFERED=1
+mkdir -p assets/Qwen3-0.6B
+if [[ ! -f assets/Qwen3-0.6B/tokenizer.json ]]; then
+  xz -dc .ladder/Qwen3-0.6B/tokenizer.json.xz > assets/Qwen3-0.6B/tokenizer.json
+  cp .ladder/Qwen3-0.6B/tokenizer_config.json assets/Qwen3-0.6B/
+fi
+if [[ ! -f data/mini_corpus/manifest.json ]]; then
+  start=$SECONDS
+  python scripts/prepare_data.py --source .ladder/mini_text/train --validation-source .ladder/mini_text/validation \
+    --tokenizer assets/Qwen3-0.6B --out data/mini_corpus > /tmp/prepare.log 2>&1 || { tail -20 /tmp/prepare.log; exit 1; }
+  echo "tokenised the mini corpus in $((SECONDS - start)) s"
+fi
+pids=()
+for config in $CONFIGS; do
+  name=$(basename "$config" .toml)
+  timeout "${LADDER_TIMEOUT:-480}" python scripts/ablate.py "$config" --out "/tmp/plots/$name" > "/tmp/$name.ablate.log" 2>&1 &
+  pids+=($!)
+done
+for pid in "${pids[@]}"; do wait "$pid"; done
+for config in $CONFIGS; do
+  name=$(basename "$config" .toml)
+  dump=outputs/$name
+  echo "== $name"
+  grep -E "step: *(100|400|800) |Error|error" "$dump/train.log" 2>/dev/null | cut -c1-200 | tail -4
+  tail -2 "/tmp/$name.ablate.log"
+  mkdir -p "/tmp/ladder/$name"
+  cp "$dump/metrics.jsonl" "$dump/perplexity.json" "$dump/train.log" "/tmp/ladder/$name/" 2>/dev/null
+  cp "/tmp/$name.ablate.log" "/tmp/ladder/$name/"
+done
+nvidia-smi --query-gpu=name,memory.used --format=csv,noheader
+[[ -n ${OUT:-} ]] && tar czf "$OUT/ladder.tgz" -C /tmp/ladder .
