@@ -70,6 +70,8 @@ def stable_rank(singular_values: torch.Tensor) -> torch.Tensor:
 # Stable ranks come from d x d Gram matrices (d = head_dim) and power iteration: no dim x dim products,
 # no SVD, QR or eigh, which run as many small serial solver calls on a GPU. Measured at 0.6B on an
 # H100: about 11 s per call with float64 SVD/QR, 7 s with batched eigh (docs/benchmarks.md).
+# Every stable rank of a model is one batch of one power iteration: its cost is kernel launches, so one
+# loop for all layers and all six statistics instead of one loop each.
 
 POWER_ITERATIONS = 200  # Rayleigh-quotient error ~ (lambda2 / lambda1)^(2 * iterations)
 
@@ -93,41 +95,59 @@ def _start(batch: int, d: int, like: torch.Tensor) -> torch.Tensor:
     return (torch.rand(batch, d, 1, generator=g, dtype=torch.float64) + 0.5).to(like)
 
 
+def batched_stable_ranks(grams: list[tuple[torch.Tensor, torch.Tensor | None]]) -> list[torch.Tensor]:
+    """Per head, for each (G_l, G_r) pair of (heads, d, d) Grams: the stable rank of left^T right, i.e.
+    trace(G_l G_r) / lambda_max(G_r G_l); G_r None means a single weight (G_r = I: trace(G) / lambda_max(G))."""
+    left = torch.cat([g for g, _ in grams])
+    eye = torch.eye(left.shape[-1], dtype=left.dtype, device=left.device)
+    right = torch.cat([g if g is not None else eye.expand_as(l) for l, g in grams])
+    top = _top_eigenvalue(lambda x: right @ (left @ x), _start(left.shape[0], left.shape[-1], left))
+    frobenius = (left * right).sum((-2, -1))  # trace(G_l G_r), both symmetric
+    return list((frobenius / top.clamp_min(torch.finfo(top.dtype).tiny)).split([g.shape[0] for g, _ in grams]))
+
+
 def _stable_rank_of(w: torch.Tensor) -> torch.Tensor:
-    """Per head for w (heads, d, dim): ||w||_F^2 / sigma_max^2 = trace(G) / lambda_max(G), G = w w^T."""
-    gram = _gram(w)
-    top = _top_eigenvalue(lambda x: gram @ x, _start(gram.shape[0], gram.shape[-1], gram))
-    return gram.diagonal(dim1=-2, dim2=-1).sum(-1) / top.clamp_min(torch.finfo(top.dtype).tiny)
+    """Per head for w (heads, d, dim): ||w||_F^2 / sigma_max^2."""
+    return batched_stable_ranks([(_gram(w), None)])[0]
 
 
 def circuit_stable_rank(left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
     """Per head, the stable rank of left_h^T right_h (dim x dim) for left, right (heads, d, dim):
     ||.||_F^2 = trace(G_l G_r) and sigma_max^2 = lambda_max(G_r G_l), both from d x d Grams."""
-    g_left, g_right = _gram(left), _gram(right)
-    top = _top_eigenvalue(lambda x: g_right @ (g_left @ x), _start(g_left.shape[0], g_left.shape[-1], g_left))
-    frobenius = (g_left * g_right).sum((-2, -1))  # trace(G_l G_r), both symmetric
-    return frobenius / top.clamp_min(torch.finfo(top.dtype).tiny)
+    return batched_stable_ranks([(_gram(left), _gram(right))])[0]
+
+
+def _layer_grams(wq, wk, wv, wo, wr, n_heads: int, n_kv_heads: int) -> dict[str, tuple[torch.Tensor, torch.Tensor | None]]:
+    """The Gram pairs of one attention layer's statistics (full, unsharded weights; wr None for softmax)."""
+    d = wq.shape[0] // n_heads
+    rep = n_heads // n_kv_heads
+    g_q = _gram(wq.view(n_heads, d, -1))
+    g_k = _gram(wk.view(n_kv_heads, d, -1))
+    g_k_per_q = g_k.repeat_interleave(rep, 0)
+    g_v = _gram(wv.view(n_kv_heads, d, -1)).repeat_interleave(rep, 0)
+    g_o = _gram(wo.view(wo.shape[0], n_heads, d).permute(1, 2, 0))  # (H, d, dim): W_O^h transposed
+    grams = {"sr_wq": (g_q, None), "sr_wk": (g_k, None), "sr_qk": (g_q, g_k_per_q),
+             "sr_ov": (g_o, g_v)}  # (W_O^h W_V^g) = (W_O^h^T)^T W_V^g
+    if wr is not None:
+        g_r = _gram(wr.view(n_heads, d, -1))
+        grams.update(sr_wr=(g_r, None), sr_rk=(g_r, g_k_per_q))
+    return grams
+
+
+def _head_means(layers: list[dict[str, tuple]]) -> list[dict[str, float]]:
+    """One batched power iteration over every layer's Gram pairs; per layer {name: mean over heads}."""
+    flat = [(i, name, pair) for i, grams in enumerate(layers) for name, pair in grams.items()]
+    ranks = batched_stable_ranks([pair for _, _, pair in flat])
+    means = torch.stack([r.mean() for r in ranks]).tolist()  # one device sync
+    out: list[dict[str, float]] = [{} for _ in layers]
+    for (i, name, _), value in zip(flat, means):
+        out[i][name] = value
+    return out
 
 
 def weight_stats(wq, wk, wv, wo, wr, n_heads: int, n_kv_heads: int) -> dict[str, float]:
     """Full (unsharded) projection weights of one attention layer; wr None for softmax."""
-    d = wq.shape[0] // n_heads
-    rep = n_heads // n_kv_heads
-    q = wq.view(n_heads, d, -1)
-    k = wk.view(n_kv_heads, d, -1).repeat_interleave(rep, 0)
-    v = wv.view(n_kv_heads, d, -1).repeat_interleave(rep, 0)
-    o = wo.view(wo.shape[0], n_heads, d).permute(1, 2, 0)  # (H, d, dim): W_O^h transposed
-    stats = {
-        "sr_wq": float(_stable_rank_of(q).mean()),
-        "sr_wk": float(_stable_rank_of(k[::rep]).mean()),
-        "sr_qk": float(circuit_stable_rank(q, k).mean()),
-        "sr_ov": float(circuit_stable_rank(o, v).mean()),  # (W_O^h W_V^g) = (W_O^h^T)^T W_V^g
-    }
-    if wr is not None:
-        r = wr.view(n_heads, d, -1)
-        stats["sr_wr"] = float(_stable_rank_of(r).mean())
-        stats["sr_rk"] = float(circuit_stable_rank(r, k).mean())
-    return stats
+    return _head_means([_layer_grams(wq, wk, wv, wo, wr, n_heads, n_kv_heads)])[0]
 
 
 # --- on a model ---------------------------------------------------------------------------------
@@ -153,14 +173,14 @@ def _unsharded(module):
 @torch.no_grad()
 def model_weight_stats(model) -> dict[int, dict[str, float]]:
     args = model.model_args
-    out = {}
+    layers = {}
     for i, block in model.layers.items():
         attn = block.attention
         wr = _full(attn.wr.weight) if isinstance(attn, ParallaxAttention) else None
         full = [_full(m.weight) for m in (attn.wq, attn.wk, attn.wv, attn.wo)]
         n_heads = full[0].shape[0] // attn.head_dim
-        out[int(i)] = weight_stats(*full, wr, n_heads, n_heads * args.n_kv_heads // args.n_heads)
-    return out
+        layers[int(i)] = _layer_grams(*full, wr, n_heads, n_heads * args.n_kv_heads // args.n_heads)
+    return dict(zip(layers, _head_means(list(layers.values()))))
 
 
 @torch.no_grad()

@@ -10,7 +10,7 @@ from torchtitan.config import ConfigManager
 
 import parallax_titan.register  # noqa: F401
 from parallax_titan.model.flavors import FLAVORS, VARIANTS
-from scripts.make_configs import MINI_SIZES, OPTIMIZERS, SIZES, config_path, render
+from scripts.make_configs import MINI_SIZES, OPTIMIZERS, SEED_TWINS, SIZES, config_path, render
 
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").rglob("*.toml"))
 RUN_IDENTITY = {"job.dump_folder", "job.description"}
@@ -42,6 +42,19 @@ def test_committed_configs_are_what_the_generator_writes():
         stem, text = render(size, variant, optimizer)
         committed = config_path(size, stem)
         assert committed.read_text() == text, f"{committed} was edited: rerun scripts/make_configs.py"
+    for size, variant, optimizer in SEED_TWINS:
+        stem, text = render(size, variant, optimizer, seed=2)
+        assert config_path(size, stem).read_text() == text, f"{stem} was edited: rerun scripts/make_configs.py"
+
+
+@pytest.mark.parametrize("twin", SEED_TWINS, ids="_".join)
+def test_seed_twins_differ_only_in_the_seed(twin):
+    size, variant, optimizer = twin
+    folder = config_path(size, "x").parent
+    first, second = folder / f"{size}_{variant}_{optimizer}.toml", folder / f"{size}_{variant}_{optimizer}_seed2.toml"
+    _assert_twins(first, second, {"debug.seed"})
+    assert (flatten(first)["debug.seed"], flatten(second)["debug.seed"]) == (1, 2)
+    assert flatten(first)["job.dump_folder"] != flatten(second)["job.dump_folder"]
 
 
 def _assert_twins(a: Path, b: Path, ablation_keys: set[str], ablation_section: str | None = None):

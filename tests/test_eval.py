@@ -106,6 +106,37 @@ def test_stable_ranks_match_direct_svds():
     assert stats["sr_ov"] >= 1.0 and float((ov_direct**2).sum() / ov_direct.max() ** 2) >= 1.0
 
 
+def test_model_weight_stats_in_one_batch_equal_direct_svds_per_layer():
+    """The model's stable ranks come from one power iteration over every layer and statistic at once;
+    each must equal its own direct computation."""
+    from dataclasses import replace
+
+    from parallax_titan.diagnostics import model_weight_stats, stable_rank
+    from parallax_titan.model.flavors import FLAVORS
+    from parallax_titan.model.model import ParallaxQwen3Model
+
+    torch.manual_seed(0)
+    model = ParallaxQwen3Model(replace(FLAVORS["debug-parallax"], attention_backend="torch"))
+    with torch.no_grad():
+        model.init_weights()
+        for block in model.layers.values():  # make the layers differ, and W_R (zero at init) nonzero
+            for proj in ("wq", "wk", "wv", "wo", "wr"):
+                getattr(block.attention, proj).weight.normal_(0, 0.02)
+    stats = model_weight_stats(model)
+    d = model.model_args.head_dim
+    for i, block in model.layers.items():
+        attn = block.attention
+        per_head = {
+            "sr_wq": [attn.wq.weight[h * d:(h + 1) * d] for h in range(attn.wq.weight.shape[0] // d)],
+            "sr_wr": [attn.wr.weight[h * d:(h + 1) * d] for h in range(attn.wr.weight.shape[0] // d)],
+            "sr_rk": [attn.wr.weight[h * d:(h + 1) * d].T @ attn.wk.weight[(h // 2) * d:(h // 2 + 1) * d]
+                      for h in range(attn.wr.weight.shape[0] // d)],
+        }
+        for name, mats in per_head.items():
+            direct = torch.stack([stable_rank(torch.linalg.svdvals(m.double())) for m in mats]).mean()
+            assert stats[int(i)][name] == pytest.approx(float(direct), rel=1e-3), (i, name)
+
+
 def test_activation_walk_sees_what_the_forward_sees():
     """The diagnostics walk the layers by hand; their per-layer statistics must equal those of the
     q, k, v, r the model's own forward hands to its attention."""
