@@ -1,4 +1,4 @@
-"""Run torchtitan 0.2.2's Trainer on a machine without a GPU (CPU + gloo). Not a fork: three patches.
+"""Run torchtitan 0.2.2's Trainer on a machine without a GPU (CPU + gloo). Not a fork: four patches.
 
 torchtitan assumes CUDA and several of its modules copy `device_type`/`device_module` at import
 (`torchtitan.tools.utils` does `device_type, device_module = get_device_info()`). So `install()`
@@ -11,6 +11,9 @@ must run before anything of torchtitan is imported; `python -m parallax_titan.tr
    report the process's peak resident memory (all torchtitan's memory log line can show on CPU).
 3. `torchtitan.distributed.utils.set_pg_timeouts` runs its barrier without `device_ids`
    (gloo rejects them) - patched after import, see `patch_torchtitan()`.
+4. FSDP2 over several CPU ranks: torchtitan turns FSDP's gradient division off (factor 1.0), which FSDP
+   sends as a PREMUL_SUM reduce-scatter that gloo does not implement. The patched
+   `disable_fsdp_gradient_division` also asks FSDP for plain SUM collectives, the same sum.
 """
 
 from __future__ import annotations
@@ -89,6 +92,19 @@ def patch_torchtitan() -> None:
             torch.distributed.distributed_c10d._set_pg_timeout(timeout, group)
 
     dist_utils.set_pg_timeouts = set_pg_timeouts
+
+    from torch.distributed.fsdp import FSDPModule
+    from torchtitan.models.llama4.infra import parallelize as llama4_parallelize
+
+    disable_division = llama4_parallelize.disable_fsdp_gradient_division
+
+    def disable_division_with_sum_collectives(model):
+        disable_division(model)
+        for module in model.modules():
+            if isinstance(module, FSDPModule):
+                module.set_force_sum_reduction_for_comms(True)
+
+    llama4_parallelize.disable_fsdp_gradient_division = disable_division_with_sum_collectives
 
 
 def installed() -> bool:

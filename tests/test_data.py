@@ -92,6 +92,21 @@ def test_resume_mid_stream_gives_exactly_the_next_windows(shards):
     assert all((x == y).all() for x, y in zip(again, uninterrupted[30:]))
 
 
+def test_resume_on_another_number_of_ranks_continues_the_same_global_order(shards):
+    two = [ShardTokenDataset(str(shards), "train", 64, dp_rank=r, dp_world_size=2, seed=1) for r in range(2)]
+    for rank in two:
+        _windows(rank, 3)  # each rank took 3 windows: 6 of the epoch's order together
+    one = ShardTokenDataset(str(shards), "train", 64, seed=1)
+    one.load_state_dict(two[0].state_dict())
+    assert one.position == 6
+    # on one rank the order is the 2-rank interleaving (the epoch's usable windows agree up to the last one)
+    expected = ShardTokenDataset(str(shards), "train", 64, seed=1)
+    assert all((x == y).all() for x, y in zip(_windows(one, 4), _windows(expected, 10)[6:]))
+    three = ShardTokenDataset(str(shards), "train", 64, dp_rank=0, dp_world_size=4, seed=1)
+    with pytest.raises(ValueError, match="4 data-parallel ranks.*took 6 windows"):
+        three.load_state_dict(two[0].state_dict())
+
+
 def test_tokenizer_mismatch_names_both(shards, tmp_path):
     other = tmp_path / "tok"
     shutil.copytree(EMBEDDED_TOKENIZER, other)

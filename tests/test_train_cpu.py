@@ -14,9 +14,10 @@ REPO = Path(__file__).resolve().parents[1]
 LOSS = re.compile(r"step:\s*(\d+)\s+loss:\s*([0-9.]+)")
 
 
-def run_training(tmp_path: Path, *overrides: str, steps: int = 24, wandb_mode: str = "disabled") -> str:
+def run_training(tmp_path: Path, *overrides: str, steps: int = 24, wandb_mode: str = "disabled", nproc: int = 1) -> str:
+    launch = ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"] if nproc > 1 else []
     cmd = [
-        sys.executable, "-m", "parallax_titan.train",
+        sys.executable, *launch, "-m", "parallax_titan.train",
         "--job.config_file", str(REPO / "configs" / "debug_cpu.toml"),
         "--job.dump_folder", str(tmp_path / "run"),
         "--training.steps", str(steps),
@@ -88,6 +89,49 @@ def test_muon_run_resumes_from_dcp_checkpoint_exactly(tmp_path, source):
     assert sorted(resumed_losses) == list(range(6, 11))
     for step in range(6, 11):
         assert resumed_losses[step] == pytest.approx(full_losses[step], abs=1e-4), (step, resumed_losses, full_losses)
+
+
+def losses_by_step(log: str) -> dict[int, float]:
+    return {int(m.group(1)): float(m.group(2)) for m in LOSS.finditer(log) if "validate" not in m.group(0)}
+
+
+@pytest.mark.slow
+def test_fsdp_over_two_ranks_keeps_the_tie_and_resumes_on_one_rank(tmp_path):
+    """FSDP2 over 2 CPU ranks (gloo) trains the tied debug model; the embedding and the output head stay one
+    parameter (its checkpoint holds the same values under both names); and the checkpoint resumes on 1 rank,
+    with model, Muon state and data position resharded: the next steps' losses equal the 2-rank run's."""
+    from parallax_titan.data import EMBEDDED_TOKENIZER, EMBEDDED_TRAIN
+    from parallax_titan.data.prepare import prepare
+
+    prepare(EMBEDDED_TRAIN, "en", EMBEDDED_TOKENIZER, tmp_path / "shards", shard_tokens=200_000)
+    common = ("--training.dataset_path", str(tmp_path / "shards"), "--validation.no-enable", "--optimizer.name", "Muon",
+              "--checkpoint.interval", "3", "--training.global_batch_size", "4")
+    two_log = run_training(tmp_path / "two", *common, "--training.local_batch_size", "2", steps=6, nproc=2)
+    assert "dp_shard=2" in two_log
+    two = losses_by_step(two_log)
+    assert sorted(two) == list(range(1, 7)) and two[6] < two[1] - 0.1, two
+
+    import torch
+    import torch.distributed.checkpoint as dcp
+
+    final = str(tmp_path / "two" / "run" / "checkpoint" / "step-6")
+    stored = dcp.FileSystemReader(final).read_metadata().state_dict_metadata
+    tied = {name: torch.empty(tuple(stored[name].size)) for name in ("tok_embeddings.weight", "output.weight")}
+    dcp.load(tied, checkpoint_id=final)
+    assert torch.equal(tied["tok_embeddings.weight"], tied["output.weight"])
+    assert not torch.equal(tied["tok_embeddings.weight"], torch.zeros_like(tied["output.weight"]))
+
+    import shutil
+
+    resumed_ckpt = tmp_path / "resumed" / "run" / "checkpoint"
+    resumed_ckpt.mkdir(parents=True)
+    shutil.copytree(tmp_path / "two" / "run" / "checkpoint" / "step-3", resumed_ckpt / "step-3")
+    log = run_training(tmp_path / "resumed", *common, "--training.local_batch_size", "4", steps=6)
+    assert "Training starts at step 4" in log, log[-3000:]
+    resumed = losses_by_step(log)
+    assert sorted(resumed) == [4, 5, 6]
+    for step in (4, 5, 6):  # the same sums in another order: equal to a few 1e-4
+        assert resumed[step] == pytest.approx(two[step], abs=2e-3), (step, resumed, two)
 
 
 @pytest.mark.slow

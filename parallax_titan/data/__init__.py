@@ -12,10 +12,12 @@ held-out "validation" split.
 
 from __future__ import annotations
 
+import pickle
 from dataclasses import asdict
 from functools import partial
 from pathlib import Path
 
+from torchdata.stateful_dataloader import StatefulDataLoader
 from torchtitan.components.dataloader import ParallelAwareDataloader
 from torchtitan.components.validate import Validator
 from torchtitan.hf_datasets import DatasetConfig
@@ -62,9 +64,27 @@ def _shard_loader(folder, split, seq_len, batch_size, dp_rank, dp_world_size, jo
     )
     logger.info(f"Reading {split} shards from {folder}: {dataset.data.num_tokens:,} tokens, "
                 f"{dataset.num_windows:,} windows of {seq_len + 1}")
-    return ParallelAwareDataloader(
+    return ShardDataloader(
         dataset, dp_rank=dp_rank, dp_world_size=dp_world_size, **{**asdict(dataloader_cfg), "batch_size": batch_size}
     )
+
+
+class ShardDataloader(ParallelAwareDataloader):
+    """torchtitan's loader for the shard dataset, with a checkpoint state that resumes on another number of
+    data-parallel ranks. torchtitan keys the state by rank and refuses a different world size. Here every
+    rank stores the same state, since the ranks consume in lockstep and ShardTokenDataset converts its
+    position between world sizes."""
+
+    STATE_KEY = "shard_windows"
+
+    def state_dict(self) -> dict:
+        return {self.STATE_KEY: pickle.dumps(StatefulDataLoader.state_dict(self)), "world_size": self.dp_world_size}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        if self.STATE_KEY not in state_dict:  # empty, or torchtitan's per-rank layout
+            super().load_state_dict(state_dict)
+            return
+        StatefulDataLoader.load_state_dict(self, pickle.loads(state_dict[self.STATE_KEY]))
 
 
 def build_dataloader(dp_world_size, dp_rank, tokenizer, job_config, infinite: bool = True):

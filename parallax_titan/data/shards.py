@@ -189,7 +189,15 @@ class ShardTokenDataset(IterableDataset, Stateful):
             self.epoch, self.position = self.epoch + 1, 0
 
     def state_dict(self) -> dict[str, int]:
-        return {"epoch": self.epoch, "position": self.position}
+        return {"epoch": self.epoch, "position": self.position, "world": self.world}
 
     def load_state_dict(self, state_dict: dict[str, int]) -> None:
-        self.epoch, self.position = int(state_dict["epoch"]), int(state_dict["position"])
+        """Resumes on any number of data-parallel ranks: rank r's k-th window is the epoch order's
+        (k * world + r)-th, so the ranks together have taken position * world windows of the epoch."""
+        saved_world = int(state_dict.get("world", self.world))
+        consumed = int(state_dict["position"]) * saved_world
+        if consumed % self.world:
+            raise ValueError(f"cannot resume these shards on {self.world} data-parallel ranks: the checkpoint's "
+                             f"{saved_world} ranks took {consumed} windows of epoch {state_dict['epoch']}, "
+                             f"not a multiple of {self.world}")
+        self.epoch, self.position = int(state_dict["epoch"]), consumed // self.world
