@@ -102,3 +102,61 @@ def test_ablate_runs_as_a_file_from_the_repo_root(tmp_path):
     out = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True,
                          env={**os.environ, "PYTHONSAFEPATH": "1"})
     assert out.returncode == 0 and "imports ok" in out.stdout, out.stderr[-2000:]
+
+
+def _cpu_env(**extra):
+    return {**os.environ, "CUDA_VISIBLE_DEVICES": "", "WANDB_MODE": "disabled", **extra}
+
+
+def _short_run(dump, steps):
+    return ["configs/debug_cpu.toml", "--job.dump_folder", str(dump), "--training.steps", str(steps),
+            "--training.seq_len", "64", "--training.local_batch_size", "2", "--training.global_batch_size", "4",
+            "--validation.no-enable", "--checkpoint.no-enable", "--metrics.log_freq", "1",
+            "--metrics.disable_color_printing", "--diagnostics.interval", "0"]
+
+
+def _free_port():
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_two_nodes_meet_through_the_rendezvous_endpoint(tmp_path):
+    """Two launches of scripts/train.sh, one 'node' of one process each, find each other through the c10d
+    rendezvous endpoint (the path a multi-node job takes) and train one FSDP job of 2 ranks together."""
+    env = _cpu_env(NNODES="2", NGPU="1", RDZV_ENDPOINT=f"127.0.0.1:{_free_port()}", RDZV_ID="two-nodes")
+    logs = [tmp_path / f"node{i}.log" for i in range(2)]
+    nodes = [subprocess.Popen(["bash", "scripts/train.sh", *_short_run(tmp_path / "run", 3)], cwd=REPO, env=env,
+                              stdout=open(log, "w"), stderr=subprocess.STDOUT) for log in logs]
+    codes = [node.wait(timeout=600) for node in nodes]
+    text = [log.read_text() for log in logs]
+    assert codes == [0, 0], [t[-2000:] for t in text]
+    assert any("dp_shard=2" in t for t in text)
+    assert any("step:  3" in t for t in text)
+
+
+@pytest.mark.slow
+def test_a_killed_rank_ends_the_job_with_an_error_instead_of_a_hang(tmp_path):
+    import signal
+    import time
+
+    log = tmp_path / "job.log"
+    job = subprocess.Popen(["bash", "scripts/train.sh", *_short_run(tmp_path / "run", 100000)], cwd=REPO,
+                           env=_cpu_env(NGPU="2"), stdout=open(log, "w"), stderr=subprocess.STDOUT)
+    try:
+        deadline = time.time() + 300
+        while "step:  2" not in log.read_text():
+            assert job.poll() is None and time.time() < deadline, log.read_text()[-3000:]
+            time.sleep(1)
+        workers = subprocess.run(["pgrep", "-P", str(job.pid)], capture_output=True, text=True).stdout.split()
+        assert len(workers) == 2, workers  # train.sh execs torchrun, whose children are the two ranks
+        os.kill(int(workers[1]), signal.SIGKILL)
+        code = job.wait(timeout=120)  # the other rank must not wait forever for its peer
+    finally:
+        if job.poll() is None:
+            job.kill()
+    assert code != 0
+    assert "exitcode  : -9" in log.read_text() or "Signal 9" in log.read_text(), log.read_text()[-3000:]
