@@ -118,6 +118,26 @@ def test_training_and_the_table_at_toy_size(tmp_path):
     assert all(0.0 <= json.loads(line)["test_acc"] <= 1.0 for line in lines)
 
 
+@pytest.mark.slow
+def test_parallel_jobs_give_the_same_results_as_one_process(tmp_path):
+    import json
+
+    from eval.mad.run import main
+
+    def results(out, *extra):
+        main(["--attention", "softmax", "parallax", "--tasks", "memorization", "--baseline-only", "--epochs", "1",
+              "--lrs", "1e-3", "--wds", "0", "0.1", "--max-train-examples", "128", "--device", "cpu",
+              "--out", str(out), *extra])
+        records = [json.loads(line) for line in out.read_text().splitlines()]
+        return {(r["attention"], r["weight_decay"]): (r["test_acc"], r["final_train_loss"]) for r in records}
+
+    one = results(tmp_path / "one.jsonl")
+    two = results(tmp_path / "two.jsonl", "--jobs", "2")
+    assert len(one) == 4 and one.keys() == two.keys()
+    for key in one:
+        assert two[key][0] == one[key][0] and two[key][1] == pytest.approx(one[key][1], rel=1e-4), (key, one, two)
+
+
 def test_muon_trains_a_mad_model():
     from eval.mad.train import MADRun, train_setting
 

@@ -9,13 +9,19 @@ x weight decay {0, 0.1}, 200 epochs, batch 128. A setting's score is its best ru
 score is the mean over its settings; the average is over the six tasks. Results append to --out (JSONL)
 as each run ends, and runs already there are skipped, so an interrupted protocol resumes. --table only
 prints the table of an existing file.
+
+MAD models are tiny (width 128, 2 blocks), so one run leaves a GPU mostly idle: --jobs N trains N runs at
+once in worker processes, spread round-robin over the --device list (e.g. --jobs 16 --device cuda:0 cuda:1).
+Every run is seeded on its own, so the results do not depend on --jobs.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 from collections import defaultdict
+from concurrent.futures import as_completed, ProcessPoolExecutor
 from pathlib import Path
 
 from eval.mad.tasks import PROTOCOL, all_settings
@@ -60,6 +66,19 @@ def table(records: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def _train_all(pending: list, jobs: int):
+    """Yields each run's result as it ends: in order in this process, or from `jobs` worker processes
+    ("spawn": CUDA cannot be forked)."""
+    if jobs <= 1:
+        for setting, run, device in pending:
+            yield train_setting(setting, run, device)
+        return
+    with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = [pool.submit(train_setting, setting, run, device) for setting, run, device in pending]
+        for future in as_completed(futures):
+            yield future.result()
+
+
 def main(argv: list[str] | None = None) -> str:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--attention", nargs="+", default=["softmax", "parallax"], choices=["softmax", "parallax"])
@@ -71,7 +90,8 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument("--epochs", type=int, default=200)
     parser.add_argument("--seed", type=int, default=12345)
     parser.add_argument("--max-train-examples", type=int, default=None, help="cap (smoke runs only)")
-    parser.add_argument("--device", default=None)
+    parser.add_argument("--device", nargs="+", default=None, help="one or more; runs are spread over them")
+    parser.add_argument("--jobs", type=int, default=1, help="runs trained at once, in worker processes")
     parser.add_argument("--backend", default=None, help="attention backend (default: triton on CUDA, else torch)")
     parser.add_argument("--out", type=Path, required=True, help="JSONL of results (appended; resumable)")
     parser.add_argument("--table", action="store_true", help="only print the table of --out")
@@ -81,10 +101,11 @@ def main(argv: list[str] | None = None) -> str:
         import torch
         from dataclasses import replace
 
-        device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-        backend = args.backend or ("triton" if device.startswith("cuda") else "torch")
+        devices = args.device or ["cuda" if torch.cuda.is_available() else "cpu"]
+        backend = args.backend or ("triton" if devices[0].startswith("cuda") else "torch")
         done = {run_key(r) for r in records}
         args.out.parent.mkdir(parents=True, exist_ok=True)
+        pending = []
         for setting in all_settings(args.tasks, args.baseline_only):
             if args.max_train_examples:
                 setting = replace(setting, num_train_examples=min(setting.num_train_examples, args.max_train_examples),
@@ -95,13 +116,12 @@ def main(argv: list[str] | None = None) -> str:
                         for wd in args.wds:
                             run = MADRun(attention=attention, optimizer=optimizer, lr=lr, weight_decay=wd,
                                          epochs=args.epochs, seed=args.seed, backend=backend)
-                            key = (setting.name, attention, optimizer, lr, wd, args.epochs, args.seed)
-                            if key in done:
-                                continue
-                            result = train_setting(setting, run, device)
-                            records.append(result)
-                            with open(args.out, "a") as f:
-                                f.write(json.dumps(result) + "\n")
+                            if (setting.name, attention, optimizer, lr, wd, args.epochs, args.seed) not in done:
+                                pending.append((setting, run, devices[len(pending) % len(devices)]))
+        for result in _train_all(pending, args.jobs):
+            records.append(result)
+            with open(args.out, "a") as f:  # one writer (this process): lines never interleave
+                f.write(json.dumps(result) + "\n")
     text = table(records)
     print(text)
     return text
