@@ -4,7 +4,7 @@ torch.compile, FSDP2/HSDP, DDP), with two adjustments that Parallax and the tied
 1. Tied embeddings under FSDP2. torchtitan 0.2.2 shards `tok_embeddings` as one FSDP group and
    `[norm, output]` as another. With `enable_weight_tying` (every Qwen3 flavor used here) both hold the same
    parameter. torch >= 2.13 rejects that at the first forward ("shared with a parameter already managed
-   by another FSDP group"), and older versions end up with two groups that each manage a copy.
+   by another FSDP group"); older versions do not check that two groups manage one parameter.
    `tied_embedding_fsdp_groups` puts the three modules in one group, which is what torch's message
    prescribes. The embedding then stays unsharded from the forward until its gradient is reduced (one
    vocab x dim table), as the output head already did.
