@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Short 0.6B training runs on one GPU through torchrun, on the embedded corpus and tokenizer (offline
-# host): the paper config as committed (torch backend, no compile), then with the fused kernel and
-# torch.compile, and the softmax Transformer twin. Logs go to $OUT (or ./outputs/train_check).
+# host): the Parallax config on the eager torch backend without compile, then as committed (the fused kernel
+# and torch.compile), and the softmax Transformer twin. Logs go to $OUT (or ./outputs/train_check).
 set -uo pipefail
 out=${OUT:-./outputs/train_check}
 mkdir -p "$out"
@@ -16,7 +16,7 @@ run() {  # name config steps [overrides...]
     --metrics.disable_color_printing --job.dump_folder "/tmp/$name" "$@" ${EXTRA:-} > "$out/$name.log" 2>&1
   echo "== $name (rc=$?)"; grep -E "optimizer routing|step: |Error|error:" "$out/$name.log" | cut -c1-220 | tail -14
 }
-run parallax_muon_torch configs/0.6B_parallax_muon.toml 3
+run parallax_muon_torch configs/0.6B_parallax_muon.toml 3 --parallax.attention_backend torch --compile.no-enable
 run parallax_muon_triton_compile configs/0.6B_parallax_muon.toml 12 --parallax.attention_backend triton --compile.enable
 run transformer_muon_compile configs/0.6B_transformer_muon.toml 12 --compile.enable
 # issue 4's reference: the optimizer against a step at a larger local batch (LOCAL_BATCH=8)
