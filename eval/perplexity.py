@@ -100,12 +100,10 @@ def main(argv: list[str] | None = None) -> PerplexityResult:
     try:
         loaded = load_model(args.config, args.checkpoint, overrides=overrides, device=args.device,
                             attention_backend=args.attention_backend or ("triton" if cuda else "torch"))
-        from parallax_titan.inference import model_args_from_config
-
-        _, job = model_args_from_config(args.config, overrides)
-        v = job.validation
+        v = loaded.job.validation
         seq_len = args.seq_len or v.seq_len
-        windows = validation_windows(job, args.dataset or v.dataset, args.dataset_path or v.dataset_path, seq_len)
+        windows = validation_windows(loaded.job, args.dataset or v.dataset, args.dataset_path or v.dataset_path,
+                                     seq_len)
         autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else torch.autocast("cpu", enabled=False)
         with autocast:
             result = perplexity(loaded.model, batches(windows, args.batch_size), args.device, args.max_batches)

@@ -205,6 +205,15 @@ def model_activation_stats(model, tokens: torch.Tensor) -> dict[int, dict[str, f
     return out
 
 
+def model_stats(model, tokens: torch.Tensor | None) -> dict[int, dict[str, float]]:
+    """Per layer, the weight statistics and (given probe tokens) the activation statistics."""
+    stats = model_weight_stats(model)  # collective under FSDP: every rank must call this
+    if tokens is not None:
+        for layer, values in model_activation_stats(model, tokens).items():
+            stats[layer].update(values)
+    return stats
+
+
 def flatten(stats: dict[int, dict[str, float]], prefix: str = "diagnostics") -> dict[str, float]:
     """{layer: {name: value}} -> {"diagnostics/<name>/layer<i>": value, "diagnostics/<name>/mean": ...}."""
     flat: dict[str, float] = {}

@@ -20,6 +20,7 @@ class LoadedModel:
     args: ParallaxModelArgs
     tokenizer: Tokenizer
     eos_id: int | None
+    job: object  # the parsed torchtitan JobConfig the model was built from
 
 
 def model_args_from_config(config_file: str | Path, overrides: list[str] | tuple[str, ...] = ()):
@@ -75,7 +76,7 @@ def load_model(
     model = model.to(device=device, dtype=dtype).eval()
     tokenizer = load_tokenizer(job.model.hf_assets_path)
     # the EOS id update_from_config read from this tokenizer (None if it names none)
-    return LoadedModel(model, args, tokenizer, getattr(args, "eos_id", None))
+    return LoadedModel(model, args, tokenizer, getattr(args, "eos_id", None), job)
 
 
 def default_device() -> str:

@@ -23,6 +23,8 @@ import torch.distributed as dist
 from torchtitan.train import Trainer
 from torchtitan.tools.logging import logger
 
+from parallax_titan.optim.metrics import diagnostics_due
+
 
 class NonFiniteError(FloatingPointError):
     pass
@@ -43,9 +45,9 @@ class ParallaxTrainer(Trainer):
     # --- diagnostics ------------------------------------------------------------------------------
     def post_dataloading_process(self, input_dict, labels):
         inputs, labels, extra_inputs, extra_kwargs = super().post_dataloading_process(input_dict, labels)
-        diagnostics = getattr(self.job_config, "diagnostics", None)
-        if diagnostics is not None and diagnostics.interval and self.step % diagnostics.interval == 0:
-            self.metrics_processor.diagnostics_probe = inputs[:1, : diagnostics.tokens].detach().clone()
+        if diagnostics_due(self.job_config, self.step):
+            tokens = self.job_config.diagnostics.tokens
+            self.metrics_processor.diagnostics_probe = inputs[:1, :tokens].detach().clone()
         return inputs, labels, extra_inputs, extra_kwargs
 
     # --- non-finite guard -------------------------------------------------------------------------

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from parallax_titan.diagnostics import model_activation_stats, model_weight_stats
+from parallax_titan.diagnostics import model_stats
 from parallax_titan.inference import default_device, load_model
 
 COLUMNS = ("cor", "sink", "entropy", "neg_frac", "alpha_max", "sr_wq", "sr_wk", "sr_wr", "sr_qk", "sr_rk", "sr_ov")
@@ -47,9 +47,7 @@ def main(argv: list[str] | None = None) -> dict:
     if len(ids) < 2:
         sys.exit("diagnose: the probe text has fewer than 2 tokens")
     tokens = torch.tensor(ids, device=args.device)
-    stats = model_weight_stats(loaded.model)
-    for layer, values in model_activation_stats(loaded.model, tokens).items():
-        stats[layer].update(values)
+    stats = model_stats(loaded.model, tokens)
     print(f"{args.checkpoint}: {loaded.args.attention} attention, probe of {len(ids)} tokens")
     print("| layer | " + " | ".join(COLUMNS) + " |")
     print("|---|" + "---:|" * len(COLUMNS))

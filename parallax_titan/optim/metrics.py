@@ -22,6 +22,16 @@ def group_hyperparameters(optimizers) -> dict[str, float]:
     return metrics
 
 
+def diagnostics_interval(job_config) -> int:
+    return getattr(getattr(job_config, "diagnostics", None), "interval", 0)
+
+
+def diagnostics_due(job_config, step: int) -> bool:
+    """Whether `step` logs the diagnostics (the trainer hands the probe over at the same steps)."""
+    interval = diagnostics_interval(job_config)
+    return bool(interval) and step % interval == 0
+
+
 class GroupMetricsProcessor(MetricsProcessor):
     # set by parallax_titan.trainer.ParallaxTrainer at diagnostics steps: (1, N) tokens of that step
     diagnostics_probe: torch.Tensor | None = None
@@ -29,24 +39,18 @@ class GroupMetricsProcessor(MetricsProcessor):
     def log(self, step, global_avg_loss, global_max_loss, grad_norm, extra_metrics=None):
         extra = dict(extra_metrics or {})
         extra.update(group_hyperparameters(self.optimizers))
-        interval = getattr(getattr(self.job_config, "diagnostics", None), "interval", 0)
-        if interval and step % interval == 0:
+        if diagnostics_due(self.job_config, step):
             extra.update(self._diagnostics())
         super().log(step, global_avg_loss, global_max_loss, grad_norm, extra_metrics=extra)
 
     def _diagnostics(self) -> dict[str, float]:
-        from parallax_titan.diagnostics import flatten, model_activation_stats, model_weight_stats
+        from parallax_titan.diagnostics import flatten, model_stats
 
         if len(getattr(self, "model_parts", []) or []) != 1:
             return {}  # pipeline stages hold parts of the model
-        model = self.model_parts[0]
         start = time.perf_counter()
-        stats = model_weight_stats(model)  # collective under FSDP: every rank gets here
-        if self.diagnostics_probe is not None:
-            for layer, values in model_activation_stats(model, self.diagnostics_probe).items():
-                stats[layer].update(values)
-            self.diagnostics_probe = None
-        metrics = flatten(stats)
+        metrics = flatten(model_stats(self.model_parts[0], self.diagnostics_probe))  # every rank gets here
+        self.diagnostics_probe = None
         metrics["diagnostics/seconds"] = time.perf_counter() - start
         return metrics
 
@@ -81,7 +85,7 @@ def tokens_per_step(job_config, parallel_dims) -> int:
 
 
 def build_metrics_processor(job_config, parallel_dims, model_args=None, tag=None) -> GroupMetricsProcessor:
-    interval = getattr(getattr(job_config, "diagnostics", None), "interval", 0)
+    interval = diagnostics_interval(job_config)
     if interval and interval % job_config.metrics.log_freq:
         raise ValueError(f"[diagnostics] interval = {interval} must be a multiple of [metrics] log_freq = "
                          f"{job_config.metrics.log_freq}: diagnostics are logged with the metrics")
