@@ -161,9 +161,24 @@ def _decode_triton_unavailable(x: torch.Tensor) -> str | None:
     return unavailable_reason(x)
 
 
+def _decode_cute(*args, **kwargs):
+    from parallax_kernels.cute_launch import parallax_decode_cute
+
+    return parallax_decode_cute(*args, **kwargs)
+
+
+def _decode_cute_unavailable(x: torch.Tensor) -> str | None:
+    from parallax_kernels.cute_launch import unavailable_reason
+
+    return unavailable_reason(x)
+
+
 DECODE_BACKENDS: dict[str, Backend] = {
     "torch": Backend(_decode_torch, _always_available),
     "triton": Backend(_decode_triton, _decode_triton_unavailable),
+    # Hopper only; compiled on first use where nvidia-cutlass-dsl is installed, else loaded from the
+    # artefacts of scripts/build_kernels.py (kernels/cute_launch.py says where it looks)
+    "cute": Backend(_decode_cute, _decode_cute_unavailable),
 }
 
 

@@ -5,11 +5,14 @@
 One query row per (batch, head), H = 16 query heads, Hkv = 8, D = 128, bf16, every sequence's cache
 full (length L). Peers, each in its native cache layout:
   parallax-triton   this repo's split-KV Triton kernel (backend="triton", default split count)
+  parallax-cute     this repo's CuTe DSL kernel for Hopper (backend="cute"; compiled on first use, or
+                    loaded from scripts/build_kernels.py's artefacts in $PARALLAX_KERNEL_DIR)
   fla-parallax      flash-linear-attention's parallax_decode_one_step (fla-core), if installed
   sdpa-<backend>    softmax decode, torch SDPA with each backend that accepts the shape (enable_gqa)
   flex              softmax decode, torch.compile'd FlexAttention (enable_gqa)
-flash-attn-4 is not timed: it needs nvidia-cutlass-dsl, whose libs wheel (92 MB) is not on the device
-host, and it has no split-KV path on SM90.
+flash-attn-4 is not timed: it needs nvidia-cutlass-dsl at run time, whose libs wheel (92 MB) is not on
+the device host, and it has no split-KV path on SM90. `--parallax` picks which of this repo's kernels
+run (default: triton and cute); one that cannot run here is an error, not a silent omission.
 
 Times are medians of triton.testing.do_bench_cudagraph (CUDA-graph replay, like the paper's latencies).
 Bandwidth counts the K and V bytes read (2 B Hkv L D 2), against the device copy bandwidth measured
@@ -48,7 +51,10 @@ def copy_bandwidth() -> float:
     return 2 * src.numel() * 2 / (ms * 1e-3)
 
 
-def peers(b: int, length: int, dtype, with_flex: bool):
+PARALLAX = ("triton", "cute")
+
+
+def peers(b: int, length: int, dtype, with_flex: bool, parallax=("triton",)):
     gen = torch.Generator(device="cuda").manual_seed(0)
 
     def rand(*shape):
@@ -57,7 +63,9 @@ def peers(b: int, length: int, dtype, with_flex: bool):
     q, r = rand(b, H, D), rand(b, H, D)
     k, v = rand(b, HKV, length, D), rand(b, HKV, length, D)
     seqlens = torch.full((b,), length, dtype=torch.int32, device="cuda")
-    out = {"parallax-triton": ("parallax", lambda: parallax_decode(q, k, v, r, cache_seqlens=seqlens, backend="triton"))}
+    out = {f"parallax-{name}": ("parallax", lambda name=name: parallax_decode(q, k, v, r, cache_seqlens=seqlens,
+                                                                              backend=name))
+           for name in parallax}
     try:
         from fla.ops.parallax.decode import parallax_decode_one_step
 
@@ -78,11 +86,11 @@ def peers(b: int, length: int, dtype, with_flex: bool):
     return out, (q, k, v, r, seqlens)
 
 
-def check(q, k, v, r, seqlens) -> float:
-    """Relative error of the Triton kernel against the float64 definition on this cell's inputs."""
+def check(q, k, v, r, seqlens, backend: str) -> float:
+    """Relative error of one of this repo's kernels against the float64 definition on this cell's inputs."""
     from parallax_kernels.decode import parallax_decode_reference
 
-    got = parallax_decode(q, k, v, r, cache_seqlens=seqlens, backend="triton").double()
+    got = parallax_decode(q, k, v, r, cache_seqlens=seqlens, backend=backend).double()
     ref = parallax_decode_reference(q.double(), k.double(), v.double(), r.double(), seqlens, scale=D**-0.5)
     return float((got - ref).abs().max() / ref.abs().max())
 
@@ -128,7 +136,16 @@ def main() -> None:
     parser.add_argument("--no-flex", action="store_true", help="skip FlexAttention (it compiles per shape)")
     parser.add_argument("--json", default=None)
     parser.add_argument("--sweep", action="store_true", help="only sweep the Parallax kernel's settings")
+    parser.add_argument("--parallax", nargs="+", choices=PARALLAX, default=list(PARALLAX),
+                        help="this repo's decode kernels to time")
     args = parser.parse_args()
+    from parallax_titan.ops import DECODE_BACKENDS
+
+    probe = torch.empty(1, H, D, device="cuda", dtype=torch.bfloat16)
+    for name in args.parallax:
+        reason = DECODE_BACKENDS[name].unavailable_reason(probe)
+        if reason:
+            parser.error(f"--parallax {name}: unavailable here: {reason}")
     if args.sweep:
         sweep(torch.bfloat16)
         return
@@ -150,8 +167,8 @@ def main() -> None:
             if cache_bytes > limit:
                 print(f"B={b} L={length}: skipped (cache {cache_bytes / 2**30:.1f} GiB > {limit / 2**30:.1f} GiB)")
                 continue
-            cell, inputs = peers(b, length, dtype, not args.no_flex)
-            error = check(*inputs) if b * length <= 8 * 32768 else None
+            cell, inputs = peers(b, length, dtype, not args.no_flex, args.parallax)
+            errors = {name: check(*inputs, name) for name in args.parallax} if b * length <= 8 * 32768 else {}
             times = {}
             for name, (_, fn) in cell.items():
                 try:
@@ -162,28 +179,33 @@ def main() -> None:
                     print(f"  B={b} L={length} {name}: not run ({str(err).splitlines()[0][:90]})")
             softmax = {n: t for n, t in times.items() if cell[n][0] == "softmax" and t is not None}
             best = min(softmax, key=softmax.get)
-            ours = times["parallax-triton"]
+            ours = {name: times[f"parallax-{name}"] for name in args.parallax}
             row = {
                 "B": b, "L": length, "times_us": times, "fastest_softmax": best,
-                "ratio_to_fastest_softmax": ours / softmax[best],
-                "parallax_bandwidth_fraction": cache_bytes / (ours * 1e-6) / bandwidth,
+                "ratio_to_fastest_softmax": {n: t / softmax[best] for n, t in ours.items()},
+                "parallax_bandwidth_fraction": {n: cache_bytes / (t * 1e-6) / bandwidth for n, t in ours.items()},
                 "softmax_bandwidth_fraction": cache_bytes / (softmax[best] * 1e-6) / bandwidth,
-                "rel_error_vs_fp64": error,
+                "rel_error_vs_fp64": errors,
             }
             if times.get("fla-parallax"):
-                row["ratio_to_fla"] = ours / times["fla-parallax"]
+                row["ratio_to_fla"] = {n: t / times["fla-parallax"] for n, t in ours.items()}
             rows.append(row)
             del cell, inputs
             torch.cuda.empty_cache()
     names = list(rows[0]["times_us"]) if rows else []
-    print("\n| B | L | " + " | ".join(names) + " | fastest softmax | parallax / fastest | parallax / fla | parallax BW | softmax BW | rel err |")
-    print("|---|---|" + "---:|" * (len(names) + 6))
+    ours = args.parallax
+    per_kernel = [f"{n} / fastest" for n in ours] + [f"{n} / fla" for n in ours] + [f"{n} BW" for n in ours]
+    print("\n| B | L | " + " | ".join(names) + " | fastest softmax | " + " | ".join(per_kernel)
+          + " | softmax BW | " + " | ".join(f"{n} rel err" for n in ours) + " |")
+    print("|---|---|" + "---:|" * (len(names) + 1 + 4 * len(ours) + 1))
     for row in rows:
         cells = " | ".join("-" if row["times_us"][n] is None else f"{row['times_us'][n]:.1f}" for n in names)
-        fla = f"{row['ratio_to_fla']:.2f}" if "ratio_to_fla" in row else "-"
-        err = f"{row['rel_error_vs_fp64']:.1e}" if row["rel_error_vs_fp64"] is not None else "-"
-        print(f"| {row['B']} | {row['L']} | {cells} | {row['fastest_softmax']} | {row['ratio_to_fastest_softmax']:.2f} | "
-              f"{fla} | {row['parallax_bandwidth_fraction']:.0%} | {row['softmax_bandwidth_fraction']:.0%} | {err} |")
+        ratios = " | ".join(f"{row['ratio_to_fastest_softmax'][n]:.2f}" for n in ours)
+        fla = " | ".join(f"{row['ratio_to_fla'][n]:.2f}" if "ratio_to_fla" in row else "-" for n in ours)
+        bw = " | ".join(f"{row['parallax_bandwidth_fraction'][n]:.0%}" for n in ours)
+        err = " | ".join(f"{row['rel_error_vs_fp64'][n]:.1e}" if n in row["rel_error_vs_fp64"] else "-" for n in ours)
+        print(f"| {row['B']} | {row['L']} | {cells} | {row['fastest_softmax']} | {ratios} | {fla} | {bw} | "
+              f"{row['softmax_bandwidth_fraction']:.0%} | {err} |")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"device": torch.cuda.get_device_name(), "copy_bandwidth": bandwidth, "rows": rows}, f, indent=1)

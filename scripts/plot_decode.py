@@ -1,5 +1,6 @@
-"""Heat maps of a bench_decode.py JSON: Parallax decode time over the fastest softmax peer, and over
-fla's Parallax decode, per (batch, cache length) cell.
+"""Heat maps of a bench_decode.py JSON: each Parallax kernel's decode time over the fastest softmax
+peer, and over fla's Parallax decode, per (batch, cache length) cell. (JSONs written before the CuTe
+kernel hold the Triton kernel's ratios as plain numbers.)
 
     python scripts/plot_decode.py docs/runs/2026-11-23/bench_decode.json --out docs/decode_heatmap.png
 """
@@ -16,13 +17,23 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 
-def grid(rows, key):
+def value(row, key, kernel):
+    v = row.get(key)
+    return v.get(kernel) if isinstance(v, dict) else (v if kernel == "triton" else None)
+
+
+def kernels(rows) -> list[str]:
+    ratios = rows[0]["ratio_to_fastest_softmax"]
+    return list(ratios) if isinstance(ratios, dict) else ["triton"]
+
+
+def grid(rows, key, kernel):
     batches = sorted({r["B"] for r in rows})
     lengths = sorted({r["L"] for r in rows})
     values = np.full((len(batches), len(lengths)), np.nan)
     for r in rows:
-        if r.get(key) is not None:
-            values[batches.index(r["B"]), lengths.index(r["L"])] = r[key]
+        if value(r, key, kernel) is not None:
+            values[batches.index(r["B"]), lengths.index(r["L"])] = value(r, key, kernel)
     return batches, lengths, values
 
 
@@ -32,10 +43,12 @@ def main() -> None:
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
     data = json.load(open(args.json))
-    panels = [("ratio_to_fastest_softmax", "Parallax / fastest softmax decode"), ("ratio_to_fla", "Parallax / fla Parallax decode")]
-    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4.2))
-    for ax, (key, title) in zip(axes, panels):
-        batches, lengths, values = grid(data["rows"], key)
+    panels = [(key, kernel, f"Parallax ({kernel}) / {peer}") for kernel in kernels(data["rows"])
+              for key, peer in (("ratio_to_fastest_softmax", "fastest softmax decode"),
+                                ("ratio_to_fla", "fla Parallax decode"))]
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4.2), squeeze=False)
+    for ax, (key, kernel, title) in zip(axes[0], panels):
+        batches, lengths, values = grid(data["rows"], key, kernel)
         im = ax.imshow(values, cmap="RdYlGn_r", vmin=0.0 if key == "ratio_to_fla" else 0.8,
                        vmax=1.2 if key == "ratio_to_fla" else 1.6)
         for i in range(len(batches)):

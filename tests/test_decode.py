@@ -111,8 +111,8 @@ def test_bad_decode_input_is_a_clear_error():
         parallax_decode(q, k, v, r, cache_seqlens=torch.tensor([17, 3]))
     with pytest.raises(ValueError, match="multiple of Hkv"):
         parallax_decode(q[:, :3], k, v, r[:, :3], cache_seqlens=lengths)
-    with pytest.raises(ValueError, match="unknown parallax_decode backend 'cute'"):
-        parallax_decode(q, k, v, r, cache_seqlens=lengths, backend="cute")
+    with pytest.raises(ValueError, match="unknown parallax_decode backend 'flash'"):
+        parallax_decode(q, k, v, r, cache_seqlens=lengths, backend="flash")
     if DEVICE == "cuda" or __import__("os").environ.get("TRITON_INTERPRET") == "1":
         with pytest.raises(ValueError, match="num_splits 33 exceeds the kernel's maximum 32"):
             parallax_decode(q, k, v, r, cache_seqlens=lengths, backend="triton", num_splits=33)

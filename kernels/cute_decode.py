@@ -1,0 +1,452 @@
+"""CuTe DSL Parallax decode kernel (tensor cores via mma.sync; compiled for sm_90a).
+
+Same semantics and split-KV arithmetic as kernels/decode.py and the Triton kernel; what is specific here:
+
+- One tensor-core tile per warp holds both branches: rows 0..7 of the A operand are the G query rows
+  of a KV head, rows 8..15 the G probe rows (zero-padded to 8), so one m16n8k16 MMA against a K tile
+  gives s = q.k in rows 0..7 and t = r.k in rows 8..15. In the accumulator layout a thread owns row
+  gid and row gid + 8 of the same columns, so it holds s and t of the same head and key: P1 (row gid)
+  and P2 = P1 (t - c) (row gid + 8) are formed in place and multiply V in one more MMA, whose rows
+  0..7 are O1 = P1 V and rows 8..15 are O2 = P2 V. Both branches share the running max and every
+  K/V tile load.
+- A CTA of 4 warps works on one (batch, kv head, split); each warp streams its own key tiles
+  (cp.async into shared memory, ldmatrix into registers) with its own online state, and the CTA
+  merges the 4 warp states in shared memory.
+- Grid (splits, Hkv, B), sized by the caller to fill one wave; with splits > 1 each CTA writes fp32
+  partials and takes a ticket from a per-(batch, kv head) counter, and the CTA that draws the last
+  ticket merges the splits and resets the counter, all in the same launch.
+
+The kernel takes raw pointers, 32/64-bit integers and one float, so its compiled cubin has a plain
+parameter list and can be launched without the DSL (kernels/cute_launch.py): `scripts/build_kernels.py`
+compiles it on any machine (no GPU needed, CUTE_DSL_ARCH=sm_90a) into an artefact that a GPU host
+without nvidia-cutlass-dsl can load; where the package is installed it is compiled on first use.
+"""
+
+from __future__ import annotations
+
+import cutlass
+import cutlass.cute as cute
+import cutlass.utils
+from cutlass import Float32, Int32, Int64
+from cutlass.cute.nvgpu import cpasync, warp
+
+from parallax_kernels.cute_decode_variant import HALF, NUM_THREADS, NUM_WARPS, ROWS, DecodeVariant
+
+
+def compile_variant(variant: DecodeVariant) -> tuple[bytes, str, str]:
+    """Compile one variant for sm_90a (works without a GPU when CUTE_DSL_ARCH=sm_90a is set before
+    cutlass is imported; on a Hopper host the DSL targets it anyway). Returns (cubin, ptx, kernel symbol)."""
+    import tempfile
+
+    import cuda.bindings.driver as cuda
+
+    kernel = ParallaxDecodeKernel(variant)
+
+    def ptr(dtype, align):
+        return cute.runtime.make_ptr(dtype, 0, cute.AddressSpace.gmem, assumed_align=align)
+
+    dt = kernel.dtype
+    args = [ptr(dt, 16)] * 5 + [ptr(Int32, 4)] + [ptr(Float32, 4)] * 3 + [ptr(Float32, 16)] * 2 + [ptr(Int32, 4)]
+    args += [Int32(1)] * 5 + [Int64(8), Int64(8), Int32(8), Int64(8), Int64(8), Int32(8), Float32(1.0)]
+    with tempfile.TemporaryDirectory() as dump:
+        compiled = cute.compile(kernel, *args, cuda.CUstream(0), options=f"--keep-ptx --keep-cubin --dump-dir={dump}")
+        cubin, ptx = compiled.artifacts.CUBIN, compiled.artifacts.PTX
+    (name,) = compiled.kernel_info.keys()
+    if not isinstance(cubin, bytes) or not cubin.startswith(b"\x7fELF"):
+        raise RuntimeError(f"CuTe DSL returned no cubin for {variant.name}")
+    return cubin, ptx, name
+
+
+class ParallaxDecodeKernel:
+    def __init__(self, variant: DecodeVariant):
+        variant.check()
+        self.v = variant
+        self.dtype = cutlass.BFloat16 if variant.dtype == "bfloat16" else cutlass.Float16
+        self.d = variant.head_dim
+        self.g = variant.group
+        self.bn = variant.block_n
+
+    # ---- host side (traced once per variant) -------------------------------------------------
+    @cute.jit
+    def __call__(
+        self,
+        p_q: cute.Pointer, p_r: cute.Pointer, p_k: cute.Pointer, p_v: cute.Pointer, p_o: cute.Pointer,
+        p_seqlens: cute.Pointer, p_pm: cute.Pointer, p_pd1: cute.Pointer, p_pts: cute.Pointer,
+        p_po1: cute.Pointer, p_po2: cute.Pointer, p_counter: cute.Pointer,
+        batch: Int32, heads: Int32, kv_heads: Int32, l_max: Int32, splits: Int32,
+        k_sb: Int64, k_sh: Int64, k_sl: Int32, v_sb: Int64, v_sh: Int64, v_sl: Int32,
+        scale_log2: Float32, stream,
+    ):
+        d = self.d
+        atom_k = 64 if d % 64 == 0 else 32
+        swizzled = cute.make_composed_layout(
+            cute.make_swizzle(3 if atom_k == 64 else 2, 3, 3), 0,
+            cute.make_layout((8, atom_k), stride=(atom_k, 1)),
+        )
+        s_a = cute.tile_to_shape(swizzled, (ROWS, d), (0, 1))
+        s_kv = cute.tile_to_shape(swizzled, (self.bn, d), (0, 1))
+
+        # cp.async of 16-byte vectors by the 32 lanes of one warp
+        vec = 128 // self.dtype.width
+        lanes_d = atom_k // vec
+        g2s = cute.make_copy_atom(cpasync.CopyG2SOp(cache_mode=cpasync.LoadCacheMode.GLOBAL), self.dtype,
+                                  num_bits_per_copy=128)
+        warp_copy = cute.make_tiled_copy_tv(
+            g2s, cute.make_layout((32 // lanes_d, lanes_d), stride=(lanes_d, 1)), cute.make_layout((1, vec))
+        )
+        tiled_mma = cute.make_tiled_mma(
+            warp.MmaF16BF16Op(self.dtype, Float32, (16, 8, 16)), (1, 1, 1), permutation_mnk=(16, 16, 16)
+        )
+        self.kernel(
+            p_q, p_r, p_k, p_v, p_o, p_seqlens, p_pm, p_pd1, p_pts, p_po1, p_po2, p_counter,
+            heads, kv_heads, l_max, splits, k_sb, k_sh, k_sl, v_sb, v_sh, v_sl, scale_log2,
+            s_a, s_kv, warp_copy, tiled_mma,
+        ).launch(grid=[splits, kv_heads, batch], block=[NUM_THREADS, 1, 1], smem=self.v.smem_bytes, stream=stream)
+
+    # ---- device side -------------------------------------------------------------------------
+    @cute.kernel
+    def kernel(
+        self,
+        p_q: cute.Pointer, p_r: cute.Pointer, p_k: cute.Pointer, p_v: cute.Pointer, p_o: cute.Pointer,
+        p_seqlens: cute.Pointer, p_pm: cute.Pointer, p_pd1: cute.Pointer, p_pts: cute.Pointer,
+        p_po1: cute.Pointer, p_po2: cute.Pointer, p_counter: cute.Pointer,
+        heads: Int32, kv_heads: Int32, l_max: Int32, splits: Int32,
+        k_sb: Int64, k_sh: Int64, k_sl: Int32, v_sb: Int64, v_sh: Int64, v_sl: Int32,
+        scale_log2: Float32,
+        s_a: cute.ComposedLayout, s_kv: cute.ComposedLayout, warp_copy: cute.TiledCopy, tiled_mma: cute.TiledMma,
+    ):
+        d = self.d
+        g_n = self.g
+        bn = self.bn
+        tidx, _, _ = cute.arch.thread_idx()
+        split, hk, b = cute.arch.block_idx()
+        w = cute.arch.make_warp_uniform(cute.arch.warp_idx())
+        lane = cute.arch.lane_idx()
+
+        # ---- shared memory: the A tile, per-warp K and V tiles, the merge area ----------------
+        smem = cutlass.utils.SmemAllocator()
+        s_a_t = smem.allocate_tensor(self.dtype, s_a, byte_alignment=1024)
+        kv_elems = cute.cosize(s_kv)
+        k_base = smem.allocate_array(self.dtype, NUM_WARPS * kv_elems, byte_alignment=1024)
+        v_base = smem.allocate_array(self.dtype, NUM_WARPS * kv_elems, byte_alignment=1024)
+        warp_off = cute.assume(w * kv_elems, divby=kv_elems)  # keeps the 1024-byte alignment visible
+        sK = cute.make_tensor(k_base + warp_off, s_kv)
+        sV = cute.make_tensor(v_base + warp_off, s_kv)
+        m_m = smem.allocate_tensor(Float32, cute.make_layout((NUM_WARPS, HALF), stride=(HALF, 1)), byte_alignment=16)
+        m_d1 = smem.allocate_tensor(Float32, cute.make_layout((NUM_WARPS, HALF), stride=(HALF, 1)), byte_alignment=16)
+        m_ts = smem.allocate_tensor(Float32, cute.make_layout((NUM_WARPS, HALF), stride=(HALF, 1)), byte_alignment=16)
+        o_layout = cute.make_layout((NUM_WARPS, HALF, d), stride=(HALF * d, d, 1))
+        m_o1 = smem.allocate_tensor(Float32, o_layout, byte_alignment=16)
+        m_o2 = smem.allocate_tensor(Float32, o_layout, byte_alignment=16)
+        ticket_s = smem.allocate_tensor(Int32, cute.make_layout((4,)), byte_alignment=16)
+
+        # ---- the visible key range of this split -----------------------------------------------
+        seqlens = cute.make_tensor(p_seqlens, cute.make_layout((b + 1,)))
+        length = cutlass.min(seqlens[b], l_max)
+        chunk = (((length + splits - 1) // splits + bn - 1) // bn) * bn
+        lo = cutlass.min(split * chunk, length)
+        hi = cutlass.min(lo + chunk, length)
+        n_blocks = (hi - lo + bn - 1) // bn
+
+        # ---- A = [q rows of this KV head's G query heads; r rows], zero-padded ---------------------
+        head0 = hk * g_n
+        q_rows = cute.make_tensor(p_q, cute.make_layout((heads * (b + 1), d), stride=(d, 1)))
+        r_rows = cute.make_tensor(p_r, cute.make_layout((heads * (b + 1), d), stride=(d, 1)))
+        for i in range(tidx, ROWS * d, NUM_THREADS):
+            row = i // d
+            col = i % d
+            val = self.dtype(0.0)
+            if row < g_n:
+                val = q_rows[b * heads + head0 + row, col]
+            if row >= HALF and row < HALF + g_n:
+                val = r_rows[b * heads + head0 + row - HALF, col]
+            s_a_t[row, col] = val
+        cute.arch.sync_threads()
+
+        thr_mma = tiled_mma.get_slice(lane)
+        rA = thr_mma.make_fragment_A(thr_mma.partition_A(s_a_t))
+        ld_a = cute.make_tiled_copy_A(cute.make_copy_atom(warp.LdMatrix8x8x16bOp(False, 4), self.dtype), tiled_mma)
+        ld_k = cute.make_tiled_copy_B(cute.make_copy_atom(warp.LdMatrix8x8x16bOp(False, 4), self.dtype), tiled_mma)
+        ld_v = cute.make_tiled_copy_B(cute.make_copy_atom(warp.LdMatrix8x8x16bOp(True, 4), self.dtype), tiled_mma)
+        thr_ld_a = ld_a.get_slice(lane)
+        thr_ld_k = ld_k.get_slice(lane)
+        thr_ld_v = ld_v.get_slice(lane)
+        cute.copy(ld_a, thr_ld_a.partition_S(s_a_t), thr_ld_a.retile(rA))
+
+        sVt = cute.composition(sV, cute.make_layout((d, bn), stride=(bn, 1)))
+        rK = thr_mma.make_fragment_B(thr_mma.partition_B(sK))
+        rVt = thr_mma.make_fragment_B(thr_mma.partition_B(sVt))
+        tKs = thr_ld_k.partition_S(sK)
+        tKr = thr_ld_k.retile(rK)
+        tVs = thr_ld_v.partition_S(sVt)
+        tVr = thr_ld_v.retile(rVt)
+
+        acc_o = cute.make_rmem_tensor(thr_mma.partition_shape_C((ROWS, d)), Float32)
+        acc_o.fill(0.0)
+        acc_o_mn = self._mn_view(acc_o)
+
+        # global K/V rows of this (batch, kv head): (L, D) with the cache's row stride
+        # (the host checks that every stride is a multiple of 8 elements: 16-byte cp.async vectors)
+        k_rows = cute.make_tensor(p_k + cute.assume(b.to(Int64) * k_sb + hk.to(Int64) * k_sh, divby=8),
+                                  cute.make_layout((l_max, d), stride=(cute.assume(k_sl, divby=8), 1)))
+        v_rows = cute.make_tensor(p_v + cute.assume(b.to(Int64) * v_sb + hk.to(Int64) * v_sh, divby=8),
+                                  cute.make_layout((l_max, d), stride=(cute.assume(v_sl, divby=8), 1)))
+        thr_copy = warp_copy.get_slice(lane)
+        coords = thr_copy.partition_S(cute.make_identity_tensor((bn, d)))
+        tKsK = thr_copy.partition_D(sK)
+        tVsV = thr_copy.partition_D(sV)
+
+        m_i = -Float32.inf
+        d1 = Float32(0.0)
+        t_sum = Float32(0.0)
+        c = Float32(0.0)
+        my_blocks = (n_blocks - w + NUM_WARPS - 1) // NUM_WARPS
+        if my_blocks > 0:
+            self._load_tile(k_rows, tKsK, thr_copy, warp_copy, coords, lo + w * bn, hi)
+            cute.arch.cp_async_commit_group()
+            for it in range(0, my_blocks, 1):
+                start = lo + (w + it * NUM_WARPS) * bn
+                self._load_tile(v_rows, tVsV, thr_copy, warp_copy, coords, start, hi)
+                cute.arch.cp_async_commit_group()
+                cute.arch.cp_async_wait_group(1)  # this tile's K has landed
+                cute.arch.sync_warp()
+
+                acc_s = cute.make_rmem_tensor(thr_mma.partition_shape_C((ROWS, bn)), Float32)
+                acc_s.fill(0.0)
+                for kk in cutlass.range_constexpr(cute.size(tKs.shape[2])):
+                    cute.copy(ld_k, tKs[None, None, kk], tKr[None, None, kk])
+                    cute.gemm(tiled_mma, acc_s, rA[None, None, kk], rK[None, None, kk], acc_s)
+                cute.arch.sync_warp()  # every lane is done with the K tile
+                if it + 1 < my_blocks:
+                    self._load_tile(k_rows, tKsK, thr_copy, warp_copy, coords, start + NUM_WARPS * bn, hi)
+                cute.arch.cp_async_commit_group()  # (possibly empty) keeps the wait count static
+
+                m_i, d1, t_sum, c = self._online_update(acc_s, acc_o_mn, thr_mma, start, hi, scale_log2,
+                                                        m_i, d1, t_sum, c)
+                r_p = cute.make_fragment_like(acc_s, self.dtype)
+                r_p.store(acc_s.load().to(self.dtype))
+                p_a = self._as_a_operand(r_p)
+
+                cute.arch.cp_async_wait_group(1)  # this tile's V has landed
+                cute.arch.sync_warp()
+                for kk in cutlass.range_constexpr(cute.size(tVs.shape[2])):
+                    cute.copy(ld_v, tVs[None, None, kk], tVr[None, None, kk])
+                    cute.gemm(tiled_mma, acc_o, p_a[None, None, kk], rVt[None, None, kk], acc_o)
+                cute.arch.sync_warp()  # every lane is done with the V tile
+            cute.arch.cp_async_wait_group(0)
+
+        # ---- this warp's state into shared memory, then the CTA merges its warps -----------------
+        c_coords = thr_mma.partition_C(cute.make_identity_tensor((ROWS, d)))
+        c_mn = self._mn_view(c_coords)
+        row = c_mn[0, 0][0]  # the head this thread's rows belong to (row gid of the tile)
+        if lane % 4 == 0:
+            m_m[w, row] = m_i
+            m_d1[w, row] = d1
+            m_ts[w, row] = t_sum
+        for j in cutlass.range_constexpr(cute.size(acc_o_mn.shape[1])):
+            col = c_mn[0, j][1]
+            m_o1[w, row, col] = acc_o_mn[0, j]
+            m_o2[w, row, col] = acc_o_mn[1, j]
+        cute.arch.sync_threads()
+
+        o_rows = cute.make_tensor(p_o, cute.make_layout((heads * (b + 1), d), stride=(d, 1)))
+        if splits == 1:
+            for i in range(tidx, g_n * d, NUM_THREADS):
+                gi = i // d
+                col = i % d
+                mm, dd, tt, o1, o2 = self._merge(m_m, m_d1, m_ts, m_o1, m_o2, NUM_WARPS, gi, col)
+                o_rows[b * heads + head0 + gi, col] = self._finish(dd, o1, o2).to(self.dtype)
+        else:
+            # partials (B, H, S[, D]) in global memory
+            n_rows = heads * (b + 1) * splits
+            pm = cute.make_tensor(p_pm, cute.make_layout((n_rows,)))
+            pd1 = cute.make_tensor(p_pd1, cute.make_layout((n_rows,)))
+            pts = cute.make_tensor(p_pts, cute.make_layout((n_rows,)))
+            po1 = cute.make_tensor(p_po1, cute.make_layout((n_rows, d), stride=(d, 1)))
+            po2 = cute.make_tensor(p_po2, cute.make_layout((n_rows, d), stride=(d, 1)))
+            for i in range(tidx, g_n * d, NUM_THREADS):
+                gi = i // d
+                col = i % d
+                mm, dd, tt, o1, o2 = self._merge(m_m, m_d1, m_ts, m_o1, m_o2, NUM_WARPS, gi, col)
+                prow = (b * heads + head0 + gi) * splits + split
+                po1[prow, col] = o1
+                po2[prow, col] = o2
+                if col == 0:
+                    pm[prow] = mm
+                    pd1[prow] = dd
+                    pts[prow] = tt
+            cute.arch.fence_acq_rel_gpu()  # release this thread's partial stores before the ticket
+            cute.arch.sync_threads()
+            counter = cute.make_tensor(p_counter, cute.make_layout((kv_heads * (b + 1),)))
+            if tidx == 0:
+                ticket_s[0] = cute.arch.atomic_add(counter.iterator + (b * kv_heads + hk), Int32(1),
+                                                   sem="acq_rel", scope="gpu")
+            cute.arch.sync_threads()
+            if ticket_s[0] == splits - 1:  # the last CTA of this (batch, kv head): merge all splits
+                cute.arch.fence_acq_rel_gpu()
+                pm_v = cute.make_tensor(p_pm, cute.make_layout((n_rows // splits, splits), stride=(splits, 1)))
+                pd1_v = cute.make_tensor(p_pd1, cute.make_layout((n_rows // splits, splits), stride=(splits, 1)))
+                pts_v = cute.make_tensor(p_pts, cute.make_layout((n_rows // splits, splits), stride=(splits, 1)))
+                po1_v = cute.make_tensor(p_po1, cute.make_layout((n_rows // splits, splits, d),
+                                                                 stride=(splits * d, d, 1)))
+                po2_v = cute.make_tensor(p_po2, cute.make_layout((n_rows // splits, splits, d),
+                                                                 stride=(splits * d, d, 1)))
+                for i in range(tidx, g_n * d, NUM_THREADS):
+                    gi = i // d
+                    col = i % d
+                    hrow = b * heads + head0 + gi
+                    mm, dd, tt, o1, o2 = self._merge_rows(pm_v, pd1_v, pts_v, po1_v, po2_v, splits, hrow, col)
+                    o_rows[hrow, col] = self._finish(dd, o1, o2).to(self.dtype)
+                if tidx == 0:
+                    cute.arch.atomic_exch(counter.iterator + (b * kv_heads + hk), Int32(0), sem="relaxed", scope="gpu")
+
+    # ---- pieces ---------------------------------------------------------------------------------
+    @cute.jit
+    def _load_tile(self, rows: cute.Tensor, dst: cute.Tensor, thr_copy, warp_copy: cute.TiledCopy,
+                   coords: cute.Tensor, start: Int32, hi: Int32):
+        """cp.async keys [start, start + block_n) of `rows` into this warp's tile; rows at or past `hi`
+        are zero-filled (their scores are masked, but 0 x garbage could still be NaN)."""
+        tile = cute.local_tile(rows, (self.bn, self.d), (start // self.bn, 0))  # start is a multiple of bn
+        src = thr_copy.partition_S(tile)
+        for m in cutlass.range_constexpr(cute.size(src.shape[1])):
+            if start + coords[0, m, 0][0] < hi:
+                cute.copy(warp_copy, src[None, m, None], dst[None, m, None])
+            else:
+                dst[None, m, None].fill(0.0)
+
+    @cute.jit
+    def _online_update(self, acc_s: cute.Tensor, acc_o_mn: cute.Tensor, thr_mma, start: Int32, hi: Int32,
+                       scale_log2: Float32, m_i: Float32, d1: Float32, t_sum: Float32, c: Float32):
+        """Rows gid (scores) and gid + 8 (probe dots) of this thread: turn them into P1 and P2 in place
+        and rescale the output accumulators (kernels/decode.py's recurrence)."""
+        s_mn = self._mn_view(acc_s)
+        cols = self._mn_view(thr_mma.partition_C(cute.make_identity_tensor((ROWS, self.bn))))
+        n_cols = cute.size(s_mn.shape[1])
+        row_max = -Float32.inf
+        for j in cutlass.range_constexpr(n_cols):
+            s = s_mn[0, j] * scale_log2
+            if start + cols[0, j][1] >= hi:
+                s = -Float32.inf
+            s_mn[0, j] = s
+            row_max = cute.arch.fmax(row_max, s)
+        row_max = self._quad(row_max, True)
+        m_new = cute.arch.fmax(m_i, row_max)
+        m_safe = m_new
+        if m_new == -Float32.inf:
+            m_safe = Float32(0.0)
+        alpha = cute.math.exp2(m_i - m_safe, fastmath=True)
+        p_sum = Float32(0.0)
+        pt_sum = Float32(0.0)
+        for j in cutlass.range_constexpr(n_cols):
+            p = cute.math.exp2(s_mn[0, j] - m_safe, fastmath=True)
+            s_mn[0, j] = p
+            p_sum += p
+            pt_sum += p * s_mn[1, j]
+        d1_new = d1 * alpha + self._quad(p_sum, False)
+        t_sum_new = t_sum * alpha + self._quad(pt_sum, False)
+        c_new = c
+        if d1_new > 0.0:
+            c_new = t_sum_new / d1_new
+        for j in cutlass.range_constexpr(cute.size(acc_o_mn.shape[1])):
+            a1 = acc_o_mn[0, j] * alpha
+            acc_o_mn[0, j] = a1
+            acc_o_mn[1, j] = acc_o_mn[1, j] * alpha + (c - c_new) * a1
+        for j in cutlass.range_constexpr(n_cols):
+            s_mn[1, j] = s_mn[0, j] * (s_mn[1, j] - c_new)
+        return m_new, d1_new, t_sum_new, c_new
+
+    @cute.jit
+    def _merge(self, m_m, m_d1, m_ts, m_o1, m_o2, n: cutlass.Constexpr, gi: Int32, col: Int32):
+        """Merge the n warp states of head gi at column col (see kernels/decode.py)."""
+        big_m = -Float32.inf
+        for p in cutlass.range_constexpr(n):
+            big_m = cute.arch.fmax(big_m, m_m[p, gi])
+        if big_m == -Float32.inf:
+            big_m = Float32(0.0)
+        dd = Float32(0.0)
+        tt = Float32(0.0)
+        for p in cutlass.range_constexpr(n):
+            a = cute.math.exp2(m_m[p, gi] - big_m, fastmath=True)
+            dd += a * m_d1[p, gi]
+            tt += a * m_ts[p, gi]
+        big_c = Float32(0.0)
+        if dd > 0.0:
+            big_c = tt / dd
+        o1 = Float32(0.0)
+        o2 = Float32(0.0)
+        for p in cutlass.range_constexpr(n):
+            a = cute.math.exp2(m_m[p, gi] - big_m, fastmath=True)
+            c_p = Float32(0.0)
+            if m_d1[p, gi] > 0.0:
+                c_p = m_ts[p, gi] / m_d1[p, gi]
+            x1 = m_o1[p, gi, col]
+            o1 += a * x1
+            o2 += a * (m_o2[p, gi, col] + (c_p - big_c) * x1)
+        return big_m, dd, tt, o1, o2
+
+    @cute.jit
+    def _merge_rows(self, pm, pd1, pts, po1, po2, n: Int32, hrow: Int32, col: Int32):
+        """As _merge, over the n split partials of query row hrow in global memory."""
+        big_m = -Float32.inf
+        for p in range(0, n, 1):
+            big_m = cute.arch.fmax(big_m, pm[hrow, p])
+        if big_m == -Float32.inf:
+            big_m = Float32(0.0)
+        dd = Float32(0.0)
+        tt = Float32(0.0)
+        for p in range(0, n, 1):
+            a = cute.math.exp2(pm[hrow, p] - big_m, fastmath=True)
+            dd += a * pd1[hrow, p]
+            tt += a * pts[hrow, p]
+        big_c = Float32(0.0)
+        if dd > 0.0:
+            big_c = tt / dd
+        o1 = Float32(0.0)
+        o2 = Float32(0.0)
+        for p in range(0, n, 1):
+            a = cute.math.exp2(pm[hrow, p] - big_m, fastmath=True)
+            c_p = Float32(0.0)
+            if pd1[hrow, p] > 0.0:
+                c_p = pts[hrow, p] / pd1[hrow, p]
+            x1 = po1[hrow, p, col]
+            o1 += a * x1
+            o2 += a * (po2[hrow, p, col] + (c_p - big_c) * x1)
+        return big_m, dd, tt, o1, o2
+
+    @cute.jit
+    def _finish(self, dd: Float32, o1: Float32, o2: Float32) -> Float32:
+        out = Float32(0.0)
+        if dd > 0.0:
+            out = (o1 - o2) / dd
+        return out
+
+    @cute.jit
+    def _quad(self, val: Float32, is_max: cutlass.Constexpr) -> Float32:
+        """Reduce over the 4 lanes that share an accumulator row."""
+        for off in cutlass.range_constexpr(2):
+            other = cute.arch.shuffle_sync_bfly(val, offset=2 >> off, mask=-1, mask_and_clamp=31)
+            if cutlass.const_expr(is_max):
+                val = cute.arch.fmax(val, other)
+            else:
+                val = val + other
+        return val
+
+    def _mn_view(self, acc: cute.Tensor) -> cute.Tensor:
+        """View an m16n8 accumulator fragment as (rows, columns): row 0 is the thread's row gid,
+        row 1 its row gid + 8."""
+        col_major = cute.make_layout(acc.layout.shape)
+        mn = cute.make_layout(
+            ((col_major.shape[0][1], col_major.shape[1]), (col_major.shape[0][0], col_major.shape[2])),
+            stride=((col_major.stride[0][1], col_major.stride[1]), (col_major.stride[0][0], col_major.stride[2])),
+        )
+        return cute.make_tensor(acc.iterator, cute.composition(acc.layout, mn))
+
+    def _as_a_operand(self, r_p: cute.Tensor) -> cute.Tensor:
+        """The P fragment (an m16n8 accumulator over the key tile) read as the A operand of the
+        m16n8k16 P.V MMA: two n8 accumulator tiles make one k16 A tile."""
+        div = cute.logical_divide(r_p.layout, (None, None, 2))
+        layout = cute.make_layout(
+            ((div.shape[0], div.shape[2][0]), div.shape[1], div.shape[2][1]),
+            stride=((div.stride[0], div.stride[2][0]), div.stride[1], div.stride[2][1]),
+        )
+        return cute.make_tensor(r_p.iterator, layout)

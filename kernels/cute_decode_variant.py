@@ -1,0 +1,49 @@
+"""What one compiled CuTe DSL decode kernel is specialised for (no DSL import: the runtime side needs
+this on hosts without nvidia-cutlass-dsl)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+NUM_WARPS = 4
+NUM_THREADS = 32 * NUM_WARPS
+ROWS = 16  # MMA tile rows: 8 query rows, 8 probe rows
+HALF = 8
+DTYPES = ("bfloat16", "float16")
+HEAD_DIMS = (64, 128)
+
+
+@dataclass(frozen=True)
+class DecodeVariant:
+    """What one compiled kernel is specialised for."""
+
+    dtype: str  # "bfloat16" | "float16"
+    head_dim: int  # 64 | 128
+    group: int  # query heads per KV head, 1..8
+    block_n: int = 32  # keys per warp tile
+
+    def check(self) -> None:
+        if self.dtype not in DTYPES:
+            raise ValueError(f"CuTe decode kernel: dtype {self.dtype} is not supported (bfloat16, float16)")
+        if self.head_dim not in HEAD_DIMS:
+            raise ValueError(f"CuTe decode kernel: head_dim {self.head_dim} is not supported (64, 128)")
+        if not 1 <= self.group <= HALF:
+            raise ValueError(f"CuTe decode kernel: {self.group} query heads per KV head; at most {HALF} fit the tile")
+        if self.block_n not in (16, 32, 64):
+            raise ValueError(f"CuTe decode kernel: block_n {self.block_n} is not one of 16, 32, 64")
+
+    @property
+    def name(self) -> str:
+        return f"parallax_decode_{self.dtype}_d{self.head_dim}_g{self.group}_n{self.block_n}"
+
+    @property
+    def smem_bytes(self) -> int:
+        elem = 2
+        kv = 2 * NUM_WARPS * self.block_n * self.head_dim * elem
+        a = ROWS * self.head_dim * elem
+        merge = NUM_WARPS * HALF * (3 + 2 * self.head_dim) * 4 + 16
+        return kv + a + merge + 3 * 1024  # + alignment padding
+
+    @property
+    def num_threads(self) -> int:
+        return NUM_THREADS

@@ -1,0 +1,256 @@
+"""Run the CuTe DSL decode kernel from a cubin, without the DSL: artefacts and a driver-API launcher.
+
+An artefact is two files per kernel variant in one folder: `<name>.cubin` and `<name>.json` (the
+kernel's symbol, its parameter types in order, block size, dynamic shared memory, target arch, the DSL
+version that built it). `scripts/build_kernels.py` writes them on any machine; where
+nvidia-cutlass-dsl is installed, `load_decode_kernel` compiles a missing variant on first use and
+writes it to the same folder. Launching goes through libcuda with ctypes, on torch's current stream.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import re
+from dataclasses import asdict
+from pathlib import Path
+
+from parallax_kernels.cute_decode_variant import DecodeVariant
+
+ARCH = "sm_90a"
+ARTEFACT_ENV = "PARALLAX_KERNEL_DIR"
+
+
+def default_artefact_dir() -> Path:
+    env = os.environ.get(ARTEFACT_ENV)
+    if env:
+        return Path(env)
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "parallax_titan" / "kernels"
+
+
+def ptx_params(ptx: str, kernel_name: str) -> list[str]:
+    """Parameter types (u64, u32, f32, ...) of `kernel_name`'s .entry in PTX, in order."""
+    start = ptx.find(f".entry {kernel_name}(")
+    if start < 0:
+        raise ValueError(f"kernel {kernel_name} not found in the PTX")
+    body = ptx[start:ptx.index(")", start)]
+    return re.findall(r"\.param\s+\.(\w+)", body)
+
+
+def write_artefact(folder: Path, variant: DecodeVariant, cubin: bytes, ptx: str, kernel_name: str,
+                   dsl_version: str) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    meta = {
+        "variant": asdict(variant), "kernel": kernel_name, "params": ptx_params(ptx, kernel_name),
+        "block": [variant.num_threads, 1, 1], "smem_bytes": variant.smem_bytes, "arch": ARCH,
+        "nvidia_cutlass_dsl": dsl_version,
+    }
+    (folder / f"{variant.name}.cubin").write_bytes(cubin)
+    (folder / f"{variant.name}.json").write_text(json.dumps(meta, indent=1) + "\n")
+    return folder / f"{variant.name}.json"
+
+
+def read_artefact(folder: Path, variant: DecodeVariant) -> tuple[dict, bytes] | None:
+    meta_path, cubin_path = folder / f"{variant.name}.json", folder / f"{variant.name}.cubin"
+    if not meta_path.exists():
+        return None
+    if not cubin_path.exists():
+        raise FileNotFoundError(f"{meta_path} has no cubin beside it ({cubin_path}); rebuild with scripts/build_kernels.py")
+    meta = json.loads(meta_path.read_text())
+    if meta.get("variant") != asdict(variant):
+        raise ValueError(f"{meta_path} describes {meta.get('variant')}, not {asdict(variant)}; rebuild it")
+    if meta.get("params") != DECODE_PARAMS:
+        raise ValueError(
+            f"{meta_path}: kernel parameters {meta.get('params')} differ from this launcher's {DECODE_PARAMS}; "
+            "it was built by another version of kernels/cute_decode.py: rebuild it with scripts/build_kernels.py"
+        )
+    return meta, cubin_path.read_bytes()
+
+
+# The kernel's parameter list (kernels/cute_decode.py, ParallaxDecodeKernel.kernel): 12 pointers,
+# heads, kv_heads, l_max, splits, k strides (batch, head: 64-bit; row: 32-bit), v strides alike, scale.
+DECODE_PARAMS = ["u64"] * 12 + ["u32"] * 4 + ["u64", "u64", "u32", "u64", "u64", "u32", "f32"]
+_CTYPES = {"u64": ctypes.c_uint64, "u32": ctypes.c_uint32, "f32": ctypes.c_float}
+
+
+class _Driver:
+    """The few CUDA driver calls needed, through ctypes on libcuda."""
+
+    def __init__(self):
+        self.lib = ctypes.CDLL("libcuda.so.1")
+
+    def check(self, result: int, what: str) -> None:
+        if result != 0:
+            name = ctypes.c_char_p()
+            self.lib.cuGetErrorName(result, ctypes.byref(name))
+            raise RuntimeError(f"CUDA driver call {what} failed: {name.value.decode() if name.value else result}")
+
+
+_DRIVER: _Driver | None = None
+
+
+def _driver() -> _Driver:
+    global _DRIVER
+    if _DRIVER is None:
+        _DRIVER = _Driver()
+    return _DRIVER
+
+
+class CubinKernel:
+    """One kernel of a cubin, loaded into the current device's primary context (torch's)."""
+
+    def __init__(self, cubin: bytes, meta: dict):
+        import torch
+
+        torch.cuda.init()
+        drv = _driver()
+        ctx = ctypes.c_void_p()
+        drv.check(drv.lib.cuCtxGetCurrent(ctypes.byref(ctx)), "cuCtxGetCurrent")
+        if not ctx.value:  # torch has not touched this thread's context yet
+            torch.zeros(1, device="cuda")
+            drv.check(drv.lib.cuCtxGetCurrent(ctypes.byref(ctx)), "cuCtxGetCurrent")
+        self._cubin = ctypes.create_string_buffer(cubin, len(cubin))
+        self.module = ctypes.c_void_p()
+        drv.check(drv.lib.cuModuleLoadData(ctypes.byref(self.module), self._cubin), "cuModuleLoadData")
+        self.func = ctypes.c_void_p()
+        drv.check(drv.lib.cuModuleGetFunction(ctypes.byref(self.func), self.module, meta["kernel"].encode()),
+                  f"cuModuleGetFunction({meta['kernel']})")
+        self.smem = int(meta["smem_bytes"])
+        self.block = tuple(meta["block"])
+        self.params = list(meta["params"])
+        CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES = 8
+        drv.check(drv.lib.cuFuncSetAttribute(self.func, CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                                             self.smem), "cuFuncSetAttribute(max dynamic smem)")
+
+    def launch(self, grid: tuple[int, int, int], args: list, stream: int) -> None:
+        if len(args) != len(self.params):
+            raise ValueError(f"kernel takes {len(self.params)} parameters; got {len(args)}")
+        values = [_CTYPES[t](a) for t, a in zip(self.params, args)]
+        pointers = (ctypes.c_void_p * len(values))(*[ctypes.cast(ctypes.byref(v), ctypes.c_void_p) for v in values])
+        drv = _driver()
+        drv.check(drv.lib.cuLaunchKernel(
+            self.func, ctypes.c_uint(grid[0]), ctypes.c_uint(grid[1]), ctypes.c_uint(grid[2]),
+            ctypes.c_uint(self.block[0]), ctypes.c_uint(self.block[1]), ctypes.c_uint(self.block[2]),
+            ctypes.c_uint(self.smem), ctypes.c_void_p(stream), pointers, None,
+        ), "cuLaunchKernel")
+
+
+# ---- the decode op ---------------------------------------------------------------------------------
+
+_LOADED: dict[tuple, CubinKernel] = {}
+
+
+def dsl_installed() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("cutlass") is not None and importlib.util.find_spec("cutlass.cute") is not None
+
+
+def load_decode_kernel(variant: DecodeVariant, folder: Path | None = None) -> CubinKernel:
+    """The variant's kernel on the current device: from its artefact in `folder` (default:
+    $PARALLAX_KERNEL_DIR or ~/.cache/parallax_titan/kernels), else compiled now with the DSL and saved there."""
+    import torch
+
+    folder = default_artefact_dir() if folder is None else Path(folder)
+    key = (variant, str(folder), torch.cuda.current_device())
+    if key in _LOADED:
+        return _LOADED[key]
+    found = read_artefact(folder, variant)
+    if found is None:
+        if not dsl_installed():
+            raise RuntimeError(
+                f"no CuTe decode kernel {variant.name} in {folder} and nvidia-cutlass-dsl is not installed to "
+                f"compile it: run `python scripts/build_kernels.py --out {folder}` on any machine with the package "
+                f"(no GPU needed) and copy the folder here, or set {ARTEFACT_ENV}"
+            )
+        from importlib.metadata import version
+
+        from parallax_kernels.cute_decode import compile_variant
+
+        cubin, ptx, name = compile_variant(variant)
+        write_artefact(folder, variant, cubin, ptx, name, version("nvidia-cutlass-dsl"))
+        found = read_artefact(folder, variant)
+    meta, cubin = found
+    _LOADED[key] = CubinKernel(cubin, meta)
+    return _LOADED[key]
+
+
+def unavailable_reason(x) -> str | None:
+    """Why the CuTe decode kernel cannot take tensors like x here (None: it can)."""
+    import torch
+
+    if x.device.type != "cuda":
+        return f"tensors are on {x.device.type}; the CuTe decode kernel needs a Hopper GPU"
+    if torch.cuda.get_device_capability(x.device) != (9, 0):
+        return f"the CuTe decode kernel is built for sm_90a (Hopper); this GPU is sm_{''.join(map(str, torch.cuda.get_device_capability(x.device)))}"
+    if x.dtype not in (torch.bfloat16, torch.float16):
+        return f"dtype {x.dtype} is not supported (bfloat16, float16)"
+    if x.shape[-1] not in (64, 128):
+        return f"head_dim {x.shape[-1]} is not supported (64, 128)"
+    return None
+
+
+_COUNTERS: dict[tuple, object] = {}
+
+
+def _counter(device, n: int):
+    """Zeroed tickets, one per (batch, kv head); every launch leaves them at zero."""
+    import torch
+
+    key = (device, n)
+    if key not in _COUNTERS:
+        _COUNTERS[key] = torch.zeros(n, dtype=torch.int32, device=device)
+    return _COUNTERS[key]
+
+
+def parallax_decode_cute(q, k_cache, v_cache, r, cache_seqlens, *, scale: float, num_splits: int | None = None,
+                         block_n: int = 32, artefact_dir: Path | None = None):
+    """q, r (B, H, D); k_cache, v_cache (B, Hkv, L_max, D) with unit stride in D and the other strides
+    multiples of 8 elements; cache_seqlens (B,). Returns (B, H, D) in q's dtype."""
+    import torch
+
+    b, h, d = q.shape
+    hkv = k_cache.shape[1]
+    for name, t in (("k_cache", k_cache), ("v_cache", v_cache)):
+        if t.stride(-1) != 1 or any(s % 8 for s in t.stride()[:3]):
+            raise ValueError(f"parallax_decode (cute): {name} strides {t.stride()} must be unit in D and multiples "
+                             "of 8 elements elsewhere (16-byte vectors)")
+    variant = DecodeVariant(dtype=str(q.dtype).removeprefix("torch."), head_dim=d, group=h // hkv, block_n=block_n)
+    variant.check()
+    q, r = (t if t.is_contiguous() and t.data_ptr() % 16 == 0 else t.clone(memory_format=torch.contiguous_format)
+            for t in (q, r))
+    for name, t in (("k_cache", k_cache), ("v_cache", v_cache)):
+        if t.data_ptr() % 16:
+            raise ValueError(f"parallax_decode (cute): {name} does not start on a 16-byte boundary")
+    with torch.cuda.device(q.device):  # the kernel is loaded into, and launched on, q's device
+        return _launch(variant, q, k_cache, v_cache, r, cache_seqlens, scale, num_splits, artefact_dir)
+
+
+def _launch(variant, q, k_cache, v_cache, r, cache_seqlens, scale, num_splits, artefact_dir):
+    import math
+
+    import torch
+
+    from parallax_kernels.triton_decode import MAX_SPLITS, default_num_splits
+
+    b, h, d = q.shape
+    hkv, l_max = k_cache.shape[1], k_cache.shape[2]
+    block_n = variant.block_n
+    kernel = load_decode_kernel(variant, artefact_dir)
+    splits = num_splits or default_num_splits(b, hkv, l_max, q.device, 4 * block_n)
+    if splits > MAX_SPLITS:
+        raise ValueError(f"num_splits {splits} exceeds {MAX_SPLITS}")
+    out = torch.empty_like(q)
+    f32 = dict(dtype=torch.float32, device=q.device)
+    parts = 1 if splits == 1 else splits
+    pm, pd1, pts = (torch.empty(b, h, parts, **f32) for _ in range(3))
+    po1, po2 = (torch.empty(b, h, parts, d, **f32) for _ in range(2))
+    counter = _counter(q.device, b * hkv)
+    seqlens = cache_seqlens.to(device=q.device, dtype=torch.int32).contiguous()
+    ptrs = [t.data_ptr() for t in (q, r, k_cache, v_cache, out, seqlens, pm, pd1, pts, po1, po2, counter)]
+    args = ptrs + [h, hkv, l_max, splits,
+                   k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
+                   v_cache.stride(0), v_cache.stride(1), v_cache.stride(2), scale * math.log2(math.e)]
+    kernel.launch((splits, hkv, b), args, torch.cuda.current_stream(q.device).cuda_stream)
+    return out

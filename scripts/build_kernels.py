@@ -1,0 +1,52 @@
+"""Compile the CuTe DSL Parallax decode kernel ahead of time, for GPU hosts without nvidia-cutlass-dsl.
+
+    python scripts/build_kernels.py --out build/kernels                 # every variant (about 3 s each)
+    python scripts/build_kernels.py --out build/kernels --dtype bfloat16 --head-dim 128 --group 2
+
+Runs on any machine with the package, GPU or not (it targets sm_90a). Copy the folder to the GPU host
+and point PARALLAX_KERNEL_DIR at it (default there: ~/.cache/parallax_titan/kernels); the decode op
+then loads the cubins through the CUDA driver without the DSL. Hosts with the package compile missing
+variants on first use and need none of this.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import os
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("CUTE_DSL_ARCH", "sm_90a")  # before cutlass is imported: no GPU to ask
+
+from parallax_kernels.cute_decode_variant import DTYPES, HALF, HEAD_DIMS, DecodeVariant  # noqa: E402
+from parallax_kernels.cute_launch import ARCH, default_artefact_dir, write_artefact  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", type=Path, default=default_artefact_dir())
+    p.add_argument("--dtype", nargs="+", default=list(DTYPES), choices=DTYPES)
+    p.add_argument("--head-dim", nargs="+", type=int, default=list(HEAD_DIMS))
+    p.add_argument("--group", nargs="+", type=int, default=[1, 2, 4, HALF], help="query heads per KV head")
+    p.add_argument("--block-n", type=int, default=32)
+    args = p.parse_args(argv)
+    if os.environ["CUTE_DSL_ARCH"] != ARCH:
+        sys.exit(f"CUTE_DSL_ARCH={os.environ['CUTE_DSL_ARCH']}: the kernel and its launcher are for {ARCH}")
+    from importlib.metadata import version
+
+    from parallax_kernels.cute_decode import compile_variant
+
+    dsl = version("nvidia-cutlass-dsl")
+    for dtype, head_dim, group in itertools.product(args.dtype, args.head_dim, args.group):
+        variant = DecodeVariant(dtype, head_dim, group, args.block_n)
+        variant.check()
+        start = time.time()
+        cubin, ptx, name = compile_variant(variant)
+        path = write_artefact(args.out, variant, cubin, ptx, name, dsl)
+        print(f"{variant.name}: {len(cubin)} bytes in {time.time() - start:.1f} s -> {path}", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,179 @@
+"""The CuTe DSL decode kernel: its build (on this CPU machine: the DSL compiles for sm_90a without a
+GPU), its artefacts and launcher's checks, and on a Hopper GPU its output against float64."""
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+import pytest
+import torch
+
+from parallax_kernels.cute_decode_variant import DecodeVariant
+from parallax_kernels.cute_launch import DECODE_PARAMS, dsl_installed, load_decode_kernel, read_artefact
+from parallax_titan.ops import parallax_decode
+
+REPO = Path(__file__).resolve().parents[1]
+HOPPER = torch.cuda.is_available() and torch.cuda.get_device_capability() == (9, 0)
+needs_dsl = pytest.mark.skipif(not dsl_installed(), reason="nvidia-cutlass-dsl is not installed")
+needs_hopper = pytest.mark.skipif(not HOPPER, reason="needs a Hopper GPU (sm_90)")
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("dtype", "float32", "dtype float32 is not supported"),
+    ("head_dim", 96, "head_dim 96 is not supported"),
+    ("group", 16, "16 query heads per KV head; at most 8"),
+    ("block_n", 48, "block_n 48"),
+])
+def test_unsupported_variants_are_named(field, value, message):
+    good = dict(dtype="bfloat16", head_dim=128, group=2, block_n=32)
+    with pytest.raises(ValueError, match=message):
+        DecodeVariant(**{**good, field: value}).check()
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    """scripts/build_kernels.py run in a fresh process, as on an offline build machine (no GPU)."""
+    if not dsl_installed():
+        pytest.skip("nvidia-cutlass-dsl is not installed")
+    out = tmp_path_factory.mktemp("kernels")
+    env = {k: v for k, v in os.environ.items() if k != "CUTE_DSL_ARCH"}
+    proc = subprocess.run([sys.executable, "scripts/build_kernels.py", "--out", str(out), "--dtype", "bfloat16",
+                           "--head-dim", "64", "--group", "2"], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out
+
+
+@needs_dsl
+def test_build_kernels_writes_an_sm90a_cubin_with_the_launchers_parameter_list(built):
+    variant = DecodeVariant("bfloat16", 64, 2)
+    meta, cubin = read_artefact(built, variant)
+    assert cubin[:4] == b"\x7fELF"
+    assert meta["arch"] == "sm_90a" and meta["params"] == DECODE_PARAMS
+    assert meta["variant"] == asdict(variant) and meta["kernel"].startswith("kernel_")
+    assert meta["smem_bytes"] == variant.smem_bytes and meta["block"] == [128, 1, 1]
+    assert meta["kernel"].encode() in cubin  # the symbol the launcher looks up is in the cubin
+
+
+@needs_dsl
+def test_compiled_kernel_has_the_designed_structure():
+    """PTX of one variant, compiled in a fresh process: tensor-core MMAs for both products, ldmatrix
+    and cp.async tiles, the ticket and its reset, and no register spills."""
+    code = ("import os; os.environ['CUTE_DSL_ARCH'] = 'sm_90a'\n"
+            "from parallax_kernels.cute_decode import compile_variant\n"
+            "from parallax_kernels.cute_decode_variant import DecodeVariant\n"
+            "print(compile_variant(DecodeVariant('bfloat16', 128, 2))[1])")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ptx = proc.stdout
+    assert ".target sm_90a" in ptx
+    # S = [Q;R] K^T: 4 n8 tiles x 8 k16 steps; O = [P1;P2] V: 16 n8 tiles x 2 k16 steps
+    assert ptx.count("mma.sync.aligned.m16n8k16") == 32 + 32
+    assert "ldmatrix.sync.aligned.m8n8.x4.trans" in ptx and "cp.async.cg.shared.global" in ptx
+    assert "atom.global.acq_rel.add" in ptx and "atom.global.exch" in ptx
+    assert ".local" not in ptx
+
+
+def test_artefact_mismatches_are_clear_errors(tmp_path):
+    variant = DecodeVariant("bfloat16", 128, 2)
+    meta = {"variant": asdict(variant), "kernel": "k", "params": DECODE_PARAMS, "block": [128, 1, 1],
+            "smem_bytes": variant.smem_bytes, "arch": "sm_90a"}
+    path = tmp_path / f"{variant.name}.json"
+    path.write_text(json.dumps(meta))
+    with pytest.raises(FileNotFoundError, match="has no cubin beside it"):
+        read_artefact(tmp_path, variant)
+    (tmp_path / f"{variant.name}.cubin").write_bytes(b"\x7fELF")
+    path.write_text(json.dumps({**meta, "params": DECODE_PARAMS[:-1]}))
+    with pytest.raises(ValueError, match="differ from this launcher's.*rebuild it with scripts/build_kernels.py"):
+        read_artefact(tmp_path, variant)
+    path.write_text(json.dumps({**meta, "variant": {**asdict(variant), "group": 4}}))
+    with pytest.raises(ValueError, match="describes"):
+        read_artefact(tmp_path, variant)
+    assert read_artefact(tmp_path / "empty", variant) is None
+
+
+def test_missing_kernel_without_the_dsl_names_the_build_command(tmp_path, monkeypatch):
+    import parallax_kernels.cute_launch as launch
+
+    monkeypatch.setattr(launch, "dsl_installed", lambda: False)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    with pytest.raises(RuntimeError, match="scripts/build_kernels.py --out"):
+        load_decode_kernel(DecodeVariant("bfloat16", 128, 2), tmp_path)
+
+
+def test_cute_backend_off_hopper_is_an_error_not_a_fallback():
+    q = torch.randn(2, 4, 64)
+    k = torch.randn(2, 2, 16, 64)
+    if HOPPER:
+        pytest.skip("this machine has a Hopper GPU")
+    with pytest.raises(RuntimeError, match="backend 'cute' is unavailable: .*Hopper"):
+        parallax_decode(q, k, k.clone(), q.clone(), cache_seqlens=torch.tensor([16, 3]), backend="cute")
+
+
+# --- on a Hopper GPU --------------------------------------------------------------------------
+
+CASES = [  # (B, H, Hkv, L_max, D, lengths, splits)
+    (2, 4, 2, 100, 128, [100, 37], 1),
+    (3, 16, 8, 130, 128, [1, 130, 64], 3),
+    (2, 8, 1, 200, 64, [199, 5], 8),  # 8 query heads per KV head: every row of the tile used
+    (1, 2, 1, 300, 128, [300], 16),  # more splits than key tiles: empty splits and idle warps
+    (2, 4, 2, 2000, 64, [2000, 1333], 32),  # the most splits the merge takes
+    (4, 4, 4, 4099, 128, [4099, 17, 2048, 3001], None),  # the default split count
+]
+
+
+@needs_hopper
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("case", CASES, ids=lambda c: f"B{c[0]}H{c[1]}kv{c[2]}L{c[3]}D{c[4]}s{c[6]}")
+def test_cute_decode_matches_float64(case, dtype):
+    from parallax_kernels.decode import parallax_decode_reference
+
+    b, h, hkv, l_max, d, lengths, splits = case
+    g = torch.Generator().manual_seed(0)
+    q, r = torch.randn(b, h, d, generator=g), torch.randn(b, h, d, generator=g) * 0.3
+    k, v = torch.randn(b, hkv, l_max, d, generator=g), torch.randn(b, hkv, l_max, d, generator=g)
+    q, r, k, v = (t.cuda().to(dtype) for t in (q, r, k, v))
+    lengths = torch.tensor(lengths, dtype=torch.int32, device="cuda")
+    expected = parallax_decode_reference(q.double(), k.double(), v.double(), r.double(), lengths, scale=d**-0.5)
+    out = parallax_decode(q, k, v, r, cache_seqlens=lengths, backend="cute", num_splits=splits)
+    assert out.dtype == dtype and out.shape == q.shape
+    err = (out.double() - expected).abs().max() / expected.abs().max()
+    assert err < 1.5e-2, float(err)
+
+
+@needs_hopper
+def test_cute_ticket_counter_is_reset_for_the_next_launch():
+    from parallax_kernels.cute_launch import _COUNTERS
+    from parallax_kernels.decode import parallax_decode_reference
+
+    def inputs(seed):
+        g = torch.Generator().manual_seed(seed)
+        return [torch.randn(*s, generator=g).cuda().bfloat16() for s in ((2, 4, 128), (2, 2, 512, 128),
+                                                                          (2, 2, 512, 128), (2, 4, 128))]
+
+    lengths = torch.tensor([512, 300], dtype=torch.int32, device="cuda")
+    first = parallax_decode(*inputs(0), cache_seqlens=lengths, backend="cute", num_splits=7)
+    assert all(int(c.abs().sum()) == 0 for c in _COUNTERS.values())
+    q, k, v, r = inputs(1)
+    second = parallax_decode(q, k, v, r, cache_seqlens=lengths, backend="cute", num_splits=7)
+    expected = parallax_decode_reference(q.double(), k.double(), v.double(), r.double(), lengths, scale=128**-0.5)
+    assert float((second.double() - expected).abs().max() / expected.abs().max()) < 1.5e-2
+    assert not torch.allclose(first, second)
+
+
+@needs_hopper
+def test_cute_decode_in_a_cache_with_other_strides_and_a_zero_probe():
+    """A (B, L, Hkv, D) cache viewed as (B, Hkv, L, D), and r = 0: softmax decode exactly."""
+    g = torch.Generator().manual_seed(2)
+    q = torch.randn(3, 8, 128, generator=g).cuda().bfloat16()
+    k = torch.randn(3, 96, 4, 128, generator=g).cuda().bfloat16().transpose(1, 2)
+    v = torch.randn(3, 96, 4, 128, generator=g).cuda().bfloat16().transpose(1, 2)
+    lengths = torch.tensor([96, 40, 1], dtype=torch.int32, device="cuda")
+    out = parallax_decode(q, k, v, torch.zeros_like(q), cache_seqlens=lengths, backend="cute", num_splits=2)
+    mask = torch.arange(96, device="cuda")[None, :] < lengths[:, None]
+    softmax = torch.nn.functional.scaled_dot_product_attention(
+        q[:, :, None].double(), k.double(), v.double(), attn_mask=mask[:, None, None], enable_gqa=True)[:, :, 0]
+    assert float((out.double() - softmax).abs().max()) < 2e-2
