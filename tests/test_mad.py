@@ -144,3 +144,35 @@ def test_muon_trains_a_mad_model():
     s = replace(PROTOCOL["memorization"].baseline, num_train_examples=64, num_test_examples=64)
     result = train_setting(s, MADRun(optimizer="muon", epochs=3, lr=2e-2), "cpu", log=lambda *_: None)
     assert result["optimizer"] == "muon" and np.isfinite(result["final_train_loss"])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not __import__("torch").cuda.is_available(), reason="CUDA graphs need a GPU"))])
+def test_compiled_training_gives_the_eager_results(device):
+    """torch.compile (with CUDA graphs on a GPU) changes how the step runs, not what it computes."""
+    from eval.mad.train import MADRun, train_setting
+
+    s = replace(PROTOCOL["memorization"].baseline, num_train_examples=256, num_test_examples=64)
+    runs = [train_setting(s, MADRun(attention="parallax", epochs=2, lr=1e-3, compile=c), device, log=lambda *_: None)
+            for c in (False, True)]
+    eager, compiled = runs
+    assert compiled["compiled"] and not eager["compiled"]
+    tol = 1e-3 if device == "cpu" else 2e-2  # bf16 autocast on CUDA: fused kernels round differently
+    assert compiled["final_train_loss"] == pytest.approx(eager["final_train_loss"], rel=tol)
+    assert abs(compiled["test_acc"] - eager["test_acc"]) <= 0.05  # a near-tied argmax may flip
+
+
+def test_table_compares_models_on_the_runs_all_of_them_have():
+    from eval.mad.run import table
+
+    def rec(attention, setting, lr, acc):
+        return {"attention": attention, "optimizer": "adamw", "task": "in-context-recall", "setting": setting,
+                "lr": lr, "weight_decay": 0.0, "epochs": 200, "test_acc": acc}
+
+    records = [rec("softmax", "a", 1e-3, 0.5), rec("parallax", "a", 1e-3, 0.7),
+               rec("softmax", "a", 5e-4, 0.9),  # parallax has not run this sweep point yet
+               rec("softmax", "b", 1e-3, 0.1)]  # nor this setting
+    text = table(records)
+    assert "| parallax | adamw | 0.700 | 0.700 |" in text and "| softmax | adamw | 0.500 | 0.500 |" in text
+    assert "2 runs left out" in text

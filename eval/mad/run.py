@@ -11,13 +11,17 @@ as each run ends, and runs already there are skipped, so an interrupted protocol
 prints the table of an existing file.
 
 MAD models are tiny (width 128, 2 blocks), so one run leaves a GPU mostly idle: --jobs N trains N runs at
-once in worker processes, spread round-robin over the --device list (e.g. --jobs 16 --device cuda:0 cuda:1).
-Every run is seeded on its own, so the results do not depend on --jobs.
+once in worker processes, spread round-robin over the --device list (e.g. --jobs 16 --device cuda:0 cuda:1),
+and --compile trains through torch.compile with CUDA graphs. Every run is seeded on its own, so the
+results depend on neither. Runs go sweep point by sweep point (all settings at the first lr and weight
+decay, then the next), and the table compares the models only on runs all of them have, so a protocol
+completed in pieces can be read at any point.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import multiprocessing
 from collections import defaultdict
@@ -52,7 +56,19 @@ def scores(records: list[dict]) -> dict[tuple[str, str], dict[str, float]]:
     return out
 
 
+def common_runs(records: list[dict]) -> list[dict]:
+    """The records whose (setting, lr, weight decay) every model in the file has run: a protocol still
+    in progress then compares the models on the same runs."""
+    models = {(r["attention"], r["optimizer"]) for r in records}
+    have = defaultdict(set)
+    for r in records:
+        have[(r["setting"], r["lr"], r["weight_decay"], r["epochs"])].add((r["attention"], r["optimizer"]))
+    return [r for r in records if have[(r["setting"], r["lr"], r["weight_decay"], r["epochs"])] == models]
+
+
 def table(records: list[dict]) -> str:
+    everything = records
+    records = common_runs(records)
     results = scores(records)
     tasks = [t for t in PROTOCOL if any(t in r for r in results.values())]
     settings = defaultdict(set)
@@ -63,6 +79,15 @@ def table(records: list[dict]) -> str:
     for (attention, optimizer), values in sorted(results.items()):
         cells = " | ".join(f"{values[t]:.3f}" if t in values else "-" for t in tasks)
         lines.append(f"| {attention} | {optimizer} | {cells} | {values['average']:.3f} |")
+    points = defaultdict(set)
+    for r in records:
+        points[(r["attention"], r["optimizer"], r["setting"])].add((r["lr"], r["weight_decay"]))
+    for (attention, optimizer) in sorted(results):
+        counts = sorted(len(v) for k, v in points.items() if k[:2] == (attention, optimizer))
+        lines.append(f"\n{attention}/{optimizer}: {len(counts)} settings; sweep points per setting: "
+                     f"{counts[0]}..{counts[-1]} (epochs {sorted({r['epochs'] for r in records})})")
+    if len(records) < len(everything):
+        lines.append(f"({len(everything) - len(records)} runs left out: not yet run for every model)")
     return "\n".join(lines)
 
 
@@ -93,6 +118,8 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument("--device", nargs="+", default=None, help="one or more; runs are spread over them")
     parser.add_argument("--jobs", type=int, default=1, help="runs trained at once, in worker processes")
     parser.add_argument("--backend", default=None, help="attention backend (default: triton on CUDA, else torch)")
+    parser.add_argument("--compile", action="store_true",
+                        help="train through torch.compile (CUDA graphs on a GPU); same results, fewer launches")
     parser.add_argument("--out", type=Path, required=True, help="JSONL of results (appended; resumable)")
     parser.add_argument("--table", action="store_true", help="only print the table of --out")
     args = parser.parse_args(argv)
@@ -106,18 +133,20 @@ def main(argv: list[str] | None = None) -> str:
         done = {run_key(r) for r in records}
         args.out.parent.mkdir(parents=True, exist_ok=True)
         pending = []
-        for setting in all_settings(args.tasks, args.baseline_only):
-            if args.max_train_examples:
-                setting = replace(setting, num_train_examples=min(setting.num_train_examples, args.max_train_examples),
-                                  num_test_examples=min(setting.num_test_examples, args.max_train_examples))
-            for attention in args.attention:
-                for optimizer in args.optimizer:
-                    for lr in args.lrs:
-                        for wd in args.wds:
-                            run = MADRun(attention=attention, optimizer=optimizer, lr=lr, weight_decay=wd,
-                                         epochs=args.epochs, seed=args.seed, backend=backend)
-                            if (setting.name, attention, optimizer, lr, wd, args.epochs, args.seed) not in done:
-                                pending.append((setting, run, devices[len(pending) % len(devices)]))
+        settings = all_settings(args.tasks, args.baseline_only)
+        if args.max_train_examples:
+            settings = [replace(s, num_train_examples=min(s.num_train_examples, args.max_train_examples),
+                                num_test_examples=min(s.num_test_examples, args.max_train_examples)) for s in settings]
+        # sweep points outermost: a protocol cut short has every setting at the first points (in --lrs,
+        # --wds order) rather than some settings fully swept and others not at all
+        for lr, wd in itertools.product(args.lrs, args.wds):
+            for setting in settings:
+                for attention in args.attention:
+                    for optimizer in args.optimizer:
+                        run = MADRun(attention=attention, optimizer=optimizer, lr=lr, weight_decay=wd,
+                                     epochs=args.epochs, seed=args.seed, backend=backend, compile=args.compile)
+                        if (setting.name, attention, optimizer, lr, wd, args.epochs, args.seed) not in done:
+                            pending.append((setting, run, devices[len(pending) % len(devices)]))
         for result in _train_all(pending, args.jobs):
             records.append(result)
             with open(args.out, "a") as f:  # one writer (this process): lines never interleave

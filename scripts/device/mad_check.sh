@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# The MAD protocol on one GPU, in pieces across sessions. $MAD_RESULTS (default
+# docs/runs/mad/mad_protocol.jsonl, committed after each session) is copied to $OUT, the runner appends
+# to the copy and skips what is done, and the copy comes back to be committed. First (PROBE=1) one
+# baseline run per model eager and compiled, 2 epochs, to time the two paths side by side.
+set -uo pipefail
+out=${OUT:-./outputs/mad_check}
+mkdir -p "$out"
+results=${MAD_RESULTS:-docs/runs/mad/mad_protocol.jsonl}
+[ -f "$results" ] && cp "$results" "$out/mad_protocol.jsonl"
+if [ "${PROBE:-1}" = 1 ]; then
+  for mode in eager compile; do
+    flag=$([ $mode = compile ] && echo --compile)
+    python3 -m eval.mad.run --attention softmax parallax --tasks in-context-recall --baseline-only --epochs 2 \
+      --lrs 1e-3 --wds 0 --device cuda --backend torch $flag --out "$out/probe_$mode.jsonl" > "$out/probe_$mode.log" 2>&1
+    echo "== probe $mode (rc=$?)"; grep -E "acc=|Error" "$out/probe_$mode.log" | tail -4
+  done
+fi
+timeout --kill-after=10 ${MAD_TIMEOUT:-900} python3 -m eval.mad.run --attention softmax parallax --device cuda \
+  --backend torch --compile --jobs ${JOBS:-8} --out "$out/mad_protocol.jsonl" ${MAD_ARGS:-} > "$out/mad_protocol.log" 2>&1
+echo "== MAD protocol piece (rc=$?): $(wc -l < "$out/mad_protocol.jsonl") runs in the file"
+grep -E "Error|error" "$out/mad_protocol.log" | tail -5
+python3 -m eval.mad.run --table --out "$out/mad_protocol.jsonl"
