@@ -74,6 +74,14 @@ DECODE_PARAMS = ["u64"] * 12 + ["u32"] * 4 + ["u64", "u64", "u32", "u64", "u64",
 _CTYPES = {"u64": ctypes.c_uint64, "u32": ctypes.c_uint32, "f32": ctypes.c_float}
 
 
+def pack_params(types: list[str], args: list) -> tuple[list, ctypes.Array]:
+    """cuLaunchKernel's kernelParams: one typed C value per parameter and an array of their addresses."""
+    if len(args) != len(types):
+        raise ValueError(f"kernel takes {len(types)} parameters; got {len(args)}")
+    values = [_CTYPES[t](a) for t, a in zip(types, args)]
+    return values, (ctypes.c_void_p * len(values))(*[ctypes.addressof(v) for v in values])
+
+
 class _Driver:
     """The few CUDA driver calls needed, through ctypes on libcuda."""
 
@@ -124,10 +132,7 @@ class CubinKernel:
                                              self.smem), "cuFuncSetAttribute(max dynamic smem)")
 
     def launch(self, grid: tuple[int, int, int], args: list, stream: int) -> None:
-        if len(args) != len(self.params):
-            raise ValueError(f"kernel takes {len(self.params)} parameters; got {len(args)}")
-        values = [_CTYPES[t](a) for t, a in zip(self.params, args)]
-        pointers = (ctypes.c_void_p * len(values))(*[ctypes.cast(ctypes.byref(v), ctypes.c_void_p) for v in values])
+        values, pointers = pack_params(self.params, args)  # `values` stays alive through the call
         drv = _driver()
         drv.check(drv.lib.cuLaunchKernel(
             self.func, ctypes.c_uint(grid[0]), ctypes.c_uint(grid[1]), ctypes.c_uint(grid[2]),

@@ -177,3 +177,17 @@ def test_cute_decode_in_a_cache_with_other_strides_and_a_zero_probe():
     softmax = torch.nn.functional.scaled_dot_product_attention(
         q[:, :, None].double(), k.double(), v.double(), attn_mask=mask[:, None, None], enable_gqa=True)[:, :, 0]
     assert float((out.double() - softmax).abs().max()) < 2e-2
+
+
+def test_launch_parameters_are_packed_as_typed_values_behind_pointers():
+    import ctypes
+
+    from parallax_kernels.cute_launch import pack_params
+
+    args = [0xDEADBEEF00, 7, 2**40 + 8, 0.25]
+    values, pointers = pack_params(["u64", "u32", "u64", "f32"], args)
+    read = [ctypes.cast(pointers[i], ctypes.POINTER(t)).contents.value
+            for i, t in enumerate((ctypes.c_uint64, ctypes.c_uint32, ctypes.c_uint64, ctypes.c_float))]
+    assert read == args
+    with pytest.raises(ValueError, match="takes 4 parameters; got 3"):
+        pack_params(["u64", "u32", "u64", "f32"], args[:3])
