@@ -29,6 +29,17 @@ def default_artefact_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "parallax_titan" / "kernels"
 
 
+def source_hash() -> str:
+    """Hash of the kernel's source files: an artefact built from other source is refused, not run."""
+    import hashlib
+
+    here = Path(__file__).resolve().parent
+    digest = hashlib.sha256()
+    for name in ("cute_decode.py", "cute_decode_variant.py"):
+        digest.update((here / name).read_bytes())
+    return digest.hexdigest()[:16]
+
+
 def ptx_params(ptx: str, kernel_name: str) -> list[str]:
     """Parameter types (u64, u32, f32, ...) of `kernel_name`'s .entry in PTX, in order."""
     start = ptx.find(f".entry {kernel_name}(")
@@ -44,7 +55,7 @@ def write_artefact(folder: Path, variant: DecodeVariant, cubin: bytes, ptx: str,
     meta = {
         "variant": asdict(variant), "kernel": kernel_name, "params": ptx_params(ptx, kernel_name),
         "block": [variant.num_threads, 1, 1], "smem_bytes": variant.smem_bytes, "arch": ARCH,
-        "nvidia_cutlass_dsl": dsl_version,
+        "nvidia_cutlass_dsl": dsl_version, "source": source_hash(),
     }
     (folder / f"{variant.name}.cubin").write_bytes(cubin)
     (folder / f"{variant.name}.json").write_text(json.dumps(meta, indent=1) + "\n")
@@ -60,6 +71,11 @@ def read_artefact(folder: Path, variant: DecodeVariant) -> tuple[dict, bytes] | 
     meta = json.loads(meta_path.read_text())
     if meta.get("variant") != asdict(variant):
         raise ValueError(f"{meta_path} describes {meta.get('variant')}, not {asdict(variant)}; rebuild it")
+    if meta.get("source") != source_hash():
+        raise ValueError(
+            f"{meta_path} was built from another version of kernels/cute_decode.py (source {meta.get('source')}, "
+            f"this checkout {source_hash()}): rebuild it with scripts/build_kernels.py"
+        )
     if meta.get("params") != DECODE_PARAMS:
         raise ValueError(
             f"{meta_path}: kernel parameters {meta.get('params')} differ from this launcher's {DECODE_PARAMS}; "

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from parallax_kernels.cute_decode_variant import DecodeVariant
-from parallax_kernels.cute_launch import DECODE_PARAMS, dsl_installed, load_decode_kernel, read_artefact
+from parallax_kernels.cute_launch import DECODE_PARAMS, dsl_installed, load_decode_kernel, read_artefact, source_hash
 from parallax_titan.ops import parallax_decode
 
 REPO = Path(__file__).resolve().parents[1]
@@ -55,6 +55,7 @@ def test_build_kernels_writes_an_sm90a_cubin_with_the_launchers_parameter_list(b
     assert meta["arch"] == "sm_90a" and meta["params"] == DECODE_PARAMS
     assert meta["variant"] == asdict(variant) and meta["kernel"].startswith("kernel_")
     assert meta["smem_bytes"] == variant.smem_bytes and meta["block"] == [128, 1, 1]
+    assert meta["source"] == source_hash()
     assert meta["kernel"].encode() in cubin  # the symbol the launcher looks up is in the cubin
 
 
@@ -80,7 +81,7 @@ def test_compiled_kernel_has_the_designed_structure():
 def test_artefact_mismatches_are_clear_errors(tmp_path):
     variant = DecodeVariant("bfloat16", 128, 2)
     meta = {"variant": asdict(variant), "kernel": "k", "params": DECODE_PARAMS, "block": [128, 1, 1],
-            "smem_bytes": variant.smem_bytes, "arch": "sm_90a"}
+            "smem_bytes": variant.smem_bytes, "arch": "sm_90a", "source": source_hash()}
     path = tmp_path / f"{variant.name}.json"
     path.write_text(json.dumps(meta))
     with pytest.raises(FileNotFoundError, match="has no cubin beside it"):
@@ -92,6 +93,11 @@ def test_artefact_mismatches_are_clear_errors(tmp_path):
     path.write_text(json.dumps({**meta, "variant": {**asdict(variant), "group": 4}}))
     with pytest.raises(ValueError, match="describes"):
         read_artefact(tmp_path, variant)
+    path.write_text(json.dumps({**meta, "source": "0" * 16}))
+    with pytest.raises(ValueError, match="another version of kernels/cute_decode.py"):
+        read_artefact(tmp_path, variant)
+    path.write_text(json.dumps(meta))
+    assert read_artefact(tmp_path, variant) == (meta, b"\x7fELF")
     assert read_artefact(tmp_path / "empty", variant) is None
 
 
