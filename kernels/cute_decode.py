@@ -284,18 +284,19 @@ class ParallaxDecodeKernel:
             cute.arch.sync_threads()
             if ticket_s[0] == splits - 1:  # the last CTA of this (batch, kv head): merge all splits
                 cute.arch.fence_acq_rel_gpu()
-                pm_v = cute.make_tensor(p_pm, cute.make_layout((n_rows // splits, splits), stride=(splits, 1)))
-                pd1_v = cute.make_tensor(p_pd1, cute.make_layout((n_rows // splits, splits), stride=(splits, 1)))
-                pts_v = cute.make_tensor(p_pts, cute.make_layout((n_rows // splits, splits), stride=(splits, 1)))
-                po1_v = cute.make_tensor(p_po1, cute.make_layout((n_rows // splits, splits, d),
-                                                                 stride=(splits * d, d, 1)))
-                po2_v = cute.make_tensor(p_po2, cute.make_layout((n_rows // splits, splits, d),
-                                                                 stride=(splits * d, d, 1)))
+                # the partials as [split, query row(, column)], the layout _merge reads
+                by_split = cute.make_layout((splits, n_rows // splits), stride=(1, splits))
+                by_split_d = cute.make_layout((splits, n_rows // splits, d), stride=(d, splits * d, 1))
+                pm_v = cute.make_tensor(p_pm, by_split)
+                pd1_v = cute.make_tensor(p_pd1, by_split)
+                pts_v = cute.make_tensor(p_pts, by_split)
+                po1_v = cute.make_tensor(p_po1, by_split_d)
+                po2_v = cute.make_tensor(p_po2, by_split_d)
                 for i in range(tidx, g_n * d, NUM_THREADS):
                     gi = i // d
                     col = i % d
                     hrow = b * heads + head0 + gi
-                    mm, dd, tt, o1, o2 = self._merge_rows(pm_v, pd1_v, pts_v, po1_v, po2_v, splits, hrow, col)
+                    mm, dd, tt, o1, o2 = self._merge(pm_v, pd1_v, pts_v, po1_v, po2_v, splits, hrow, col)
                     o_rows[hrow, col] = self._finish(dd, o1, o2).to(self.dtype)
                 if tidx == 0:
                     cute.arch.atomic_exch(counter.iterator + (b * kv_heads + hk), Int32(0), sem="relaxed", scope="gpu")
@@ -356,61 +357,34 @@ class ParallaxDecodeKernel:
         return m_new, d1_new, t_sum_new, c_new
 
     @cute.jit
-    def _merge(self, m_m, m_d1, m_ts, m_o1, m_o2, n: cutlass.Constexpr, gi: Int32, col: Int32):
-        """Merge the n warp states of head gi at column col (see kernels/decode.py)."""
-        big_m = -Float32.inf
-        for p in cutlass.range_constexpr(n):
-            big_m = cute.arch.fmax(big_m, m_m[p, gi])
-        if big_m == -Float32.inf:
-            big_m = Float32(0.0)
-        dd = Float32(0.0)
-        tt = Float32(0.0)
-        for p in cutlass.range_constexpr(n):
-            a = cute.math.exp2(m_m[p, gi] - big_m, fastmath=True)
-            dd += a * m_d1[p, gi]
-            tt += a * m_ts[p, gi]
-        big_c = Float32(0.0)
-        if dd > 0.0:
-            big_c = tt / dd
-        o1 = Float32(0.0)
-        o2 = Float32(0.0)
-        for p in cutlass.range_constexpr(n):
-            a = cute.math.exp2(m_m[p, gi] - big_m, fastmath=True)
-            c_p = Float32(0.0)
-            if m_d1[p, gi] > 0.0:
-                c_p = m_ts[p, gi] / m_d1[p, gi]
-            x1 = m_o1[p, gi, col]
-            o1 += a * x1
-            o2 += a * (m_o2[p, gi, col] + (c_p - big_c) * x1)
-        return big_m, dd, tt, o1, o2
-
-    @cute.jit
-    def _merge_rows(self, pm, pd1, pts, po1, po2, n: Int32, hrow: Int32, col: Int32):
-        """As _merge, over the n split partials of query row hrow in global memory."""
+    def _merge(self, pm, pd1, pts, po1, po2, n: Int32, row: Int32, col: Int32):
+        """Merge n partial states (m, d1, t_sum, o1, o2 centred on t_sum / d1) of one query row at one
+        column, indexed [p, row(, col)]: the warps of this CTA in shared memory, or the splits in global
+        memory (see kernels/decode.py)."""
         big_m = -Float32.inf
         for p in range(0, n, 1):
-            big_m = cute.arch.fmax(big_m, pm[hrow, p])
+            big_m = cute.arch.fmax(big_m, pm[p, row])
         if big_m == -Float32.inf:
             big_m = Float32(0.0)
         dd = Float32(0.0)
         tt = Float32(0.0)
         for p in range(0, n, 1):
-            a = cute.math.exp2(pm[hrow, p] - big_m, fastmath=True)
-            dd += a * pd1[hrow, p]
-            tt += a * pts[hrow, p]
+            a = cute.math.exp2(pm[p, row] - big_m, fastmath=True)
+            dd += a * pd1[p, row]
+            tt += a * pts[p, row]
         big_c = Float32(0.0)
         if dd > 0.0:
             big_c = tt / dd
         o1 = Float32(0.0)
         o2 = Float32(0.0)
         for p in range(0, n, 1):
-            a = cute.math.exp2(pm[hrow, p] - big_m, fastmath=True)
+            a = cute.math.exp2(pm[p, row] - big_m, fastmath=True)
             c_p = Float32(0.0)
-            if pd1[hrow, p] > 0.0:
-                c_p = pts[hrow, p] / pd1[hrow, p]
-            x1 = po1[hrow, p, col]
+            if pd1[p, row] > 0.0:
+                c_p = pts[p, row] / pd1[p, row]
+            x1 = po1[p, row, col]
             o1 += a * x1
-            o2 += a * (po2[hrow, p, col] + (c_p - big_c) * x1)
+            o2 += a * (po2[p, row, col] + (c_p - big_c) * x1)
         return big_m, dd, tt, o1, o2
 
     @cute.jit
