@@ -67,7 +67,8 @@ def read_artefact(folder: Path, variant: DecodeVariant) -> tuple[dict, bytes] | 
     if not meta_path.exists():
         return None
     if not cubin_path.exists():
-        raise FileNotFoundError(f"{meta_path} has no cubin beside it ({cubin_path}); rebuild with scripts/build_kernels.py")
+        raise FileNotFoundError(
+            f"{meta_path} has no cubin beside it ({cubin_path}); rebuild with scripts/build_kernels.py")
     meta = json.loads(meta_path.read_text())
     if meta.get("variant") != asdict(variant):
         raise ValueError(f"{meta_path} describes {meta.get('variant')}, not {asdict(variant)}; rebuild it")
@@ -204,11 +205,17 @@ def unavailable_reason(x) -> str | None:
     if x.device.type != "cuda":
         return f"tensors are on {x.device.type}; the CuTe decode kernel needs a Hopper GPU"
     if torch.cuda.get_device_capability(x.device) != (9, 0):
-        return f"the CuTe decode kernel is built for sm_90a (Hopper); this GPU is sm_{''.join(map(str, torch.cuda.get_device_capability(x.device)))}"
+        major, minor = torch.cuda.get_device_capability(x.device)
+        return f"the CuTe decode kernel is built for sm_90a (Hopper); this GPU is sm_{major}{minor}"
     if x.dtype not in (torch.bfloat16, torch.float16):
         return f"dtype {x.dtype} is not supported (bfloat16, float16)"
     if x.shape[-1] not in (64, 128):
         return f"head_dim {x.shape[-1]} is not supported (64, 128)"
+    folder = default_artefact_dir()
+    if not dsl_installed() and not any(folder.glob("*.cubin")):
+        return (f"no prebuilt kernels in {folder} and nvidia-cutlass-dsl is not installed to compile them: "
+                "run `python scripts/build_kernels.py --out DIR` on any machine with the package and set "
+                f"{ARTEFACT_ENV}=DIR")
     return None
 
 

@@ -34,7 +34,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--device", default=default_device())
     parser.add_argument("--dtype", choices=sorted(DTYPES), default=None, help="default: bfloat16 on CUDA, float32 on CPU")
     parser.add_argument("--prefill-backend", default=None, help="parallax_attention backend (default: triton on CUDA)")
-    parser.add_argument("--decode-backend", default=None, help="parallax_decode backend: torch, triton or cute (Hopper) (default: triton on CUDA)")
+    parser.add_argument("--decode-backend", default=None,
+                        help="parallax_decode backend: torch, triton or cute (Hopper) (default: triton on CUDA)")
     args = parser.parse_args(argv)
 
     cuda = str(args.device).startswith("cuda")

@@ -197,3 +197,19 @@ def test_launch_parameters_are_packed_as_typed_values_behind_pointers():
     assert read == args
     with pytest.raises(ValueError, match="takes 4 parameters; got 3"):
         pack_params(["u64", "u32", "u64", "f32"], args[:3])
+
+
+def test_a_hopper_host_without_kernels_or_the_dsl_is_told_how_to_get_them(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    import parallax_kernels.cute_launch as launch
+
+    fake_q = SimpleNamespace(device=torch.device("cuda", 0), dtype=torch.bfloat16, shape=(1, 16, 128))
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
+    monkeypatch.setattr(launch, "dsl_installed", lambda: False)
+    monkeypatch.setenv("PARALLAX_KERNEL_DIR", str(tmp_path))
+    assert "scripts/build_kernels.py --out DIR" in launch.unavailable_reason(fake_q)
+    (tmp_path / "parallax_decode_bfloat16_d128_g2_n32.cubin").write_bytes(b"\x7fELF")
+    assert launch.unavailable_reason(fake_q) is None
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 0))
+    assert "this GPU is sm_80" in launch.unavailable_reason(fake_q)
