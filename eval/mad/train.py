@@ -122,7 +122,8 @@ def accuracy(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, batc
 def train_setting(setting: TaskSetting, run: MADRun, device: str = "cpu", log=print) -> dict:
     torch.manual_seed(run.seed)
     data = make_dataset(setting, run.seed)
-    x_train, y_train = (torch.from_numpy(a) for a in data["train"])
+    # the training set lives on the device: a step then makes no host-to-device copy (nor sync)
+    x_train, y_train = (torch.from_numpy(a).to(device) for a in data["train"])
     x_test, y_test = (torch.from_numpy(a) for a in data["test"])
     model = build_model(setting, run).to(device)
     optimizers = build_optimizer(model, run)
@@ -138,8 +139,11 @@ def train_setting(setting: TaskSetting, run: MADRun, device: str = "cpu", log=pr
     start = time.perf_counter()
     for epoch in range(run.epochs):
         model.train()
-        for idx in np.array_split(order_rng.permutation(len(x_train)), steps_per_epoch):
-            x, y = x_train[idx].to(device), y_train[idx].to(device)
+        order = torch.from_numpy(order_rng.permutation(len(x_train))).to(device)
+        bounds = np.cumsum([0] + [len(c) for c in np.array_split(np.arange(len(x_train)), steps_per_epoch)])
+        for lo, hi in zip(bounds[:-1], bounds[1:]):  # the batches np.array_split(order) would give
+            idx = order[lo:hi]
+            x, y = x_train[idx], y_train[idx]
             if run.compile and cuda:
                 torch.compiler.cudagraph_mark_step_begin()  # the last step's graph outputs are done with
             with autocast:
