@@ -16,7 +16,7 @@ import re
 from dataclasses import asdict
 from pathlib import Path
 
-from parallax_kernels.cute_decode_variant import DecodeVariant
+from parallax_kernels.cute_decode_variant import DTYPES, HEAD_DIMS, DecodeVariant
 
 ARCH = "sm_90a"
 ARTEFACT_ENV = "PARALLAX_KERNEL_DIR"
@@ -204,13 +204,13 @@ def unavailable_reason(x) -> str | None:
 
     if x.device.type != "cuda":
         return f"tensors are on {x.device.type}; the CuTe decode kernel needs a Hopper GPU"
-    if torch.cuda.get_device_capability(x.device) != (9, 0):
-        major, minor = torch.cuda.get_device_capability(x.device)
+    major, minor = torch.cuda.get_device_capability(x.device)
+    if (major, minor) != (9, 0):
         return f"the CuTe decode kernel is built for sm_90a (Hopper); this GPU is sm_{major}{minor}"
-    if x.dtype not in (torch.bfloat16, torch.float16):
-        return f"dtype {x.dtype} is not supported (bfloat16, float16)"
-    if x.shape[-1] not in (64, 128):
-        return f"head_dim {x.shape[-1]} is not supported (64, 128)"
+    if str(x.dtype).removeprefix("torch.") not in DTYPES:
+        return f"dtype {x.dtype} is not supported ({', '.join(DTYPES)})"
+    if x.shape[-1] not in HEAD_DIMS:
+        return f"head_dim {x.shape[-1]} is not supported ({', '.join(map(str, HEAD_DIMS))})"
     folder = default_artefact_dir()
     if not dsl_installed() and not any(folder.glob("*.cubin")):
         return (f"no prebuilt kernels in {folder} and nvidia-cutlass-dsl is not installed to compile them: "
@@ -219,38 +219,24 @@ def unavailable_reason(x) -> str | None:
     return None
 
 
-_COUNTERS: dict[tuple, object] = {}
-
-
-def _counter(device, n: int):
-    """Zeroed tickets, one per (batch, kv head); every launch leaves them at zero."""
-    import torch
-
-    key = (device, n)
-    if key not in _COUNTERS:
-        _COUNTERS[key] = torch.zeros(n, dtype=torch.int32, device=device)
-    return _COUNTERS[key]
-
-
 def parallax_decode_cute(q, k_cache, v_cache, r, cache_seqlens, *, scale: float, num_splits: int | None = None,
                          block_n: int = 32, artefact_dir: Path | None = None):
     """q, r (B, H, D); k_cache, v_cache (B, Hkv, L_max, D) with unit stride in D and the other strides
     multiples of 8 elements; cache_seqlens (B,). Returns (B, H, D) in q's dtype."""
     import torch
 
-    b, h, d = q.shape
-    hkv = k_cache.shape[1]
+    _, h, d = q.shape
     for name, t in (("k_cache", k_cache), ("v_cache", v_cache)):
         if t.stride(-1) != 1 or any(s % 8 for s in t.stride()[:3]):
             raise ValueError(f"parallax_decode (cute): {name} strides {t.stride()} must be unit in D and multiples "
                              "of 8 elements elsewhere (16-byte vectors)")
-    variant = DecodeVariant(dtype=str(q.dtype).removeprefix("torch."), head_dim=d, group=h // hkv, block_n=block_n)
+        if t.data_ptr() % 16:
+            raise ValueError(f"parallax_decode (cute): {name} does not start on a 16-byte boundary")
+    variant = DecodeVariant(dtype=str(q.dtype).removeprefix("torch."), head_dim=d, group=h // k_cache.shape[1],
+                            block_n=block_n)
     variant.check()
     q, r = (t if t.is_contiguous() and t.data_ptr() % 16 == 0 else t.clone(memory_format=torch.contiguous_format)
             for t in (q, r))
-    for name, t in (("k_cache", k_cache), ("v_cache", v_cache)):
-        if t.data_ptr() % 16:
-            raise ValueError(f"parallax_decode (cute): {name} does not start on a 16-byte boundary")
     with torch.cuda.device(q.device):  # the kernel is loaded into, and launched on, q's device
         return _launch(variant, q, k_cache, v_cache, r, cache_seqlens, scale, num_splits, artefact_dir)
 
@@ -260,6 +246,7 @@ def _launch(variant, q, k_cache, v_cache, r, cache_seqlens, scale, num_splits, a
 
     import torch
 
+    from parallax_kernels.decode import ticket_counters
     from parallax_kernels.triton_decode import MAX_SPLITS, default_num_splits
 
     b, h, d = q.shape
@@ -274,7 +261,7 @@ def _launch(variant, q, k_cache, v_cache, r, cache_seqlens, scale, num_splits, a
     parts = 1 if splits == 1 else splits
     pm, pd1, pts = (torch.empty(b, h, parts, **f32) for _ in range(3))
     po1, po2 = (torch.empty(b, h, parts, d, **f32) for _ in range(2))
-    counter = _counter(q.device, b * hkv)
+    counter = ticket_counters(q.device, b * hkv)
     seqlens = cache_seqlens.to(device=q.device, dtype=torch.int32).contiguous()
     ptrs = [t.data_ptr() for t in (q, r, k_cache, v_cache, out, seqlens, pm, pd1, pts, po1, po2, counter)]
     args = ptrs + [h, hkv, l_max, splits,

@@ -88,6 +88,18 @@ def merge_partials_torch(p: DecodePartials) -> torch.Tensor:
     return (o1 - o2) / d1_safe[..., None]
 
 
+TICKET_COUNTERS: dict[tuple, torch.Tensor] = {}
+
+
+def ticket_counters(device: torch.device, n: int) -> torch.Tensor:
+    """Zeroed int32 tickets, one per (batch, kv head), for the kernels' in-launch merge: the program that
+    draws the last ticket merges and resets its counter, so every launch leaves them at zero."""
+    key = (device, n)
+    if key not in TICKET_COUNTERS:
+        TICKET_COUNTERS[key] = torch.zeros(n, dtype=torch.int32, device=device)
+    return TICKET_COUNTERS[key]
+
+
 def parallax_decode_torch(q, k_cache, v_cache, r, cache_seqlens, *, scale: float, num_splits: int | None = None):
     out = merge_partials_torch(
         decode_partials_torch(q, k_cache, v_cache, r, cache_seqlens, scale, num_splits or 1)

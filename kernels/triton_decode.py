@@ -15,6 +15,7 @@ import torch
 import triton
 import triton.language as tl
 
+from parallax_kernels.decode import ticket_counters
 from parallax_kernels.triton_parallax import INTERPRET, LOG2E, SUPPORTED_DTYPES, _dot, _online_update
 
 
@@ -122,17 +123,6 @@ def unavailable_reason(x: torch.Tensor) -> str | None:
     return None
 
 
-_COUNTERS: dict[tuple, torch.Tensor] = {}
-
-
-def _counter(device: torch.device, n: int) -> torch.Tensor:
-    """Zeroed tickets, one per (b, kv head); each launch leaves them at zero again."""
-    key = (device, n)
-    if key not in _COUNTERS:
-        _COUNTERS[key] = torch.zeros(n, dtype=torch.int32, device=device)
-    return _COUNTERS[key]
-
-
 @functools.lru_cache(maxsize=None)
 def _sm_count(device: torch.device) -> int:
     return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 4
@@ -172,7 +162,7 @@ def parallax_decode_triton(q, k_cache, v_cache, r, cache_seqlens, *, scale: floa
     pts = torch.empty(b, h, parts, **f32)
     po1 = torch.empty(b, h, parts, d, **f32)
     po2 = torch.empty(b, h, parts, d, **f32)
-    counter = _counter(q.device, b * hkv)
+    counter = ticket_counters(q.device, b * hkv)
     seqlens = cache_seqlens.to(device=q.device, dtype=torch.int32)
     _decode_kernel[(b, hkv, splits)](
         q, r, k_cache, v_cache, out, seqlens, pm, pd1, pts, po1, po2, counter,

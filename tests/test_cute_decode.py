@@ -152,7 +152,7 @@ def test_cute_decode_matches_float64(case, dtype):
 
 @needs_hopper
 def test_cute_ticket_counter_is_reset_for_the_next_launch():
-    from parallax_kernels.cute_launch import _COUNTERS
+    from parallax_kernels.decode import TICKET_COUNTERS as _COUNTERS
     from parallax_kernels.decode import parallax_decode_reference
 
     def inputs(seed):
