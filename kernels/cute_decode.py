@@ -132,9 +132,10 @@ class ParallaxDecodeKernel:
         warp_off = cute.assume(w * kv_elems, divby=kv_elems)  # keeps the 1024-byte alignment visible
         sK = cute.make_tensor(k_base + warp_off, s_kv)
         sV = cute.make_tensor(v_base + warp_off, s_kv)
-        m_m = smem.allocate_tensor(Float32, cute.make_layout((NUM_WARPS, HALF), stride=(HALF, 1)), byte_alignment=16)
-        m_d1 = smem.allocate_tensor(Float32, cute.make_layout((NUM_WARPS, HALF), stride=(HALF, 1)), byte_alignment=16)
-        m_ts = smem.allocate_tensor(Float32, cute.make_layout((NUM_WARPS, HALF), stride=(HALF, 1)), byte_alignment=16)
+        state_layout = cute.make_layout((NUM_WARPS, HALF), stride=(HALF, 1))
+        m_m = smem.allocate_tensor(Float32, state_layout, byte_alignment=16)
+        m_d1 = smem.allocate_tensor(Float32, state_layout, byte_alignment=16)
+        m_ts = smem.allocate_tensor(Float32, state_layout, byte_alignment=16)
         o_layout = cute.make_layout((NUM_WARPS, HALF, d), stride=(HALF * d, d, 1))
         m_o1 = smem.allocate_tensor(Float32, o_layout, byte_alignment=16)
         m_o2 = smem.allocate_tensor(Float32, o_layout, byte_alignment=16)
@@ -257,24 +258,27 @@ class ParallaxDecodeKernel:
                 mm, dd, tt, o1, o2 = self._merge(m_m, m_d1, m_ts, m_o1, m_o2, NUM_WARPS, gi, col)
                 o_rows[b * heads + head0 + gi, col] = self._finish(dd, o1, o2).to(self.dtype)
         else:
-            # partials (B, H, S[, D]) in global memory
-            n_rows = heads * (b + 1) * splits
-            pm = cute.make_tensor(p_pm, cute.make_layout((n_rows,)))
-            pd1 = cute.make_tensor(p_pd1, cute.make_layout((n_rows,)))
-            pts = cute.make_tensor(p_pts, cute.make_layout((n_rows,)))
-            po1 = cute.make_tensor(p_po1, cute.make_layout((n_rows, d), stride=(d, 1)))
-            po2 = cute.make_tensor(p_po2, cute.make_layout((n_rows, d), stride=(d, 1)))
+            # partials, stored (B, H, S[, D]) and viewed as [split, query row(, column)], the layout
+            # _merge reads; this CTA writes its split, the last CTA reads them all
+            n_rows = heads * (b + 1)
+            by_split = cute.make_layout((splits, n_rows), stride=(1, splits))
+            by_split_d = cute.make_layout((splits, n_rows, d), stride=(d, splits * d, 1))
+            pm = cute.make_tensor(p_pm, by_split)
+            pd1 = cute.make_tensor(p_pd1, by_split)
+            pts = cute.make_tensor(p_pts, by_split)
+            po1 = cute.make_tensor(p_po1, by_split_d)
+            po2 = cute.make_tensor(p_po2, by_split_d)
             for i in range(tidx, g_n * d, NUM_THREADS):
                 gi = i // d
                 col = i % d
                 mm, dd, tt, o1, o2 = self._merge(m_m, m_d1, m_ts, m_o1, m_o2, NUM_WARPS, gi, col)
-                prow = (b * heads + head0 + gi) * splits + split
-                po1[prow, col] = o1
-                po2[prow, col] = o2
+                hrow = b * heads + head0 + gi
+                po1[split, hrow, col] = o1
+                po2[split, hrow, col] = o2
                 if col == 0:
-                    pm[prow] = mm
-                    pd1[prow] = dd
-                    pts[prow] = tt
+                    pm[split, hrow] = mm
+                    pd1[split, hrow] = dd
+                    pts[split, hrow] = tt
             cute.arch.fence_acq_rel_gpu()  # release this thread's partial stores before the ticket
             cute.arch.sync_threads()
             counter = cute.make_tensor(p_counter, cute.make_layout((kv_heads * (b + 1),)))
@@ -284,19 +288,11 @@ class ParallaxDecodeKernel:
             cute.arch.sync_threads()
             if ticket_s[0] == splits - 1:  # the last CTA of this (batch, kv head): merge all splits
                 cute.arch.fence_acq_rel_gpu()
-                # the partials as [split, query row(, column)], the layout _merge reads
-                by_split = cute.make_layout((splits, n_rows // splits), stride=(1, splits))
-                by_split_d = cute.make_layout((splits, n_rows // splits, d), stride=(d, splits * d, 1))
-                pm_v = cute.make_tensor(p_pm, by_split)
-                pd1_v = cute.make_tensor(p_pd1, by_split)
-                pts_v = cute.make_tensor(p_pts, by_split)
-                po1_v = cute.make_tensor(p_po1, by_split_d)
-                po2_v = cute.make_tensor(p_po2, by_split_d)
                 for i in range(tidx, g_n * d, NUM_THREADS):
                     gi = i // d
                     col = i % d
                     hrow = b * heads + head0 + gi
-                    mm, dd, tt, o1, o2 = self._merge(pm_v, pd1_v, pts_v, po1_v, po2_v, splits, hrow, col)
+                    mm, dd, tt, o1, o2 = self._merge(pm, pd1, pts, po1, po2, splits, hrow, col)
                     o_rows[hrow, col] = self._finish(dd, o1, o2).to(self.dtype)
                 if tidx == 0:
                     cute.arch.atomic_exch(counter.iterator + (b * kv_heads + hk), Int32(0), sem="relaxed", scope="gpu")
