@@ -8,8 +8,8 @@ Muon for hidden matrices with AdamW for the rest), cosine decay to 1e-6 over the
 CUDA. The score is test accuracy over the probed tokens after the last epoch.
 
 MAD models are so small that an eager step is launch-bound (16-35 ms per step measured on an H100,
-docs/results.md, for an estimated 45 GFLOP of arithmetic). `compile=True` trains through torch.compile, with CUDA graphs on a GPU (mode
-"reduce-overhead"); the test set is scored by the same weights in eager mode.
+docs/results.md, for an estimated 45 GFLOP of arithmetic). `compile=True` trains through torch.compile,
+with CUDA graphs on a GPU (mode "reduce-overhead"); the test set is scored by the same weights in eager mode.
 """
 
 from __future__ import annotations
