@@ -93,8 +93,10 @@ def build_model(setting: TaskSetting, run: MADRun) -> nn.Module:
 
 
 def build_optimizer(model: nn.Module, run: MADRun) -> list[torch.optim.Optimizer]:
+    # fused AdamW on a GPU: one kernel per step, so the optimizer does not undo what CUDA graphs save
+    fused = next(model.parameters()).is_cuda
     if run.optimizer == "adamw":
-        return [torch.optim.AdamW(model.parameters(), lr=run.lr, weight_decay=run.weight_decay)]
+        return [torch.optim.AdamW(model.parameters(), lr=run.lr, weight_decay=run.weight_decay, fused=fused)]
     if run.optimizer != "muon":
         raise ValueError(f"MAD optimizer {run.optimizer!r} is unknown; choose adamw or muon")
     from parallax_titan.optim.muon import Muon
@@ -103,7 +105,7 @@ def build_optimizer(model: nn.Module, run: MADRun) -> list[torch.optim.Optimizer
     ids = {id(p) for p in hidden}
     rest = [p for p in model.parameters() if id(p) not in ids]
     return [Muon(hidden, lr=run.lr, weight_decay=run.weight_decay, ns_dtype="float32"),
-            torch.optim.AdamW(rest, lr=run.lr, weight_decay=run.weight_decay)]
+            torch.optim.AdamW(rest, lr=run.lr, weight_decay=run.weight_decay, fused=fused)]
 
 
 @torch.no_grad()

@@ -7,7 +7,8 @@ set -uo pipefail
 out=${OUT:-./outputs/mad_check}
 mkdir -p "$out"
 results=${MAD_RESULTS:-docs/runs/mad/mad_protocol.jsonl}
-[ -f "$results" ] && cp "$results" "$out/mad_protocol.jsonl"
+copy="$out/$(basename "$results")"
+[ -f "$results" ] && cp "$results" "$copy"
 if [ "${PROBE:-1}" = 1 ]; then
   for mode in eager compile; do
     flag=$([ $mode = compile ] && echo --compile)
@@ -16,8 +17,8 @@ if [ "${PROBE:-1}" = 1 ]; then
     echo "== probe $mode (rc=$?)"; grep -E "acc=|Error" "$out/probe_$mode.log" | tail -4
   done
 fi
-timeout --kill-after=10 ${MAD_TIMEOUT:-900} python3 -m eval.mad.run --attention softmax parallax --device cuda \
-  --backend torch --compile --jobs ${JOBS:-8} --out "$out/mad_protocol.jsonl" ${MAD_ARGS:-} > "$out/mad_protocol.log" 2>&1
-echo "== MAD protocol piece (rc=$?): $(wc -l < "$out/mad_protocol.jsonl") runs in the file"
+PYTHONWARNINGS=ignore::UserWarning timeout --kill-after=10 ${MAD_TIMEOUT:-900} python3 -m eval.mad.run --attention softmax parallax --device cuda \
+  --backend torch --compile --jobs ${JOBS:-8} --out "$copy" ${MAD_ARGS:-} > "$out/mad_protocol.log" 2>&1
+echo "== MAD protocol piece (rc=$?): $(cat "$copy" 2>/dev/null | wc -l) runs in the file"
 grep -E "Error|error" "$out/mad_protocol.log" | tail -5
-python3 -m eval.mad.run --table --out "$out/mad_protocol.jsonl"
+python3 -m eval.mad.run --table --out "$copy"
