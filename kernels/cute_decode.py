@@ -32,6 +32,8 @@ from cutlass.cute.nvgpu import cpasync, warp
 
 from parallax_kernels.cute_decode_variant import HALF, NUM_THREADS, NUM_WARPS, ROWS, DecodeVariant
 
+MERGE_UNROLL = 8  # partial states whose loads are in flight at once in a merge
+
 
 def compile_variant(variant: DecodeVariant) -> tuple[bytes, str, str]:
     """Compile one variant for sm_90a (works without a GPU when CUTE_DSL_ARCH=sm_90a is set before
@@ -136,9 +138,11 @@ class ParallaxDecodeKernel:
         m_m = smem.allocate_tensor(Float32, state_layout, byte_alignment=16)
         m_d1 = smem.allocate_tensor(Float32, state_layout, byte_alignment=16)
         m_ts = smem.allocate_tensor(Float32, state_layout, byte_alignment=16)
+        # the warps' O1 and O2 for the merge overlay the K and V tiles, dead by then: without a merge
+        # area of its own a CTA takes about 70 KB of shared memory, and three fit on an SM
         o_layout = cute.make_layout((NUM_WARPS, HALF, d), stride=(HALF * d, d, 1))
-        m_o1 = smem.allocate_tensor(Float32, o_layout, byte_alignment=16)
-        m_o2 = smem.allocate_tensor(Float32, o_layout, byte_alignment=16)
+        m_o1 = cute.make_tensor(cute.recast_ptr(k_base, dtype=Float32), o_layout)
+        m_o2 = cute.make_tensor(cute.recast_ptr(v_base, dtype=Float32), o_layout)
         ticket_s = smem.allocate_tensor(Int32, cute.make_layout((4,)), byte_alignment=16)
 
         # ---- the visible key range of this split -----------------------------------------------
@@ -149,20 +153,6 @@ class ParallaxDecodeKernel:
         hi = cutlass.min(lo + chunk, length)
         n_blocks = (hi - lo + bn - 1) // bn
 
-        # ---- A = [q rows of this KV head's G query heads; r rows], zero-padded ---------------------
-        head0 = hk * g_n
-        q_rows = cute.make_tensor(p_q, cute.make_layout((heads * (b + 1), d), stride=(d, 1)))
-        r_rows = cute.make_tensor(p_r, cute.make_layout((heads * (b + 1), d), stride=(d, 1)))
-        for i in range(tidx, ROWS * d, NUM_THREADS):
-            row = i // d
-            col = i % d
-            val = self.dtype(0.0)
-            if row < g_n:
-                val = q_rows[b * heads + head0 + row, col]
-            if row >= HALF and row < HALF + g_n:
-                val = r_rows[b * heads + head0 + row - HALF, col]
-            s_a_t[row, col] = val
-        cute.arch.sync_threads()
 
         thr_mma = tiled_mma.get_slice(lane)
         rA = thr_mma.make_fragment_A(thr_mma.partition_A(s_a_t))
@@ -172,7 +162,6 @@ class ParallaxDecodeKernel:
         thr_ld_a = ld_a.get_slice(lane)
         thr_ld_k = ld_k.get_slice(lane)
         thr_ld_v = ld_v.get_slice(lane)
-        cute.copy(ld_a, thr_ld_a.partition_S(s_a_t), thr_ld_a.retile(rA))
 
         sVt = cute.composition(sV, cute.make_layout((d, bn), stride=(bn, 1)))
         rK = thr_mma.make_fragment_B(thr_mma.partition_B(sK))
@@ -202,9 +191,29 @@ class ParallaxDecodeKernel:
         t_sum = Float32(0.0)
         c = Float32(0.0)
         my_blocks = (n_blocks - w + NUM_WARPS - 1) // NUM_WARPS
-        if my_blocks > 0:
+        if my_blocks > 0:  # the first K tile is in flight while the A tile is assembled
             self._load_tile(k_rows, tKsK, thr_copy, warp_copy, coords, lo + w * bn, hi)
-            cute.arch.cp_async_commit_group()
+        cute.arch.cp_async_commit_group()
+
+        # ---- A = [q rows of this KV head's G query heads; r rows], zero-padded ---------------------
+        # (a fixed, unrolled trip count: every thread's loads are issued back to back)
+        head0 = hk * g_n
+        q_rows = cute.make_tensor(p_q, cute.make_layout((heads * (b + 1), d), stride=(d, 1)))
+        r_rows = cute.make_tensor(p_r, cute.make_layout((heads * (b + 1), d), stride=(d, 1)))
+        for it in cutlass.range_constexpr(ROWS * d // NUM_THREADS):
+            i = tidx + it * NUM_THREADS
+            row = i // d
+            col = i % d
+            val = self.dtype(0.0)
+            if row < g_n:
+                val = q_rows[b * heads + head0 + row, col]
+            if row >= HALF and row < HALF + g_n:
+                val = r_rows[b * heads + head0 + row - HALF, col]
+            s_a_t[row, col] = val
+        cute.arch.sync_threads()
+        cute.copy(ld_a, thr_ld_a.partition_S(s_a_t), thr_ld_a.retile(rA))
+
+        if my_blocks > 0:
             for it in range(0, my_blocks, 1):
                 start = lo + (w + it * NUM_WARPS) * bn
                 self._load_tile(v_rows, tVsV, thr_copy, warp_copy, coords, start, hi)
@@ -237,6 +246,7 @@ class ParallaxDecodeKernel:
             cute.arch.cp_async_wait_group(0)
 
         # ---- this warp's state into shared memory, then the CTA merges its warps -----------------
+        cute.arch.sync_threads()  # every warp is done with its K and V tiles, which the merge overwrites
         c_coords = thr_mma.partition_C(cute.make_identity_tensor((ROWS, d)))
         c_mn = self._mn_view(c_coords)
         row = c_mn[0, 0][0]  # the head this thread's rows belong to (row gid of the tile)
@@ -356,31 +366,33 @@ class ParallaxDecodeKernel:
     def _merge(self, pm, pd1, pts, po1, po2, n: Int32, row: Int32, col: Int32):
         """Merge n partial states (m, d1, t_sum, o1, o2 centred on t_sum / d1) of one query row at one
         column, indexed [p, row(, col)]: the warps of this CTA in shared memory, or the splits in global
-        memory (see kernels/decode.py)."""
+        memory (see kernels/decode.py). Two rounds of independent loads (the maxima, then the rest),
+        unrolled so that a split's loads do not wait on the one before; with
+        O2 = sum a (o2_p + (c_p - C) o1_p) = sum a (o2_p + c_p o1_p) - C O1 the second round needs no C."""
         big_m = -Float32.inf
-        for p in range(0, n, 1):
+        for p in cutlass.range(0, n, 1, unroll=MERGE_UNROLL):
             big_m = cute.arch.fmax(big_m, pm[p, row])
         if big_m == -Float32.inf:
             big_m = Float32(0.0)
         dd = Float32(0.0)
         tt = Float32(0.0)
-        for p in range(0, n, 1):
-            a = cute.math.exp2(pm[p, row] - big_m, fastmath=True)
-            dd += a * pd1[p, row]
-            tt += a * pts[p, row]
-        big_c = Float32(0.0)
-        if dd > 0.0:
-            big_c = tt / dd
         o1 = Float32(0.0)
         o2 = Float32(0.0)
-        for p in range(0, n, 1):
+        for p in cutlass.range(0, n, 1, unroll=MERGE_UNROLL):
             a = cute.math.exp2(pm[p, row] - big_m, fastmath=True)
-            c_p = Float32(0.0)
-            if pd1[p, row] > 0.0:
-                c_p = pts[p, row] / pd1[p, row]
+            d_p = pd1[p, row]
+            t_p = pts[p, row]
             x1 = po1[p, row, col]
+            x2 = po2[p, row, col]
+            c_p = Float32(0.0)
+            if d_p > 0.0:
+                c_p = t_p / d_p
+            dd += a * d_p
+            tt += a * t_p
             o1 += a * x1
-            o2 += a * (po2[p, row, col] + (c_p - big_c) * x1)
+            o2 += a * (x2 + c_p * x1)
+        if dd > 0.0:
+            o2 = o2 - (tt / dd) * o1
         return big_m, dd, tt, o1, o2
 
     @cute.jit

@@ -41,7 +41,7 @@ class DecodeVariant:
         elem = 2
         kv = 2 * NUM_WARPS * self.block_n * self.head_dim * elem
         a = ROWS * self.head_dim * elem
-        merge = NUM_WARPS * HALF * (3 + 2 * self.head_dim) * 4 + 16
+        merge = NUM_WARPS * HALF * 3 * 4 + 16  # the warps' m, d1, t_sum (their O1, O2 overlay the K/V tiles)
         return kv + a + merge + 3 * 1024  # + alignment padding
 
     @property

@@ -219,6 +219,14 @@ def unavailable_reason(x) -> str | None:
     return None
 
 
+# Split-KV grid defaults (scripts/bench_decode.py --sweep cute chooses them): splits of at least
+# SPLIT_KEYS_MIN keys, enough CTAs for CTAS_PER_SM per SM. The merge loops over the splits, so unlike
+# the Triton kernel's it has no register-bound maximum; MAX_SPLITS only bounds the partials' size.
+SPLIT_KEYS_MIN = 128
+CTAS_PER_SM = 1
+MAX_SPLITS = 128
+
+
 def parallax_decode_cute(q, k_cache, v_cache, r, cache_seqlens, *, scale: float, num_splits: int | None = None,
                          block_n: int = 32, artefact_dir: Path | None = None):
     """q, r (B, H, D); k_cache, v_cache (B, Hkv, L_max, D) with unit stride in D and the other strides
@@ -247,15 +255,15 @@ def _launch(variant, q, k_cache, v_cache, r, cache_seqlens, scale, num_splits, a
     import torch
 
     from parallax_kernels.decode import ticket_counters
-    from parallax_kernels.triton_decode import MAX_SPLITS, default_num_splits
+    from parallax_kernels.triton_decode import default_num_splits
 
     b, h, d = q.shape
     hkv, l_max = k_cache.shape[1], k_cache.shape[2]
     block_n = variant.block_n
     kernel = load_decode_kernel(variant, artefact_dir)
-    splits = num_splits or default_num_splits(b, hkv, l_max, q.device, 4 * block_n)
-    if splits > MAX_SPLITS:
-        raise ValueError(f"num_splits {splits} exceeds {MAX_SPLITS}")
+    splits = num_splits or default_num_splits(b, hkv, l_max, q.device, SPLIT_KEYS_MIN, CTAS_PER_SM, MAX_SPLITS)
+    if not 1 <= splits <= MAX_SPLITS:
+        raise ValueError(f"parallax_decode (cute): num_splits {splits} is outside 1..{MAX_SPLITS}")
     out = torch.empty_like(q)
     f32 = dict(dtype=torch.float32, device=q.device)
     parts = 1 if splits == 1 else splits

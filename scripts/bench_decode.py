@@ -128,6 +128,39 @@ def sweep(dtype) -> None:
         torch.cuda.empty_cache()
 
 
+CUTE_SWEEP_CELLS = [(1, 1024), (1, 8192), (1, 32768), (8, 1024), (8, 8192), (8, 32768), (64, 1024), (64, 8192),
+                    (256, 128), (1024, 128)]
+
+
+def sweep_cute(dtype) -> None:
+    """The CuTe kernel's split count on the cells where it matters (small batches, and short caches at
+    large batch), against cuDNN's softmax decode in the same run, to choose its grid defaults."""
+    from parallax_kernels.cute_launch import CTAS_PER_SM, MAX_SPLITS, SPLIT_KEYS_MIN, parallax_decode_cute
+    from parallax_kernels.triton_decode import _sm_count, default_num_splits
+
+    sms = _sm_count(torch.device("cuda"))
+    print(f"{sms} SMs; defaults: splits of >= {SPLIT_KEYS_MIN} keys, {CTAS_PER_SM} CTA(s) per SM, <= {MAX_SPLITS}")
+    print("| B | L | sdpa-cudnn us | default splits | default us | best splits | best us | CTAs per SM at best |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|")
+    for b, length in CUTE_SWEEP_CELLS:
+        cell, (q, k, v, r, seqlens) = peers(b, length, dtype, False)
+        cudnn = do_bench_cudagraph(cell["sdpa-cudnn"][1], rep=30) * 1e3
+        base = default_num_splits(b, HKV, length, q.device, SPLIT_KEYS_MIN, CTAS_PER_SM, MAX_SPLITS)
+        times = {}
+        for splits in sorted({1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 96, 128, base}):
+            if splits > max(1, length // 32) or splits > MAX_SPLITS:
+                continue
+            fn = lambda splits=splits: parallax_decode_cute(q, k, v, r, seqlens, scale=D**-0.5, num_splits=splits)
+            fn()
+            times[splits] = do_bench_cudagraph(fn, rep=30) * 1e3
+        best = min(times, key=times.get)
+        print(f"| {b} | {length} | {cudnn:.1f} | {base} | {times[base]:.1f} | {best} | {times[best]:.1f} | "
+              f"{b * HKV * best / sms:.2f} |")
+        print("    all: " + ", ".join(f"{s}: {t:.1f}" for s, t in times.items()))
+        del cell
+        torch.cuda.empty_cache()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 8, 64, 256, 1024, 2048])
@@ -135,7 +168,8 @@ def main() -> None:
     parser.add_argument("--max-cache-gib", type=float, default=None, help="default: 40%% of GPU memory")
     parser.add_argument("--no-flex", action="store_true", help="skip FlexAttention (it compiles per shape)")
     parser.add_argument("--json", default=None)
-    parser.add_argument("--sweep", action="store_true", help="only sweep the Parallax kernel's settings")
+    parser.add_argument("--sweep", nargs="?", const="triton", choices=PARALLAX, default=None,
+                        help="only sweep one Parallax kernel's settings (default: triton)")
     parser.add_argument("--parallax", nargs="+", choices=PARALLAX, default=list(PARALLAX),
                         help="this repo's decode kernels to time")
     args = parser.parse_args()
@@ -147,7 +181,7 @@ def main() -> None:
         if reason:
             parser.error(f"--parallax {name}: unavailable here: {reason}")
     if args.sweep:
-        sweep(torch.bfloat16)
+        sweep_cute(torch.bfloat16) if args.sweep == "cute" else sweep(torch.bfloat16)
         return
     global FLEX
     if not args.no_flex:

@@ -126,7 +126,8 @@ CASES = [  # (B, H, Hkv, L_max, D, lengths, splits)
     (3, 16, 8, 130, 128, [1, 130, 64], 3),
     (2, 8, 1, 200, 64, [199, 5], 8),  # 8 query heads per KV head: every row of the tile used
     (1, 2, 1, 300, 128, [300], 16),  # more splits than key tiles: empty splits and idle warps
-    (2, 4, 2, 2000, 64, [2000, 1333], 32),  # the most splits the merge takes
+    (2, 4, 2, 2000, 64, [2000, 1333], 32),
+    (2, 16, 8, 6000, 128, [6000, 4097], 128),  # the most splits the launcher takes (cute_launch.MAX_SPLITS)
     (4, 4, 4, 4099, 128, [4099, 17, 2048, 3001], None),  # the default split count
 ]
 
