@@ -219,21 +219,38 @@ def unavailable_reason(x) -> str | None:
     return None
 
 
-# Split-KV grid defaults (scripts/bench_decode.py --sweep cute chooses them): splits of at least
-# SPLIT_KEYS_MIN keys, enough CTAs for CTAS_PER_SM per SM. The merge loops over the splits, so unlike
-# the Triton kernel's it has no register-bound maximum; MAX_SPLITS only bounds the partials' size.
-SPLIT_KEYS_MIN = 128
-CTAS_PER_SM = 1
-MAX_SPLITS = 128
+# Grid defaults, from `scripts/bench_decode.py --sweep cute` on an H200 (docs/benchmarks.md):
+# - a batch whose (batch, kv head) pairs fill the GPU (B Hkv >= SMs) takes 32-key warp tiles (about 70 KB of
+#   shared memory, three CTAs per SM) and no split: splitting only added merge work there;
+# - a smaller batch takes 64-key tiles (138 KB, one CTA per SM: twice the bytes in flight per warp) and
+#   splits of at least SPLIT_KEYS_MIN keys, enough for about half the SMs: past that the in-launch merge
+#   of more partials cost more than the extra CTAs gained.
+SPLIT_KEYS_MIN = 256
+SPLIT_SM_FRACTION = 0.5
+MAX_SPLITS = 128  # the merge loops over the splits; this only bounds the partials' size
+
+
+def default_grid(batch: int, kv_heads: int, max_len: int, sms: int) -> tuple[int, int]:
+    """(block_n, splits) for a launch without explicit ones (see above)."""
+    pairs = batch * kv_heads
+    if pairs >= sms:
+        return 32, 1
+    want = max(1, round(sms * SPLIT_SM_FRACTION / pairs))
+    return 64, max(1, min(want, -(-max_len // SPLIT_KEYS_MIN), MAX_SPLITS))
 
 
 def parallax_decode_cute(q, k_cache, v_cache, r, cache_seqlens, *, scale: float, num_splits: int | None = None,
-                         block_n: int = 32, artefact_dir: Path | None = None):
+                         block_n: int | None = None, artefact_dir: Path | None = None):
     """q, r (B, H, D); k_cache, v_cache (B, Hkv, L_max, D) with unit stride in D and the other strides
     multiples of 8 elements; cache_seqlens (B,). Returns (B, H, D) in q's dtype."""
     import torch
 
-    _, h, d = q.shape
+    b, h, d = q.shape
+    if block_n is None or num_splits is None:
+        from parallax_kernels.triton_decode import _sm_count
+
+        auto_block_n, auto_splits = default_grid(b, k_cache.shape[1], k_cache.shape[2], _sm_count(q.device))
+        block_n, num_splits = block_n or auto_block_n, num_splits or auto_splits
     for name, t in (("k_cache", k_cache), ("v_cache", v_cache)):
         if t.stride(-1) != 1 or any(s % 8 for s in t.stride()[:3]):
             raise ValueError(f"parallax_decode (cute): {name} strides {t.stride()} must be unit in D and multiples "
@@ -255,13 +272,11 @@ def _launch(variant, q, k_cache, v_cache, r, cache_seqlens, scale, num_splits, a
     import torch
 
     from parallax_kernels.decode import ticket_counters
-    from parallax_kernels.triton_decode import default_num_splits
 
     b, h, d = q.shape
     hkv, l_max = k_cache.shape[1], k_cache.shape[2]
-    block_n = variant.block_n
     kernel = load_decode_kernel(variant, artefact_dir)
-    splits = num_splits or default_num_splits(b, hkv, l_max, q.device, SPLIT_KEYS_MIN, CTAS_PER_SM, MAX_SPLITS)
+    splits = num_splits
     if not 1 <= splits <= MAX_SPLITS:
         raise ValueError(f"parallax_decode (cute): num_splits {splits} is outside 1..{MAX_SPLITS}")
     out = torch.empty_like(q)

@@ -132,13 +132,12 @@ MAX_SPLITS = 32  # the merge holds [splits, D] fp32 tiles in registers
 CTAS_PER_SM = 1  # H100 sweep (docs/benchmarks.md): one wave of programs was best or within 5%
 
 
-def default_num_splits(batch: int, kv_heads: int, max_len: int, device: torch.device, block_n: int,
-                       ctas_per_sm: int = CTAS_PER_SM, max_splits: int = MAX_SPLITS) -> int:
-    """Enough splits for the grid to fill about one wave (ctas_per_sm programs per SM), never more
+def default_num_splits(batch: int, kv_heads: int, max_len: int, device: torch.device, block_n: int) -> int:
+    """Enough splits for the grid to fill about one wave (CTAS_PER_SM programs per SM), never more
     than there are key tiles: small batches with long caches get split, large batches do not."""
     tiles = max(1, triton.cdiv(max_len, block_n))
-    want = triton.cdiv(_sm_count(device) * ctas_per_sm, batch * kv_heads)
-    return max(1, min(tiles, want, max_splits))
+    want = triton.cdiv(_sm_count(device) * CTAS_PER_SM, batch * kv_heads)
+    return max(1, min(tiles, want, MAX_SPLITS))
 
 
 def parallax_decode_triton(q, k_cache, v_cache, r, cache_seqlens, *, scale: float, num_splits: int | None = None,

@@ -332,7 +332,10 @@ def row_dot_products(do, o, a, fused: bool = True) -> tuple[torch.Tensor, torch.
 
 # --- launchers ---------------------------------------------------------------------------------
 
-SUPPORTED_HEAD_DIMS = (16, 32, 64, 128)
+SUPPORTED_HEAD_DIMS = (8, 16, 32, 64, 128)
+# tl.dot needs K >= 16: smaller heads (MAD's width-128 models have 16 heads of 8) are zero-padded to
+# this; zero columns change no dot product and give zero output columns, which are cut off again
+MIN_KERNEL_HEAD_DIM = 16
 SUPPORTED_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 
 
@@ -466,4 +469,8 @@ attention_fwd.register_autograd(_backward, setup_context=_setup_context)
 
 def parallax_attention_triton(q, k, v, r, *, causal: bool, scale: float, document_ids=None) -> torch.Tensor:
     """Fused Parallax attention; shapes as parallax_titan.ops.parallax_attention (already checked)."""
+    d = q.shape[-1]
+    if d < MIN_KERNEL_HEAD_DIM:  # exact: see MIN_KERNEL_HEAD_DIM (the scale is already that of d)
+        q, k, v, r = (torch.nn.functional.pad(x, (0, MIN_KERNEL_HEAD_DIM - d)) for x in (q, k, v, r))
+        return attention_fwd(q, k, v, r, causal, scale, document_ids)[0][..., :d]
     return attention_fwd(q, k, v, r, causal, scale, document_ids)[0]

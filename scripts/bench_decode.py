@@ -132,31 +132,37 @@ CUTE_SWEEP_CELLS = [(1, 1024), (1, 8192), (1, 32768), (8, 1024), (8, 8192), (8, 
                     (256, 128), (1024, 128)]
 
 
-def sweep_cute(dtype) -> None:
-    """The CuTe kernel's split count on the cells where it matters (small batches, and short caches at
-    large batch), against cuDNN's softmax decode in the same run, to choose its grid defaults."""
-    from parallax_kernels.cute_launch import CTAS_PER_SM, MAX_SPLITS, SPLIT_KEYS_MIN, parallax_decode_cute
-    from parallax_kernels.triton_decode import _sm_count, default_num_splits
+def sweep_cute(dtype, block_ns=(32, 64, 16)) -> None:
+    """The CuTe kernel's key tile and split count on the cells where they matter (small batches, and
+    short caches at large batch), against cuDNN's softmax decode in the same run, to choose its grid
+    defaults. Tiles other than 32 run only where their artefacts exist (scripts/build_kernels.py --block-n)."""
+    from parallax_kernels.cute_decode_variant import DecodeVariant
+    from parallax_kernels.cute_launch import default_artefact_dir, default_grid, parallax_decode_cute
+    from parallax_kernels.triton_decode import _sm_count
 
     sms = _sm_count(torch.device("cuda"))
-    print(f"{sms} SMs; defaults: splits of >= {SPLIT_KEYS_MIN} keys, {CTAS_PER_SM} CTA(s) per SM, <= {MAX_SPLITS}")
-    print("| B | L | sdpa-cudnn us | default splits | default us | best splits | best us | CTAs per SM at best |")
+    folder = default_artefact_dir()
+    block_ns = [n for n in block_ns if n == 32 or (folder / f"{DecodeVariant('bfloat16', D, H // HKV, n).name}.json").exists()]
+    print(f"{sms} SMs; key tiles {block_ns}")
+    print("| B | L | sdpa-cudnn us | default block_n/splits | default us | best block_n | best splits | best us |")
     print("|---|---|---:|---:|---:|---:|---:|---:|")
     for b, length in CUTE_SWEEP_CELLS:
         cell, (q, k, v, r, seqlens) = peers(b, length, dtype, False)
         cudnn = do_bench_cudagraph(cell["sdpa-cudnn"][1], rep=30) * 1e3
-        base = default_num_splits(b, HKV, length, q.device, SPLIT_KEYS_MIN, CTAS_PER_SM, MAX_SPLITS)
+        base = default_grid(b, HKV, length, sms)
         times = {}
-        for splits in sorted({1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 96, 128, base}):
-            if splits > max(1, length // 32) or splits > MAX_SPLITS:
-                continue
-            fn = lambda splits=splits: parallax_decode_cute(q, k, v, r, seqlens, scale=D**-0.5, num_splits=splits)
-            fn()
-            times[splits] = do_bench_cudagraph(fn, rep=30) * 1e3
+        for block_n in block_ns if b <= 8 else [32]:
+            for splits in sorted({1, 2, 4, 8, 12, 16, 24, 32, 48} | ({base[1]} if block_n == base[0] else set())):
+                if splits > max(1, length // block_n):
+                    continue
+                fn = lambda s=splits, n=block_n: parallax_decode_cute(q, k, v, r, seqlens, scale=D**-0.5,
+                                                                      num_splits=s, block_n=n)
+                fn()
+                times[(block_n, splits)] = do_bench_cudagraph(fn, rep=30) * 1e3
         best = min(times, key=times.get)
-        print(f"| {b} | {length} | {cudnn:.1f} | {base} | {times[base]:.1f} | {best} | {times[best]:.1f} | "
-              f"{b * HKV * best / sms:.2f} |")
-        print("    all: " + ", ".join(f"{s}: {t:.1f}" for s, t in times.items()))
+        print(f"| {b} | {length} | {cudnn:.1f} | {base[0]}/{base[1]} | {times.get(base, float('nan')):.1f} | {best[0]} | {best[1]} | "
+              f"{times[best]:.1f} |")
+        print("    all (block_n/splits: us): " + ", ".join(f"{n}/{s}: {t:.1f}" for (n, s), t in times.items()))
         del cell
         torch.cuda.empty_cache()
 

@@ -30,7 +30,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--dtype", nargs="+", default=list(DTYPES), choices=DTYPES)
     p.add_argument("--head-dim", nargs="+", type=int, default=list(HEAD_DIMS))
     p.add_argument("--group", nargs="+", type=int, default=[1, 2, 4, HALF], help="query heads per KV head")
-    p.add_argument("--block-n", type=int, default=32)
+    p.add_argument("--block-n", type=int, nargs="+", default=[32, 64], help="keys per warp tile (the launcher uses both)")
     args = p.parse_args(argv)
     if os.environ["CUTE_DSL_ARCH"] != ARCH:
         sys.exit(f"CUTE_DSL_ARCH={os.environ['CUTE_DSL_ARCH']}: the kernel and its launcher are for {ARCH}")
@@ -39,8 +39,8 @@ def main(argv: list[str] | None = None) -> None:
     from parallax_kernels.cute_decode import compile_variant
 
     dsl = version("nvidia-cutlass-dsl")
-    for dtype, head_dim, group in itertools.product(args.dtype, args.head_dim, args.group):
-        variant = DecodeVariant(dtype, head_dim, group, args.block_n)
+    for dtype, head_dim, group, block_n in itertools.product(args.dtype, args.head_dim, args.group, args.block_n):
+        variant = DecodeVariant(dtype, head_dim, group, block_n)
         variant.check()
         start = time.time()
         cubin, ptx, name = compile_variant(variant)

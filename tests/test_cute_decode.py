@@ -128,7 +128,8 @@ CASES = [  # (B, H, Hkv, L_max, D, lengths, splits)
     (1, 2, 1, 300, 128, [300], 16),  # more splits than key tiles: empty splits and idle warps
     (2, 4, 2, 2000, 64, [2000, 1333], 32),
     (2, 16, 8, 6000, 128, [6000, 4097], 128),  # the most splits the launcher takes (cute_launch.MAX_SPLITS)
-    (4, 4, 4, 4099, 128, [4099, 17, 2048, 3001], None),  # the default split count
+    (4, 4, 4, 4099, 128, [4099, 17, 2048, 3001], None),  # the default grid (64-key tiles, splits)
+    (40, 16, 8, 700, 128, [700] * 39 + [3], None),  # the default grid of a full batch (32-key tiles, no split)
 ]
 
 
@@ -214,3 +215,13 @@ def test_a_hopper_host_without_kernels_or_the_dsl_is_told_how_to_get_them(tmp_pa
     assert launch.unavailable_reason(fake_q) is None
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 0))
     assert "this GPU is sm_80" in launch.unavailable_reason(fake_q)
+
+
+def test_default_grid_splits_only_batches_that_leave_sms_idle():
+    from parallax_kernels.cute_launch import MAX_SPLITS, SPLIT_KEYS_MIN, default_grid
+
+    assert default_grid(64, 8, 32768, 132) == (32, 1)  # 512 (batch, kv head) pairs fill 132 SMs
+    block_n, splits = default_grid(1, 8, 32768, 132)
+    assert block_n == 64 and 1 < splits * 8 <= 132  # about half the SMs busy, no more than one wave
+    assert default_grid(1, 8, 700, 132) == (64, -(-700 // SPLIT_KEYS_MIN))  # splits keep >= 256 keys each
+    assert default_grid(1, 1, 10**7, 10**4)[1] == MAX_SPLITS

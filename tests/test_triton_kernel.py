@@ -69,6 +69,14 @@ def test_kernel_document_masking(rng, dtype, causal):
 
 
 @pytest.mark.interpret
+@pytest.mark.parametrize("causal", [True, False])
+def test_kernel_head_dim_8_is_padded_exactly(rng, causal):
+    """MAD's heads of 8 run through the kernel zero-padded to 16: values and gradients of the 8 columns."""
+    check_against_float64(rng, 2, 4, 2, 23, 8, torch.float32, causal, with_docs=False)
+    check_against_float64(rng, 1, 2, 2, 19, 8, torch.bfloat16, causal, with_docs=False)
+
+
+@pytest.mark.interpret
 def test_kernel_head_dim_128(rng):
     check_against_float64(rng, 1, 2, 1, 20, 128, torch.bfloat16, True, with_docs=False)
 

@@ -1,24 +1,28 @@
 #!/usr/bin/env bash
 # The MAD protocol on one GPU, in pieces across sessions. $MAD_RESULTS (default
 # docs/runs/mad/mad_protocol.jsonl, committed after each session) is copied to $OUT, the runner appends
-# to the copy and skips what is done, and the copy comes back to be committed. First (PROBE=1) one
-# baseline run per model eager and compiled, 2 epochs, to time the two paths side by side.
+# to the copy and skips what is done, and the copy comes back to be committed. MAD_FLAGS picks the
+# attention backend and compile (default: the fused Triton kernel, eager; a short run spends more on
+# compiling than CUDA graphs save), MAD_ARGS the piece (settings, epochs, sweep points).
+# PROBE=1 first trains one baseline run per model eager and compiled, 2 epochs, to time the two paths.
 set -uo pipefail
 out=${OUT:-./outputs/mad_check}
 mkdir -p "$out"
 results=${MAD_RESULTS:-docs/runs/mad/mad_protocol.jsonl}
 copy="$out/$(basename "$results")"
 [ -f "$results" ] && cp "$results" "$copy"
-if [ "${PROBE:-1}" = 1 ]; then
+flags=${MAD_FLAGS:---backend triton}
+if [ "${PROBE:-0}" = 1 ]; then
   for mode in eager compile; do
     flag=$([ $mode = compile ] && echo --compile)
     python3 -m eval.mad.run --attention softmax parallax --tasks in-context-recall --baseline-only --epochs 2 \
-      --lrs 1e-3 --wds 0 --device cuda --backend torch $flag --out "$out/probe_$mode.jsonl" > "$out/probe_$mode.log" 2>&1
+      --lrs 1e-3 --wds 0 --device cuda $flags $flag --out "$out/probe_$mode.jsonl" > "$out/probe_$mode.log" 2>&1
     echo "== probe $mode (rc=$?)"; grep -E "acc=|Error" "$out/probe_$mode.log" | tail -4
   done
 fi
-PYTHONWARNINGS=ignore::UserWarning timeout --kill-after=10 ${MAD_TIMEOUT:-900} python3 -m eval.mad.run --attention softmax parallax --device cuda \
-  --backend torch --compile --jobs ${JOBS:-8} --out "$copy" ${MAD_ARGS:-} > "$out/mad_protocol.log" 2>&1
+PYTHONWARNINGS=ignore::UserWarning timeout --kill-after=10 ${MAD_TIMEOUT:-900} python3 -m eval.mad.run \
+  --attention softmax parallax --device cuda $flags --jobs ${JOBS:-8} --out "$copy" ${MAD_ARGS:-} \
+  > "$out/mad_protocol.log" 2>&1
 echo "== MAD protocol piece (rc=$?): $(cat "$copy" 2>/dev/null | wc -l) runs in the file"
 grep -E "Error|error" "$out/mad_protocol.log" | tail -5
 python3 -m eval.mad.run --table --out "$copy"
