@@ -128,15 +128,16 @@ CASES = [  # (B, H, Hkv, L_max, D, lengths, splits)
     (1, 2, 1, 300, 128, [300], 16),  # more splits than key tiles: empty splits and idle warps
     (2, 4, 2, 2000, 64, [2000, 1333], 32),
     (2, 16, 8, 6000, 128, [6000, 4097], 128),  # the most splits the launcher takes (cute_launch.MAX_SPLITS)
-    (4, 4, 4, 4099, 128, [4099, 17, 2048, 3001], None),  # the default grid (64-key tiles, splits)
-    (40, 16, 8, 700, 128, [700] * 39 + [3], None),  # the default grid of a full batch (32-key tiles, no split)
+    (4, 4, 4, 4099, 128, [4099, 17, 2048, 3001], None),  # the default split count
+    (40, 16, 8, 700, 128, [700] * 39 + [3], None),  # a batch that fills the SMs: no split by default
 ]
 
 
 @needs_hopper
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("case", CASES, ids=lambda c: f"B{c[0]}H{c[1]}kv{c[2]}L{c[3]}D{c[4]}s{c[6]}")
-def test_cute_decode_matches_float64(case, dtype):
+@pytest.mark.parametrize("block_n", [32, 64])
+def test_cute_decode_matches_float64(case, dtype, block_n):
     from parallax_kernels.decode import parallax_decode_reference
 
     b, h, hkv, l_max, d, lengths, splits = case
@@ -146,7 +147,12 @@ def test_cute_decode_matches_float64(case, dtype):
     q, r, k, v = (t.cuda().to(dtype) for t in (q, r, k, v))
     lengths = torch.tensor(lengths, dtype=torch.int32, device="cuda")
     expected = parallax_decode_reference(q.double(), k.double(), v.double(), r.double(), lengths, scale=d**-0.5)
-    out = parallax_decode(q, k, v, r, cache_seqlens=lengths, backend="cute", num_splits=splits)
+    if block_n == 32:  # the default tile, through the public op
+        out = parallax_decode(q, k, v, r, cache_seqlens=lengths, backend="cute", num_splits=splits)
+    else:  # the opt-in tile (kernels/cute_launch.py DEFAULT_BLOCK_N says why it is not the default yet)
+        from parallax_kernels.cute_launch import parallax_decode_cute
+
+        out = parallax_decode_cute(q, k, v, r, lengths, scale=d**-0.5, num_splits=splits, block_n=block_n)
     assert out.dtype == dtype and out.shape == q.shape
     err = (out.double() - expected).abs().max() / expected.abs().max()
     assert err < 1.5e-2, float(err)
@@ -217,11 +223,11 @@ def test_a_hopper_host_without_kernels_or_the_dsl_is_told_how_to_get_them(tmp_pa
     assert "this GPU is sm_80" in launch.unavailable_reason(fake_q)
 
 
-def test_default_grid_splits_only_batches_that_leave_sms_idle():
-    from parallax_kernels.cute_launch import MAX_SPLITS, SPLIT_KEYS_MIN, default_grid
+def test_default_split_count_splits_only_batches_that_leave_sms_idle():
+    from parallax_kernels.cute_launch import MAX_SPLITS, SPLIT_KEYS_MIN, default_num_splits
 
-    assert default_grid(64, 8, 32768, 132) == (32, 1)  # 512 (batch, kv head) pairs fill 132 SMs
-    block_n, splits = default_grid(1, 8, 32768, 132)
-    assert block_n == 64 and 1 < splits * 8 <= 132  # about half the SMs busy, no more than one wave
-    assert default_grid(1, 8, 700, 132) == (64, -(-700 // SPLIT_KEYS_MIN))  # splits keep >= 256 keys each
-    assert default_grid(1, 1, 10**7, 10**4)[1] == MAX_SPLITS
+    assert default_num_splits(64, 8, 32768, 132) == 1  # 512 (batch, kv head) pairs fill 132 SMs
+    assert default_num_splits(8, 8, 32768, 132) == 2
+    assert default_num_splits(1, 8, 32768, 132) == 16  # about one CTA per SM
+    assert default_num_splits(1, 8, 700, 132) == -(-700 // SPLIT_KEYS_MIN)  # splits keep >= 256 keys each
+    assert default_num_splits(1, 1, 10**7, 10**4) == MAX_SPLITS

@@ -176,3 +176,24 @@ def test_table_compares_models_on_the_runs_all_of_them_have():
     text = table(records)
     assert "| parallax | adamw | 0.700 | 0.700 |" in text and "| softmax | adamw | 0.500 | 0.500 |" in text
     assert "2 runs left out" in text
+
+
+def test_plan_keeps_sweep_points_outermost_and_starts_the_costliest_settings_first():
+    from eval.mad.run import plan, run_key
+    from eval.mad.train import MADRun
+
+    settings = all_settings(["in-context-recall"], baseline_only=False)
+    runs = [MADRun(attention=a, lr=lr) for lr in (1e-3, 1e-4) for a in ("softmax", "parallax")]
+    done = {("in-context-recall[seq_len=1024]", "parallax", "adamw", 1e-3, 0.0, 200, 12345)}
+    pending = plan(settings, runs, done, ["cuda:0", "cuda:1"])
+    assert len(pending) == 2 * 2 * len(settings) - 1
+    lrs = [run.lr for _, run, _ in pending]
+    assert lrs == sorted(lrs, reverse=True)  # every run of the first sweep point before any of the second
+    first = [(s, run) for s, run, _ in pending if run.lr == 1e-3]
+    costs = [s.num_train_examples * s.seq_len for s, _ in first]
+    assert costs == sorted(costs, reverse=True) and first[0][0].seq_len == 1024
+    assert (first[0][1].attention, first[1][0].seq_len) == ("softmax", 512)  # parallax's seq 1024 run is done
+    keys = {run_key({"setting": s.name, "attention": r.attention, "optimizer": r.optimizer, "lr": r.lr,
+                     "weight_decay": r.weight_decay, "epochs": r.epochs, "seed": r.seed}) for s, r, _ in pending}
+    assert len(keys) == len(pending) and not keys & done
+    assert [d for _, _, d in pending[:3]] == ["cuda:0", "cuda:1", "cuda:0"]

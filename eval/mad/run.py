@@ -91,6 +91,22 @@ def table(records: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def plan(settings: list, runs: list[MADRun], done: set[tuple], devices: list[str]) -> list[tuple]:
+    """(setting, run, device) for every run not in `done`. Sweep points (lr, weight decay) outermost, in
+    the order given: a protocol cut short has every setting at the first points rather than some fully
+    swept and others not at all. Within a sweep point the costliest settings (examples x length) go
+    first, so that workers running side by side finish together instead of one long run trailing."""
+    points = list(dict.fromkeys((run.lr, run.weight_decay) for run in runs))
+    pending = []
+    for point in points:
+        for setting in sorted(settings, key=lambda s: -s.num_train_examples * s.seq_len):
+            for run in runs:
+                key = (setting.name, run.attention, run.optimizer, run.lr, run.weight_decay, run.epochs, run.seed)
+                if (run.lr, run.weight_decay) == point and key not in done:
+                    pending.append((setting, run, devices[len(pending) % len(devices)]))
+    return pending
+
+
 def _train_all(pending: list, jobs: int):
     """Yields each run's result as it ends: in order in this process, or from `jobs` worker processes
     ("spawn": CUDA cannot be forked)."""
@@ -132,21 +148,15 @@ def main(argv: list[str] | None = None) -> str:
         backend = args.backend or ("triton" if devices[0].startswith("cuda") else "torch")
         done = {run_key(r) for r in records}
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        pending = []
         settings = all_settings(args.tasks, args.baseline_only)
         if args.max_train_examples:
             settings = [replace(s, num_train_examples=min(s.num_train_examples, args.max_train_examples),
                                 num_test_examples=min(s.num_test_examples, args.max_train_examples)) for s in settings]
-        # sweep points outermost: a protocol cut short has every setting at the first points (in --lrs,
-        # --wds order) rather than some settings fully swept and others not at all
-        for lr, wd in itertools.product(args.lrs, args.wds):
-            for setting in settings:
-                for attention in args.attention:
-                    for optimizer in args.optimizer:
-                        run = MADRun(attention=attention, optimizer=optimizer, lr=lr, weight_decay=wd,
-                                     epochs=args.epochs, seed=args.seed, backend=backend, compile=args.compile)
-                        if (setting.name, attention, optimizer, lr, wd, args.epochs, args.seed) not in done:
-                            pending.append((setting, run, devices[len(pending) % len(devices)]))
+        runs = [MADRun(attention=attention, optimizer=optimizer, lr=lr, weight_decay=wd, epochs=args.epochs,
+                       seed=args.seed, backend=backend, compile=args.compile)
+                for lr, wd in itertools.product(args.lrs, args.wds)
+                for attention in args.attention for optimizer in args.optimizer]
+        pending = plan(settings, runs, done, devices)
         for result in _train_all(pending, args.jobs):
             records.append(result)
             with open(args.out, "a") as f:  # one writer (this process): lines never interleave
