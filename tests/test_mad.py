@@ -197,3 +197,16 @@ def test_plan_keeps_sweep_points_outermost_and_starts_the_costliest_settings_fir
                      "weight_decay": r.weight_decay, "epochs": r.epochs, "seed": r.seed}) for s, r, _ in pending}
     assert len(keys) == len(pending) and not keys & done
     assert [d for _, _, d in pending[:3]] == ["cuda:0", "cuda:1", "cuda:0"]
+
+
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_no_run_starts_after_the_start_deadline(tmp_path, jobs):
+    """A time-limited call ends with whole runs: past the deadline nothing new starts (here: at once)."""
+    from eval.mad.run import main
+
+    out = tmp_path / "runs.jsonl"
+    text = main(["--attention", "softmax", "--tasks", "memorization", "--baseline-only", "--epochs", "1",
+                 "--lrs", "1e-3", "--max-train-examples", "64", "--device", "cpu", "--jobs", str(jobs),
+                 "--start-deadline", "0", "--out", str(out)])
+    assert not out.exists() or out.read_text() == ""
+    assert "| softmax" not in text

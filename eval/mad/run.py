@@ -24,8 +24,9 @@ import argparse
 import itertools
 import json
 import multiprocessing
+import time
 from collections import defaultdict
-from concurrent.futures import as_completed, ProcessPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from pathlib import Path
 
 from eval.mad.tasks import PROTOCOL, all_settings
@@ -107,17 +108,34 @@ def plan(settings: list, runs: list[MADRun], done: set[tuple], devices: list[str
     return pending
 
 
-def _train_all(pending: list, jobs: int):
+def _train_all(pending: list, jobs: int, start_deadline: float | None = None):
     """Yields each run's result as it ends: in order in this process, or from `jobs` worker processes
-    ("spawn": CUDA cannot be forked)."""
+    ("spawn": CUDA cannot be forked), each given its next run as it finishes one. No run starts once
+    `start_deadline` seconds have passed; those started finish. A call with a time limit then ends
+    with whole runs, instead of losing the ones a kill would cut short."""
+    clock = time.monotonic()
+
+    def may_start() -> bool:
+        return start_deadline is None or time.monotonic() - clock < start_deadline
+
+    queue = list(pending)
     if jobs <= 1:
-        for setting, run, device in pending:
+        while queue and may_start():
+            setting, run, device = queue.pop(0)
             yield train_setting(setting, run, device)
         return
     with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-        futures = [pool.submit(train_setting, setting, run, device) for setting, run, device in pending]
-        for future in as_completed(futures):
-            yield future.result()
+        running = set()
+        while queue or running:
+            while queue and len(running) < jobs and may_start():
+                running.add(pool.submit(train_setting, *queue.pop(0)))
+            if not running:
+                break
+            finished, running = wait(running, return_when=FIRST_COMPLETED)
+            for future in finished:
+                yield future.result()
+    if queue:
+        print(f"{len(queue)} runs not started: --start-deadline of {start_deadline:g} s passed")
 
 
 def main(argv: list[str] | None = None) -> str:
@@ -133,6 +151,8 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument("--max-train-examples", type=int, default=None, help="cap (smoke runs only)")
     parser.add_argument("--device", nargs="+", default=None, help="one or more; runs are spread over them")
     parser.add_argument("--jobs", type=int, default=1, help="runs trained at once, in worker processes")
+    parser.add_argument("--start-deadline", type=float, default=None, metavar="SECONDS",
+                        help="start no run after this many seconds (those started finish): for time-limited calls")
     parser.add_argument("--backend", default=None, help="attention backend (default: triton on CUDA, else torch)")
     parser.add_argument("--compile", action="store_true",
                         help="train through torch.compile (CUDA graphs on a GPU); same results, fewer launches")
@@ -157,7 +177,7 @@ def main(argv: list[str] | None = None) -> str:
                 for lr, wd in itertools.product(args.lrs, args.wds)
                 for attention in args.attention for optimizer in args.optimizer]
         pending = plan(settings, runs, done, devices)
-        for result in _train_all(pending, args.jobs):
+        for result in _train_all(pending, args.jobs, args.start_deadline):
             records.append(result)
             with open(args.out, "a") as f:  # one writer (this process): lines never interleave
                 f.write(json.dumps(result) + "\n")

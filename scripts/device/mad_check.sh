@@ -20,8 +20,11 @@ if [ "${PROBE:-0}" = 1 ]; then
     echo "== probe $mode (rc=$?)"; grep -E "acc=|Error" "$out/probe_$mode.log" | tail -4
   done
 fi
-PYTHONWARNINGS=ignore::UserWarning timeout --kill-after=10 ${MAD_TIMEOUT:-900} python3 -m eval.mad.run \
-  --attention softmax parallax --device cuda $flags --jobs ${JOBS:-8} --out "$copy" ${MAD_ARGS:-} \
+# no run starts in the last MAD_MARGIN seconds, so the time limit rarely cuts one short (costliest runs go first)
+limit=${MAD_TIMEOUT:-900}
+PYTHONWARNINGS=ignore::UserWarning timeout --kill-after=10 $limit python3 -m eval.mad.run \
+  --attention softmax parallax --device cuda $flags --jobs ${JOBS:-8} --out "$copy" \
+  --start-deadline $((limit - ${MAD_MARGIN:-120})) ${MAD_ARGS:-} \
   > "$out/mad_protocol.log" 2>&1
 echo "== MAD protocol piece (rc=$?): $(cat "$copy" 2>/dev/null | wc -l) runs in the file"
 grep -E "Error|error" "$out/mad_protocol.log" | tail -5
