@@ -163,7 +163,7 @@ def train_setting(setting: TaskSetting, run: MADRun, device: str = "cpu", log=pr
     acc = accuracy(model, x_test, y_test, 512, device, autocast)
     result = {"setting": setting.name, "task": setting.task, "attention": run.attention, "optimizer": run.optimizer,
               "lr": run.lr, "weight_decay": run.weight_decay, "epochs": run.epochs, "seed": run.seed,
-              "compiled": run.compile, "test_acc": acc, "final_train_loss": float(loss.detach()), "seconds": time.perf_counter() - start}
+              "backend": run.backend, "compiled": run.compile, "test_acc": acc, "final_train_loss": float(loss.detach()), "seconds": time.perf_counter() - start}
     log(f"{setting.name:58s} {run.attention:8s} {run.optimizer:5s} lr={run.lr:g} wd={run.weight_decay:g} "
         f"acc={acc:.3f} loss={float(loss.detach()):.3f} ({result['seconds']:.0f} s)")
     return result
