@@ -278,7 +278,7 @@ def _launch(variant, q, k_cache, v_cache, r, cache_seqlens, scale, num_splits, a
     hkv, l_max = k_cache.shape[1], k_cache.shape[2]
     kernel = load_decode_kernel(variant, artefact_dir)
     splits = num_splits
-    if not 1 <= splits <= MAX_SPLITS:
+    if not 1 <= splits <= MAX_SPLITS:  # the op checks >= 1; the partials are sized by it
         raise ValueError(f"parallax_decode (cute): num_splits {splits} is outside 1..{MAX_SPLITS}")
     out = torch.empty_like(q)
     f32 = dict(dtype=torch.float32, device=q.device)
