@@ -267,7 +267,7 @@ def parallax_decode_cute(q, k_cache, v_cache, r, cache_seqlens, *, scale: float,
         return _launch(variant, q, k_cache, v_cache, r, cache_seqlens, scale, num_splits, artefact_dir)
 
 
-def _launch(variant, q, k_cache, v_cache, r, cache_seqlens, scale, num_splits, artefact_dir):
+def _launch(variant, q, k_cache, v_cache, r, cache_seqlens, scale, splits, artefact_dir):
     import math
 
     import torch
@@ -277,14 +277,12 @@ def _launch(variant, q, k_cache, v_cache, r, cache_seqlens, scale, num_splits, a
     b, h, d = q.shape
     hkv, l_max = k_cache.shape[1], k_cache.shape[2]
     kernel = load_decode_kernel(variant, artefact_dir)
-    splits = num_splits
-    if not 1 <= splits <= MAX_SPLITS:  # the op checks >= 1; the partials are sized by it
+    if not 1 <= splits <= MAX_SPLITS:  # the partials are sized by it
         raise ValueError(f"parallax_decode (cute): num_splits {splits} is outside 1..{MAX_SPLITS}")
     out = torch.empty_like(q)
     f32 = dict(dtype=torch.float32, device=q.device)
-    parts = 1 if splits == 1 else splits
-    pm, pd1, pts = (torch.empty(b, h, parts, **f32) for _ in range(3))
-    po1, po2 = (torch.empty(b, h, parts, d, **f32) for _ in range(2))
+    pm, pd1, pts = (torch.empty(b, h, splits, **f32) for _ in range(3))
+    po1, po2 = (torch.empty(b, h, splits, d, **f32) for _ in range(2))
     counter = ticket_counters(q.device, b * hkv)
     seqlens = cache_seqlens.to(device=q.device, dtype=torch.int32).contiguous()
     ptrs = [t.data_ptr() for t in (q, r, k_cache, v_cache, out, seqlens, pm, pd1, pts, po1, po2, counter)]

@@ -472,5 +472,4 @@ def parallax_attention_triton(q, k, v, r, *, causal: bool, scale: float, documen
     d = q.shape[-1]
     if d < MIN_KERNEL_HEAD_DIM:  # exact: see MIN_KERNEL_HEAD_DIM (the scale is already that of d)
         q, k, v, r = (torch.nn.functional.pad(x, (0, MIN_KERNEL_HEAD_DIM - d)) for x in (q, k, v, r))
-        return attention_fwd(q, k, v, r, causal, scale, document_ids)[0][..., :d]
-    return attention_fwd(q, k, v, r, causal, scale, document_ids)[0]
+    return attention_fwd(q, k, v, r, causal, scale, document_ids)[0][..., :d]
