@@ -32,7 +32,7 @@ from cutlass.cute.nvgpu import cpasync, warp
 
 from parallax_kernels.cute_decode_variant import HALF, NUM_THREADS, NUM_WARPS, ROWS, DecodeVariant
 
-MERGE_UNROLL = 8  # partial states whose loads are in flight at once in a merge
+MERGE_CHUNK = 16  # splits whose partial states are loaded at once in the merge (one round trip per chunk)
 
 
 def compile_variant(variant: DecodeVariant) -> tuple[bytes, str, str]:
@@ -265,7 +265,7 @@ class ParallaxDecodeKernel:
             for i in range(tidx, g_n * d, NUM_THREADS):
                 gi = i // d
                 col = i % d
-                mm, dd, tt, o1, o2 = self._merge(m_m, m_d1, m_ts, m_o1, m_o2, NUM_WARPS, gi, col)
+                mm, dd, tt, o1, o2 = self._merge(m_m, m_d1, m_ts, m_o1, m_o2, NUM_WARPS, gi, col, NUM_WARPS)
                 o_rows[b * heads + head0 + gi, col] = self._finish(dd, o1, o2).to(self.dtype)
         else:
             # partials, stored (B, H, S[, D]) and viewed as [split, query row(, column)], the layout
@@ -281,7 +281,7 @@ class ParallaxDecodeKernel:
             for i in range(tidx, g_n * d, NUM_THREADS):
                 gi = i // d
                 col = i % d
-                mm, dd, tt, o1, o2 = self._merge(m_m, m_d1, m_ts, m_o1, m_o2, NUM_WARPS, gi, col)
+                mm, dd, tt, o1, o2 = self._merge(m_m, m_d1, m_ts, m_o1, m_o2, NUM_WARPS, gi, col, NUM_WARPS)
                 hrow = b * heads + head0 + gi
                 po1[split, hrow, col] = o1
                 po2[split, hrow, col] = o2
@@ -289,7 +289,10 @@ class ParallaxDecodeKernel:
                     pm[split, hrow] = mm
                     pd1[split, hrow] = dd
                     pts[split, hrow] = tt
-            cute.arch.fence_acq_rel_gpu()  # release this thread's partial stores before the ticket
+            # the barrier orders every thread's partial stores before thread 0's ticket, whose release
+            # (cumulative, at GPU scope) publishes them; the last CTA's thread 0 acquires them with its
+            # ticket and the barrier after it passes that on: CUTLASS's GenericBarrier pattern, with no
+            # fence per thread (each one waited a round trip on the CTA's critical path)
             cute.arch.sync_threads()
             counter = cute.make_tensor(p_counter, cute.make_layout((kv_heads * (b + 1),)))
             if tidx == 0:
@@ -297,12 +300,11 @@ class ParallaxDecodeKernel:
                                                    sem="acq_rel", scope="gpu")
             cute.arch.sync_threads()
             if ticket_s[0] == splits - 1:  # the last CTA of this (batch, kv head): merge all splits
-                cute.arch.fence_acq_rel_gpu()
                 for i in range(tidx, g_n * d, NUM_THREADS):
                     gi = i // d
                     col = i % d
                     hrow = b * heads + head0 + gi
-                    mm, dd, tt, o1, o2 = self._merge(pm, pd1, pts, po1, po2, splits, hrow, col)
+                    mm, dd, tt, o1, o2 = self._merge(pm, pd1, pts, po1, po2, splits, hrow, col, MERGE_CHUNK)
                     o_rows[hrow, col] = self._finish(dd, o1, o2).to(self.dtype)
                 if tidx == 0:
                     cute.arch.atomic_exch(counter.iterator + (b * kv_heads + hk), Int32(0), sem="relaxed", scope="gpu")
@@ -363,34 +365,58 @@ class ParallaxDecodeKernel:
         return m_new, d1_new, t_sum_new, c_new
 
     @cute.jit
-    def _merge(self, pm, pd1, pts, po1, po2, n: Int32, row: Int32, col: Int32):
+    def _merge(self, pm, pd1, pts, po1, po2, n: Int32, row: Int32, col: Int32, chunk: cutlass.Constexpr):
         """Merge n partial states (m, d1, t_sum, o1, o2 centred on t_sum / d1) of one query row at one
         column, indexed [p, row(, col)]: the warps of this CTA in shared memory, or the splits in global
-        memory (see kernels/decode.py). Two rounds of independent loads (the maxima, then the rest),
-        unrolled so that a split's loads do not wait on the one before; with
-        O2 = sum a (o2_p + (c_p - C) o1_p) = sum a (o2_p + c_p o1_p) - C O1 the second round needs no C."""
+        memory (see kernels/decode.py). One pass, `chunk` states at a time: all of a chunk's loads are
+        issued before any is used, so merging up to `chunk` splits waits on one round trip to memory, not
+        one per split (indices past n - 1 re-read the last state and get weight 0). The running sums are
+        rescaled to each chunk's new maximum; with O2 = sum a (o2_p + (c_p - C) o1_p)
+        = sum a (o2_p + c_p o1_p) - C O1 none of them needs C before the end. An empty state has m = -inf."""
+        r_m = cute.make_rmem_tensor(cute.make_layout((chunk,)), Float32)
+        r_d = cute.make_rmem_tensor(cute.make_layout((chunk,)), Float32)
+        r_t = cute.make_rmem_tensor(cute.make_layout((chunk,)), Float32)
+        r_x1 = cute.make_rmem_tensor(cute.make_layout((chunk,)), Float32)
+        r_x2 = cute.make_rmem_tensor(cute.make_layout((chunk,)), Float32)
         big_m = -Float32.inf
-        for p in cutlass.range(0, n, 1, unroll=MERGE_UNROLL):
-            big_m = cute.arch.fmax(big_m, pm[p, row])
-        if big_m == -Float32.inf:
-            big_m = Float32(0.0)
         dd = Float32(0.0)
         tt = Float32(0.0)
         o1 = Float32(0.0)
         o2 = Float32(0.0)
-        for p in cutlass.range(0, n, 1, unroll=MERGE_UNROLL):
-            a = cute.math.exp2(pm[p, row] - big_m, fastmath=True)
-            d_p = pd1[p, row]
-            t_p = pts[p, row]
-            x1 = po1[p, row, col]
-            x2 = po2[p, row, col]
-            c_p = Float32(0.0)
-            if d_p > 0.0:
-                c_p = t_p / d_p
-            dd += a * d_p
-            tt += a * t_p
-            o1 += a * x1
-            o2 += a * (x2 + c_p * x1)
+        for base in range(0, n, chunk):
+            for u in cutlass.range_constexpr(chunk):
+                p = cutlass.min(base + u, n - 1)
+                r_m[u] = pm[p, row]
+                r_d[u] = pd1[p, row]
+                r_t[u] = pts[p, row]
+                r_x1[u] = po1[p, row, col]
+                r_x2[u] = po2[p, row, col]
+            new_m = big_m
+            for u in cutlass.range_constexpr(chunk):
+                if base + u < n:
+                    new_m = cute.arch.fmax(new_m, r_m[u])
+            m_safe = new_m
+            if new_m == -Float32.inf:
+                m_safe = Float32(0.0)
+            alpha = cute.math.exp2(big_m - m_safe, fastmath=True)
+            dd = dd * alpha
+            tt = tt * alpha
+            o1 = o1 * alpha
+            o2 = o2 * alpha
+            for u in cutlass.range_constexpr(chunk):
+                a = cute.math.exp2(r_m[u] - m_safe, fastmath=True)
+                if base + u >= n:
+                    a = Float32(0.0)
+                d_p = r_d[u]
+                x1 = r_x1[u]
+                c_p = Float32(0.0)
+                if d_p > 0.0:
+                    c_p = r_t[u] / d_p
+                dd += a * d_p
+                tt += a * r_t[u]
+                o1 += a * x1
+                o2 += a * (r_x2[u] + c_p * x1)
+            big_m = new_m
         if dd > 0.0:
             o2 = o2 - (tt / dd) * o1
         return big_m, dd, tt, o1, o2
