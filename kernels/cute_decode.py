@@ -139,7 +139,8 @@ class ParallaxDecodeKernel:
         m_d1 = smem.allocate_tensor(Float32, state_layout, byte_alignment=16)
         m_ts = smem.allocate_tensor(Float32, state_layout, byte_alignment=16)
         # the warps' O1 and O2 for the merge overlay the K and V tiles, dead by then: without a merge
-        # area of its own a CTA takes about 70 KB of shared memory, and three fit on an SM
+        # area of its own a CTA takes about 70 KB of shared memory, room for three on an SM (at about 180
+        # registers a thread, the register file holds two)
         o_layout = cute.make_layout((NUM_WARPS, HALF, d), stride=(HALF * d, d, 1))
         m_o1 = cute.make_tensor(cute.recast_ptr(k_base, dtype=Float32), o_layout)
         m_o2 = cute.make_tensor(cute.recast_ptr(v_base, dtype=Float32), o_layout)

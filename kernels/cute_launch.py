@@ -223,12 +223,13 @@ def unavailable_reason(x) -> str | None:
 # - a batch whose (batch, kv head) pairs fill the GPU (B Hkv >= SMs) takes no split: splitting only added
 #   merge work there;
 # - a smaller batch is split into about one CTA per SM, each split at least SPLIT_KEYS_MIN keys: past that
-#   the in-launch merge of more partials cost more than the extra CTAs gained.
-# Both use 32-key warp tiles (about 70 KB of shared memory, three CTAs per SM). 64-key tiles (138 KB, one
-# CTA per SM) were up to 8% faster at B <= 8 in the sweep but are not yet checked against float64 on a
-# GPU, so they are opt-in (block_n=64) until tests/test_cute_decode.py has run on Hopper with them.
+#   the in-launch merge of more partials cost more than the extra CTAs gained (256 before the merge read
+#   16 splits per round trip, 128 since).
+# Both use 32-key warp tiles (about 70 KB of shared memory). 64-key tiles (138 KB, one CTA per SM) pass the
+# same float64 tests on Hopper and are opt-in (block_n=64): at these split counts they were within 5% of
+# the 32-key tiles, faster in some small-batch cells and slower in others.
 DEFAULT_BLOCK_N = 32
-SPLIT_KEYS_MIN = 256
+SPLIT_KEYS_MIN = 128
 MAX_SPLITS = 128  # the merge loops over the splits; this only bounds the partials' size
 
 

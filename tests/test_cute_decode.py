@@ -229,5 +229,5 @@ def test_default_split_count_splits_only_batches_that_leave_sms_idle():
     assert default_num_splits(64, 8, 32768, 132) == 1  # 512 (batch, kv head) pairs fill 132 SMs
     assert default_num_splits(8, 8, 32768, 132) == 2
     assert default_num_splits(1, 8, 32768, 132) == 16  # about one CTA per SM
-    assert default_num_splits(1, 8, 700, 132) == -(-700 // SPLIT_KEYS_MIN)  # splits keep >= 256 keys each
+    assert default_num_splits(1, 8, 700, 132) == -(-700 // SPLIT_KEYS_MIN)  # splits keep >= SPLIT_KEYS_MIN keys each
     assert default_num_splits(1, 1, 10**7, 10**4) == MAX_SPLITS
