@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import torch
 
+from parallax_kernels.batching import fold, unfold
+
 # Elements of one fp32 (B, H, chunk, N) tile; the chunk is sized to stay under this (64 MiB).
 _TILE_ELEMENTS = 1 << 24
 
@@ -50,8 +52,10 @@ def _tile_mask(
 
 
 class _ChunkedParallaxAttention(torch.autograd.Function):
+    # forward returns the row statistics too (setup_context style, which torch.func needs); under vmap
+    # the vmapped dim is folded into the batch (kernels/batching.py)
     @staticmethod
-    def forward(ctx, q, k, v, r, causal, scale, document_ids, chunk_size):
+    def forward(q, k, v, r, causal, scale, document_ids, chunk_size):
         acc = _accumulate_dtype(q.dtype)
         b, h, n, d = q.shape
         hkv = k.shape[1]
@@ -78,12 +82,22 @@ class _ChunkedParallaxAttention(torch.autograd.Function):
             out[:, :, :, start:end] = (alpha @ vc).to(q.dtype)
             lse[:, :, :, start:end] = lse_c
             tbar[:, :, :, start:end] = tbar_c
-        ctx.save_for_backward(q, k, v, r, out, lse, tbar, document_ids)
-        ctx.causal, ctx.scale, ctx.chunk_size = causal, scale, chunk_size
-        return out.reshape(b, h, n, v.shape[-1])
+        return out.reshape(b, h, n, v.shape[-1]), lse, tbar
 
     @staticmethod
-    def backward(ctx, grad_out):
+    def setup_context(ctx, inputs, output):
+        q, k, v, r, causal, scale, document_ids, chunk_size = inputs
+        out, lse, tbar = output
+        ctx.mark_non_differentiable(lse, tbar)
+        ctx.save_for_backward(q, k, v, r, out, lse, tbar, document_ids)
+        ctx.causal, ctx.scale, ctx.chunk_size = causal, scale, chunk_size
+
+    @staticmethod
+    def vmap(info, in_dims, *args):
+        return unfold(info.batch_size, _ChunkedParallaxAttention.apply(*fold(info.batch_size, in_dims, args)))
+
+    @staticmethod
+    def backward(ctx, grad_out, grad_lse, grad_tbar):
         q, k, v, r, out, lse, tbar, document_ids = ctx.saved_tensors
         causal, scale, chunk_size = ctx.causal, ctx.scale, ctx.chunk_size
         acc = _accumulate_dtype(q.dtype)
@@ -92,6 +106,7 @@ class _ChunkedParallaxAttention(torch.autograd.Function):
         g = h // hkv
         qg, rg = q.reshape(b, hkv, g, n, d), r.reshape(b, hkv, g, n, d)
         dog = grad_out.reshape(b, hkv, g, n, -1)
+        out = out.reshape(b, hkv, g, n, -1)
         dq = torch.zeros(b, hkv, g, n, d, dtype=acc, device=q.device)
         dr = torch.zeros_like(dq)
         dk = torch.zeros(k.shape, dtype=acc, device=q.device)
@@ -148,4 +163,4 @@ def parallax_attention_torch(
     """Chunked Parallax attention; shapes as parallax_titan.ops.parallax_attention (already checked)."""
     if chunk_size is None:
         chunk_size = default_chunk_size(q.shape[0], q.shape[1], q.shape[2])
-    return _ChunkedParallaxAttention.apply(q, k, v, r, causal, scale, document_ids, chunk_size)
+    return _ChunkedParallaxAttention.apply(q, k, v, r, causal, scale, document_ids, chunk_size)[0]

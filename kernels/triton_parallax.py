@@ -33,6 +33,8 @@ import torch
 import triton
 import triton.language as tl
 
+from parallax_kernels.batching import fold, unfold
+
 LOG2E = 1.4426950408889634
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 # PARALLAX_TRITON_AUTOTUNE=0: use each kernel's first config, no tuning (fast tests).
@@ -465,6 +467,17 @@ def _backward(ctx, grad_o, grad_a, grad_lse, grad_tbar):
 
 
 attention_fwd.register_autograd(_backward, setup_context=_setup_context)
+
+
+# under vmap (an ensemble of models, eval/mad/ensemble.py) the vmapped dim joins the batch: one launch
+@attention_fwd.register_vmap
+def _(info, in_dims, *args):
+    return unfold(info.batch_size, attention_fwd(*fold(info.batch_size, in_dims, args)))
+
+
+@attention_bwd.register_vmap
+def _(info, in_dims, *args):
+    return unfold(info.batch_size, attention_bwd(*fold(info.batch_size, in_dims, args)))
 
 
 def parallax_attention_triton(q, k, v, r, *, causal: bool, scale: float, document_ids=None) -> torch.Tensor:

@@ -210,3 +210,69 @@ def test_no_run_starts_after_the_start_deadline(tmp_path, jobs):
                  "--start-deadline", "0", "--out", str(out)])
     assert not out.exists() or out.read_text() == ""
     assert "| softmax" not in text
+
+
+@pytest.mark.parametrize("task, attention", [("memorization", "parallax"), ("compression", "softmax"),
+                                             ("in-context-recall", "parallax")])
+def test_a_batched_sweep_gives_each_run_its_separate_result(task, attention):
+    """train_sweep trains runs that differ in lr and weight decay as one vmap'd model; each run must end
+    exactly where train_setting takes it alone (same init, batches, optimizer; CPU arithmetic)."""
+    from eval.mad.train import MADRun, train_setting, train_sweep
+
+    s = replace(PROTOCOL[task].baseline, num_train_examples=64, num_test_examples=64,
+                **({"seq_len": 32} if task == "in-context-recall" else {}))
+    runs = [MADRun(attention=attention, epochs=2, lr=1e-3, weight_decay=0.0),
+            MADRun(attention=attention, epochs=2, lr=3e-3, weight_decay=0.1)]
+    alone = [train_setting(s, run, "cpu", log=lambda *_: None) for run in runs]
+    batched = train_sweep(s, runs, "cpu", log=lambda *_: None)
+    assert [r["lr"] for r in batched] == [1e-3, 3e-3] and all(r["batched_runs"] == 2 for r in batched)
+    assert alone[0]["final_train_loss"] != alone[1]["final_train_loss"]  # the sweep points do differ
+    for a, b in zip(alone, batched):
+        assert b["final_train_loss"] == pytest.approx(a["final_train_loss"], rel=1e-6, abs=1e-7)
+        assert b["test_acc"] == a["test_acc"]
+
+
+def test_a_batched_sweep_refuses_runs_that_differ_in_more_than_the_sweep_point():
+    from eval.mad.train import MADRun, train_sweep
+
+    with pytest.raises(ValueError, match="attention"):
+        train_sweep(small("memorization"), [MADRun(attention="softmax"), MADRun(attention="parallax")], "cpu")
+    with pytest.raises(ValueError, match="compile"):
+        train_sweep(small("memorization"), [MADRun(compile=True), MADRun(compile=True, lr=1e-3)], "cpu")
+
+
+@pytest.mark.slow
+def test_the_runner_batches_sweeps_and_records_every_run(tmp_path):
+    import json
+
+    from eval.mad.run import main
+
+    def results(out, *extra):
+        main(["--attention", "softmax", "parallax", "--tasks", "memorization", "--baseline-only", "--epochs", "1",
+              "--lrs", "1e-3", "5e-4", "--wds", "0", "0.1", "--max-train-examples", "128", "--device", "cpu",
+              "--out", str(out), *extra])
+        return {(r["attention"], r["lr"], r["weight_decay"]): (r["test_acc"], r["final_train_loss"])
+                for r in map(json.loads, out.read_text().splitlines())}
+
+    alone = results(tmp_path / "alone.jsonl")
+    batched = results(tmp_path / "batched.jsonl", "--batch-sweep", "--jobs", "2")
+    assert len(alone) == 8 and batched.keys() == alone.keys()
+    for key in alone:
+        assert batched[key][0] == alone[key][0] and batched[key][1] == pytest.approx(alone[key][1], rel=1e-6)
+    with pytest.raises(SystemExit):
+        main(["--batch-sweep", "--compile", "--out", str(tmp_path / "x.jsonl")])
+
+
+def test_batch_sweeps_groups_a_settings_sweep_points_per_model():
+    from eval.mad.run import batch_sweeps, plan
+    from eval.mad.train import MADRun
+
+    settings = all_settings(["memorization"], baseline_only=False)[:2]
+    runs = [MADRun(attention=a, lr=lr) for lr in (1e-3, 1e-4) for a in ("softmax", "parallax")]
+    pending = plan(settings, runs, set(), ["cpu"])
+    groups = batch_sweeps(pending, ["cuda:0", "cuda:1"])
+    assert len(groups) == 4 and sum(len(g[1]) for g in groups) == len(pending) == 8
+    for setting, members, _ in groups:
+        assert len({(m.attention, m.optimizer) for m in members}) == 1 and [m.lr for m in members] == [1e-3, 1e-4]
+    assert [g[2] for g in groups] == ["cuda:0", "cuda:1", "cuda:0", "cuda:1"]
+    assert groups[0][0].name == pending[0][0].name  # the costliest setting first, as plan() ordered it

@@ -16,6 +16,12 @@ and --compile trains through torch.compile with CUDA graphs. Every run is seeded
 results depend on neither. Runs go sweep point by sweep point (all settings at the first lr and weight
 decay, then the next), and the table compares the models only on runs all of them have, so a protocol
 completed in pieces can be read at any point.
+
+--batch-sweep trains each setting's sweep points (same model, same seed) as one batched model instead
+(eval/mad/train.py train_sweep): a step then launches each kernel once for all of them, which is what a
+launch-bound tiny model needs. Each run's arithmetic is unchanged (on CPU the results are identical to
+separate runs, tested); a job is then a whole setting, so a protocol cut short has some settings at every
+sweep point and others at none, instead of every setting at the first points.
 """
 
 from __future__ import annotations
@@ -30,7 +36,7 @@ from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from pathlib import Path
 
 from eval.mad.tasks import PROTOCOL, all_settings
-from eval.mad.train import MADRun, train_setting
+from eval.mad.train import MADRun, train_setting, train_sweep
 
 SHORT = {"in-context-recall": "CR", "fuzzy-in-context-recall": "FR", "noisy-in-context-recall": "NR",
          "selective-copying": "SC", "compression": "C", "memorization": "M"}
@@ -108,12 +114,27 @@ def plan(settings: list, runs: list[MADRun], done: set[tuple], devices: list[str
     return pending
 
 
-def _train_all(pending: list, jobs: int, start_deadline: float | None = None):
+def batch_sweeps(pending: list[tuple], devices: list[str]) -> list[tuple]:
+    """(setting, runs, device) per setting and model: the pending runs that differ only in their sweep
+    point, to train as one batched model (train_sweep), in the order plan() first reaches them."""
+    groups: dict[tuple, list] = {}
+    for setting, run, _ in pending:
+        groups.setdefault((setting.name, run.attention, run.optimizer), [setting, []])[1].append(run)
+    return [(setting, runs, devices[i % len(devices)]) for i, (setting, runs) in enumerate(groups.values())]
+
+
+def _one(setting, run, device) -> list[dict]:
+    return [train_setting(setting, run, device)]
+
+
+def _train_all(pending: list, jobs: int, start_deadline: float | None = None, batched: bool = False):
     """Yields each run's result as it ends: in order in this process, or from `jobs` worker processes
-    ("spawn": CUDA cannot be forked), each given its next run as it finishes one. No run starts once
-    `start_deadline` seconds have passed; those started finish. A call with a time limit then ends
-    with whole runs, instead of losing the ones a kill would cut short."""
+    ("spawn": CUDA cannot be forked), each given its next job as it finishes one. A job is one run, or
+    with `batched` one batch_sweeps() group. No job starts once `start_deadline` seconds have passed;
+    those started finish. A call with a time limit then ends with whole runs, instead of losing the
+    ones a kill would cut short."""
     clock = time.monotonic()
+    train = train_sweep if batched else _one
 
     def may_start() -> bool:
         return start_deadline is None or time.monotonic() - clock < start_deadline
@@ -121,21 +142,20 @@ def _train_all(pending: list, jobs: int, start_deadline: float | None = None):
     queue = list(pending)
     if jobs <= 1:
         while queue and may_start():
-            setting, run, device = queue.pop(0)
-            yield train_setting(setting, run, device)
+            yield from train(*queue.pop(0))
         return
     with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
         running = set()
         while queue or running:
             while queue and len(running) < jobs and may_start():
-                running.add(pool.submit(train_setting, *queue.pop(0)))
+                running.add(pool.submit(train, *queue.pop(0)))
             if not running:
                 break
             finished, running = wait(running, return_when=FIRST_COMPLETED)
             for future in finished:
-                yield future.result()
+                yield from future.result()
     if queue:
-        print(f"{len(queue)} runs not started: --start-deadline of {start_deadline:g} s passed")
+        print(f"{len(queue)} jobs not started: --start-deadline of {start_deadline:g} s passed")
 
 
 def main(argv: list[str] | None = None) -> str:
@@ -156,9 +176,14 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument("--backend", default=None, help="attention backend (default: triton on CUDA, else torch)")
     parser.add_argument("--compile", action="store_true",
                         help="train through torch.compile (CUDA graphs on a GPU); same results, fewer launches")
+    parser.add_argument("--batch-sweep", action="store_true",
+                        help="train a setting's sweep points as one batched model (torch.func.vmap): one "
+                             "kernel launch per step for all of them, each run's arithmetic unchanged")
     parser.add_argument("--out", type=Path, required=True, help="JSONL of results (appended; resumable)")
     parser.add_argument("--table", action="store_true", help="only print the table of --out")
     args = parser.parse_args(argv)
+    if args.batch_sweep and args.compile:
+        parser.error("--batch-sweep and --compile cannot be combined (a batched sweep trains eagerly)")
     records = [json.loads(line) for line in args.out.read_text().splitlines()] if args.out.is_file() else []
     if not args.table:
         import torch
@@ -177,7 +202,9 @@ def main(argv: list[str] | None = None) -> str:
                 for lr, wd in itertools.product(args.lrs, args.wds)
                 for attention in args.attention for optimizer in args.optimizer]
         pending = plan(settings, runs, done, devices)
-        for result in _train_all(pending, args.jobs, args.start_deadline):
+        if args.batch_sweep:
+            pending = batch_sweeps(pending, devices)
+        for result in _train_all(pending, args.jobs, args.start_deadline, args.batch_sweep):
             records.append(result)
             with open(args.out, "a") as f:  # one writer (this process): lines never interleave
                 f.write(json.dumps(result) + "\n")

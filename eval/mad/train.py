@@ -121,31 +121,62 @@ def accuracy(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, batc
     return correct / max(total, 1)
 
 
-def train_setting(setting: TaskSetting, run: MADRun, device: str = "cpu", log=print) -> dict:
+def _epoch_batches(order_rng: np.random.Generator, x_train, y_train, steps_per_epoch: int, device):
+    """One epoch's batches: the ones np.array_split of a seeded permutation gives."""
+    order = torch.from_numpy(order_rng.permutation(len(x_train))).to(device)
+    bounds = np.cumsum([0] + [len(c) for c in np.array_split(np.arange(len(x_train)), steps_per_epoch)])
+    for lo, hi in zip(bounds[:-1], bounds[1:]):
+        idx = order[lo:hi]
+        yield x_train[idx], y_train[idx]
+
+
+def _prepare(setting: TaskSetting, run: MADRun, device):
+    """Seed, data on the device (a step then makes no host-to-device copy, nor sync), the model."""
     torch.manual_seed(run.seed)
     data = make_dataset(setting, run.seed)
-    # the training set lives on the device: a step then makes no host-to-device copy (nor sync)
     x_train, y_train = (torch.from_numpy(a).to(device) for a in data["train"])
     x_test, y_test = (torch.from_numpy(a) for a in data["test"])
-    model = build_model(setting, run).to(device)
+    return (x_train, y_train, x_test, y_test), build_model(setting, run).to(device)
+
+
+def _step_tools(model: nn.Module, run: MADRun, total_steps: int):
     optimizers = build_optimizer(model, run)
+    schedulers = [torch.optim.lr_scheduler.CosineAnnealingLR(o, T_max=total_steps, eta_min=run.min_lr)
+                  for o in optimizers]
+    return optimizers, schedulers
+
+
+def _finish(setting: TaskSetting, run: MADRun, model: nn.Module, test, loss: float, seconds: float, device,
+            autocast, log) -> dict:
+    model.eval()
+    acc = accuracy(model, *test, 512, device, autocast)
+    result = {"setting": setting.name, "task": setting.task, "attention": run.attention, "optimizer": run.optimizer,
+              "lr": run.lr, "weight_decay": run.weight_decay, "epochs": run.epochs, "seed": run.seed,
+              "backend": run.backend, "compiled": run.compile, "test_acc": acc, "final_train_loss": loss,
+              "seconds": seconds}
+    log(f"{setting.name:58s} {run.attention:8s} {run.optimizer:5s} lr={run.lr:g} wd={run.weight_decay:g} "
+        f"acc={acc:.3f} loss={loss:.3f} ({seconds:.0f} s)")
+    return result
+
+
+def _autocast(cuda: bool):
+    return torch.autocast("cuda", dtype=torch.bfloat16) if cuda else torch.autocast("cpu", enabled=False)
+
+
+def train_setting(setting: TaskSetting, run: MADRun, device: str = "cpu", log=print) -> dict:
+    (x_train, y_train, x_test, y_test), model = _prepare(setting, run, device)
     cuda = str(device).startswith("cuda")
     forward = model
     if run.compile:  # same weights; CUDA graphs replay each step's kernels with one launch
         forward = torch.compile(model, mode="reduce-overhead" if cuda else None, dynamic=False)
     steps_per_epoch = math.ceil(len(x_train) / run.batch_size)
-    total = run.epochs * steps_per_epoch
-    schedulers = [torch.optim.lr_scheduler.CosineAnnealingLR(o, T_max=total, eta_min=run.min_lr) for o in optimizers]
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else torch.autocast("cpu", enabled=False)
+    optimizers, schedulers = _step_tools(model, run, run.epochs * steps_per_epoch)
+    autocast = _autocast(cuda)
     order_rng = np.random.default_rng(run.seed)
     start = time.perf_counter()
     for epoch in range(run.epochs):
         model.train()
-        order = torch.from_numpy(order_rng.permutation(len(x_train))).to(device)
-        bounds = np.cumsum([0] + [len(c) for c in np.array_split(np.arange(len(x_train)), steps_per_epoch)])
-        for lo, hi in zip(bounds[:-1], bounds[1:]):  # the batches np.array_split(order) would give
-            idx = order[lo:hi]
-            x, y = x_train[idx], y_train[idx]
+        for x, y in _epoch_batches(order_rng, x_train, y_train, steps_per_epoch, device):
             if run.compile and cuda:
                 torch.compiler.cudagraph_mark_step_begin()  # the last step's graph outputs are done with
             with autocast:
@@ -159,11 +190,67 @@ def train_setting(setting: TaskSetting, run: MADRun, device: str = "cpu", log=pr
                 s.step()
         if not math.isfinite(float(loss.detach())):
             raise FloatingPointError(f"{setting.name}: non-finite loss at epoch {epoch + 1}")
-    model.eval()
-    acc = accuracy(model, x_test, y_test, 512, device, autocast)
-    result = {"setting": setting.name, "task": setting.task, "attention": run.attention, "optimizer": run.optimizer,
-              "lr": run.lr, "weight_decay": run.weight_decay, "epochs": run.epochs, "seed": run.seed,
-              "backend": run.backend, "compiled": run.compile, "test_acc": acc, "final_train_loss": float(loss.detach()), "seconds": time.perf_counter() - start}
-    log(f"{setting.name:58s} {run.attention:8s} {run.optimizer:5s} lr={run.lr:g} wd={run.weight_decay:g} "
-        f"acc={acc:.3f} loss={float(loss.detach()):.3f} ({result['seconds']:.0f} s)")
-    return result
+    return _finish(setting, run, model, (x_test, y_test), float(loss.detach()), time.perf_counter() - start,
+                   device, autocast, log)
+
+
+def train_sweep(setting: TaskSetting, runs: list[MADRun], device: str = "cpu", log=print) -> list[dict]:
+    """Train runs that differ only in learning rate and weight decay as one batched model: each run is
+    its own model with its own optimizer, as in train_setting (same seed, so the same initial weights
+    and batches), but every step stacks their weights and runs them through one torch.func.vmap'd
+    forward, so a step launches each kernel once for all of them, not once per run. Attention folds the
+    runs into its batch (kernels/batching.py). Each run's arithmetic is the one train_setting does;
+    batched matmuls may round differently in the last bits."""
+    first = runs[0]
+    shared = ("attention", "optimizer", "epochs", "batch_size", "min_lr", "seed", "backend")
+    for run in runs[1:]:
+        for field in shared:
+            if getattr(run, field) != getattr(first, field):
+                raise ValueError(f"train_sweep: runs must differ only in lr and weight_decay; {field} is "
+                                 f"{getattr(first, field)!r} and {getattr(run, field)!r}")
+    if any(run.compile for run in runs):
+        raise ValueError("train_sweep: compile is not supported for a batched sweep; train its runs one by one")
+    import copy
+
+    from torch.func import functional_call, vmap
+
+    (x_train, y_train, x_test, y_test), model = _prepare(setting, first, device)
+    members = [model] + [copy.deepcopy(model) for _ in runs[1:]]
+    steps_per_epoch = math.ceil(len(x_train) / first.batch_size)
+    tools = [_step_tools(m, run, first.epochs * steps_per_epoch) for m, run in zip(members, runs)]
+    names = [n for n, _ in model.named_parameters()]
+    member_params = [dict(m.named_parameters()) for m in members]
+    buffers = dict(model.named_buffers())  # not trained: the same in every member
+    batched = vmap(lambda params, x: functional_call(model, (params, buffers), (x,)), in_dims=(0, None))
+    autocast = _autocast(str(device).startswith("cuda"))
+    order_rng = np.random.default_rng(first.seed)
+    start = time.perf_counter()
+    for epoch in range(first.epochs):
+        for m in members:
+            m.train()
+        for x, y in _epoch_batches(order_rng, x_train, y_train, steps_per_epoch, device):
+            # stacked from the members' own parameters, so gradients land on each member's leaves
+            # (torch.func.stack_module_state makes new leaves instead)
+            params = {n: torch.stack([p[n] for p in member_params]) for n in names}
+            with autocast:
+                logits = batched(params, x)
+            losses = torch.stack([F.cross_entropy(lg.float().flatten(0, 1), y.flatten(), ignore_index=IGNORE)
+                                  for lg in logits])
+            for optimizers, _ in tools:
+                for o in optimizers:
+                    o.zero_grad(set_to_none=True)
+            losses.sum().backward()  # the members are independent: each gets its own loss's gradient
+            for optimizers, schedulers in tools:
+                for o, s in zip(optimizers, schedulers):
+                    o.step()
+                    s.step()
+        for run, loss in zip(runs, losses.tolist()):
+            if not math.isfinite(loss):
+                raise FloatingPointError(f"{setting.name} lr={run.lr:g} wd={run.weight_decay:g}: non-finite loss "
+                                         f"at epoch {epoch + 1}")
+    seconds = time.perf_counter() - start  # of the whole batch: every run's record carries it
+    results = [_finish(setting, run, m, (x_test, y_test), loss, seconds, device, autocast, log)
+               for run, m, loss in zip(runs, members, losses.tolist())]
+    for result in results:
+        result["batched_runs"] = len(runs)
+    return results

@@ -4,7 +4,8 @@
 # to the copy and skips what is done, and the copy comes back to be committed. MAD_FLAGS picks the
 # attention backend and compile (default: the fused Triton kernel, eager; a short run spends more on
 # compiling than CUDA graphs save), MAD_ARGS the piece (settings, epochs, sweep points).
-# PROBE=1 first trains one baseline run per model eager and compiled, 2 epochs, to time the two paths.
+# PROBE=1 first trains one baseline run per model eager and compiled, 2 epochs, to time the two paths,
+# then the six sweep points of that baseline as one batched model (--batch-sweep), to time that path.
 set -uo pipefail
 out=${OUT:-./outputs/mad_check}
 mkdir -p "$out"
@@ -19,6 +20,9 @@ if [ "${PROBE:-0}" = 1 ]; then
       --lrs 1e-3 --wds 0 --device cuda $flags $flag --out "$out/probe_$mode.jsonl" > "$out/probe_$mode.log" 2>&1
     echo "== probe $mode (rc=$?)"; grep -E "acc=|Error" "$out/probe_$mode.log" | tail -4
   done
+  python3 -m eval.mad.run --attention softmax parallax --tasks in-context-recall --baseline-only --epochs 2 \
+    --device cuda $flags --batch-sweep --jobs 2 --out "$out/probe_batched.jsonl" > "$out/probe_batched.log" 2>&1
+  echo "== probe batched sweep, 6 sweep points a model (rc=$?)"; grep -E "acc=|Error" "$out/probe_batched.log" | tail -12
 fi
 # no run starts in the last MAD_MARGIN seconds, so the time limit rarely cuts one short (costliest runs go first)
 limit=${MAD_TIMEOUT:-900}
