@@ -1,7 +1,7 @@
 """vmap rules for the attention ops: fold the vmapped dimension into attention's batch dimension.
 
-Attention treats each batch row on its own, so a vmap over K independent models (eval/mad/ensemble.py
-trains a learning-rate sweep as one batched model) is exactly one attention call on a K x B batch.
+Attention treats each batch row on its own, so a vmap over K independent models (eval/mad/train.py
+train_sweep trains a learning-rate sweep as one batched model) is exactly one attention call on a K x B batch.
 Without a rule, the torch backend's autograd.Function cannot run under vmap at all, and the Triton op
 would not either; a per-member loop would undo what the batching is for.
 """

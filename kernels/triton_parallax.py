@@ -469,7 +469,7 @@ def _backward(ctx, grad_o, grad_a, grad_lse, grad_tbar):
 attention_fwd.register_autograd(_backward, setup_context=_setup_context)
 
 
-# under vmap (an ensemble of models, eval/mad/ensemble.py) the vmapped dim joins the batch: one launch
+# under vmap (an ensemble of models, eval/mad/train.py train_sweep) the vmapped dim joins the batch: one launch
 @attention_fwd.register_vmap
 def _(info, in_dims, *args):
     return unfold(info.batch_size, attention_fwd(*fold(info.batch_size, in_dims, args)))

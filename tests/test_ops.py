@@ -140,3 +140,27 @@ def test_cu_seqlens_packs_documents(rng, backend):
         torch.testing.assert_close(out[:, :, a:b], alone, rtol=1e-4, atol=1e-4)
     with pytest.raises(ValueError, match=r"cu_seqlens must be 1-D \[0, ..., N=30\]"):
         parallax_attention(q, k, v, r, cu_seqlens=torch.tensor([0, 7, 29]))
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_vmap_over_models_folds_them_into_the_batch(rng, backend):
+    """Under torch.func.vmap (an ensemble of models) each member gets exactly its own attention and
+    gradients: the vmapped dim is folded into the batch (kernels/batching.py), here batched at dim 0
+    for q and r, at dim 1 for k, unbatched for v and the document ids."""
+    members, b, h, hkv, n, d = 3, 2, 4, 2, 19, 16
+    q, r = (torch.randn(members, b, h, n, d, generator=rng).requires_grad_() for _ in range(2))
+    k = torch.randn(b, members, hkv, n, d, generator=rng).requires_grad_()
+    v = torch.randn(b, hkv, n, d, generator=rng).requires_grad_()
+    docs = torch.cumsum(torch.rand(b, n, generator=rng) < 0.2, dim=1)
+
+    def attend(q, k, r):
+        return parallax_attention(q, k, v, r, backend=backend, document_ids=docs)
+
+    out = torch.func.vmap(attend, in_dims=(0, 1, 0))(q, k, r)
+    loop = torch.stack([attend(q[i], k[:, i], r[i]) for i in range(members)])
+    torch.testing.assert_close(out, loop, rtol=1e-5, atol=1e-6)
+    grad = torch.randn(out.shape, generator=rng)
+    got = torch.autograd.grad(out, (q, k, v, r), grad)
+    want = torch.autograd.grad(loop, (q, k, v, r), grad)
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-6)
