@@ -132,6 +132,8 @@ def _epoch_batches(order_rng: np.random.Generator, x_train, y_train, steps_per_e
 
 def _prepare(setting: TaskSetting, run: MADRun, device):
     """Seed, data on the device (a step then makes no host-to-device copy, nor sync), the model."""
+    if str(device).startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats(device)  # _finish records this run's peak
     torch.manual_seed(run.seed)
     data = make_dataset(setting, run.seed)
     x_train, y_train = (torch.from_numpy(a).to(device) for a in data["train"])
@@ -154,8 +156,11 @@ def _finish(setting: TaskSetting, run: MADRun, model: nn.Module, test, loss: flo
               "lr": run.lr, "weight_decay": run.weight_decay, "epochs": run.epochs, "seed": run.seed,
               "backend": run.backend, "compiled": run.compile, "test_acc": acc, "final_train_loss": loss,
               "seconds": seconds}
+    if str(device).startswith("cuda"):  # what sizes --jobs: workers share one GPU's memory
+        result["peak_memory_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
+    memory = f", {result['peak_memory_gib']:.1f} GiB" if "peak_memory_gib" in result else ""
     log(f"{setting.name:58s} {run.attention:8s} {run.optimizer:5s} lr={run.lr:g} wd={run.weight_decay:g} "
-        f"acc={acc:.3f} loss={loss:.3f} ({seconds:.0f} s)")
+        f"acc={acc:.3f} loss={loss:.3f} ({seconds:.0f} s{memory})")
     return result
 
 
