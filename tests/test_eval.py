@@ -1,5 +1,6 @@
 """Evaluation: held-out perplexity, diagnostics, run plots."""
 
+import json
 import math
 from pathlib import Path
 
@@ -238,3 +239,29 @@ def test_diagnostics_interval_must_be_a_multiple_of_the_log_frequency():
     config = SimpleNamespace(diagnostics=SimpleNamespace(interval=7), metrics=SimpleNamespace(log_freq=5))
     with pytest.raises(ValueError, match=r"\[diagnostics\] interval = 7 must be a multiple of \[metrics\] log_freq = 5"):
         build_metrics_processor(config, parallel_dims=None)
+
+
+def test_plot_mad_draws_the_tables_scores_over_common_runs(tmp_path):
+    from matplotlib.image import imread
+
+    from scripts.plot_mad import main
+
+    def rec(attention, task, setting, acc, lr=1e-3):
+        return {"attention": attention, "optimizer": "adamw", "task": task, "setting": setting, "lr": lr,
+                "weight_decay": 0.0, "epochs": 10, "test_acc": acc}
+
+    records = [rec("softmax", "in-context-recall", "a", 0.4), rec("parallax", "in-context-recall", "a", 0.8),
+               rec("softmax", "in-context-recall", "b", 0.2), rec("parallax", "in-context-recall", "b", 0.6),
+               rec("softmax", "memorization", "m", 0.9), rec("parallax", "memorization", "m", 0.7),
+               rec("softmax", "memorization", "m", 0.95, lr=5e-4)]  # parallax lacks it: left out
+    jsonl = tmp_path / "mad.jsonl"
+    jsonl.write_text("\n".join(map(json.dumps, records)) + "\n")
+    drawn = main([str(jsonl), "--out", str(tmp_path / "mad.png")])
+    assert drawn["Transformer (adamw)"] == pytest.approx({"in-context-recall": 0.3, "memorization": 0.9,
+                                                          "average": 0.6})
+    assert drawn["Parallax (adamw)"] == pytest.approx({"in-context-recall": 0.7, "memorization": 0.7, "average": 0.7})
+    image = imread(tmp_path / "mad.png")
+    assert image.ndim == 3 and image[..., :3].std() > 0.05
+    (tmp_path / "empty.jsonl").write_text("")
+    with pytest.raises(SystemExit):
+        main([str(tmp_path / "empty.jsonl"), "--out", str(tmp_path / "x.png")])
