@@ -149,7 +149,7 @@ def test_cute_decode_matches_float64(case, dtype, block_n):
     expected = parallax_decode_reference(q.double(), k.double(), v.double(), r.double(), lengths, scale=d**-0.5)
     if block_n == 32:  # the default tile, through the public op
         out = parallax_decode(q, k, v, r, cache_seqlens=lengths, backend="cute", num_splits=splits)
-    else:  # the opt-in tile (kernels/cute_launch.py DEFAULT_BLOCK_N says why it is not the default yet)
+    else:  # the opt-in tile (kernels/cute_launch.py DEFAULT_BLOCK_N says why it is opt-in)
         from parallax_kernels.cute_launch import parallax_decode_cute
 
         out = parallax_decode_cute(q, k, v, r, lengths, scale=d**-0.5, num_splits=splits, block_n=block_n)

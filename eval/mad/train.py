@@ -249,13 +249,14 @@ def train_sweep(setting: TaskSetting, runs: list[MADRun], device: str = "cpu", l
                 for o, s in zip(optimizers, schedulers):
                     o.step()
                     s.step()
-        for run, loss in zip(runs, losses.tolist()):
+        final = losses.tolist()
+        for run, loss in zip(runs, final):
             if not math.isfinite(loss):
                 raise FloatingPointError(f"{setting.name} lr={run.lr:g} wd={run.weight_decay:g}: non-finite loss "
                                          f"at epoch {epoch + 1}")
     seconds = time.perf_counter() - start  # of the whole batch: every run's record carries it
     results = [_finish(setting, run, m, (x_test, y_test), loss, seconds, device, autocast, log)
-               for run, m, loss in zip(runs, members, losses.tolist())]
+               for run, m, loss in zip(runs, members, final)]
     for result in results:
         result["batched_runs"] = len(runs)
     return results
