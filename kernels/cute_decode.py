@@ -192,9 +192,11 @@ class ParallaxDecodeKernel:
         t_sum = Float32(0.0)
         c = Float32(0.0)
         my_blocks = (n_blocks - w + NUM_WARPS - 1) // NUM_WARPS
-        if my_blocks > 0:  # the first K tile is in flight while the A tile is assembled
+        if my_blocks > 0:  # the first K and V tiles are in flight while the A tile is assembled
             self._load_tile(k_rows, tKsK, thr_copy, warp_copy, coords, lo + w * bn, hi)
-        cute.arch.cp_async_commit_group()
+            cute.arch.cp_async_commit_group()
+            self._load_tile(v_rows, tVsV, thr_copy, warp_copy, coords, lo + w * bn, hi)
+            cute.arch.cp_async_commit_group()
 
         # ---- A = [q rows of this KV head's G query heads; r rows], zero-padded ---------------------
         # (a fixed, unrolled trip count: every thread's loads are issued back to back)
@@ -217,8 +219,9 @@ class ParallaxDecodeKernel:
         if my_blocks > 0:
             for it in range(0, my_blocks, 1):
                 start = lo + (w + it * NUM_WARPS) * bn
-                self._load_tile(v_rows, tVsV, thr_copy, warp_copy, coords, start, hi)
-                cute.arch.cp_async_commit_group()
+                if it > 0:  # (the first V tile came with the first K tile; groups complete in order)
+                    self._load_tile(v_rows, tVsV, thr_copy, warp_copy, coords, start, hi)
+                    cute.arch.cp_async_commit_group()
                 cute.arch.cp_async_wait_group(1)  # this tile's K has landed
                 cute.arch.sync_warp()
 
