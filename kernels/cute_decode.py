@@ -33,6 +33,7 @@ from cutlass.cute.nvgpu import cpasync, warp
 from parallax_kernels.cute_decode_variant import HALF, NUM_THREADS, NUM_WARPS, ROWS, DecodeVariant
 
 MERGE_CHUNK = 16  # splits whose partial states are loaded at once in the merge (one round trip per chunk)
+MERGE_CHUNK_SMALL = 4  # the chunk when there are at most this many splits
 
 
 def compile_variant(variant: DecodeVariant) -> tuple[bytes, str, str]:
@@ -304,12 +305,13 @@ class ParallaxDecodeKernel:
                                                    sem="acq_rel", scope="gpu")
             cute.arch.sync_threads()
             if ticket_s[0] == splits - 1:  # the last CTA of this (batch, kv head): merge all splits
-                for i in range(tidx, g_n * d, NUM_THREADS):
-                    gi = i // d
-                    col = i % d
-                    hrow = b * heads + head0 + gi
-                    mm, dd, tt, o1, o2 = self._merge(pm, pd1, pts, po1, po2, splits, hrow, col, MERGE_CHUNK)
-                    o_rows[hrow, col] = self._finish(dd, o1, o2).to(self.dtype)
+                # a narrow chunk for few splits: a 16-wide one would load 16 states to merge 2
+                if splits <= MERGE_CHUNK_SMALL:
+                    self._merge_splits(pm, pd1, pts, po1, po2, o_rows, splits, b * heads + head0, tidx,
+                                       MERGE_CHUNK_SMALL)
+                else:
+                    self._merge_splits(pm, pd1, pts, po1, po2, o_rows, splits, b * heads + head0, tidx,
+                                       MERGE_CHUNK)
                 if tidx == 0:
                     cute.arch.atomic_exch(counter.iterator + (b * kv_heads + hk), Int32(0), sem="relaxed", scope="gpu")
 
@@ -367,6 +369,16 @@ class ParallaxDecodeKernel:
         for j in cutlass.range_constexpr(n_cols):
             s_mn[1, j] = s_mn[0, j] * (s_mn[1, j] - c_new)
         return m_new, d1_new, t_sum_new, c_new
+
+    @cute.jit
+    def _merge_splits(self, pm, pd1, pts, po1, po2, o_rows: cute.Tensor, splits: Int32, row0: Int32, tidx: Int32,
+                      chunk: cutlass.Constexpr):
+        """The last CTA of a (batch, kv head): merge the splits' partials of its G query rows into o."""
+        for i in range(tidx, self.g * self.d, NUM_THREADS):
+            hrow = row0 + i // self.d
+            col = i % self.d
+            mm, dd, tt, o1, o2 = self._merge(pm, pd1, pts, po1, po2, splits, hrow, col, chunk)
+            o_rows[hrow, col] = self._finish(dd, o1, o2).to(self.dtype)
 
     @cute.jit
     def _merge(self, pm, pd1, pts, po1, po2, n: Int32, row: Int32, col: Int32, chunk: cutlass.Constexpr):
