@@ -232,6 +232,21 @@ def test_a_batched_sweep_gives_each_run_its_separate_result(task, attention):
         assert b["test_acc"] == a["test_acc"]
 
 
+def test_a_batched_softmax_sweep_attends_through_the_folding_rule(monkeypatch):
+    """The Transformer's attention in a batched sweep is folded_sdpa (SDPA's own vmap rules gave
+    non-finite losses on an H200), once per layer and pass, on all members' rows at once."""
+    import parallax_kernels.batching as batching
+    from eval.mad.train import MAD_LAYERS, MADRun, train_sweep
+
+    rows = []
+    folded = batching.folded_sdpa
+    monkeypatch.setattr(batching, "folded_sdpa", lambda q, *a, **kw: rows.append(q.shape[0]) or folded(q, *a, **kw))
+    s = replace(small("memorization"), num_train_examples=8)
+    runs = [MADRun(attention="softmax", epochs=1, batch_size=8, lr=lr) for lr in (1e-3, 3e-3)]
+    train_sweep(s, runs, "cpu", log=lambda *_: None)
+    assert len(rows) >= MAD_LAYERS and rows[0] == 8  # under vmap a member's batch; folded inside
+
+
 def test_a_batched_sweep_refuses_runs_that_differ_in_more_than_the_sweep_point():
     from eval.mad.train import MADRun, train_sweep
 

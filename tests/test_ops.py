@@ -164,3 +164,41 @@ def test_vmap_over_models_folds_them_into_the_batch(rng, backend):
     want = torch.autograd.grad(loop, (q, k, v, r), grad)
     for g, w in zip(got, want):
         torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-6)
+
+
+SDPA_DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+@pytest.mark.parametrize("device", SDPA_DEVICES)
+@pytest.mark.parametrize("autocast", [False, True])
+def test_folded_sdpa_under_vmap_is_one_sdpa_call_on_the_merged_batch(rng, monkeypatch, device, autocast):
+    """The softmax baseline's vmap rule (kernels/batching.py folded_sdpa): each member gets its own
+    attention and gradients, from one plain (not vmapped) SDPA call on members x batch rows per pass,
+    under bf16 autocast too (the backward recomputes the forward and must replay it)."""
+    import parallax_kernels.batching as batching
+    from torch._C._functorch import is_batchedtensor
+
+    members, b, h, n, d = 3, 2, 4, 13, 8
+    q, k, v = (torch.randn(members, b, h, n, d, generator=rng).to(device).requires_grad_() for _ in range(3))
+    calls = []
+    sdpa = F.scaled_dot_product_attention
+
+    def spy(q, *args, **kwargs):
+        calls.append((tuple(q.shape), is_batchedtensor(q), torch.is_autocast_enabled(device)))
+        return sdpa(q, *args, **kwargs)
+
+    def run(fn):
+        with torch.autocast(device, dtype=torch.bfloat16, enabled=autocast):
+            out = fn()
+        grad = torch.ones_like(out).mul_(torch.linspace(-1, 1, out.numel(), device=device).view(out.shape))
+        return (out, *torch.autograd.grad(out, (q, k, v), grad))
+
+    monkeypatch.setattr(batching.F, "scaled_dot_product_attention", spy)
+    got = run(lambda: torch.func.vmap(lambda q, k, v: batching.folded_sdpa(q, k, v, scale=0.3))(q, k, v))
+    monkeypatch.setattr(batching.F, "scaled_dot_product_attention", sdpa)
+    want = run(lambda: torch.stack([sdpa(q[i], k[i], v[i], scale=0.3, is_causal=True) for i in range(members)]))
+    assert calls == [((members * b, h, n, d), False, autocast)] * 2  # forward, and the backward's recompute
+    for x, y in zip(got, want):
+        assert x.dtype == y.dtype
+        tol = 2e-2 if autocast else 1e-5
+        torch.testing.assert_close(x.float(), y.float(), rtol=tol, atol=tol)

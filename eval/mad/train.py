@@ -199,6 +199,29 @@ def train_setting(setting: TaskSetting, run: MADRun, device: str = "cpu", log=pr
                    device, autocast, log)
 
 
+class _FoldedSoftmaxAttention(nn.Module):
+    """torchtitan's SDPA wrapper, same backends, with a vmap rule that folds the runs into the batch
+    (kernels/batching.py folded_sdpa): SDPA's own vmap rules gave non-finite losses on an H200."""
+
+    def __init__(self, wrapped: nn.Module):
+        super().__init__()
+        self.backends = list(wrapped.sdpa_backends)
+
+    def forward(self, q, k, v, *, scale=None, enable_gqa=False, is_causal=True):
+        from parallax_kernels.batching import folded_sdpa
+
+        return folded_sdpa(q, k, v, scale=scale, is_causal=is_causal, enable_gqa=enable_gqa, backends=self.backends)
+
+
+def _fold_softmax_attention(model: nn.Module) -> None:
+    from torchtitan.models.attention import ScaledDotProductAttentionWrapper
+
+    for module in list(model.modules()):
+        for name, child in module.named_children():
+            if isinstance(child, ScaledDotProductAttentionWrapper):
+                setattr(module, name, _FoldedSoftmaxAttention(child))
+
+
 def train_sweep(setting: TaskSetting, runs: list[MADRun], device: str = "cpu", log=print) -> list[dict]:
     """Train runs that differ only in learning rate and weight decay as one batched model: each run is
     its own model with its own optimizer, as in train_setting (same seed, so the same initial weights
@@ -220,6 +243,7 @@ def train_sweep(setting: TaskSetting, runs: list[MADRun], device: str = "cpu", l
     from torch.func import functional_call, vmap
 
     (x_train, y_train, x_test, y_test), model = _prepare(setting, first, device)
+    _fold_softmax_attention(model)  # before the copies, so every member has it
     members = [model] + [copy.deepcopy(model) for _ in runs[1:]]
     steps_per_epoch = math.ceil(len(x_train) / first.batch_size)
     tools = [_step_tools(m, run, first.epochs * steps_per_epoch) for m, run in zip(members, runs)]
