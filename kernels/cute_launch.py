@@ -16,7 +16,7 @@ import re
 from dataclasses import asdict
 from pathlib import Path
 
-from parallax_kernels.cute_decode_variant import DTYPES, HEAD_DIMS, DecodeVariant
+from parallax_kernels.cute_decode_variant import DTYPES, HEAD_DIMS, NUM_WARPS, DecodeVariant
 
 ARCH = "sm_90a"
 ARTEFACT_ENV = "PARALLAX_KERNEL_DIR"
@@ -220,25 +220,29 @@ def unavailable_reason(x) -> str | None:
 
 
 # Grid defaults, from `scripts/bench_decode.py --sweep cute` on an H200 (docs/benchmarks.md):
-# - a batch whose (batch, kv head) pairs fill the GPU (B Hkv >= SMs) takes no split: splitting only added
-#   merge work there;
-# - a smaller batch is split into about one CTA per SM, each split at least SPLIT_KEYS_MIN keys: past that
-#   the in-launch merge of more partials cost more than the extra CTAs gained (256 before the merge read
-#   16 splits per round trip, 128 since).
-# Both use 32-key warp tiles (about 70 KB of shared memory). 64-key tiles (138 KB, one CTA per SM) pass the
-# same float64 tests on Hopper and are opt-in (block_n=64): at these split counts they were within 5% of
-# the 32-key tiles, faster in some small-batch cells and slower in others.
-DEFAULT_BLOCK_N = 32
-SPLIT_KEYS_MIN = 128
+# - a batch whose (batch, kv head) pairs fill the GPU (B Hkv >= SMs) takes no split and 32-key warp tiles
+#   (about 70 KB of shared memory, two CTAs an SM): splitting only added merge work there;
+# - a smaller batch is split into about one CTA per SM, each split at least one tile per warp: past that
+#   the in-launch merge of more partials cost more than the extra CTAs gained. Its caches of at least
+#   LONG_CACHE keys take 64-key tiles (138 KB, one CTA an SM, twice the bytes in flight per warp): in the
+#   seventh session's sweep they were as fast or faster than 32-key tiles in every such cell (B = 1, 8 at
+#   1K-32K keys; 7.1 against 7.5 us at B = 1, L = 1024). Shorter caches keep 32-key tiles, so that every
+#   warp still gets a tile.
+SHORT_BLOCK_N, LONG_BLOCK_N = 32, 64
+LONG_CACHE = 1024
 MAX_SPLITS = 128  # the merge loops over the splits; this only bounds the partials' size
 
 
-def default_num_splits(batch: int, kv_heads: int, max_len: int, sms: int) -> int:
-    """Split count for a launch without an explicit one (see above)."""
+def default_grid(batch: int, kv_heads: int, max_len: int, sms: int, block_n: int | None = None) -> tuple[int, int]:
+    """(keys per warp tile, split count) for a launch without explicit ones (see above); a given block_n
+    is kept and the split count follows it."""
     pairs = batch * kv_heads
+    if block_n is None:
+        block_n = LONG_BLOCK_N if pairs < sms and max_len >= LONG_CACHE else SHORT_BLOCK_N
     if pairs >= sms:
-        return 1
-    return max(1, min(round(sms / pairs), -(-max_len // SPLIT_KEYS_MIN), MAX_SPLITS))
+        return block_n, 1
+    split_keys_min = NUM_WARPS * block_n
+    return block_n, max(1, min(round(sms / pairs), -(-max_len // split_keys_min), MAX_SPLITS))
 
 
 def parallax_decode_cute(q, k_cache, v_cache, r, cache_seqlens, *, scale: float, num_splits: int | None = None,
@@ -248,11 +252,11 @@ def parallax_decode_cute(q, k_cache, v_cache, r, cache_seqlens, *, scale: float,
     import torch
 
     b, h, d = q.shape
-    block_n = block_n or DEFAULT_BLOCK_N
-    if num_splits is None:
+    if num_splits is None or block_n is None:
         from parallax_kernels.triton_decode import _sm_count
 
-        num_splits = default_num_splits(b, k_cache.shape[1], k_cache.shape[2], _sm_count(q.device))
+        block_n, splits = default_grid(b, k_cache.shape[1], k_cache.shape[2], _sm_count(q.device), block_n)
+        num_splits = splits if num_splits is None else num_splits
     for name, t in (("k_cache", k_cache), ("v_cache", v_cache)):
         if t.stride(-1) != 1 or any(s % 8 for s in t.stride()[:3]):
             raise ValueError(f"parallax_decode (cute): {name} strides {t.stride()} must be unit in D and multiples "

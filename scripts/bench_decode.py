@@ -137,8 +137,7 @@ def sweep_cute(dtype, block_ns=(32, 64, 16)) -> None:
     short caches at large batch), against cuDNN's softmax decode in the same run, to choose its grid
     defaults. Tiles other than 32 run only where their artefacts exist (scripts/build_kernels.py --block-n)."""
     from parallax_kernels.cute_decode_variant import DecodeVariant
-    from parallax_kernels.cute_launch import (DEFAULT_BLOCK_N, default_artefact_dir, default_num_splits,
-                                              parallax_decode_cute)
+    from parallax_kernels.cute_launch import default_artefact_dir, default_grid, parallax_decode_cute
     from parallax_kernels.triton_decode import _sm_count
 
     sms = _sm_count(torch.device("cuda"))
@@ -150,9 +149,9 @@ def sweep_cute(dtype, block_ns=(32, 64, 16)) -> None:
     for b, length in CUTE_SWEEP_CELLS:
         cell, (q, k, v, r, seqlens) = peers(b, length, dtype, False)
         cudnn = do_bench_cudagraph(cell["sdpa-cudnn"][1], rep=30) * 1e3
-        base = DEFAULT_BLOCK_N, default_num_splits(b, HKV, length, sms)
+        base = default_grid(b, HKV, length, sms)
         times = {}
-        for block_n in block_ns if b <= 8 else [32]:
+        for block_n in sorted(set(block_ns if b <= 8 else [32]) | {base[0]}):  # the default always
             for splits in sorted({1, 2, 4, 8, 12, 16, 24, 32, 48} | ({base[1]} if block_n == base[0] else set())):
                 if splits > max(1, length // block_n):
                     continue

@@ -136,7 +136,7 @@ CASES = [  # (B, H, Hkv, L_max, D, lengths, splits)
 @needs_hopper
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("case", CASES, ids=lambda c: f"B{c[0]}H{c[1]}kv{c[2]}L{c[3]}D{c[4]}s{c[6]}")
-@pytest.mark.parametrize("block_n", [32, 64])
+@pytest.mark.parametrize("block_n", [None, 32, 64])  # None: the launcher's default grid
 def test_cute_decode_matches_float64(case, dtype, block_n):
     from parallax_kernels.decode import parallax_decode_reference
 
@@ -147,9 +147,9 @@ def test_cute_decode_matches_float64(case, dtype, block_n):
     q, r, k, v = (t.cuda().to(dtype) for t in (q, r, k, v))
     lengths = torch.tensor(lengths, dtype=torch.int32, device="cuda")
     expected = parallax_decode_reference(q.double(), k.double(), v.double(), r.double(), lengths, scale=d**-0.5)
-    if block_n == 32:  # the default tile, through the public op
+    if block_n is None:  # the default tile, through the public op
         out = parallax_decode(q, k, v, r, cache_seqlens=lengths, backend="cute", num_splits=splits)
-    else:  # the opt-in tile (kernels/cute_launch.py DEFAULT_BLOCK_N says why it is opt-in)
+    else:  # each tile explicitly, whichever the default grid would pick
         from parallax_kernels.cute_launch import parallax_decode_cute
 
         out = parallax_decode_cute(q, k, v, r, lengths, scale=d**-0.5, num_splits=splits, block_n=block_n)
@@ -223,11 +223,13 @@ def test_a_hopper_host_without_kernels_or_the_dsl_is_told_how_to_get_them(tmp_pa
     assert "this GPU is sm_80" in launch.unavailable_reason(fake_q)
 
 
-def test_default_split_count_splits_only_batches_that_leave_sms_idle():
-    from parallax_kernels.cute_launch import MAX_SPLITS, SPLIT_KEYS_MIN, default_num_splits
+def test_default_grid_splits_only_batches_that_leave_sms_idle():
+    from parallax_kernels.cute_launch import MAX_SPLITS, default_grid
 
-    assert default_num_splits(64, 8, 32768, 132) == 1  # 512 (batch, kv head) pairs fill 132 SMs
-    assert default_num_splits(8, 8, 32768, 132) == 2
-    assert default_num_splits(1, 8, 32768, 132) == 16  # about one CTA per SM
-    assert default_num_splits(1, 8, 700, 132) == -(-700 // SPLIT_KEYS_MIN)  # splits keep >= SPLIT_KEYS_MIN keys each
-    assert default_num_splits(1, 1, 10**7, 10**4) == MAX_SPLITS
+    assert default_grid(64, 8, 32768, 132) == (32, 1)  # 512 (batch, kv head) pairs fill 132 SMs
+    assert default_grid(8, 8, 32768, 132) == (64, 2)  # long caches of a split batch: 64-key tiles
+    assert default_grid(1, 8, 32768, 132) == (64, 16)  # about one CTA per SM
+    assert default_grid(1, 8, 1024, 132) == (64, 4)  # splits keep one 64-key tile per warp (4 warps)
+    assert default_grid(1, 8, 700, 132) == (32, 6)  # a short cache: 32-key tiles, 128 keys a split
+    assert default_grid(1, 8, 700, 132, block_n=64) == (64, 3)  # a given tile is kept, the splits follow it
+    assert default_grid(1, 1, 10**7, 10**4) == (64, MAX_SPLITS)
