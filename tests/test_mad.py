@@ -291,3 +291,17 @@ def test_batch_sweeps_groups_a_settings_sweep_points_per_model():
         assert len({(m.attention, m.optimizer) for m in members}) == 1 and [m.lr for m in members] == [1e-3, 1e-4]
     assert [g[2] for g in groups] == ["cuda:0", "cuda:1", "cuda:0", "cuda:1"]
     assert groups[0][0].name == pending[0][0].name  # the costliest setting first, as plan() ordered it
+
+
+def test_batch_sweeps_keeps_settings_longer_than_the_limit_one_run_a_job():
+    from eval.mad.run import batch_sweeps, plan
+    from eval.mad.train import MADRun
+
+    icr = all_settings(["in-context-recall"], baseline_only=False)
+    settings = [icr[0], next(s for s in icr if s.seq_len == 1024)]
+    assert [s.seq_len for s in settings] == [128, 1024]
+    runs = [MADRun(attention="parallax", lr=lr) for lr in (1e-3, 1e-4)]
+    groups = batch_sweeps(plan(settings, runs, set(), ["cpu"]), ["cpu"], max_seq_len=512)
+    sizes = sorted((g[0].seq_len, len(g[1])) for g in groups)
+    assert sizes == [(128, 2), (1024, 1), (1024, 1)]
+    assert groups[0][0].seq_len == 1024  # still the costliest first

@@ -21,7 +21,9 @@ completed in pieces can be read at any point.
 (eval/mad/train.py train_sweep): a step then launches each kernel once for all of them, which is what a
 launch-bound tiny model needs. Each run's arithmetic is unchanged (on CPU the results are identical to
 separate runs, tested); a job is then a whole setting, so a protocol cut short has some settings at every
-sweep point and others at none, instead of every setting at the first points.
+sweep point and others at none, instead of every setting at the first points. It pays where a step is
+launch-bound (short sequences: six runs for about twice one run's time on an H200); the sequence-1,024
+settings are bound by arithmetic, and --batch-max-seq-len 256 keeps those beyond 256 one run a job.
 """
 
 from __future__ import annotations
@@ -114,17 +116,26 @@ def plan(settings: list, runs: list[MADRun], done: set[tuple], devices: list[str
     return pending
 
 
-def batch_sweeps(pending: list[tuple], devices: list[str]) -> list[tuple]:
+def batch_sweeps(pending: list[tuple], devices: list[str], max_seq_len: int | None = None) -> list[tuple]:
     """(setting, runs, device) per setting and model: the pending runs that differ only in their sweep
-    point, to train as one batched model (train_sweep), in the order plan() first reaches them."""
+    point, to train as one batched model (train_sweep), in the order plan() first reaches them. Settings
+    longer than `max_seq_len` stay one run a job: they are bound by attention's arithmetic, not by
+    launches, so batching only makes their jobs longer (docs/results.md, seventh session)."""
     groups: dict[tuple, list] = {}
     for setting, run, _ in pending:
-        groups.setdefault((setting.name, run.attention, run.optimizer), [setting, []])[1].append(run)
+        key = (setting.name, run.attention, run.optimizer)
+        if max_seq_len is not None and setting.seq_len > max_seq_len:
+            key += (run.lr, run.weight_decay)
+        groups.setdefault(key, [setting, []])[1].append(run)
     return [(setting, runs, devices[i % len(devices)]) for i, (setting, runs) in enumerate(groups.values())]
 
 
 def _one(setting, run, device) -> list[dict]:
     return [train_setting(setting, run, device)]
+
+
+def _group(setting, runs, device) -> list[dict]:
+    return train_sweep(setting, runs, device) if len(runs) > 1 else _one(setting, runs[0], device)
 
 
 def _train_all(pending: list, jobs: int, start_deadline: float | None = None, batched: bool = False):
@@ -134,7 +145,7 @@ def _train_all(pending: list, jobs: int, start_deadline: float | None = None, ba
     those started finish. A call with a time limit then ends with whole runs, instead of losing the
     ones a kill would cut short."""
     clock = time.monotonic()
-    train = train_sweep if batched else _one
+    train = _group if batched else _one
 
     def may_start() -> bool:
         return start_deadline is None or time.monotonic() - clock < start_deadline
@@ -179,11 +190,16 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument("--batch-sweep", action="store_true",
                         help="train a setting's sweep points as one batched model (torch.func.vmap): one "
                              "kernel launch per step for all of them, each run's arithmetic unchanged")
+    parser.add_argument("--batch-max-seq-len", type=int, default=None, metavar="N",
+                        help="with --batch-sweep: batch only settings of at most N positions; longer ones train "
+                             "one run per job (they are bound by arithmetic, not launches)")
     parser.add_argument("--out", type=Path, required=True, help="JSONL of results (appended; resumable)")
     parser.add_argument("--table", action="store_true", help="only print the table of --out")
     args = parser.parse_args(argv)
     if args.batch_sweep and args.compile:
         parser.error("--batch-sweep and --compile cannot be combined (a batched sweep trains eagerly)")
+    if args.batch_max_seq_len is not None and not args.batch_sweep:
+        parser.error("--batch-max-seq-len only applies with --batch-sweep")
     records = [json.loads(line) for line in args.out.read_text().splitlines()] if args.out.is_file() else []
     if not args.table:
         import torch
@@ -203,7 +219,7 @@ def main(argv: list[str] | None = None) -> str:
                 for attention in args.attention for optimizer in args.optimizer]
         pending = plan(settings, runs, done, devices)
         if args.batch_sweep:
-            pending = batch_sweeps(pending, devices)
+            pending = batch_sweeps(pending, devices, args.batch_max_seq_len)
         for result in _train_all(pending, args.jobs, args.start_deadline, args.batch_sweep):
             records.append(result)
             with open(args.out, "a") as f:  # one writer (this process): lines never interleave
