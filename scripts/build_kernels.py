@@ -30,7 +30,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--dtype", nargs="+", default=list(DTYPES), choices=DTYPES)
     p.add_argument("--head-dim", nargs="+", type=int, default=list(HEAD_DIMS))
     p.add_argument("--group", nargs="+", type=int, default=[1, 2, 4, HALF], help="query heads per KV head")
-    p.add_argument("--block-n", type=int, nargs="+", default=[32, 64], help="keys per warp tile (32 is the launcher's default, 64 opt-in)")
+    p.add_argument("--block-n", type=int, nargs="+", default=[32, 64], help="keys per warp tile (the launcher picks 32 or 64 by batch and cache length; kernels/cute_launch.py default_grid)")
     args = p.parse_args(argv)
     if os.environ["CUTE_DSL_ARCH"] != ARCH:
         sys.exit(f"CUTE_DSL_ARCH={os.environ['CUTE_DSL_ARCH']}: the kernel and its launcher are for {ARCH}")

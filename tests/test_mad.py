@@ -276,6 +276,8 @@ def test_the_runner_batches_sweeps_and_records_every_run(tmp_path):
         assert batched[key][0] == alone[key][0] and batched[key][1] == pytest.approx(alone[key][1], rel=1e-6)
     with pytest.raises(SystemExit):
         main(["--batch-sweep", "--compile", "--out", str(tmp_path / "x.jsonl")])
+    with pytest.raises(SystemExit):
+        main(["--batch-max-seq-len", "256", "--out", str(tmp_path / "x.jsonl")])  # without --batch-sweep
 
 
 def test_batch_sweeps_groups_a_settings_sweep_points_per_model():
