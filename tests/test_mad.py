@@ -232,6 +232,23 @@ def test_a_batched_sweep_gives_each_run_its_separate_result(task, attention):
         assert b["test_acc"] == a["test_acc"]
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("attention", ["softmax", "parallax"])
+def test_a_batched_sweep_on_the_gpu_matches_separate_runs(attention):
+    """On CUDA (bf16 autocast, cuDNN first for softmax) the batched runs must land where separate runs do,
+    to bf16 rounding: SDPA's own vmap rule gave the Transformer wrong gradients there (docs/results.md)."""
+    from eval.mad.train import MADRun, train_setting, train_sweep
+
+    s = replace(PROTOCOL["in-context-recall"].baseline, num_train_examples=1280, num_test_examples=256)
+    runs = [MADRun(attention=attention, epochs=2, lr=lr, weight_decay=0.0, backend="triton") for lr in (1e-3, 3e-3)]
+    alone = [train_setting(s, run, "cuda", log=lambda *_: None) for run in runs]
+    batched = train_sweep(s, runs, "cuda", log=lambda *_: None)
+    for a, b in zip(alone, batched):
+        assert b["final_train_loss"] == pytest.approx(a["final_train_loss"], rel=2e-2)
+        assert abs(b["test_acc"] - a["test_acc"]) < 0.03
+
+
 def test_a_batched_softmax_sweep_attends_through_the_folding_rule(monkeypatch):
     """The Transformer's attention in a batched sweep is folded_sdpa (SDPA's own vmap rules gave
     non-finite losses on an H200), once per layer and pass, on all members' rows at once."""
