@@ -6,8 +6,9 @@ Without a rule, the torch backend's autograd.Function cannot run under vmap at a
 would not either; a per-member loop would undo what the batching is for.
 
 Softmax attention (the Transformer baseline) gets the same treatment through `folded_sdpa`: SDPA has
-vmap rules of its own, but on an H200 (torch 2.11) the batched softmax sweep ended in non-finite losses
-with them (scripts/device/vmap_sdpa_check.py compares the two per SDPA backend).
+vmap rules of its own, but on an H200 (torch 2.11) the one for the cuDNN backend gave wrong gradients,
+and the batched softmax sweep non-finite losses (scripts/device/vmap_sdpa_check.py compares the two
+per SDPA backend; docs/results.md has the numbers).
 """
 
 from __future__ import annotations

@@ -201,7 +201,7 @@ def train_setting(setting: TaskSetting, run: MADRun, device: str = "cpu", log=pr
 
 class _FoldedSoftmaxAttention(nn.Module):
     """torchtitan's SDPA wrapper, same backends, with a vmap rule that folds the runs into the batch
-    (kernels/batching.py folded_sdpa): SDPA's own vmap rules gave non-finite losses on an H200."""
+    (kernels/batching.py folded_sdpa): SDPA's own vmap rule for cuDNN gave wrong gradients on an H200."""
 
     def __init__(self, wrapped: nn.Module):
         super().__init__()
