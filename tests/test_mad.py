@@ -324,3 +324,18 @@ def test_batch_sweeps_keeps_settings_longer_than_the_limit_one_run_a_job():
     sizes = sorted((g[0].seq_len, len(g[1])) for g in groups)
     assert sizes == [(128, 2), (1024, 1), (1024, 1)]
     assert groups[0][0].seq_len == 1024  # still the costliest first
+
+
+def test_the_runner_runs_only_the_named_settings(tmp_path):
+    import json
+
+    from eval.mad.run import main
+
+    out = tmp_path / "runs.jsonl"
+    main(["--attention", "softmax", "--tasks", "memorization", "--settings", "memorization[vocab_size=512]",
+          "--epochs", "1", "--lrs", "1e-3", "--wds", "0", "--max-train-examples", "16", "--device", "cpu",
+          "--out", str(out)])
+    names = [json.loads(line)["setting"] for line in out.read_text().splitlines()]
+    assert len(names) == 1 and names[0].startswith("memorization[vocab_size=512")  # (+ the example cap)
+    with pytest.raises(SystemExit):
+        main(["--tasks", "memorization", "--settings", "memorization[vocab_size=3]", "--out", str(out)])

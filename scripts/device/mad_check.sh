@@ -6,6 +6,7 @@
 # compiling than CUDA graphs save), MAD_ARGS the piece (settings, epochs, sweep points).
 # PROBE=1 first trains one baseline run per model eager and compiled, 2 epochs, to time the two paths,
 # then the six sweep points of that baseline as one batched model (--batch-sweep), to time that path.
+# PROBE_LONG=1 (below) times a sequence-1,024 setting alone and six at once.
 set -uo pipefail
 out=${OUT:-./outputs/mad_check}
 mkdir -p "$out"
@@ -23,6 +24,17 @@ if [ "${PROBE:-0}" = 1 ]; then
   python3 -m eval.mad.run --attention softmax parallax --tasks in-context-recall --baseline-only --epochs 2 \
     --device cuda $flags --batch-sweep --jobs 2 --out "$out/probe_batched.jsonl" > "$out/probe_batched.log" 2>&1
   echo "== probe batched sweep, 6 sweep points a model (rc=$?)"; grep -E "acc=|Error" "$out/probe_batched.log" | tail -12
+fi
+# PROBE_LONG=1: the costliest kind of setting (sequence 1,024), one run per model alone on the GPU, then six
+# at once as separate processes: what one run costs, and what sharing the GPU between processes costs
+if [ "${PROBE_LONG:-0}" = 1 ]; then
+  long=(--tasks in-context-recall --settings "in-context-recall[seq_len=1024]" --epochs 1 --device cuda $flags)
+  python3 -m eval.mad.run --attention softmax parallax "${long[@]}" --lrs 1e-3 --wds 0 \
+    --out "$out/probe_long_alone.jsonl" > "$out/probe_long_alone.log" 2>&1
+  echo "== probe long, alone (rc=$?)"; grep -E "acc=|Error" "$out/probe_long_alone.log" | tail -4
+  python3 -m eval.mad.run --attention softmax parallax "${long[@]}" --lrs 1e-4 5e-4 1e-3 --wds 0 --jobs 6 \
+    --out "$out/probe_long_jobs6.jsonl" > "$out/probe_long_jobs6.log" 2>&1
+  echo "== probe long, 6 processes (rc=$?)"; grep -E "acc=|Error" "$out/probe_long_jobs6.log" | tail -8
 fi
 # no run starts in the last MAD_MARGIN seconds, so the time limit rarely cuts one short (costliest runs go first)
 # MAD_TIMEOUT=0: the probe only (a call's 600 s hold the probe or a protocol piece, not both)
