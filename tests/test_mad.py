@@ -176,6 +176,13 @@ def test_table_compares_models_on_the_runs_all_of_them_have():
     text = table(records)
     assert "| parallax | adamw | 0.700 | 0.700 |" in text and "| softmax | adamw | 0.500 | 0.500 |" in text
     assert "2 runs left out" in text
+    # another optimizer's runs in progress leave this comparison as it is, and are compared among themselves
+    muon = [dict(rec("softmax", "a", 1e-3, 0.2), optimizer="muon"), dict(rec("parallax", "a", 1e-3, 0.3), optimizer="muon"),
+            dict(rec("softmax", "b", 1e-3, 0.4), optimizer="muon")]
+    text = table(records + muon)
+    assert "| parallax | adamw | 0.700 | 0.700 |" in text and "| softmax | adamw | 0.500 | 0.500 |" in text
+    assert "| parallax | muon | 0.300 | 0.300 |" in text and "| softmax | muon | 0.200 | 0.200 |" in text
+    assert "3 runs left out" in text
 
 
 def test_plan_keeps_sweep_points_outermost_and_starts_the_costliest_settings_first():

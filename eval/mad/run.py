@@ -66,13 +66,16 @@ def scores(records: list[dict]) -> dict[tuple[str, str], dict[str, float]]:
 
 
 def common_runs(records: list[dict]) -> list[dict]:
-    """The records whose (setting, lr, weight decay) every model in the file has run: a protocol still
-    in progress then compares the models on the same runs."""
-    models = {(r["attention"], r["optimizer"]) for r in records}
+    """The records whose (setting, lr, weight decay) every attention model of the same optimizer has
+    run: a protocol still in progress then compares the models on the same runs, and one optimizer's
+    runs in progress leave the other optimizer's comparison as it is."""
+    models = defaultdict(set)
     have = defaultdict(set)
     for r in records:
-        have[(r["setting"], r["lr"], r["weight_decay"], r["epochs"])].add((r["attention"], r["optimizer"]))
-    return [r for r in records if have[(r["setting"], r["lr"], r["weight_decay"], r["epochs"])] == models]
+        models[r["optimizer"]].add(r["attention"])
+        have[(r["optimizer"], r["setting"], r["lr"], r["weight_decay"], r["epochs"])].add(r["attention"])
+    return [r for r in records
+            if have[(r["optimizer"], r["setting"], r["lr"], r["weight_decay"], r["epochs"])] == models[r["optimizer"]]]
 
 
 def table(records: list[dict]) -> str:
