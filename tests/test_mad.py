@@ -346,3 +346,22 @@ def test_the_runner_runs_only_the_named_settings(tmp_path):
     assert len(names) == 1 and names[0].startswith("memorization[vocab_size=512")  # (+ the example cap)
     with pytest.raises(SystemExit):
         main(["--tasks", "memorization", "--settings", "memorization[vocab_size=3]", "--out", str(out)])
+
+
+def test_estimate_prices_pending_runs_from_the_recorded_seconds(tmp_path):
+    import json
+
+    from eval.mad.run import main
+
+    out = tmp_path / "runs.jsonl"
+    done = {"setting": "memorization[baseline]", "task": "memorization", "attention": "softmax", "optimizer": "adamw",
+            "lr": 1e-3, "weight_decay": 0.0, "epochs": 10, "seed": 12345, "test_acc": 0.5, "seconds": 60.0}
+    out.write_text(json.dumps(done) + "\n")
+    text = main(["--attention", "softmax", "--tasks", "memorization", "--settings", "memorization[baseline]",
+                 "memorization[vocab_size=512]", "--lrs", "1e-3", "5e-4", "--wds", "0", "--epochs", "20",
+                 "--device", "cpu", "--estimate", "--out", str(out)])
+    # 6 s an epoch recorded for the baseline: 120 s for each of its 20-epoch runs; vocab 512 has no record
+    assert "4 runs pending" in text
+    assert "lr=0.001 wd=0: 2 runs, about 2 run-minutes (1 with no record to go by)" in text
+    assert "lr=0.0005 wd=0: 2 runs, about 2 run-minutes (1 with no record to go by)" in text
+    assert out.read_text().count("\n") == 1  # nothing trained

@@ -8,7 +8,8 @@ Full protocol (MAD): 66 task settings (each task's baseline and one-factor chang
 x weight decay {0, 0.1}, 200 epochs, batch 128. A setting's score is its best run over the sweep; a task's
 score is the mean over its settings; the average is over the six tasks. Results append to --out (JSONL)
 as each run ends, and runs already there are skipped, so an interrupted protocol resumes. --table only
-prints the table of an existing file.
+prints the table of an existing file; --estimate prints what is pending and its cost from the seconds the
+file records, to size a time-limited piece.
 
 MAD models are tiny (width 128, 2 blocks), so one run leaves a GPU mostly idle: --jobs N trains N runs at
 once in worker processes, spread round-robin over the --device list (e.g. --jobs 16 --device cuda:0 cuda:1),
@@ -119,6 +120,28 @@ def plan(settings: list, runs: list[MADRun], done: set[tuple], devices: list[str
     return pending
 
 
+def estimate(pending: list[tuple], records: list[dict]) -> str:
+    """The pending runs' cost, per sweep point, from the recorded seconds per epoch of the same setting,
+    model and optimizer at any sweep point (as recorded: under the concurrency those runs had)."""
+    per_epoch = defaultdict(list)
+    for r in records:
+        per_epoch[(r["setting"], r["attention"], r["optimizer"])].append(r["seconds"] / r["epochs"])
+    points: dict[tuple, list] = {}
+    for setting, run, _ in pending:
+        known = per_epoch.get((setting.name, run.attention, run.optimizer))
+        point = points.setdefault((run.lr, run.weight_decay), [0, 0.0, 0])
+        point[0] += 1
+        if known:
+            point[1] += run.epochs * sum(known) / len(known)
+        else:
+            point[2] += 1
+    lines = [f"{len(pending)} runs pending"]
+    for (lr, wd), (count, seconds, unknown) in points.items():
+        lines.append(f"lr={lr:g} wd={wd:g}: {count} runs, about {seconds / 60:.0f} run-minutes"
+                     + (f" ({unknown} with no record to go by)" if unknown else ""))
+    return "\n".join(lines)
+
+
 def batch_sweeps(pending: list[tuple], devices: list[str], max_seq_len: int | None = None) -> list[tuple]:
     """(setting, runs, device) per setting and model: the pending runs that differ only in their sweep
     point, to train as one batched model (train_sweep), in the order plan() first reaches them. Settings
@@ -200,6 +223,8 @@ def main(argv: list[str] | None = None) -> str:
                              "one run per job (they are bound by arithmetic, not launches)")
     parser.add_argument("--out", type=Path, required=True, help="JSONL of results (appended; resumable)")
     parser.add_argument("--table", action="store_true", help="only print the table of --out")
+    parser.add_argument("--estimate", action="store_true",
+                        help="only print what is pending and its cost, from the seconds recorded in --out")
     args = parser.parse_args(argv)
     if args.batch_sweep and args.compile:
         parser.error("--batch-sweep and --compile cannot be combined (a batched sweep trains eagerly)")
@@ -229,6 +254,10 @@ def main(argv: list[str] | None = None) -> str:
                 for lr, wd in itertools.product(args.lrs, args.wds)
                 for attention in args.attention for optimizer in args.optimizer]
         pending = plan(settings, runs, done, devices)
+        if args.estimate:
+            text = estimate(pending, records)
+            print(text)
+            return text
         if args.batch_sweep:
             pending = batch_sweeps(pending, devices, args.batch_max_seq_len)
         for result in _train_all(pending, args.jobs, args.start_deadline, args.batch_sweep):
