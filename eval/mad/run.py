@@ -15,7 +15,7 @@ MAD models are tiny (width 128, 2 blocks), so one run leaves a GPU mostly idle: 
 once in worker processes, spread round-robin over the --device list (e.g. --jobs 16 --device cuda:0 cuda:1),
 and --compile trains through torch.compile with CUDA graphs. Every run is seeded on its own, so the
 results depend on neither. Runs go sweep point by sweep point (all settings at the first lr and weight
-decay, then the next), and the table compares the models only on runs all of them have, so a protocol
+decay, then the next), and the table compares the models of each optimizer only on runs all of them have, so a protocol
 completed in pieces can be read at any point.
 
 --batch-sweep trains each setting's sweep points (same model, same seed) as one batched model instead
@@ -238,7 +238,6 @@ def main(argv: list[str] | None = None) -> str:
         devices = args.device or ["cuda" if torch.cuda.is_available() else "cpu"]
         backend = args.backend or ("triton" if devices[0].startswith("cuda") else "torch")
         done = {run_key(r) for r in records}
-        args.out.parent.mkdir(parents=True, exist_ok=True)
         settings = all_settings(args.tasks, args.baseline_only)
         if args.settings:
             names = {st.name for st in settings}
@@ -258,6 +257,7 @@ def main(argv: list[str] | None = None) -> str:
             text = estimate(pending, records)
             print(text)
             return text
+        args.out.parent.mkdir(parents=True, exist_ok=True)
         if args.batch_sweep:
             pending = batch_sweeps(pending, devices, args.batch_max_seq_len)
         for result in _train_all(pending, args.jobs, args.start_deadline, args.batch_sweep):
