@@ -450,18 +450,19 @@ class ParallaxDecodeKernel:
         o2 = Float32(0.0)
         for u in cutlass.range_constexpr(n):
             a = cute.math.exp2(r_m[u] - m_safe, fastmath=True)
-            d_p = r_d[u]
-            x1 = r_x1[u]
-            c_p = Float32(0.0)
-            if d_p > 0.0:
-                c_p = r_t[u] / d_p
-            dd += a * d_p
-            tt += a * r_t[u]
-            o1 += a * x1
-            o2 += a * (r_x2[u] + c_p * x1)
+            dd, tt, o1, o2 = self._accumulate(a, r_d[u], r_t[u], r_x1[u], r_x2[u], dd, tt, o1, o2)
         if dd > 0.0:
             o2 = o2 - (tt / dd) * o1
         return dd, o1, o2
+
+    @cute.jit
+    def _accumulate(self, a: Float32, d_p: Float32, t_p: Float32, x1: Float32, x2: Float32,
+                    dd: Float32, tt: Float32, o1: Float32, o2: Float32):
+        """Add one partial state, weighted a, to the running sums (see _merge for O2's centring)."""
+        c_p = Float32(0.0)
+        if d_p > 0.0:
+            c_p = t_p / d_p
+        return dd + a * d_p, tt + a * t_p, o1 + a * x1, o2 + a * (x2 + c_p * x1)
 
     @cute.jit
     def _merge(self, pm, pd1, pts, po1, po2, n: Int32, row: Int32, col: Int32, chunk: cutlass.Constexpr):
@@ -506,15 +507,7 @@ class ParallaxDecodeKernel:
                 a = cute.math.exp2(r_m[u] - m_safe, fastmath=True)
                 if base + u >= n:
                     a = Float32(0.0)
-                d_p = r_d[u]
-                x1 = r_x1[u]
-                c_p = Float32(0.0)
-                if d_p > 0.0:
-                    c_p = r_t[u] / d_p
-                dd += a * d_p
-                tt += a * r_t[u]
-                o1 += a * x1
-                o2 += a * (r_x2[u] + c_p * x1)
+                dd, tt, o1, o2 = self._accumulate(a, r_d[u], r_t[u], r_x1[u], r_x2[u], dd, tt, o1, o2)
             big_m = new_m
         if dd > 0.0:
             o2 = o2 - (tt / dd) * o1

@@ -59,17 +59,22 @@ def test_build_kernels_writes_an_sm90a_cubin_with_the_launchers_parameter_list(b
     assert meta["kernel"].encode() in cubin  # the symbol the launcher looks up is in the cubin
 
 
+def compiled_ptx(variant: str) -> str:
+    """PTX of one variant (given as Python source), compiled for sm_90a in a fresh process."""
+    code = ("import os; os.environ['CUTE_DSL_ARCH'] = 'sm_90a'\n"
+            "from parallax_kernels.cute_decode import compile_variant\n"
+            "from parallax_kernels.cute_decode_variant import DecodeVariant\n"
+            f"print(compile_variant({variant})[1])")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout
+
+
 @needs_dsl
 def test_compiled_kernel_has_the_designed_structure():
     """PTX of one variant, compiled in a fresh process: tensor-core MMAs for both products, ldmatrix
     and cp.async tiles, the ticket and its reset, and no register spills."""
-    code = ("import os; os.environ['CUTE_DSL_ARCH'] = 'sm_90a'\n"
-            "from parallax_kernels.cute_decode import compile_variant\n"
-            "from parallax_kernels.cute_decode_variant import DecodeVariant\n"
-            "print(compile_variant(DecodeVariant('bfloat16', 128, 2))[1])")
-    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    ptx = proc.stdout
+    ptx = compiled_ptx("DecodeVariant('bfloat16', 128, 2)")
     assert ".target sm_90a" in ptx
     # S = [Q;R] K^T: 4 n8 tiles x 8 k16 steps; O = [P1;P2] V: 16 n8 tiles x 2 k16 steps
     assert ptx.count("mma.sync.aligned.m16n8k16") == 32 + 32
@@ -83,13 +88,7 @@ def test_cluster_merge_kernel_merges_through_distributed_shared_memory():
     """PTX of a cluster-merge variant: two cluster barriers, each CTA's state read from the others'
     shared memory (mapa + ld.shared::cluster, 5 values from each of 4 CTAs per element a thread merges),
     no ticket atomics, no spills."""
-    code = ("import os; os.environ['CUTE_DSL_ARCH'] = 'sm_90a'\n"
-            "from parallax_kernels.cute_decode import compile_variant\n"
-            "from parallax_kernels.cute_decode_variant import DecodeVariant\n"
-            "print(compile_variant(DecodeVariant('bfloat16', 128, 2, 64, cluster=4))[1])")
-    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    ptx = proc.stdout
+    ptx = compiled_ptx("DecodeVariant('bfloat16', 128, 2, 64, cluster=4)")
     assert ptx.count("barrier.cluster.arrive") == 2 and ptx.count("barrier.cluster.wait") == 2
     assert ptx.count("ld.shared::cluster") == 5 * 4 and "mapa.shared::cluster" in ptx
     assert "atom.global" not in ptx and ".local" not in ptx
@@ -138,6 +137,20 @@ def test_cute_backend_off_hopper_is_an_error_not_a_fallback():
 
 # --- on a Hopper GPU --------------------------------------------------------------------------
 
+def decode_case(case, dtype):
+    """Random inputs on the GPU for a (B, H, Hkv, L_max, D, lengths, splits) case, and the float64 result."""
+    from parallax_kernels.decode import parallax_decode_reference
+
+    b, h, hkv, l_max, d, lengths, _ = case
+    g = torch.Generator().manual_seed(0)
+    q, r = torch.randn(b, h, d, generator=g), torch.randn(b, h, d, generator=g) * 0.3
+    k, v = torch.randn(b, hkv, l_max, d, generator=g), torch.randn(b, hkv, l_max, d, generator=g)
+    q, r, k, v = (t.cuda().to(dtype) for t in (q, r, k, v))
+    lengths = torch.tensor(lengths, dtype=torch.int32, device="cuda")
+    expected = parallax_decode_reference(q.double(), k.double(), v.double(), r.double(), lengths, scale=d**-0.5)
+    return q, k, v, r, lengths, expected
+
+
 CLUSTER_CASES = [  # (B, H, Hkv, L_max, D, lengths, splits = cluster size)
     (2, 4, 2, 100, 128, [100, 37], 2),
     (3, 16, 8, 130, 128, [1, 130, 64], 3),
@@ -154,15 +167,9 @@ CLUSTER_CASES = [  # (B, H, Hkv, L_max, D, lengths, splits = cluster size)
 def test_cute_cluster_merge_matches_float64(case, dtype, block_n):
     """The splits of a (batch, kv head) as one cluster, merged through distributed shared memory."""
     from parallax_kernels.cute_launch import parallax_decode_cute
-    from parallax_kernels.decode import parallax_decode_reference
 
-    b, h, hkv, l_max, d, lengths, splits = case
-    g = torch.Generator().manual_seed(0)
-    q, r = torch.randn(b, h, d, generator=g), torch.randn(b, h, d, generator=g) * 0.3
-    k, v = torch.randn(b, hkv, l_max, d, generator=g), torch.randn(b, hkv, l_max, d, generator=g)
-    q, r, k, v = (t.cuda().to(dtype) for t in (q, r, k, v))
-    lengths = torch.tensor(lengths, dtype=torch.int32, device="cuda")
-    expected = parallax_decode_reference(q.double(), k.double(), v.double(), r.double(), lengths, scale=d**-0.5)
+    q, k, v, r, lengths, expected = decode_case(case, dtype)
+    d, splits = q.shape[-1], case[6]
     out = parallax_decode_cute(q, k, v, r, lengths, scale=d**-0.5, num_splits=splits, block_n=block_n,
                                cluster_merge=True)
     err = (out.double() - expected).abs().max() / expected.abs().max()
@@ -186,15 +193,8 @@ CASES = [  # (B, H, Hkv, L_max, D, lengths, splits)
 @pytest.mark.parametrize("case", CASES, ids=lambda c: f"B{c[0]}H{c[1]}kv{c[2]}L{c[3]}D{c[4]}s{c[6]}")
 @pytest.mark.parametrize("block_n", [None, 32, 64])  # None: the launcher's default grid
 def test_cute_decode_matches_float64(case, dtype, block_n):
-    from parallax_kernels.decode import parallax_decode_reference
-
-    b, h, hkv, l_max, d, lengths, splits = case
-    g = torch.Generator().manual_seed(0)
-    q, r = torch.randn(b, h, d, generator=g), torch.randn(b, h, d, generator=g) * 0.3
-    k, v = torch.randn(b, hkv, l_max, d, generator=g), torch.randn(b, hkv, l_max, d, generator=g)
-    q, r, k, v = (t.cuda().to(dtype) for t in (q, r, k, v))
-    lengths = torch.tensor(lengths, dtype=torch.int32, device="cuda")
-    expected = parallax_decode_reference(q.double(), k.double(), v.double(), r.double(), lengths, scale=d**-0.5)
+    q, k, v, r, lengths, expected = decode_case(case, dtype)
+    d, splits = q.shape[-1], case[6]
     if block_n is None:  # the default tile, through the public op
         out = parallax_decode(q, k, v, r, cache_seqlens=lengths, backend="cute", num_splits=splits)
     else:  # each tile explicitly, whichever the default grid would pick
