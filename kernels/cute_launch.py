@@ -172,6 +172,10 @@ class CubinKernel:
         self.block = tuple(meta["block"])
         self.params = list(meta["params"])
         self.cluster = int(meta["variant"].get("cluster", 0))  # a cluster kernel must be launched as one
+        if self.cluster > 8:  # clusters above the portable 8 CTAs need the kernel's opt-in
+            CU_FUNC_ATTRIBUTE_NON_PORTABLE_CLUSTER_SIZE_ALLOWED = 14
+            drv.check(drv.lib.cuFuncSetAttribute(self.func, CU_FUNC_ATTRIBUTE_NON_PORTABLE_CLUSTER_SIZE_ALLOWED, 1),
+                      "cuFuncSetAttribute(non-portable cluster size)")
         CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES = 8
         drv.check(drv.lib.cuFuncSetAttribute(self.func, CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
                                              self.smem), "cuFuncSetAttribute(max dynamic smem)")
@@ -282,7 +286,7 @@ def parallax_decode_cute(q, k_cache, v_cache, r, cache_seqlens, *, scale: float,
     """q, r (B, H, D); k_cache, v_cache (B, Hkv, L_max, D) with unit stride in D and the other strides
     multiples of 8 elements; cache_seqlens (B,). Returns (B, H, D) in q's dtype. cluster_merge: the splits
     of a (batch, kv head) run as one thread-block cluster and merge through distributed shared memory
-    (2..MAX_CLUSTER splits; not yet run on a GPU)."""
+    (2..MAX_CLUSTER = 16 splits; not yet run on a GPU)."""
     import torch
 
     b, h, d = q.shape

@@ -161,7 +161,7 @@ def sweep_cute(dtype, block_ns=(32, 64, 16)) -> None:
                 fn()
                 times[(block_n, splits)] = do_bench_cudagraph(fn, rep=30) * 1e3
         for block_n in block_ns if b <= 8 else []:  # the cluster merge, where its artefacts exist
-            for splits in (2, 4, 8):
+            for splits in (2, 4, 8, 16):
                 variant = DecodeVariant("bfloat16", D, H // HKV, block_n, splits)
                 if splits > length // block_n or not (folder / f"{variant.name}.json").exists():
                     continue

@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--group", nargs="+", type=int, default=[1, 2, 4, HALF], help="query heads per KV head")
     p.add_argument("--block-n", type=int, nargs="+", default=[32, 64], help="keys per warp tile (the launcher picks 32 or 64 by batch and cache length; kernels/cute_launch.py default_grid)")
     p.add_argument("--cluster", type=int, nargs="+", default=[0],
-                   help="0: the ticket merge (any split count); 2..8: the cluster merge for exactly that many "
+                   help="0: the ticket merge (any split count); 2..16: the cluster merge for exactly that many "
                         "splits (parallax_decode_cute(..., cluster_merge=True); not yet run on a GPU)")
     args = p.parse_args(argv)
     if os.environ["CUTE_DSL_ARCH"] != ARCH:
