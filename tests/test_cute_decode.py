@@ -151,32 +151,6 @@ def decode_case(case, dtype):
     return q, k, v, r, lengths, expected
 
 
-CLUSTER_CASES = [  # (B, H, Hkv, L_max, D, lengths, splits = cluster size)
-    (2, 4, 2, 100, 128, [100, 37], 2),
-    (3, 16, 8, 130, 128, [1, 130, 64], 3),
-    (2, 8, 1, 200, 64, [199, 5], 4),  # 8 query heads per KV head
-    (1, 2, 1, 300, 128, [300], 8),  # more splits than key tiles: empty splits
-    (2, 16, 8, 6000, 128, [6000, 4097], 8),
-    (1, 16, 8, 8192, 128, [8192], 16),  # a non-portable cluster (above 8 CTAs)
-]
-
-
-@needs_hopper
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-@pytest.mark.parametrize("case", CLUSTER_CASES, ids=lambda c: f"B{c[0]}H{c[1]}kv{c[2]}L{c[3]}D{c[4]}c{c[6]}")
-@pytest.mark.parametrize("block_n", [32, 64])
-def test_cute_cluster_merge_matches_float64(case, dtype, block_n):
-    """The splits of a (batch, kv head) as one cluster, merged through distributed shared memory."""
-    from parallax_kernels.cute_launch import parallax_decode_cute
-
-    q, k, v, r, lengths, expected = decode_case(case, dtype)
-    d, splits = q.shape[-1], case[6]
-    out = parallax_decode_cute(q, k, v, r, lengths, scale=d**-0.5, num_splits=splits, block_n=block_n,
-                               cluster_merge=True)
-    err = (out.double() - expected).abs().max() / expected.abs().max()
-    assert err < 1.5e-2, float(err)
-
-
 CASES = [  # (B, H, Hkv, L_max, D, lengths, splits)
     (2, 4, 2, 100, 128, [100, 37], 1),
     (3, 16, 8, 130, 128, [1, 130, 64], 3),
@@ -321,3 +295,31 @@ def test_default_grid_splits_only_batches_that_leave_sms_idle():
     assert default_grid(1, 8, 700, 132) == (32, 6)  # a short cache: 32-key tiles, 128 keys a split
     assert default_grid(1, 8, 700, 132, block_n=64) == (64, 3)  # a given tile is kept, the splits follow it
     assert default_grid(1, 1, 10**7, 10**4) == (64, MAX_SPLITS)
+
+
+# --- the cluster merge (last: a fault there would poison the CUDA context for the tests after it) ---
+
+CLUSTER_CASES = [  # (B, H, Hkv, L_max, D, lengths, splits = cluster size)
+    (2, 4, 2, 100, 128, [100, 37], 2),
+    (3, 16, 8, 130, 128, [1, 130, 64], 3),
+    (2, 8, 1, 200, 64, [199, 5], 4),  # 8 query heads per KV head
+    (1, 2, 1, 300, 128, [300], 8),  # more splits than key tiles: empty splits
+    (2, 16, 8, 6000, 128, [6000, 4097], 8),
+    (1, 16, 8, 8192, 128, [8192], 16),  # a non-portable cluster (above 8 CTAs)
+]
+
+
+@needs_hopper
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("case", CLUSTER_CASES, ids=lambda c: f"B{c[0]}H{c[1]}kv{c[2]}L{c[3]}D{c[4]}c{c[6]}")
+@pytest.mark.parametrize("block_n", [32, 64])
+def test_cute_cluster_merge_matches_float64(case, dtype, block_n):
+    """The splits of a (batch, kv head) as one cluster, merged through distributed shared memory."""
+    from parallax_kernels.cute_launch import parallax_decode_cute
+
+    q, k, v, r, lengths, expected = decode_case(case, dtype)
+    d, splits = q.shape[-1], case[6]
+    out = parallax_decode_cute(q, k, v, r, lengths, scale=d**-0.5, num_splits=splits, block_n=block_n,
+                               cluster_merge=True)
+    err = (out.double() - expected).abs().max() / expected.abs().max()
+    assert err < 1.5e-2, float(err)
