@@ -7,7 +7,7 @@ set -uo pipefail
 out=${OUT:-./outputs/decode_check}
 mkdir -p "$out"
 export PARALLAX_KERNEL_DIR=${PARALLAX_KERNEL_DIR:-$PWD/.kernels}
-timeout --kill-after=10 ${TEST_TIMEOUT:-300} python3 -m pytest -q -p no:cacheprovider tests/test_cute_decode.py tests/test_decode.py > "$out/gpu_tests_decode.log" 2>&1
+timeout --kill-after=10 ${TEST_TIMEOUT:-300} python3 -m pytest -q -p no:cacheprovider tests/test_decode.py tests/test_cute_decode.py > "$out/gpu_tests_decode.log" 2>&1
 echo "== decode tests (rc=$?)"; grep -E "passed|failed|Error" "$out/gpu_tests_decode.log" | tail -8
 timeout ${BENCH_TIMEOUT:-420} python3 scripts/bench_decode.py --json "$out/bench_decode.json" ${BENCH_ARGS:-} \
   > "$out/bench_decode.log" 2>&1
