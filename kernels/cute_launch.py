@@ -273,10 +273,9 @@ def default_grid(batch: int, kv_heads: int, max_len: int, sms: int, block_n: int
     """(keys per warp tile, split count) for a launch without explicit ones (see above); a given block_n
     is kept and the split count follows it."""
     pairs = batch * kv_heads
-    if block_n is None:
-        block_n = LONG_BLOCK_N if pairs < sms and max_len >= LONG_CACHE else SHORT_BLOCK_N
     if pairs >= sms:
-        return block_n, 1
+        return block_n or SHORT_BLOCK_N, 1
+    block_n = block_n or (LONG_BLOCK_N if max_len >= LONG_CACHE else SHORT_BLOCK_N)
     split_keys_min = NUM_WARPS * block_n
     return block_n, max(1, min(round(sms / pairs), -(-max_len // split_keys_min), MAX_SPLITS))
 

@@ -1,5 +1,5 @@
 """Bar chart of a MAD results JSONL (eval/mad/run.py): each model's score per task and on average, over
-the runs every model in the file has (the table's numbers), with the paper's reported scores marked
+the runs every model of the same optimizer has (the table's numbers), with the paper's reported scores marked
 where it gives them.
 
     python scripts/plot_mad.py docs/runs/mad/mad_protocol.jsonl --out docs/mad_reduced.png \

@@ -8,13 +8,14 @@ Full protocol (MAD): 66 task settings (each task's baseline and one-factor chang
 x weight decay {0, 0.1}, 200 epochs, batch 128. A setting's score is its best run over the sweep; a task's
 score is the mean over its settings; the average is over the six tasks. Results append to --out (JSONL)
 as each run ends, and runs already there are skipped, so an interrupted protocol resumes. --table only
-prints the table of an existing file.
+prints the table of an existing file; --estimate prints what is pending and its cost from the seconds the
+file records, to size a time-limited piece.
 
 MAD models are tiny (width 128, 2 blocks), so one run leaves a GPU mostly idle: --jobs N trains N runs at
 once in worker processes, spread round-robin over the --device list (e.g. --jobs 16 --device cuda:0 cuda:1),
 and --compile trains through torch.compile with CUDA graphs. Every run is seeded on its own, so the
 results depend on neither. Runs go sweep point by sweep point (all settings at the first lr and weight
-decay, then the next), and the table compares the models only on runs all of them have, so a protocol
+decay, then the next), and the table compares the models of each optimizer only on runs all of them have, so a protocol
 completed in pieces can be read at any point.
 
 --batch-sweep trains each setting's sweep points (same model, same seed) as one batched model instead
@@ -66,13 +67,16 @@ def scores(records: list[dict]) -> dict[tuple[str, str], dict[str, float]]:
 
 
 def common_runs(records: list[dict]) -> list[dict]:
-    """The records whose (setting, lr, weight decay) every model in the file has run: a protocol still
-    in progress then compares the models on the same runs."""
-    models = {(r["attention"], r["optimizer"]) for r in records}
+    """The records whose (setting, lr, weight decay) every attention model of the same optimizer has
+    run: a protocol still in progress then compares the models on the same runs, and one optimizer's
+    runs in progress leave the other optimizer's comparison as it is."""
+    models = defaultdict(set)
     have = defaultdict(set)
     for r in records:
-        have[(r["setting"], r["lr"], r["weight_decay"], r["epochs"])].add((r["attention"], r["optimizer"]))
-    return [r for r in records if have[(r["setting"], r["lr"], r["weight_decay"], r["epochs"])] == models]
+        models[r["optimizer"]].add(r["attention"])
+        have[(r["optimizer"], r["setting"], r["lr"], r["weight_decay"], r["epochs"])].add(r["attention"])
+    return [r for r in records
+            if have[(r["optimizer"], r["setting"], r["lr"], r["weight_decay"], r["epochs"])] == models[r["optimizer"]]]
 
 
 def table(records: list[dict]) -> str:
@@ -114,6 +118,28 @@ def plan(settings: list, runs: list[MADRun], done: set[tuple], devices: list[str
                 if (run.lr, run.weight_decay) == point and key not in done:
                     pending.append((setting, run, devices[len(pending) % len(devices)]))
     return pending
+
+
+def estimate(pending: list[tuple], records: list[dict]) -> str:
+    """The pending runs' cost, per sweep point, from the recorded seconds per epoch of the same setting,
+    model and optimizer at any sweep point (as recorded: under the concurrency those runs had)."""
+    per_epoch = defaultdict(list)
+    for r in records:
+        per_epoch[(r["setting"], r["attention"], r["optimizer"])].append(r["seconds"] / r["epochs"])
+    points: dict[tuple, list] = {}
+    for setting, run, _ in pending:
+        known = per_epoch.get((setting.name, run.attention, run.optimizer))
+        point = points.setdefault((run.lr, run.weight_decay), [0, 0.0, 0])
+        point[0] += 1
+        if known:
+            point[1] += run.epochs * sum(known) / len(known)
+        else:
+            point[2] += 1
+    lines = [f"{len(pending)} runs pending"]
+    for (lr, wd), (count, seconds, unknown) in points.items():
+        lines.append(f"lr={lr:g} wd={wd:g}: {count} runs, about {seconds / 60:.0f} run-minutes"
+                     + (f" ({unknown} with no record to go by)" if unknown else ""))
+    return "\n".join(lines)
 
 
 def batch_sweeps(pending: list[tuple], devices: list[str], max_seq_len: int | None = None) -> list[tuple]:
@@ -175,6 +201,8 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument("--optimizer", nargs="+", default=["adamw"], choices=["adamw", "muon"])
     parser.add_argument("--tasks", nargs="+", default=None, help=f"default: all of {list(PROTOCOL)}")
     parser.add_argument("--baseline-only", action="store_true", help="each task's baseline setting only")
+    parser.add_argument("--settings", nargs="+", default=None, metavar="NAME",
+                        help="only these settings, by name (e.g. 'in-context-recall[seq_len=1024]')")
     parser.add_argument("--lrs", type=float, nargs="+", default=[1e-4, 5e-4, 1e-3])
     parser.add_argument("--wds", type=float, nargs="+", default=[0.0, 0.1])
     parser.add_argument("--epochs", type=int, default=200)
@@ -195,6 +223,8 @@ def main(argv: list[str] | None = None) -> str:
                              "one run per job (they are bound by arithmetic, not launches)")
     parser.add_argument("--out", type=Path, required=True, help="JSONL of results (appended; resumable)")
     parser.add_argument("--table", action="store_true", help="only print the table of --out")
+    parser.add_argument("--estimate", action="store_true",
+                        help="only print what is pending and its cost, from the seconds recorded in --out")
     args = parser.parse_args(argv)
     if args.batch_sweep and args.compile:
         parser.error("--batch-sweep and --compile cannot be combined (a batched sweep trains eagerly)")
@@ -208,8 +238,13 @@ def main(argv: list[str] | None = None) -> str:
         devices = args.device or ["cuda" if torch.cuda.is_available() else "cpu"]
         backend = args.backend or ("triton" if devices[0].startswith("cuda") else "torch")
         done = {run_key(r) for r in records}
-        args.out.parent.mkdir(parents=True, exist_ok=True)
         settings = all_settings(args.tasks, args.baseline_only)
+        if args.settings:
+            names = {st.name for st in settings}
+            unknown = [n for n in args.settings if n not in names]
+            if unknown:
+                parser.error(f"--settings {unknown} are not among the chosen tasks' settings: {sorted(names)}")
+            settings = [st for st in settings if st.name in args.settings]
         if args.max_train_examples:
             settings = [replace(s, num_train_examples=min(s.num_train_examples, args.max_train_examples),
                                 num_test_examples=min(s.num_test_examples, args.max_train_examples)) for s in settings]
@@ -218,6 +253,11 @@ def main(argv: list[str] | None = None) -> str:
                 for lr, wd in itertools.product(args.lrs, args.wds)
                 for attention in args.attention for optimizer in args.optimizer]
         pending = plan(settings, runs, done, devices)
+        if args.estimate:
+            text = estimate(pending, records)
+            print(text)
+            return text
+        args.out.parent.mkdir(parents=True, exist_ok=True)
         if args.batch_sweep:
             pending = batch_sweeps(pending, devices, args.batch_max_seq_len)
         for result in _train_all(pending, args.jobs, args.start_deadline, args.batch_sweep):
