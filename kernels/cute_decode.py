@@ -100,11 +100,17 @@ class ParallaxDecodeKernel:
         tiled_mma = cute.make_tiled_mma(
             warp.MmaF16BF16Op(self.dtype, Float32, (16, 8, 16)), (1, 1, 1), permutation_mnk=(16, 16, 16)
         )
-        self.kernel(
+        launch = self.kernel(
             p_q, p_r, p_k, p_v, p_o, p_seqlens, p_pm, p_pd1, p_pts, p_po1, p_po2, p_counter,
             heads, kv_heads, l_max, splits, k_sb, k_sh, k_sl, v_sb, v_sh, v_sl, scale_log2,
             s_a, s_kv, warp_copy, tiled_mma,
-        ).launch(grid=[splits, kv_heads, batch], block=[NUM_THREADS, 1, 1], smem=self.v.smem_bytes, stream=stream)
+        )
+        if cutlass.const_expr(self.v.cluster > 0):  # one cluster of `cluster` splits per (batch, kv head)
+            launch.launch(grid=[splits, kv_heads, batch], block=[NUM_THREADS, 1, 1], cluster=[self.v.cluster, 1, 1],
+                          smem=self.v.smem_bytes, stream=stream)
+        else:
+            launch.launch(grid=[splits, kv_heads, batch], block=[NUM_THREADS, 1, 1], smem=self.v.smem_bytes,
+                          stream=stream)
 
     # ---- device side -------------------------------------------------------------------------
     @cute.kernel
@@ -146,6 +152,11 @@ class ParallaxDecodeKernel:
         m_o1 = cute.make_tensor(cute.recast_ptr(k_base, dtype=Float32), o_layout)
         m_o2 = cute.make_tensor(cute.recast_ptr(v_base, dtype=Float32), o_layout)
         ticket_s = smem.allocate_tensor(Int32, cute.make_layout((4,)), byte_alignment=16)
+        if cutlass.const_expr(self.v.cluster > 0):  # this CTA's merged state, read by the cluster's first CTA
+            cta_layout = cute.make_layout((HALF,))
+            c_m = smem.allocate_tensor(Float32, cta_layout, byte_alignment=16)
+            c_d1 = smem.allocate_tensor(Float32, cta_layout, byte_alignment=16)
+            c_ts = smem.allocate_tensor(Float32, cta_layout, byte_alignment=16)
 
         # ---- the visible key range of this split -----------------------------------------------
         seqlens = cute.make_tensor(p_seqlens, cute.make_layout((b + 1,)))
@@ -266,7 +277,9 @@ class ParallaxDecodeKernel:
         cute.arch.sync_threads()
 
         o_rows = cute.make_tensor(p_o, cute.make_layout((heads * (b + 1), d), stride=(d, 1)))
-        if splits == 1:
+        if cutlass.const_expr(self.v.cluster > 0):
+            self._cluster_merge(m_m, m_d1, m_ts, m_o1, m_o2, c_m, c_d1, c_ts, o_rows, b * heads + head0, tidx)
+        elif splits == 1:
             for i in range(tidx, g_n * d, NUM_THREADS):
                 gi = i // d
                 col = i % d
@@ -381,6 +394,77 @@ class ParallaxDecodeKernel:
             o_rows[hrow, col] = self._finish(dd, o1, o2).to(self.dtype)
 
     @cute.jit
+    def _cluster_merge(self, m_m, m_d1, m_ts, m_o1, m_o2, c_m, c_d1, c_ts, o_rows: cute.Tensor, row0: Int32,
+                       tidx: Int32):
+        """The splits of one (batch, kv head) are the CTAs of one cluster. Each merges its warps into its
+        own shared memory (O1, O2 in place of warp 0's, every element read and written by one thread;
+        m, d1, t_sum beside them), then behind a cluster barrier the first CTA reads every CTA's state
+        through distributed shared memory, merges them and writes o. The second barrier keeps the other
+        CTAs, and their shared memory, alive until it has read them."""
+        n = self.v.cluster
+        for i in range(tidx, self.g * self.d, NUM_THREADS):
+            gi = i // self.d
+            col = i % self.d
+            mm, dd, tt, o1, o2 = self._merge(m_m, m_d1, m_ts, m_o1, m_o2, NUM_WARPS, gi, col, NUM_WARPS)
+            m_o1[0, gi, col] = o1
+            m_o2[0, gi, col] = o2
+            if col == 0:
+                c_m[gi] = mm
+                c_d1[gi] = dd
+                c_ts[gi] = tt
+        cute.arch.cluster_arrive()  # release: this CTA's state is in its shared memory
+        cute.arch.cluster_wait()  # acquire: so is every other CTA's
+        if cute.arch.block_idx_in_cluster() == 0:
+            r_m = cute.make_rmem_tensor(cute.make_layout((n,)), Float32)
+            r_d = cute.make_rmem_tensor(cute.make_layout((n,)), Float32)
+            r_t = cute.make_rmem_tensor(cute.make_layout((n,)), Float32)
+            r_x1 = cute.make_rmem_tensor(cute.make_layout((n,)), Float32)
+            r_x2 = cute.make_rmem_tensor(cute.make_layout((n,)), Float32)
+            for i in range(tidx, self.g * self.d, NUM_THREADS):
+                gi = i // self.d
+                col = i % self.d
+                for p in cutlass.range_constexpr(n):  # every load issued before any is used
+                    r_m[p] = cute.arch.map_dsmem_ptr(c_m.iterator + gi, Int32(p))[0]
+                    r_d[p] = cute.arch.map_dsmem_ptr(c_d1.iterator + gi, Int32(p))[0]
+                    r_t[p] = cute.arch.map_dsmem_ptr(c_ts.iterator + gi, Int32(p))[0]
+                    r_x1[p] = cute.arch.map_dsmem_ptr(m_o1.iterator + (gi * self.d + col), Int32(p))[0]
+                    r_x2[p] = cute.arch.map_dsmem_ptr(m_o2.iterator + (gi * self.d + col), Int32(p))[0]
+                dd, o1, o2 = self._combine(r_m, r_d, r_t, r_x1, r_x2, n)
+                o_rows[row0 + gi, col] = self._finish(dd, o1, o2).to(self.dtype)
+        cute.arch.cluster_arrive()
+        cute.arch.cluster_wait()
+
+    @cute.jit
+    def _combine(self, r_m, r_d, r_t, r_x1, r_x2, n: cutlass.Constexpr):
+        """Merge n partial states held in registers (as _merge does for one chunk), returning d1, o1 and
+        the centred o2."""
+        big_m = -Float32.inf
+        for u in cutlass.range_constexpr(n):
+            big_m = cute.arch.fmax(big_m, r_m[u])
+        m_safe = big_m
+        if big_m == -Float32.inf:
+            m_safe = Float32(0.0)
+        dd = Float32(0.0)
+        tt = Float32(0.0)
+        o1 = Float32(0.0)
+        o2 = Float32(0.0)
+        for u in cutlass.range_constexpr(n):
+            a = cute.math.exp2(r_m[u] - m_safe, fastmath=True)
+            dd, tt, o1, o2 = self._accumulate(a, r_d[u], r_t[u], r_x1[u], r_x2[u], dd, tt, o1, o2)
+        if dd > 0.0:
+            o2 = o2 - (tt / dd) * o1
+        return dd, o1, o2
+
+    @cute.jit
+    def _accumulate(self, a: Float32, d_p: Float32, t_p: Float32, x1: Float32, x2: Float32,
+                    dd: Float32, tt: Float32, o1: Float32, o2: Float32):
+        """Add one partial state, weighted a, to the running sums (see _merge for O2's centring)."""
+        c_p = Float32(0.0)
+        if d_p > 0.0:
+            c_p = t_p / d_p
+        return dd + a * d_p, tt + a * t_p, o1 + a * x1, o2 + a * (x2 + c_p * x1)
+
+    @cute.jit
     def _merge(self, pm, pd1, pts, po1, po2, n: Int32, row: Int32, col: Int32, chunk: cutlass.Constexpr):
         """Merge n partial states (m, d1, t_sum, o1, o2 centred on t_sum / d1) of one query row at one
         column, indexed [p, row(, col)]: the warps of this CTA in shared memory, or the splits in global
@@ -423,15 +507,7 @@ class ParallaxDecodeKernel:
                 a = cute.math.exp2(r_m[u] - m_safe, fastmath=True)
                 if base + u >= n:
                     a = Float32(0.0)
-                d_p = r_d[u]
-                x1 = r_x1[u]
-                c_p = Float32(0.0)
-                if d_p > 0.0:
-                    c_p = r_t[u] / d_p
-                dd += a * d_p
-                tt += a * r_t[u]
-                o1 += a * x1
-                o2 += a * (r_x2[u] + c_p * x1)
+                dd, tt, o1, o2 = self._accumulate(a, r_d[u], r_t[u], r_x1[u], r_x2[u], dd, tt, o1, o2)
             big_m = new_m
         if dd > 0.0:
             o2 = o2 - (tt / dd) * o1

@@ -11,6 +11,7 @@ ROWS = 16  # MMA tile rows: 8 query rows, 8 probe rows
 HALF = 8
 DTYPES = ("bfloat16", "float16")
 HEAD_DIMS = (64, 128)
+MAX_CLUSTER = 16  # Hopper's largest thread-block cluster (above 8 it is non-portable: the launcher opts in)
 
 
 @dataclass(frozen=True)
@@ -21,6 +22,10 @@ class DecodeVariant:
     head_dim: int  # 64 | 128
     group: int  # query heads per KV head, 1..8
     block_n: int = 32  # keys per warp tile
+    # 0: the splits merge through global partials and a ticket counter (any split count). 2..MAX_CLUSTER:
+    # the launch has exactly this many splits, one thread-block cluster per (batch, kv head), and they
+    # merge through distributed shared memory behind cluster barriers (no partials, no atomics)
+    cluster: int = 0
 
     def check(self) -> None:
         if self.dtype not in DTYPES:
@@ -31,10 +36,14 @@ class DecodeVariant:
             raise ValueError(f"CuTe decode kernel: {self.group} query heads per KV head; at most {HALF} fit the tile")
         if self.block_n not in (16, 32, 64):
             raise ValueError(f"CuTe decode kernel: block_n {self.block_n} is not one of 16, 32, 64")
+        if self.cluster != 0 and not 2 <= self.cluster <= MAX_CLUSTER:
+            raise ValueError(f"CuTe decode kernel: cluster {self.cluster} is not 0 (ticket merge) or "
+                             f"2..{MAX_CLUSTER} (Hopper's cluster sizes)")
 
     @property
     def name(self) -> str:
-        return f"parallax_decode_{self.dtype}_d{self.head_dim}_g{self.group}_n{self.block_n}"
+        suffix = f"_c{self.cluster}" if self.cluster else ""
+        return f"parallax_decode_{self.dtype}_d{self.head_dim}_g{self.group}_n{self.block_n}{suffix}"
 
     @property
     def smem_bytes(self) -> int:
@@ -42,6 +51,7 @@ class DecodeVariant:
         kv = 2 * NUM_WARPS * self.block_n * self.head_dim * elem
         a = ROWS * self.head_dim * elem
         merge = NUM_WARPS * HALF * 3 * 4 + 16  # the warps' m, d1, t_sum (their O1, O2 overlay the K/V tiles)
+        merge += (HALF * 3 * 4 + 16) if self.cluster else 0  # the CTA's m, d1, t_sum, read by the cluster
         return kv + a + merge + 3 * 1024  # + alignment padding
 
     @property

@@ -16,7 +16,7 @@ import re
 from dataclasses import asdict
 from pathlib import Path
 
-from parallax_kernels.cute_decode_variant import DTYPES, HEAD_DIMS, NUM_WARPS, DecodeVariant
+from parallax_kernels.cute_decode_variant import DTYPES, HEAD_DIMS, MAX_CLUSTER, NUM_WARPS, DecodeVariant
 
 ARCH = "sm_90a"
 ARTEFACT_ENV = "PARALLAX_KERNEL_DIR"
@@ -122,6 +122,33 @@ def _driver() -> _Driver:
     return _DRIVER
 
 
+CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION = 4
+
+
+class _LaunchAttributeValue(ctypes.Union):  # CUlaunchAttributeValue: a 64-byte union
+    _fields_ = [("pad", ctypes.c_char * 64), ("cluster_dim", ctypes.c_uint * 3)]
+
+
+class _LaunchAttribute(ctypes.Structure):  # CUlaunchAttribute: the id, padded to 8 bytes, then the value
+    _fields_ = [("id", ctypes.c_int), ("pad", ctypes.c_char * 4), ("value", _LaunchAttributeValue)]
+
+
+class _LaunchConfig(ctypes.Structure):  # CUlaunchConfig, for cuLaunchKernelEx
+    _fields_ = [("grid", ctypes.c_uint * 3), ("block", ctypes.c_uint * 3), ("shared_mem_bytes", ctypes.c_uint),
+                ("stream", ctypes.c_void_p), ("attrs", ctypes.POINTER(_LaunchAttribute)), ("num_attrs", ctypes.c_uint)]
+
+
+def cluster_launch_config(grid, block, smem: int, stream: int, cluster: int) -> tuple[_LaunchConfig, _LaunchAttribute]:
+    """cuLaunchKernelEx's config for a launch in clusters of `cluster` CTAs along x (the attribute is
+    returned too: the config points at it, so it must stay alive through the call)."""
+    attr = _LaunchAttribute(id=CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION)
+    attr.value.cluster_dim[:] = [cluster, 1, 1]
+    config = _LaunchConfig(shared_mem_bytes=smem, stream=stream, attrs=ctypes.pointer(attr), num_attrs=1)
+    config.grid[:] = list(grid)
+    config.block[:] = list(block)
+    return config, attr
+
+
 class CubinKernel:
     """One kernel of a cubin, loaded into the current device's primary context (torch's)."""
 
@@ -144,6 +171,11 @@ class CubinKernel:
         self.smem = int(meta["smem_bytes"])
         self.block = tuple(meta["block"])
         self.params = list(meta["params"])
+        self.cluster = int(meta["variant"].get("cluster", 0))  # a cluster kernel must be launched as one
+        if self.cluster > 8:  # clusters above the portable 8 CTAs need the kernel's opt-in
+            CU_FUNC_ATTRIBUTE_NON_PORTABLE_CLUSTER_SIZE_ALLOWED = 14
+            drv.check(drv.lib.cuFuncSetAttribute(self.func, CU_FUNC_ATTRIBUTE_NON_PORTABLE_CLUSTER_SIZE_ALLOWED, 1),
+                      "cuFuncSetAttribute(non-portable cluster size)")
         CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES = 8
         drv.check(drv.lib.cuFuncSetAttribute(self.func, CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
                                              self.smem), "cuFuncSetAttribute(max dynamic smem)")
@@ -151,6 +183,10 @@ class CubinKernel:
     def launch(self, grid: tuple[int, int, int], args: list, stream: int) -> None:
         values, pointers = pack_params(self.params, args)  # `values` stays alive through the call
         drv = _driver()
+        if self.cluster:
+            config, attr = cluster_launch_config(grid, self.block, self.smem, stream, self.cluster)
+            drv.check(drv.lib.cuLaunchKernelEx(ctypes.byref(config), self.func, pointers, None), "cuLaunchKernelEx")
+            return
         drv.check(drv.lib.cuLaunchKernel(
             self.func, ctypes.c_uint(grid[0]), ctypes.c_uint(grid[1]), ctypes.c_uint(grid[2]),
             ctypes.c_uint(self.block[0]), ctypes.c_uint(self.block[1]), ctypes.c_uint(self.block[2]),
@@ -245,9 +281,11 @@ def default_grid(batch: int, kv_heads: int, max_len: int, sms: int, block_n: int
 
 
 def parallax_decode_cute(q, k_cache, v_cache, r, cache_seqlens, *, scale: float, num_splits: int | None = None,
-                         block_n: int | None = None, artefact_dir: Path | None = None):
+                         block_n: int | None = None, cluster_merge: bool = False, artefact_dir: Path | None = None):
     """q, r (B, H, D); k_cache, v_cache (B, Hkv, L_max, D) with unit stride in D and the other strides
-    multiples of 8 elements; cache_seqlens (B,). Returns (B, H, D) in q's dtype."""
+    multiples of 8 elements; cache_seqlens (B,). Returns (B, H, D) in q's dtype. cluster_merge: the splits
+    of a (batch, kv head) run as one thread-block cluster and merge through distributed shared memory
+    (2..MAX_CLUSTER = 16 splits; not yet run on a GPU)."""
     import torch
 
     b, h, d = q.shape
@@ -256,6 +294,9 @@ def parallax_decode_cute(q, k_cache, v_cache, r, cache_seqlens, *, scale: float,
 
         block_n, splits = default_grid(b, k_cache.shape[1], k_cache.shape[2], _sm_count(q.device), block_n)
         num_splits = splits if num_splits is None else num_splits
+    if cluster_merge and not 2 <= num_splits <= MAX_CLUSTER:
+        raise ValueError(f"parallax_decode (cute): cluster_merge needs 2..{MAX_CLUSTER} splits (one cluster of "
+                         f"them per (batch, kv head)); num_splits is {num_splits}")
     for name, t in (("k_cache", k_cache), ("v_cache", v_cache)):
         if t.stride(-1) != 1 or any(s % 8 for s in t.stride()[:3]):
             raise ValueError(f"parallax_decode (cute): {name} strides {t.stride()} must be unit in D and multiples "
@@ -263,7 +304,7 @@ def parallax_decode_cute(q, k_cache, v_cache, r, cache_seqlens, *, scale: float,
         if t.data_ptr() % 16:
             raise ValueError(f"parallax_decode (cute): {name} does not start on a 16-byte boundary")
     variant = DecodeVariant(dtype=str(q.dtype).removeprefix("torch."), head_dim=d, group=h // k_cache.shape[1],
-                            block_n=block_n)
+                            block_n=block_n, cluster=num_splits if cluster_merge else 0)
     variant.check()
     q, r = (t if t.is_contiguous() and t.data_ptr() % 16 == 0 else t.clone(memory_format=torch.contiguous_format)
             for t in (q, r))

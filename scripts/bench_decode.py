@@ -135,7 +135,8 @@ CUTE_SWEEP_CELLS = [(1, 1024), (1, 8192), (1, 32768), (8, 1024), (8, 8192), (8, 
 def sweep_cute(dtype, block_ns=(32, 64, 16)) -> None:
     """The CuTe kernel's key tile and split count on the cells where they matter (small batches, and
     short caches at large batch), against cuDNN's softmax decode in the same run, to choose its grid
-    defaults. Tiles other than 32 run only where their artefacts exist (scripts/build_kernels.py --block-n)."""
+    defaults. Tiles other than 32 run only where their artefacts exist (scripts/build_kernels.py --block-n),
+    and so does the cluster merge (--cluster; shown as the tile with a "c", e.g. 64c/4)."""
     from parallax_kernels.cute_decode_variant import DecodeVariant
     from parallax_kernels.cute_launch import default_artefact_dir, default_grid, parallax_decode_cute
     from parallax_kernels.triton_decode import _sm_count
@@ -159,6 +160,15 @@ def sweep_cute(dtype, block_ns=(32, 64, 16)) -> None:
                                                                       num_splits=s, block_n=n)
                 fn()
                 times[(block_n, splits)] = do_bench_cudagraph(fn, rep=30) * 1e3
+        for block_n in block_ns if b <= 8 else []:  # the cluster merge, where its artefacts exist
+            for splits in (2, 4, 8, 16):
+                variant = DecodeVariant("bfloat16", D, H // HKV, block_n, splits)
+                if splits > length // block_n or not (folder / f"{variant.name}.json").exists():
+                    continue
+                fn = lambda s=splits, n=block_n: parallax_decode_cute(q, k, v, r, seqlens, scale=D**-0.5,
+                                                                      num_splits=s, block_n=n, cluster_merge=True)
+                fn()
+                times[(f"{block_n}c", splits)] = do_bench_cudagraph(fn, rep=30) * 1e3
         best = min(times, key=times.get)
         print(f"| {b} | {length} | {cudnn:.1f} | {base[0]}/{base[1]} | {times.get(base, float('nan')):.1f} | {best[0]} | {best[1]} | "
               f"{times[best]:.1f} |")

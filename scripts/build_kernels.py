@@ -31,6 +31,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--head-dim", nargs="+", type=int, default=list(HEAD_DIMS))
     p.add_argument("--group", nargs="+", type=int, default=[1, 2, 4, HALF], help="query heads per KV head")
     p.add_argument("--block-n", type=int, nargs="+", default=[32, 64], help="keys per warp tile (the launcher picks 32 or 64 by batch and cache length; kernels/cute_launch.py default_grid)")
+    p.add_argument("--cluster", type=int, nargs="+", default=[0],
+                   help="0: the ticket merge (any split count); 2..16: the cluster merge for exactly that many "
+                        "splits (parallax_decode_cute(..., cluster_merge=True); not yet run on a GPU)")
     args = p.parse_args(argv)
     if os.environ["CUTE_DSL_ARCH"] != ARCH:
         sys.exit(f"CUTE_DSL_ARCH={os.environ['CUTE_DSL_ARCH']}: the kernel and its launcher are for {ARCH}")
@@ -39,8 +42,9 @@ def main(argv: list[str] | None = None) -> None:
     from parallax_kernels.cute_decode import compile_variant
 
     dsl = version("nvidia-cutlass-dsl")
-    for dtype, head_dim, group, block_n in itertools.product(args.dtype, args.head_dim, args.group, args.block_n):
-        variant = DecodeVariant(dtype, head_dim, group, block_n)
+    for dtype, head_dim, group, block_n, cluster in itertools.product(args.dtype, args.head_dim, args.group,
+                                                                       args.block_n, args.cluster):
+        variant = DecodeVariant(dtype, head_dim, group, block_n, cluster)
         variant.check()
         start = time.time()
         cubin, ptx, name = compile_variant(variant)

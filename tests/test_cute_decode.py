@@ -59,23 +59,39 @@ def test_build_kernels_writes_an_sm90a_cubin_with_the_launchers_parameter_list(b
     assert meta["kernel"].encode() in cubin  # the symbol the launcher looks up is in the cubin
 
 
+def compiled_ptx(variant: str) -> str:
+    """PTX of one variant (given as Python source), compiled for sm_90a in a fresh process."""
+    code = ("import os; os.environ['CUTE_DSL_ARCH'] = 'sm_90a'\n"
+            "from parallax_kernels.cute_decode import compile_variant\n"
+            "from parallax_kernels.cute_decode_variant import DecodeVariant\n"
+            f"print(compile_variant({variant})[1])")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout
+
+
 @needs_dsl
 def test_compiled_kernel_has_the_designed_structure():
     """PTX of one variant, compiled in a fresh process: tensor-core MMAs for both products, ldmatrix
     and cp.async tiles, the ticket and its reset, and no register spills."""
-    code = ("import os; os.environ['CUTE_DSL_ARCH'] = 'sm_90a'\n"
-            "from parallax_kernels.cute_decode import compile_variant\n"
-            "from parallax_kernels.cute_decode_variant import DecodeVariant\n"
-            "print(compile_variant(DecodeVariant('bfloat16', 128, 2))[1])")
-    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    ptx = proc.stdout
+    ptx = compiled_ptx("DecodeVariant('bfloat16', 128, 2)")
     assert ".target sm_90a" in ptx
     # S = [Q;R] K^T: 4 n8 tiles x 8 k16 steps; O = [P1;P2] V: 16 n8 tiles x 2 k16 steps
     assert ptx.count("mma.sync.aligned.m16n8k16") == 32 + 32
     assert "ldmatrix.sync.aligned.m8n8.x4.trans" in ptx and "cp.async.cg.shared.global" in ptx
     assert "atom.global.acq_rel.add" in ptx and "atom.global.exch" in ptx
     assert ".local" not in ptx
+
+
+@needs_dsl
+def test_cluster_merge_kernel_merges_through_distributed_shared_memory():
+    """PTX of a cluster-merge variant: two cluster barriers, each CTA's state read from the others'
+    shared memory (mapa + ld.shared::cluster, 5 values from each of 4 CTAs per element a thread merges),
+    no ticket atomics, no spills."""
+    ptx = compiled_ptx("DecodeVariant('bfloat16', 128, 2, 64, cluster=4)")
+    assert ptx.count("barrier.cluster.arrive") == 2 and ptx.count("barrier.cluster.wait") == 2
+    assert ptx.count("ld.shared::cluster") == 5 * 4 and "mapa.shared::cluster" in ptx
+    assert "atom.global" not in ptx and ".local" not in ptx
 
 
 def test_artefact_mismatches_are_clear_errors(tmp_path):
@@ -121,6 +137,20 @@ def test_cute_backend_off_hopper_is_an_error_not_a_fallback():
 
 # --- on a Hopper GPU --------------------------------------------------------------------------
 
+def decode_case(case, dtype):
+    """Random inputs on the GPU for a (B, H, Hkv, L_max, D, lengths, splits) case, and the float64 result."""
+    from parallax_kernels.decode import parallax_decode_reference
+
+    b, h, hkv, l_max, d, lengths, _ = case
+    g = torch.Generator().manual_seed(0)
+    q, r = torch.randn(b, h, d, generator=g), torch.randn(b, h, d, generator=g) * 0.3
+    k, v = torch.randn(b, hkv, l_max, d, generator=g), torch.randn(b, hkv, l_max, d, generator=g)
+    q, r, k, v = (t.cuda().to(dtype) for t in (q, r, k, v))
+    lengths = torch.tensor(lengths, dtype=torch.int32, device="cuda")
+    expected = parallax_decode_reference(q.double(), k.double(), v.double(), r.double(), lengths, scale=d**-0.5)
+    return q, k, v, r, lengths, expected
+
+
 CASES = [  # (B, H, Hkv, L_max, D, lengths, splits)
     (2, 4, 2, 100, 128, [100, 37], 1),
     (3, 16, 8, 130, 128, [1, 130, 64], 3),
@@ -138,15 +168,8 @@ CASES = [  # (B, H, Hkv, L_max, D, lengths, splits)
 @pytest.mark.parametrize("case", CASES, ids=lambda c: f"B{c[0]}H{c[1]}kv{c[2]}L{c[3]}D{c[4]}s{c[6]}")
 @pytest.mark.parametrize("block_n", [None, 32, 64])  # None: the launcher's default grid
 def test_cute_decode_matches_float64(case, dtype, block_n):
-    from parallax_kernels.decode import parallax_decode_reference
-
-    b, h, hkv, l_max, d, lengths, splits = case
-    g = torch.Generator().manual_seed(0)
-    q, r = torch.randn(b, h, d, generator=g), torch.randn(b, h, d, generator=g) * 0.3
-    k, v = torch.randn(b, hkv, l_max, d, generator=g), torch.randn(b, hkv, l_max, d, generator=g)
-    q, r, k, v = (t.cuda().to(dtype) for t in (q, r, k, v))
-    lengths = torch.tensor(lengths, dtype=torch.int32, device="cuda")
-    expected = parallax_decode_reference(q.double(), k.double(), v.double(), r.double(), lengths, scale=d**-0.5)
+    q, k, v, r, lengths, expected = decode_case(case, dtype)
+    d, splits = q.shape[-1], case[6]
     if block_n is None:  # the default tile, through the public op
         out = parallax_decode(q, k, v, r, cache_seqlens=lengths, backend="cute", num_splits=splits)
     else:  # each tile explicitly, whichever the default grid would pick
@@ -223,6 +246,45 @@ def test_a_hopper_host_without_kernels_or_the_dsl_is_told_how_to_get_them(tmp_pa
     assert "this GPU is sm_80" in launch.unavailable_reason(fake_q)
 
 
+def test_cluster_merge_variants_are_named_and_checked():
+    ticket = DecodeVariant("bfloat16", 128, 2, 64)
+    cluster = DecodeVariant("bfloat16", 128, 2, 64, cluster=4)
+    assert cluster.name == ticket.name + "_c4" and cluster.smem_bytes > ticket.smem_bytes
+    for bad in (1, 17):
+        with pytest.raises(ValueError, match=f"cluster {bad} is not 0"):
+            DecodeVariant("bfloat16", 128, 2, 64, cluster=bad).check()
+
+
+def test_cluster_launch_config_has_the_driver_struct_layout():
+    """cuLaunchKernelEx reads these structs from memory (cuda.h: CUlaunchAttribute is the id padded to 8
+    bytes and a 64-byte value union; CUlaunchConfig is 7 uints, the stream, the attribute array and its
+    count), so a wrong field order or size would launch wrong clusters or fault."""
+    import ctypes
+
+    from parallax_kernels.cute_launch import (CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION, _LaunchAttribute,
+                                              _LaunchConfig, cluster_launch_config)
+
+    assert ctypes.sizeof(_LaunchAttribute) == 72 and _LaunchAttribute.value.offset == 8
+    assert ctypes.sizeof(_LaunchConfig) == 56
+    assert (_LaunchConfig.stream.offset, _LaunchConfig.attrs.offset, _LaunchConfig.num_attrs.offset) == (32, 40, 48)
+    config, attr = cluster_launch_config((4, 8, 2), (128, 1, 1), 1000, 1234, 4)
+    assert list(config.grid) == [4, 8, 2] and list(config.block) == [128, 1, 1] and config.shared_mem_bytes == 1000
+    assert config.stream == 1234 and config.num_attrs == 1
+    assert config.attrs[0].id == CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION == 4
+    assert list(config.attrs[0].value.cluster_dim) == [4, 1, 1]
+
+
+@pytest.mark.parametrize("splits", [1, 17])
+def test_cluster_merge_needs_2_to_16_splits(splits):
+    from parallax_kernels.cute_launch import parallax_decode_cute
+
+    q = torch.randn(1, 2, 128, dtype=torch.bfloat16)
+    k = torch.randn(1, 1, 64, 128, dtype=torch.bfloat16)
+    with pytest.raises(ValueError, match=f"cluster_merge needs 2..16 splits.*num_splits is {splits}"):
+        parallax_decode_cute(q, k, k, q, torch.tensor([64]), scale=0.1, num_splits=splits, block_n=32,
+                             cluster_merge=True)
+
+
 def test_default_grid_splits_only_batches_that_leave_sms_idle():
     from parallax_kernels.cute_launch import MAX_SPLITS, default_grid
 
@@ -233,3 +295,31 @@ def test_default_grid_splits_only_batches_that_leave_sms_idle():
     assert default_grid(1, 8, 700, 132) == (32, 6)  # a short cache: 32-key tiles, 128 keys a split
     assert default_grid(1, 8, 700, 132, block_n=64) == (64, 3)  # a given tile is kept, the splits follow it
     assert default_grid(1, 1, 10**7, 10**4) == (64, MAX_SPLITS)
+
+
+# --- the cluster merge (last: a fault there would poison the CUDA context for the tests after it) ---
+
+CLUSTER_CASES = [  # (B, H, Hkv, L_max, D, lengths, splits = cluster size)
+    (2, 4, 2, 100, 128, [100, 37], 2),
+    (3, 16, 8, 130, 128, [1, 130, 64], 3),
+    (2, 8, 1, 200, 64, [199, 5], 4),  # 8 query heads per KV head
+    (1, 2, 1, 300, 128, [300], 8),  # more splits than key tiles: empty splits
+    (2, 16, 8, 6000, 128, [6000, 4097], 8),
+    (1, 16, 8, 8192, 128, [8192], 16),  # a non-portable cluster (above 8 CTAs)
+]
+
+
+@needs_hopper
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("case", CLUSTER_CASES, ids=lambda c: f"B{c[0]}H{c[1]}kv{c[2]}L{c[3]}D{c[4]}c{c[6]}")
+@pytest.mark.parametrize("block_n", [32, 64])
+def test_cute_cluster_merge_matches_float64(case, dtype, block_n):
+    """The splits of a (batch, kv head) as one cluster, merged through distributed shared memory."""
+    from parallax_kernels.cute_launch import parallax_decode_cute
+
+    q, k, v, r, lengths, expected = decode_case(case, dtype)
+    d, splits = q.shape[-1], case[6]
+    out = parallax_decode_cute(q, k, v, r, lengths, scale=d**-0.5, num_splits=splits, block_n=block_n,
+                               cluster_merge=True)
+    err = (out.double() - expected).abs().max() / expected.abs().max()
+    assert err < 1.5e-2, float(err)
