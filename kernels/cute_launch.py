@@ -264,7 +264,13 @@ def unavailable_reason(x) -> str | None:
 #   seventh session's sweep they were as fast or faster than 32-key tiles in every such cell (B = 1, 8 at
 #   1K-32K keys; 7.1 against 7.5 us at B = 1, L = 1024). Shorter caches keep 32-key tiles, so that every
 #   warp still gets a tile.
+# - a grid of one wave whose split count is 2, 4 or 8 merges in a thread-block cluster (distributed shared
+#   memory, no global partials, no ticket atomics): in the eighth session's sweep that beat the ticket merge
+#   in every such cell (B = 1, L = 1K: 6.3 against 7.3 us; B = 8: 8.3 against 9.3 us at 1K keys, 63.9
+#   against 65.5 at 8K). Two waves of clusters (B = 8 with 4 splits: 80.5 against 66.8 us at 8K) and
+#   non-portable 16-CTA clusters (B = 1, 8K: 18.9 against 10.8 us) were slower, so those keep the ticket.
 SHORT_BLOCK_N, LONG_BLOCK_N = 32, 64
+DEFAULT_CLUSTERS = (2, 4, 8)  # the cluster sizes the default picks (scripts/build_kernels.py builds them)
 LONG_CACHE = 1024
 MAX_SPLITS = 128  # the merge loops over the splits; this only bounds the partials' size
 
@@ -280,20 +286,30 @@ def default_grid(batch: int, kv_heads: int, max_len: int, sms: int, block_n: int
     return block_n, max(1, min(round(sms / pairs), -(-max_len // split_keys_min), MAX_SPLITS))
 
 
+def default_cluster_merge(batch: int, kv_heads: int, splits: int, sms: int) -> bool:
+    """Whether a launch of this many splits merges them in a cluster by default (see above)."""
+    return splits in DEFAULT_CLUSTERS and batch * kv_heads * splits <= sms
+
+
 def parallax_decode_cute(q, k_cache, v_cache, r, cache_seqlens, *, scale: float, num_splits: int | None = None,
-                         block_n: int | None = None, cluster_merge: bool = False, artefact_dir: Path | None = None):
+                         block_n: int | None = None, cluster_merge: bool | None = None,
+                         artefact_dir: Path | None = None):
     """q, r (B, H, D); k_cache, v_cache (B, Hkv, L_max, D) with unit stride in D and the other strides
-    multiples of 8 elements; cache_seqlens (B,). Returns (B, H, D) in q's dtype. cluster_merge: the splits
-    of a (batch, kv head) run as one thread-block cluster and merge through distributed shared memory
-    (2..MAX_CLUSTER = 16 splits; not yet run on a GPU)."""
+    multiples of 8 elements; cache_seqlens (B,). Returns (B, H, D) in q's dtype. cluster_merge True: the
+    splits of a (batch, kv head) run as one thread-block cluster and merge through distributed shared
+    memory (2..MAX_CLUSTER = 16 splits); False: through global partials and a ticket counter (any split
+    count); None: default_cluster_merge decides from the grid."""
     import torch
 
-    b, h, d = q.shape
-    if num_splits is None or block_n is None:
-        from parallax_kernels.triton_decode import _sm_count
+    from parallax_kernels.triton_decode import _sm_count
 
-        block_n, splits = default_grid(b, k_cache.shape[1], k_cache.shape[2], _sm_count(q.device), block_n)
+    b, h, d = q.shape
+    sms = _sm_count(q.device)
+    if num_splits is None or block_n is None:
+        block_n, splits = default_grid(b, k_cache.shape[1], k_cache.shape[2], sms, block_n)
         num_splits = splits if num_splits is None else num_splits
+    if cluster_merge is None:
+        cluster_merge = default_cluster_merge(b, k_cache.shape[1], num_splits, sms)
     if cluster_merge and not 2 <= num_splits <= MAX_CLUSTER:
         raise ValueError(f"parallax_decode (cute): cluster_merge needs 2..{MAX_CLUSTER} splits (one cluster of "
                          f"them per (batch, kv head)); num_splits is {num_splits}")

@@ -138,7 +138,7 @@ def sweep_cute(dtype, block_ns=(32, 64, 16)) -> None:
     defaults. Tiles other than 32 run only where their artefacts exist (scripts/build_kernels.py --block-n),
     and so does the cluster merge (--cluster; shown as the tile with a "c", e.g. 64c/4)."""
     from parallax_kernels.cute_decode_variant import DecodeVariant
-    from parallax_kernels.cute_launch import default_artefact_dir, default_grid, parallax_decode_cute
+    from parallax_kernels.cute_launch import default_artefact_dir, default_cluster_merge, default_grid, parallax_decode_cute
     from parallax_kernels.triton_decode import _sm_count
 
     sms = _sm_count(torch.device("cuda"))
@@ -151,13 +151,17 @@ def sweep_cute(dtype, block_ns=(32, 64, 16)) -> None:
         cell, (q, k, v, r, seqlens) = peers(b, length, dtype, False)
         cudnn = do_bench_cudagraph(cell["sdpa-cudnn"][1], rep=30) * 1e3
         base = default_grid(b, HKV, length, sms)
+        default = lambda: parallax_decode_cute(q, k, v, r, seqlens, scale=D**-0.5)  # grid and merge by default
+        default()
+        default_us = do_bench_cudagraph(default, rep=30) * 1e3
+        default_name = f"{base[0]}{'c' if default_cluster_merge(b, HKV, base[1], sms) else ''}/{base[1]}"
         times = {}
         for block_n in sorted(set(block_ns if b <= 8 else [32]) | {base[0]}):  # the default always
             for splits in sorted({1, 2, 4, 8, 12, 16, 24, 32, 48} | ({base[1]} if block_n == base[0] else set())):
                 if splits > max(1, length // block_n):
                     continue
                 fn = lambda s=splits, n=block_n: parallax_decode_cute(q, k, v, r, seqlens, scale=D**-0.5,
-                                                                      num_splits=s, block_n=n)
+                                                                      num_splits=s, block_n=n, cluster_merge=False)
                 fn()
                 times[(block_n, splits)] = do_bench_cudagraph(fn, rep=30) * 1e3
         for block_n in block_ns if b <= 8 else []:  # the cluster merge, where its artefacts exist
@@ -170,7 +174,7 @@ def sweep_cute(dtype, block_ns=(32, 64, 16)) -> None:
                 fn()
                 times[(f"{block_n}c", splits)] = do_bench_cudagraph(fn, rep=30) * 1e3
         best = min(times, key=times.get)
-        print(f"| {b} | {length} | {cudnn:.1f} | {base[0]}/{base[1]} | {times.get(base, float('nan')):.1f} | {best[0]} | {best[1]} | "
+        print(f"| {b} | {length} | {cudnn:.1f} | {default_name} | {default_us:.1f} | {best[0]} | {best[1]} | "
               f"{times[best]:.1f} |")
         print("    all (block_n/splits: us): " + ", ".join(f"{n}/{s}: {t:.1f}" for (n, s), t in times.items()))
         del cell

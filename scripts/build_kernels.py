@@ -1,6 +1,6 @@
 """Compile the CuTe DSL Parallax decode kernel ahead of time, for GPU hosts without nvidia-cutlass-dsl.
 
-    python scripts/build_kernels.py --out build/kernels                 # every variant (about 3 s each)
+    python scripts/build_kernels.py --out build/kernels                 # every default variant (128, about 3 s each)
     python scripts/build_kernels.py --out build/kernels --dtype bfloat16 --head-dim 128 --group 2
 
 Runs on any machine with the package, GPU or not (it targets sm_90a). Copy the folder to the GPU host
@@ -21,7 +21,7 @@ from pathlib import Path
 os.environ.setdefault("CUTE_DSL_ARCH", "sm_90a")  # before cutlass is imported: no GPU to ask
 
 from parallax_kernels.cute_decode_variant import DTYPES, HALF, HEAD_DIMS, DecodeVariant  # noqa: E402
-from parallax_kernels.cute_launch import ARCH, default_artefact_dir, write_artefact  # noqa: E402
+from parallax_kernels.cute_launch import ARCH, DEFAULT_CLUSTERS, default_artefact_dir, write_artefact  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -31,9 +31,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--head-dim", nargs="+", type=int, default=list(HEAD_DIMS))
     p.add_argument("--group", nargs="+", type=int, default=[1, 2, 4, HALF], help="query heads per KV head")
     p.add_argument("--block-n", type=int, nargs="+", default=[32, 64], help="keys per warp tile (the launcher picks 32 or 64 by batch and cache length; kernels/cute_launch.py default_grid)")
-    p.add_argument("--cluster", type=int, nargs="+", default=[0],
+    p.add_argument("--cluster", type=int, nargs="+", default=[0, *DEFAULT_CLUSTERS],
                    help="0: the ticket merge (any split count); 2..16: the cluster merge for exactly that many "
-                        "splits (parallax_decode_cute(..., cluster_merge=True); not yet run on a GPU)")
+                        "splits (default: the ticket merge and the cluster sizes the launcher's default grid "
+                        "picks, kernels/cute_launch.py default_cluster_merge)")
     args = p.parse_args(argv)
     if os.environ["CUTE_DSL_ARCH"] != ARCH:
         sys.exit(f"CUTE_DSL_ARCH={os.environ['CUTE_DSL_ARCH']}: the kernel and its launcher are for {ARCH}")

@@ -175,7 +175,8 @@ def test_cute_decode_matches_float64(case, dtype, block_n):
     else:  # each tile explicitly, whichever the default grid would pick
         from parallax_kernels.cute_launch import parallax_decode_cute
 
-        out = parallax_decode_cute(q, k, v, r, lengths, scale=d**-0.5, num_splits=splits, block_n=block_n)
+        out = parallax_decode_cute(q, k, v, r, lengths, scale=d**-0.5, num_splits=splits, block_n=block_n,
+                                   cluster_merge=False)  # the ticket merge (the cluster merge is tested below)
     assert out.dtype == dtype and out.shape == q.shape
     err = (out.double() - expected).abs().max() / expected.abs().max()
     assert err < 1.5e-2, float(err)
@@ -295,6 +296,17 @@ def test_default_grid_splits_only_batches_that_leave_sms_idle():
     assert default_grid(1, 8, 700, 132) == (32, 6)  # a short cache: 32-key tiles, 128 keys a split
     assert default_grid(1, 8, 700, 132, block_n=64) == (64, 3)  # a given tile is kept, the splits follow it
     assert default_grid(1, 1, 10**7, 10**4) == (64, MAX_SPLITS)
+
+
+def test_default_merge_is_a_cluster_for_one_wave_of_2_4_or_8_splits():
+    from parallax_kernels.cute_launch import default_cluster_merge
+
+    assert default_cluster_merge(1, 8, 4, 132)  # B = 1, L = 1K: 32 CTAs
+    assert default_cluster_merge(8, 8, 2, 132)  # B = 8: 128 CTAs, one wave
+    assert not default_cluster_merge(8, 8, 4, 132)  # 256 CTAs: two waves of clusters were slower
+    assert not default_cluster_merge(1, 8, 16, 132)  # a non-portable cluster was slower than the ticket
+    assert not default_cluster_merge(1, 8, 6, 132)  # not a size the default build compiles
+    assert not default_cluster_merge(1, 8, 1, 132)  # nothing to merge
 
 
 # --- the cluster merge (last: a fault there would poison the CUDA context for the tests after it) ---
