@@ -219,6 +219,43 @@ def test_no_run_starts_after_the_start_deadline(tmp_path, jobs):
     assert "| softmax" not in text
 
 
+def test_no_job_starts_that_its_recorded_seconds_say_would_end_past_the_end_deadline(tmp_path):
+    """A job expected (from the file's records) to overrun --end-deadline is passed over for a later one
+    that fits or has no record; it stays pending for the next call."""
+    import json
+
+    from eval.mad.run import main
+
+    out = tmp_path / "runs.jsonl"
+    common = ["--attention", "softmax", "--tasks", "memorization", "--epochs", "1", "--wds", "0",
+              "--max-train-examples", "64", "--device", "cpu", "--out", str(out)]
+    main(common + ["--baseline-only", "--lrs", "1e-3"])
+    (baseline,) = [json.loads(line) for line in out.read_text().splitlines()]
+    out.write_text(json.dumps({**baseline, "seconds": 1000.0}) + "\n")  # as if it had taken 1,000 s an epoch
+    # the baseline at lr 5e-4 would take 1,000 s: skipped; vocab 512 has no record: it starts
+    main(common + ["--settings", "memorization[baseline]", "memorization[vocab_size=512]",
+                   "--lrs", "1e-3", "5e-4", "--end-deadline", "100"])
+    names = [(r["setting"], r["lr"]) for r in map(json.loads, out.read_text().splitlines())]
+    assert (baseline["setting"], 5e-4) not in names
+    assert len(names) == 3 and sum("vocab_size=512" in n for n, _ in names) == 2  # vocab 512 at both lrs
+
+
+def test_job_seconds_come_from_recorded_jobs_of_the_nearest_size():
+    from eval.mad.run import job_seconds, recorded_costs
+    from eval.mad.tasks import PROTOCOL
+    from eval.mad.train import MADRun
+
+    setting = PROTOCOL["memorization"].baseline
+    record = {"setting": setting.name, "attention": "softmax", "optimizer": "adamw", "epochs": 10}
+    costs = recorded_costs([{**record, "seconds": 50.0}, {**record, "seconds": 70.0},  # one run a job
+                            *[{**record, "seconds": 200.0, "batched_runs": 4}] * 4])  # one batched job of 4
+    run = MADRun(attention="softmax", optimizer="adamw", epochs=20)
+    assert job_seconds(setting, [run], costs) == pytest.approx(6.0 * 20)  # mean of 5 and 7 s an epoch
+    assert job_seconds(setting, [run] * 4, costs) == pytest.approx(20.0 * 20)
+    assert job_seconds(setting, [run] * 6, costs) == pytest.approx(20.0 * 20 * 6 / 4)  # a larger group
+    assert job_seconds(setting, [MADRun(attention="parallax", optimizer="adamw")], costs) is None
+
+
 @pytest.mark.parametrize("task, attention", [("memorization", "parallax"), ("compression", "softmax"),
                                              ("in-context-recall", "parallax")])
 def test_a_batched_sweep_gives_each_run_its_separate_result(task, attention):

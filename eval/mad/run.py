@@ -9,7 +9,8 @@ x weight decay {0, 0.1}, 200 epochs, batch 128. A setting's score is its best ru
 score is the mean over its settings; the average is over the six tasks. Results append to --out (JSONL)
 as each run ends, and runs already there are skipped, so an interrupted protocol resumes. --table only
 prints the table of an existing file; --estimate prints what is pending and its cost from the seconds the
-file records, to size a time-limited piece.
+file records, to size a time-limited piece. In a time-limited call --start-deadline starts no job late,
+and --end-deadline none that the recorded seconds say would not finish (a cheaper one starts instead).
 
 MAD models are tiny (width 128, 2 blocks), so one run leaves a GPU mostly idle: --jobs N trains N runs at
 once in worker processes, spread round-robin over the --device list (e.g. --jobs 16 --device cuda:0 cuda:1),
@@ -120,19 +121,37 @@ def plan(settings: list, runs: list[MADRun], done: set[tuple], devices: list[str
     return pending
 
 
-def estimate(pending: list[tuple], records: list[dict]) -> str:
-    """The pending runs' cost, per sweep point, from the recorded seconds per epoch of the same setting,
-    model and optimizer at any sweep point (as recorded: under the concurrency those runs had)."""
-    per_epoch = defaultdict(list)
+def recorded_costs(records: list[dict]) -> dict[tuple, dict[int, float]]:
+    """(setting, attention, optimizer) -> {runs in the job: mean seconds per epoch of such a job}, from the
+    recorded runs at any sweep point (as recorded: under the concurrency those runs had). A batched job's
+    records each carry the whole job's seconds."""
+    per_epoch: dict[tuple, dict[int, list]] = defaultdict(lambda: defaultdict(list))
     for r in records:
-        per_epoch[(r["setting"], r["attention"], r["optimizer"])].append(r["seconds"] / r["epochs"])
+        per_epoch[(r["setting"], r["attention"], r["optimizer"])][r.get("batched_runs", 1)].append(
+            r["seconds"] / r["epochs"])
+    return {key: {n: sum(v) / len(v) for n, v in sizes.items()} for key, sizes in per_epoch.items()}
+
+
+def job_seconds(setting, runs: list[MADRun], costs: dict) -> float | None:
+    """A job's expected seconds (one run, or a batched group of runs of one setting and model), from the
+    recorded jobs of the nearest size, scaled up for a larger group; None with no record to go by."""
+    by_size = costs.get((setting.name, runs[0].attention, runs[0].optimizer))
+    if not by_size:
+        return None
+    size = min(by_size, key=lambda k: (abs(k - len(runs)), k))
+    return by_size[size] * max(1.0, len(runs) / size) * max(run.epochs for run in runs)
+
+
+def estimate(pending: list[tuple], records: list[dict]) -> str:
+    """The pending runs' cost, per sweep point, one run a job (job_seconds)."""
+    costs = recorded_costs(records)
     points: dict[tuple, list] = {}
     for setting, run, _ in pending:
-        known = per_epoch.get((setting.name, run.attention, run.optimizer))
+        seconds = job_seconds(setting, [run], costs)
         point = points.setdefault((run.lr, run.weight_decay), [0, 0.0, 0])
         point[0] += 1
-        if known:
-            point[1] += run.epochs * sum(known) / len(known)
+        if seconds is not None:
+            point[1] += seconds
         else:
             point[2] += 1
     lines = [f"{len(pending)} runs pending"]
@@ -164,35 +183,50 @@ def _group(setting, runs, device) -> list[dict]:
     return train_sweep(setting, runs, device) if len(runs) > 1 else _one(setting, runs[0], device)
 
 
-def _train_all(pending: list, jobs: int, start_deadline: float | None = None, batched: bool = False):
+def _train_all(pending: list, jobs: int, start_deadline: float | None = None, batched: bool = False,
+               end_deadline: float | None = None, costs: dict | None = None):
     """Yields each run's result as it ends: in order in this process, or from `jobs` worker processes
     ("spawn": CUDA cannot be forked), each given its next job as it finishes one. A job is one run, or
-    with `batched` one batch_sweeps() group. No job starts once `start_deadline` seconds have passed;
-    those started finish. A call with a time limit then ends with whole runs, instead of losing the
-    ones a kill would cut short."""
+    with `batched` one batch_sweeps() group. No job starts once `start_deadline` seconds have passed,
+    nor one whose expected seconds (job_seconds from `costs`) would take it past `end_deadline`: the
+    next job in the queue that fits starts instead. Those started finish. A call with a time limit then
+    ends with whole runs, instead of losing the ones a kill would cut short."""
     clock = time.monotonic()
     train = _group if batched else _one
 
-    def may_start() -> bool:
-        return start_deadline is None or time.monotonic() - clock < start_deadline
+    def fits(job) -> bool:
+        elapsed = time.monotonic() - clock
+        if start_deadline is not None and elapsed >= start_deadline:
+            return False
+        if end_deadline is None:
+            return True
+        setting, runs = job[0], job[1] if batched else [job[1]]
+        seconds = job_seconds(setting, runs, costs or {})
+        return seconds is None or elapsed + seconds <= end_deadline
+
+    def next_job():
+        for i, job in enumerate(queue):
+            if fits(job):
+                return queue.pop(i)
+        return None
 
     queue = list(pending)
     if jobs <= 1:
-        while queue and may_start():
-            yield from train(*queue.pop(0))
-        return
-    with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-        running = set()
-        while queue or running:
-            while queue and len(running) < jobs and may_start():
-                running.add(pool.submit(train, *queue.pop(0)))
-            if not running:
-                break
-            finished, running = wait(running, return_when=FIRST_COMPLETED)
-            for future in finished:
-                yield from future.result()
+        while (job := next_job()) is not None:
+            yield from train(*job)
+    else:
+        with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+            running = set()
+            while queue or running:
+                while len(running) < jobs and (job := next_job()) is not None:
+                    running.add(pool.submit(train, *job))
+                if not running:
+                    break
+                finished, running = wait(running, return_when=FIRST_COMPLETED)
+                for future in finished:
+                    yield from future.result()
     if queue:
-        print(f"{len(queue)} jobs not started: --start-deadline of {start_deadline:g} s passed")
+        print(f"{len(queue)} jobs not started: past --start-deadline, or expected to end past --end-deadline")
 
 
 def main(argv: list[str] | None = None) -> str:
@@ -212,6 +246,10 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument("--jobs", type=int, default=1, help="runs trained at once, in worker processes")
     parser.add_argument("--start-deadline", type=float, default=None, metavar="SECONDS",
                         help="start no run after this many seconds (those started finish): for time-limited calls")
+    parser.add_argument("--end-deadline", type=float, default=None, metavar="SECONDS",
+                        help="start no job expected to end after this many seconds (from the seconds recorded in "
+                             "--out for the same setting, model, optimizer and job size); a cheaper one that fits "
+                             "starts instead, and a job with no record starts until --start-deadline")
     parser.add_argument("--backend", default=None, help="attention backend (default: triton on CUDA, else torch)")
     parser.add_argument("--compile", action="store_true",
                         help="train through torch.compile (CUDA graphs on a GPU); same results, fewer launches")
@@ -260,7 +298,8 @@ def main(argv: list[str] | None = None) -> str:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         if args.batch_sweep:
             pending = batch_sweeps(pending, devices, args.batch_max_seq_len)
-        for result in _train_all(pending, args.jobs, args.start_deadline, args.batch_sweep):
+        for result in _train_all(pending, args.jobs, args.start_deadline, args.batch_sweep, args.end_deadline,
+                                 recorded_costs(records)):
             records.append(result)
             with open(args.out, "a") as f:  # one writer (this process): lines never interleave
                 f.write(json.dumps(result) + "\n")

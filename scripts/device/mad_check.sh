@@ -36,13 +36,14 @@ if [ "${PROBE_LONG:-0}" = 1 ]; then
     --out "$out/probe_long_jobs6.jsonl" > "$out/probe_long_jobs6.log" 2>&1
   echo "== probe long, 6 processes (rc=$?)"; grep -E "acc=|Error" "$out/probe_long_jobs6.log" | tail -8
 fi
-# no run starts in the last MAD_MARGIN seconds, so the time limit rarely cuts one short (costliest runs go first)
+# no run starts in the last MAD_MARGIN seconds, nor one whose recorded seconds say it would end past the
+# limit (a cheaper one starts instead), so the time limit rarely cuts one short (costliest runs go first)
 # MAD_TIMEOUT=0: the probe only (a call's 600 s hold the probe or a protocol piece, not both)
 limit=${MAD_TIMEOUT:-900}
 [ "$limit" -gt 0 ] || exit 0
 PYTHONWARNINGS=ignore::UserWarning timeout --kill-after=10 $limit python3 -m eval.mad.run \
   --attention softmax parallax --device cuda $flags --jobs ${JOBS:-8} --out "$copy" \
-  --start-deadline $((limit - ${MAD_MARGIN:-120})) ${MAD_ARGS:-} \
+  --start-deadline $((limit - ${MAD_MARGIN:-120})) --end-deadline $((limit - 10)) ${MAD_ARGS:-} \
   > "$out/mad_protocol.log" 2>&1
 echo "== MAD protocol piece (rc=$?): $(cat "$copy" 2>/dev/null | wc -l) runs in the file"
 grep -E "Error|error" "$out/mad_protocol.log" | tail -5
