@@ -194,23 +194,21 @@ def _train_all(pending: list, jobs: int, start_deadline: float | None = None, ba
     clock = time.monotonic()
     train = _group if batched else _one
 
-    def fits(job) -> bool:
-        elapsed = time.monotonic() - clock
-        if start_deadline is not None and elapsed >= start_deadline:
-            return False
+    def expected_seconds(job) -> float | None:
         if end_deadline is None:
-            return True
-        setting, runs = job[0], job[1] if batched else [job[1]]
-        seconds = job_seconds(setting, runs, costs or {})
-        return seconds is None or elapsed + seconds <= end_deadline
+            return None
+        return job_seconds(job[0], job[1] if batched else [job[1]], costs or {})
 
     def next_job():
-        for i, job in enumerate(queue):
-            if fits(job):
-                return queue.pop(i)
+        elapsed = time.monotonic() - clock
+        if start_deadline is not None and elapsed >= start_deadline:
+            return None
+        for i, (job, seconds) in enumerate(queue):
+            if seconds is None or elapsed + seconds <= end_deadline:
+                return queue.pop(i)[0]
         return None
 
-    queue = list(pending)
+    queue = [(job, expected_seconds(job)) for job in pending]  # each job priced once
     if jobs <= 1:
         while (job := next_job()) is not None:
             yield from train(*job)
