@@ -103,9 +103,11 @@ class ParallaxDecodeKernel:
         )
         launch = self.kernel(
             p_q, p_r, p_k, p_v, p_o, p_seqlens, p_pm, p_pd1, p_pts, p_po1, p_po2, p_counter,
-            heads, kv_heads, l_max, splits, k_sb, k_sh, k_sl, v_sb, v_sh, v_sl, scale_log2,
+            batch, heads, kv_heads, l_max, splits, k_sb, k_sh, k_sl, v_sb, v_sh, v_sl, scale_log2,
             s_a, s_kv, warp_copy, tiled_mma,
         )
+        # (this launch is traced for the compile only: kernels/cute_launch.py launches the cubin with its own
+        # grid, which for a persistent variant is one wave of CTAs)
         if cutlass.const_expr(self.v.cluster > 0):  # one cluster of `cluster` splits per (batch, kv head)
             launch.launch(grid=[splits, kv_heads, batch], block=[NUM_THREADS, 1, 1], cluster=[self.v.cluster, 1, 1],
                           smem=self.v.smem_bytes, stream=stream)
@@ -120,16 +122,13 @@ class ParallaxDecodeKernel:
         p_q: cute.Pointer, p_r: cute.Pointer, p_k: cute.Pointer, p_v: cute.Pointer, p_o: cute.Pointer,
         p_seqlens: cute.Pointer, p_pm: cute.Pointer, p_pd1: cute.Pointer, p_pts: cute.Pointer,
         p_po1: cute.Pointer, p_po2: cute.Pointer, p_counter: cute.Pointer,
-        heads: Int32, kv_heads: Int32, l_max: Int32, splits: Int32,
+        batch: Int32, heads: Int32, kv_heads: Int32, l_max: Int32, splits: Int32,
         k_sb: Int64, k_sh: Int64, k_sl: Int32, v_sb: Int64, v_sh: Int64, v_sl: Int32,
         scale_log2: Float32,
         s_a: cute.ComposedLayout, s_kv: cute.ComposedLayout, warp_copy: cute.TiledCopy, tiled_mma: cute.TiledMma,
     ):
         d = self.d
-        g_n = self.g
-        bn = self.bn
         tidx, _, _ = cute.arch.thread_idx()
-        split, hk, b = cute.arch.block_idx()
         w = cute.arch.make_warp_uniform(cute.arch.warp_idx())
         lane = cute.arch.lane_idx()
 
@@ -153,11 +152,42 @@ class ParallaxDecodeKernel:
         m_o1 = cute.make_tensor(cute.recast_ptr(k_base, dtype=Float32), o_layout)
         m_o2 = cute.make_tensor(cute.recast_ptr(v_base, dtype=Float32), o_layout)
         ticket_s = smem.allocate_tensor(Int32, cute.make_layout((4,)), byte_alignment=16)
+        c_m, c_d1, c_ts = m_m, m_d1, m_ts  # (stand-ins: only the cluster merge has a CTA state of its own)
         if cutlass.const_expr(self.v.cluster > 0):  # this CTA's merged state, read by the cluster's first CTA
             cta_layout = cute.make_layout((HALF,))
             c_m = smem.allocate_tensor(Float32, cta_layout, byte_alignment=16)
             c_d1 = smem.allocate_tensor(Float32, cta_layout, byte_alignment=16)
             c_ts = smem.allocate_tensor(Float32, cta_layout, byte_alignment=16)
+
+        ptrs = (p_q, p_r, p_k, p_v, p_o, p_seqlens, p_pm, p_pd1, p_pts, p_po1, p_po2, p_counter)
+        sizes = (heads, kv_heads, l_max, splits, k_sb, k_sh, k_sl, v_sb, v_sh, v_sl, scale_log2)
+        tiles = (s_a_t, sK, sV, m_m, m_d1, m_ts, m_o1, m_o2, ticket_s, c_m, c_d1, c_ts)
+        if cutlass.const_expr(self.v.persistent):
+            # at most one wave of CTAs (the launcher sizes the grid by the occupancy query), each walking the
+            # (split, kv head, batch) items, split fastest so that a pair's splits run side by side and its
+            # ticket merge follows soon after
+            first, _, _ = cute.arch.block_idx()
+            step, _, _ = cute.arch.grid_dim()
+            for item in range(first, splits * kv_heads * batch, step):
+                pair = item // splits
+                self._work_item(item % splits, pair % kv_heads, pair // kv_heads, ptrs, sizes, tiles,
+                                warp_copy, tiled_mma, tidx, w, lane)
+                cute.arch.sync_threads()  # the next item reuses this one's shared memory
+        else:
+            split, hk, b = cute.arch.block_idx()
+            self._work_item(split, hk, b, ptrs, sizes, tiles, warp_copy, tiled_mma, tidx, w, lane)
+
+    @cute.jit
+    def _work_item(self, split: Int32, hk: Int32, b: Int32, ptrs, sizes, tiles, warp_copy: cute.TiledCopy,
+                   tiled_mma: cute.TiledMma, tidx: Int32, w: Int32, lane: Int32):
+        """One (batch, kv head, split): stream its keys through the warps, merge the warps, and write o,
+        or this split's partials and, for the last split to finish, the merge of them all."""
+        p_q, p_r, p_k, p_v, p_o, p_seqlens, p_pm, p_pd1, p_pts, p_po1, p_po2, p_counter = ptrs
+        heads, kv_heads, l_max, splits, k_sb, k_sh, k_sl, v_sb, v_sh, v_sl, scale_log2 = sizes
+        s_a_t, sK, sV, m_m, m_d1, m_ts, m_o1, m_o2, ticket_s, c_m, c_d1, c_ts = tiles
+        d = self.d
+        g_n = self.g
+        bn = self.bn
 
         # ---- the visible key range of this split -----------------------------------------------
         seqlens = cute.make_tensor(p_seqlens, cute.make_layout((b + 1,)))
@@ -166,7 +196,6 @@ class ParallaxDecodeKernel:
         lo = cutlass.min(split * chunk, length)
         hi = cutlass.min(lo + chunk, length)
         n_blocks = (hi - lo + bn - 1) // bn
-
 
         thr_mma = tiled_mma.get_slice(lane)
         rA = thr_mma.make_fragment_A(thr_mma.partition_A(s_a_t))

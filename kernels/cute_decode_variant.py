@@ -26,6 +26,10 @@ class DecodeVariant:
     # the launch has exactly this many splits, one thread-block cluster per (batch, kv head), and they
     # merge through distributed shared memory behind cluster barriers (no partials, no atomics)
     cluster: int = 0
+    # False: a grid of (splits, kv heads, batch) CTAs, one work item each. True: a persistent grid of at most
+    # one wave of CTAs (the launcher sizes it by the occupancy query) that walk the (split, kv head, batch)
+    # items in a grid-stride loop, merging splits with the ticket (not with a cluster)
+    persistent: bool = False
 
     def check(self) -> None:
         if self.dtype not in DTYPES:
@@ -39,10 +43,13 @@ class DecodeVariant:
         if self.cluster != 0 and not 2 <= self.cluster <= MAX_CLUSTER:
             raise ValueError(f"CuTe decode kernel: cluster {self.cluster} is not 0 (ticket merge) or "
                              f"2..{MAX_CLUSTER} (Hopper's cluster sizes)")
+        if self.persistent and self.cluster:
+            raise ValueError("CuTe decode kernel: a persistent grid merges its splits with the ticket; it takes "
+                             f"no cluster (cluster {self.cluster})")
 
     @property
     def name(self) -> str:
-        suffix = f"_c{self.cluster}" if self.cluster else ""
+        suffix = (f"_c{self.cluster}" if self.cluster else "") + ("_p" if self.persistent else "")
         return f"parallax_decode_{self.dtype}_d{self.head_dim}_g{self.group}_n{self.block_n}{suffix}"
 
     @property

@@ -86,8 +86,8 @@ def read_artefact(folder: Path, variant: DecodeVariant) -> tuple[dict, bytes] | 
 
 
 # The kernel's parameter list (kernels/cute_decode.py, ParallaxDecodeKernel.kernel): 12 pointers,
-# heads, kv_heads, l_max, splits, k strides (batch, head: 64-bit; row: 32-bit), v strides alike, scale.
-DECODE_PARAMS = ["u64"] * 12 + ["u32"] * 4 + ["u64", "u64", "u32", "u64", "u64", "u32", "f32"]
+# batch, heads, kv_heads, l_max, splits, k strides (batch, head: 64-bit; row: 32-bit), v strides alike, scale.
+DECODE_PARAMS = ["u64"] * 12 + ["u32"] * 5 + ["u64", "u64", "u32", "u64", "u64", "u32", "f32"]
 _CTYPES = {"u64": ctypes.c_uint64, "u32": ctypes.c_uint32, "f32": ctypes.c_float}
 
 
@@ -172,6 +172,7 @@ class CubinKernel:
         self.block = tuple(meta["block"])
         self.params = list(meta["params"])
         self.cluster = int(meta["variant"].get("cluster", 0))  # a cluster kernel must be launched as one
+        self._ctas_per_sm: int | None = None
         if self.cluster > 8:  # clusters above the portable 8 CTAs need the kernel's opt-in
             CU_FUNC_ATTRIBUTE_NON_PORTABLE_CLUSTER_SIZE_ALLOWED = 14
             drv.check(drv.lib.cuFuncSetAttribute(self.func, CU_FUNC_ATTRIBUTE_NON_PORTABLE_CLUSTER_SIZE_ALLOWED, 1),
@@ -179,6 +180,18 @@ class CubinKernel:
         CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES = 8
         drv.check(drv.lib.cuFuncSetAttribute(self.func, CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
                                              self.smem), "cuFuncSetAttribute(max dynamic smem)")
+
+    def ctas_per_sm(self) -> int:
+        """How many CTAs of this kernel one SM holds at once (registers and shared memory), from the driver
+        (asked once: it depends on the kernel alone)."""
+        if self._ctas_per_sm is None:
+            drv = _driver()
+            n = ctypes.c_int()
+            drv.check(drv.lib.cuOccupancyMaxActiveBlocksPerMultiprocessor(
+                ctypes.byref(n), self.func, ctypes.c_int(self.block[0]), ctypes.c_size_t(self.smem)),
+                "cuOccupancyMaxActiveBlocksPerMultiprocessor")
+            self._ctas_per_sm = n.value
+        return self._ctas_per_sm
 
     def launch(self, grid: tuple[int, int, int], args: list, stream: int) -> None:
         values, pointers = pack_params(self.params, args)  # `values` stays alive through the call
@@ -291,14 +304,24 @@ def default_cluster_merge(batch: int, kv_heads: int, splits: int, sms: int) -> b
     return splits in DEFAULT_CLUSTERS and batch * kv_heads * splits <= sms
 
 
+def persistent_grid(items: int, sms: int, ctas_per_sm: int) -> int:
+    """CTAs of a persistent launch: one wave (every SM full) or fewer when there are fewer work items."""
+    if ctas_per_sm < 1:
+        raise RuntimeError("parallax_decode (cute): the driver reports that no CTA of the persistent kernel fits "
+                           "on an SM (registers or shared memory)")
+    return max(1, min(items, sms * ctas_per_sm))
+
+
 def parallax_decode_cute(q, k_cache, v_cache, r, cache_seqlens, *, scale: float, num_splits: int | None = None,
-                         block_n: int | None = None, cluster_merge: bool | None = None,
+                         block_n: int | None = None, cluster_merge: bool | None = None, persistent: bool = False,
                          artefact_dir: Path | None = None):
     """q, r (B, H, D); k_cache, v_cache (B, Hkv, L_max, D) with unit stride in D and the other strides
     multiples of 8 elements; cache_seqlens (B,). Returns (B, H, D) in q's dtype. cluster_merge True: the
     splits of a (batch, kv head) run as one thread-block cluster and merge through distributed shared
     memory (2..MAX_CLUSTER = 16 splits); False: through global partials and a ticket counter (any split
-    count); None: default_cluster_merge decides from the grid."""
+    count); None: default_cluster_merge decides from the grid. persistent True: one wave of CTAs walks the
+    (split, kv head, batch) work items in a loop, merging splits with the ticket (cluster_merge must not be
+    True); False (the default): one CTA per work item."""
     import torch
 
     from parallax_kernels.triton_decode import _sm_count
@@ -308,8 +331,11 @@ def parallax_decode_cute(q, k_cache, v_cache, r, cache_seqlens, *, scale: float,
     if num_splits is None or block_n is None:
         block_n, splits = default_grid(b, k_cache.shape[1], k_cache.shape[2], sms, block_n)
         num_splits = splits if num_splits is None else num_splits
+    if persistent and cluster_merge:
+        raise ValueError("parallax_decode (cute): persistent=True merges splits with the ticket counter; it cannot "
+                         "take cluster_merge=True")
     if cluster_merge is None:
-        cluster_merge = default_cluster_merge(b, k_cache.shape[1], num_splits, sms)
+        cluster_merge = not persistent and default_cluster_merge(b, k_cache.shape[1], num_splits, sms)
     if cluster_merge and not 2 <= num_splits <= MAX_CLUSTER:
         raise ValueError(f"parallax_decode (cute): cluster_merge needs 2..{MAX_CLUSTER} splits (one cluster of "
                          f"them per (batch, kv head)); num_splits is {num_splits}")
@@ -320,15 +346,15 @@ def parallax_decode_cute(q, k_cache, v_cache, r, cache_seqlens, *, scale: float,
         if t.data_ptr() % 16:
             raise ValueError(f"parallax_decode (cute): {name} does not start on a 16-byte boundary")
     variant = DecodeVariant(dtype=str(q.dtype).removeprefix("torch."), head_dim=d, group=h // k_cache.shape[1],
-                            block_n=block_n, cluster=num_splits if cluster_merge else 0)
+                            block_n=block_n, cluster=num_splits if cluster_merge else 0, persistent=persistent)
     variant.check()
     q, r = (t if t.is_contiguous() and t.data_ptr() % 16 == 0 else t.clone(memory_format=torch.contiguous_format)
             for t in (q, r))
     with torch.cuda.device(q.device):  # the kernel is loaded into, and launched on, q's device
-        return _launch(variant, q, k_cache, v_cache, r, cache_seqlens, scale, num_splits, artefact_dir)
+        return _launch(variant, q, k_cache, v_cache, r, cache_seqlens, scale, num_splits, sms, artefact_dir)
 
 
-def _launch(variant, q, k_cache, v_cache, r, cache_seqlens, scale, splits, artefact_dir):
+def _launch(variant, q, k_cache, v_cache, r, cache_seqlens, scale, splits, sms, artefact_dir):
     import math
 
     import torch
@@ -347,8 +373,12 @@ def _launch(variant, q, k_cache, v_cache, r, cache_seqlens, scale, splits, artef
     counter = ticket_counters(q.device, b * hkv)
     seqlens = cache_seqlens.to(device=q.device, dtype=torch.int32).contiguous()
     ptrs = [t.data_ptr() for t in (q, r, k_cache, v_cache, out, seqlens, pm, pd1, pts, po1, po2, counter)]
-    args = ptrs + [h, hkv, l_max, splits,
+    args = ptrs + [b, h, hkv, l_max, splits,
                    k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
                    v_cache.stride(0), v_cache.stride(1), v_cache.stride(2), scale * math.log2(math.e)]
-    kernel.launch((splits, hkv, b), args, torch.cuda.current_stream(q.device).cuda_stream)
+    if variant.persistent:  # one wave at most; the CTAs walk the work items
+        grid = (persistent_grid(splits * hkv * b, sms, kernel.ctas_per_sm()), 1, 1)
+    else:
+        grid = (splits, hkv, b)
+    kernel.launch(grid, args, torch.cuda.current_stream(q.device).cuda_stream)
     return out

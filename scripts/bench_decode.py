@@ -7,6 +7,8 @@ full (length L). Peers, each in its native cache layout:
   parallax-triton   this repo's split-KV Triton kernel (backend="triton", default split count)
   parallax-cute     this repo's CuTe DSL kernel for Hopper (backend="cute"; compiled on first use, or
                     loaded from scripts/build_kernels.py's artefacts in $PARALLAX_KERNEL_DIR)
+  parallax-cute-persistent  the same kernel on its persistent grid (one wave of CTAs walking the work
+                    items; opt-in: --parallax triton cute cute-persistent; build_kernels.py --persistent)
   fla-parallax      flash-linear-attention's parallax_decode_one_step (fla-core), if installed
   sdpa-<backend>    softmax decode, torch SDPA with each backend that accepts the shape (enable_gqa)
   flex              softmax decode, torch.compile'd FlexAttention (enable_gqa)
@@ -51,7 +53,17 @@ def copy_bandwidth() -> float:
     return 2 * src.numel() * 2 / (ms * 1e-3)
 
 
-PARALLAX = ("triton", "cute")
+PARALLAX = ("triton", "cute", "cute-persistent")
+
+
+def decode(q, k, v, r, seqlens, name: str):
+    """One of this repo's decode kernels by its --parallax name: a backend of parallax_decode, or
+    cute-persistent (the CuTe kernel on its persistent grid, opt-in: the launcher's grid otherwise)."""
+    if name == "cute-persistent":
+        from parallax_kernels.cute_launch import parallax_decode_cute
+
+        return parallax_decode_cute(q, k, v, r, seqlens, scale=q.shape[-1] ** -0.5, persistent=True)
+    return parallax_decode(q, k, v, r, cache_seqlens=seqlens, backend=name)
 
 
 def peers(b: int, length: int, dtype, with_flex: bool, parallax=("triton",)):
@@ -63,9 +75,7 @@ def peers(b: int, length: int, dtype, with_flex: bool, parallax=("triton",)):
     q, r = rand(b, H, D), rand(b, H, D)
     k, v = rand(b, HKV, length, D), rand(b, HKV, length, D)
     seqlens = torch.full((b,), length, dtype=torch.int32, device="cuda")
-    out = {f"parallax-{name}": ("parallax", lambda name=name: parallax_decode(q, k, v, r, cache_seqlens=seqlens,
-                                                                              backend=name))
-           for name in parallax}
+    out = {f"parallax-{name}": ("parallax", lambda name=name: decode(q, k, v, r, seqlens, name)) for name in parallax}
     try:
         from fla.ops.parallax.decode import parallax_decode_one_step
 
@@ -90,7 +100,7 @@ def check(q, k, v, r, seqlens, backend: str) -> float:
     """Relative error of one of this repo's kernels against the float64 definition on this cell's inputs."""
     from parallax_kernels.decode import parallax_decode_reference
 
-    got = parallax_decode(q, k, v, r, cache_seqlens=seqlens, backend=backend).double()
+    got = decode(q, k, v, r, seqlens, backend).double()
     ref = parallax_decode_reference(q.double(), k.double(), v.double(), r.double(), seqlens, scale=D**-0.5)
     return float((got - ref).abs().max() / ref.abs().max())
 
@@ -132,11 +142,12 @@ CUTE_SWEEP_CELLS = [(1, 1024), (1, 8192), (1, 32768), (8, 1024), (8, 8192), (8, 
                     (256, 128), (1024, 128)]
 
 
-def sweep_cute(dtype, block_ns=(32, 64, 16)) -> None:
+def sweep_cute(dtype, block_ns=(32, 64, 16), cells=CUTE_SWEEP_CELLS) -> None:
     """The CuTe kernel's key tile and split count on the cells where they matter (small batches, and
     short caches at large batch), against cuDNN's softmax decode in the same run, to choose its grid
     defaults. Tiles other than 32 run only where their artefacts exist (scripts/build_kernels.py --block-n),
-    and so does the cluster merge (--cluster; shown as the tile with a "c", e.g. 64c/4)."""
+    and so does the cluster merge (--cluster; shown as the tile with a "c", e.g. 64c/4) and the persistent
+    grid (--persistent; a "p", e.g. 32p/1)."""
     from parallax_kernels.cute_decode_variant import DecodeVariant
     from parallax_kernels.cute_launch import default_artefact_dir, default_cluster_merge, default_grid, parallax_decode_cute
     from parallax_kernels.triton_decode import _sm_count
@@ -147,7 +158,7 @@ def sweep_cute(dtype, block_ns=(32, 64, 16)) -> None:
     print(f"{sms} SMs; key tiles {block_ns}")
     print("| B | L | sdpa-cudnn us | default block_n/splits | default us | best block_n | best splits | best us |")
     print("|---|---|---:|---:|---:|---:|---:|---:|")
-    for b, length in CUTE_SWEEP_CELLS:
+    for b, length in cells:
         cell, (q, k, v, r, seqlens) = peers(b, length, dtype, False)
         cudnn = do_bench_cudagraph(cell["sdpa-cudnn"][1], rep=30) * 1e3
         base = default_grid(b, HKV, length, sms)
@@ -173,12 +184,34 @@ def sweep_cute(dtype, block_ns=(32, 64, 16)) -> None:
                                                                       num_splits=s, block_n=n, cluster_merge=True)
                 fn()
                 times[(f"{block_n}c", splits)] = do_bench_cudagraph(fn, rep=30) * 1e3
+        for block_n in sorted(set(block_ns if b <= 8 else [32]) | {base[0]}):  # the persistent grid, where built
+            if not (folder / f"{DecodeVariant('bfloat16', D, H // HKV, block_n, persistent=True).name}.json").exists():
+                continue
+            for splits in sorted({1, 4, 16, base[1]} if b <= 8 else {1, base[1]}):
+                if splits > max(1, length // block_n):
+                    continue
+                fn = lambda s=splits, n=block_n: parallax_decode_cute(q, k, v, r, seqlens, scale=D**-0.5,
+                                                                      num_splits=s, block_n=n, persistent=True)
+                fn()
+                times[(f"{block_n}p", splits)] = do_bench_cudagraph(fn, rep=30) * 1e3
         best = min(times, key=times.get)
         print(f"| {b} | {length} | {cudnn:.1f} | {default_name} | {default_us:.1f} | {best[0]} | {best[1]} | "
               f"{times[best]:.1f} |")
         print("    all (block_n/splits: us): " + ", ".join(f"{n}/{s}: {t:.1f}" for (n, s), t in times.items()))
         del cell
         torch.cuda.empty_cache()
+
+
+def parse_cells(parser, cells: list[str]) -> list[tuple[int, int]]:
+    """--cells B:L ... as (batch, length) pairs; a malformed one is an error that names it."""
+    out = []
+    for cell in cells:
+        try:
+            b, length = (int(x) for x in cell.split(":"))
+        except ValueError:
+            parser.error(f"--cells: {cell!r} is not B:L (two integers, e.g. 64:1024)")
+        out.append((b, length))
+    return out
 
 
 def main() -> None:
@@ -188,20 +221,25 @@ def main() -> None:
     parser.add_argument("--max-cache-gib", type=float, default=None, help="default: 40%% of GPU memory")
     parser.add_argument("--no-flex", action="store_true", help="skip FlexAttention (it compiles per shape)")
     parser.add_argument("--json", default=None)
-    parser.add_argument("--sweep", nargs="?", const="triton", choices=PARALLAX, default=None,
+    parser.add_argument("--sweep", nargs="?", const="triton", choices=("triton", "cute"), default=None,
                         help="only sweep one Parallax kernel's settings (default: triton)")
-    parser.add_argument("--parallax", nargs="+", choices=PARALLAX, default=list(PARALLAX),
+    parser.add_argument("--cells", nargs="+", default=None, metavar="B:L",
+                        help="the cells of --sweep cute (default: %s)" % " ".join(f"{b}:{n}" for b, n in CUTE_SWEEP_CELLS))
+    parser.add_argument("--parallax", nargs="+", choices=PARALLAX, default=["triton", "cute"],
                         help="this repo's decode kernels to time")
     args = parser.parse_args()
     from parallax_titan.ops import DECODE_BACKENDS
 
     probe = torch.empty(1, H, D, device="cuda", dtype=torch.bfloat16)
     for name in args.parallax:
-        reason = DECODE_BACKENDS[name].unavailable_reason(probe)
+        reason = DECODE_BACKENDS[name.removesuffix("-persistent")].unavailable_reason(probe)
         if reason:
             parser.error(f"--parallax {name}: unavailable here: {reason}")
     if args.sweep:
-        sweep_cute(torch.bfloat16) if args.sweep == "cute" else sweep(torch.bfloat16)
+        if args.sweep == "cute":
+            sweep_cute(torch.bfloat16, cells=parse_cells(parser, args.cells) if args.cells else CUTE_SWEEP_CELLS)
+        else:
+            sweep(torch.bfloat16)
         return
     global FLEX
     if not args.no_flex:

@@ -35,6 +35,9 @@ def main(argv: list[str] | None = None) -> None:
                    help="0: the ticket merge (any split count); 2..16: the cluster merge for exactly that many "
                         "splits (default: the ticket merge and the cluster sizes the launcher's default grid "
                         "picks, kernels/cute_launch.py default_cluster_merge)")
+    p.add_argument("--persistent", action="store_true",
+                   help="also build the persistent-grid variant of each ticket-merge kernel (opt-in: "
+                        "parallax_decode_cute(..., persistent=True))")
     args = p.parse_args(argv)
     if os.environ["CUTE_DSL_ARCH"] != ARCH:
         sys.exit(f"CUTE_DSL_ARCH={os.environ['CUTE_DSL_ARCH']}: the kernel and its launcher are for {ARCH}")
@@ -43,9 +46,12 @@ def main(argv: list[str] | None = None) -> None:
     from parallax_kernels.cute_decode import compile_variant
 
     dsl = version("nvidia-cutlass-dsl")
-    for dtype, head_dim, group, block_n, cluster in itertools.product(args.dtype, args.head_dim, args.group,
-                                                                       args.block_n, args.cluster):
-        variant = DecodeVariant(dtype, head_dim, group, block_n, cluster)
+    persistent = [False, True] if args.persistent else [False]
+    for dtype, head_dim, group, block_n, cluster, pers in itertools.product(
+            args.dtype, args.head_dim, args.group, args.block_n, args.cluster, persistent):
+        if pers and cluster:  # a persistent grid merges with the ticket only
+            continue
+        variant = DecodeVariant(dtype, head_dim, group, block_n, cluster, pers)
         variant.check()
         start = time.time()
         cubin, ptx, name = compile_variant(variant)

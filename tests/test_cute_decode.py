@@ -94,6 +94,36 @@ def test_cluster_merge_kernel_merges_through_distributed_shared_memory():
     assert "atom.global" not in ptx and ".local" not in ptx
 
 
+@needs_dsl
+def test_persistent_kernel_walks_work_items_in_a_grid_stride_loop():
+    """PTX of a persistent variant: the work item comes from a loop over blockIdx.x + k gridDim.x (the
+    only read of nctaid), with the same MMAs, the ticket and its reset, and no spills; the default
+    variant reads no nctaid at all."""
+    ptx = compiled_ptx("DecodeVariant('bfloat16', 128, 2, persistent=True)")
+    assert ptx.count("%nctaid.x") == 1 and "%ctaid.y" not in ptx and "%ctaid.z" not in ptx
+    assert ptx.count("mma.sync.aligned.m16n8k16") == 32 + 32
+    assert "atom.global.acq_rel.add" in ptx and "atom.global.exch" in ptx and ".local" not in ptx
+    assert "%nctaid" not in compiled_ptx("DecodeVariant('bfloat16', 128, 2)")
+
+
+def test_persistent_variants_are_named_checked_and_sized_to_one_wave():
+    from parallax_kernels.cute_launch import parallax_decode_cute, persistent_grid
+
+    plain = DecodeVariant("bfloat16", 128, 2, 32)
+    assert DecodeVariant("bfloat16", 128, 2, 32, persistent=True).name == plain.name + "_p"
+    with pytest.raises(ValueError, match="persistent grid merges its splits with the ticket"):
+        DecodeVariant("bfloat16", 128, 2, 32, cluster=4, persistent=True).check()
+    assert persistent_grid(8192, 132, 2) == 264  # one wave: every SM full
+    assert persistent_grid(40, 132, 2) == 40  # fewer items than slots: one CTA each
+    with pytest.raises(RuntimeError, match="no CTA of the persistent kernel fits"):
+        persistent_grid(10, 132, 0)
+    q = torch.randn(1, 2, 128, dtype=torch.bfloat16)
+    k = torch.randn(1, 1, 64, 128, dtype=torch.bfloat16)
+    with pytest.raises(ValueError, match="persistent=True merges splits with the ticket"):
+        parallax_decode_cute(q, k, k, q, torch.tensor([64]), scale=0.1, num_splits=4, block_n=32,
+                             cluster_merge=True, persistent=True)
+
+
 def test_artefact_mismatches_are_clear_errors(tmp_path):
     variant = DecodeVariant("bfloat16", 128, 2)
     meta = {"variant": asdict(variant), "kernel": "k", "params": DECODE_PARAMS, "block": [128, 1, 1],
@@ -307,6 +337,31 @@ def test_default_merge_is_a_cluster_for_one_wave_of_2_4_or_8_splits():
     assert not default_cluster_merge(1, 8, 16, 132)  # a non-portable cluster was slower than the ticket
     assert not default_cluster_merge(1, 8, 6, 132)  # not a size the default build compiles
     assert not default_cluster_merge(1, 8, 1, 132)  # nothing to merge
+
+
+PERSISTENT_CASES = CASES + [  # more work items than one wave of CTAs holds, split and not
+    (64, 16, 8, 300, 128, [300, 1, 257] * 21 + [64], 3),
+    (300, 8, 8, 96, 64, list(range(1, 97)) * 3 + [96] * 12, 1),
+]
+
+
+@needs_hopper
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("case", PERSISTENT_CASES, ids=lambda c: f"B{c[0]}H{c[1]}kv{c[2]}L{c[3]}D{c[4]}s{c[6]}")
+@pytest.mark.parametrize("block_n", [32, 64])
+def test_cute_persistent_grid_matches_float64(case, dtype, block_n):
+    """One wave of CTAs walking the (split, kv head, batch) items, ticket merge, against float64; the
+    counters are back at zero afterwards."""
+    from parallax_kernels.cute_launch import parallax_decode_cute
+    from parallax_kernels.decode import TICKET_COUNTERS
+
+    q, k, v, r, lengths, expected = decode_case(case, dtype)
+    d, splits = q.shape[-1], case[6]
+    out = parallax_decode_cute(q, k, v, r, lengths, scale=d**-0.5, num_splits=splits, block_n=block_n,
+                               persistent=True)
+    err = (out.double() - expected).abs().max() / expected.abs().max()
+    assert err < 1.5e-2, float(err)
+    assert all(int(c.abs().sum()) == 0 for c in TICKET_COUNTERS.values())
 
 
 # --- the cluster merge (last: a fault there would poison the CUDA context for the tests after it) ---
