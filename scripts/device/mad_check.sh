@@ -12,8 +12,29 @@ out=${OUT:-./outputs/mad_check}
 mkdir -p "$out"
 results=${MAD_RESULTS:-docs/runs/mad/mad_protocol.jsonl}
 copy="$out/$(basename "$results")"
-[ -f "$results" ] && cp "$results" "$copy"
+# a results file that is not there is an error, not a fresh start: the runner would redo what is done
+# (a MAD_RESULTS path that was not carried cost the ninth session a call that way)
+if [ ! -f "$results" ]; then
+  echo "mad_check.sh: MAD_RESULTS=$results does not exist (not carried?); set it to the JSONL to resume" >&2
+  exit 2
+fi
+cp "$results" "$copy"
 flags=${MAD_FLAGS:---backend triton}
+# MPS=1: the worker processes share the GPU through an MPS server, so that their small kernels run side by
+# side instead of in time slices (same numerics; only the seconds change). Stopped when this script ends;
+# if it does not come up, the runs go on time-sliced and the log says so.
+if [ "${MPS:-0}" = 1 ]; then
+  export CUDA_MPS_PIPE_DIRECTORY=/tmp/mps-pipe CUDA_MPS_LOG_DIRECTORY=/tmp/mps-log
+  mkdir -p $CUDA_MPS_PIPE_DIRECTORY $CUDA_MPS_LOG_DIRECTORY
+  if nvidia-cuda-mps-control -d && python3 -c "import torch; torch.ones(1, device='cuda').sum().item()"; then
+    trap 'echo quit | nvidia-cuda-mps-control' EXIT
+    echo "== MPS server on"
+  else
+    echo quit | nvidia-cuda-mps-control 2>/dev/null
+    unset CUDA_MPS_PIPE_DIRECTORY CUDA_MPS_LOG_DIRECTORY
+    echo "== MPS did not start: time-sliced processes"
+  fi
+fi
 if [ "${PROBE:-0}" = 1 ]; then
   for mode in eager compile; do
     flag=$([ $mode = compile ] && echo --compile)
