@@ -15,7 +15,8 @@ Same semantics and split-KV arithmetic as kernels/decode.py and the Triton kerne
 - Grid (splits, Hkv, B), sized by the caller to fill one wave; with splits > 1 each CTA writes fp32
   partials and takes a ticket from a per-(batch, kv head) counter, and the CTA that draws the last
   ticket merges the splits and resets the counter, all in the same launch. The cluster variant merges
-  the splits of a (batch, kv head) in one thread-block cluster instead.
+  the splits of a (batch, kv head) in one thread-block cluster instead. The persistent variant launches
+  at most one wave of CTAs, which walk the (split, kv head, batch) work items in a loop (ticket merge).
 
 The kernel takes raw pointers, 32/64-bit integers and one float, so its compiled cubin has a plain
 parameter list and can be launched without the DSL (kernels/cute_launch.py): `scripts/build_kernels.py`

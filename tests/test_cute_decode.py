@@ -193,20 +193,27 @@ CASES = [  # (B, H, Hkv, L_max, D, lengths, splits)
 ]
 
 
+def cute_error(case, dtype, **launch) -> float:
+    """Relative error against float64 of the CuTe kernel on a case, launched with explicit options (the
+    case's split count, and `launch`: block_n, cluster_merge, persistent)."""
+    from parallax_kernels.cute_launch import parallax_decode_cute
+
+    q, k, v, r, lengths, expected = decode_case(case, dtype)
+    out = parallax_decode_cute(q, k, v, r, lengths, scale=q.shape[-1] ** -0.5, num_splits=case[6], **launch)
+    assert out.dtype == dtype and out.shape == q.shape
+    return float((out.double() - expected).abs().max() / expected.abs().max())
+
+
 @needs_hopper
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("case", CASES, ids=lambda c: f"B{c[0]}H{c[1]}kv{c[2]}L{c[3]}D{c[4]}s{c[6]}")
 @pytest.mark.parametrize("block_n", [None, 32, 64])  # None: the launcher's default grid
 def test_cute_decode_matches_float64(case, dtype, block_n):
-    q, k, v, r, lengths, expected = decode_case(case, dtype)
-    d, splits = q.shape[-1], case[6]
-    if block_n is None:  # the default tile, through the public op
-        out = parallax_decode(q, k, v, r, cache_seqlens=lengths, backend="cute", num_splits=splits)
-    else:  # each tile explicitly, whichever the default grid would pick
-        from parallax_kernels.cute_launch import parallax_decode_cute
-
-        out = parallax_decode_cute(q, k, v, r, lengths, scale=d**-0.5, num_splits=splits, block_n=block_n,
-                                   cluster_merge=False)  # the ticket merge (the cluster merge is tested below)
+    if block_n is not None:  # each tile explicitly, whichever the default grid would pick, with the ticket merge
+        assert cute_error(case, dtype, block_n=block_n, cluster_merge=False) < 1.5e-2  # (clusters: below)
+        return
+    q, k, v, r, lengths, expected = decode_case(case, dtype)  # the default grid, through the public op
+    out = parallax_decode(q, k, v, r, cache_seqlens=lengths, backend="cute", num_splits=case[6])
     assert out.dtype == dtype and out.shape == q.shape
     err = (out.double() - expected).abs().max() / expected.abs().max()
     assert err < 1.5e-2, float(err)
@@ -352,15 +359,9 @@ PERSISTENT_CASES = CASES + [  # more work items than one wave of CTAs holds, spl
 def test_cute_persistent_grid_matches_float64(case, dtype, block_n):
     """One wave of CTAs walking the (split, kv head, batch) items, ticket merge, against float64; the
     counters are back at zero afterwards."""
-    from parallax_kernels.cute_launch import parallax_decode_cute
     from parallax_kernels.decode import TICKET_COUNTERS
 
-    q, k, v, r, lengths, expected = decode_case(case, dtype)
-    d, splits = q.shape[-1], case[6]
-    out = parallax_decode_cute(q, k, v, r, lengths, scale=d**-0.5, num_splits=splits, block_n=block_n,
-                               persistent=True)
-    err = (out.double() - expected).abs().max() / expected.abs().max()
-    assert err < 1.5e-2, float(err)
+    assert cute_error(case, dtype, block_n=block_n, persistent=True) < 1.5e-2
     assert all(int(c.abs().sum()) == 0 for c in TICKET_COUNTERS.values())
 
 
@@ -382,11 +383,4 @@ CLUSTER_CASES = [  # (B, H, Hkv, L_max, D, lengths, splits = cluster size)
 @pytest.mark.parametrize("block_n", [32, 64])
 def test_cute_cluster_merge_matches_float64(case, dtype, block_n):
     """The splits of a (batch, kv head) as one cluster, merged through distributed shared memory."""
-    from parallax_kernels.cute_launch import parallax_decode_cute
-
-    q, k, v, r, lengths, expected = decode_case(case, dtype)
-    d, splits = q.shape[-1], case[6]
-    out = parallax_decode_cute(q, k, v, r, lengths, scale=d**-0.5, num_splits=splits, block_n=block_n,
-                               cluster_merge=True)
-    err = (out.double() - expected).abs().max() / expected.abs().max()
-    assert err < 1.5e-2, float(err)
+    assert cute_error(case, dtype, block_n=block_n, cluster_merge=True) < 1.5e-2
