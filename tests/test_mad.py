@@ -256,17 +256,18 @@ def test_job_seconds_come_from_recorded_jobs_of_the_nearest_size():
     assert job_seconds(setting, [MADRun(attention="parallax", optimizer="adamw")], costs) is None
 
 
-@pytest.mark.parametrize("task, attention", [("memorization", "parallax"), ("compression", "softmax"),
-                                             ("in-context-recall", "parallax")])
-def test_a_batched_sweep_gives_each_run_its_separate_result(task, attention):
+@pytest.mark.parametrize("task, attention, optimizer", [
+    ("memorization", "parallax", "adamw"), ("compression", "softmax", "adamw"),
+    ("in-context-recall", "parallax", "adamw"), ("in-context-recall", "parallax", "muon")])
+def test_a_batched_sweep_gives_each_run_its_separate_result(task, attention, optimizer):
     """train_sweep trains runs that differ in lr and weight decay as one vmap'd model; each run must end
     exactly where train_setting takes it alone (same init, batches, optimizer; CPU arithmetic)."""
     from eval.mad.train import MADRun, train_setting, train_sweep
 
     s = replace(PROTOCOL[task].baseline, num_train_examples=64, num_test_examples=64,
                 **({"seq_len": 32} if task == "in-context-recall" else {}))
-    runs = [MADRun(attention=attention, epochs=2, lr=1e-3, weight_decay=0.0),
-            MADRun(attention=attention, epochs=2, lr=3e-3, weight_decay=0.1)]
+    runs = [MADRun(attention=attention, optimizer=optimizer, epochs=2, lr=1e-3, weight_decay=0.0),
+            MADRun(attention=attention, optimizer=optimizer, epochs=2, lr=3e-3, weight_decay=0.1)]
     alone = [train_setting(s, run, "cpu", log=lambda *_: None) for run in runs]
     batched = train_sweep(s, runs, "cpu", log=lambda *_: None)
     assert [r["lr"] for r in batched] == [1e-3, 3e-3] and all(r["batched_runs"] == 2 for r in batched)
@@ -279,13 +280,15 @@ def test_a_batched_sweep_gives_each_run_its_separate_result(task, attention):
 @pytest.mark.gpu
 @pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs a CUDA GPU")
 @pytest.mark.parametrize("attention", ["softmax", "parallax"])
-def test_a_batched_sweep_on_the_gpu_matches_separate_runs(attention):
+@pytest.mark.parametrize("optimizer", ["adamw", "muon"])
+def test_a_batched_sweep_on_the_gpu_matches_separate_runs(attention, optimizer):
     """On CUDA (bf16 autocast, cuDNN first for softmax) the batched runs must land where separate runs do,
     to bf16 rounding: SDPA's own vmap rule gave the Transformer wrong gradients there (docs/results.md)."""
     from eval.mad.train import MADRun, train_setting, train_sweep
 
     s = replace(PROTOCOL["in-context-recall"].baseline, num_train_examples=1280, num_test_examples=256)
-    runs = [MADRun(attention=attention, epochs=2, lr=lr, weight_decay=0.0, backend="triton") for lr in (1e-3, 3e-3)]
+    runs = [MADRun(attention=attention, optimizer=optimizer, epochs=2, lr=lr, weight_decay=0.0, backend="triton")
+            for lr in (1e-3, 3e-3)]
     alone = [train_setting(s, run, "cuda", log=lambda *_: None) for run in runs]
     batched = train_sweep(s, runs, "cuda", log=lambda *_: None)
     for a, b in zip(alone, batched):
