@@ -154,7 +154,11 @@ def sweep_cute(dtype, block_ns=(32, 64, 16), cells=CUTE_SWEEP_CELLS) -> None:
 
     sms = _sm_count(torch.device("cuda"))
     folder = default_artefact_dir()
-    block_ns = [n for n in block_ns if n == 32 or (folder / f"{DecodeVariant('bfloat16', D, H // HKV, n).name}.json").exists()]
+
+    def built(block_n: int, **kind) -> bool:  # whether this run's variant has an artefact in the kernel folder
+        return (folder / f"{DecodeVariant('bfloat16', D, H // HKV, block_n, **kind).name}.json").exists()
+
+    block_ns = [n for n in block_ns if n == 32 or built(n)]
     print(f"{sms} SMs; key tiles {block_ns}")
     print("| B | L | sdpa-cudnn us | default block_n/splits | default us | best block_n | best splits | best us |")
     print("|---|---|---:|---:|---:|---:|---:|---:|")
@@ -177,15 +181,14 @@ def sweep_cute(dtype, block_ns=(32, 64, 16), cells=CUTE_SWEEP_CELLS) -> None:
                 times[(block_n, splits)] = do_bench_cudagraph(fn, rep=30) * 1e3
         for block_n in block_ns if b <= 8 else []:  # the cluster merge, where its artefacts exist
             for splits in (2, 4, 8, 16):
-                variant = DecodeVariant("bfloat16", D, H // HKV, block_n, splits)
-                if splits > length // block_n or not (folder / f"{variant.name}.json").exists():
+                if splits > length // block_n or not built(block_n, cluster=splits):
                     continue
                 fn = lambda s=splits, n=block_n: parallax_decode_cute(q, k, v, r, seqlens, scale=D**-0.5,
                                                                       num_splits=s, block_n=n, cluster_merge=True)
                 fn()
                 times[(f"{block_n}c", splits)] = do_bench_cudagraph(fn, rep=30) * 1e3
         for block_n in sorted(set(block_ns if b <= 8 else [32]) | {base[0]}):  # the persistent grid, where built
-            if not (folder / f"{DecodeVariant('bfloat16', D, H // HKV, block_n, persistent=True).name}.json").exists():
+            if not built(block_n, persistent=True):
                 continue
             for splits in sorted({1, 4, 16, base[1]} if b <= 8 else {1, base[1]}):
                 if splits > max(1, length // block_n):
@@ -228,6 +231,8 @@ def main() -> None:
     parser.add_argument("--parallax", nargs="+", choices=PARALLAX, default=["triton", "cute"],
                         help="this repo's decode kernels to time")
     args = parser.parse_args()
+    if args.cells and args.sweep != "cute":
+        parser.error("--cells picks the cells of --sweep cute; it does nothing without it")
     from parallax_titan.ops import DECODE_BACKENDS
 
     probe = torch.empty(1, H, D, device="cuda", dtype=torch.bfloat16)

@@ -198,3 +198,20 @@ def test_generate_script_samples_from_a_dcp_checkpoint(tmp_path, capsys, debug_c
     assert first.out.count("=== ") == 2 and "tokens/s" in first.err
     with pytest.raises(SystemExit, match="no .metadata"):
         main(["--config", str(DEBUG_CONFIG), "--checkpoint", str(tmp_path), "--prompt", "x", "--device", "cpu"])
+
+
+def test_bench_decode_cells_are_checked_before_any_gpu_work(monkeypatch, capsys):
+    """--cells belongs to --sweep cute, and each cell must be B:L; either mistake stops the run with a
+    message naming it (both checks come before the script touches a GPU)."""
+    import argparse
+
+    from scripts.bench_decode import main, parse_cells
+
+    monkeypatch.setattr("sys.argv", ["bench_decode.py", "--cells", "64:1024"])
+    with pytest.raises(SystemExit):
+        main()
+    assert "--cells picks the cells of --sweep cute" in capsys.readouterr().err
+    assert parse_cells(argparse.ArgumentParser(), ["64:1024", "1:8"]) == [(64, 1024), (1, 8)]
+    with pytest.raises(SystemExit):
+        parse_cells(argparse.ArgumentParser(), ["64x1024"])
+    assert "'64x1024' is not B:L" in capsys.readouterr().err
