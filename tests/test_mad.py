@@ -206,6 +206,20 @@ def test_plan_keeps_sweep_points_outermost_and_starts_the_costliest_settings_fir
     assert [d for _, _, d in pending[:3]] == ["cuda:0", "cuda:1", "cuda:0"]
 
 
+def test_plan_finishes_one_optimizer_before_the_next_starts():
+    """With AdamW's later sweep points still pending, no Muon run comes before the last AdamW run, so a
+    time-limited piece completes AdamW's table first."""
+    from eval.mad.run import plan
+    from eval.mad.train import MADRun
+
+    settings = all_settings(["in-context-recall"], baseline_only=True)
+    runs = [MADRun(attention="softmax", optimizer=o, lr=lr, weight_decay=wd)
+            for o in ("adamw", "muon") for lr, wd in ((1e-3, 0.0), (1e-3, 0.1))]
+    done = {(settings[0].name, "softmax", "adamw", 1e-3, 0.0, 200, 12345)}
+    pending = [(run.optimizer, run.weight_decay) for _, run, _ in plan(settings, runs, done, ["cpu"])]
+    assert pending == [("adamw", 0.1), ("muon", 0.0), ("muon", 0.1)]
+
+
 @pytest.mark.parametrize("jobs", [1, 2])
 def test_no_run_starts_after_the_start_deadline(tmp_path, jobs):
     """A time-limited call ends with whole runs: past the deadline nothing new starts (here: at once)."""
@@ -402,8 +416,8 @@ def test_estimate_prices_pending_runs_from_the_recorded_seconds(tmp_path):
                  "--device", "cpu", "--estimate", "--out", str(out)])
     # 6 s an epoch recorded for the baseline: 120 s for each of its 20-epoch runs; vocab 512 has no record
     assert "4 runs pending" in text
-    assert "lr=0.001 wd=0: 2 runs, about 2 run-minutes (1 with no record to go by)" in text
-    assert "lr=0.0005 wd=0: 2 runs, about 2 run-minutes (1 with no record to go by)" in text
+    assert "adamw lr=0.001 wd=0: 2 runs, about 2 run-minutes (1 with no record to go by)" in text
+    assert "adamw lr=0.0005 wd=0: 2 runs, about 2 run-minutes (1 with no record to go by)" in text
     assert out.read_text().count("\n") == 1  # nothing trained
 
 

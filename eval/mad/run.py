@@ -106,17 +106,19 @@ def table(records: list[dict]) -> str:
 
 
 def plan(settings: list, runs: list[MADRun], done: set[tuple], devices: list[str]) -> list[tuple]:
-    """(setting, run, device) for every run not in `done`. Sweep points (lr, weight decay) outermost, in
-    the order given: a protocol cut short has every setting at the first points rather than some fully
-    swept and others not at all. Within a sweep point the costliest settings (examples x length) go
-    first, so that workers running side by side finish together instead of one long run trailing."""
-    points = list(dict.fromkeys((run.lr, run.weight_decay) for run in runs))
+    """(setting, run, device) for every run not in `done`. Optimizers outermost, then sweep points (lr,
+    weight decay), each in the order given: a protocol cut short has one optimizer's table complete
+    before the next starts (the tenth session spent a call on Muon's first point while AdamW's last runs
+    waited), and every setting at the first points rather than some fully swept and others not at all.
+    Within a sweep point the costliest settings (examples x length) go first, so that workers running
+    side by side finish together instead of one long run trailing."""
+    points = list(dict.fromkeys((run.optimizer, run.lr, run.weight_decay) for run in runs))
     pending = []
     for point in points:
         for setting in sorted(settings, key=lambda s: -s.num_train_examples * s.seq_len):
             for run in runs:
                 key = (setting.name, run.attention, run.optimizer, run.lr, run.weight_decay, run.epochs, run.seed)
-                if (run.lr, run.weight_decay) == point and key not in done:
+                if (run.optimizer, run.lr, run.weight_decay) == point and key not in done:
                     pending.append((setting, run, devices[len(pending) % len(devices)]))
     return pending
 
@@ -143,20 +145,20 @@ def job_seconds(setting, runs: list[MADRun], costs: dict) -> float | None:
 
 
 def estimate(pending: list[tuple], records: list[dict]) -> str:
-    """The pending runs' cost, per sweep point, one run a job (job_seconds)."""
+    """The pending runs' cost, per optimizer and sweep point, one run a job (job_seconds)."""
     costs = recorded_costs(records)
     points: dict[tuple, list] = {}
     for setting, run, _ in pending:
         seconds = job_seconds(setting, [run], costs)
-        point = points.setdefault((run.lr, run.weight_decay), [0, 0.0, 0])
+        point = points.setdefault((run.optimizer, run.lr, run.weight_decay), [0, 0.0, 0])
         point[0] += 1
         if seconds is not None:
             point[1] += seconds
         else:
             point[2] += 1
     lines = [f"{len(pending)} runs pending"]
-    for (lr, wd), (count, seconds, unknown) in points.items():
-        lines.append(f"lr={lr:g} wd={wd:g}: {count} runs, about {seconds / 60:.0f} run-minutes"
+    for (optimizer, lr, wd), (count, seconds, unknown) in points.items():
+        lines.append(f"{optimizer} lr={lr:g} wd={wd:g}: {count} runs, about {seconds / 60:.0f} run-minutes"
                      + (f" ({unknown} with no record to go by)" if unknown else ""))
     return "\n".join(lines)
 
@@ -286,8 +288,8 @@ def main(argv: list[str] | None = None) -> str:
                                 num_test_examples=min(s.num_test_examples, args.max_train_examples)) for s in settings]
         runs = [MADRun(attention=attention, optimizer=optimizer, lr=lr, weight_decay=wd, epochs=args.epochs,
                        seed=args.seed, backend=backend, compile=args.compile)
-                for lr, wd in itertools.product(args.lrs, args.wds)
-                for attention in args.attention for optimizer in args.optimizer]
+                for optimizer in args.optimizer for lr, wd in itertools.product(args.lrs, args.wds)
+                for attention in args.attention]
         pending = plan(settings, runs, done, devices)
         if args.estimate:
             text = estimate(pending, records)
