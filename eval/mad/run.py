@@ -15,9 +15,9 @@ and --end-deadline none that the recorded seconds say would not finish (a cheape
 MAD models are tiny (width 128, 2 blocks), so one run leaves a GPU mostly idle: --jobs N trains N runs at
 once in worker processes, spread round-robin over the --device list (e.g. --jobs 16 --device cuda:0 cuda:1),
 and --compile trains through torch.compile with CUDA graphs. Every run is seeded on its own, so the
-results depend on neither. Runs go sweep point by sweep point (all settings at the first lr and weight
-decay, then the next), and the table compares the models of each optimizer only on runs all of them have, so a protocol
-completed in pieces can be read at any point.
+results depend on neither. Runs go optimizer by optimizer, and within one sweep point by sweep point (all
+settings at the first lr and weight decay, in --lrs/--wds order, then the next), and the table compares the
+models of each optimizer only on runs all of them have, so a protocol completed in pieces can be read at any point.
 
 --batch-sweep trains each setting's sweep points (same model, same seed) as one batched model instead
 (eval/mad/train.py train_sweep): a step then launches each kernel once for all of them, which is what a
