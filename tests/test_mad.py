@@ -268,6 +268,9 @@ def test_job_seconds_come_from_recorded_jobs_of_the_nearest_size():
     assert job_seconds(setting, [run] * 4, costs) == pytest.approx(20.0 * 20)
     assert job_seconds(setting, [run] * 6, costs) == pytest.approx(20.0 * 20 * 6 / 4)  # a larger group
     assert job_seconds(setting, [MADRun(attention="parallax", optimizer="adamw")], costs) is None
+    # no Muon record: the same setting and model under AdamW stands in; not another model's
+    assert job_seconds(setting, [MADRun(attention="softmax", optimizer="muon", epochs=20)], costs) == pytest.approx(120)
+    assert job_seconds(setting, [MADRun(attention="parallax", optimizer="muon")], costs) is None
 
 
 @pytest.mark.parametrize("task, attention, optimizer", [
