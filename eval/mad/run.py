@@ -138,9 +138,9 @@ def job_seconds(setting, runs: list[MADRun], costs: dict) -> float | None:
     """A job's expected seconds (one run, or a batched group of runs of one setting and model), from the
     recorded jobs of the nearest size, scaled up for a larger group; None with no record to go by. With
     no record under the job's optimizer, the same setting and model under another optimizer stands in:
-    a step of these models costs about the same under Muon as under AdamW (tenth session: 183-246 s a
-    run against 58-421 s under AdamW, both ranges set more by what shared the GPU than by the
-    optimizer), and a rough price lets --end-deadline hold back a job that a time limit would cut."""
+    a step of these models costs about the same under either (tenth session: the first 16 Muon runs took
+    183-246 s, AdamW's runs of the same settings and models 58-421 s, both set more by what shared the
+    GPU than by the optimizer), and a rough price lets --end-deadline hold back a job a time limit would cut."""
     by_size = costs.get((setting.name, runs[0].attention, runs[0].optimizer))
     if not by_size:
         by_size = next((sizes for (name, attention, _), sizes in sorted(costs.items())
