@@ -193,15 +193,21 @@ CASES = [  # (B, H, Hkv, L_max, D, lengths, splits)
 ]
 
 
+def relative_error(out, expected, q) -> float:
+    """Max error against the float64 result, relative to its largest value; the output must keep the
+    query's dtype and shape."""
+    assert out.dtype == q.dtype and out.shape == q.shape
+    return float((out.double() - expected).abs().max() / expected.abs().max())
+
+
 def cute_error(case, dtype, **launch) -> float:
-    """Relative error against float64 of the CuTe kernel on a case, launched with explicit options (the
-    case's split count, and `launch`: block_n, cluster_merge, persistent)."""
+    """relative_error of the CuTe kernel on a case, launched with explicit options (the case's split
+    count, and `launch`: block_n, cluster_merge, persistent)."""
     from parallax_kernels.cute_launch import parallax_decode_cute
 
     q, k, v, r, lengths, expected = decode_case(case, dtype)
     out = parallax_decode_cute(q, k, v, r, lengths, scale=q.shape[-1] ** -0.5, num_splits=case[6], **launch)
-    assert out.dtype == dtype and out.shape == q.shape
-    return float((out.double() - expected).abs().max() / expected.abs().max())
+    return relative_error(out, expected, q)
 
 
 @needs_hopper
@@ -209,14 +215,12 @@ def cute_error(case, dtype, **launch) -> float:
 @pytest.mark.parametrize("case", CASES, ids=lambda c: f"B{c[0]}H{c[1]}kv{c[2]}L{c[3]}D{c[4]}s{c[6]}")
 @pytest.mark.parametrize("block_n", [None, 32, 64])  # None: the launcher's default grid
 def test_cute_decode_matches_float64(case, dtype, block_n):
-    if block_n is not None:  # each tile explicitly, whichever the default grid would pick, with the ticket merge
-        assert cute_error(case, dtype, block_n=block_n, cluster_merge=False) < 1.5e-2  # (clusters: below)
-        return
-    q, k, v, r, lengths, expected = decode_case(case, dtype)  # the default grid, through the public op
-    out = parallax_decode(q, k, v, r, cache_seqlens=lengths, backend="cute", num_splits=case[6])
-    assert out.dtype == dtype and out.shape == q.shape
-    err = (out.double() - expected).abs().max() / expected.abs().max()
-    assert err < 1.5e-2, float(err)
+    if block_n is None:  # the default grid, through the public op
+        q, k, v, r, lengths, expected = decode_case(case, dtype)
+        out = parallax_decode(q, k, v, r, cache_seqlens=lengths, backend="cute", num_splits=case[6])
+        assert relative_error(out, expected, q) < 1.5e-2
+    else:  # each tile explicitly, whichever the default grid would pick, with the ticket merge (clusters: below)
+        assert cute_error(case, dtype, block_n=block_n, cluster_merge=False) < 1.5e-2
 
 
 @needs_hopper
@@ -235,7 +239,7 @@ def test_cute_ticket_counter_is_reset_for_the_next_launch():
     q, k, v, r = inputs(1)
     second = parallax_decode(q, k, v, r, cache_seqlens=lengths, backend="cute", num_splits=7)
     expected = parallax_decode_reference(q.double(), k.double(), v.double(), r.double(), lengths, scale=128**-0.5)
-    assert float((second.double() - expected).abs().max() / expected.abs().max()) < 1.5e-2
+    assert relative_error(second, expected, q) < 1.5e-2
     assert not torch.allclose(first, second)
 
 
