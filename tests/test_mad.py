@@ -294,6 +294,25 @@ def test_a_batched_sweep_gives_each_run_its_separate_result(task, attention, opt
         assert b["test_acc"] == a["test_acc"]
 
 
+def test_a_muon_sweep_steps_every_runs_matrices_through_one_muon():
+    """One Muon, a param group per run with that run's lr and weight decay (so Newton-Schulz batches across
+    runs), and an AdamW per run for the rest; each run's parameters are routed exactly once."""
+    from eval.mad.train import MADRun, build_model, build_sweep_optimizers
+    from parallax_titan.optim.muon import Muon
+
+    s = replace(PROTOCOL["in-context-recall"].baseline, seq_len=32)
+    runs = [MADRun(optimizer="muon", lr=1e-3, weight_decay=0.0), MADRun(optimizer="muon", lr=5e-4, weight_decay=0.1)]
+    members = [build_model(s, run) for run in runs]
+    optimizers = build_sweep_optimizers(members, runs)
+    muons = [o for o in optimizers if isinstance(o, Muon)]
+    assert len(muons) == 1 and len(optimizers) == 3
+    assert [(g["lr"], g["weight_decay"]) for g in muons[0].param_groups] == [(1e-3, 0.0), (5e-4, 0.1)]
+    for member, group, adamw in zip(members, muons[0].param_groups, optimizers[1:]):
+        routed = [id(p) for p in group["params"]] + [id(p) for g in adamw.param_groups for p in g["params"]]
+        assert sorted(routed) == sorted(id(p) for p in member.parameters())
+        assert all(p.ndim == 2 for p in group["params"]) and len(group["params"]) > 0
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs a CUDA GPU")
 @pytest.mark.parametrize("attention", ["softmax", "parallax"])

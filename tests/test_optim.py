@@ -81,6 +81,50 @@ def test_muon_matches_torch_optim_muon_in_bf16():
     torch.testing.assert_close(our_p, ref_p, rtol=0, atol=1e-6)
 
 
+def test_param_groups_that_orthogonalise_alike_share_one_newton_schulz(monkeypatch):
+    """Two groups (a sweep's two runs: own lr and weight decay) step as two separate Muons would, with one
+    batched Newton-Schulz per matrix shape instead of one per group and shape."""
+    import parallax_titan.optim.muon as muon_module
+
+    torch.manual_seed(0)
+    shapes = [(32, 16), (16, 16), (32, 16)]
+    a = [torch.nn.Parameter(torch.randn(*s)) for s in shapes]
+    b = [torch.nn.Parameter(torch.randn(*s)) for s in shapes]
+    a_alone, b_alone = ([torch.nn.Parameter(p.detach().clone()) for p in ps] for ps in (a, b))
+    settings = dict(lr=0.02, weight_decay=0.1, ns_dtype="float32")
+    shared = Muon([dict(params=a), dict(params=b, lr=0.05, weight_decay=0.0)], **settings)
+    alone = [Muon(a_alone, **settings), Muon(b_alone, **dict(settings, lr=0.05, weight_decay=0.0))]
+    calls = []
+    real = muon_module.newton_schulz
+    monkeypatch.setattr(muon_module, "newton_schulz", lambda g, *args: calls.append(tuple(g.shape)) or real(g, *args))
+    for _ in range(3):
+        for ps, ps_alone in ((a, a_alone), (b, b_alone)):
+            for p, q in zip(ps, ps_alone):
+                p.grad = torch.randn_like(p)
+                q.grad = p.grad.clone()
+        calls.clear()
+        shared.step()
+        assert sorted(calls) == [(2, 16, 16), (4, 32, 16)]  # both groups' matrices, stacked by shape
+        for opt in alone:
+            opt.step()
+    for p, q in zip(a + b, a_alone + b_alone):
+        torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-7)
+    assert not torch.allclose(a[0], b_alone[0])  # the groups do step differently
+
+
+def test_groups_with_different_head_splits_are_orthogonalised_apart():
+    p = torch.nn.Parameter(torch.zeros(32, 16))
+    q = torch.nn.Parameter(torch.zeros(32, 16))
+    opt = Muon([dict(params=[p], head_split=(0, 8)), dict(params=[q])], lr=1.0, weight_decay=0.0, momentum=0.0,
+               nesterov=False, scaling="spectral", ns_dtype="float32")
+    g = torch.randn(32, 16)
+    p.grad, q.grad = g.clone(), g.clone()
+    opt.step()
+    for block in (-p.detach()).split(8, dim=0):  # p per head, q as a whole matrix, from the same gradient
+        assert torch.linalg.svdvals(block).min() > 0.6
+    torch.testing.assert_close(-q.detach(), newton_schulz(g, dtype=torch.float32) * 2 ** 0.5, rtol=1e-5, atol=1e-6)
+
+
 def test_spectral_scaling_and_per_head_blocks():
     torch.manual_seed(0)
     p = torch.nn.Parameter(torch.zeros(4 * 16, 32))

@@ -92,20 +92,50 @@ def build_model(setting: TaskSetting, run: MADRun) -> nn.Module:
     return model
 
 
+def _muon_split(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
+    """(hidden matrices, for Muon; the rest, for AdamW): the blocks' 2-D weights, not embeddings or heads."""
+    hidden = [p for n, p in model.named_parameters() if p.ndim == 2 and ".layers." in f".{n}" and "tok_embeddings" not in n]
+    ids = {id(p) for p in hidden}
+    return hidden, [p for p in model.parameters() if id(p) not in ids]
+
+
+def _check_optimizer(run: MADRun) -> None:
+    if run.optimizer not in ("adamw", "muon"):
+        raise ValueError(f"MAD optimizer {run.optimizer!r} is unknown; choose adamw or muon")
+
+
 def build_optimizer(model: nn.Module, run: MADRun) -> list[torch.optim.Optimizer]:
     # fused AdamW on a GPU: one kernel per step, so the optimizer does not undo what CUDA graphs save
     fused = next(model.parameters()).is_cuda
+    _check_optimizer(run)
     if run.optimizer == "adamw":
         return [torch.optim.AdamW(model.parameters(), lr=run.lr, weight_decay=run.weight_decay, fused=fused)]
-    if run.optimizer != "muon":
-        raise ValueError(f"MAD optimizer {run.optimizer!r} is unknown; choose adamw or muon")
     from parallax_titan.optim.muon import Muon
 
-    hidden = [p for n, p in model.named_parameters() if p.ndim == 2 and ".layers." in f".{n}" and "tok_embeddings" not in n]
-    ids = {id(p) for p in hidden}
-    rest = [p for p in model.parameters() if id(p) not in ids]
+    hidden, rest = _muon_split(model)
     return [Muon(hidden, lr=run.lr, weight_decay=run.weight_decay, ns_dtype="float32"),
             torch.optim.AdamW(rest, lr=run.lr, weight_decay=run.weight_decay, fused=fused)]
+
+
+def build_sweep_optimizers(members: list[nn.Module], runs: list[MADRun]) -> list[torch.optim.Optimizer]:
+    """A batched sweep's optimizers: under Muon, one Muon with a param group per run (its lr and weight
+    decay), so that every run's matrices share one batched Newton-Schulz per shape (the same arithmetic
+    as a Muon per run: tested), plus each run's AdamW; under AdamW, each run's own."""
+    if runs[0].optimizer != "muon":
+        return [o for m, run in zip(members, runs) for o in build_optimizer(m, run)]
+    from parallax_titan.optim.muon import Muon
+
+    fused = next(members[0].parameters()).is_cuda
+    splits = [_muon_split(m) for m in members]
+    muon = Muon([dict(params=hidden, lr=run.lr, weight_decay=run.weight_decay) for (hidden, _), run in zip(splits, runs)],
+                lr=runs[0].lr, weight_decay=runs[0].weight_decay, ns_dtype="float32")
+    return [muon] + [torch.optim.AdamW(rest, lr=run.lr, weight_decay=run.weight_decay, fused=fused)
+                     for (_, rest), run in zip(splits, runs)]
+
+
+def _schedulers(optimizers: list[torch.optim.Optimizer], run: MADRun, total_steps: int) -> list:
+    # cosine per param group, from each group's own lr: a shared optimizer's groups follow their own runs
+    return [torch.optim.lr_scheduler.CosineAnnealingLR(o, T_max=total_steps, eta_min=run.min_lr) for o in optimizers]
 
 
 @torch.no_grad()
@@ -143,9 +173,7 @@ def _prepare(setting: TaskSetting, run: MADRun, device):
 
 def _step_tools(model: nn.Module, run: MADRun, total_steps: int):
     optimizers = build_optimizer(model, run)
-    schedulers = [torch.optim.lr_scheduler.CosineAnnealingLR(o, T_max=total_steps, eta_min=run.min_lr)
-                  for o in optimizers]
-    return optimizers, schedulers
+    return optimizers, _schedulers(optimizers, run, total_steps)
 
 
 def _finish(setting: TaskSetting, run: MADRun, model: nn.Module, test, loss: float, seconds: float, device,
@@ -246,7 +274,8 @@ def train_sweep(setting: TaskSetting, runs: list[MADRun], device: str = "cpu", l
     _fold_softmax_attention(model)  # before the copies, so every member has it
     members = [model] + [copy.deepcopy(model) for _ in runs[1:]]
     steps_per_epoch = math.ceil(len(x_train) / first.batch_size)
-    tools = [_step_tools(m, run, first.epochs * steps_per_epoch) for m, run in zip(members, runs)]
+    optimizers = build_sweep_optimizers(members, runs)
+    schedulers = _schedulers(optimizers, first, first.epochs * steps_per_epoch)
     names = [n for n, _ in model.named_parameters()]
     member_params = [dict(m.named_parameters()) for m in members]
     buffers = dict(model.named_buffers())  # not trained: the same in every member
@@ -265,14 +294,12 @@ def train_sweep(setting: TaskSetting, runs: list[MADRun], device: str = "cpu", l
                 logits = batched(params, x)
             losses = torch.stack([F.cross_entropy(lg.float().flatten(0, 1), y.flatten(), ignore_index=IGNORE)
                                   for lg in logits])
-            for optimizers, _ in tools:
-                for o in optimizers:
-                    o.zero_grad(set_to_none=True)
+            for o in optimizers:
+                o.zero_grad(set_to_none=True)
             losses.sum().backward()  # the members are independent: each gets its own loss's gradient
-            for optimizers, schedulers in tools:
-                for o, s in zip(optimizers, schedulers):
-                    o.step()
-                    s.step()
+            for o, s in zip(optimizers, schedulers):
+                o.step()
+                s.step()
         final = losses.tolist()
         for run, loss in zip(runs, final):
             if not math.isfinite(loss):

@@ -12,6 +12,8 @@ tensors and always runs Newton-Schulz in bf16. This subclass keeps its construct
 - Per-head orthogonalisation: a group may carry `head_split = (axis, head_dim)`, and each head's
   block is orthogonalised on its own (q/k/v/r split rows, o splits columns); scaling uses the
   block's shape.
+- Param groups that orthogonalise alike (same steps, coefficients, head split, dtype) share one
+  batched Newton-Schulz per matrix shape, whatever their lr and weight decay.
 - Newton-Schulz dtype: bf16 on GPU as usual; fp32 on CPU, where bf16 matmuls are very slow.
 - Scaling names as this project's TOML spells them: match_rms_adamw (0.2 * sqrt(max(out, in))) and
   spectral (sqrt(max(1, out / in)), torch's "original").
@@ -241,6 +243,7 @@ class Muon(torch.optim.Muon):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        pending = []  # (group, its params with a gradient, their momentum updates)
         for group in self.param_groups:
             params = [p for p in group["params"] if p.grad is not None]
             if not params:
@@ -256,19 +259,42 @@ class Muon(torch.optim.Muon):
             # momentum (and Nesterov) on local shards, one fused launch per op for all matrices
             torch._foreach_lerp_(bufs, grads, 1 - momentum)
             updates = torch._foreach_lerp(grads, bufs, momentum) if group["nesterov"] else [b.clone() for b in bufs]
+            pending.append((group, params, updates))
 
-            dtype = self._ns_dtype(group, updates[0].device)
-            ortho = self._orthogonalize_all(params, updates, group, dtype)
-            lr, wd = group["lr"], group["weight_decay"]
-            locals_ = [_local(p) for p in params]
-            torch._foreach_mul_(locals_, 1 - lr * wd)  # decoupled weight decay
-            by_scale: dict[float, list[int]] = {}
-            for i, p in enumerate(params):
-                by_scale.setdefault(_scale(_block_shape(p.shape, group), group["scaling"]), []).append(i)
-            for scale, idx in by_scale.items():
-                torch._foreach_add_([locals_[i] for i in idx], [ortho[i].to(locals_[i].dtype) for i in idx],
-                                    alpha=-lr * scale)
+        # Groups that orthogonalise alike share one batched Newton-Schulz: a learning-rate sweep trained as
+        # one model (eval/mad/train.py train_sweep) has a group per run, and its small matrices would
+        # otherwise cost a launch per run for each matmul of every iteration.
+        alike: dict[tuple, list] = {}
+        for item in pending:
+            alike.setdefault(self._ns_key(item[0], item[2][0].device), []).append(item)
+        for items in alike.values():
+            first = items[0][0]
+            ortho = self._orthogonalize_all([p for _, ps, _ in items for p in ps],
+                                            [u for _, _, us in items for u in us],
+                                            first, self._ns_dtype(first, items[0][2][0].device))
+            for group, params, _ in items:
+                self._apply(group, params, ortho[: len(params)])
+                ortho = ortho[len(params):]
         return loss
+
+    def _ns_key(self, group: dict, device: torch.device) -> tuple:
+        """What Newton-Schulz a group's matrices get: groups with the same key can be orthogonalised together."""
+        split = group.get("head_split")
+        return (group["ns_steps"], group["eps"], tuple(group["ns_coefficients"]),
+                None if split is None else tuple(split), self._ns_dtype(group, device))
+
+    @staticmethod
+    def _apply(group: dict, params: list, ortho: list[torch.Tensor]) -> None:
+        """Decoupled weight decay, then the scaled orthogonalised update, at the group's lr."""
+        lr, wd = group["lr"], group["weight_decay"]
+        locals_ = [_local(p) for p in params]
+        torch._foreach_mul_(locals_, 1 - lr * wd)
+        by_scale: dict[float, list[int]] = {}
+        for i, p in enumerate(params):
+            by_scale.setdefault(_scale(_block_shape(p.shape, group), group["scaling"]), []).append(i)
+        for scale, idx in by_scale.items():
+            torch._foreach_add_([locals_[i] for i in idx], [ortho[i].to(locals_[i].dtype) for i in idx],
+                                alpha=-lr * scale)
 
     def _orthogonalize_all(self, params, updates, group, dtype) -> list[torch.Tensor]:
         out: list[torch.Tensor] = [None] * len(params)  # type: ignore[list-item]
