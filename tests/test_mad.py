@@ -273,6 +273,30 @@ def test_job_seconds_come_from_recorded_jobs_of_the_nearest_size():
     assert job_seconds(setting, [MADRun(attention="parallax", optimizer="muon")], costs) is None
 
 
+def test_a_larger_batched_job_is_priced_by_how_batching_grew_the_models_jobs_elsewhere():
+    from eval.mad.run import batch_growth, job_seconds, recorded_costs
+    from eval.mad.tasks import PROTOCOL
+    from eval.mad.train import MADRun
+
+    new, a, b, c = (PROTOCOL[t].baseline for t in ("compression", "memorization", "in-context-recall", "selective-copying"))
+
+    def records(setting, attention, single, batched):
+        base = {"setting": setting.name, "attention": attention, "optimizer": "adamw", "epochs": 10}
+        return [{**base, "seconds": single}] + [{**base, "seconds": batched, "batched_runs": 4}] * 4
+
+    history = (records(a, "parallax", 100.0, 180.0) + records(b, "parallax", 100.0, 220.0)
+               + records(c, "parallax", 100.0, 500.0) + records(a, "softmax", 10.0, 40.0)
+               + [{"setting": new.name, "attention": "parallax", "optimizer": "adamw", "epochs": 10, "seconds": 150.0}])
+    costs = recorded_costs(history)
+    assert batch_growth(costs, "parallax", 1, 4) == pytest.approx(2.2)  # median of 1.8, 2.2, 5.0; not softmax's 4
+    run = MADRun(attention="parallax", optimizer="adamw", epochs=10)
+    assert job_seconds(new, [run] * 4, costs) == pytest.approx(150.0 * 2.2)  # not 4 x 150
+    assert batch_growth(costs, "parallax", 1, 6) is None
+    assert job_seconds(new, [run] * 6, costs) == pytest.approx(150.0 * 6)  # no record of six: in proportion
+    slow = recorded_costs(records(a, "parallax", 10.0, 90.0) + history[-1:])  # never above proportion
+    assert job_seconds(new, [run] * 4, slow) == pytest.approx(150.0 * 4)
+
+
 @pytest.mark.parametrize("task, attention, optimizer", [
     ("memorization", "parallax", "adamw"), ("compression", "softmax", "adamw"),
     ("in-context-recall", "parallax", "adamw"), ("in-context-recall", "parallax", "muon")])

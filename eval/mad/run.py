@@ -136,7 +136,8 @@ def recorded_costs(records: list[dict]) -> dict[tuple, dict[int, float]]:
 
 def job_seconds(setting, runs: list[MADRun], costs: dict) -> float | None:
     """A job's expected seconds (one run, or a batched group of runs of one setting and model), from the
-    recorded jobs of the nearest size, scaled up for a larger group; None with no record to go by. With
+    recorded jobs of the nearest size, scaled up for a larger group: by how much the model's jobs of the
+    two sizes differ elsewhere (batch_growth), else in proportion (at most that); None with no record to go by. With
     no record under the job's optimizer, the same setting and model under another optimizer stands in:
     a step of these models costs about the same under either (tenth session: the first 16 Muon runs took
     183-246 s, AdamW's runs of the same settings and models 58-421 s, both set more by what shared the
@@ -148,7 +149,24 @@ def job_seconds(setting, runs: list[MADRun], costs: dict) -> float | None:
     if not by_size:
         return None
     size = min(by_size, key=lambda k: (abs(k - len(runs)), k))
-    return by_size[size] * max(1.0, len(runs) / size) * max(run.epochs for run in runs)
+    growth = max(1.0, len(runs) / size)
+    if len(runs) > size:
+        measured = batch_growth(costs, runs[0].attention, size, len(runs))
+        growth = growth if measured is None else min(growth, max(1.0, measured))
+    return by_size[size] * growth * max(run.epochs for run in runs)
+
+
+def batch_growth(costs: dict, attention: str, small: int, large: int) -> float | None:
+    """How much longer a job of `large` runs took than one of `small`, for this model: the median, over the
+    settings (and optimizers) with recorded jobs of both sizes, of the ratio of their seconds. None without
+    such a pair. Batching is what makes a job of four short runs cost about twice one run, not four times
+    (AdamW's records, eleventh session: 1.6-3.6 for most settings, set as much by what shared the GPU)."""
+    ratios = sorted(sizes[large] / sizes[small] for (_, model, _), sizes in costs.items()
+                    if model == attention and small in sizes and large in sizes)
+    if not ratios:
+        return None
+    mid = len(ratios) // 2
+    return ratios[mid] if len(ratios) % 2 else (ratios[mid - 1] + ratios[mid]) / 2
 
 
 def estimate(pending: list[tuple], records: list[dict]) -> str:
