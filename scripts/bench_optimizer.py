@@ -3,6 +3,12 @@ the forward+backward of a training step at seq 4096, in the same run.
 
     python scripts/bench_optimizer.py [--flavor 0.6B-parallax] [--batch 4] [--backend triton]
     torchrun --nproc_per_node=N scripts/bench_optimizer.py --fsdp     # step time per rank under FSDP2
+    python scripts/bench_optimizer.py --mad-sweep [--mad-setting 'selective-copying[baseline]']
+
+--mad-sweep times the optimizer step of a MAD batched sweep (six runs of one setting, eval/mad/train.py
+train_sweep) three ways on the same models and gradients: one Muon for all runs (a param group each, so
+Newton-Schulz batches across runs: what train_sweep uses), a Muon per run (what it used before), and an
+AdamW per run, for reference. It also runs on CPU (timed with torch.utils.benchmark there).
 
 With --fsdp the model is sharded with fully_shard (per block, then the root, as torchtitan does),
 gradients are random DTensors, and only the optimizer step is timed: the Muon step's cost per rank
@@ -17,11 +23,15 @@ triton.testing.do_bench.
 from __future__ import annotations
 
 import argparse
+import sys
 from dataclasses import replace
+from pathlib import Path
 from types import SimpleNamespace
 
 import torch
 from triton.testing import do_bench
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # eval/ (for --mad-sweep) is not installed
 
 from parallax_titan.job_config import Optimizer as OptimizerExtra
 from parallax_titan.model.flavors import FLAVORS
@@ -46,6 +56,45 @@ def time_optimizer_step(model, config) -> float:
     return do_bench(container.step, warmup=3, rep=20, return_mode="median")
 
 
+def _median_ms(fn) -> float:
+    if torch.cuda.is_available():
+        return do_bench(fn, warmup=3, rep=50, return_mode="median")
+    from torch.utils.benchmark import Timer
+
+    return Timer("fn()", globals={"fn": fn}).blocked_autorange(min_run_time=0.5).median * 1e3
+
+
+def bench_mad_sweep(args) -> None:
+    """Optimizer step of a six-run MAD sweep: shared Muon vs a Muon per run vs AdamW per run, same gradients."""
+    from eval.mad.tasks import setting_by_name
+    from eval.mad.train import MADRun, build_model, build_optimizer, build_sweep_optimizers
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    setting = setting_by_name(args.mad_setting)
+    points = [(lr, wd) for lr in (1e-4, 5e-4, 1e-3) for wd in (0.0, 0.1)]
+    runs = [MADRun(attention=args.mad_attention, optimizer="muon", lr=lr, weight_decay=wd, backend="torch")
+            for lr, wd in points]
+    members = [build_model(setting, run).to(device) for run in runs]
+    for m in members:
+        for p in m.parameters():
+            p.grad = torch.randn_like(p) * 1e-3
+    variants = {
+        "one Muon for all runs (+ AdamW per run)": build_sweep_optimizers(members, runs),
+        "a Muon per run (+ AdamW per run)": [o for m, r in zip(members, runs) for o in build_optimizer(m, r)],
+        "AdamW per run": [o for m, r in zip(members, runs) for o in build_optimizer(m, replace(r, optimizer="adamw"))],
+    }
+    times = {label: _median_ms(lambda opts=opts: [o.step() for o in opts]) for label, opts in variants.items()}
+    name = torch.cuda.get_device_name() if device == "cuda" else "CPU"
+    hidden = sum(1 for n, p in members[0].named_parameters() if p.ndim == 2 and ".layers." in f".{n}")
+    print(f"device: {name}; MAD setting {setting.name}, {args.mad_attention}, {len(runs)} runs "
+          f"(lr x wd {points}); {hidden} hidden matrices a run; fp32 parameters, random gradients")
+    reference = times["a Muon per run (+ AdamW per run)"]
+    print("| optimizers | step ms | vs a Muon per run |")
+    print("|---|---:|---:|")
+    for label, ms in times.items():
+        print(f"| {label} | {ms:.2f} | {reference / ms:.2f}x |")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--flavor", default="0.6B-parallax")
@@ -53,9 +102,14 @@ def main() -> None:
     ap.add_argument("--seq-len", type=int, default=4096)
     ap.add_argument("--backend", default="triton")
     ap.add_argument("--fsdp", action="store_true")
+    ap.add_argument("--mad-sweep", action="store_true")
+    ap.add_argument("--mad-setting", default="in-context-recall[baseline]")
+    ap.add_argument("--mad-attention", default="parallax", choices=["softmax", "parallax"])
     args = ap.parse_args()
     if args.fsdp:
         return bench_fsdp(args)
+    if args.mad_sweep:
+        return bench_mad_sweep(args)
     model_args = replace(FLAVORS[args.flavor], max_seq_len=args.seq_len, attention_backend=args.backend)
     with torch.device("cuda"):
         model = ParallaxQwen3Model(model_args)

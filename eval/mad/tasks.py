@@ -248,3 +248,11 @@ def all_settings(tasks: list[str] | None = None, baseline_only: bool = False) ->
         raise ValueError(f"unknown MAD tasks {unknown}; tasks: {list(PROTOCOL)}")
     return list(itertools.chain.from_iterable(
         [PROTOCOL[t].baseline] if baseline_only else PROTOCOL[t].settings() for t in names))
+
+
+def setting_by_name(name: str) -> TaskSetting:
+    """A protocol setting by its name, e.g. 'in-context-recall[seq_len=1024]'."""
+    by_name = {s.name: s for s in all_settings()}
+    if name not in by_name:
+        raise ValueError(f"MAD setting {name!r} is not in the protocol; settings: {sorted(by_name)}")
+    return by_name[name]
