@@ -67,7 +67,7 @@ def _median_ms(fn) -> float:
 def bench_mad_sweep(args) -> None:
     """Optimizer step of a six-run MAD sweep: shared Muon vs a Muon per run vs AdamW per run, same gradients."""
     from eval.mad.tasks import setting_by_name
-    from eval.mad.train import MADRun, build_model, build_optimizer, build_sweep_optimizers
+    from eval.mad.train import MADRun, build_model, build_optimizer, build_sweep_optimizers, split_for_muon
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     setting = setting_by_name(args.mad_setting)
@@ -85,7 +85,7 @@ def bench_mad_sweep(args) -> None:
     }
     times = {label: _median_ms(lambda opts=opts: [o.step() for o in opts]) for label, opts in variants.items()}
     name = torch.cuda.get_device_name() if device == "cuda" else "CPU"
-    hidden = sum(1 for n, p in members[0].named_parameters() if p.ndim == 2 and ".layers." in f".{n}")
+    hidden = len(split_for_muon(members[0])[0])
     print(f"device: {name}; MAD setting {setting.name}, {args.mad_attention}, {len(runs)} runs "
           f"(lr x wd {points}); {hidden} hidden matrices a run; fp32 parameters, random gradients")
     reference = times["a Muon per run (+ AdamW per run)"]

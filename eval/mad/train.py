@@ -92,27 +92,23 @@ def build_model(setting: TaskSetting, run: MADRun) -> nn.Module:
     return model
 
 
-def _muon_split(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
+def split_for_muon(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
     """(hidden matrices, for Muon; the rest, for AdamW): the blocks' 2-D weights, not embeddings or heads."""
     hidden = [p for n, p in model.named_parameters() if p.ndim == 2 and ".layers." in f".{n}" and "tok_embeddings" not in n]
     ids = {id(p) for p in hidden}
     return hidden, [p for p in model.parameters() if id(p) not in ids]
 
 
-def _check_optimizer(run: MADRun) -> None:
-    if run.optimizer not in ("adamw", "muon"):
-        raise ValueError(f"MAD optimizer {run.optimizer!r} is unknown; choose adamw or muon")
-
-
 def build_optimizer(model: nn.Module, run: MADRun) -> list[torch.optim.Optimizer]:
     # fused AdamW on a GPU: one kernel per step, so the optimizer does not undo what CUDA graphs save
     fused = next(model.parameters()).is_cuda
-    _check_optimizer(run)
     if run.optimizer == "adamw":
         return [torch.optim.AdamW(model.parameters(), lr=run.lr, weight_decay=run.weight_decay, fused=fused)]
+    if run.optimizer != "muon":
+        raise ValueError(f"MAD optimizer {run.optimizer!r} is unknown; choose adamw or muon")
     from parallax_titan.optim.muon import Muon
 
-    hidden, rest = _muon_split(model)
+    hidden, rest = split_for_muon(model)
     return [Muon(hidden, lr=run.lr, weight_decay=run.weight_decay, ns_dtype="float32"),
             torch.optim.AdamW(rest, lr=run.lr, weight_decay=run.weight_decay, fused=fused)]
 
@@ -126,7 +122,7 @@ def build_sweep_optimizers(members: list[nn.Module], runs: list[MADRun]) -> list
     from parallax_titan.optim.muon import Muon
 
     fused = next(members[0].parameters()).is_cuda
-    splits = [_muon_split(m) for m in members]
+    splits = [split_for_muon(m) for m in members]
     muon = Muon([dict(params=hidden, lr=run.lr, weight_decay=run.weight_decay) for (hidden, _), run in zip(splits, runs)],
                 lr=runs[0].lr, weight_decay=runs[0].weight_decay, ns_dtype="float32")
     return [muon] + [torch.optim.AdamW(rest, lr=run.lr, weight_decay=run.weight_decay, fused=fused)
