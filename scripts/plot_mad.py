@@ -3,7 +3,7 @@ the runs every model of the same optimizer has (the table's numbers), with the p
 where it gives them.
 
     python scripts/plot_mad.py docs/runs/mad/mad_protocol.jsonl --out docs/mad_reduced.png \
-        --title "MAD, reduced protocol: 10 epochs, lr 1e-3, wd 0 (H200)"
+        --title "MAD, reduced protocol: 10 epochs, lr 1e-3, wd 0 (H200)" [--optimizer adamw]
 """
 
 from __future__ import annotations
@@ -37,10 +37,16 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("jsonl", type=Path)
     parser.add_argument("--out", type=Path, required=True, help="PNG")
     parser.add_argument("--title", default=None)
+    parser.add_argument("--optimizer", nargs="+", default=None,
+                        help="draw only these optimizers' runs (default: every optimizer in the file)")
     args = parser.parse_args(argv)
     records = [json.loads(line) for line in args.jsonl.read_text().splitlines() if line.strip()]
     if not records:
         parser.error(f"{args.jsonl} holds no MAD runs")
+    if args.optimizer:
+        records = [r for r in records if r["optimizer"] in args.optimizer]
+        if not records:
+            parser.error(f"{args.jsonl} holds no run with --optimizer {args.optimizer}")
     results = scores(common_runs(records))
     tasks = [t for t in PROTOCOL if any(t in r for r in results.values())] + ["average"]
     models = sorted(results)

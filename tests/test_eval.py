@@ -262,6 +262,16 @@ def test_plot_mad_draws_the_tables_scores_over_common_runs(tmp_path):
     assert drawn["Parallax (adamw)"] == pytest.approx({"in-context-recall": 0.7, "memorization": 0.7, "average": 0.7})
     image = imread(tmp_path / "mad.png")
     assert image.ndim == 3 and image[..., :3].std() > 0.05
+    muon = [dict(r, optimizer="muon", test_acc=r["test_acc"] / 2) for r in records[:2]]
+    jsonl.write_text("\n".join(map(json.dumps, records + muon)) + "\n")
+    assert set(main([str(jsonl), "--out", str(tmp_path / "both.png")])) == {
+        "Transformer (adamw)", "Parallax (adamw)", "Transformer (muon)", "Parallax (muon)"}
+    drawn = main([str(jsonl), "--out", str(tmp_path / "muon.png"), "--optimizer", "muon"])
+    assert set(drawn) == {"Transformer (muon)", "Parallax (muon)"}
+    assert drawn["Transformer (muon)"] == pytest.approx({"in-context-recall": 0.2, "average": 0.2})
+    assert drawn["Parallax (muon)"] == pytest.approx({"in-context-recall": 0.4, "average": 0.4})
+    with pytest.raises(SystemExit):
+        main([str(jsonl), "--out", str(tmp_path / "x.png"), "--optimizer", "sgd"])
     (tmp_path / "empty.jsonl").write_text("")
     with pytest.raises(SystemExit):
         main([str(tmp_path / "empty.jsonl"), "--out", str(tmp_path / "x.png")])
