@@ -8,7 +8,8 @@ the forward+backward of a training step at seq 4096, in the same run.
 --mad-sweep times the optimizer step of a MAD batched sweep (six runs of one setting, eval/mad/train.py
 train_sweep) three ways on the same models and gradients: one Muon for all runs (a param group each, so
 Newton-Schulz batches across runs: what train_sweep uses), a Muon per run (what it used before), and an
-AdamW per run, for reference. It also runs on CPU (timed with torch.utils.benchmark there).
+AdamW per run, for reference; then one epoch of train_sweep itself with each Muon layout. It also runs on
+CPU (timed with torch.utils.benchmark there; use --backend torch and a small --mad-examples).
 
 With --fsdp the model is sharded with fully_shard (per block, then the root, as torchtitan does),
 gradients are random DTensors, and only the optimizer step is timed: the Muon step's cost per rank
@@ -65,34 +66,49 @@ def _median_ms(fn) -> float:
 
 
 def bench_mad_sweep(args) -> None:
-    """Optimizer step of a six-run MAD sweep: shared Muon vs a Muon per run vs AdamW per run, same gradients."""
+    """A six-run MAD sweep under Muon: the optimizer step (one Muon for all runs vs a Muon per run, and AdamW
+    per run for reference, same models and gradients), then whole training steps of train_sweep with each
+    of the two Muon layouts (a warm-up epoch, then a timed one)."""
     from eval.mad.tasks import setting_by_name
-    from eval.mad.train import MADRun, build_model, build_optimizer, build_sweep_optimizers, split_for_muon
+    from eval.mad.train import (MADRun, build_model, build_optimizer, build_per_run_optimizers,
+                                build_sweep_optimizers, split_for_muon, train_sweep)
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     setting = setting_by_name(args.mad_setting)
+    if args.mad_examples:  # the scores are not the point here: a smaller set only shortens the run
+        setting = replace(setting, num_train_examples=args.mad_examples, num_test_examples=args.mad_examples)
     points = [(lr, wd) for lr in (1e-4, 5e-4, 1e-3) for wd in (0.0, 0.1)]
-    runs = [MADRun(attention=args.mad_attention, optimizer="muon", lr=lr, weight_decay=wd, backend="torch")
-            for lr, wd in points]
+    runs = [MADRun(attention=args.mad_attention, optimizer="muon", lr=lr, weight_decay=wd, backend=args.backend,
+                   epochs=1) for lr, wd in points]
     members = [build_model(setting, run).to(device) for run in runs]
     for m in members:
         for p in m.parameters():
             p.grad = torch.randn_like(p) * 1e-3
-    variants = {
-        "one Muon for all runs (+ AdamW per run)": build_sweep_optimizers(members, runs),
-        "a Muon per run (+ AdamW per run)": [o for m, r in zip(members, runs) for o in build_optimizer(m, r)],
-        "AdamW per run": [o for m, r in zip(members, runs) for o in build_optimizer(m, replace(r, optimizer="adamw"))],
-    }
+    layouts = {"one Muon for all runs": build_sweep_optimizers, "a Muon per run": build_per_run_optimizers}
+    variants = {f"{label} (+ AdamW per run)": build(members, runs) for label, build in layouts.items()}
+    variants["AdamW per run"] = [o for m, r in zip(members, runs) for o in build_optimizer(m, replace(r, optimizer="adamw"))]
     times = {label: _median_ms(lambda opts=opts: [o.step() for o in opts]) for label, opts in variants.items()}
+
+    def epoch_seconds(build) -> float:
+        quiet = lambda *_: None  # noqa: E731
+        train_sweep(setting, runs, device, log=quiet, optimizers_for=build)  # warm-up: first launches, autotuning
+        return train_sweep(setting, runs, device, log=quiet, optimizers_for=build)[0]["seconds"]
+
+    steps = -(-setting.num_train_examples // runs[0].batch_size)
+    epochs = {label: epoch_seconds(build) for label, build in layouts.items()}
     name = torch.cuda.get_device_name() if device == "cuda" else "CPU"
-    hidden = len(split_for_muon(members[0])[0])
-    print(f"device: {name}; MAD setting {setting.name}, {args.mad_attention}, {len(runs)} runs "
-          f"(lr x wd {points}); {hidden} hidden matrices a run; fp32 parameters, random gradients")
+    print(f"device: {name}; MAD setting {setting.name} ({setting.num_train_examples} examples, {steps} steps of "
+          f"{runs[0].batch_size}), {args.mad_attention}, backend {args.backend}, {len(runs)} runs (lr x wd {points}); "
+          f"{len(split_for_muon(members[0])[0])} hidden matrices a run; fp32 parameters, bf16 autocast on CUDA")
     reference = times["a Muon per run (+ AdamW per run)"]
-    print("| optimizers | step ms | vs a Muon per run |")
+    print("| optimizers | step ms (random gradients) | vs a Muon per run |")
     print("|---|---:|---:|")
     for label, ms in times.items():
         print(f"| {label} | {ms:.2f} | {reference / ms:.2f}x |")
+    print("| Muon layout | train_sweep epoch s | ms a training step | vs a Muon per run |")
+    print("|---|---:|---:|---:|")
+    for label, seconds in epochs.items():
+        print(f"| {label} | {seconds:.2f} | {1e3 * seconds / steps:.1f} | {epochs['a Muon per run'] / seconds:.2f}x |")
 
 
 def main() -> None:
@@ -105,6 +121,7 @@ def main() -> None:
     ap.add_argument("--mad-sweep", action="store_true")
     ap.add_argument("--mad-setting", default="in-context-recall[baseline]")
     ap.add_argument("--mad-attention", default="parallax", choices=["softmax", "parallax"])
+    ap.add_argument("--mad-examples", type=int, default=None, help="the setting's train and test sets at this size")
     args = ap.parse_args()
     if args.fsdp:
         return bench_fsdp(args)

@@ -387,16 +387,19 @@ def test_optimizer_state_saved_on_two_fsdp_ranks_loads_on_one(tmp_path):
 def test_the_mad_sweep_optimizer_benchmark_steps_all_three_variants(monkeypatch, capsys):
     """scripts/bench_optimizer.py --mad-sweep, with its timer replaced by one call of each step (timings are
     the GPU's business; this checks the three variants build and step the six runs' models)."""
+    import eval.mad.tasks as tasks
     import scripts.bench_optimizer as bench
 
     stepped = []
     monkeypatch.setattr(bench, "_median_ms", lambda fn: stepped.append(fn()) or 1.0)
-    monkeypatch.setattr("sys.argv", ["bench_optimizer.py", "--mad-sweep", "--mad-setting",
-                                     "in-context-recall[num_train_examples=800]"])
+    named = tasks.setting_by_name
+    monkeypatch.setattr(tasks, "setting_by_name", lambda name: replace(named(name), seq_len=32))  # CPU-sized
+    monkeypatch.setattr("sys.argv", ["bench_optimizer.py", "--mad-sweep", "--backend", "torch", "--mad-examples", "64"])
     bench.main()
     out = capsys.readouterr().out
     assert len(stepped) == 3 and [len(s) for s in stepped] == [7, 12, 6]  # 1 Muon + 6 AdamW; 6 x 2; 6
     assert "device: CPU" in out and "6 runs" in out and out.count("| 1.00 | 1.00x |") == 3
+    assert "| one Muon for all runs |" in out and "| a Muon per run |" in out  # the train_sweep epochs ran
     with pytest.raises(ValueError, match="not in the protocol"):
         monkeypatch.setattr("sys.argv", ["bench_optimizer.py", "--mad-sweep", "--mad-setting", "recall[x=1]"])
         bench.main()

@@ -113,12 +113,17 @@ def build_optimizer(model: nn.Module, run: MADRun) -> list[torch.optim.Optimizer
             torch.optim.AdamW(rest, lr=run.lr, weight_decay=run.weight_decay, fused=fused)]
 
 
+def build_per_run_optimizers(members: list[nn.Module], runs: list[MADRun]) -> list[torch.optim.Optimizer]:
+    """Each run's own optimizers, as train_setting builds them."""
+    return [o for m, run in zip(members, runs) for o in build_optimizer(m, run)]
+
+
 def build_sweep_optimizers(members: list[nn.Module], runs: list[MADRun]) -> list[torch.optim.Optimizer]:
     """A batched sweep's optimizers: under Muon, one Muon with a param group per run (its lr and weight
     decay), so that every run's matrices share one batched Newton-Schulz per shape (the same arithmetic
     as a Muon per run: tested), plus each run's AdamW; under AdamW, each run's own."""
     if runs[0].optimizer != "muon":
-        return [o for m, run in zip(members, runs) for o in build_optimizer(m, run)]
+        return build_per_run_optimizers(members, runs)
     from parallax_titan.optim.muon import Muon
 
     fused = next(members[0].parameters()).is_cuda
@@ -246,13 +251,15 @@ def _fold_softmax_attention(model: nn.Module) -> None:
                 setattr(module, name, _FoldedSoftmaxAttention(child))
 
 
-def train_sweep(setting: TaskSetting, runs: list[MADRun], device: str = "cpu", log=print) -> list[dict]:
+def train_sweep(setting: TaskSetting, runs: list[MADRun], device: str = "cpu", log=print,
+                optimizers_for=build_sweep_optimizers) -> list[dict]:
     """Train runs that differ only in learning rate and weight decay as one batched model: each run is
-    its own model with its own optimizer, as in train_setting (same seed, so the same initial weights
+    its own model with its own optimizer state, as in train_setting (same seed, so the same initial weights
     and batches), but every step stacks their weights and runs them through one torch.func.vmap'd
     forward, so a step launches each kernel once for all of them, not once per run. Attention folds the
     runs into its batch (kernels/batching.py). Each run's arithmetic is the one train_setting does;
-    batched matmuls may round differently in the last bits."""
+    batched matmuls may round differently in the last bits. `optimizers_for(members, runs)` builds the
+    optimizers (build_sweep_optimizers; scripts/bench_optimizer.py --mad-sweep times the alternative)."""
     first = runs[0]
     shared = ("attention", "optimizer", "epochs", "batch_size", "min_lr", "seed", "backend")
     for run in runs[1:]:
@@ -270,7 +277,7 @@ def train_sweep(setting: TaskSetting, runs: list[MADRun], device: str = "cpu", l
     _fold_softmax_attention(model)  # before the copies, so every member has it
     members = [model] + [copy.deepcopy(model) for _ in runs[1:]]
     steps_per_epoch = math.ceil(len(x_train) / first.batch_size)
-    optimizers = build_sweep_optimizers(members, runs)
+    optimizers = optimizers_for(members, runs)
     schedulers = _schedulers(optimizers, first, first.epochs * steps_per_epoch)
     names = [n for n, _ in model.named_parameters()]
     member_params = [dict(m.named_parameters()) for m in members]
