@@ -70,8 +70,8 @@ def bench_mad_sweep(args) -> None:
     per run for reference, same models and gradients), then whole training steps of train_sweep with each
     of the two Muon layouts (a warm-up epoch, then a timed one)."""
     from eval.mad.tasks import setting_by_name
-    from eval.mad.train import (MADRun, build_model, build_optimizer, build_per_run_optimizers,
-                                build_sweep_optimizers, split_for_muon, train_sweep)
+    from eval.mad.train import (MADRun, build_model, build_per_run_optimizers, build_sweep_optimizers,
+                                split_for_muon, train_sweep)
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     setting = setting_by_name(args.mad_setting)
@@ -86,7 +86,7 @@ def bench_mad_sweep(args) -> None:
             p.grad = torch.randn_like(p) * 1e-3
     layouts = {"one Muon for all runs": build_sweep_optimizers, "a Muon per run": build_per_run_optimizers}
     variants = {f"{label} (+ AdamW per run)": build(members, runs) for label, build in layouts.items()}
-    variants["AdamW per run"] = [o for m, r in zip(members, runs) for o in build_optimizer(m, replace(r, optimizer="adamw"))]
+    variants["AdamW per run"] = build_per_run_optimizers(members, [replace(r, optimizer="adamw") for r in runs])
     times = {label: _median_ms(lambda opts=opts: [o.step() for o in opts]) for label, opts in variants.items()}
 
     def epoch_seconds(build) -> float:

@@ -99,18 +99,20 @@ def split_for_muon(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parame
     return hidden, [p for p in model.parameters() if id(p) not in ids]
 
 
-def build_optimizer(model: nn.Module, run: MADRun) -> list[torch.optim.Optimizer]:
+def _adamw(params: list[nn.Parameter], run: MADRun) -> torch.optim.AdamW:
     # fused AdamW on a GPU: one kernel per step, so the optimizer does not undo what CUDA graphs save
-    fused = next(model.parameters()).is_cuda
+    return torch.optim.AdamW(params, lr=run.lr, weight_decay=run.weight_decay, fused=params[0].is_cuda)
+
+
+def build_optimizer(model: nn.Module, run: MADRun) -> list[torch.optim.Optimizer]:
     if run.optimizer == "adamw":
-        return [torch.optim.AdamW(model.parameters(), lr=run.lr, weight_decay=run.weight_decay, fused=fused)]
+        return [_adamw(list(model.parameters()), run)]
     if run.optimizer != "muon":
         raise ValueError(f"MAD optimizer {run.optimizer!r} is unknown; choose adamw or muon")
     from parallax_titan.optim.muon import Muon
 
     hidden, rest = split_for_muon(model)
-    return [Muon(hidden, lr=run.lr, weight_decay=run.weight_decay, ns_dtype="float32"),
-            torch.optim.AdamW(rest, lr=run.lr, weight_decay=run.weight_decay, fused=fused)]
+    return [Muon(hidden, lr=run.lr, weight_decay=run.weight_decay, ns_dtype="float32"), _adamw(rest, run)]
 
 
 def build_per_run_optimizers(members: list[nn.Module], runs: list[MADRun]) -> list[torch.optim.Optimizer]:
@@ -126,12 +128,10 @@ def build_sweep_optimizers(members: list[nn.Module], runs: list[MADRun]) -> list
         return build_per_run_optimizers(members, runs)
     from parallax_titan.optim.muon import Muon
 
-    fused = next(members[0].parameters()).is_cuda
     splits = [split_for_muon(m) for m in members]
     muon = Muon([dict(params=hidden, lr=run.lr, weight_decay=run.weight_decay) for (hidden, _), run in zip(splits, runs)],
                 lr=runs[0].lr, weight_decay=runs[0].weight_decay, ns_dtype="float32")
-    return [muon] + [torch.optim.AdamW(rest, lr=run.lr, weight_decay=run.weight_decay, fused=fused)
-                     for (_, rest), run in zip(splits, runs)]
+    return [muon] + [_adamw(rest, run) for (_, rest), run in zip(splits, runs)]
 
 
 def _schedulers(optimizers: list[torch.optim.Optimizer], run: MADRun, total_steps: int) -> list:

@@ -267,18 +267,17 @@ class Muon(torch.optim.Muon):
         alike: dict[tuple, list] = {}
         for item in pending:
             alike.setdefault(self._ns_key(item[0], item[2][0].device), []).append(item)
-        for items in alike.values():
-            first = items[0][0]
+        for (*_, dtype), items in alike.items():
             ortho = self._orthogonalize_all([p for _, ps, _ in items for p in ps],
-                                            [u for _, _, us in items for u in us],
-                                            first, self._ns_dtype(first, items[0][2][0].device))
+                                            [u for _, _, us in items for u in us], items[0][0], dtype)
             for group, params, _ in items:
                 self._apply(group, params, ortho[: len(params)])
                 ortho = ortho[len(params):]
         return loss
 
     def _ns_key(self, group: dict, device: torch.device) -> tuple:
-        """What Newton-Schulz a group's matrices get: groups with the same key can be orthogonalised together."""
+        """What Newton-Schulz a group's matrices get (its dtype last): groups with the same key can be
+        orthogonalised together."""
         split = group.get("head_split")
         return (group["ns_steps"], group["eps"], tuple(group["ns_coefficients"]),
                 None if split is None else tuple(split), self._ns_dtype(group, device))
