@@ -18,7 +18,10 @@ Backward (FlashAttention-2 style: recompute tiles, no N x N tensor; PAPER.md's d
        = w (dalpha (1 - tc) + E tc - Drow) with tc = t - tbar (the form used, for accuracy)
     dQ = scale ds K, dR = dt K, dK = scale ds^T Q + dt^T R
   one kernel per key tile for dK, dV (looping over the query heads of its GQA group, so no atomics)
-  and one per query tile for dQ, dR.
+  and one per query tile for dQ, dR: 11 tile matmuls, S1, T and dalpha computed twice. Backend
+  "triton_atomic" instead adds each key tile's dQ, dR shares into fp32 buffers with atomics from the
+  first kernel (FlashAttention 2's choice): 8 matmuls and one recomputation, but the sums' order varies,
+  so dQ, dR are not bitwise reproducible run to run. "triton" stays the deterministic default.
 
 Document masking: keys in another document (document_ids differ) are invisible; per-token document
 start/end bounds let tiles that lie wholly outside a query's document be skipped. document_ids must
@@ -187,16 +190,17 @@ def _bwd_tile(q, r, do, k, v, lse, tb, drow, e, offs_m, offs_n, doc_q, doc_k, N_
     return w, tc, dt, ds
 
 
-@triton.autotune(configs=_configs("bwd"), key=["N_BUCKET", "HEAD_DIM", "CAUSAL", "HAS_DOC"])
 @triton.jit
-def _bwd_dkdv_kernel(
-    Q, K, V, R, DO, LSE, TBAR, DROW, E, DK, DV, DOC, DOC_START, DOC_END,
+def _bwd_dkdv(
+    Q, K, V, R, DO, LSE, TBAR, DROW, E, DK, DV, DQ, DR, DOC, DOC_START, DOC_END,
     s_qb, s_qh, s_qn, s_kb, s_kh, s_kn, s_vb, s_vh, s_vn, s_ob, s_oh, s_on,
-    s_dkb, s_dkh, s_dkn,
+    s_dkb, s_dkh, s_dkn, s_dqb, s_dqh, s_dqn,
     N_CTX, N_BUCKET, H, HKV, GROUP, scale, scale_log2,
-    HEAD_DIM: tl.constexpr, CAUSAL: tl.constexpr, HAS_DOC: tl.constexpr,
+    HEAD_DIM: tl.constexpr, CAUSAL: tl.constexpr, HAS_DOC: tl.constexpr, ATOMIC_DQ: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, DOT_FP32: tl.constexpr,
 ):
+    """dK, dV of one key tile; with ATOMIC_DQ also this tile's share of dQ, dR, added into fp32 DQ, DR
+    (zeroed by the caller) with atomics, so that the backward is one kernel instead of two."""
     pid_n = tl.program_id(0)
     pid_bh = tl.program_id(1)
     b = pid_bh // HKV
@@ -242,12 +246,24 @@ def _bwd_dkdv_kernel(
             alpha = w * (1.0 - tc)
             dv += _dot(tl.trans(alpha.to(do.dtype)), do, DOT_FP32)
             dk += scale * _dot(tl.trans(ds.to(q.dtype)), q, DOT_FP32) + _dot(tl.trans(dt.to(r.dtype)), r, DOT_FP32)
+            if ATOMIC_DQ:
+                dq_off = b * s_dqb + h * s_dqh + offs_m[:, None] * s_dqn + offs_d[None, :]
+                dq_part = scale * _dot(ds.to(k.dtype), k, DOT_FP32)
+                tl.atomic_add(DQ + dq_off, dq_part, mask=row_ok[:, None], sem="relaxed")
+                tl.atomic_add(DR + dq_off, _dot(dt.to(k.dtype), k, DOT_FP32), mask=row_ok[:, None], sem="relaxed")
     dkv_off = b * s_dkb + hk * s_dkh + offs_n[:, None] * s_dkn + offs_d[None, :]
     tl.store(DK + dkv_off, dk.to(DK.dtype.element_ty), mask=col_ok[:, None])
     tl.store(DV + dkv_off, dv.to(DV.dtype.element_ty), mask=col_ok[:, None])
 
 
-@triton.autotune(configs=_configs("bwd"), key=["N_BUCKET", "HEAD_DIM", "CAUSAL", "HAS_DOC"])
+_BWD_KEY = ["N_BUCKET", "HEAD_DIM", "CAUSAL", "HAS_DOC"]
+_bwd_dkdv_kernel = triton.autotune(configs=_configs("bwd"), key=_BWD_KEY)(_bwd_dkdv)
+# the one-kernel backward: autotuning runs each config on the real buffers, so it must put DQ, DR back
+# as they were (zeros) after each trial, or the trials' atomics would stay in the gradients
+_bwd_fused_kernel = triton.autotune(configs=_configs("bwd"), key=_BWD_KEY, restore_value=["DQ", "DR"])(_bwd_dkdv)
+
+
+@triton.autotune(configs=_configs("bwd"), key=_BWD_KEY)
 @triton.jit
 def _bwd_dqdr_kernel(
     Q, K, V, R, DO, LSE, TBAR, DROW, E, DQ, DR, DOC, DOC_START,
@@ -371,8 +387,9 @@ def _last_dim_contiguous(x: torch.Tensor) -> torch.Tensor:
 @torch.library.custom_op("parallax::attention_fwd", mutates_args=())
 def attention_fwd(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, r: torch.Tensor,
-    causal: bool, scale: float, document_ids: torch.Tensor | None,
+    causal: bool, scale: float, document_ids: torch.Tensor | None, atomic_dq: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    # atomic_dq is the backward's (one kernel, atomics for dQ/dR); the forward only carries it there
     q, k, v, r = (_last_dim_contiguous(x) for x in (q, k, v, r))
     if r.stride() != q.stride():  # the kernels address q and r with one set of strides
         q, r = q.contiguous(), r.contiguous()
@@ -398,7 +415,7 @@ def attention_fwd(
 
 
 @attention_fwd.register_fake
-def _(q, k, v, r, causal, scale, document_ids):
+def _(q, k, v, r, causal, scale, document_ids, atomic_dq):
     b, h, n, _ = q.shape
     stats = q.new_empty(b, h, n, dtype=torch.float32)
     return q.new_empty(q.shape), q.new_empty(q.shape), stats, torch.empty_like(stats)
@@ -408,7 +425,7 @@ def _(q, k, v, r, causal, scale, document_ids):
 def attention_bwd(
     grad_out: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, r: torch.Tensor,
     o: torch.Tensor, a: torch.Tensor, lse: torch.Tensor, tbar: torch.Tensor,
-    causal: bool, scale: float, document_ids: torch.Tensor | None,
+    causal: bool, scale: float, document_ids: torch.Tensor | None, atomic_dq: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     q, k, v, r = (_last_dim_contiguous(x) for x in (q, k, v, r))
     do = grad_out.contiguous() if grad_out.stride() != o.stride() else grad_out
@@ -417,8 +434,13 @@ def attention_bwd(
     b, h, n, d = q.shape
     hkv = k.shape[1]
     drow, e = row_dot_products(do, o, a)
-    dq = torch.empty(q.shape, dtype=q.dtype, device=q.device)
-    dr = torch.empty_like(dq)
+    # atomic_dq: the key-tile kernel adds its dQ/dR shares into fp32 zeros (not bitwise reproducible:
+    # the order of the adds varies); else a second kernel per query tile writes them (deterministic)
+    if atomic_dq:
+        dq = torch.zeros(q.shape, dtype=torch.float32, device=q.device)
+    else:
+        dq = torch.empty(q.shape, dtype=q.dtype, device=q.device)
+    dr = torch.zeros_like(dq) if atomic_dq else torch.empty_like(dq)
     dk = torch.empty(k.shape, dtype=k.dtype, device=k.device)
     dv = torch.empty_like(dk)
     has_doc = document_ids is not None
@@ -428,14 +450,16 @@ def attention_bwd(
     else:
         doc = start = end = lse
     grid_kv = lambda meta: (triton.cdiv(n, meta["BLOCK_N"]), b * hkv)  # noqa: E731
-    _bwd_dkdv_kernel[grid_kv](
-        q, k, v, r, do, lse, tbar, drow, e, dk, dv, doc, start, end,
+    (_bwd_fused_kernel if atomic_dq else _bwd_dkdv_kernel)[grid_kv](
+        q, k, v, r, do, lse, tbar, drow, e, dk, dv, dq, dr, doc, start, end,
         q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
         v.stride(0), v.stride(1), v.stride(2), do.stride(0), do.stride(1), do.stride(2),
-        dk.stride(0), dk.stride(1), dk.stride(2),
+        dk.stride(0), dk.stride(1), dk.stride(2), dq.stride(0), dq.stride(1), dq.stride(2),
         n, triton.next_power_of_2(n), h, hkv, h // hkv, scale, scale * LOG2E,
-        HEAD_DIM=d, CAUSAL=causal, HAS_DOC=has_doc, DOT_FP32=INTERPRET,
+        HEAD_DIM=d, CAUSAL=causal, HAS_DOC=has_doc, ATOMIC_DQ=atomic_dq, DOT_FP32=INTERPRET,
     )
+    if atomic_dq:
+        return dq.to(q.dtype), dk, dv, dr.to(q.dtype)
     grid_q = lambda meta: (triton.cdiv(n, meta["BLOCK_M"]), b * h)  # noqa: E731
     _bwd_dqdr_kernel[grid_q](
         q, k, v, r, do, lse, tbar, drow, e, dq, dr, doc, start,
@@ -449,21 +473,22 @@ def attention_bwd(
 
 
 @attention_bwd.register_fake
-def _(grad_out, q, k, v, r, o, a, lse, tbar, causal, scale, document_ids):
+def _(grad_out, q, k, v, r, o, a, lse, tbar, causal, scale, document_ids, atomic_dq):
     return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape), r.new_empty(r.shape)
 
 
 def _setup_context(ctx, inputs, output):
-    q, k, v, r, causal, scale, document_ids = inputs
+    q, k, v, r, causal, scale, document_ids, atomic_dq = inputs
     o, a, lse, tbar = output
     ctx.save_for_backward(q, k, v, r, o, a, lse, tbar, document_ids)
-    ctx.causal, ctx.scale = causal, scale
+    ctx.causal, ctx.scale, ctx.atomic_dq = causal, scale, atomic_dq
 
 
 def _backward(ctx, grad_o, grad_a, grad_lse, grad_tbar):
     q, k, v, r, o, a, lse, tbar, document_ids = ctx.saved_tensors
-    dq, dk, dv, dr = attention_bwd(grad_o, q, k, v, r, o, a, lse, tbar, ctx.causal, ctx.scale, document_ids)
-    return dq, dk, dv, dr, None, None, None
+    dq, dk, dv, dr = attention_bwd(grad_o, q, k, v, r, o, a, lse, tbar, ctx.causal, ctx.scale, document_ids,
+                                   ctx.atomic_dq)
+    return dq, dk, dv, dr, None, None, None, None
 
 
 attention_fwd.register_autograd(_backward, setup_context=_setup_context)
@@ -480,9 +505,11 @@ def _(info, in_dims, *args):
     return unfold(info.batch_size, attention_bwd(*fold(info.batch_size, in_dims, args)))
 
 
-def parallax_attention_triton(q, k, v, r, *, causal: bool, scale: float, document_ids=None) -> torch.Tensor:
-    """Fused Parallax attention; shapes as parallax_titan.ops.parallax_attention (already checked)."""
+def parallax_attention_triton(q, k, v, r, *, causal: bool, scale: float, document_ids=None,
+                              atomic_dq: bool = False) -> torch.Tensor:
+    """Fused Parallax attention; shapes as parallax_titan.ops.parallax_attention (already checked).
+    atomic_dq: the backward in one kernel, dQ/dR accumulated with fp32 atomics (backend "triton_atomic")."""
     d = q.shape[-1]
     if d < MIN_KERNEL_HEAD_DIM:  # exact: see MIN_KERNEL_HEAD_DIM (the scale is already that of d)
         q, k, v, r = (torch.nn.functional.pad(x, (0, MIN_KERNEL_HEAD_DIM - d)) for x in (q, k, v, r))
-    return attention_fwd(q, k, v, r, causal, scale, document_ids)[0][..., :d]
+    return attention_fwd(q, k, v, r, causal, scale, document_ids, atomic_dq)[0][..., :d]

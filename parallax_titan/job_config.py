@@ -22,7 +22,7 @@ class Parallax:
     probe_gate: bool | None = None
     """gated probe r = sigmoid(w_g . x) * W_R x (the paper's ablation)"""
     attention_backend: str | None = None
-    """parallax_attention backend: torch | triton"""
+    """parallax_attention backend: torch | triton | triton_atomic (one-kernel backward, dQ/dR by atomics)"""
     document_masking: bool | None = None
     """keep attention inside each EOS-terminated document of a packed sequence"""
 

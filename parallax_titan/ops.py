@@ -37,6 +37,12 @@ def _triton_fn(*args, **kwargs):
     return parallax_attention_triton(*args, **kwargs)
 
 
+def _triton_atomic_fn(*args, **kwargs):
+    from parallax_kernels.triton_parallax import parallax_attention_triton
+
+    return parallax_attention_triton(*args, **kwargs, atomic_dq=True)
+
+
 def _triton_unavailable(x: torch.Tensor) -> str | None:
     try:
         from parallax_kernels.triton_parallax import unavailable_reason
@@ -48,6 +54,9 @@ def _triton_unavailable(x: torch.Tensor) -> str | None:
 BACKENDS: dict[str, Backend] = {
     "torch": Backend(parallax_attention_torch, _always_available),
     "triton": Backend(_triton_fn, _triton_unavailable),
+    # the same kernels with a one-kernel backward: dQ, dR through fp32 atomics, not bitwise reproducible
+    # (kernels/triton_parallax.py); whether it is faster is measured in docs/benchmarks.md
+    "triton_atomic": Backend(_triton_atomic_fn, _triton_unavailable),
 }
 
 

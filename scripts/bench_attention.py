@@ -4,6 +4,7 @@
 
 Peers, each in its native layout, causal, bf16, GQA with Hkv = H / kv-ratio:
   parallax-triton  this repo's fused kernel (backend="triton")
+  parallax-triton-atomic  the same with its one-kernel backward, dQ/dR by fp32 atomics (backend="triton_atomic")
   parallax-torch   this repo's chunked eager backend (backend="torch"), skipped where it would be slow
   fla-parallax     flash-linear-attention's parallel_parallax (fla-core), if installed
   sdpa-flash       softmax attention, torch SDPA with the FLASH_ATTENTION backend
@@ -46,6 +47,9 @@ def make_peers(b, h, hkv, n, d, dtype, with_torch_backend: bool):
     peers = {}
     bhnd = [x.clone().requires_grad_() for x in (q, k, v, r)]
     peers["parallax-triton"] = ("parallax", lambda x=bhnd: parallax_attention(*x, backend="triton"), bhnd)
+    atomic = [x.clone().requires_grad_() for x in (q, k, v, r)]
+    peers["parallax-triton-atomic"] = ("parallax", lambda x=atomic: parallax_attention(*x, backend="triton_atomic"),
+                                       atomic)
     if with_torch_backend:
         bhnd2 = [x.clone().requires_grad_() for x in (q, k, v, r)]
         peers["parallax-torch"] = ("parallax", lambda x=bhnd2: parallax_attention(*x, backend="torch"), bhnd2)
@@ -85,6 +89,20 @@ def time_peer(fn, inputs):
     return fwd, both, peak
 
 
+def atomic_vs_split_grads(q, k, v, r) -> float:
+    """Largest relative difference over dq, dk, dv, dr between the two backward variants (same inputs and
+    output gradient): checks, in the timed run, that the atomic backward computes the same gradients."""
+    grads = {}
+    for backend in ("triton", "triton_atomic"):
+        leaves = [x.clone().requires_grad_() for x in (q, k, v, r)]
+        out = parallax_attention(*leaves, backend=backend)
+        grad = torch.randn(out.shape, device=out.device, dtype=out.dtype,
+                           generator=torch.Generator(device=out.device).manual_seed(1))
+        grads[backend] = torch.autograd.grad(out, leaves, grad)
+    return max(float((a.float() - b.float()).norm() / b.float().norm())
+               for a, b in zip(grads["triton_atomic"], grads["triton"]))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--shapes", nargs="+", default=DEFAULT_SHAPES, help="B,H,N,D")
@@ -108,6 +126,7 @@ def main() -> None:
 
             fla_out = parallel_parallax(*(x.transpose(1, 2).contiguous() for x in (q, r, k, v))).transpose(1, 2).float()
             checks["vs_fla"] = float((ours - fla_out).norm() / fla_out.norm())
+        checks["vs_split_grads_atomic"] = atomic_vs_split_grads(q, k, v, r)
         result = {"shape": [b, h, hkv, n, d], **checks, "peers": {}}
         for name, (kind, fn, inputs) in peers.items():
             fwd, both, peak = time_peer(fn, inputs)
@@ -133,11 +152,11 @@ def print_shape(result) -> None:
     for name, p in peers.items():
         print(f"| {name} | {p['fwd_ms']:.3f} | {p['fwd_tflops']:.0f} | {p['fwd_bwd_ms']:.3f} | "
               f"{p['fwd_bwd_tflops']:.0f} | {p['peak_mib']:.0f} |")
-    ours = peers["parallax-triton"]
-    for peer in ("fla-parallax", "sdpa-flash", "sdpa-cudnn"):
-        if peer in peers:
-            print(f"ratio parallax-triton / {peer}: fwd {ours['fwd_ms'] / peers[peer]['fwd_ms']:.2f}, "
-                  f"fwd+bwd {ours['fwd_bwd_ms'] / peers[peer]['fwd_bwd_ms']:.2f}")
+    for mine in ("parallax-triton", "parallax-triton-atomic"):
+        for peer in ("parallax-triton", "fla-parallax", "sdpa-flash", "sdpa-cudnn"):
+            if peer in peers and peer != mine:
+                print(f"ratio {mine} / {peer}: fwd {peers[mine]['fwd_ms'] / peers[peer]['fwd_ms']:.2f}, "
+                      f"fwd+bwd {peers[mine]['fwd_bwd_ms'] / peers[peer]['fwd_bwd_ms']:.2f}")
 
 
 if __name__ == "__main__":

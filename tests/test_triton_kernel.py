@@ -26,12 +26,12 @@ def relative_error(got, want):
     return float((got.double() - want).norm() / want.norm())
 
 
-def check_against_float64(rng, b, h, hkv, n, d, dtype, causal, with_docs):
+def check_against_float64(rng, b, h, hkv, n, d, dtype, causal, with_docs, backend="triton"):
     q, k, v, r = random_qkvr(rng, b, h, hkv, n, d, requires_grad=False)
     docs = torch.cumsum(torch.rand(b, n, generator=rng) < 0.08, dim=1) if with_docs else None
     inputs = [x.to(dtype).to(DEVICE).requires_grad_() for x in (q, k, v, r)]
     docs_dev = docs.to(DEVICE) if docs is not None else None
-    out = parallax_attention(*inputs, causal=causal, backend="triton", document_ids=docs_dev)
+    out = parallax_attention(*inputs, causal=causal, backend=backend, document_ids=docs_dev)
     grad = torch.randn(out.shape, generator=rng, dtype=torch.float64)
     grads = torch.autograd.grad(out, inputs, grad.to(dtype).to(DEVICE))
 
@@ -42,7 +42,7 @@ def check_against_float64(rng, b, h, hkv, n, d, dtype, causal, with_docs):
     tol = TOLERANCE[dtype]
     errors = {"o": relative_error(out.detach(), ref)}
     errors.update({f"d{n}": relative_error(g, w) for n, g, w in zip("qkvr", grads, ref_grads)})
-    assert all(e < tol for e in errors.values()), f"{dtype}: {errors} (bound {tol})"
+    assert all(e < tol for e in errors.values()), f"{backend}, {dtype}: {errors} (bound {tol})"
     assert out.dtype == dtype and all(g.dtype == dtype for g in grads)
 
 
@@ -66,6 +66,17 @@ def test_kernel_matches_float64(rng, shape, dtype, causal):
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
 def test_kernel_document_masking(rng, dtype, causal):
     check_against_float64(rng, 2, 4, 2, 70, 32, dtype, causal, with_docs=True)
+
+
+@pytest.mark.interpret
+@pytest.mark.parametrize("causal", [True, False])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("shape,docs", [((2, 4, 2, 45, 32), False), ((1, 4, 1, 33, 64), False), ((2, 4, 2, 70, 32), True),
+                                        ((1, 2, 2, 19, 8), False)])
+def test_atomic_backward_matches_float64(rng, shape, docs, dtype, causal):
+    """backend="triton_atomic": dQ, dR added by every key tile (several per query tile here, GQA, MQA,
+    documents, a padded head of 8) into fp32 buffers with atomics."""
+    check_against_float64(rng, *shape, dtype, causal, with_docs=docs, backend="triton_atomic")
 
 
 @pytest.mark.interpret
@@ -124,13 +135,14 @@ def test_unavailable_head_dim_is_an_error_not_a_fallback():
 
 
 @pytest.mark.skipif(ON_GPU, reason="CPU-only check")
-def test_cpu_tensors_without_interpreter_are_refused(monkeypatch):
+@pytest.mark.parametrize("backend", ["triton", "triton_atomic"])
+def test_cpu_tensors_without_interpreter_are_refused(monkeypatch, backend):
     import parallax_kernels.triton_parallax as tp
 
     monkeypatch.setattr(tp, "INTERPRET", False)
     x = torch.zeros(1, 2, 8, 16)
-    with pytest.raises(RuntimeError, match=r"the Triton kernel needs CUDA"):
-        parallax_attention(x, x, x, x, backend="triton")
+    with pytest.raises(RuntimeError, match=rf"backend '{backend}' is unavailable: .*the Triton kernel needs CUDA"):
+        parallax_attention(x, x, x, x, backend=backend)
 
 
 @pytest.mark.gpu
@@ -145,8 +157,10 @@ def test_cpu_tensors_without_interpreter_are_refused(monkeypatch):
         ((1, 16, 8, 4096, 64), True, False),
     ],
 )
-def test_kernel_full_size_on_gpu(rng, shape, dtype, causal, docs):
-    check_against_float64(rng, *shape, dtype, causal, with_docs=docs)
+@pytest.mark.parametrize("backend", ["triton", "triton_atomic"])
+def test_kernel_full_size_on_gpu(rng, shape, dtype, causal, docs, backend):
+    """Full size, so autotuning runs: for triton_atomic its trials must leave no atomics in dQ, dR."""
+    check_against_float64(rng, *shape, dtype, causal, with_docs=docs, backend=backend)
 
 
 @pytest.mark.interpret
