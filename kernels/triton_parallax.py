@@ -23,6 +23,10 @@ Backward (FlashAttention-2 style: recompute tiles, no N x N tensor; PAPER.md's d
   first kernel (FlashAttention 2's choice): 8 matmuls and one recomputation, but the sums' order varies,
   so dQ, dR are not bitwise reproducible run to run. "triton" stays the deterministic default.
 
+Masks are built only where a tile needs one: the causal diagonal, the sequence's end, and (with documents)
+every tile. Tiles that every row sees whole skip the mask (the FlashAttention Triton tutorial's split of
+the causal loop); each kernel runs its unmasked and masked tiles in separate loops.
+
 Document masking: keys in another document (document_ids differ) are invisible; per-token document
 start/end bounds let tiles that lie wholly outside a query's document be skipped. document_ids must
 label contiguous segments (packed documents), as the model builds them.
@@ -85,6 +89,20 @@ def _query_tile_keys(pid_m, b, N_CTX, DOC_START, CAUSAL: tl.constexpr, HAS_DOC: 
 
 
 @triton.jit
+def _unmasked_keys_end(pid_m, lo, N_CTX, CAUSAL: tl.constexpr, HAS_DOC: tl.constexpr,
+                       BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """End of the key tiles [lo, mid) that every row of query tile pid_m sees whole: below its
+    diagonal and inside the sequence. They need no mask; the tiles from mid on (the diagonal, the
+    sequence's end) do. With documents every tile is masked: their edges vary by row."""
+    mid = (N_CTX // BLOCK_N) * BLOCK_N
+    if CAUSAL:
+        mid = (pid_m * BLOCK_M // BLOCK_N) * BLOCK_N
+    if HAS_DOC:
+        mid = lo
+    return mid
+
+
+@triton.jit
 def _load_kv_tile(k_base, v_base, offs_n, offs_d, s_kn, s_vn, N_CTX):
     col_ok = offs_n < N_CTX
     k = tl.load(k_base + offs_n[:, None] * s_kn + offs_d[None, :], mask=col_ok[:, None], other=0.0)
@@ -144,9 +162,16 @@ def _fwd_kernel(
     acc2 = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)  # sum P1 (t - c) v
 
     lo, hi = _query_tile_keys(pid_m, b, N_CTX, DOC_START, CAUSAL, HAS_DOC, BLOCK_M, BLOCK_N)
+    mid = _unmasked_keys_end(pid_m, lo, N_CTX, CAUSAL, HAS_DOC, BLOCK_M, BLOCK_N)
+    for start_n in range(lo, mid, BLOCK_N):  # no mask to build
+        offs_n = start_n + tl.arange(0, BLOCK_N)
+        k, v, _ = _load_kv_tile(k_base, v_base, offs_n, offs_d, s_kn, s_vn, N_CTX)
+        s1 = _dot(q, tl.trans(k), DOT_FP32) * scale_log2
+        t = _dot(r, tl.trans(k), DOT_FP32)
+        m_i, d1, t_sum, c, acc1, acc2 = _online_update(s1, t, v, m_i, d1, t_sum, c, acc1, acc2, DOT_FP32)
     if HAS_DOC:
         doc_q = tl.load(DOC + b * N_CTX + offs_m, mask=row_ok, other=-1)
-    for start_n in range(lo, hi, BLOCK_N):
+    for start_n in range(mid, hi, BLOCK_N):  # the diagonal, the sequence's end, document edges
         offs_n = start_n + tl.arange(0, BLOCK_N)
         k, v, col_ok = _load_kv_tile(k_base, v_base, offs_n, offs_d, s_kn, s_vn, N_CTX)
         s1 = _dot(q, tl.trans(k), DOT_FP32) * scale_log2
@@ -175,22 +200,60 @@ def _fwd_kernel(
 
 @triton.jit
 def _bwd_tile(q, r, do, k, v, lse, tb, drow, e, offs_m, offs_n, doc_q, doc_k, N_CTX, scale_log2,
-              CAUSAL: tl.constexpr, HAS_DOC: tl.constexpr, DOT_FP32: tl.constexpr):
+              CAUSAL: tl.constexpr, HAS_DOC: tl.constexpr, MASKED: tl.constexpr, DOT_FP32: tl.constexpr):
     """One (query tile x key tile) of the backward: weights w, centred probe scores t - tbar, and
-    the score gradients dt, ds, each [BLOCK_M, BLOCK_N]."""
+    the score gradients dt, ds, each [BLOCK_M, BLOCK_N]. MASKED=False: a tile every row sees whole."""
     s1 = _dot(q, tl.trans(k), DOT_FP32) * scale_log2
     t = _dot(r, tl.trans(k), DOT_FP32)
-    valid = (offs_m[:, None] < N_CTX) & (offs_n[None, :] < N_CTX)
-    if CAUSAL:
-        valid = valid & (offs_m[:, None] >= offs_n[None, :])
-    if HAS_DOC:
-        valid = valid & (doc_q[:, None] == doc_k[None, :])
-    w = tl.where(valid, tl.exp2(s1 - lse[:, None]), 0.0)
+    w = tl.exp2(s1 - lse[:, None])
+    if MASKED:
+        valid = (offs_m[:, None] < N_CTX) & (offs_n[None, :] < N_CTX)
+        if CAUSAL:
+            valid = valid & (offs_m[:, None] >= offs_n[None, :])
+        if HAS_DOC:
+            valid = valid & (doc_q[:, None] == doc_k[None, :])
+        w = tl.where(valid, w, 0.0)
     tc = t - tb[:, None]  # centred probe scores t - tbar
     dalpha = _dot(do, tl.trans(v), DOT_FP32)
     dt = w * (e[:, None] - dalpha)
     ds = w * (dalpha * (1.0 - tc) + e[:, None] * tc - drow[:, None])
     return w, tc, dt, ds
+
+
+@triton.jit
+def _dkdv_rows(dk, dv, k, v, offs_n, doc_k, start, end, b, h, Q, R, DO, LSE, TBAR, DROW, E, DQ, DR, DOC,
+               s_qb, s_qh, s_qn, s_ob, s_oh, s_on, s_dqb, s_dqh, s_dqn, N_CTX, H, scale, scale_log2,
+               HEAD_DIM: tl.constexpr, CAUSAL: tl.constexpr, HAS_DOC: tl.constexpr, ATOMIC_DQ: tl.constexpr,
+               MASKED: tl.constexpr, BLOCK_M: tl.constexpr, DOT_FP32: tl.constexpr):
+    """Query tiles [start, end) of head h against one key tile: their share of dK, dV (and of dQ, dR
+    with ATOMIC_DQ, added with atomics)."""
+    offs_d = tl.arange(0, HEAD_DIM)
+    row_base = (b * H + h) * N_CTX
+    for start_m in range(start, end, BLOCK_M):
+        offs_m = start_m + tl.arange(0, BLOCK_M)
+        row_ok = offs_m < N_CTX
+        q_off = b * s_qb + h * s_qh + offs_m[:, None] * s_qn + offs_d[None, :]
+        q = tl.load(Q + q_off, mask=row_ok[:, None], other=0.0)
+        r = tl.load(R + q_off, mask=row_ok[:, None], other=0.0)
+        do = tl.load(DO + b * s_ob + h * s_oh + offs_m[:, None] * s_on + offs_d[None, :], mask=row_ok[:, None], other=0.0)
+        lse = tl.load(LSE + row_base + offs_m, mask=row_ok, other=0.0)
+        tb = tl.load(TBAR + row_base + offs_m, mask=row_ok, other=0.0)
+        drow = tl.load(DROW + row_base + offs_m, mask=row_ok, other=0.0)
+        e = tl.load(E + row_base + offs_m, mask=row_ok, other=0.0)
+        doc_q = offs_m
+        if HAS_DOC:
+            doc_q = tl.load(DOC + b * N_CTX + offs_m, mask=row_ok, other=-1)
+        w, tc, dt, ds = _bwd_tile(q, r, do, k, v, lse, tb, drow, e, offs_m, offs_n, doc_q, doc_k,
+                                  N_CTX, scale_log2, CAUSAL, HAS_DOC, MASKED, DOT_FP32)
+        alpha = w * (1.0 - tc)
+        dv += _dot(tl.trans(alpha.to(do.dtype)), do, DOT_FP32)
+        dk += scale * _dot(tl.trans(ds.to(q.dtype)), q, DOT_FP32) + _dot(tl.trans(dt.to(r.dtype)), r, DOT_FP32)
+        if ATOMIC_DQ:
+            dq_off = b * s_dqb + h * s_dqh + offs_m[:, None] * s_dqn + offs_d[None, :]
+            dq_part = scale * _dot(ds.to(k.dtype), k, DOT_FP32)
+            tl.atomic_add(DQ + dq_off, dq_part, mask=row_ok[:, None], sem="relaxed")
+            tl.atomic_add(DR + dq_off, _dot(dt.to(k.dtype), k, DOT_FP32), mask=row_ok[:, None], sem="relaxed")
+    return dk, dv
 
 
 @triton.jit
@@ -227,36 +290,50 @@ def _bwd_dkdv(
         hi = tl.load(DOC_END + b * N_CTX + last)
         if not CAUSAL:  # queries before the first key's document cannot see this tile
             lo = (tl.load(DOC_START + b * N_CTX + pid_n * BLOCK_N) // BLOCK_M) * BLOCK_M
+    # query tiles [m1, m2) see this key tile whole (rows all at or past its last key, inside the
+    # sequence): no mask; [lo, m1) and [m2, hi) are masked. With documents, or a key tile past the
+    # sequence's end, every tile is masked.
+    m1 = hi
+    m2 = hi
+    if not HAS_DOC:
+        if (pid_n + 1) * BLOCK_N <= N_CTX:
+            m1 = lo
+            if CAUSAL:
+                m1 = tl.minimum(tl.cdiv((pid_n + 1) * BLOCK_N - 1, BLOCK_M) * BLOCK_M, hi)
+            m2 = tl.maximum(m1, (N_CTX // BLOCK_M) * BLOCK_M)
     for g in range(GROUP):
         h = hk * GROUP + g
-        row_base = (b * H + h) * N_CTX
-        for start_m in range(lo, hi, BLOCK_M):
-            offs_m = start_m + tl.arange(0, BLOCK_M)
-            row_ok = offs_m < N_CTX
-            q_off = b * s_qb + h * s_qh + offs_m[:, None] * s_qn + offs_d[None, :]
-            q = tl.load(Q + q_off, mask=row_ok[:, None], other=0.0)
-            r = tl.load(R + q_off, mask=row_ok[:, None], other=0.0)
-            do = tl.load(DO + b * s_ob + h * s_oh + offs_m[:, None] * s_on + offs_d[None, :], mask=row_ok[:, None], other=0.0)
-            lse = tl.load(LSE + row_base + offs_m, mask=row_ok, other=0.0)
-            tb = tl.load(TBAR + row_base + offs_m, mask=row_ok, other=0.0)
-            drow = tl.load(DROW + row_base + offs_m, mask=row_ok, other=0.0)
-            e = tl.load(E + row_base + offs_m, mask=row_ok, other=0.0)
-            doc_q = offs_m
-            if HAS_DOC:
-                doc_q = tl.load(DOC + b * N_CTX + offs_m, mask=row_ok, other=-1)
-            w, tc, dt, ds = _bwd_tile(q, r, do, k, v, lse, tb, drow, e, offs_m, offs_n, doc_q, doc_k,
-                                      N_CTX, scale_log2, CAUSAL, HAS_DOC, DOT_FP32)
-            alpha = w * (1.0 - tc)
-            dv += _dot(tl.trans(alpha.to(do.dtype)), do, DOT_FP32)
-            dk += scale * _dot(tl.trans(ds.to(q.dtype)), q, DOT_FP32) + _dot(tl.trans(dt.to(r.dtype)), r, DOT_FP32)
-            if ATOMIC_DQ:
-                dq_off = b * s_dqb + h * s_dqh + offs_m[:, None] * s_dqn + offs_d[None, :]
-                dq_part = scale * _dot(ds.to(k.dtype), k, DOT_FP32)
-                tl.atomic_add(DQ + dq_off, dq_part, mask=row_ok[:, None], sem="relaxed")
-                tl.atomic_add(DR + dq_off, _dot(dt.to(k.dtype), k, DOT_FP32), mask=row_ok[:, None], sem="relaxed")
+        dk, dv = _dkdv_rows(dk, dv, k, v, offs_n, doc_k, lo, m1, b, h, Q, R, DO, LSE, TBAR, DROW, E, DQ, DR, DOC,
+                            s_qb, s_qh, s_qn, s_ob, s_oh, s_on, s_dqb, s_dqh, s_dqn, N_CTX, H, scale, scale_log2,
+                            HEAD_DIM, CAUSAL, HAS_DOC, ATOMIC_DQ, True, BLOCK_M, DOT_FP32)
+        dk, dv = _dkdv_rows(dk, dv, k, v, offs_n, doc_k, m1, m2, b, h, Q, R, DO, LSE, TBAR, DROW, E, DQ, DR, DOC,
+                            s_qb, s_qh, s_qn, s_ob, s_oh, s_on, s_dqb, s_dqh, s_dqn, N_CTX, H, scale, scale_log2,
+                            HEAD_DIM, CAUSAL, HAS_DOC, ATOMIC_DQ, False, BLOCK_M, DOT_FP32)
+        dk, dv = _dkdv_rows(dk, dv, k, v, offs_n, doc_k, m2, hi, b, h, Q, R, DO, LSE, TBAR, DROW, E, DQ, DR, DOC,
+                            s_qb, s_qh, s_qn, s_ob, s_oh, s_on, s_dqb, s_dqh, s_dqn, N_CTX, H, scale, scale_log2,
+                            HEAD_DIM, CAUSAL, HAS_DOC, ATOMIC_DQ, True, BLOCK_M, DOT_FP32)
     dkv_off = b * s_dkb + hk * s_dkh + offs_n[:, None] * s_dkn + offs_d[None, :]
     tl.store(DK + dkv_off, dk.to(DK.dtype.element_ty), mask=col_ok[:, None])
     tl.store(DV + dkv_off, dv.to(DV.dtype.element_ty), mask=col_ok[:, None])
+
+
+@triton.jit
+def _dqdr_keys(dq, dr, q, r, do, lse, tb, drow, e, offs_m, doc_q, start, end, b, k_base, v_base, DOC,
+               s_kn, s_vn, N_CTX, scale_log2, HEAD_DIM: tl.constexpr, CAUSAL: tl.constexpr, HAS_DOC: tl.constexpr,
+               MASKED: tl.constexpr, BLOCK_N: tl.constexpr, DOT_FP32: tl.constexpr):
+    """Key tiles [start, end) against one query tile: their share of dQ (unscaled) and dR."""
+    offs_d = tl.arange(0, HEAD_DIM)
+    for start_n in range(start, end, BLOCK_N):
+        offs_n = start_n + tl.arange(0, BLOCK_N)
+        k, v, col_ok = _load_kv_tile(k_base, v_base, offs_n, offs_d, s_kn, s_vn, N_CTX)
+        doc_k = offs_n
+        if HAS_DOC:
+            doc_k = tl.load(DOC + b * N_CTX + offs_n, mask=col_ok, other=-2)
+        w, tc, dt, ds = _bwd_tile(q, r, do, k, v, lse, tb, drow, e, offs_m, offs_n, doc_q, doc_k,
+                                  N_CTX, scale_log2, CAUSAL, HAS_DOC, MASKED, DOT_FP32)
+        dq += _dot(ds.to(k.dtype), k, DOT_FP32)
+        dr += _dot(dt.to(k.dtype), k, DOT_FP32)
+    return dq, dr
 
 
 _BWD_KEY = ["N_BUCKET", "HEAD_DIM", "CAUSAL", "HAS_DOC"]
@@ -299,19 +376,14 @@ def _bwd_dqdr_kernel(
     v_base = V + b * s_vb + hk * s_vh
 
     lo, hi = _query_tile_keys(pid_m, b, N_CTX, DOC_START, CAUSAL, HAS_DOC, BLOCK_M, BLOCK_N)
+    mid = _unmasked_keys_end(pid_m, lo, N_CTX, CAUSAL, HAS_DOC, BLOCK_M, BLOCK_N)
     doc_q = offs_m
     if HAS_DOC:
         doc_q = tl.load(DOC + b * N_CTX + offs_m, mask=row_ok, other=-1)
-    for start_n in range(lo, hi, BLOCK_N):
-        offs_n = start_n + tl.arange(0, BLOCK_N)
-        k, v, col_ok = _load_kv_tile(k_base, v_base, offs_n, offs_d, s_kn, s_vn, N_CTX)
-        doc_k = offs_n
-        if HAS_DOC:
-            doc_k = tl.load(DOC + b * N_CTX + offs_n, mask=col_ok, other=-2)
-        w, tc, dt, ds = _bwd_tile(q, r, do, k, v, lse, tb, drow, e, offs_m, offs_n, doc_q, doc_k,
-                                 N_CTX, scale_log2, CAUSAL, HAS_DOC, DOT_FP32)
-        dq += _dot(ds.to(k.dtype), k, DOT_FP32)
-        dr += _dot(dt.to(k.dtype), k, DOT_FP32)
+    dq, dr = _dqdr_keys(dq, dr, q, r, do, lse, tb, drow, e, offs_m, doc_q, lo, mid, b, k_base, v_base, DOC,
+                        s_kn, s_vn, N_CTX, scale_log2, HEAD_DIM, CAUSAL, HAS_DOC, False, BLOCK_N, DOT_FP32)
+    dq, dr = _dqdr_keys(dq, dr, q, r, do, lse, tb, drow, e, offs_m, doc_q, mid, hi, b, k_base, v_base, DOC,
+                        s_kn, s_vn, N_CTX, scale_log2, HEAD_DIM, CAUSAL, HAS_DOC, True, BLOCK_N, DOT_FP32)
     tl.store(DQ + b * s_dqb + h * s_dqh + offs_m[:, None] * s_dqn + offs_d[None, :], (dq * scale).to(DQ.dtype.element_ty), mask=row_ok[:, None])
     tl.store(DR + b * s_dqb + h * s_dqh + offs_m[:, None] * s_dqn + offs_d[None, :], dr.to(DR.dtype.element_ty), mask=row_ok[:, None])
 

@@ -80,6 +80,25 @@ def test_atomic_backward_matches_float64(rng, shape, docs, dtype, causal):
 
 
 @pytest.mark.interpret
+@pytest.mark.skipif(ON_GPU, reason="the interpreter's tile sizes; a GPU autotunes its own")
+@pytest.mark.parametrize("backend", ["triton", "triton_atomic"])
+@pytest.mark.parametrize("docs", [False, True])
+@pytest.mark.parametrize("causal", [True, False])
+@pytest.mark.parametrize("blocks", [(16, 32), (32, 16)])
+def test_kernel_with_unequal_query_and_key_tiles(rng, monkeypatch, blocks, causal, docs, backend):
+    """The GPU autotunes tiles with BLOCK_M != BLOCK_N: where each kernel's unmasked tiles end (the
+    diagonal, the sequence's end) must hold for those too, not only for the interpreter's 16 x 16."""
+    import triton
+
+    import parallax_kernels.triton_parallax as tp
+
+    config = triton.Config({"BLOCK_M": blocks[0], "BLOCK_N": blocks[1]}, num_warps=4, num_stages=1)
+    for kernel in (tp._fwd_kernel, tp._bwd_dkdv_kernel, tp._bwd_fused_kernel, tp._bwd_dqdr_kernel):
+        monkeypatch.setattr(kernel, "configs", [config])
+    check_against_float64(rng, 2, 4, 2, 75, 16, torch.float32, causal, with_docs=docs, backend=backend)
+
+
+@pytest.mark.interpret
 @pytest.mark.parametrize("causal", [True, False])
 def test_kernel_head_dim_8_is_padded_exactly(rng, causal):
     """MAD's heads of 8 run through the kernel zero-padded to 16: values and gradients of the 8 columns."""
