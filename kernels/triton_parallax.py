@@ -23,9 +23,10 @@ Backward (FlashAttention-2 style: recompute tiles, no N x N tensor; PAPER.md's d
   first kernel (FlashAttention 2's choice): 8 matmuls and one recomputation, but the sums' order varies,
   so dQ, dR are not bitwise reproducible run to run. "triton" stays the deterministic default.
 
-Masks are built only where a tile needs one: the causal diagonal, the sequence's end, and (with documents)
-every tile. Tiles that every row sees whole skip the mask (the FlashAttention Triton tutorial's split of
-the causal loop); each kernel runs its unmasked and masked tiles in separate loops.
+In the forward and the dQ/dR kernel, masks are built only where a tile needs one: the causal diagonal,
+the sequence's end, and (with documents) every tile. Key tiles that every row sees whole run in a loop of
+their own without one (the FlashAttention Triton tutorial's split of the causal loop). The dK/dV kernel
+keeps one masked loop (see there).
 
 Document masking: keys in another document (document_ids differ) are invisible; per-token document
 start/end bounds let tiles that lie wholly outside a query's document be skipped. document_ids must
@@ -224,7 +225,7 @@ def _bwd_tile(q, r, do, k, v, lse, tb, drow, e, offs_m, offs_n, doc_q, doc_k, N_
 def _dkdv_rows(dk, dv, k, v, offs_n, doc_k, start, end, b, h, Q, R, DO, LSE, TBAR, DROW, E, DQ, DR, DOC,
                s_qb, s_qh, s_qn, s_ob, s_oh, s_on, s_dqb, s_dqh, s_dqn, N_CTX, H, scale, scale_log2,
                HEAD_DIM: tl.constexpr, CAUSAL: tl.constexpr, HAS_DOC: tl.constexpr, ATOMIC_DQ: tl.constexpr,
-               MASKED: tl.constexpr, BLOCK_M: tl.constexpr, DOT_FP32: tl.constexpr):
+               BLOCK_M: tl.constexpr, DOT_FP32: tl.constexpr):
     """Query tiles [start, end) of head h against one key tile: their share of dK, dV (and of dQ, dR
     with ATOMIC_DQ, added with atomics)."""
     offs_d = tl.arange(0, HEAD_DIM)
@@ -244,7 +245,7 @@ def _dkdv_rows(dk, dv, k, v, offs_n, doc_k, start, end, b, h, Q, R, DO, LSE, TBA
         if HAS_DOC:
             doc_q = tl.load(DOC + b * N_CTX + offs_m, mask=row_ok, other=-1)
         w, tc, dt, ds = _bwd_tile(q, r, do, k, v, lse, tb, drow, e, offs_m, offs_n, doc_q, doc_k,
-                                  N_CTX, scale_log2, CAUSAL, HAS_DOC, MASKED, DOT_FP32)
+                                  N_CTX, scale_log2, CAUSAL, HAS_DOC, True, DOT_FP32)
         alpha = w * (1.0 - tc)
         dv += _dot(tl.trans(alpha.to(do.dtype)), do, DOT_FP32)
         dk += scale * _dot(tl.trans(ds.to(q.dtype)), q, DOT_FP32) + _dot(tl.trans(dt.to(r.dtype)), r, DOT_FP32)
@@ -290,28 +291,13 @@ def _bwd_dkdv(
         hi = tl.load(DOC_END + b * N_CTX + last)
         if not CAUSAL:  # queries before the first key's document cannot see this tile
             lo = (tl.load(DOC_START + b * N_CTX + pid_n * BLOCK_N) // BLOCK_M) * BLOCK_M
-    # query tiles [m1, m2) see this key tile whole (rows all at or past its last key, inside the
-    # sequence): no mask; [lo, m1) and [m2, hi) are masked. With documents, or a key tile past the
-    # sequence's end, every tile is masked.
-    m1 = hi
-    m2 = hi
-    if not HAS_DOC:
-        if (pid_n + 1) * BLOCK_N <= N_CTX:
-            m1 = lo
-            if CAUSAL:
-                m1 = tl.minimum(tl.cdiv((pid_n + 1) * BLOCK_N - 1, BLOCK_M) * BLOCK_M, hi)
-            m2 = tl.maximum(m1, (N_CTX // BLOCK_M) * BLOCK_M)
+    # one loop, every tile masked: a separate loop for the unmasked tiles (as the forward and dQ/dR
+    # kernels have) grew this kernel's stack frame 4x on sm_90 (cuobjdump), with the registers at 255
     for g in range(GROUP):
         h = hk * GROUP + g
-        dk, dv = _dkdv_rows(dk, dv, k, v, offs_n, doc_k, lo, m1, b, h, Q, R, DO, LSE, TBAR, DROW, E, DQ, DR, DOC,
+        dk, dv = _dkdv_rows(dk, dv, k, v, offs_n, doc_k, lo, hi, b, h, Q, R, DO, LSE, TBAR, DROW, E, DQ, DR, DOC,
                             s_qb, s_qh, s_qn, s_ob, s_oh, s_on, s_dqb, s_dqh, s_dqn, N_CTX, H, scale, scale_log2,
-                            HEAD_DIM, CAUSAL, HAS_DOC, ATOMIC_DQ, True, BLOCK_M, DOT_FP32)
-        dk, dv = _dkdv_rows(dk, dv, k, v, offs_n, doc_k, m1, m2, b, h, Q, R, DO, LSE, TBAR, DROW, E, DQ, DR, DOC,
-                            s_qb, s_qh, s_qn, s_ob, s_oh, s_on, s_dqb, s_dqh, s_dqn, N_CTX, H, scale, scale_log2,
-                            HEAD_DIM, CAUSAL, HAS_DOC, ATOMIC_DQ, False, BLOCK_M, DOT_FP32)
-        dk, dv = _dkdv_rows(dk, dv, k, v, offs_n, doc_k, m2, hi, b, h, Q, R, DO, LSE, TBAR, DROW, E, DQ, DR, DOC,
-                            s_qb, s_qh, s_qn, s_ob, s_oh, s_on, s_dqb, s_dqh, s_dqn, N_CTX, H, scale, scale_log2,
-                            HEAD_DIM, CAUSAL, HAS_DOC, ATOMIC_DQ, True, BLOCK_M, DOT_FP32)
+                            HEAD_DIM, CAUSAL, HAS_DOC, ATOMIC_DQ, BLOCK_M, DOT_FP32)
     dkv_off = b * s_dkb + hk * s_dkh + offs_n[:, None] * s_dkn + offs_d[None, :]
     tl.store(DK + dkv_off, dk.to(DK.dtype.element_ty), mask=col_ok[:, None])
     tl.store(DV + dkv_off, dv.to(DV.dtype.element_ty), mask=col_ok[:, None])

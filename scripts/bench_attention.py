@@ -1,10 +1,13 @@
 """Time Parallax attention against its peers, in one run on one GPU.
 
     python scripts/bench_attention.py [--shapes 8,16,2048,128 4,16,4096,128 ...] [--kv-ratio 2] [--json out.json]
+        [--reference-kernel FILE]      # e.g. FILE from `git show REF:kernels/triton_parallax.py`
 
 Peers, each in its native layout, causal, bf16, GQA with Hkv = H / kv-ratio:
   parallax-triton  this repo's fused kernel (backend="triton")
   parallax-triton-atomic  the same with its one-kernel backward, dQ/dR by fp32 atomics (backend="triton_atomic")
+  parallax-triton-reference  with --reference-kernel: another version of kernels/triton_parallax.py (an
+                   earlier commit's), so that a kernel change is timed against what it changed in one run
   parallax-torch   this repo's chunked eager backend (backend="torch"), skipped where it would be slow
   fla-parallax     flash-linear-attention's parallel_parallax (fla-core), if installed
   sdpa-flash       softmax attention, torch SDPA with the FLASH_ATTENTION backend
@@ -18,7 +21,10 @@ Times are medians of triton.testing.do_bench; memory is the peak allocated durin
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
+import tempfile
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -35,7 +41,22 @@ def flops(b, h, n, d, kind: str) -> tuple[float, float]:
     return (2 * f, 6 * f) if kind == "parallax" else (f, 3.5 * f)
 
 
-def make_peers(b, h, hkv, n, d, dtype, with_torch_backend: bool):
+def load_reference_kernel(path: str):
+    """Another version of kernels/triton_parallax.py as a module beside this one. Its torch.library ops
+    are renamed (parallax:: -> parallax_reference::, the same line count, so Triton still finds each
+    kernel's source) so that both versions can register."""
+    source = Path(path).read_text()
+    if '"parallax::attention_fwd"' not in source:
+        raise ValueError(f"--reference-kernel {path}: not a kernels/triton_parallax.py (no parallax::attention_fwd op)")
+    copy = Path(tempfile.mkdtemp()) / "triton_parallax_reference.py"
+    copy.write_text(source.replace('"parallax::', '"parallax_reference::'))
+    spec = importlib.util.spec_from_file_location("triton_parallax_reference", copy)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def make_peers(b, h, hkv, n, d, dtype, with_torch_backend: bool, reference=None):
     """name -> (kind, fwd closure, inputs requiring grad)."""
     gen = torch.Generator(device="cuda").manual_seed(0)
 
@@ -50,6 +71,10 @@ def make_peers(b, h, hkv, n, d, dtype, with_torch_backend: bool):
     atomic = [x.clone().requires_grad_() for x in (q, k, v, r)]
     peers["parallax-triton-atomic"] = ("parallax", lambda x=atomic: parallax_attention(*x, backend="triton_atomic"),
                                        atomic)
+    if reference is not None:
+        ref = [x.clone().requires_grad_() for x in (q, k, v, r)]
+        peers["parallax-triton-reference"] = (
+            "parallax", lambda x=ref: reference.parallax_attention_triton(*x, causal=True, scale=d**-0.5), ref)
     if with_torch_backend:
         bhnd2 = [x.clone().requires_grad_() for x in (q, k, v, r)]
         peers["parallax-torch"] = ("parallax", lambda x=bhnd2: parallax_attention(*x, backend="torch"), bhnd2)
@@ -110,14 +135,16 @@ def main() -> None:
     ap.add_argument("--torch-backend-max-tokens", type=int, default=16384,
                     help="time the eager torch backend only where B*N is at most this")
     ap.add_argument("--json", default=None)
+    ap.add_argument("--reference-kernel", default=None, help="another kernels/triton_parallax.py to time beside this one")
     args = ap.parse_args()
+    reference = load_reference_kernel(args.reference_kernel) if args.reference_kernel else None
     dtype = torch.bfloat16
     print(f"device: {torch.cuda.get_device_name()}, torch {torch.__version__}, bf16, causal, Hkv = H/{args.kv_ratio}")
     rows = []
     for spec in args.shapes:
         b, h, n, d = map(int, spec.split(","))
         hkv = h // args.kv_ratio
-        peers, (q, k, v, r) = make_peers(b, h, hkv, n, d, dtype, b * n <= args.torch_backend_max_tokens)
+        peers, (q, k, v, r) = make_peers(b, h, hkv, n, d, dtype, b * n <= args.torch_backend_max_tokens, reference)
         # correctness in the same run: the fused kernel against fla's kernel (and the eager backend)
         ours = parallax_attention(q, k, v, r, backend="triton").float()
         checks = {}
@@ -127,6 +154,9 @@ def main() -> None:
             fla_out = parallel_parallax(*(x.transpose(1, 2).contiguous() for x in (q, r, k, v))).transpose(1, 2).float()
             checks["vs_fla"] = float((ours - fla_out).norm() / fla_out.norm())
         checks["vs_split_grads_atomic"] = atomic_vs_split_grads(q, k, v, r)
+        if reference is not None:
+            theirs = reference.parallax_attention_triton(q, k, v, r, causal=True, scale=d**-0.5).float()
+            checks["vs_reference_kernel"] = float((ours - theirs).norm() / theirs.norm())
         result = {"shape": [b, h, hkv, n, d], **checks, "peers": {}}
         for name, (kind, fn, inputs) in peers.items():
             fwd, both, peak = time_peer(fn, inputs)
@@ -153,7 +183,7 @@ def print_shape(result) -> None:
         print(f"| {name} | {p['fwd_ms']:.3f} | {p['fwd_tflops']:.0f} | {p['fwd_bwd_ms']:.3f} | "
               f"{p['fwd_bwd_tflops']:.0f} | {p['peak_mib']:.0f} |")
     for mine in ("parallax-triton", "parallax-triton-atomic"):
-        for peer in ("parallax-triton", "fla-parallax", "sdpa-flash", "sdpa-cudnn"):
+        for peer in ("parallax-triton", "parallax-triton-reference", "fla-parallax", "sdpa-flash", "sdpa-cudnn"):
             if peer in peers and peer != mine:
                 print(f"ratio {mine} / {peer}: fwd {peers[mine]['fwd_ms'] / peers[peer]['fwd_ms']:.2f}, "
                       f"fwd+bwd {peers[mine]['fwd_bwd_ms'] / peers[peer]['fwd_bwd_ms']:.2f}")

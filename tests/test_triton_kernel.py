@@ -237,3 +237,23 @@ def test_op_sac_saves_the_fused_forward_instead_of_recomputing_it(rng):
     assert fused_forward_calls_in_op_sac_step(rng, _op_sac_save_list) == 1
     without = _op_sac_save_list - {torch.ops.parallax.attention_fwd.default}
     assert fused_forward_calls_in_op_sac_step(rng, without) == 2  # recomputed in the backward
+
+
+@pytest.mark.interpret
+def test_bench_reference_kernel_loads_beside_this_one(rng, tmp_path):
+    """scripts/bench_attention.py --reference-kernel: a copy of the kernel file (there, an earlier
+    commit's) registers beside this one under renamed ops and computes the same; other files are refused."""
+    from pathlib import Path
+
+    import parallax_kernels.triton_parallax as tp
+    import scripts.bench_attention as bench
+
+    reference = bench.load_reference_kernel(tp.__file__)
+    q, k, v, r = (x.float().to(DEVICE) for x in random_qkvr(rng, 1, 4, 2, 40, 32, requires_grad=False))
+    ours = parallax_attention(q, k, v, r, backend="triton")
+    theirs = reference.parallax_attention_triton(q, k, v, r, causal=True, scale=32**-0.5)
+    assert torch.equal(ours, theirs)
+    not_a_kernel = tmp_path / "other.py"
+    not_a_kernel.write_text(Path(bench.__file__).read_text())
+    with pytest.raises(ValueError, match=r"--reference-kernel .*other.py: not a kernels/triton_parallax.py"):
+        bench.load_reference_kernel(str(not_a_kernel))
