@@ -46,8 +46,9 @@ def load_reference_kernel(path: str):
     are renamed (parallax:: -> parallax_reference::, the same line count, so Triton still finds each
     kernel's source) so that both versions can register."""
     source = Path(path).read_text()
-    if '"parallax::attention_fwd"' not in source:
-        raise ValueError(f"--reference-kernel {path}: not a kernels/triton_parallax.py (no parallax::attention_fwd op)")
+    if 'custom_op("parallax::attention_fwd"' not in source:
+        raise ValueError(f"--reference-kernel {path}: not a kernels/triton_parallax.py (it defines no parallax "
+                         "attention_fwd op)")
     copy = Path(tempfile.mkdtemp()) / "triton_parallax_reference.py"
     copy.write_text(source.replace('"parallax::', '"parallax_reference::'))
     spec = importlib.util.spec_from_file_location("triton_parallax_reference", copy)
