@@ -253,7 +253,9 @@ def test_bench_reference_kernel_loads_beside_this_one(rng, tmp_path):
     ours = parallax_attention(q, k, v, r, backend="triton")
     theirs = reference.parallax_attention_triton(q, k, v, r, causal=True, scale=32**-0.5)
     assert torch.equal(ours, theirs)
-    not_a_kernel = tmp_path / "other.py"
-    not_a_kernel.write_text(Path(bench.__file__).read_text())
+    import parallax_titan.ops as ops
+
+    not_a_kernel = tmp_path / "other.py"  # the wrong file: the module that calls the kernel
+    not_a_kernel.write_text(Path(ops.__file__).read_text())
     with pytest.raises(ValueError, match=r"--reference-kernel .*other.py: not a kernels/triton_parallax.py"):
         bench.load_reference_kernel(str(not_a_kernel))
