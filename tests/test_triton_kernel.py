@@ -259,3 +259,17 @@ def test_bench_reference_kernel_loads_beside_this_one(rng, tmp_path):
     not_a_kernel.write_text(Path(ops.__file__).read_text())
     with pytest.raises(ValueError, match=r"--reference-kernel .*other.py: not a kernels/triton_parallax.py"):
         bench.load_reference_kernel(str(not_a_kernel))
+
+
+def test_the_gpu_check_script_refuses_a_reference_kernel_that_is_not_there(tmp_path):
+    """scripts/device/attention_check.sh REFERENCE=FILE: a file that did not travel to the GPU host must stop
+    the call before its tests and benchmark run, not give a benchmark without the A/B it was run for."""
+    import subprocess
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "device" / "attention_check.sh"
+    env = {**os.environ, "OUT": str(tmp_path / "out"), "REFERENCE": str(tmp_path / "missing.py")}
+    proc = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert f"REFERENCE={tmp_path / 'missing.py'} does not exist" in proc.stderr
+    assert not (tmp_path / "out" / "gpu_tests_attention.log").exists()
