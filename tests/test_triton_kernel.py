@@ -273,3 +273,27 @@ def test_the_gpu_check_script_refuses_a_reference_kernel_that_is_not_there(tmp_p
     assert proc.returncode == 2
     assert f"REFERENCE={tmp_path / 'missing.py'} does not exist" in proc.stderr
     assert not (tmp_path / "out" / "gpu_tests_attention.log").exists()
+
+
+def test_the_kernels_compile_for_hopper_without_a_gpu():
+    """scripts/kernel_resources.py compiles every kernel variant for sm_90 with Triton's own ptxas: code the
+    interpreter runs but a GPU compiler rejects (e.g. a runtime `if` whose branches give a name two types)
+    fails here, on CPU CI, instead of on the next GPU call. It also reads each kernel's registers and stack."""
+    import re
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "kernel_resources.py"
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    proc = subprocess.run([sys.executable, str(script), "--head-dim", "16", "--tiles", "16x32:4:1", "--all-masks"],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = re.findall(r"^\| (.+?) \| (.+?) \| 16x32:4:1 \| (\d+) / (\d+); (\d+) \|$", proc.stdout, flags=re.M)
+    kernels = {"forward", "dQ/dR", "dK/dV", "dK/dV + atomic dQ/dR"}
+    masks = {"causal", "full", "causal + documents", "full + documents"}
+    assert {(name, mask) for name, mask, *_ in rows} == {(k, m) for k in kernels for m in masks}, proc.stdout
+    assert all(0 < int(registers) <= 255 for *_, registers, _, _ in rows)
+    interpreted = subprocess.run([sys.executable, str(script)], env={**env, "TRITON_INTERPRET": "1"},
+                                 capture_output=True, text=True, timeout=120)
+    assert interpreted.returncode != 0 and "unset TRITON_INTERPRET" in interpreted.stderr

@@ -1,0 +1,125 @@
+"""Compile the fused attention kernels for a GPU architecture on a machine without one, and print what each
+uses per thread: registers, stack frame (spills land there), as cuobjdump reports them.
+
+    python scripts/kernel_resources.py [--head-dim 128] [--tiles 128x64:8:3 64x64:4:2] [--arch 90]
+        [--reference-kernel FILE]      # the same counts for another version of kernels/triton_parallax.py
+        [--all-masks]                  # also non-causal and with document masks (default: causal only)
+
+Static counts, not timings: a larger stack frame at 255 registers means spills, which usually cost time, but
+only a GPU run (scripts/bench_attention.py) says how much. It also finds what Triton's CPU interpreter
+cannot: code that does not compile for a GPU. Uses the ptxas and cuobjdump that ship in Triton's wheel;
+bf16 inputs. Run it without TRITON_INTERPRET=1 (under the interpreter, kernels are not compiled).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # scripts/ (for the reference loader)
+
+INT_ARGS = ("N_CTX", "N_BUCKET", "H", "HKV", "GROUP")
+POINTER_DTYPES = {"LSE": "*fp32", "TBAR": "*fp32", "DROW": "*fp32", "E": "*fp32",
+                  "DOC": "*i32", "DOC_START": "*i32", "DOC_END": "*i32"}
+
+
+def signature(fn, constexprs: dict, pointers: dict) -> dict:
+    """Triton types of a kernel's arguments, by this repo's naming: s_* strides and sizes are i32,
+    scales fp32, named pointers as given, every other pointer bf16."""
+    types = {}
+    for name in fn.arg_names:
+        if name in constexprs:
+            types[name] = "constexpr"
+        elif name in pointers:
+            types[name] = pointers[name]
+        elif name.startswith("s_") or name in INT_ARGS:
+            types[name] = "i32"
+        elif name in ("scale", "scale_log2"):
+            types[name] = "fp32"
+        else:
+            types[name] = "*bf16"
+    return types
+
+
+def resource_usage(fn, constexprs: dict, num_warps: int, num_stages: int, arch: int, pointers=None) -> dict:
+    pointers = {**POINTER_DTYPES, **(pointers or {})}
+    kernel = triton.compile(ASTSource(fn, signature(fn, constexprs, pointers), constexprs=constexprs),
+                            target=GPUTarget("cuda", arch, 32), options=dict(num_warps=num_warps, num_stages=num_stages))
+    cuobjdump = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(kernel.asm["cubin"])
+        f.flush()
+        report = subprocess.run([cuobjdump, "--dump-resource-usage", f.name], capture_output=True, text=True,
+                                check=True).stdout
+    line = next(x for x in report.splitlines() if "REG:" in x)
+    fields = dict(item.split(":", 1) for item in line.split() if ":" in item)
+    return {"registers": int(fields["REG"]), "stack": int(fields["STACK"]), "shared": kernel.metadata.shared}
+
+
+def kernels_of(module) -> dict:
+    """name -> (jit function, extra constexprs, extra pointer types) for the forward and backward kernels."""
+    found = {"forward": (module._fwd_kernel.fn, {}, {}), "dQ/dR": (module._bwd_dqdr_kernel.fn, {}, {})}
+    if hasattr(module, "_bwd_dkdv"):  # since the one-kernel backward: one jit function, two autotuners
+        found["dK/dV"] = (module._bwd_dkdv, {"ATOMIC_DQ": False}, {})
+        found["dK/dV + atomic dQ/dR"] = (module._bwd_dkdv, {"ATOMIC_DQ": True}, {"DQ": "*fp32", "DR": "*fp32"})
+    else:
+        found["dK/dV"] = (module._bwd_dkdv_kernel.fn, {}, {})
+    return found
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--head-dim", type=int, default=128)
+    ap.add_argument("--tiles", nargs="+", default=["128x64:8:3", "64x64:4:2", "128x32:8:2", "32x128:8:2"],
+                    help="BLOCK_MxBLOCK_N:warps:stages")
+    ap.add_argument("--arch", type=int, default=90, help="compute capability, e.g. 90 for Hopper")
+    ap.add_argument("--reference-kernel", default=None)
+    ap.add_argument("--all-masks", action="store_true", help="also non-causal, and with document masks")
+    args = ap.parse_args()
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        raise SystemExit("kernel_resources.py compiles the kernels: unset TRITON_INTERPRET")
+    tiles = []
+    for tile in args.tiles:
+        try:
+            blocks, warps, stages = tile.split(":")
+            tiles.append((tile, *map(int, blocks.split("x")), int(warps), int(stages)))
+        except ValueError:
+            raise SystemExit(f"--tiles {tile!r}: expected BLOCK_MxBLOCK_N:warps:stages, e.g. 128x64:8:3")
+    masks = [(True, False)] + ([(False, False), (True, True), (False, True)] if args.all_masks else [])
+    import parallax_kernels.triton_parallax as current
+
+    versions = {"current": current}
+    if args.reference_kernel:
+        from bench_attention import load_reference_kernel
+
+        versions["reference"] = load_reference_kernel(args.reference_kernel)
+    print(f"sm_{args.arch}, head_dim {args.head_dim}, bf16; per thread: registers / stack bytes; shared bytes")
+    print("| kernel | masks | tiles:warps:stages | " + " | ".join(versions) + " |")
+    print("|---|---|---|" + "---:|" * len(versions))
+    names = dict.fromkeys(name for module in versions.values() for name in kernels_of(module))
+    for (tile, block_m, block_n, warps, stages), (causal, docs), name in (
+            (t, m, n) for t in tiles for m in masks for n in names):
+        base = dict(HEAD_DIM=args.head_dim, CAUSAL=causal, HAS_DOC=docs, BLOCK_M=block_m, BLOCK_N=block_n,
+                    DOT_FP32=False)
+        label = ("causal" if causal else "full") + (" + documents" if docs else "")
+        cells = []
+        for module in versions.values():
+            entry = kernels_of(module).get(name)
+            if entry is None:
+                cells.append("-")
+                continue
+            fn, extra, pointers = entry
+            use = resource_usage(fn, {**base, **extra}, warps, stages, args.arch, pointers)
+            cells.append(f"{use['registers']} / {use['stack']}; {use['shared']}")
+        print(f"| {name} | {label} | {tile} | " + " | ".join(cells) + " |")
+
+if __name__ == "__main__":
+    main()
