@@ -293,7 +293,7 @@ def _bwd_dkdv(
         if not CAUSAL:  # queries before the first key's document cannot see this tile
             lo = (tl.load(DOC_START + b * N_CTX + pid_n * BLOCK_N) // BLOCK_M) * BLOCK_M
     # one loop, every tile masked: a separate loop for the unmasked tiles (as the forward and dQ/dR
-    # kernels have) grew this kernel's stack frame 4x on sm_90 (cuobjdump), with the registers at 255
+    # kernels have) grew its stack frame 4x on sm_90, registers at 255 (scripts/kernel_resources.py)
     for g in range(GROUP):
         h = hk * GROUP + g
         dk, dv = _dkdv_rows(dk, dv, k, v, offs_n, doc_k, lo, hi, b, h, Q, R, DO, LSE, TBAR, DROW, E, DQ, DR, DOC,
