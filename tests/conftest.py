@@ -1,4 +1,5 @@
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -30,6 +31,12 @@ def random_qkvr(rng, b, h, hkv, n, d, dtype=torch.float64, requires_grad=True):
         return x.requires_grad_(requires_grad)
 
     return make(h), make(hkv), make(hkv), make(h)
+
+
+def run_device_script(name: str, **env: str) -> subprocess.CompletedProcess:
+    """bash scripts/device/<name> with these environment variables added (for its argument checks)."""
+    return subprocess.run(["bash", str(REPO / "scripts" / "device" / name)], env={**os.environ, **env},
+                          capture_output=True, text=True, timeout=60)
 
 
 DEBUG_CONFIG = REPO / "configs" / "debug_cpu.toml"

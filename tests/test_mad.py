@@ -470,13 +470,9 @@ def test_estimate_prices_pending_runs_from_the_recorded_seconds(tmp_path):
 def test_the_gpu_piece_script_refuses_a_results_file_that_is_not_there(tmp_path):
     """scripts/device/mad_check.sh resumes from MAD_RESULTS; a path that is missing (not carried to the GPU
     host, say) must stop it, not start the protocol over from an empty file."""
-    import os
-    import subprocess
-    from pathlib import Path
+    from conftest import run_device_script
 
-    script = Path(__file__).resolve().parents[1] / "scripts" / "device" / "mad_check.sh"
-    env = {**os.environ, "OUT": str(tmp_path / "out"), "MAD_RESULTS": str(tmp_path / "missing.jsonl")}
-    proc = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True, timeout=60)
+    proc = run_device_script("mad_check.sh", OUT=str(tmp_path / "out"), MAD_RESULTS=str(tmp_path / "missing.jsonl"))
     assert proc.returncode == 2
     assert f"MAD_RESULTS={tmp_path / 'missing.jsonl'} does not exist" in proc.stderr
     assert not (tmp_path / "out" / "missing.jsonl").exists()

@@ -178,7 +178,8 @@ def test_cpu_tensors_without_interpreter_are_refused(monkeypatch, backend):
 )
 @pytest.mark.parametrize("backend", ["triton", "triton_atomic"])
 def test_kernel_full_size_on_gpu(rng, shape, dtype, causal, docs, backend):
-    """Full size, so autotuning runs: for triton_atomic its trials must leave no atomics in dQ, dR."""
+    """Full size. With PARALLAX_TRITON_AUTOTUNE=1 (scripts/device/attention_check.sh sets it; conftest's
+    default is 0) autotuning runs too, and for triton_atomic its trials must leave no atomics in dQ, dR."""
     check_against_float64(rng, *shape, dtype, causal, with_docs=docs, backend=backend)
 
 
@@ -264,12 +265,9 @@ def test_bench_reference_kernel_loads_beside_this_one(rng, tmp_path):
 def test_the_gpu_check_script_refuses_a_reference_kernel_that_is_not_there(tmp_path):
     """scripts/device/attention_check.sh REFERENCE=FILE: a file that did not travel to the GPU host must stop
     the call before its tests and benchmark run, not give a benchmark without the A/B it was run for."""
-    import subprocess
-    from pathlib import Path
+    from conftest import run_device_script
 
-    script = Path(__file__).resolve().parents[1] / "scripts" / "device" / "attention_check.sh"
-    env = {**os.environ, "OUT": str(tmp_path / "out"), "REFERENCE": str(tmp_path / "missing.py")}
-    proc = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True, timeout=60)
+    proc = run_device_script("attention_check.sh", OUT=str(tmp_path / "out"), REFERENCE=str(tmp_path / "missing.py"))
     assert proc.returncode == 2
     assert f"REFERENCE={tmp_path / 'missing.py'} does not exist" in proc.stderr
     assert not (tmp_path / "out" / "gpu_tests_attention.log").exists()

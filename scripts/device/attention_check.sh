@@ -15,14 +15,14 @@ fi
 # TESTS=0 or BENCH=0 leave a part out (a call's 600 s may not hold both after a kernel change: every
 # autotuning candidate compiles anew)
 if [ "${TESTS:-1}" = 1 ]; then
-  # the small cases with each kernel's first tile config (compiling every candidate for each of their many
-  # shapes and dtypes took the 2026-11-23 run past its time limit), then the full-size ones autotuned, which
-  # is also what checks that triton_atomic's autotuning trials leave no atomics behind in dQ, dR
+  # the small cases with each kernel's first tile config (tests/conftest.py's default; compiling every
+  # candidate for each of their many shapes and dtypes took the 2026-11-23 run past its time limit), then the
+  # full-size ones autotuned, which also checks that triton_atomic's trials leave no atomics in dQ, dR
   PARALLAX_TRITON_AUTOTUNE=0 timeout --kill-after=10 ${TEST_TIMEOUT:-240} python3 -m pytest -q -p no:cacheprovider \
     -m "not gpu" tests/test_triton_kernel.py > "$out/gpu_tests_attention_small.log" 2>&1
   echo "== attention kernel tests, small, first config (rc=$?)"
   grep -E "passed|failed|Error" "$out/gpu_tests_attention_small.log" | tail -8
-  timeout --kill-after=10 ${TEST_TIMEOUT_GPU:-300} python3 -m pytest -q -p no:cacheprovider -m gpu \
+  PARALLAX_TRITON_AUTOTUNE=1 timeout --kill-after=10 ${TEST_TIMEOUT_GPU:-300} python3 -m pytest -q -p no:cacheprovider -m gpu \
     tests/test_triton_kernel.py > "$out/gpu_tests_attention_fullsize.log" 2>&1
   echo "== attention kernel tests, full size, autotuned (rc=$?)"
   grep -E "passed|failed|Error" "$out/gpu_tests_attention_fullsize.log" | tail -8
