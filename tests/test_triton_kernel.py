@@ -125,7 +125,8 @@ def test_kernel_matches_torch_backend_in_the_model_layout(rng):
 
 
 @pytest.mark.interpret
-def test_kernel_under_torch_compile(rng):
+@pytest.mark.parametrize("backend", ["triton", "triton_atomic"])
+def test_kernel_under_torch_compile(rng, backend):
     """A custom op with a fake implementation: inductor compiles it with fullgraph, forward and
     backward, on strided inputs as the model passes them (inductor checks the fake's strides)."""
     b, n, h, hkv, d = 1, 24, 2, 1, 16
@@ -135,7 +136,7 @@ def test_kernel_under_torch_compile(rng):
     def f(qr, kv):
         q, r = qr[:, :, :h].transpose(1, 2), qr[:, :, h:].transpose(1, 2)
         k, v = kv[:, :, :hkv].transpose(1, 2), kv[:, :, hkv:].transpose(1, 2)
-        return (parallax_attention(q, k, v, r, backend="triton") * 1.5).square().sum()
+        return (parallax_attention(q, k, v, r, backend=backend) * 1.5).square().sum()
 
     compiled = torch.compile(f, backend="inductor", fullgraph=True)
     loss = compiled(qr, kv)
