@@ -130,7 +130,7 @@ def test_bad_shapes_are_clear_errors(kwargs, message):
         parallax_attention(base["q"], base["k"], base["v"], base["r"], document_ids=doc)
 
 
-@pytest.mark.parametrize("backend", ["torch", "triton"])
+@pytest.mark.parametrize("backend", ["torch", "triton", "triton_atomic"])
 def test_cu_seqlens_packs_documents(rng, backend):
     q, k, v, r = random_qkvr(rng, 1, 2, 1, 30, 16, dtype=torch.float32, requires_grad=False)
     cu = torch.tensor([0, 7, 8, 21, 30])
@@ -142,7 +142,7 @@ def test_cu_seqlens_packs_documents(rng, backend):
         parallax_attention(q, k, v, r, cu_seqlens=torch.tensor([0, 7, 29]))
 
 
-@pytest.mark.parametrize("backend", ["torch", "triton"])
+@pytest.mark.parametrize("backend", ["torch", "triton", "triton_atomic"])
 def test_vmap_over_models_folds_them_into_the_batch(rng, backend):
     """Under torch.func.vmap (an ensemble of models) each member gets exactly its own attention and
     gradients: the vmapped dim is folded into the batch (kernels/batching.py), here batched at dim 0
