@@ -104,15 +104,16 @@ def main() -> None:
     print(f"sm_{args.arch}, head_dim {args.head_dim}, bf16; per thread: registers / stack bytes; shared bytes")
     print("| kernel | masks | tiles:warps:stages | " + " | ".join(versions) + " |")
     print("|---|---|---|" + "---:|" * len(versions))
-    names = dict.fromkeys(name for module in versions.values() for name in kernels_of(module))
+    kernel_sets = {label: kernels_of(module) for label, module in versions.items()}
+    names = dict.fromkeys(name for kernels in kernel_sets.values() for name in kernels)
     for (tile, block_m, block_n, warps, stages), (causal, docs), name in (
             (t, m, n) for t in tiles for m in masks for n in names):
         base = dict(HEAD_DIM=args.head_dim, CAUSAL=causal, HAS_DOC=docs, BLOCK_M=block_m, BLOCK_N=block_n,
                     DOT_FP32=False)
         label = ("causal" if causal else "full") + (" + documents" if docs else "")
         cells = []
-        for module in versions.values():
-            entry = kernels_of(module).get(name)
+        for kernels in kernel_sets.values():
+            entry = kernels.get(name)
             if entry is None:
                 cells.append("-")
                 continue
@@ -120,6 +121,7 @@ def main() -> None:
             use = resource_usage(fn, {**base, **extra}, warps, stages, args.arch, pointers)
             cells.append(f"{use['registers']} / {use['stack']}; {use['shared']}")
         print(f"| {name} | {label} | {tile} | " + " | ".join(cells) + " |")
+
 
 if __name__ == "__main__":
     main()
