@@ -273,6 +273,30 @@ def test_the_gpu_check_script_refuses_a_reference_kernel_that_is_not_there(tmp_p
     assert not list((tmp_path / "out").glob("*.log")), "tests or benchmark ran"
 
 
+def test_attention_check_selects_tests_with_small_k_and_full_k(tmp_path):
+    """SMALL_K / FULL_K narrow the two pytest runs of attention_check.sh, and TESTS=small / full picks one of
+    them (to finish what a time limit cut): here one small test runs and no full-size one."""
+    from conftest import run_device_script
+
+    out = tmp_path / "out"
+    proc = run_device_script("attention_check.sh", OUT=str(out), BENCH="0",
+                             SMALL_K="fused_row_dot_products_match_torch", FULL_K="no_test_has_this_name")
+    assert proc.returncode == 0, proc.stderr
+    import re
+
+    small = (out / "gpu_tests_attention_small.log").read_text()
+    assert re.search(r"\b1 passed, \d+ deselected", small) and "fused_row_dot_products_match_torch PASSED" in small
+    full = (out / "gpu_tests_attention_fullsize.log").read_text()
+    assert re.search(r"\b\d+ deselected", full) and "passed" not in full.lower()
+
+    (out / "gpu_tests_attention_fullsize.log").unlink()
+    proc = run_device_script("attention_check.sh", OUT=str(out), BENCH="0", TESTS="small",
+                             SMALL_K="fused_row_dot_products_match_torch")
+    assert proc.returncode == 0 and not (out / "gpu_tests_attention_fullsize.log").exists(), proc.stdout
+    proc = run_device_script("attention_check.sh", OUT=str(out), TESTS="some")
+    assert proc.returncode == 2 and "TESTS=some is not one of 0, 1, small, full" in proc.stderr
+
+
 def test_the_kernels_compile_for_hopper_without_a_gpu():
     """scripts/kernel_resources.py compiles every kernel variant for sm_90 with Triton's own ptxas: code the
     interpreter runs but a GPU compiler rejects (e.g. a runtime `if` whose branches give a name two types)

@@ -13,19 +13,30 @@ if [ -n "${REFERENCE:-}" ] && [ ! -f "$REFERENCE" ]; then
   exit 2
 fi
 # TESTS=0 or BENCH=0 leave a part out (a call's 600 s may not hold both after a kernel change: every
-# autotuning candidate compiles anew)
-if [ "${TESTS:-1}" = 1 ]; then
+# autotuning candidate compiles anew); TESTS=small or TESTS=full run one of the two test parts
+# SMALL_K / FULL_K: a pytest -k expression for either part, to finish in a second call what a first one's time
+# limit cut (e.g. FULL_K=triton_atomic)
+small_k=(); [ -n "${SMALL_K:-}" ] && small_k=(-k "$SMALL_K")
+full_k=(); [ -n "${FULL_K:-}" ] && full_k=(-k "$FULL_K")
+tests=${TESTS:-1}
+case $tests in 0|1|small|full) ;; *) echo "attention_check.sh: TESTS=$tests is not one of 0, 1, small, full" >&2; exit 2;; esac
+if [ "$tests" = 1 ] || [ "$tests" = small ]; then
   # the small cases with each kernel's first tile config (tests/conftest.py's default; compiling every
   # candidate for each of their many shapes and dtypes took the 2026-11-23 run past its time limit), then the
-  # full-size ones autotuned, which also checks that triton_atomic's trials leave no atomics in dQ, dR
-  PARALLAX_TRITON_AUTOTUNE=0 timeout --kill-after=10 ${TEST_TIMEOUT:-240} python3 -m pytest -q -p no:cacheprovider \
-    -m "not gpu" tests/test_triton_kernel.py > "$out/gpu_tests_attention_small.log" 2>&1
-  echo "== attention kernel tests, small, first config (rc=$?)"
-  grep -E "passed|failed|Error" "$out/gpu_tests_attention_small.log" | tail -8
-  PARALLAX_TRITON_AUTOTUNE=1 timeout --kill-after=10 ${TEST_TIMEOUT_GPU:-300} python3 -m pytest -q -p no:cacheprovider -m gpu \
-    tests/test_triton_kernel.py > "$out/gpu_tests_attention_fullsize.log" 2>&1
-  echo "== attention kernel tests, full size, autotuned (rc=$?)"
-  grep -E "passed|failed|Error" "$out/gpu_tests_attention_fullsize.log" | tail -8
+  # full-size ones autotuned, which also checks that triton_atomic's trials leave no atomics in dQ, dR.
+  # -v: a log cut by its time limit still names each test that passed
+  PARALLAX_TRITON_AUTOTUNE=0 timeout --kill-after=10 ${TEST_TIMEOUT:-240} python3 -m pytest -v -p no:cacheprovider \
+    -m "not gpu" "${small_k[@]}" tests/test_triton_kernel.py > "$out/gpu_tests_attention_small.log" 2>&1
+  rc=$? log="$out/gpu_tests_attention_small.log"
+  echo "== attention kernel tests, small, first config (rc=$rc; $(grep -c ' PASSED' "$log") passed, $(grep -c ' FAILED' "$log") failed)"
+  grep -E "(passed|failed|Error).* in [0-9.]+s|FAILED|Error" "$log" | tail -8
+fi
+if [ "$tests" = 1 ] || [ "$tests" = full ]; then
+  PARALLAX_TRITON_AUTOTUNE=1 timeout --kill-after=10 ${TEST_TIMEOUT_GPU:-300} python3 -m pytest -v -p no:cacheprovider -m gpu \
+    "${full_k[@]}" tests/test_triton_kernel.py > "$out/gpu_tests_attention_fullsize.log" 2>&1
+  rc=$? log="$out/gpu_tests_attention_fullsize.log"
+  echo "== attention kernel tests, full size, autotuned (rc=$rc; $(grep -c ' PASSED' "$log") passed, $(grep -c ' FAILED' "$log") failed)"
+  grep -E "(passed|failed|Error).* in [0-9.]+s|FAILED|Error" "$log" | tail -8
 fi
 if [ "${BENCH:-1}" = 1 ]; then
   reference=${REFERENCE:+--reference-kernel $REFERENCE}
