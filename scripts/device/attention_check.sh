@@ -22,8 +22,7 @@ tests=${TESTS:-1}
 case $tests in 0|1|small|full) ;; *) echo "attention_check.sh: TESTS=$tests is not one of 0, 1, small, full" >&2; exit 2;; esac
 if [ "$tests" = 1 ] || [ "$tests" = small ]; then
   # the small cases with each kernel's first tile config (tests/conftest.py's default; compiling every
-  # candidate for each of their many shapes and dtypes took the 2026-11-23 run past its time limit), then the
-  # full-size ones autotuned, which also checks that triton_atomic's trials leave no atomics in dQ, dR.
+  # candidate for each of their many shapes and dtypes took the 2026-11-23 run past its time limit).
   # -v: a log cut by its time limit still names each test that passed
   PARALLAX_TRITON_AUTOTUNE=0 timeout --kill-after=10 ${TEST_TIMEOUT:-240} python3 -m pytest -v -p no:cacheprovider \
     -m "not gpu" "${small_k[@]}" tests/test_triton_kernel.py > "$out/gpu_tests_attention_small.log" 2>&1
@@ -32,6 +31,7 @@ if [ "$tests" = 1 ] || [ "$tests" = small ]; then
   grep -E "(passed|failed|Error).* in [0-9.]+s|FAILED|Error" "$log" | tail -8
 fi
 if [ "$tests" = 1 ] || [ "$tests" = full ]; then
+  # the full-size ones autotuned, which also checks that triton_atomic's trials leave no atomics in dQ, dR
   PARALLAX_TRITON_AUTOTUNE=1 timeout --kill-after=10 ${TEST_TIMEOUT_GPU:-300} python3 -m pytest -v -p no:cacheprovider -m gpu \
     "${full_k[@]}" tests/test_triton_kernel.py > "$out/gpu_tests_attention_fullsize.log" 2>&1
   rc=$? log="$out/gpu_tests_attention_fullsize.log"
