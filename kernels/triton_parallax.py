@@ -498,11 +498,8 @@ def attention_bwd(
     drow, e = row_dot_products(do, o, a)
     # atomic_dq: the key-tile kernel adds its dQ/dR shares into fp32 zeros (not bitwise reproducible:
     # the order of the adds varies); else a second kernel per query tile writes them (deterministic)
-    if atomic_dq:
-        dq = torch.zeros(q.shape, dtype=torch.float32, device=q.device)
-    else:
-        dq = torch.empty(q.shape, dtype=q.dtype, device=q.device)
-    dr = torch.zeros_like(dq) if atomic_dq else torch.empty_like(dq)
+    new_grad = torch.zeros if atomic_dq else torch.empty
+    dq, dr = (new_grad(q.shape, dtype=torch.float32 if atomic_dq else q.dtype, device=q.device) for _ in range(2))
     dk = torch.empty(k.shape, dtype=k.dtype, device=k.device)
     dv = torch.empty_like(dk)
     has_doc = document_ids is not None
