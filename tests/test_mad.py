@@ -185,6 +185,28 @@ def test_table_compares_models_on_the_runs_all_of_them_have():
     assert "3 runs left out" in text
 
 
+def test_the_table_counts_settings_whose_best_run_is_at_the_sweeps_largest_lr():
+    """A sweep that stops short of the best lr shows as best runs at its top lr; a tie there does not count."""
+    from eval.mad.run import lr_table, main, sweep_edges, table
+
+    def rec(attention, setting, lr, wd, acc):
+        return {"attention": attention, "optimizer": "muon", "task": "compression", "setting": setting,
+                "lr": lr, "weight_decay": wd, "epochs": 10, "test_acc": acc}
+
+    records = [rec("parallax", "a", 1e-3, 0.0, 0.2), rec("parallax", "a", 5e-3, 0.0, 0.6),  # rising: at the edge
+               rec("parallax", "b", 1e-3, 0.0, 1.0), rec("parallax", "b", 5e-3, 0.0, 1.0),  # tied: not
+               rec("parallax", "c", 1e-3, 0.0, 0.7), rec("parallax", "c", 1e-3, 0.1, 0.9),  # best over wds...
+               rec("parallax", "c", 5e-3, 0.0, 0.8),                                         # ...beats the top lr
+               rec("softmax", "a", 1e-3, 0.0, 0.5)]                                          # one lr: not counted
+    assert sweep_edges(records) == {("parallax", "muon"): (1, 3)}
+    assert "parallax/muon: best run at the sweep's largest lr in 1 of 3 settings" in table(records[:-1])
+    text = lr_table(records)
+    assert text.splitlines()[0] == "| setting | model | optimizer | lr 0.001 | lr 0.005 |"
+    assert "| c | parallax | muon | 0.900 | 0.800 |" in text and "| a | softmax | muon | 0.500 | - |" in text
+    with pytest.raises(SystemExit):  # --by-lr prints a table; without --table it would train
+        main(["--by-lr", "--out", "unused.jsonl"])
+
+
 def test_plan_keeps_sweep_points_outermost_and_starts_the_costliest_settings_first():
     from eval.mad.run import plan, run_key
     from eval.mad.train import MADRun
@@ -252,6 +274,33 @@ def test_no_job_starts_that_its_recorded_seconds_say_would_end_past_the_end_dead
     names = [(r["setting"], r["lr"]) for r in map(json.loads, out.read_text().splitlines())]
     assert (baseline["setting"], 5e-4) not in names
     assert len(names) == 3 and sum("vocab_size=512" in n for n, _ in names) == 2  # vocab 512 at both lrs
+
+
+def test_costs_from_another_file_price_jobs_but_neither_skip_nor_table_its_runs(tmp_path):
+    """A new sweep in a file of its own is priced from the protocol's recorded seconds (--costs-from): a job
+    that would overrun --end-deadline waits, instead of starting with no record and being cut by the kill."""
+    import json
+
+    from eval.mad.run import main
+
+    protocol, out = tmp_path / "protocol.jsonl", tmp_path / "sweep.jsonl"
+    common = ["--attention", "softmax", "--tasks", "memorization", "--epochs", "1", "--wds", "0",
+              "--max-train-examples", "64", "--device", "cpu"]
+    main(common + ["--baseline-only", "--lrs", "1e-3", "--out", str(protocol)])
+    (baseline,) = [json.loads(line) for line in protocol.read_text().splitlines()]
+    protocol.write_text(json.dumps({**baseline, "seconds": 1000.0}) + "\n")  # as if 1,000 s an epoch
+    sweep = common + ["--settings", "memorization[baseline]", "memorization[vocab_size=512]", "--lrs", "2e-3",
+                      "--out", str(out)]
+    # the baseline is priced from the protocol's file (1,000 s: 17 minutes), vocab 512 from nowhere
+    assert "2 runs, about 0 run-minutes (2 with no record" in main(sweep + ["--estimate"])
+    assert "2 runs, about 17 run-minutes (1 with no record" in main(sweep + ["--estimate", "--costs-from", str(protocol)])
+    main(sweep + ["--end-deadline", "100", "--costs-from", str(protocol)])
+    names = [r["setting"] for r in map(json.loads, out.read_text().splitlines())]
+    assert len(names) == 1 and "vocab_size=512" in names[0]  # the baseline waits: priced at 1,000 s
+    assert "| softmax | adamw | - |" not in main(["--table", "--out", str(out)])
+    assert json.loads(out.read_text())["lr"] == 2e-3  # the protocol's lr-1e-3 run was not copied in
+    with pytest.raises(SystemExit):
+        main(sweep + ["--estimate", "--costs-from", str(tmp_path / "missing.jsonl")])
 
 
 def test_job_seconds_come_from_recorded_jobs_of_the_nearest_size():

@@ -10,7 +10,10 @@ score is the mean over its settings; the average is over the six tasks. Results 
 as each run ends, and runs already there are skipped, so an interrupted protocol resumes. --table only
 prints the table of an existing file; --estimate prints what is pending and its cost from the seconds the
 file records, to size a time-limited piece. In a time-limited call --start-deadline starts no job late,
-and --end-deadline none that the recorded seconds say would not finish (a cheaper one starts instead).
+and --end-deadline none that the recorded seconds say would not finish (a cheaper one starts instead);
+--costs-from adds another file's recorded seconds to that pricing (a new sweep in a file of its own).
+The table also counts, per model, the settings whose best run sits at the sweep's largest lr: many
+mean the sweep may stop short of the best lr. --table --by-lr prints each setting's best at each lr.
 
 MAD models are tiny (width 128, 2 blocks), so one run leaves a GPU mostly idle: --jobs N trains N runs at
 once in worker processes, spread round-robin over the --device list (e.g. --jobs 16 --device cuda:0 cuda:1),
@@ -100,8 +103,46 @@ def table(records: list[dict]) -> str:
         counts = sorted(len(v) for k, v in points.items() if k[:2] == (attention, optimizer))
         lines.append(f"\n{attention}/{optimizer}: {len(counts)} settings; sweep points per setting: "
                      f"{counts[0]}..{counts[-1]} (epochs {sorted({r['epochs'] for r in records})})")
+    for (attention, optimizer), (at_edge, of) in sorted(sweep_edges(records).items()):
+        lines.append(f"{attention}/{optimizer}: best run at the sweep's largest lr in {at_edge} of {of} settings")
     if len(records) < len(everything):
         lines.append(f"({len(everything) - len(records)} runs left out: not yet run for every model)")
+    return "\n".join(lines)
+
+
+def best_by_lr(records: list[dict]) -> dict[tuple, dict[float, float]]:
+    """(setting, attention, optimizer) -> {lr: best test accuracy over the weight decays run at that lr}."""
+    out: dict[tuple, dict[float, float]] = defaultdict(dict)
+    for r in records:
+        at = out[(r["setting"], r["attention"], r["optimizer"])]
+        at[r["lr"]] = max(at.get(r["lr"], 0.0), r["test_acc"])
+    return out
+
+
+def sweep_edges(records: list[dict]) -> dict[tuple[str, str], tuple[int, int]]:
+    """(attention, optimizer) -> (settings whose best run is at the largest lr, settings with more than one lr).
+    A best run strictly above every smaller lr's says the sweep may stop short of the best lr (MAD's sweep
+    was chosen for 200 epochs; shorter training wants larger steps)."""
+    counts: dict[tuple[str, str], list[int]] = defaultdict(lambda: [0, 0])
+    for (_, attention, optimizer), accs in best_by_lr(records).items():
+        if len(accs) < 2:
+            continue
+        top = max(accs)
+        count = counts[(attention, optimizer)]
+        count[0] += accs[top] > max(acc for lr, acc in accs.items() if lr != top)
+        count[1] += 1
+    return {k: (v[0], v[1]) for k, v in counts.items()}
+
+
+def lr_table(records: list[dict]) -> str:
+    """One row per setting, model and optimizer: the best accuracy at each lr (over weight decays)."""
+    best = best_by_lr(records)
+    lrs = sorted({lr for accs in best.values() for lr in accs})
+    lines = ["| setting | model | optimizer | " + " | ".join(f"lr {lr:g}" for lr in lrs) + " |",
+             "|---|---|---|" + "---:|" * len(lrs)]
+    for (setting, attention, optimizer), accs in sorted(best.items()):
+        cells = " | ".join(f"{accs[lr]:.3f}" if lr in accs else "-" for lr in lrs)
+        lines.append(f"| {setting} | {attention} | {optimizer} | {cells} |")
     return "\n".join(lines)
 
 
@@ -285,7 +326,13 @@ def main(argv: list[str] | None = None) -> str:
                         help="with --batch-sweep: batch only settings of at most N positions; longer ones train "
                              "one run per job (they are bound by arithmetic, not launches)")
     parser.add_argument("--out", type=Path, required=True, help="JSONL of results (appended; resumable)")
+    parser.add_argument("--costs-from", type=Path, nargs="+", default=[], metavar="JSONL",
+                        help="other results files whose recorded seconds also price jobs for --end-deadline and "
+                             "--estimate (e.g. the protocol's file, for a new sweep in a file of its own); their "
+                             "runs are neither skipped nor tabled")
     parser.add_argument("--table", action="store_true", help="only print the table of --out")
+    parser.add_argument("--by-lr", action="store_true",
+                        help="with --table: each setting's best accuracy at each lr instead (is the sweep wide enough?)")
     parser.add_argument("--estimate", action="store_true",
                         help="only print what is pending and its cost, from the seconds recorded in --out")
     args = parser.parse_args(argv)
@@ -293,7 +340,13 @@ def main(argv: list[str] | None = None) -> str:
         parser.error("--batch-sweep and --compile cannot be combined (a batched sweep trains eagerly)")
     if args.batch_max_seq_len is not None and not args.batch_sweep:
         parser.error("--batch-max-seq-len only applies with --batch-sweep")
+    if args.by_lr and not args.table:
+        parser.error("--by-lr only applies with --table")
     records = [json.loads(line) for line in args.out.read_text().splitlines()] if args.out.is_file() else []
+    for path in args.costs_from:
+        if not path.is_file():
+            parser.error(f"--costs-from {path} does not exist")
+    priced = records + [json.loads(line) for path in args.costs_from for line in path.read_text().splitlines()]
     if not args.table:
         import torch
         from dataclasses import replace
@@ -317,18 +370,18 @@ def main(argv: list[str] | None = None) -> str:
                 for attention in args.attention]
         pending = plan(settings, runs, done, devices)
         if args.estimate:
-            text = estimate(pending, records)
+            text = estimate(pending, priced)
             print(text)
             return text
         args.out.parent.mkdir(parents=True, exist_ok=True)
         if args.batch_sweep:
             pending = batch_sweeps(pending, devices, args.batch_max_seq_len)
         for result in _train_all(pending, args.jobs, args.start_deadline, args.batch_sweep, args.end_deadline,
-                                 recorded_costs(records)):
+                                 recorded_costs(priced)):
             records.append(result)
             with open(args.out, "a") as f:  # one writer (this process): lines never interleave
                 f.write(json.dumps(result) + "\n")
-    text = table(records)
+    text = lr_table(records) if args.by_lr else table(records)
     print(text)
     return text
 
