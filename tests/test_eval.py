@@ -272,6 +272,12 @@ def test_plot_mad_draws_the_tables_scores_over_common_runs(tmp_path):
     assert drawn["Parallax (muon)"] == pytest.approx({"in-context-recall": 0.4, "average": 0.4})
     with pytest.raises(SystemExit):
         main([str(jsonl), "--out", str(tmp_path / "x.png"), "--optimizer", "sgd"])
+    # --by-lr: a panel per setting, each model's best accuracy at each lr, over the runs both models have
+    drawn = main([str(jsonl), "--out", str(tmp_path / "lr.png"), "--optimizer", "adamw", "--by-lr"])
+    assert drawn == {"a": {"Transformer (adamw)": {1e-3: 0.4}, "Parallax (adamw)": {1e-3: 0.8}},
+                     "b": {"Transformer (adamw)": {1e-3: 0.2}, "Parallax (adamw)": {1e-3: 0.6}},
+                     "m": {"Transformer (adamw)": {1e-3: 0.9}, "Parallax (adamw)": {1e-3: 0.7}}}
+    assert imread(tmp_path / "lr.png")[..., :3].std() > 0.05
     (tmp_path / "empty.jsonl").write_text("")
     with pytest.raises(SystemExit):
         main([str(tmp_path / "empty.jsonl"), "--out", str(tmp_path / "x.png")])
