@@ -497,6 +497,17 @@ def test_the_runner_runs_only_the_named_settings(tmp_path):
         main(["--tasks", "memorization", "--settings", "memorization[vocab_size=3]", "--out", str(out)])
 
 
+def test_the_runner_runs_only_settings_up_to_max_seq_len(tmp_path):
+    from eval.mad.run import main
+    from eval.mad.tasks import all_settings
+
+    short = [st for st in all_settings(["in-context-recall"], False) if st.seq_len <= 256]
+    assert 0 < len(short) < len(all_settings(["in-context-recall"], False))  # the filter has work to do
+    text = main(["--attention", "softmax", "--tasks", "in-context-recall", "--max-seq-len", "256", "--lrs", "1e-3",
+                 "--wds", "0", "--estimate", "--out", str(tmp_path / "runs.jsonl")])
+    assert text.startswith(f"{len(short)} runs pending")
+
+
 def test_estimate_prices_pending_runs_from_the_recorded_seconds(tmp_path):
     import json
 

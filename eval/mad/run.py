@@ -303,6 +303,8 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument("--baseline-only", action="store_true", help="each task's baseline setting only")
     parser.add_argument("--settings", nargs="+", default=None, metavar="NAME",
                         help="only these settings, by name (e.g. 'in-context-recall[seq_len=1024]')")
+    parser.add_argument("--max-seq-len", type=int, default=None, metavar="N",
+                        help="only settings of at most N positions (the short ones, cheap when batched)")
     parser.add_argument("--lrs", type=float, nargs="+", default=[1e-4, 5e-4, 1e-3])
     parser.add_argument("--wds", type=float, nargs="+", default=[0.0, 0.1])
     parser.add_argument("--epochs", type=int, default=200)
@@ -361,6 +363,8 @@ def main(argv: list[str] | None = None) -> str:
             if unknown:
                 parser.error(f"--settings {unknown} are not among the chosen tasks' settings: {sorted(names)}")
             settings = [st for st in settings if st.name in args.settings]
+        if args.max_seq_len is not None:
+            settings = [st for st in settings if st.seq_len <= args.max_seq_len]
         if args.max_train_examples:
             settings = [replace(s, num_train_examples=min(s.num_train_examples, args.max_train_examples),
                                 num_test_examples=min(s.num_test_examples, args.max_train_examples)) for s in settings]
