@@ -297,8 +297,8 @@ def test_costs_from_another_file_price_jobs_but_neither_skip_nor_table_its_runs(
     main(sweep + ["--end-deadline", "100", "--costs-from", str(protocol)])
     names = [r["setting"] for r in map(json.loads, out.read_text().splitlines())]
     assert len(names) == 1 and "vocab_size=512" in names[0]  # the baseline waits: priced at 1,000 s
-    assert "| softmax | adamw | - |" not in main(["--table", "--out", str(out)])
     assert json.loads(out.read_text())["lr"] == 2e-3  # the protocol's lr-1e-3 run was not copied in
+    assert "M (1)" in main(["--table", "--out", str(out), "--costs-from", str(protocol)])  # nor tabled: 1 setting
     with pytest.raises(SystemExit):
         main(sweep + ["--estimate", "--costs-from", str(tmp_path / "missing.jsonl")])
 
