@@ -536,3 +536,34 @@ def test_the_gpu_piece_script_refuses_a_results_file_that_is_not_there(tmp_path)
     assert proc.returncode == 2
     assert f"MAD_RESULTS={tmp_path / 'missing.jsonl'} does not exist" in proc.stderr
     assert not (tmp_path / "out" / "missing.jsonl").exists()
+
+
+def test_the_gpu_piece_script_runs_several_pieces_in_one_call(tmp_path):
+    """mad_check.sh run twice into one $OUT: the second piece resumes from the first's copy (this session ran
+    two pieces in one device call by copying the file back by hand); a copy that does not extend the results
+    file (stale, from another run) is replaced by it."""
+    import json
+
+    from conftest import run_device_script
+
+    results, out = tmp_path / "results.jsonl", tmp_path / "out"
+    results.write_text("")
+    env = dict(OUT=str(out), MAD_RESULTS=str(results), MAD_FLAGS="--backend torch", JOBS="1", MAD_TIMEOUT="50",
+               MAD_MARGIN="5")
+    piece = ("--attention softmax --tasks memorization --baseline-only --epochs 1 --wds 0 --max-train-examples 16 "
+             "--device cpu --lrs ")
+    for lr in ("1e-3", "5e-4"):
+        proc = run_device_script("mad_check.sh", MAD_ARGS=piece + lr, **env)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+    copy = out / "results.jsonl"
+    assert sorted(json.loads(line)["lr"] for line in copy.read_text().splitlines()) == [5e-4, 1e-3]
+    assert "resuming from" in proc.stdout and results.read_text() == ""
+    assert (out / "mad_protocol.log").read_text().count("== piece: MAD_ARGS=") == 2
+
+    first = copy.read_text().splitlines()[0]
+    results.write_text(first + "\n")  # the committed file now holds another history than the copy's
+    copy.write_text(copy.read_text().splitlines()[1] + "\n")
+    proc = run_device_script("mad_check.sh", MAD_ARGS=piece + "1e-3", **env)
+    assert proc.returncode == 0 and "resuming from" not in proc.stdout
+    assert copy.read_text().splitlines() == [first]  # replaced by the results file; lr 1e-3 was done there
+

@@ -3,7 +3,9 @@
 # docs/runs/mad/mad_protocol.jsonl, committed after each session) is copied to $OUT, the runner appends
 # to the copy and skips what is done, and the copy comes back to be committed. MAD_FLAGS picks the
 # attention backend and compile (default: the fused Triton kernel, eager; a short run spends more on
-# compiling than CUDA graphs save), MAD_ARGS the piece (settings, epochs, sweep points).
+# compiling than CUDA graphs save), MAD_ARGS the piece (settings, epochs, sweep points). One call can run
+# several pieces, the script once per piece with its own MAD_ARGS: each resumes from the copy the one before
+# left in $OUT, and their logs follow one another in mad_protocol.log.
 # PROBE=1 first trains one baseline run per model eager and compiled, 2 epochs, to time the two paths,
 # then the six sweep points of that baseline as one batched model (--batch-sweep), to time that path.
 # PROBE_LONG=1 (below) times a sequence-1,024 setting alone and six at once.
@@ -18,7 +20,15 @@ if [ ! -f "$results" ]; then
   echo "mad_check.sh: MAD_RESULTS=$results does not exist (not carried?); set it to the JSONL to resume" >&2
   exit 2
 fi
-cp "$results" "$copy"
+# a copy that extends the results file is an earlier piece's in this same $OUT (one call running several
+# pieces one after another): resume from it. Anything else (a stale copy) is replaced by the results file.
+if [ "$copy" -ef "$results" ]; then
+  :
+elif [ -f "$copy" ] && cmp -s -n "$(stat -c %s "$results")" "$results" "$copy"; then
+  echo "== resuming from $copy ($(wc -l < "$copy") runs), left by an earlier piece of this call"
+else
+  cp "$results" "$copy"
+fi
 flags=${MAD_FLAGS:---backend triton}
 # MPS=1: the worker processes share the GPU through an MPS server, so that their small kernels run side by
 # side instead of in time slices (same numerics; only the seconds change). Stopped when this script ends;
@@ -62,10 +72,11 @@ fi
 # MAD_TIMEOUT=0: the probe only (a call's 600 s hold the probe or a protocol piece, not both)
 limit=${MAD_TIMEOUT:-900}
 [ "$limit" -gt 0 ] || exit 0
+echo "== piece: MAD_ARGS=${MAD_ARGS:-} JOBS=${JOBS:-8} MAD_TIMEOUT=$limit" >> "$out/mad_protocol.log"
 PYTHONWARNINGS=ignore::UserWarning timeout --kill-after=10 $limit python3 -m eval.mad.run \
   --attention softmax parallax --device cuda $flags --jobs ${JOBS:-8} --out "$copy" \
   --start-deadline $((limit - ${MAD_MARGIN:-120})) --end-deadline $((limit - 10)) ${MAD_ARGS:-} \
-  > "$out/mad_protocol.log" 2>&1
+  >> "$out/mad_protocol.log" 2>&1
 echo "== MAD protocol piece (rc=$?): $(cat "$copy" 2>/dev/null | wc -l) runs in the file"
 grep -E "Error|error" "$out/mad_protocol.log" | tail -5
 python3 -m eval.mad.run --table --out "$copy"
