@@ -10,6 +10,11 @@ For each config (overrides after `--` apply to all):
 2. held-out perplexity of the final checkpoint (eval/perplexity.py, the TOML's [validation] data), written to
    <dump_folder>/perplexity.json;
 3. after all runs: scripts/plot_runs.py over their metrics.jsonl, and a summary table.
+
+`--sweep optimizer.lr=1e-3,3e-3,1e-2` trains each config once per value, each in its own folder
+(<dump_folder>/optimizer.lr=<value>), and adds a table of each config's best value: a variant compared at one
+untuned lr may be ahead only because it learns faster at that lr (docs/results.md, the MAD lr sweep). A best at
+the sweep's first or last value says the sweep may not reach the best.
 """
 
 from __future__ import annotations
@@ -36,6 +41,46 @@ def run_facts(config: Path, overrides: list[str]):
     return job, dump, final
 
 
+def parse_sweep(text: str | None, overrides: list[str]) -> tuple[str, list[str]] | None:
+    """"section.key=v1,v2,..." -> ("section.key", ["v1", "v2", ...]); errors name what is wrong."""
+    if text is None:
+        return None
+    key, _, values = text.partition("=")
+    swept = [v for v in values.split(",") if v]
+    if key.count(".") < 1 or not swept or len(set(swept)) != len(swept):
+        raise SystemExit(f"--sweep {text!r}: expected section.key=value1,value2,... with distinct values")
+    if key == "job.dump_folder" or f"--{key}" in overrides or "--job.dump_folder" in overrides:
+        raise SystemExit(f"--sweep {key}: the sweep sets {key} and each run's job.dump_folder; "
+                         "do not also override them after `--`")
+    return key, swept
+
+
+def runs_to_do(configs: list[Path], overrides: list[str], sweep: tuple[str, list[str]] | None) -> list[tuple]:
+    """(run name, config, overrides, swept value or None) per run: one per config, or one per config and swept
+    value, each swept run in its own folder under the config's dump folder."""
+    if sweep is None:
+        return [(config.stem, config, overrides, None) for config in configs]
+    key, values = sweep
+    runs = []
+    for config in configs:
+        _, dump, _ = run_facts(config, overrides)
+        for value in values:
+            runs.append((f"{config.stem} {key}={value}", config,
+                         [*overrides, f"--{key}", value, "--job.dump_folder", str(dump / f"{key}={value}")], value))
+    return runs
+
+
+def best_of_sweep(summary: list[dict], configs: list[Path], values: list[str]) -> str:
+    """Markdown: each config's lowest held-out loss over the swept values, and whether it is at an end."""
+    lines = ["| config | best value | held-out loss | at the sweep's end |", "|---|---:|---:|---|"]
+    for config in configs:
+        mine = [s for s in summary if s["config"] == config.stem]
+        best = min(mine, key=lambda s: s["held_out_loss"])
+        edge = "yes" if best["value"] in (values[0], values[-1]) else "no"
+        lines.append(f"| {config.stem} | {best['value']} | {best['held_out_loss']:.4f} | {edge} |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> list[dict]:
     own, overrides = split_overrides(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -47,27 +92,30 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--eval-device", default=None)
     parser.add_argument("--eval-batch-size", type=int, default=8)
     parser.add_argument("--eval-max-batches", type=int, default=None, help="smoke runs only: cap the evaluation")
+    parser.add_argument("--sweep", default=None, metavar="SECTION.KEY=V1,V2,...",
+                        help="train each config at each value of one key (e.g. optimizer.lr=1e-3,3e-3,1e-2)")
     args = parser.parse_args(own)
     missing = [str(c) for c in args.configs if not c.is_file()]
     if missing:
         raise SystemExit(f"configs not found: {missing}")
+    sweep = parse_sweep(args.sweep, overrides)
     from eval.perplexity import main as perplexity
     from scripts.plot_runs import main as plot_runs
 
     summary = []
-    for config in args.configs:
+    for name, config, overrides, value in runs_to_do(args.configs, overrides, sweep):
         job, dump, final = run_facts(config, overrides)
         if (final / ".metadata").is_file():
-            print(f"{config.stem}: already complete ({final})")
+            print(f"{name}: already complete ({final})")
         else:
-            print(f"{config.stem}: training to step {job.training.steps} in {dump}", flush=True)
+            print(f"{name}: training to step {job.training.steps} in {dump}", flush=True)
             log = dump / "train.log"
             rc = train(config, overrides, args.nproc, args.launcher, log, append=True)
             if rc != 0:
                 raise SystemExit(f"{config}: training exited with {rc}; see {log}. "
                                  "Rerun to resume from its last checkpoint.")
             if not (final / ".metadata").is_file():
-                raise SystemExit(f"{config.stem}: training ended without {final}; is [checkpoint] enable = true?")
+                raise SystemExit(f"{name}: training ended without {final}; is [checkpoint] enable = true?")
         eval_args = ["--config", str(config), "--checkpoint", str(final), "--json", str(dump / "perplexity.json"),
                      "--batch-size", str(args.eval_batch_size)]
         if args.eval_device:
@@ -76,13 +124,16 @@ def main(argv: list[str] | None = None) -> list[dict]:
             eval_args += ["--max-batches", str(args.eval_max_batches)]
         eval_args += ["--", *overrides]
         result = perplexity(eval_args)
-        summary.append({"run": config.stem, "dump": str(dump), "steps": job.training.steps,
+        summary.append({"run": name, "config": config.stem, "value": value,
+                        "dump": str(dump), "steps": job.training.steps,
                         "held_out_loss": result.loss, "perplexity": result.perplexity, "tokens": result.tokens})
     plot_runs([*(s["dump"] for s in summary), "--labels", *(s["run"] for s in summary),
                "--baseline", args.baseline or summary[0]["run"], "--out", str(args.out)])
     print("| run | steps | held-out loss | perplexity | evaluated tokens |\n|---|---:|---:|---:|---:|")
     for s in summary:
         print(f"| {s['run']} | {s['steps']} | {s['held_out_loss']:.4f} | {s['perplexity']:.2f} | {s['tokens']:,} |")
+    if sweep:
+        print("\n" + best_of_sweep(summary, args.configs, sweep[1]))
     Path(str(args.out) + ".json").write_text(json.dumps(summary, indent=1))
     return summary
 

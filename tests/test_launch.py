@@ -1,6 +1,7 @@
 """scripts/train.sh: how it calls torchrun (a stand-in torchrun records the call), and a real
 single-process launch on CPU."""
 
+import json
 import os
 import subprocess
 import sys
@@ -92,6 +93,51 @@ def test_ablate_trains_evaluates_plots_and_resumes(tmp_path, capsys):
     again = main(argv)  # complete runs are not retrained
     assert capsys.readouterr().out.count("already complete") == 2
     assert [s["perplexity"] for s in again] == [s["perplexity"] for s in summary]
+
+
+@pytest.mark.slow
+def test_ablate_sweeps_one_key_each_run_in_its_own_folder(tmp_path, capsys):
+    """--sweep optimizer.lr=...: one run per value, in <dump_folder>/optimizer.lr=<value>, trained at that lr,
+    and a table of each config's best value."""
+    from scripts.ablate import main
+
+    config = tmp_path / "debug_parallax.toml"
+    config.write_text((REPO / "configs" / "debug_cpu.toml").read_text()
+                      .replace('dump_folder = "./outputs/debug_cpu"', f'dump_folder = "{tmp_path / "parallax"}"'))
+    argv = [str(config), "--launcher", "python", "--out", str(tmp_path / "plot"), "--eval-device", "cpu",
+            "--eval-max-batches", "2", "--sweep", "optimizer.lr=1e-4,3e-3",
+            "--", "--training.steps", "3", "--training.seq_len", "64", "--checkpoint.interval", "3",
+            "--validation.no-enable", "--validation.seq_len", "64", "--diagnostics.interval", "0"]
+    summary = main(argv)
+    assert [(s["run"], s["value"]) for s in summary] == [("debug_parallax optimizer.lr=1e-4", "1e-4"),
+                                                        ("debug_parallax optimizer.lr=3e-3", "3e-3")]
+    first_lr = []
+    for s in summary:
+        dump = tmp_path / "parallax" / f"optimizer.lr={s['value']}"
+        assert s["dump"] == str(dump) and (dump / "checkpoint" / "step-3" / ".metadata").is_file()
+        first_lr.append(json.loads((dump / "metrics.jsonl").read_text().splitlines()[0])["lr"])
+    assert first_lr[1] / first_lr[0] == pytest.approx(30)  # each trained at its lr (same warmup): 3e-3 / 1e-4
+    assert summary[0]["held_out_loss"] != summary[1]["held_out_loss"]
+    best = min(summary, key=lambda s: s["held_out_loss"])
+    assert f"| debug_parallax | {best['value']} | {best['held_out_loss']:.4f} | yes |" in capsys.readouterr().out
+
+
+def test_ablate_sweep_parsing_errors_and_the_best_value_table():
+    from scripts.ablate import best_of_sweep, parse_sweep
+
+    runs = [{"config": "a", "value": v, "held_out_loss": loss} for v, loss in (("1e-3", 3.0), ("3e-3", 2.5), ("1e-2", 2.7))]
+    runs += [{"config": "b", "value": v, "held_out_loss": loss} for v, loss in (("1e-3", 3.0), ("3e-3", 2.9), ("1e-2", 2.8))]
+    table = best_of_sweep(runs, [Path("a.toml"), Path("b.toml")], ["1e-3", "3e-3", "1e-2"])
+    assert "| a | 3e-3 | 2.5000 | no |" in table and "| b | 1e-2 | 2.8000 | yes |" in table
+
+    assert parse_sweep("optimizer.lr=1e-3,3e-3", []) == ("optimizer.lr", ["1e-3", "3e-3"])
+    for bad in ("lr=1e-3", "optimizer.lr=", "optimizer.lr=1e-3,1e-3"):
+        with pytest.raises(SystemExit, match="expected section.key=value1,value2"):
+            parse_sweep(bad, [])
+    with pytest.raises(SystemExit, match="do not also override them"):
+        parse_sweep("optimizer.lr=1e-3,3e-3", ["--optimizer.lr", "1e-2"])
+    with pytest.raises(SystemExit, match="do not also override them"):
+        parse_sweep("optimizer.lr=1e-3,3e-3", ["--job.dump_folder", "x"])
 
 
 def test_ablate_runs_as_a_file_from_the_repo_root(tmp_path):
