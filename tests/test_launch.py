@@ -140,6 +140,35 @@ def test_ablate_sweep_parsing_errors_and_the_best_value_table():
         parse_sweep("optimizer.lr=1e-3,3e-3", ["--job.dump_folder", "x"])
 
 
+@pytest.mark.parametrize("sweep", ["", "optimizer.lr=1e-3,1e-2"])
+def test_the_ladder_script_starts_one_ablate_per_config_or_per_config_and_swept_value(tmp_path, sweep):
+    """scripts/device/ladder_check.sh on a GPU host starts its runs side by side; here a stand-in `python`
+    records each call (the corpus and tokenizer are taken as prepared)."""
+    for made in ("assets/Qwen3-0.6B/tokenizer.json", "data/mini_corpus/manifest.json"):
+        (tmp_path / made).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / made).write_text("{}")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "python").write_text(f'#!/bin/sh\necho "$@" >> {tmp_path / "calls.txt"}\n')
+    (bin_dir / "nvidia-smi").write_text("#!/bin/sh\n")
+    for stub in bin_dir.iterdir():
+        stub.chmod(0o755)
+    (tmp_path / "out").mkdir()
+    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "SWEEP": sweep,
+           "CONFIGS": "configs/mini/a.toml configs/mini/b.toml", "LADDER_TMP": str(tmp_path), "OUT": str(tmp_path / "out")}
+    out = subprocess.run(["bash", str(REPO / "scripts" / "device" / "ladder_check.sh")], cwd=tmp_path, env=env,
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    calls = sorted((tmp_path / "calls.txt").read_text().splitlines())
+    if not sweep:
+        assert calls == [f"scripts/ablate.py configs/mini/{c}.toml --out {tmp_path}/plots/{c}" for c in "ab"]
+    else:
+        assert calls == [f"scripts/ablate.py configs/mini/{c}.toml --sweep optimizer.lr={v} --out {tmp_path}/plots/{c}-{v}"
+                         for c in "ab" for v in ("1e-2", "1e-3")]
+        assert "== a-1e-3" in out.stdout and "== b-1e-2" in out.stdout
+    assert (tmp_path / "out" / "ladder.tgz").is_file()
+
+
 def test_ablate_runs_as_a_file_from_the_repo_root(tmp_path):
     """`python scripts/ablate.py` (as documented) must find the eval/ and scripts/ packages."""
     probe = ("import runpy, sys; sys.path[0] = 'scripts'; "

@@ -6,8 +6,11 @@
 #   carried: .ladder/mini_text (scripts/build_mini_corpus.py output) and .ladder/Qwen3-0.6B (tokenizer.json.xz
 #   and tokenizer_config.json from scripts/download_assets.py --from-package)
 #   CONFIGS="configs/mini/a.toml configs/mini/b.toml ..." LADDER_TIMEOUT=480 bash scripts/device/ladder_check.sh
+# SWEEP="optimizer.lr=1e-3,1e-2" trains each config at each value instead, all side by side, each run in
+# <dump_folder>/optimizer.lr=<value> (scripts/ablate.py --sweep with one value a process).
 set -uo pipefail
 export PYTHONUNBUFFERED=1
+tmp=${LADDER_TMP:-/tmp}  # logs, plots and the packed runs before they go to $OUT
 mkdir -p assets/Qwen3-0.6B
 if [[ ! -f assets/Qwen3-0.6B/tokenizer.json ]]; then
   xz -dc .ladder/Qwen3-0.6B/tokenizer.json.xz > assets/Qwen3-0.6B/tokenizer.json
@@ -16,25 +19,41 @@ fi
 if [[ ! -f data/mini_corpus/manifest.json ]]; then
   start=$SECONDS
   python scripts/prepare_data.py --source .ladder/mini_text/train --validation-source .ladder/mini_text/validation \
-    --tokenizer assets/Qwen3-0.6B --out data/mini_corpus > /tmp/prepare.log 2>&1 || { tail -20 /tmp/prepare.log; exit 1; }
+    --tokenizer assets/Qwen3-0.6B --out data/mini_corpus > $tmp/prepare.log 2>&1 || { tail -20 $tmp/prepare.log; exit 1; }
   echo "tokenised the mini corpus in $((SECONDS - start)) s"
 fi
-pids=()
+# one process per run: (config, "" or a swept value); its name and dump folder follow from the pair
+key=${SWEEP:-}; key=${key%%=*}
+values=${SWEEP:-}; values=${values#*=}
+runs=()
 for config in $CONFIGS; do
-  name=$(basename "$config" .toml)
-  timeout "${LADDER_TIMEOUT:-480}" python scripts/ablate.py "$config" --out "/tmp/plots/$name" > "/tmp/$name.ablate.log" 2>&1 &
+  if [[ -n ${SWEEP:-} ]]; then
+    for value in ${values//,/ }; do runs+=("$config=$value"); done
+  else
+    runs+=("$config=")
+  fi
+done
+pids=()
+for run in "${runs[@]}"; do
+  config=${run%%=*} value=${run#*=}
+  name=$(basename "$config" .toml)${value:+-$value}
+  sweep=()
+  [[ -n $value ]] && sweep=(--sweep "$key=$value")
+  timeout "${LADDER_TIMEOUT:-480}" python scripts/ablate.py "$config" "${sweep[@]}" --out "$tmp/plots/$name" \
+    > "$tmp/$name.ablate.log" 2>&1 &
   pids+=($!)
 done
 for pid in "${pids[@]}"; do wait "$pid"; done
-for config in $CONFIGS; do
-  name=$(basename "$config" .toml)
-  dump=outputs/$name
+for run in "${runs[@]}"; do
+  config=${run%%=*} value=${run#*=}
+  name=$(basename "$config" .toml)${value:+-$value}
+  dump=outputs/$(basename "$config" .toml)${value:+/$key=$value}
   echo "== $name"
   grep -E "step: *(100|400|800) |Error|error" "$dump/train.log" 2>/dev/null | cut -c1-200 | tail -4
-  tail -2 "/tmp/$name.ablate.log"
-  mkdir -p "/tmp/ladder/$name"
-  cp "$dump/metrics.jsonl" "$dump/perplexity.json" "$dump/train.log" "/tmp/ladder/$name/" 2>/dev/null
-  cp "/tmp/$name.ablate.log" "/tmp/ladder/$name/"
+  tail -2 "$tmp/$name.ablate.log"
+  mkdir -p "$tmp/ladder/$name"
+  cp "$dump/metrics.jsonl" "$dump/perplexity.json" "$dump/train.log" "$tmp/ladder/$name/" 2>/dev/null
+  cp "$tmp/$name.ablate.log" "$tmp/ladder/$name/"
 done
 nvidia-smi --query-gpu=name,memory.used --format=csv,noheader
-[[ -n ${OUT:-} ]] && tar czf "$OUT/ladder.tgz" -C /tmp/ladder .
+[[ -n ${OUT:-} ]] && tar czf "$OUT/ladder.tgz" -C "$tmp/ladder" .
