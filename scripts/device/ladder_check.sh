@@ -19,7 +19,7 @@ fi
 if [[ ! -f data/mini_corpus/manifest.json ]]; then
   start=$SECONDS
   python scripts/prepare_data.py --source .ladder/mini_text/train --validation-source .ladder/mini_text/validation \
-    --tokenizer assets/Qwen3-0.6B --out data/mini_corpus > $tmp/prepare.log 2>&1 || { tail -20 $tmp/prepare.log; exit 1; }
+    --tokenizer assets/Qwen3-0.6B --out data/mini_corpus > "$tmp/prepare.log" 2>&1 || { tail -20 "$tmp/prepare.log"; exit 1; }
   echo "tokenised the mini corpus in $((SECONDS - start)) s"
 fi
 # one process per run: (config, "" or a swept value); its name and dump folder follow from the pair
