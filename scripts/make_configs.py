@@ -1,4 +1,5 @@
-"""Write configs/{size}_{variant}_{optimizer}.toml: one TOML per paper run, from one template.
+"""Write configs/{size}_{variant}_{optimizer}.toml: one TOML per paper run, from one template (and
+configs/cpu_lr_sweep/, the debug pair derived from configs/debug_cpu.toml).
 
 Twins differ only in the lines that define the ablation: `flavor` (the variant) and the `[optimizer]`
 name with Muon's own keys (tests/test_configs.py checks this on the committed files, so hand edits must keep it true).
@@ -178,6 +179,48 @@ def render(size: str, variant: str, optimizer: str, seed: int = 1) -> tuple[str,
     return stem, text
 
 
+# A CPU lr sweep in miniature (configs/cpu_lr_sweep/, docs/results.md): configs/debug_cpu.toml's debug pair per
+# optimizer, trained longer (250 steps x 8 x 256 = 0.5M tokens, diagnostics off) for scripts/ablate.py --sweep.
+CPU_SWEEP_VARIANTS = ("transformer", "parallax")
+CPU_SWEEP_LRS = {"adamw": "3e-4,1e-3,3e-3,1e-2,3e-2", "muon": "1e-3,3e-3,1e-2,3e-2"}
+CPU_SWEEP_EDITS = [  # (debug_cpu.toml's text, the sweep's)
+    ("warmup_steps = 5", "warmup_steps = 25"),
+    ("steps = 40", "steps = 250"),
+    ("# Parallax diagnostics (COR, sink, entropy, stable ranks) in the metrics every 10 steps\ninterval = 10",
+     "# off: this sweep compares held-out loss only, and the diagnostics cost CPU time\ninterval = 0"),
+    ("interval = 20\nlast_save_model_only", "interval = 250\nlast_save_model_only"),
+    ("freq = 20\nsteps = 4", "freq = 50\nsteps = 8"),
+]
+
+
+def render_cpu_sweep(variant: str, optimizer: str) -> tuple[Path, str]:
+    """configs/cpu_lr_sweep/<variant>_<optimizer>.toml from configs/debug_cpu.toml: the pair of one optimizer
+    differs only in `flavor` (and the run's folder and description)."""
+    base = (CONFIGS / "debug_cpu.toml").read_text()
+    body = base[base.index("[job]"):]  # its own header comment gives way to the sweep's
+    text = f"""\
+# CPU lr sweep, a miniature of the mini ladder's question (docs/results.md): does Parallax's lead at one lr
+# survive each model's own best lr? The debug {variant} on the embedded corpus, {optimizer}, 250 steps x 8 x 256
+# tokens (0.5M, under one epoch of the 0.75M-token train split), WSD. Run this optimizer's pair, lr swept:
+#   python scripts/ablate.py configs/cpu_lr_sweep/{{transformer,parallax}}_{optimizer}.toml --launcher python \\
+#       --eval-device cpu --sweep optimizer.lr={CPU_SWEEP_LRS[optimizer]} \\
+#       --baseline "transformer_{optimizer} optimizer.lr=3e-3" --out docs/plots/cpu_lr_sweep_{optimizer}
+""" + body
+    edits = [('dump_folder = "./outputs/debug_cpu"', f'dump_folder = "./outputs/cpu_lr_sweep/{variant}_{optimizer}"'),
+             ('description = "Parallax debug model on the embedded corpus (CPU)"',
+              f'description = "CPU lr sweep: debug {variant}, {optimizer}"'),
+             ('flavor = "debug-parallax"', f'flavor = "debug-{variant}"'), *CPU_SWEEP_EDITS]
+    if optimizer == "muon":
+        adamw = body[body.index("[optimizer]"):body.index("[lr_scheduler]")]
+        muon = '[optimizer]\nname = "Muon"\nlr = 3e-3\nbeta1 = 0.9\nbeta2 = 0.95\neps = 1e-8\nweight_decay = 0.1\n'
+        edits.append((adamw, muon + MUON_KEYS + "\n"))
+    for old, new in edits:
+        if old not in text:
+            raise ValueError(f"configs/debug_cpu.toml no longer holds {old!r}: update CPU_SWEEP_EDITS")
+        text = text.replace(old, new)
+    return CONFIGS / "cpu_lr_sweep" / f"{variant}_{optimizer}.toml", text
+
+
 def config_path(size: str, stem: str) -> Path:
     return CONFIGS / "mini" / f"{stem}.toml" if size in MINI_SIZES else CONFIGS / f"{stem}.toml"
 
@@ -196,6 +239,12 @@ def main() -> None:
         stem, text = render(size, variant, optimizer, seed=2)
         config_path(size, stem).write_text(text)
         count += 1
+    for variant in CPU_SWEEP_VARIANTS:
+        for optimizer in OPTIMIZERS:
+            path, text = render_cpu_sweep(variant, optimizer)
+            path.parent.mkdir(exist_ok=True)
+            path.write_text(text)
+            count += 1
     print(f"wrote {count} configs under {CONFIGS}")
 
 

@@ -10,7 +10,8 @@ from torchtitan.config import ConfigManager
 
 import parallax_titan.register  # noqa: F401
 from parallax_titan.model.flavors import FLAVORS, VARIANTS
-from scripts.make_configs import MINI_SIZES, OPTIMIZERS, SEED_TWINS, SIZES, config_path, render
+from scripts.make_configs import (CPU_SWEEP_VARIANTS, MINI_SIZES, OPTIMIZERS, SEED_TWINS, SIZES, config_path, render,
+                                  render_cpu_sweep)
 
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").rglob("*.toml"))
 RUN_IDENTITY = {"job.dump_folder", "job.description"}
@@ -45,6 +46,14 @@ def test_committed_configs_are_what_the_generator_writes():
     for size, variant, optimizer in SEED_TWINS:
         stem, text = render(size, variant, optimizer, seed=2)
         assert config_path(size, stem).read_text() == text, f"{stem} was edited: rerun scripts/make_configs.py"
+    for variant, optimizer in itertools.product(CPU_SWEEP_VARIANTS, OPTIMIZERS):
+        path, text = render_cpu_sweep(variant, optimizer)
+        assert path.read_text() == text, f"{path} was edited: rerun scripts/make_configs.py"
+
+
+@pytest.mark.parametrize("optimizer", OPTIMIZERS)
+def test_the_cpu_sweep_pair_differs_only_in_the_flavor(optimizer):
+    _assert_twins(*(render_cpu_sweep(variant, optimizer)[0] for variant in CPU_SWEEP_VARIANTS), {"model.flavor"})
 
 
 @pytest.mark.parametrize("twin", SEED_TWINS, ids="_".join)
