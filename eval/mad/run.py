@@ -348,8 +348,9 @@ def main(argv: list[str] | None = None) -> str:
     for path in args.costs_from:
         if not path.is_file():
             parser.error(f"--costs-from {path} does not exist")
-    priced = records + [json.loads(line) for path in args.costs_from for line in path.read_text().splitlines()]
     if not args.table:
+        # the seconds that price pending jobs: this file's runs, and those of --costs-from
+        priced = records + [json.loads(line) for path in args.costs_from for line in path.read_text().splitlines()]
         import torch
         from dataclasses import replace
 
