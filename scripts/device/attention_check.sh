@@ -16,27 +16,27 @@ fi
 # autotuning candidate compiles anew); TESTS=small or TESTS=full run one of the two test parts
 # SMALL_K / FULL_K: a pytest -k expression for either part, to finish in a second call what a first one's time
 # limit cut (e.g. FULL_K=triton_atomic)
-small_k=(); [ -n "${SMALL_K:-}" ] && small_k=(-k "$SMALL_K")
-full_k=(); [ -n "${FULL_K:-}" ] && full_k=(-k "$FULL_K")
 tests=${TESTS:-1}
 case $tests in 0|1|small|full) ;; *) echo "attention_check.sh: TESTS=$tests is not one of 0, 1, small, full" >&2; exit 2;; esac
+# one test part: its title, log name, autotune (0/1), time limit, pytest -m marker and -k expression (may be empty).
+# -v: a log cut by its time limit still names each test that passed
+test_part() {
+  local title=$1 log="$out/gpu_tests_attention_$2.log" k=()
+  [ -n "$6" ] && k=(-k "$6")
+  PARALLAX_TRITON_AUTOTUNE=$3 timeout --kill-after=10 "$4" python3 -m pytest -v -p no:cacheprovider -m "$5" \
+    "${k[@]}" tests/test_triton_kernel.py > "$log" 2>&1
+  local rc=$?
+  echo "== attention kernel tests, $title (rc=$rc; $(grep -c ' PASSED' "$log") passed, $(grep -c ' FAILED' "$log") failed)"
+  grep -E "(passed|failed|Error).* in [0-9.]+s|FAILED|Error" "$log" | tail -8
+}
+# the small cases with each kernel's first tile config (tests/conftest.py's default; compiling every candidate for
+# each of their many shapes and dtypes took the 2026-11-23 run past its time limit)
 if [ "$tests" = 1 ] || [ "$tests" = small ]; then
-  # the small cases with each kernel's first tile config (tests/conftest.py's default; compiling every
-  # candidate for each of their many shapes and dtypes took the 2026-11-23 run past its time limit).
-  # -v: a log cut by its time limit still names each test that passed
-  PARALLAX_TRITON_AUTOTUNE=0 timeout --kill-after=10 ${TEST_TIMEOUT:-240} python3 -m pytest -v -p no:cacheprovider \
-    -m "not gpu" "${small_k[@]}" tests/test_triton_kernel.py > "$out/gpu_tests_attention_small.log" 2>&1
-  rc=$? log="$out/gpu_tests_attention_small.log"
-  echo "== attention kernel tests, small, first config (rc=$rc; $(grep -c ' PASSED' "$log") passed, $(grep -c ' FAILED' "$log") failed)"
-  grep -E "(passed|failed|Error).* in [0-9.]+s|FAILED|Error" "$log" | tail -8
+  test_part "small, first config" small 0 "${TEST_TIMEOUT:-240}" "not gpu" "${SMALL_K:-}"
 fi
+# the full-size ones autotuned, which also checks that triton_atomic's trials leave no atomics in dQ, dR
 if [ "$tests" = 1 ] || [ "$tests" = full ]; then
-  # the full-size ones autotuned, which also checks that triton_atomic's trials leave no atomics in dQ, dR
-  PARALLAX_TRITON_AUTOTUNE=1 timeout --kill-after=10 ${TEST_TIMEOUT_GPU:-300} python3 -m pytest -v -p no:cacheprovider -m gpu \
-    "${full_k[@]}" tests/test_triton_kernel.py > "$out/gpu_tests_attention_fullsize.log" 2>&1
-  rc=$? log="$out/gpu_tests_attention_fullsize.log"
-  echo "== attention kernel tests, full size, autotuned (rc=$rc; $(grep -c ' PASSED' "$log") passed, $(grep -c ' FAILED' "$log") failed)"
-  grep -E "(passed|failed|Error).* in [0-9.]+s|FAILED|Error" "$log" | tail -8
+  test_part "full size, autotuned" fullsize 1 "${TEST_TIMEOUT_GPU:-300}" gpu "${FULL_K:-}"
 fi
 if [ "${BENCH:-1}" = 1 ]; then
   reference=${REFERENCE:+--reference-kernel $REFERENCE}
