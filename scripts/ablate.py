@@ -12,9 +12,10 @@ For each config (overrides after `--` apply to all):
 3. after all runs: scripts/plot_runs.py over their metrics.jsonl, and a summary table.
 
 `--sweep optimizer.lr=1e-3,3e-3,1e-2` trains each config once per value, each in its own folder
-(<dump_folder>/optimizer.lr=<value>), and adds a table of each config's best value: a variant compared at one
-untuned lr may be ahead only because it learns faster at that lr (docs/results.md, the MAD lr sweep). A best at
-the sweep's first or last value says the sweep may not reach the best.
+(<dump_folder>/optimizer.lr=<value>), and adds scripts/plot_sweep.py's table and figure (<out>_sweep.png): each
+config's held-out loss at each value and its best. A variant compared at one untuned lr may be ahead only because
+it learns faster at that lr (docs/results.md). A best at the sweep's first or last value says the sweep may not
+reach the best.
 """
 
 from __future__ import annotations
@@ -70,17 +71,6 @@ def runs_to_do(configs: list[Path], overrides: list[str], sweep: tuple[str, list
     return runs
 
 
-def best_of_sweep(summary: list[dict], configs: list[Path], values: list[str]) -> str:
-    """Markdown: each config's lowest held-out loss over the swept values, and whether it is at an end."""
-    lines = ["| config | best value | held-out loss | at the sweep's end |", "|---|---:|---:|---|"]
-    for config in configs:
-        mine = [s for s in summary if s["config"] == config.stem]
-        best = min(mine, key=lambda s: s["held_out_loss"])
-        edge = "yes" if best["value"] in (values[0], values[-1]) else "no"
-        lines.append(f"| {config.stem} | {best['value']} | {best['held_out_loss']:.4f} | {edge} |")
-    return "\n".join(lines)
-
-
 def main(argv: list[str] | None = None) -> list[dict]:
     own, overrides = split_overrides(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -101,6 +91,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     sweep = parse_sweep(args.sweep, overrides)
     from eval.perplexity import main as perplexity
     from scripts.plot_runs import main as plot_runs
+    from scripts.plot_sweep import main as plot_sweep
 
     summary = []
     for name, config, overrides, value in runs_to_do(args.configs, overrides, sweep):
@@ -132,8 +123,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     print("| run | steps | held-out loss | perplexity | evaluated tokens |\n|---|---:|---:|---:|---:|")
     for s in summary:
         print(f"| {s['run']} | {s['steps']} | {s['held_out_loss']:.4f} | {s['perplexity']:.2f} | {s['tokens']:,} |")
-    if sweep:
-        print("\n" + best_of_sweep(summary, args.configs, sweep[1]))
+    if sweep:  # held-out loss against the swept value, each config's best flagged when at the sweep's end
+        print()
+        plot_sweep([*(s["dump"] for s in summary), "--out", f"{args.out}_sweep"])
     Path(str(args.out) + ".json").write_text(json.dumps(summary, indent=1))
     return summary
 

@@ -231,6 +231,55 @@ def test_plot_runs_draws_png_and_svg_from_jsonl_and_tensorboard(tmp_path):
         main([str(tmp_path / "c"), "--out", str(tmp_path / "x")])
 
 
+def test_plot_sweep_tables_and_draws_each_configs_loss_against_the_swept_value(tmp_path):
+    """Folders <config>/<key>=<value> with perplexity.json: one table row per config, its best in bold, a best
+    at the end of the values it ran flagged; a link stands in for a run trained outside the sweep."""
+    import os
+    import xml.etree.ElementTree as ET
+
+    from scripts.plot_sweep import main
+
+    def run(config, value, loss, curve=True):
+        folder = tmp_path / config / f"optimizer.lr={value}"
+        folder.mkdir(parents=True)
+        (folder / "perplexity.json").write_text(json.dumps({"loss": loss, "perplexity": math.exp(loss)}))
+        if curve:
+            (folder / "metrics.jsonl").write_text("".join(
+                json.dumps({"step": s, "tokens": s * 100, "validation_metrics/loss": loss + 10 / s}) + "\n"
+                for s in (1, 5, 10)))
+        return folder
+
+    for value, loss in (("1e-3", 3.0), ("1e-2", 2.7)):
+        run("transformer", value, loss)
+    outside = run("elsewhere", "any", 2.5)
+    os.symlink(outside, tmp_path / "transformer" / "optimizer.lr=3e-3")
+    for value, loss in (("1e-2", 2.4), ("1e-3", 2.6), ("3e-2", 2.9)):
+        run("parallax", value, loss, curve=value != "1e-2")
+    folders = sorted((tmp_path / "transformer").iterdir()) + sorted((tmp_path / "parallax").iterdir())
+    table = main([*map(str, folders), "--out", str(tmp_path / "sweep"), "--title", "lr sweep"]).splitlines()
+    assert table[0] == "| config \\ optimizer.lr | 1e-3 | 3e-3 | 1e-2 | 3e-2 | best | at the sweep's end |"
+    assert table[2] == "| transformer | 3.0000 | **2.5000** | 2.7000 |  | 3e-3 | no |"
+    assert table[3] == "| parallax | 2.6000 |  | **2.4000** | 2.9000 | 1e-2 | no |"
+    svg = "".join(ET.parse(tmp_path / "sweep.svg").getroot().itertext())
+    # the right panel: the best run's held-out curve where it has one (parallax's best has none)
+    assert "transformer at optimizer.lr=3e-3" in svg and "parallax at" not in svg and "lr sweep" in svg
+    assert (tmp_path / "sweep.png").stat().st_size > 10_000
+
+    edge = main([*map(str, folders[3:]), str(run("parallax", "1e-1", 2.3)), "--out", str(tmp_path / "edge")])
+    assert edge.splitlines()[2].endswith("| **2.3000** | 1e-1 | yes |")  # best at the largest value it ran
+    for bad, message in ((outside.parent, "named <section.key>=<value>"),
+                         (tmp_path / "t" / "optimizer.lr=1e-4", "perplexity.json: not found")):
+        with pytest.raises(SystemExit, match=message):
+            main([str(bad), "--out", str(tmp_path / "x")])
+    wd = tmp_path / "transformer" / "optimizer.weight_decay=0.1"
+    wd.mkdir()
+    (wd / "perplexity.json").write_text(json.dumps({"loss": 2.0}))
+    with pytest.raises(SystemExit, match="different keys"):
+        main([str(folders[0]), str(wd), "--out", str(tmp_path / "x")])
+    with pytest.raises(SystemExit, match="the same config and value twice"):
+        main([str(folders[0]), str(folders[0]), "--out", str(tmp_path / "x")])
+
+
 def test_diagnostics_interval_must_be_a_multiple_of_the_log_frequency():
     from types import SimpleNamespace
 

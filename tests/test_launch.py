@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -118,17 +119,13 @@ def test_ablate_sweeps_one_key_each_run_in_its_own_folder(tmp_path, capsys):
         first_lr.append(json.loads((dump / "metrics.jsonl").read_text().splitlines()[0])["lr"])
     assert first_lr[1] / first_lr[0] == pytest.approx(30)  # each trained at its lr (same warmup): 3e-3 / 1e-4
     assert summary[0]["held_out_loss"] != summary[1]["held_out_loss"]
-    best = min(summary, key=lambda s: s["held_out_loss"])
-    assert f"| debug_parallax | {best['value']} | {best['held_out_loss']:.4f} | yes |" in capsys.readouterr().out
+    best = min(summary, key=lambda s: s["held_out_loss"])  # scripts/plot_sweep.py's table and figure
+    assert f"**{best['held_out_loss']:.4f}** | {best['value']} | yes |" in capsys.readouterr().out
+    assert (tmp_path / "plot_sweep.png").is_file()
 
 
-def test_ablate_sweep_parsing_errors_and_the_best_value_table():
-    from scripts.ablate import best_of_sweep, parse_sweep
-
-    runs = [{"config": "a", "value": v, "held_out_loss": loss} for v, loss in (("1e-3", 3.0), ("3e-3", 2.5), ("1e-2", 2.7))]
-    runs += [{"config": "b", "value": v, "held_out_loss": loss} for v, loss in (("1e-3", 3.0), ("3e-3", 2.9), ("1e-2", 2.8))]
-    table = best_of_sweep(runs, [Path("a.toml"), Path("b.toml")], ["1e-3", "3e-3", "1e-2"])
-    assert "| a | 3e-3 | 2.5000 | no |" in table and "| b | 1e-2 | 2.8000 | yes |" in table
+def test_ablate_sweep_parsing_errors():
+    from scripts.ablate import parse_sweep
 
     assert parse_sweep("optimizer.lr=1e-3,3e-3", []) == ("optimizer.lr", ["1e-3", "3e-3"])
     for bad in ("lr=1e-3", "optimizer.lr=", "optimizer.lr=1e-3,1e-3"):
@@ -166,7 +163,10 @@ def test_the_ladder_script_starts_one_ablate_per_config_or_per_config_and_swept_
         assert calls == [f"scripts/ablate.py configs/mini/{c}.toml --sweep optimizer.lr={v} --out {tmp_path}/plots/{c}-{v}"
                          for c in "ab" for v in ("1e-2", "1e-3")]
         assert "== a-1e-3" in out.stdout and "== b-1e-2" in out.stdout
-    assert (tmp_path / "out" / "ladder.tgz").is_file()
+    with tarfile.open(tmp_path / "out" / "ladder.tgz") as packed:  # the dump folders' layout
+        logs = sorted(m.name for m in packed.getmembers() if m.isfile())
+    assert logs == ([f"./{c}/ablate.log" for c in "ab"] if not sweep else
+                    [f"./{c}/optimizer.lr={v}/ablate.log" for c in "ab" for v in ("1e-2", "1e-3")])
 
 
 def test_ablate_runs_as_a_file_from_the_repo_root(tmp_path):

@@ -7,7 +7,8 @@
 #   and tokenizer_config.json from scripts/download_assets.py --from-package)
 #   CONFIGS="configs/mini/a.toml configs/mini/b.toml ..." LADDER_TIMEOUT=480 bash scripts/device/ladder_check.sh
 # SWEEP="optimizer.lr=1e-3,1e-2" trains each config at each value instead, all side by side, each run in
-# <dump_folder>/optimizer.lr=<value> (scripts/ablate.py --sweep with one value a process).
+# <dump_folder>/optimizer.lr=<value> (scripts/ablate.py --sweep with one value a process), packed the same way:
+#   tar xzf ladder.tgz -C docs/runs/<date>; python scripts/plot_sweep.py docs/runs/<date>/*/optimizer.lr=* --out ...
 set -uo pipefail
 export PYTHONUNBUFFERED=1
 tmp=${LADDER_TMP:-/tmp}  # logs, plots and the packed runs before they go to $OUT
@@ -51,9 +52,10 @@ for run in "${runs[@]}"; do
   echo "== $name"
   grep -E "step: *(100|400|800) |Error|error" "$dump/train.log" 2>/dev/null | cut -c1-200 | tail -4
   tail -2 "$tmp/$name.ablate.log"
-  mkdir -p "$tmp/ladder/$name"
-  cp "$dump/metrics.jsonl" "$dump/perplexity.json" "$dump/train.log" "$tmp/ladder/$name/" 2>/dev/null
-  cp "$tmp/$name.ablate.log" "$tmp/ladder/$name/"
+  packed=$tmp/ladder/${dump#outputs/}  # the dump folders' layout, which scripts/plot_sweep.py reads
+  mkdir -p "$packed"
+  cp "$dump/metrics.jsonl" "$dump/perplexity.json" "$dump/train.log" "$packed/" 2>/dev/null
+  cp "$tmp/$name.ablate.log" "$packed/ablate.log"
 done
 nvidia-smi --query-gpu=name,memory.used --format=csv,noheader
 [[ -n ${OUT:-} ]] && tar czf "$OUT/ladder.tgz" -C "$tmp/ladder" .

@@ -1,0 +1,156 @@
+"""Held-out loss against a swept value, one line per config; beside it each config's held-out curve at its best value.
+
+    python scripts/plot_sweep.py outputs/mini20M_*_muon/optimizer.lr=* --out docs/plots/mini20M_lr_muon
+
+Each run folder is named <section.key>=<value> inside its config's dump folder, the layout `scripts/ablate.py
+--sweep` writes, and holds the perplexity.json of eval/perplexity.py (ablate.py writes it). Prints a markdown
+table: one row per config, its held-out loss at each value, its best in bold, and whether that best is at either
+end of the values it ran (then the sweep may stop short of the best). A config compared at one untuned lr may look
+ahead only because it learns faster at that lr (docs/results.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from scripts.plot_runs import VALIDATION_KEY, read_jsonl  # noqa: E402
+
+plt.rcParams["svg.fonttype"] = "none"
+
+
+@dataclass(frozen=True)
+class SweepRun:
+    config: str  # the config's dump folder name: the swept run's parent
+    key: str
+    value: str
+    loss: float
+    folder: Path
+
+
+def read_run(folder: Path) -> SweepRun:
+    key, sep, value = folder.name.partition("=")
+    if not sep or not key or not value:
+        raise SystemExit(f"{folder}: a swept run's folder is named <section.key>=<value> (scripts/ablate.py --sweep)")
+    result = folder / "perplexity.json"
+    if not result.is_file():
+        raise SystemExit(f"{result}: not found; evaluate the run first (eval/perplexity.py; ablate.py does it)")
+    # the folder as given, not resolved: a link may stand in for a run trained outside the sweep
+    return SweepRun(folder.parent.name, key, value, float(json.loads(result.read_text())["loss"]), folder)
+
+
+def _numeric(values: list[str]) -> bool:
+    try:
+        [float(v) for v in values]
+    except ValueError:
+        return False
+    return True
+
+
+def ordered_values(runs: list[SweepRun]) -> list[str]:
+    """Numeric values in increasing order; others in the order first given."""
+    values = list(dict.fromkeys(r.value for r in runs))
+    return sorted(values, key=float) if _numeric(values) else values
+
+
+def configs_of(runs: list[SweepRun]) -> list[str]:
+    return list(dict.fromkeys(r.config for r in runs))
+
+
+def best_runs(runs: list[SweepRun]) -> dict[str, SweepRun]:
+    return {c: min((r for r in runs if r.config == c), key=lambda r: r.loss) for c in configs_of(runs)}
+
+
+def sweep_table(runs: list[SweepRun]) -> str:
+    values = ordered_values(runs)
+    best = best_runs(runs)
+    lines = [f"| config \\ {runs[0].key} | {' | '.join(values)} | best | at the sweep's end |",
+             "|---|" + "---:|" * (len(values) + 1) + "---|"]
+    for config in configs_of(runs):
+        mine = {r.value: r for r in runs if r.config == config}
+        cells = []
+        for v in values:
+            cell = f"{mine[v].loss:.4f}" if v in mine else ""
+            cells.append(f"**{cell}**" if v == best[config].value else cell)
+        ran = [v for v in values if v in mine]
+        edge = "yes" if len(ran) > 1 and best[config].value in (ran[0], ran[-1]) else "no"
+        lines.append(f"| {config} | {' | '.join(cells)} | {best[config].value} | {edge} |")
+    return "\n".join(lines)
+
+
+def plot(runs: list[SweepRun], out: Path, title: str | None) -> list[Path]:
+    values = ordered_values(runs)
+    numeric = _numeric(values)
+    position = {v: (float(v) if numeric else i) for i, v in enumerate(values)}
+    curves = {c: read_jsonl(r.folder / "metrics.jsonl").get(VALIDATION_KEY)
+              for c, r in best_runs(runs).items() if (r.folder / "metrics.jsonl").is_file()}
+    curves = {c: xy for c, xy in curves.items() if xy is not None}
+    fig, axes = plt.subplots(1, 2 if curves else 1, figsize=(13 if curves else 6.5, 4.6), squeeze=False)
+    ax = axes[0][0]
+    for i, config in enumerate(configs_of(runs)):
+        mine = sorted((position[r.value], r.loss) for r in runs if r.config == config)
+        ax.plot([m[0] for m in mine], [m[1] for m in mine], marker="o", color=f"C{i}", label=config)
+        best = best_runs(runs)[config]
+        ax.plot(position[best.value], best.loss, marker="*", ms=14, color=f"C{i}")
+    if numeric and min(position.values()) > 0:
+        ax.set_xscale("log")
+    if not numeric:
+        ax.set_xticks(range(len(values)), values)
+    ax.set(xlabel=runs[0].key, ylabel="held-out loss (nats/token)", title="final held-out loss (★ each config's best)")
+    if curves:
+        ax_curve = axes[0][1]
+        for i, config in enumerate(configs_of(runs)):
+            if config in curves:
+                x, y = curves[config]
+                ax_curve.plot(x, y, marker="o", ms=3, color=f"C{i}",
+                              label=f"{config} at {runs[0].key}={best_runs(runs)[config].value}")
+        # the first evaluation (at init) would set the scale and flatten the rest
+        later = [v for x, y in curves.values() for v in (y[1:] if len(y) > 1 else y)]
+        ax_curve.set_ylim(min(later) - 0.05 * (max(later) - min(later) + 1e-9), max(later) * 1.02)
+        ax_curve.set(xlabel="tokens", ylabel="held-out loss (nats/token)", title="held-out loss at each config's best")
+    for a in fig.axes:
+        a.grid(alpha=0.3)
+        a.legend(fontsize=7)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    paths = [out.with_suffix(".png"), out.with_suffix(".svg")]
+    for path in paths:
+        fig.savefig(path, dpi=130)
+    plt.close(fig)
+    return paths
+
+
+def main(argv: list[str] | None = None) -> str:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("runs", nargs="+", type=Path, help="swept run folders, <config dump>/<section.key>=<value>")
+    parser.add_argument("--out", type=Path, required=True, help="plot path without suffix")
+    parser.add_argument("--title", default=None)
+    args = parser.parse_args(argv)
+    runs = [read_run(folder) for folder in args.runs]
+    keys = sorted({r.key for r in runs})
+    if len(keys) > 1:
+        raise SystemExit(f"the runs sweep different keys {keys}; plot one key at a time")
+    seen = {}
+    for r in runs:
+        if (r.config, r.value) in seen:
+            raise SystemExit(f"{r.folder} and {seen[r.config, r.value]}: the same config and value twice")
+        seen[r.config, r.value] = r.folder
+    table = sweep_table(runs)
+    print(table)
+    print("wrote " + ", ".join(str(p) for p in plot(runs, args.out, args.title)))
+    return table
+
+
+if __name__ == "__main__":
+    main()
