@@ -137,10 +137,9 @@ def test_ablate_sweep_parsing_errors():
         parse_sweep("optimizer.lr=1e-3,3e-3", ["--job.dump_folder", "x"])
 
 
-@pytest.mark.parametrize("sweep", ["", "optimizer.lr=1e-3,1e-2"])
-def test_the_ladder_script_starts_one_ablate_per_config_or_per_config_and_swept_value(tmp_path, sweep):
-    """scripts/device/ladder_check.sh on a GPU host starts its runs side by side; here a stand-in `python`
-    records each call (the corpus and tokenizer are taken as prepared)."""
+def _run_ladder_script(tmp_path, **env):
+    """scripts/device/ladder_check.sh with a stand-in `python` that records each call (the corpus and tokenizer
+    are taken as prepared); returns the finished process and the recorded calls, sorted."""
     for made in ("assets/Qwen3-0.6B/tokenizer.json", "data/mini_corpus/manifest.json"):
         (tmp_path / made).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / made).write_text("{}")
@@ -150,13 +149,19 @@ def test_the_ladder_script_starts_one_ablate_per_config_or_per_config_and_swept_
     (bin_dir / "nvidia-smi").write_text("#!/bin/sh\n")
     for stub in bin_dir.iterdir():
         stub.chmod(0o755)
-    (tmp_path / "out").mkdir()
-    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "SWEEP": sweep,
-           "CONFIGS": "configs/mini/a.toml configs/mini/b.toml", "LADDER_TMP": str(tmp_path), "OUT": str(tmp_path / "out")}
+    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "LADDER_TMP": str(tmp_path), **env}
     out = subprocess.run(["bash", str(REPO / "scripts" / "device" / "ladder_check.sh")], cwd=tmp_path, env=env,
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
-    calls = sorted((tmp_path / "calls.txt").read_text().splitlines())
+    return out, sorted((tmp_path / "calls.txt").read_text().splitlines())
+
+
+@pytest.mark.parametrize("sweep", ["", "optimizer.lr=1e-3,1e-2"])
+def test_the_ladder_script_starts_one_ablate_per_config_or_per_config_and_swept_value(tmp_path, sweep):
+    """scripts/device/ladder_check.sh on a GPU host starts its runs side by side."""
+    (tmp_path / "out").mkdir()
+    out, calls = _run_ladder_script(tmp_path, SWEEP=sweep, CONFIGS="configs/mini/a.toml configs/mini/b.toml",
+                                    OUT=str(tmp_path / "out"))
     if not sweep:
         assert calls == [f"scripts/ablate.py configs/mini/{c}.toml --out {tmp_path}/plots/{c}" for c in "ab"]
     else:
@@ -167,6 +172,16 @@ def test_the_ladder_script_starts_one_ablate_per_config_or_per_config_and_swept_
         logs = sorted(m.name for m in packed.getmembers() if m.isfile())
     assert logs == ([f"./{c}/ablate.log" for c in "ab"] if not sweep else
                     [f"./{c}/optimizer.lr={v}/ablate.log" for c in "ab" for v in ("1e-2", "1e-3")])
+
+
+def test_the_ladder_script_passes_its_overrides_to_every_run(tmp_path):
+    """LADDER_OVERRIDES go after ablate.py's `--`: seeds swept at one lr, each in <dump>/debug.seed=<value>."""
+    _, calls = _run_ladder_script(tmp_path, SWEEP="debug.seed=2,3", CONFIGS="configs/mini/a.toml",
+                                  LADDER_OVERRIDES="--optimizer.lr 5e-3 --training.steps 10")
+    assert calls == [
+        f"scripts/ablate.py configs/mini/a.toml --sweep debug.seed={v} --out {tmp_path}/plots/a-{v} "
+        "-- --optimizer.lr 5e-3 --training.steps 10" for v in (2, 3)]
+    assert (tmp_path / "ladder" / "a" / "debug.seed=3" / "ablate.log").is_file()
 
 
 def test_ablate_runs_as_a_file_from_the_repo_root(tmp_path):

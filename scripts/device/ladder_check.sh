@@ -9,6 +9,7 @@
 # SWEEP="optimizer.lr=1e-3,1e-2" trains each config at each value instead, all side by side, each run in
 # <dump_folder>/optimizer.lr=<value> (scripts/ablate.py --sweep with one value a process), packed the same way:
 #   tar xzf ladder.tgz -C docs/runs/<date>; python scripts/plot_sweep.py docs/runs/<date>/*/optimizer.lr=* --out ...
+# Seeds at one lr: SWEEP=debug.seed=2,3 LADDER_OVERRIDES="--optimizer.lr 5e-3" (runs in <dump_folder>/debug.seed=2, ...).
 set -uo pipefail
 export PYTHONUNBUFFERED=1
 tmp=${LADDER_TMP:-/tmp}  # logs, plots and the packed runs before they go to $OUT
@@ -34,6 +35,8 @@ for config in $CONFIGS; do
     runs+=("$config=")
   fi
 done
+overrides=()  # LADDER_OVERRIDES="--optimizer.lr 5e-3": passed to every run (after ablate.py's `--`)
+[[ -n ${LADDER_OVERRIDES:-} ]] && read -ra overrides <<< "-- $LADDER_OVERRIDES"
 pids=()
 for run in "${runs[@]}"; do
   config=${run%%=*} value=${run#*=}
@@ -41,7 +44,7 @@ for run in "${runs[@]}"; do
   sweep=()
   [[ -n $value ]] && sweep=(--sweep "$key=$value")
   timeout "${LADDER_TIMEOUT:-480}" python scripts/ablate.py "$config" "${sweep[@]}" --out "$tmp/plots/$name" \
-    > "$tmp/$name.ablate.log" 2>&1 &
+    "${overrides[@]}" > "$tmp/$name.ablate.log" 2>&1 &
   pids+=($!)
 done
 for pid in "${pids[@]}"; do wait "$pid"; done
@@ -58,4 +61,4 @@ for run in "${runs[@]}"; do
   cp "$tmp/$name.ablate.log" "$packed/ablate.log"
 done
 nvidia-smi --query-gpu=name,memory.used --format=csv,noheader
-[[ -n ${OUT:-} ]] && tar czf "$OUT/ladder.tgz" -C "$tmp/ladder" .
+if [[ -n ${OUT:-} ]]; then tar czf "$OUT/ladder.tgz" -C "$tmp/ladder" .; fi
