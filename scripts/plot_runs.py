@@ -127,7 +127,12 @@ def plot(runs: list[Run], baseline: str, out: Path, smooth: float, diagnostic: s
     ax_diff.axhline(0, color="gray", lw=0.8)
     ax_diff.set(xlabel="tokens", ylabel=f"Δ {ylabel}", title=f"difference to {baseline} (below 0 is better)")
     ax_diag.set(xlabel="layer", ylabel=diagnostic, title=f"{diagnostic} per layer (last logged)")
-    for ax in (ax_loss, ax_diff, ax_diag):
+    return save_figure(fig, out)
+
+
+def save_figure(fig, out: Path) -> list[Path]:
+    """Grid and legend on every panel, then <out>.png and <out>.svg."""
+    for ax in fig.axes:
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=7)

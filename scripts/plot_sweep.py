@@ -23,7 +23,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from scripts.plot_runs import VALIDATION_KEY, read_jsonl  # noqa: E402
+from scripts.plot_runs import VALIDATION_KEY, read_jsonl, save_figure  # noqa: E402
 
 plt.rcParams["svg.fonttype"] = "none"
 
@@ -117,18 +117,9 @@ def plot(runs: list[SweepRun], out: Path, title: str | None) -> list[Path]:
         later = [v for x, y in curves.values() for v in (y[1:] if len(y) > 1 else y)]
         ax_curve.set_ylim(min(later) - 0.05 * (max(later) - min(later) + 1e-9), max(later) * 1.02)
         ax_curve.set(xlabel="tokens", ylabel="held-out loss (nats/token)", title="held-out loss at each config's best")
-    for a in fig.axes:
-        a.grid(alpha=0.3)
-        a.legend(fontsize=7)
     if title:
         fig.suptitle(title)
-    fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    paths = [out.with_suffix(".png"), out.with_suffix(".svg")]
-    for path in paths:
-        fig.savefig(path, dpi=130)
-    plt.close(fig)
-    return paths
+    return save_figure(fig, out)
 
 
 def main(argv: list[str] | None = None) -> str:
