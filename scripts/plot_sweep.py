@@ -87,6 +87,24 @@ def sweep_table(runs: list[SweepRun]) -> str:
     return "\n".join(lines)
 
 
+def diagnostic_table(runs: list[SweepRun], name: str) -> str:
+    """Each run's last-logged `diagnostics/<name>/mean` (the layer mean parallax_titan/diagnostics.py logs), laid
+    out as sweep_table; blank where a run logged none."""
+    values = ordered_values(runs)
+    key = f"diagnostics/{name}/mean"
+    lines = [f"| {name} (layer mean, last logged) \\ {runs[0].key} | {' | '.join(values)} |",
+             "|---|" + "---:|" * len(values)]
+    for config in configs_of(runs):
+        cells = []
+        for v in values:
+            run = next((r for r in runs if r.config == config and r.value == v), None)
+            metrics = run.folder / "metrics.jsonl" if run else None
+            series = read_jsonl(metrics).get(key) if metrics and metrics.is_file() else None
+            cells.append(f"{series[1][-1]:.3g}" if series is not None else "")
+        lines.append(f"| {config} | {' | '.join(cells)} |")
+    return "\n".join(lines)
+
+
 def plot(runs: list[SweepRun], out: Path, title: str | None) -> list[Path]:
     values = ordered_values(runs)
     numeric = _numeric(values)
@@ -127,6 +145,8 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument("runs", nargs="+", type=Path, help="swept run folders, <config dump>/<section.key>=<value>")
     parser.add_argument("--out", type=Path, required=True, help="plot path without suffix")
     parser.add_argument("--title", default=None)
+    parser.add_argument("--diagnostics", nargs="*", default=[], metavar="NAME",
+                        help="also tabulate these diagnostics per run (e.g. sr_wr cor), from metrics.jsonl")
     args = parser.parse_args(argv)
     runs = [read_run(folder) for folder in args.runs]
     keys = sorted({r.key for r in runs})
@@ -137,7 +157,7 @@ def main(argv: list[str] | None = None) -> str:
         if (r.config, r.value) in seen:
             raise SystemExit(f"{r.folder} and {seen[r.config, r.value]}: the same config and value twice")
         seen[r.config, r.value] = r.folder
-    table = sweep_table(runs)
+    table = "\n\n".join([sweep_table(runs), *(diagnostic_table(runs, name) for name in args.diagnostics)])
     print(table)
     print("wrote " + ", ".join(str(p) for p in plot(runs, args.out, args.title)))
     return table

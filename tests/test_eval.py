@@ -245,8 +245,8 @@ def test_plot_sweep_tables_and_draws_each_configs_loss_against_the_swept_value(t
         (folder / "perplexity.json").write_text(json.dumps({"loss": loss, "perplexity": math.exp(loss)}))
         if curve:
             (folder / "metrics.jsonl").write_text("".join(
-                json.dumps({"step": s, "tokens": s * 100, "validation_metrics/loss": loss + 10 / s}) + "\n"
-                for s in (1, 5, 10)))
+                json.dumps({"step": s, "tokens": s * 100, "validation_metrics/loss": loss + 10 / s,
+                            "diagnostics/cor/mean": loss * s}) + "\n" for s in (1, 5, 10)))
         return folder
 
     for value, loss in (("1e-3", 3.0), ("1e-2", 2.7)):
@@ -260,6 +260,10 @@ def test_plot_sweep_tables_and_draws_each_configs_loss_against_the_swept_value(t
     assert table[0] == "| config \\ optimizer.lr | 1e-3 | 3e-3 | 1e-2 | 3e-2 | best | at the sweep's end |"
     assert table[2] == "| transformer | 3.0000 | **2.5000** | 2.7000 |  | 3e-3 | no |"
     assert table[3] == "| parallax | 2.6000 |  | **2.4000** | 2.9000 | 1e-2 | no |"
+    cor = main([*map(str, folders), "--out", str(tmp_path / "diagnostics"), "--diagnostics", "cor"]).split("\n\n")[1]
+    assert cor.splitlines()[0] == "| cor (layer mean, last logged) \\ optimizer.lr | 1e-3 | 3e-3 | 1e-2 | 3e-2 |"
+    assert cor.splitlines()[2:] == ["| transformer | 30 | 25 | 27 |  |",  # the last logged value (step 10)
+                                    "| parallax | 26 |  |  | 29 |"]  # parallax at 1e-2 logged no metrics
     svg = "".join(ET.parse(tmp_path / "sweep.svg").getroot().itertext())
     # the right panel: the best run's held-out curve where it has one (parallax's best has none)
     assert "transformer at optimizer.lr=3e-3" in svg and "parallax at" not in svg and "lr sweep" in svg
