@@ -336,26 +336,28 @@ def test_plot_mad_draws_the_tables_scores_over_common_runs(tmp_path):
         main([str(tmp_path / "empty.jsonl"), "--out", str(tmp_path / "x.png")])
 
 
-def test_the_results_page_lr_sweep_table_is_the_committed_runs():
-    """docs/results.md's mini20M lr-sweep table, cell by cell, against the runs' perplexity.json as plot_sweep.py
-    reads them (the lr-3e-3 points are links to the ladder's runs): a number edited by hand, or a run replaced
+@pytest.mark.parametrize("runs, prefix, header, count", [
+    ("2026-12-03-ladder-lr", "mini20M_", "| lr | 1e-3 | 2e-3 | 3e-3 | 5e-3 | 1e-2 | 2e-2 | 3e-2 | best |", 24),
+    ("cpu_lr_sweep", "", "| lr | 3e-4 | 1e-3 | 3e-3 | 1e-2 | 3e-2 | best |", 18),
+])
+def test_the_results_pages_lr_sweep_tables_are_the_committed_runs(runs, prefix, header, count):
+    """docs/results.md's lr-sweep tables, cell by cell, against the runs' perplexity.json as plot_sweep.py reads
+    them (the mini20M lr-3e-3 points are links to the ladder's runs): a number edited by hand, or a run replaced
     without the page, fails here."""
     from scripts.plot_sweep import read_run
 
-    runs = REPO / "docs" / "runs" / "2026-12-03-ladder-lr"
-    losses = {(r.config, r.value): r.loss for r in map(read_run, runs.glob("*/optimizer.lr=*"))}
+    losses = {(r.config, r.value): r.loss for r in map(read_run, (REPO / "docs" / "runs" / runs).glob("*/optimizer.lr=*"))}
     text = (REPO / "docs" / "results.md").read_text()
-    header = "| lr | 1e-3 | 2e-3 | 3e-3 | 5e-3 | 1e-2 | 2e-2 | 3e-2 | best |"
     rows = text[text.index(header):].splitlines()[2:6]
     names = {"Transformer": "transformer", "Parallax": "parallax"}
     checked = 0
     for row in rows:
         label, *cells, best = [c.strip().strip("*") for c in row.strip("|").split("|")]
         model, optimizer = label.split(", ")
-        config = f"mini20M_{names[model]}_{optimizer.lower()}"
+        config = f"{prefix}{names[model]}_{optimizer.lower()}"
         for lr, cell in zip(header.strip("|").split("|")[1:-1], cells):
             if cell:
                 assert cell == f"{losses[config, lr.strip()]:.3f}", (config, lr)
                 checked += 1
         assert best == f"{min(v for (c, _), v in losses.items() if c == config):.3f}", config
-    assert checked == len(losses) == 24
+    assert checked == len(losses) == count
