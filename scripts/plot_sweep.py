@@ -119,8 +119,8 @@ def plot(runs: list[SweepRun], out: Path, title: str | None) -> list[Path]:
         ax.plot([m[0] for m in mine], [m[1] for m in mine], marker="o", color=f"C{i}", label=config)
         best = best_runs(runs)[config]
         ax.plot(position[best.value], best.loss, marker="*", ms=14, color=f"C{i}")
-    if numeric and min(position.values()) > 0:
-        ax.set_xscale("log")
+    if numeric and min(position.values()) > 0 and max(position.values()) >= 10 * min(position.values()):
+        ax.set_xscale("log")  # lrs and the like span decades; seeds do not
     if not numeric:
         ax.set_xticks(range(len(values)), values)
     ax.set(xlabel=runs[0].key, ylabel="held-out loss (nats/token)", title="final held-out loss (★ each config's best)")
