@@ -1,15 +1,17 @@
-"""Run a list of TOMLs one after another, evaluate each, and draw the comparison.
+"""Train a list of TOMLs, evaluate each, and draw the comparison.
 
     python scripts/ablate.py configs/mini/mini20M_{transformer,parallax}_muon.toml \
-        --baseline mini20M_transformer_muon --out docs/plots/mini20M_muon [--nproc 1] [-- --section.key value ...]
+        --baseline mini20M_transformer_muon --out docs/plots/mini20M_muon [--nproc 1] [--parallel 1] \
+        [-- --section.key value ...]
 
-For each config (overrides after `--` apply to all):
-1. train, unless its final checkpoint (`checkpoint/step-<training.steps>`) is already complete. An interrupted run
-   resumes from its latest checkpoint: torchtitan loads it from the run's folder. A ladder can therefore be
-   completed in pieces by running the same command again;
-2. held-out perplexity of the final checkpoint (eval/perplexity.py, the TOML's [validation] data), written to
-   <dump_folder>/perplexity.json;
-3. after all runs: scripts/plot_runs.py over their metrics.jsonl, and a summary table.
+Overrides after `--` apply to every config.
+1. Train each config, one after another or up to `--parallel N` at once, unless its final checkpoint
+   (`checkpoint/step-<training.steps>`) is already complete. An interrupted run resumes from its latest checkpoint:
+   torchtitan loads it from the run's folder. A ladder can therefore be completed in pieces by running the same
+   command again. After a failed run no new one starts; the command stops once those running have ended.
+2. Held-out perplexity of each final checkpoint (eval/perplexity.py, the TOML's [validation] data), written to
+   <dump_folder>/perplexity.json.
+3. scripts/plot_runs.py over their metrics.jsonl, and a summary table.
 
 `--sweep optimizer.lr=1e-3,3e-3,1e-2` trains each config once per value, each in its own folder
 (<dump_folder>/optimizer.lr=<value>), and adds scripts/plot_sweep.py's table and figure (<out>_sweep.png): each
@@ -23,6 +25,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from parallax_titan.launch import LAUNCHERS, REPO, split_overrides, train
@@ -71,6 +75,42 @@ def runs_to_do(configs: list[Path], overrides: list[str], sweep: tuple[str, list
     return runs
 
 
+def train_all(runs: list[tuple], args) -> list[str]:
+    """Train the runs not yet complete, at most `args.parallel` at once (small models share one GPU well: the
+    mini ladder ran four to six side by side). After a failure no new run starts; those running finish.
+    Returns one message per failed run."""
+    failures: list[str] = []
+    lock = threading.Lock()
+
+    def train_one(run) -> None:
+        name, config, overrides, _, job, dump, final = run
+        with lock:
+            if failures:
+                print(f"{name}: not started, after an earlier failure", flush=True)
+                return
+            print(f"{name}: training to step {job.training.steps} in {dump}", flush=True)
+        log = dump / "train.log"
+        rc = train(config, overrides, args.nproc, args.launcher, log, append=True)
+        message = None
+        if rc != 0:
+            message = f"{name}: training exited with {rc}; see {log}. Rerun to resume from its last checkpoint."
+        elif not (final / ".metadata").is_file():
+            message = f"{name}: training ended without {final}; is [checkpoint] enable = true?"
+        if message:
+            with lock:
+                failures.append(message)
+
+    pending = []
+    for run in runs:
+        if (run[-1] / ".metadata").is_file():
+            print(f"{run[0]}: already complete ({run[-1]})")
+        else:
+            pending.append(run)
+    with ThreadPoolExecutor(max_workers=args.parallel) as pool:  # each run is its own process; threads only wait
+        list(pool.map(train_one, pending))
+    return failures
+
+
 def main(argv: list[str] | None = None) -> list[dict]:
     own, overrides = split_overrides(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -84,7 +124,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--eval-max-batches", type=int, default=None, help="smoke runs only: cap the evaluation")
     parser.add_argument("--sweep", default=None, metavar="SECTION.KEY=V1,V2,...",
                         help="train each config at each value of one key (e.g. optimizer.lr=1e-3,3e-3,1e-2)")
+    parser.add_argument("--parallel", type=int, default=1, metavar="N",
+                        help="train up to N runs at once (each its own process, sharing the GPUs); then evaluate")
     args = parser.parse_args(own)
+    if args.parallel < 1:
+        raise SystemExit(f"--parallel {args.parallel}: must be at least 1")
     missing = [str(c) for c in args.configs if not c.is_file()]
     if missing:
         raise SystemExit(f"configs not found: {missing}")
@@ -93,20 +137,13 @@ def main(argv: list[str] | None = None) -> list[dict]:
     from scripts.plot_runs import main as plot_runs
     from scripts.plot_sweep import main as plot_sweep
 
+    runs = [(name, config, overrides, value, *run_facts(config, overrides))
+            for name, config, overrides, value in runs_to_do(args.configs, overrides, sweep)]
+    failures = train_all(runs, args)
+    if failures:
+        raise SystemExit("\n".join(failures))
     summary = []
-    for name, config, overrides, value in runs_to_do(args.configs, overrides, sweep):
-        job, dump, final = run_facts(config, overrides)
-        if (final / ".metadata").is_file():
-            print(f"{name}: already complete ({final})")
-        else:
-            print(f"{name}: training to step {job.training.steps} in {dump}", flush=True)
-            log = dump / "train.log"
-            rc = train(config, overrides, args.nproc, args.launcher, log, append=True)
-            if rc != 0:
-                raise SystemExit(f"{config}: training exited with {rc}; see {log}. "
-                                 "Rerun to resume from its last checkpoint.")
-            if not (final / ".metadata").is_file():
-                raise SystemExit(f"{name}: training ended without {final}; is [checkpoint] enable = true?")
+    for name, config, overrides, value, job, dump, final in runs:
         eval_args = ["--config", str(config), "--checkpoint", str(final), "--json", str(dump / "perplexity.json"),
                      "--batch-size", str(args.eval_batch_size)]
         if args.eval_device:

@@ -3,6 +3,7 @@ single-process launch on CPU."""
 
 import json
 import os
+import re
 import subprocess
 import sys
 import tarfile
@@ -96,6 +97,40 @@ def test_ablate_trains_evaluates_plots_and_resumes(tmp_path, capsys):
     assert [s["perplexity"] for s in again] == [s["perplexity"] for s in summary]
 
 
+def _log_span(log: Path) -> tuple[str, str]:
+    """The first and last torchtitan timestamps of a train.log ("2026-12-03 01:13:15,635" sorts as text)."""
+    stamps = re.findall(r"^\[titan\] (\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3})", log.read_text(), re.MULTILINE)
+    assert stamps, f"no timestamps in {log}"
+    return stamps[0], stamps[-1]
+
+
+@pytest.mark.slow
+def test_ablate_parallel_stops_starting_runs_after_a_failure_and_names_it(tmp_path):
+    """--parallel 2 over three configs, the first of which cannot train: the second starts beside it, the
+    third never starts, and the error names the failed run and its log."""
+    from scripts.ablate import main
+
+    base = (REPO / "configs" / "debug_cpu.toml").read_text()
+    configs = []
+    for name in ("broken", "fine", "never"):
+        text = base.replace('dump_folder = "./outputs/debug_cpu"', f'dump_folder = "{tmp_path / name}"')
+        # "fine" trains long enough (12 steps) that "broken", which fails while building its data, ends first
+        text = text.replace("steps = 40", "steps = 12").replace("interval = 20", "interval = 12")
+        if name == "broken":
+            text = text.replace('dataset = "embedded_en"', 'dataset = "no_such_dataset"')
+        (tmp_path / f"{name}.toml").write_text(text)
+        configs.append(str(tmp_path / f"{name}.toml"))
+    argv = [*configs, "--launcher", "python", "--out", str(tmp_path / "plot"), "--parallel", "2",
+            "--", "--training.seq_len", "64", "--validation.no-enable", "--diagnostics.interval", "0"]
+    with pytest.raises(SystemExit, match=r"broken: training exited with \d+; see .*broken/train.log") as error:
+        main(argv)
+    assert "fine" not in str(error.value) and not (tmp_path / "never").exists()
+    assert "no_such_dataset" in (tmp_path / "broken" / "train.log").read_text()
+    fine = _log_span(tmp_path / "fine" / "train.log")
+    assert (tmp_path / "fine" / "checkpoint" / "step-12" / ".metadata").is_file()
+    assert fine[0] < _log_span(tmp_path / "broken" / "train.log")[1]  # started before "broken" had failed
+
+
 @pytest.mark.slow
 def test_ablate_sweeps_one_key_each_run_in_its_own_folder(tmp_path, capsys):
     """--sweep optimizer.lr=...: one run per value, in <dump_folder>/optimizer.lr=<value>, trained at that lr,
@@ -106,7 +141,7 @@ def test_ablate_sweeps_one_key_each_run_in_its_own_folder(tmp_path, capsys):
     config.write_text((REPO / "configs" / "debug_cpu.toml").read_text()
                       .replace('dump_folder = "./outputs/debug_cpu"', f'dump_folder = "{tmp_path / "parallax"}"'))
     argv = [str(config), "--launcher", "python", "--out", str(tmp_path / "plot"), "--eval-device", "cpu",
-            "--eval-max-batches", "2", "--sweep", "optimizer.lr=1e-4,3e-3",
+            "--eval-max-batches", "2", "--sweep", "optimizer.lr=1e-4,3e-3", "--parallel", "2",
             "--", "--training.steps", "3", "--training.seq_len", "64", "--checkpoint.interval", "3",
             "--validation.no-enable", "--validation.seq_len", "64", "--diagnostics.interval", "0"]
     summary = main(argv)
@@ -118,6 +153,8 @@ def test_ablate_sweeps_one_key_each_run_in_its_own_folder(tmp_path, capsys):
         assert s["dump"] == str(dump) and (dump / "checkpoint" / "step-3" / ".metadata").is_file()
         first_lr.append(json.loads((dump / "metrics.jsonl").read_text().splitlines()[0])["lr"])
     assert first_lr[1] / first_lr[0] == pytest.approx(30)  # each trained at its lr (same warmup): 3e-3 / 1e-4
+    spans = [_log_span(tmp_path / "parallax" / f"optimizer.lr={s['value']}" / "train.log") for s in summary]
+    assert spans[0][0] < spans[1][1] and spans[1][0] < spans[0][1]  # --parallel 2: the two trained side by side
     assert summary[0]["held_out_loss"] != summary[1]["held_out_loss"]
     best = min(summary, key=lambda s: s["held_out_loss"])  # scripts/plot_sweep.py's table and figure
     assert f"**{best['held_out_loss']:.4f}** | {best['value']} | yes |" in capsys.readouterr().out
