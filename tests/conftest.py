@@ -33,12 +33,13 @@ def random_qkvr(rng, b, h, hkv, n, d, dtype=torch.float64, requires_grad=True):
     return make(h), make(hkv), make(hkv), make(h)
 
 
-def run_device_script(name: str, **env: str) -> subprocess.CompletedProcess:
-    """bash scripts/device/<name> with these environment variables added (for its argument checks)."""
+def run_device_script(name: str, cwd: Path | None = None, **env: str) -> subprocess.CompletedProcess:
+    """bash scripts/device/<name> in `cwd` with these environment variables added (for its argument checks;
+    a PATH given here replaces the default)."""
     # the scripts call python3: this interpreter's, so that it finds the packages the tests run with
     path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
     return subprocess.run(["bash", str(REPO / "scripts" / "device" / name)], env={**os.environ, "PATH": path, **env},
-                          capture_output=True, text=True, timeout=60)
+                          cwd=cwd, capture_output=True, text=True, timeout=60)
 
 
 DEBUG_CONFIG = REPO / "configs" / "debug_cpu.toml"

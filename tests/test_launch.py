@@ -186,9 +186,10 @@ def _run_ladder_script(tmp_path, **env):
     (bin_dir / "nvidia-smi").write_text("#!/bin/sh\n")
     for stub in bin_dir.iterdir():
         stub.chmod(0o755)
-    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "LADDER_TMP": str(tmp_path), **env}
-    out = subprocess.run(["bash", str(REPO / "scripts" / "device" / "ladder_check.sh")], cwd=tmp_path, env=env,
-                         capture_output=True, text=True, timeout=60)
+    from conftest import run_device_script
+
+    out = run_device_script("ladder_check.sh", cwd=tmp_path, LADDER_TMP=str(tmp_path),
+                            PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}", **env)
     assert out.returncode == 0, out.stderr
     return out, sorted((tmp_path / "calls.txt").read_text().splitlines())
 
