@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import matplotlib
@@ -35,6 +35,7 @@ class SweepRun:
     value: str
     loss: float
     folder: Path
+    metrics: dict = field(default_factory=dict, compare=False)  # its metrics.jsonl, read once ({} if none)
 
 
 def read_run(folder: Path) -> SweepRun:
@@ -44,8 +45,9 @@ def read_run(folder: Path) -> SweepRun:
     result = folder / "perplexity.json"
     if not result.is_file():
         raise SystemExit(f"{result}: not found; evaluate the run first (eval/perplexity.py; ablate.py does it)")
+    metrics = read_jsonl(folder / "metrics.jsonl") if (folder / "metrics.jsonl").is_file() else {}
     # the folder as given, not resolved: a link may stand in for a run trained outside the sweep
-    return SweepRun(folder.parent.name, key, value, float(json.loads(result.read_text())["loss"]), folder)
+    return SweepRun(folder.parent.name, key, value, float(json.loads(result.read_text())["loss"]), folder, metrics)
 
 
 def _numeric(values: list[str]) -> bool:
@@ -95,12 +97,8 @@ def diagnostic_table(runs: list[SweepRun], name: str) -> str:
     lines = [f"| {name} (layer mean, last logged) \\ {runs[0].key} | {' | '.join(values)} |",
              "|---|" + "---:|" * len(values)]
     for config in configs_of(runs):
-        cells = []
-        for v in values:
-            run = next((r for r in runs if r.config == config and r.value == v), None)
-            metrics = run.folder / "metrics.jsonl" if run else None
-            series = read_jsonl(metrics).get(key) if metrics and metrics.is_file() else None
-            cells.append(f"{series[1][-1]:.3g}" if series is not None else "")
+        mine = {r.value: r.metrics.get(key) for r in runs if r.config == config}
+        cells = [f"{mine[v][1][-1]:.3g}" if mine.get(v) is not None else "" for v in values]
         lines.append(f"| {config} | {' | '.join(cells)} |")
     return "\n".join(lines)
 
@@ -109,16 +107,14 @@ def plot(runs: list[SweepRun], out: Path, title: str | None) -> list[Path]:
     values = ordered_values(runs)
     numeric = _numeric(values)
     position = {v: (float(v) if numeric else i) for i, v in enumerate(values)}
-    curves = {c: read_jsonl(r.folder / "metrics.jsonl").get(VALIDATION_KEY)
-              for c, r in best_runs(runs).items() if (r.folder / "metrics.jsonl").is_file()}
-    curves = {c: xy for c, xy in curves.items() if xy is not None}
+    best = best_runs(runs)
+    curves = {c: r.metrics[VALIDATION_KEY] for c, r in best.items() if VALIDATION_KEY in r.metrics}
     fig, axes = plt.subplots(1, 2 if curves else 1, figsize=(13 if curves else 6.5, 4.6), squeeze=False)
     ax = axes[0][0]
     for i, config in enumerate(configs_of(runs)):
         mine = sorted((position[r.value], r.loss) for r in runs if r.config == config)
         ax.plot([m[0] for m in mine], [m[1] for m in mine], marker="o", color=f"C{i}", label=config)
-        best = best_runs(runs)[config]
-        ax.plot(position[best.value], best.loss, marker="*", ms=14, color=f"C{i}")
+        ax.plot(position[best[config].value], best[config].loss, marker="*", ms=14, color=f"C{i}")
     if numeric and min(position.values()) > 0 and max(position.values()) >= 10 * min(position.values()):
         ax.set_xscale("log")  # lrs and the like span decades; seeds do not
     if not numeric:
@@ -130,7 +126,7 @@ def plot(runs: list[SweepRun], out: Path, title: str | None) -> list[Path]:
             if config in curves:
                 x, y = curves[config]
                 ax_curve.plot(x, y, marker="o", ms=3, color=f"C{i}",
-                              label=f"{config} at {runs[0].key}={best_runs(runs)[config].value}")
+                              label=f"{config} at {runs[0].key}={best[config].value}")
         # the first evaluation (at init) would set the scale and flatten the rest
         later = [v for x, y in curves.values() for v in (y[1:] if len(y) > 1 else y)]
         ax_curve.set_ylim(min(later) - 0.05 * (max(later) - min(later) + 1e-9), max(later) * 1.02)
