@@ -28,6 +28,7 @@ import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any, NamedTuple
 
 from parallax_titan.launch import LAUNCHERS, REPO, split_overrides, train
 
@@ -35,6 +36,16 @@ from parallax_titan.launch import LAUNCHERS, REPO, split_overrides, train
 # scripts/ are imported as packages from the repo root.
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
+
+
+class Run(NamedTuple):
+    name: str
+    config: Path
+    overrides: list[str]
+    value: str | None  # the swept value, if any
+    job: Any  # the parsed JobConfig
+    dump: Path
+    final: Path  # the final checkpoint's folder
 
 
 def run_facts(config: Path, overrides: list[str]):
@@ -60,29 +71,29 @@ def parse_sweep(text: str | None, overrides: list[str]) -> tuple[str, list[str]]
     return key, swept
 
 
-def runs_to_do(configs: list[Path], overrides: list[str], sweep: tuple[str, list[str]] | None) -> list[tuple]:
-    """(run name, config, overrides, swept value or None) per run: one per config, or one per config and swept
-    value, each swept run in its own folder under the config's dump folder."""
+def runs_to_do(configs: list[Path], overrides: list[str], sweep: tuple[str, list[str]] | None) -> list[Run]:
+    """One run per config, or one per config and swept value, each swept run in its own folder under the
+    config's dump folder."""
     if sweep is None:
-        return [(config.stem, config, overrides, None) for config in configs]
+        return [Run(config.stem, config, overrides, None, *run_facts(config, overrides)) for config in configs]
     key, values = sweep
     runs = []
     for config in configs:
         _, dump, _ = run_facts(config, overrides)
         for value in values:
-            runs.append((f"{config.stem} {key}={value}", config,
-                         [*overrides, f"--{key}", value, "--job.dump_folder", str(dump / f"{key}={value}")], value))
+            swept = [*overrides, f"--{key}", value, "--job.dump_folder", str(dump / f"{key}={value}")]
+            runs.append(Run(f"{config.stem} {key}={value}", config, swept, value, *run_facts(config, swept)))
     return runs
 
 
-def train_all(runs: list[tuple], args) -> list[str]:
+def train_all(runs: list[Run], args) -> list[str]:
     """Train the runs not yet complete, at most `args.parallel` at once (small models share one GPU well: the
     mini ladder ran four to six side by side). After a failure no new run starts; those running finish.
     Returns one message per failed run."""
     failures: list[str] = []
     lock = threading.Lock()
 
-    def train_one(run) -> None:
+    def train_one(run: Run) -> None:
         name, config, overrides, _, job, dump, final = run
         with lock:
             if failures:
@@ -102,8 +113,8 @@ def train_all(runs: list[tuple], args) -> list[str]:
 
     pending = []
     for run in runs:
-        if (run[-1] / ".metadata").is_file():
-            print(f"{run[0]}: already complete ({run[-1]})")
+        if (run.final / ".metadata").is_file():
+            print(f"{run.name}: already complete ({run.final})")
         else:
             pending.append(run)
     with ThreadPoolExecutor(max_workers=args.parallel) as pool:  # each run is its own process; threads only wait
@@ -137,8 +148,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     from scripts.plot_runs import main as plot_runs
     from scripts.plot_sweep import main as plot_sweep
 
-    runs = [(name, config, overrides, value, *run_facts(config, overrides))
-            for name, config, overrides, value in runs_to_do(args.configs, overrides, sweep)]
+    runs = runs_to_do(args.configs, overrides, sweep)
     failures = train_all(runs, args)
     if failures:
         raise SystemExit("\n".join(failures))
