@@ -222,6 +222,33 @@ def test_the_ladder_script_passes_its_overrides_to_every_run(tmp_path):
     assert (tmp_path / "ladder" / "a" / "debug.seed=3" / "ablate.log").is_file()
 
 
+def test_two_ladder_scripts_side_by_side_tokenise_the_corpus_once(tmp_path):
+    """Two copies of scripts/device/ladder_check.sh started together (other configs): one tokenises the
+    corpus, the other waits on the lock and finds it done, instead of both writing data/mini_corpus at once."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from conftest import run_device_script
+
+    (tmp_path / "assets/Qwen3-0.6B").mkdir(parents=True)
+    (tmp_path / "assets/Qwen3-0.6B/tokenizer.json").write_text("{}")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "python").write_text(  # prepare_data.py takes a second, then writes the manifest
+        f'#!/bin/sh\necho "$@" >> {tmp_path / "calls.txt"}\n'
+        'case "$1" in *prepare_data.py) sleep 1; mkdir -p data/mini_corpus; echo {} > data/mini_corpus/manifest.json;; esac\n')
+    (bin_dir / "nvidia-smi").write_text("#!/bin/sh\n")
+    for stub in bin_dir.iterdir():
+        stub.chmod(0o755)
+    env = {"PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
+    with ThreadPoolExecutor(2) as pool:
+        outs = list(pool.map(lambda c: run_device_script("ladder_check.sh", cwd=tmp_path, CONFIGS=f"configs/mini/{c}.toml",
+                                                         LADDER_TMP=str(tmp_path / c), **env), "ab"))
+    assert all(out.returncode == 0 for out in outs), [out.stderr for out in outs]
+    calls = (tmp_path / "calls.txt").read_text().splitlines()
+    assert sum("prepare_data.py" in call for call in calls) == 1
+    assert sorted(call.split()[1] for call in calls if "ablate.py" in call) == ["configs/mini/a.toml", "configs/mini/b.toml"]
+
+
 def test_ablate_runs_as_a_file_from_the_repo_root(tmp_path):
     """`python scripts/ablate.py` (as documented) must find the eval/ and scripts/ packages."""
     probe = ("import runpy, sys; sys.path[0] = 'scripts'; "

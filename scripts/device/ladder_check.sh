@@ -13,17 +13,23 @@
 set -uo pipefail
 export PYTHONUNBUFFERED=1
 tmp=${LADDER_TMP:-/tmp}  # logs, plots and the packed runs before they go to $OUT
+mkdir -p "$tmp"
 mkdir -p assets/Qwen3-0.6B
 if [[ ! -f assets/Qwen3-0.6B/tokenizer.json ]]; then
   xz -dc .ladder/Qwen3-0.6B/tokenizer.json.xz > assets/Qwen3-0.6B/tokenizer.json
   cp .ladder/Qwen3-0.6B/tokenizer_config.json assets/Qwen3-0.6B/
 fi
+# two copies of this script side by side (other configs or SWEEPs): the lock lets one tokenise and the other wait
+mkdir -p data
+exec 9> data/.mini_corpus.lock
+flock 9
 if [[ ! -f data/mini_corpus/manifest.json ]]; then
   start=$SECONDS
   python scripts/prepare_data.py --source .ladder/mini_text/train --validation-source .ladder/mini_text/validation \
     --tokenizer assets/Qwen3-0.6B --out data/mini_corpus > "$tmp/prepare.log" 2>&1 || { tail -20 "$tmp/prepare.log"; exit 1; }
   echo "tokenised the mini corpus in $((SECONDS - start)) s"
 fi
+flock -u 9
 # one process per run: (config, "" or a swept value); its name and dump folder follow from the pair
 key=${SWEEP:-}; key=${key%%=*}
 values=${SWEEP:-}; values=${values#*=}
