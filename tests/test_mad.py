@@ -1,5 +1,6 @@
 """MAD task generators (documented distributions, seeded) and the training/table path at toy size."""
 
+import json
 from dataclasses import replace
 
 import numpy as np
@@ -205,6 +206,25 @@ def test_the_table_counts_settings_whose_best_run_is_at_the_sweeps_largest_lr():
     assert "| c | parallax | muon | 0.900 | 0.800 |" in text and "| a | softmax | muon | 0.500 | - |" in text
     with pytest.raises(SystemExit):  # --by-lr prints a table; without --table it would train
         main(["--by-lr", "--out", "unused.jsonl"])
+
+
+def test_the_table_of_chosen_settings_leaves_the_others_out(tmp_path):
+    """--table with --max-seq-len (or --settings, --tasks, --baseline-only) tables only those settings: one
+    file's runs read on exactly the settings another file has reached."""
+    from eval.mad.run import main
+
+    named = {st.name: st for st in all_settings(["in-context-recall"], baseline_only=False)}
+    short, long = named["in-context-recall[baseline]"], named["in-context-recall[seq_len=1024]"]
+    out = tmp_path / "runs.jsonl"
+    out.write_text("".join(json.dumps({"attention": a, "optimizer": "adamw", "task": "in-context-recall",
+                                       "setting": st.name, "lr": 1e-3, "weight_decay": 0.0, "epochs": 10,
+                                       "test_acc": acc}) + "\n"
+                           for st, accs in ((short, (0.2, 0.4)), (long, (0.9, 0.6))) for a, acc in zip(("softmax", "parallax"), accs)))
+    assert "| parallax | adamw | 0.500 | 0.500 |" in main(["--table", "--out", str(out)])
+    text = main(["--table", "--max-seq-len", "256", "--out", str(out)])
+    assert "| parallax | adamw | 0.400 | 0.400 |" in text and "| softmax | adamw | 0.200 | 0.200 |" in text
+    text = main(["--table", "--settings", long.name, "--out", str(out)])
+    assert "| parallax | adamw | 0.600 | 0.600 |" in text and "| softmax | adamw | 0.900 | 0.900 |" in text
 
 
 def test_plan_keeps_sweep_points_outermost_and_starts_the_costliest_settings_first():

@@ -8,7 +8,8 @@ Full protocol (MAD): 66 task settings (each task's baseline and one-factor chang
 x weight decay {0, 0.1}, 200 epochs, batch 128. A setting's score is its best run over the sweep; a task's
 score is the mean over its settings; the average is over the six tasks. Results append to --out (JSONL)
 as each run ends, and runs already there are skipped, so an interrupted protocol resumes. --table only
-prints the table of an existing file; --estimate prints what is pending and its cost from the seconds the
+prints the table of an existing file (of the settings that --tasks, --baseline-only, --settings and
+--max-seq-len choose, when given); --estimate prints what is pending and its cost from the seconds the
 file records, to size a time-limited piece. In a time-limited call --start-deadline starts no job late,
 and --end-deadline none that the recorded seconds say would not finish (a cheaper one starts instead);
 --costs-from adds another file's recorded seconds to that pricing (a new sweep in a file of its own).
@@ -348,6 +349,19 @@ def main(argv: list[str] | None = None) -> str:
     for path in args.costs_from:
         if not path.is_file():
             parser.error(f"--costs-from {path} does not exist")
+    settings = all_settings(args.tasks, args.baseline_only)
+    if args.settings:
+        names = {st.name for st in settings}
+        unknown = [n for n in args.settings if n not in names]
+        if unknown:
+            parser.error(f"--settings {unknown} are not among the chosen tasks' settings: {sorted(names)}")
+        settings = [st for st in settings if st.name in args.settings]
+    if args.max_seq_len is not None:
+        settings = [st for st in settings if st.seq_len <= args.max_seq_len]
+    if args.table and (args.tasks or args.baseline_only or args.settings or args.max_seq_len is not None):
+        # the table of the chosen settings only: e.g. one file's runs on the settings another file has reached
+        chosen = {st.name for st in settings}
+        records = [r for r in records if r["setting"] in chosen]
     if not args.table:
         # the seconds that price pending jobs: this file's runs, and those of --costs-from
         priced = records + [json.loads(line) for path in args.costs_from for line in path.read_text().splitlines()]
@@ -357,15 +371,6 @@ def main(argv: list[str] | None = None) -> str:
         devices = args.device or ["cuda" if torch.cuda.is_available() else "cpu"]
         backend = args.backend or ("triton" if devices[0].startswith("cuda") else "torch")
         done = {run_key(r) for r in records}
-        settings = all_settings(args.tasks, args.baseline_only)
-        if args.settings:
-            names = {st.name for st in settings}
-            unknown = [n for n in args.settings if n not in names]
-            if unknown:
-                parser.error(f"--settings {unknown} are not among the chosen tasks' settings: {sorted(names)}")
-            settings = [st for st in settings if st.name in args.settings]
-        if args.max_seq_len is not None:
-            settings = [st for st in settings if st.seq_len <= args.max_seq_len]
         if args.max_train_examples:
             settings = [replace(s, num_train_examples=min(s.num_train_examples, args.max_train_examples),
                                 num_test_examples=min(s.num_test_examples, args.max_train_examples)) for s in settings]
