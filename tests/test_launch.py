@@ -177,7 +177,7 @@ def test_ablate_sweep_parsing_errors():
 def _run_ladder_script(tmp_path, **env):
     """scripts/device/ladder_check.sh with a stand-in `python` that records each call (the corpus and tokenizer
     are taken as prepared); returns the finished process and the recorded calls, sorted."""
-    for made in ("assets/Qwen3-0.6B/tokenizer.json", "data/mini_corpus/manifest.json"):
+    for made in ("assets/Qwen3-0.6B/tokenizer.json", "data/mini_corpus/manifest.json", ".ladder/mini_text/PROVENANCE.json"):
         (tmp_path / made).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / made).write_text("{}")
     bin_dir = tmp_path / "bin"
@@ -209,7 +209,8 @@ def test_the_ladder_script_starts_one_ablate_per_config_or_per_config_and_swept_
     with tarfile.open(tmp_path / "out" / "ladder.tgz") as packed:  # the dump folders' layout
         logs = sorted(m.name for m in packed.getmembers() if m.isfile())
     assert logs == ([f"./{c}/ablate.log" for c in "ab"] if not sweep else
-                    [f"./{c}/optimizer.lr={v}/ablate.log" for c in "ab" for v in ("1e-2", "1e-3")])
+                    [f"./{c}/optimizer.lr={v}/ablate.log" for c in "ab" for v in ("1e-2", "1e-3")]) \
+        + ["./mini_text_PROVENANCE.json"]  # which corpus build the runs saw
 
 
 def test_the_ladder_script_passes_its_overrides_to_every_run(tmp_path):
