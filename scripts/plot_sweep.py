@@ -6,7 +6,8 @@ Each run folder is named <section.key>=<value> inside its config's dump folder, 
 --sweep` writes, and holds the perplexity.json of eval/perplexity.py (ablate.py writes it). Prints a markdown
 table: one row per config, its held-out loss at each value, its best in bold, and whether that best is at either
 end of the values it ran (then the sweep may stop short of the best). A config compared at one untuned lr may look
-ahead only because it learns faster at that lr (docs/results.md).
+ahead only because it learns faster at that lr (docs/results.md). Seeds (<...>.seed=<n>) are repeats, so their
+table gives each config's mean and spread instead, and the figure every seed's curve.
 """
 
 from __future__ import annotations
@@ -72,7 +73,27 @@ def best_runs(runs: list[SweepRun]) -> dict[str, SweepRun]:
     return {c: min((r for r in runs if r.config == c), key=lambda r: r.loss) for c in configs_of(runs)}
 
 
+def seed_sweep(runs: list[SweepRun]) -> bool:
+    """Seeds are repeats, not settings: their table gives mean and spread, not a best."""
+    return runs[0].key.rpartition(".")[2] == "seed"
+
+
+def seed_table(runs: list[SweepRun]) -> str:
+    values = ordered_values(runs)
+    lines = [f"| config \\ {runs[0].key} | {' | '.join(values)} | mean | spread (max - min) |",
+             "|---|" + "---:|" * (len(values) + 2)]
+    for config in configs_of(runs):
+        mine = {r.value: r.loss for r in runs if r.config == config}
+        cells = [f"{mine[v]:.4f}" if v in mine else "" for v in values]
+        losses = list(mine.values())
+        lines.append(f"| {config} | {' | '.join(cells)} | {sum(losses) / len(losses):.4f} | "
+                     f"{max(losses) - min(losses):.4f} |")
+    return "\n".join(lines)
+
+
 def sweep_table(runs: list[SweepRun]) -> str:
+    if seed_sweep(runs):
+        return seed_table(runs)
     values = ordered_values(runs)
     best = best_runs(runs)
     lines = [f"| config \\ {runs[0].key} | {' | '.join(values)} | best | at the sweep's end |",
@@ -105,32 +126,37 @@ def diagnostic_table(runs: list[SweepRun], name: str) -> str:
 
 def plot(runs: list[SweepRun], out: Path, title: str | None) -> list[Path]:
     values = ordered_values(runs)
-    numeric = _numeric(values)
+    seeds = seed_sweep(runs)
+    numeric = _numeric(values) and not seeds  # seeds are labels: evenly spaced ticks, points not joined
     position = {v: (float(v) if numeric else i) for i, v in enumerate(values)}
     best = best_runs(runs)
-    curves = {c: r.metrics[VALIDATION_KEY] for c, r in best.items() if VALIDATION_KEY in r.metrics}
+    # each config's best run's held-out curve; for seeds, every run's (a best seed means nothing)
+    shown = runs if seeds else list(best.values())
+    curves = {r: r.metrics[VALIDATION_KEY] for r in shown if VALIDATION_KEY in r.metrics}
     fig, axes = plt.subplots(1, 2 if curves else 1, figsize=(13 if curves else 6.5, 4.6), squeeze=False)
     ax = axes[0][0]
     for i, config in enumerate(configs_of(runs)):
         mine = sorted((position[r.value], r.loss) for r in runs if r.config == config)
-        ax.plot([m[0] for m in mine], [m[1] for m in mine], marker="o", color=f"C{i}", label=config)
-        ax.plot(position[best[config].value], best[config].loss, marker="*", ms=14, color=f"C{i}")
+        ax.plot([m[0] for m in mine], [m[1] for m in mine], marker="o", color=f"C{i}", label=config,
+                linestyle="none" if seeds else "-")
+        if not seeds:
+            ax.plot(position[best[config].value], best[config].loss, marker="*", ms=14, color=f"C{i}")
     if numeric and min(position.values()) > 0 and max(position.values()) >= 10 * min(position.values()):
         ax.set_xscale("log")  # lrs and the like span decades; seeds do not
     if not numeric:
         ax.set_xticks(range(len(values)), values)
-    ax.set(xlabel=runs[0].key, ylabel="held-out loss (nats/token)", title="final held-out loss (★ each config's best)")
+    ax.set(xlabel=runs[0].key, ylabel="held-out loss (nats/token)",
+           title="final held-out loss" + ("" if seeds else " (★ each config's best)"))
     if curves:
         ax_curve = axes[0][1]
-        for i, config in enumerate(configs_of(runs)):
-            if config in curves:
-                x, y = curves[config]
-                ax_curve.plot(x, y, marker="o", ms=3, color=f"C{i}",
-                              label=f"{config} at {runs[0].key}={best[config].value}")
+        color = {config: f"C{i}" for i, config in enumerate(configs_of(runs))}
+        for r, (x, y) in curves.items():
+            ax_curve.plot(x, y, marker="o", ms=3, color=color[r.config], label=f"{r.config} at {r.key}={r.value}")
         # the first evaluation (at init) would set the scale and flatten the rest
         later = [v for x, y in curves.values() for v in (y[1:] if len(y) > 1 else y)]
         ax_curve.set_ylim(min(later) - 0.05 * (max(later) - min(later) + 1e-9), max(later) * 1.02)
-        ax_curve.set(xlabel="tokens", ylabel="held-out loss (nats/token)", title="held-out loss at each config's best")
+        ax_curve.set(xlabel="tokens", ylabel="held-out loss (nats/token)",
+                     title="held-out loss of each run" if seeds else "held-out loss at each config's best")
     if title:
         fig.suptitle(title)
     return save_figure(fig, out)

@@ -1,5 +1,6 @@
 """Evaluation: held-out perplexity, diagnostics, run plots."""
 
+import itertools
 import json
 import math
 from pathlib import Path
@@ -284,6 +285,31 @@ def test_plot_sweep_tables_and_draws_each_configs_loss_against_the_swept_value(t
         main([str(folders[0]), str(folders[0]), "--out", str(tmp_path / "x")])
 
 
+def test_plot_sweep_gives_seeds_a_mean_and_spread_not_a_best(tmp_path):
+    """A seed sweep (<config>/debug.seed=<n>) repeats one setting: the table gives each config's mean and
+    spread, and the right panel draws every seed's curve, not a 'best' seed's."""
+    import xml.etree.ElementTree as ET
+
+    from scripts.plot_sweep import main
+
+    folders = []
+    for config, losses in (("transformer", (3.0, 3.2, 3.1)), ("parallax", (2.9, 2.8))):
+        for seed, loss in zip((1, 2, 3), losses):
+            folder = tmp_path / config / f"debug.seed={seed}"
+            folder.mkdir(parents=True)
+            (folder / "perplexity.json").write_text(json.dumps({"loss": loss}))
+            (folder / "metrics.jsonl").write_text("".join(
+                json.dumps({"step": s, "tokens": s * 100, "validation_metrics/loss": loss + 1 / s}) + "\n" for s in (1, 2)))
+            folders.append(str(folder))
+    table = main([*folders, "--out", str(tmp_path / "seeds")]).splitlines()
+    assert table[0] == "| config \\ debug.seed | 1 | 2 | 3 | mean | spread (max - min) |"
+    assert table[2] == "| transformer | 3.0000 | 3.2000 | 3.1000 | 3.1000 | 0.2000 |"
+    assert table[3] == "| parallax | 2.9000 | 2.8000 |  | 2.8500 | 0.1000 |"
+    svg = "".join(ET.parse(tmp_path / "seeds.svg").getroot().itertext())
+    assert all(f"{c} at debug.seed={n}" in svg for c, n in (("transformer", 1), ("transformer", 3), ("parallax", 2)))
+    assert "best" not in svg
+
+
 def test_diagnostics_interval_must_be_a_multiple_of_the_log_frequency():
     from types import SimpleNamespace
 
@@ -337,7 +363,7 @@ def test_plot_mad_draws_the_tables_scores_over_common_runs(tmp_path):
 
 
 @pytest.mark.parametrize("runs, prefix, header, count", [
-    ("2026-12-03-ladder-lr", "mini20M_", "| lr | 1e-3 | 2e-3 | 3e-3 | 5e-3 | 1e-2 | 2e-2 | 3e-2 | best |", 24),
+    ("2026-12-03-ladder-lr", "mini20M_", "| lr | 1e-3 | 2e-3 | 3e-3 | 5e-3 | 1e-2 | 2e-2 | 3e-2 | best |", 34),
     ("cpu_lr_sweep", "", "| lr | 3e-4 | 1e-3 | 3e-3 | 1e-2 | 3e-2 | best |", 18),
 ])
 def test_the_results_pages_lr_sweep_tables_are_the_committed_runs(runs, prefix, header, count):
@@ -348,8 +374,9 @@ def test_the_results_pages_lr_sweep_tables_are_the_committed_runs(runs, prefix, 
 
     losses = {(r.config, r.value): r.loss for r in map(read_run, (REPO / "docs" / "runs" / runs).glob("*/optimizer.lr=*"))}
     text = (REPO / "docs" / "results.md").read_text()
-    rows = text[text.index(header):].splitlines()[2:6]
-    names = {"Transformer": "transformer", "Parallax": "parallax"}
+    rows = list(itertools.takewhile(lambda line: line.startswith("|"), text[text.index(header):].splitlines()[2:]))
+    names = {"Transformer": "transformer", "Parallax": "parallax",
+             "Param-matched Transformer": "transformer-param-matched", "Compute-matched Parallax": "parallax-compute-matched"}
     checked = 0
     for row in rows:
         label, *cells, best = [c.strip().strip("*") for c in row.strip("|").split("|")]
