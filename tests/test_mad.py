@@ -184,6 +184,12 @@ def test_table_compares_models_on_the_runs_all_of_them_have():
     assert "| parallax | adamw | 0.700 | 0.700 |" in text and "| softmax | adamw | 0.500 | 0.500 |" in text
     assert "| parallax | muon | 0.300 | 0.300 |" in text and "| softmax | muon | 0.200 | 0.200 |" in text
     assert "3 runs left out" in text
+    # setting by setting: a best above, below, or within 0.01 of the other model's
+    assert "adamw: parallax's best above softmax's by more than 0.01 in 1 settings, below in 0, within 0.01 in 0" in text
+    level = [dict(rec("softmax", "c", 1e-3, 0.5), optimizer="muon"), dict(rec("parallax", "c", 1e-3, 0.505), optimizer="muon"),
+             dict(rec("softmax", "d", 1e-3, 0.6), optimizer="muon"), dict(rec("parallax", "d", 1e-3, 0.4), optimizer="muon")]
+    assert ("muon: parallax's best above softmax's by more than 0.01 in 1 settings, below in 1, within 0.01 in 1"
+            in table(records + muon + level))
 
 
 def test_the_table_counts_settings_whose_best_run_is_at_the_sweeps_largest_lr():

@@ -106,6 +106,9 @@ def table(records: list[dict]) -> str:
                      f"{counts[0]}..{counts[-1]} (epochs {sorted({r['epochs'] for r in records})})")
     for (attention, optimizer), (at_edge, of) in sorted(sweep_edges(records).items()):
         lines.append(f"{attention}/{optimizer}: best run at the sweep's largest lr in {at_edge} of {of} settings")
+    for optimizer, (ahead, behind, level) in sorted(head_to_head(records).items()):
+        lines.append(f"{optimizer}: parallax's best above softmax's by more than 0.01 in {ahead} settings, "
+                     f"below in {behind}, within 0.01 in {level}")
     if len(records) < len(everything):
         lines.append(f"({len(everything) - len(records)} runs left out: not yet run for every model)")
     return "\n".join(lines)
@@ -133,6 +136,21 @@ def sweep_edges(records: list[dict]) -> dict[tuple[str, str], tuple[int, int]]:
         count[0] += accs[top] > max(acc for lr, acc in accs.items() if lr != top)
         count[1] += 1
     return {k: (v[0], v[1]) for k, v in counts.items()}
+
+
+def head_to_head(records: list[dict], margin: float = 0.01) -> dict[str, tuple[int, int, int]]:
+    """optimizer -> settings where Parallax's best run beats softmax's by more than `margin`, trails by more,
+    or is within it (records as the table compares them: runs both models have)."""
+    best: dict[tuple, float] = {}
+    for r in records:
+        key = (r["optimizer"], r["setting"], r["attention"])
+        best[key] = max(best.get(key, 0.0), r["test_acc"])
+    counts: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0])
+    for (optimizer, setting, attention), acc in best.items():
+        if attention == "parallax" and (optimizer, setting, "softmax") in best:
+            diff = acc - best[(optimizer, setting, "softmax")]
+            counts[optimizer][0 if diff > margin else 1 if diff < -margin else 2] += 1
+    return {k: (v[0], v[1], v[2]) for k, v in counts.items()}
 
 
 def lr_table(records: list[dict]) -> str:
