@@ -362,29 +362,31 @@ def test_plot_mad_draws_the_tables_scores_over_common_runs(tmp_path):
         main([str(tmp_path / "empty.jsonl"), "--out", str(tmp_path / "x.png")])
 
 
-@pytest.mark.parametrize("runs, prefix, header, count", [
-    ("2026-12-03-ladder-lr", "mini20M_", "| lr | 1e-3 | 2e-3 | 3e-3 | 5e-3 | 1e-2 | 2e-2 | 3e-2 | best |", 34),
-    ("cpu_lr_sweep", "", "| lr | 3e-4 | 1e-3 | 3e-3 | 1e-2 | 3e-2 | best |", 18),
+@pytest.mark.parametrize("runs, swept, header, count", [
+    ("2026-12-03-ladder-lr", "optimizer.lr", "| lr | 1e-3 | 2e-3 | 3e-3 | 5e-3 | 1e-2 | 2e-2 | 3e-2 | best |", 34),
+    ("2026-12-03-ladder-seeds", "debug.seed", "| seed | 1 | 2 | 3 | mean |", 8),
+    ("cpu_lr_sweep", "optimizer.lr", "| lr | 3e-4 | 1e-3 | 3e-3 | 1e-2 | 3e-2 | best |", 18),
 ])
-def test_the_results_pages_lr_sweep_tables_are_the_committed_runs(runs, prefix, header, count):
-    """docs/results.md's lr-sweep tables, cell by cell, against the runs' perplexity.json as plot_sweep.py reads
-    them (the mini20M lr-3e-3 points are links to the ladder's runs): a number edited by hand, or a run replaced
-    without the page, fails here."""
+def test_the_results_pages_sweep_tables_are_the_committed_runs(runs, swept, header, count):
+    """docs/results.md's lr-sweep and seed tables, cell by cell, against the runs' perplexity.json as
+    plot_sweep.py reads them (the mini20M lr-3e-3 points and seed-1 runs are links): a number edited by hand,
+    or a run replaced without the page, fails here. The last column is each row's best, or its mean over seeds."""
     from scripts.plot_sweep import read_run
 
-    losses = {(r.config, r.value): r.loss for r in map(read_run, (REPO / "docs" / "runs" / runs).glob("*/optimizer.lr=*"))}
+    losses = {(r.config, r.value): r.loss for r in map(read_run, (REPO / "docs" / "runs" / runs).glob(f"*/{swept}=*"))}
     text = (REPO / "docs" / "results.md").read_text()
     rows = list(itertools.takewhile(lambda line: line.startswith("|"), text[text.index(header):].splitlines()[2:]))
     names = {"Transformer": "transformer", "Parallax": "parallax",
              "Param-matched Transformer": "transformer-param-matched", "Compute-matched Parallax": "parallax-compute-matched"}
     checked = 0
     for row in rows:
-        label, *cells, best = [c.strip().strip("*") for c in row.strip("|").split("|")]
+        label, *cells, last = [c.strip().strip("*") for c in row.strip("|").split("|")]
         model, optimizer = label.split(", ")
-        config = f"{prefix}{names[model]}_{optimizer.lower()}"
-        for lr, cell in zip(header.strip("|").split("|")[1:-1], cells):
+        config = ("mini20M_" if runs.startswith("2026") else "") + f"{names[model]}_{optimizer.split()[0].lower()}"
+        for value, cell in zip(header.strip("|").split("|")[1:-1], cells):
             if cell:
-                assert cell == f"{losses[config, lr.strip()]:.3f}", (config, lr)
+                assert cell == f"{losses[config, value.strip()]:.3f}", (config, value)
                 checked += 1
-        assert best == f"{min(v for (c, _), v in losses.items() if c == config):.3f}", config
+        mine = [v for (c, _), v in losses.items() if c == config]
+        assert last == f"{(sum(mine) / len(mine) if swept.endswith('seed') else min(mine)):.3f}", config
     assert checked == len(losses) == count
