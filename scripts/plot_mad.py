@@ -60,7 +60,7 @@ def draw_by_lr(records: list[dict], out: Path, title: str) -> dict:
     fig.supxlabel("lr", fontsize=8)
     fig.supylabel("test accuracy (best over weight decays)", fontsize=8)
     fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.4 / fig.get_figheight()))  # keep the top 0.4 inch for the title
     fig.savefig(out, dpi=150)
     return drawn
 
