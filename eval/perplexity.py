@@ -14,6 +14,7 @@ exp(sum of token losses / number of tokens) over every predicted token; the same
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import sys
@@ -31,6 +32,9 @@ from parallax_titan.inference import default_device, load_model
 class PerplexityResult:
     tokens: int
     loss: float  # mean negative log-likelihood per token, nats
+    # sha256 of the evaluated windows' tokens, in order: two results with the same digest saw the same held-out
+    # data (a rebuilt corpus or another max_batches changes it; docs/results.md, "Two corpus builds")
+    data_sha256: str = ""
 
     @property
     def perplexity(self) -> float:
@@ -68,16 +72,19 @@ def batches(windows: Iterable, batch_size: int) -> Iterator[tuple[torch.Tensor, 
 def perplexity(model, data: Iterable[tuple[torch.Tensor, torch.Tensor]], device, max_batches: int | None = None,
                progress: bool = True) -> PerplexityResult:
     total, count = 0.0, 0
+    digest = hashlib.sha256()
     for i, (inputs, labels) in enumerate(tqdm(data, desc="perplexity", unit="batch", disable=not progress)):
         if max_batches is not None and i >= max_batches:
             break
+        digest.update(inputs.to("cpu", torch.int64).numpy().tobytes())
+        digest.update(labels.to("cpu", torch.int64).numpy().tobytes())
         logits = model(inputs.to(device))
         loss = F.cross_entropy(logits.float().flatten(0, 1), labels.to(device).flatten(), reduction="sum")
         total += float(loss)
         count += labels.numel()
     if count == 0:
         raise ValueError("the validation data yielded no tokens")
-    return PerplexityResult(count, total / count)
+    return PerplexityResult(count, total / count, digest.hexdigest())
 
 
 def main(argv: list[str] | None = None) -> PerplexityResult:
@@ -113,7 +120,8 @@ def main(argv: list[str] | None = None) -> PerplexityResult:
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"checkpoint": args.checkpoint, "tokens": result.tokens, "loss": result.loss,
-                       "perplexity": result.perplexity, "seq_len": seq_len}, f, indent=1)
+                       "perplexity": result.perplexity, "seq_len": seq_len, "data_sha256": result.data_sha256},
+                      f, indent=1)
     return result
 
 

@@ -37,6 +37,7 @@ class SweepRun:
     loss: float
     folder: Path
     metrics: dict = field(default_factory=dict, compare=False)  # its metrics.jsonl, read once ({} if none)
+    held_out: str = ""  # which held-out data: perplexity.json's data_sha256, or its token count in older files
 
 
 def read_run(folder: Path) -> SweepRun:
@@ -47,8 +48,23 @@ def read_run(folder: Path) -> SweepRun:
     if not result.is_file():
         raise SystemExit(f"{result}: not found; evaluate the run first (eval/perplexity.py; ablate.py does it)")
     metrics = read_jsonl(folder / "metrics.jsonl") if (folder / "metrics.jsonl").is_file() else {}
+    evaluated = json.loads(result.read_text())
+    held_out = evaluated.get("data_sha256") or (f"{evaluated['tokens']:,} tokens" if "tokens" in evaluated else "")
     # the folder as given, not resolved: a link may stand in for a run trained outside the sweep
-    return SweepRun(folder.parent.name, key, value, float(json.loads(result.read_text())["loss"]), folder, metrics)
+    return SweepRun(folder.parent.name, key, value, float(evaluated["loss"]), folder, metrics, held_out)
+
+
+def held_out_note(runs: list[SweepRun]) -> str:
+    """A warning when the runs were evaluated on different held-out data (a rebuilt corpus, another
+    --max-batches): their losses are then not comparable cell for cell. Empty when they agree."""
+    groups: dict[str, list[str]] = {}
+    for r in runs:
+        if r.held_out:
+            groups.setdefault(r.held_out, []).append(f"{r.config} {r.value}")
+    if len(groups) < 2:
+        return ""
+    return "note: these runs were evaluated on different held-out data; compare across groups with care:\n" + \
+        "\n".join(f"  {data[:16]}: {', '.join(names)}" for data, names in groups.items())
 
 
 def _numeric(values: list[str]) -> bool:
@@ -179,7 +195,9 @@ def main(argv: list[str] | None = None) -> str:
         if (r.config, r.value) in seen:
             raise SystemExit(f"{r.folder} and {seen[r.config, r.value]}: the same config and value twice")
         seen[r.config, r.value] = r.folder
-    table = "\n\n".join([sweep_table(runs), *(diagnostic_table(runs, name) for name in args.diagnostics)])
+    note = held_out_note(runs)
+    table = "\n\n".join([sweep_table(runs), *([note] if note else []),
+                          *(diagnostic_table(runs, name) for name in args.diagnostics)])
     print(table)
     print("wrote " + ", ".join(str(p) for p in plot(runs, args.out, args.title)))
     return table

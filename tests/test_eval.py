@@ -26,7 +26,14 @@ def test_uniform_model_has_perplexity_equal_to_the_vocabulary(tmp_path):
                    "--batch-size", "3", "--max-batches", "2", "--device", "cpu", "--json", str(tmp_path / "p.json")])
     assert result.tokens == 6 * 64
     assert result.perplexity == pytest.approx(2048, rel=1e-5)
-    assert '"perplexity"' in (tmp_path / "p.json").read_text()
+    written = json.loads((tmp_path / "p.json").read_text())
+    assert written["perplexity"] == pytest.approx(2048, rel=1e-5) and written["data_sha256"] == result.data_sha256
+    # the digest names the evaluated tokens: the same windows give the same one, fewer windows another
+    again = main(["--config", str(CONFIG), "--checkpoint", str(tmp_path / "step-1"), "--seq-len", "64",
+                  "--batch-size", "3", "--max-batches", "2", "--device", "cpu"])
+    fewer = main(["--config", str(CONFIG), "--checkpoint", str(tmp_path / "step-1"), "--seq-len", "64",
+                  "--batch-size", "3", "--max-batches", "1", "--device", "cpu"])
+    assert len(result.data_sha256) == 64 and again.data_sha256 == result.data_sha256 != fewer.data_sha256
 
 
 def test_shard_perplexity_is_the_token_weighted_mean_over_every_window(tmp_path, debug_checkpoint):
@@ -308,6 +315,26 @@ def test_plot_sweep_gives_seeds_a_mean_and_spread_not_a_best(tmp_path):
     svg = "".join(ET.parse(tmp_path / "seeds.svg").getroot().itertext())
     assert all(f"{c} at debug.seed={n}" in svg for c, n in (("transformer", 1), ("transformer", 3), ("parallax", 2)))
     assert "best" not in svg
+
+
+def test_plot_sweep_warns_when_runs_saw_different_held_out_data(tmp_path):
+    """Runs evaluated on other held-out data (a rebuilt corpus: another data_sha256, or in older files another
+    token count) are named in a note under the table; runs that agree get none."""
+    from scripts.plot_sweep import main
+
+    def run(config, lr, held_out):
+        folder = tmp_path / config / f"optimizer.lr={lr}"
+        folder.mkdir(parents=True)
+        (folder / "perplexity.json").write_text(json.dumps({"loss": 3.0, "tokens": 1000, **held_out}))
+        return str(folder)
+
+    same = [run("t", "1e-3", {"data_sha256": "a" * 64}), run("p", "1e-3", {"data_sha256": "a" * 64})]
+    assert "note:" not in main([*same, "--out", str(tmp_path / "same")])
+    other = run("t", "3e-3", {"data_sha256": "b" * 64})
+    text = main([*same, other, "--out", str(tmp_path / "mixed")])
+    assert "different held-out data" in text and f"{'b' * 16}: t 3e-3" in text and f"{'a' * 16}: t 1e-3, p 1e-3" in text
+    older = run("p", "3e-3", {})  # no digest: its token count stands in
+    assert "1,000 tokens: p 3e-3" in main([*same, older, "--out", str(tmp_path / "older")])
 
 
 def test_diagnostics_interval_must_be_a_multiple_of_the_log_frequency():
