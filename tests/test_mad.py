@@ -593,3 +593,31 @@ def test_the_gpu_piece_script_runs_several_pieces_in_one_call(tmp_path):
     assert proc.returncode == 0 and "resuming from" not in proc.stdout
     assert copy.read_text().splitlines() == [first]  # replaced by the results file; lr 1e-3 was done there
 
+
+
+def test_the_results_pages_58_setting_muon_table_is_the_committed_runs():
+    """docs/results.md's table of the wider sweep against MAD's on the 58 short settings, cell by cell, against
+    the committed results files read as `python -m eval.mad.run --table --max-seq-len 256` reads them."""
+    from pathlib import Path
+
+    from eval.mad.run import SHORT, common_runs, scores
+
+    repo = Path(__file__).resolve().parents[1]
+    short = {st.name for st in all_settings(None, False) if st.seq_len <= 256}
+    text = (repo / "docs" / "results.md").read_text()
+    header = "| Muon, 58 settings of at most 256 positions |"
+    rows = text[text.index(header):].splitlines()
+    tasks = [cell.strip().split(" (")[0] for cell in rows[0].strip("|").split("|")[1:-1]]
+    files = {"MAD's sweep": "mad_protocol.jsonl", "wider sweep": "mad_lr_above_sweep.jsonl"}
+    checked = 0
+    for row in rows[2:6]:
+        label, *cells, average = [c.strip() for c in row.strip("|").split("|")]
+        model, sweep = label.split(", ", 1)
+        records = [json.loads(line) for line in (repo / "docs" / "runs" / "mad" / files[sweep.split(" (")[0]]).open()]
+        records = common_runs([r for r in records if r["setting"] in short and r["optimizer"] == "muon"])
+        got = scores(records)[({"Parallax": "parallax", "Transformer": "softmax"}[model], "muon")]
+        by_short = {SHORT[task]: value for task, value in got.items() if task != "average"}
+        assert [f"{by_short[t]:.3f}" for t in tasks] == cells, label
+        assert f"{got['average']:.3f}" == average, label
+        checked += 1
+    assert checked == 4
