@@ -1,5 +1,6 @@
 """MAD task generators (documented distributions, seeded) and the training/table path at toy size."""
 
+import itertools
 import json
 from dataclasses import replace
 
@@ -595,29 +596,57 @@ def test_the_gpu_piece_script_runs_several_pieces_in_one_call(tmp_path):
 
 
 
-def test_the_results_pages_58_setting_muon_table_is_the_committed_runs():
-    """docs/results.md's table of the wider sweep against MAD's on the 58 short settings, cell by cell, against
-    the committed results files read as `python -m eval.mad.run --table --max-seq-len 256` reads them."""
+def _results_page_rows(header: str) -> tuple[list[str], list[list[str]]]:
+    """docs/results.md's table under `header` (indented or not): its task columns and its rows' cells."""
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "results.md").read_text()
+    lines = [line.strip() for line in text[text.index(header):].splitlines()]
+    tasks = [cell.strip().split(" (")[0] for cell in lines[0].strip("|").split("|")[1:-1]]
+    rows = itertools.takewhile(lambda line: line.startswith("|"), lines[2:])
+    return tasks, [[c.strip() for c in line.strip("|").split("|")] for line in rows]
+
+
+def _committed_scores(name: str, optimizer: str, short_only: bool) -> dict:
+    """{attention: {task short name or "average": score}} of a committed results file, as --table reads it."""
     from pathlib import Path
 
     from eval.mad.run import SHORT, common_runs, scores
 
-    repo = Path(__file__).resolve().parents[1]
     short = {st.name for st in all_settings(None, False) if st.seq_len <= 256}
-    text = (repo / "docs" / "results.md").read_text()
-    header = "| Muon, 58 settings of at most 256 positions |"
-    rows = text[text.index(header):].splitlines()
-    tasks = [cell.strip().split(" (")[0] for cell in rows[0].strip("|").split("|")[1:-1]]
+    path = Path(__file__).resolve().parents[1] / "docs" / "runs" / "mad" / name
+    records = [r for r in map(json.loads, path.open()) if r["optimizer"] == optimizer
+               and (not short_only or r["setting"] in short)]
+    got = scores(common_runs(records))
+    return {attention: {SHORT.get(task, task): value for task, value in values.items()}
+            for (attention, _), values in got.items()}
+
+
+MODELS = {"Parallax": "parallax", "Transformer": "softmax"}
+
+
+def test_the_results_pages_58_setting_muon_table_is_the_committed_runs():
+    """docs/results.md's table of the wider sweep against MAD's on the 58 short settings, cell by cell, against
+    the committed results files read as `python -m eval.mad.run --table --max-seq-len 256` reads them."""
+    tasks, rows = _results_page_rows("| Muon, 58 settings of at most 256 positions |")
     files = {"MAD's sweep": "mad_protocol.jsonl", "wider sweep": "mad_lr_above_sweep.jsonl"}
-    checked = 0
-    for row in rows[2:6]:
-        label, *cells, average = [c.strip() for c in row.strip("|").split("|")]
+    for label, *cells, average in rows:
         model, sweep = label.split(", ", 1)
-        records = [json.loads(line) for line in (repo / "docs" / "runs" / "mad" / files[sweep.split(" (")[0]]).open()]
-        records = common_runs([r for r in records if r["setting"] in short and r["optimizer"] == "muon"])
-        got = scores(records)[({"Parallax": "parallax", "Transformer": "softmax"}[model], "muon")]
-        by_short = {SHORT[task]: value for task, value in got.items() if task != "average"}
-        assert [f"{by_short[t]:.3f}" for t in tasks] == cells, label
-        assert f"{got['average']:.3f}" == average, label
+        got = _committed_scores(files[sweep.split(" (")[0]], "muon", short_only=True)[MODELS[model]]
+        assert [f"{got[t]:.3f}" for t in tasks] + [f"{got['average']:.3f}"] == [*cells, average], label
+    assert len(rows) == 4
+
+
+def test_the_results_pages_summary_table_is_the_reduced_protocol():
+    """The summary's reduced-protocol table (all 66 settings, each optimizer), against mad_protocol.jsonl;
+    its paper rows are left as quoted."""
+    tasks, rows = _results_page_rows("| | CR | FR | NR | SC | C | M | average |")
+    checked = 0
+    for label, *cells, average in rows:
+        model, optimizer = label.split(", ")
+        if optimizer == "paper":
+            continue
+        got = _committed_scores("mad_protocol.jsonl", optimizer.lower(), short_only=False)[MODELS[model]]
+        assert [f"{got[t]:.3f}" for t in tasks] + [f"{got['average']:.3f}"] == [*cells, average], label
         checked += 1
     assert checked == 4
