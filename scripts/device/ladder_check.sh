@@ -32,6 +32,11 @@ fi
 flock -u 9
 # one process per run: (config, "" or a swept value); its name and dump folder follow from the pair
 key=${SWEEP:-}; key=${key%%=*}
+parse_run() {  # "<config>=<value or empty>" -> config, value, name and dump (the configs' outputs/<stem> folders)
+  config=${1%%=*} value=${1#*=}
+  local stem; stem=$(basename "$config" .toml)
+  name=$stem${value:+-$value} dump=outputs/$stem${value:+/$key=$value}
+}
 values=${SWEEP:-}; values=${values#*=}
 runs=()
 for config in $CONFIGS; do
@@ -45,8 +50,7 @@ overrides=()  # LADDER_OVERRIDES="--optimizer.lr 5e-3": passed to every run (aft
 [[ -n ${LADDER_OVERRIDES:-} ]] && read -ra overrides <<< "-- $LADDER_OVERRIDES"
 pids=()
 for run in "${runs[@]}"; do
-  config=${run%%=*} value=${run#*=}
-  name=$(basename "$config" .toml)${value:+-$value}
+  parse_run "$run"
   sweep=()
   [[ -n $value ]] && sweep=(--sweep "$key=$value")
   timeout "${LADDER_TIMEOUT:-480}" python scripts/ablate.py "$config" "${sweep[@]}" --out "$tmp/plots/$name" \
@@ -55,9 +59,7 @@ for run in "${runs[@]}"; do
 done
 for pid in "${pids[@]}"; do wait "$pid"; done
 for run in "${runs[@]}"; do
-  config=${run%%=*} value=${run#*=}
-  name=$(basename "$config" .toml)${value:+-$value}
-  dump=outputs/$(basename "$config" .toml)${value:+/$key=$value}
+  parse_run "$run"
   echo "== $name"
   grep -E "step: *(100|400|800) |Error|error" "$dump/train.log" 2>/dev/null | cut -c1-200 | tail -4
   tail -2 "$tmp/$name.ablate.log"
