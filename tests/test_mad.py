@@ -3,6 +3,7 @@
 import itertools
 import json
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -598,8 +599,6 @@ def test_the_gpu_piece_script_runs_several_pieces_in_one_call(tmp_path):
 
 def _results_page_rows(header: str) -> tuple[list[str], list[list[str]]]:
     """docs/results.md's table under `header` (indented or not): its task columns and its rows' cells."""
-    from pathlib import Path
-
     text = (Path(__file__).resolve().parents[1] / "docs" / "results.md").read_text()
     lines = [line.strip() for line in text[text.index(header):].splitlines()]
     tasks = [cell.strip().split(" (")[0] for cell in lines[0].strip("|").split("|")[1:-1]]
@@ -609,8 +608,6 @@ def _results_page_rows(header: str) -> tuple[list[str], list[list[str]]]:
 
 def _committed_scores(name: str, optimizer: str, short_only: bool) -> dict:
     """{attention: {task short name or "average": score}} of a committed results file, as --table reads it."""
-    from pathlib import Path
-
     from eval.mad.run import SHORT, common_runs, scores
 
     short = {st.name for st in all_settings(None, False) if st.seq_len <= 256}

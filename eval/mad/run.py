@@ -54,14 +54,19 @@ def run_key(r: dict) -> tuple:
     return (r["setting"], r["attention"], r["optimizer"], r["lr"], r["weight_decay"], r["epochs"], r["seed"])
 
 
-def scores(records: list[dict]) -> dict[tuple[str, str], dict[str, float]]:
-    """(attention, optimizer) -> {task: mean over settings of the best sweep run, "average": ...}."""
+def setting_bests(records: list[dict]) -> dict[tuple[str, str, str, str], float]:
+    """(attention, optimizer, task, setting) -> the best test accuracy over that setting's sweep runs."""
     best: dict[tuple, float] = {}
     for r in records:
         key = (r["attention"], r["optimizer"], r["task"], r["setting"])
         best[key] = max(best.get(key, 0.0), r["test_acc"])
+    return best
+
+
+def scores(records: list[dict]) -> dict[tuple[str, str], dict[str, float]]:
+    """(attention, optimizer) -> {task: mean over settings of the best sweep run, "average": ...}."""
     per_task: dict[tuple, list[float]] = defaultdict(list)
-    for (attention, optimizer, task, _), acc in best.items():
+    for (attention, optimizer, task, _), acc in setting_bests(records).items():
         per_task[(attention, optimizer, task)].append(acc)
     out: dict[tuple[str, str], dict[str, float]] = defaultdict(dict)
     for (attention, optimizer, task), accs in per_task.items():
@@ -141,14 +146,11 @@ def sweep_edges(records: list[dict]) -> dict[tuple[str, str], tuple[int, int]]:
 def head_to_head(records: list[dict], margin: float = 0.01) -> dict[str, tuple[int, int, int]]:
     """optimizer -> settings where Parallax's best run beats softmax's by more than `margin`, trails by more,
     or is within it (records as the table compares them: runs both models have)."""
-    best: dict[tuple, float] = {}
-    for r in records:
-        key = (r["optimizer"], r["setting"], r["attention"])
-        best[key] = max(best.get(key, 0.0), r["test_acc"])
+    best = setting_bests(records)
     counts: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0])
-    for (optimizer, setting, attention), acc in best.items():
-        if attention == "parallax" and (optimizer, setting, "softmax") in best:
-            diff = acc - best[(optimizer, setting, "softmax")]
+    for (attention, optimizer, task, setting), acc in best.items():
+        if attention == "parallax" and ("softmax", optimizer, task, setting) in best:
+            diff = acc - best[("softmax", optimizer, task, setting)]
             counts[optimizer][0 if diff > margin else 1 if diff < -margin else 2] += 1
     return {k: (v[0], v[1], v[2]) for k, v in counts.items()}
 
