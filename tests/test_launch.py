@@ -176,22 +176,28 @@ def test_ablate_sweep_parsing_errors():
         parse_sweep("optimizer.lr=1e-3,3e-3", ["--job.dump_folder", "x"])
 
 
-def _run_ladder_script(tmp_path, **env):
-    """scripts/device/ladder_check.sh with a stand-in `python` that records each call (the corpus and tokenizer
-    are taken as prepared); returns the finished process and the recorded calls, sorted."""
-    for made in ("assets/Qwen3-0.6B/tokenizer.json", "data/mini_corpus/manifest.json", ".ladder/mini_text/PROVENANCE.json"):
-        (tmp_path / made).parent.mkdir(parents=True, exist_ok=True)
-        (tmp_path / made).write_text("{}")
+def _stand_in_path(tmp_path, python_also: str = "") -> str:
+    """A PATH whose `python` records each call in tmp_path/calls.txt (then runs `python_also`, shell) and whose
+    `nvidia-smi` does nothing: ladder_check.sh without a GPU or the packages."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
-    (bin_dir / "python").write_text(f'#!/bin/sh\necho "$@" >> {tmp_path / "calls.txt"}\n')
+    (bin_dir / "python").write_text(f'#!/bin/sh\necho "$@" >> {tmp_path / "calls.txt"}\n{python_also}')
     (bin_dir / "nvidia-smi").write_text("#!/bin/sh\n")
     for stub in bin_dir.iterdir():
         stub.chmod(0o755)
+    return f"{bin_dir}{os.pathsep}{os.environ['PATH']}"
+
+
+def _run_ladder_script(tmp_path, **env):
+    """scripts/device/ladder_check.sh with the stand-in `python` (the corpus and tokenizer are taken as
+    prepared); returns the finished process and the recorded calls, sorted."""
+    for made in ("assets/Qwen3-0.6B/tokenizer.json", "data/mini_corpus/manifest.json", ".ladder/mini_text/PROVENANCE.json"):
+        (tmp_path / made).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / made).write_text("{}")
     from conftest import run_device_script
 
-    out = run_device_script("ladder_check.sh", cwd=tmp_path, LADDER_TMP=str(tmp_path),
-                            PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}", **env)
+    out = run_device_script("ladder_check.sh", cwd=tmp_path, LADDER_TMP=str(tmp_path), PATH=_stand_in_path(tmp_path),
+                            **env)
     assert out.returncode == 0, out.stderr
     return out, sorted((tmp_path / "calls.txt").read_text().splitlines())
 
@@ -234,15 +240,9 @@ def test_two_ladder_scripts_side_by_side_tokenise_the_corpus_once(tmp_path):
 
     (tmp_path / "assets/Qwen3-0.6B").mkdir(parents=True)
     (tmp_path / "assets/Qwen3-0.6B/tokenizer.json").write_text("{}")
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    (bin_dir / "python").write_text(  # prepare_data.py takes a second, then writes the manifest
-        f'#!/bin/sh\necho "$@" >> {tmp_path / "calls.txt"}\n'
-        'case "$1" in *prepare_data.py) sleep 1; mkdir -p data/mini_corpus; echo {} > data/mini_corpus/manifest.json;; esac\n')
-    (bin_dir / "nvidia-smi").write_text("#!/bin/sh\n")
-    for stub in bin_dir.iterdir():
-        stub.chmod(0o755)
-    env = {"PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
+    env = {"PATH": _stand_in_path(tmp_path,  # prepare_data.py takes a second, then writes the manifest
+                                  'case "$1" in *prepare_data.py) sleep 1; mkdir -p data/mini_corpus; '
+                                  'echo {} > data/mini_corpus/manifest.json;; esac\n')}
     with ThreadPoolExecutor(2) as pool:
         outs = list(pool.map(lambda c: run_device_script("ladder_check.sh", cwd=tmp_path, CONFIGS=f"configs/mini/{c}.toml",
                                                          LADDER_TMP=str(tmp_path / c), **env), "ab"))
