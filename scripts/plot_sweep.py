@@ -37,7 +37,8 @@ class SweepRun:
     loss: float
     folder: Path
     metrics: dict = field(default_factory=dict, compare=False)  # its metrics.jsonl, read once ({} if none)
-    held_out: str = ""  # which held-out data: perplexity.json's data_sha256, or its token count in older files
+    data_sha256: str = ""  # which held-out data: perplexity.json's digest of the evaluated tokens ("" in older files)
+    tokens: int = 0  # how many tokens it evaluated (0 if not recorded)
 
 
 def read_run(folder: Path) -> SweepRun:
@@ -49,18 +50,28 @@ def read_run(folder: Path) -> SweepRun:
         raise SystemExit(f"{result}: not found; evaluate the run first (eval/perplexity.py; ablate.py does it)")
     metrics = read_jsonl(folder / "metrics.jsonl") if (folder / "metrics.jsonl").is_file() else {}
     evaluated = json.loads(result.read_text())
-    held_out = evaluated.get("data_sha256") or (f"{evaluated['tokens']:,} tokens" if "tokens" in evaluated else "")
     # the folder as given, not resolved: a link may stand in for a run trained outside the sweep
-    return SweepRun(folder.parent.name, key, value, float(evaluated["loss"]), folder, metrics, held_out)
+    return SweepRun(folder.parent.name, key, value, float(evaluated["loss"]), folder, metrics,
+                    evaluated.get("data_sha256", ""), evaluated.get("tokens", 0))
 
 
 def held_out_note(runs: list[SweepRun]) -> str:
     """A warning when the runs were evaluated on different held-out data (a rebuilt corpus, another
-    --max-batches): their losses are then not comparable cell for cell. Empty when they agree."""
+    --max-batches): their losses are then not comparable cell for cell. Empty when they agree.
+    Runs are told apart by their digest; an older run without one counts as the digest of the runs that
+    evaluated as many tokens, when exactly one digest did (nothing else can tell them apart), and otherwise
+    by its token count alone."""
+    digests_by_count: dict[int, set[str]] = {}
+    for r in runs:
+        if r.data_sha256:
+            digests_by_count.setdefault(r.tokens, set()).add(r.data_sha256)
     groups: dict[str, list[str]] = {}
     for r in runs:
-        if r.held_out:
-            groups.setdefault(r.held_out, []).append(f"{r.config} {r.value}")
+        same_count = digests_by_count.get(r.tokens, set())
+        data = r.data_sha256 or (next(iter(same_count)) if len(same_count) == 1 else "") or \
+            (f"{r.tokens:,} tokens" if r.tokens else "")
+        if data:
+            groups.setdefault(data, []).append(f"{r.config} {r.value}")
     if len(groups) < 2:
         return ""
     return "note: these runs were evaluated on different held-out data; compare across groups with care:\n" + \

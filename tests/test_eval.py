@@ -333,8 +333,13 @@ def test_plot_sweep_warns_when_runs_saw_different_held_out_data(tmp_path):
     other = run("t", "3e-3", {"data_sha256": "b" * 64})
     text = main([*same, other, "--out", str(tmp_path / "mixed")])
     assert "different held-out data" in text and f"{'b' * 16}: t 3e-3" in text and f"{'a' * 16}: t 1e-3, p 1e-3" in text
-    older = run("p", "3e-3", {})  # no digest: its token count stands in
-    assert "1,000 tokens: p 3e-3" in main([*same, older, "--out", str(tmp_path / "older")])
+    # older files have no digest: one that evaluated as many tokens as the digest's runs counts as theirs,
+    # another count is other data, and a count two digests share cannot be placed, so it stands alone
+    older = run("p", "3e-3", {})
+    assert "note:" not in main([*same, older, "--out", str(tmp_path / "older")])
+    shorter = run("p", "5e-3", {"tokens": 900})
+    assert "900 tokens: p 5e-3" in main([*same, older, shorter, "--out", str(tmp_path / "shorter")])
+    assert "1,000 tokens: p 3e-3" in main([*same, other, older, "--out", str(tmp_path / "ambiguous")])
 
 
 def test_diagnostics_interval_must_be_a_multiple_of_the_log_frequency():
