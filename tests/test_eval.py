@@ -395,7 +395,7 @@ def test_plot_mad_draws_the_tables_scores_over_common_runs(tmp_path):
 
 
 @pytest.mark.parametrize("runs, swept, header, count", [
-    ("2026-12-03-ladder-lr", "optimizer.lr", "| lr | 1e-3 | 2e-3 | 3e-3 | 5e-3 | 1e-2 | 2e-2 | 3e-2 | best |", 34),
+    ("2026-12-03-ladder-lr", "optimizer.lr", "| lr | 1e-3 | 2e-3 | 3e-3 | 5e-3 | 1e-2 | 2e-2 | 3e-2 | best |", 38),
     ("2026-12-03-ladder-seeds", "debug.seed", "| seed | 1 | 2 | 3 | mean |", 8),
     ("cpu_lr_sweep", "optimizer.lr", "| lr | 3e-4 | 1e-3 | 3e-3 | 1e-2 | 3e-2 | best |", 18),
 ])
@@ -403,21 +403,29 @@ def test_the_results_pages_sweep_tables_are_the_committed_runs(runs, swept, head
     """docs/results.md's lr-sweep and seed tables, cell by cell, against the runs' perplexity.json as
     plot_sweep.py reads them (the mini20M lr-3e-3 points and seed-1 runs are links): a number edited by hand,
     or a run replaced without the page, fails here. The last column is each row's best, or its mean over seeds."""
+    from collections import Counter
+
     from scripts.plot_sweep import read_run
 
-    losses = {(r.config, r.value): r.loss for r in map(read_run, (REPO / "docs" / "runs" / runs).glob(f"*/{swept}=*"))}
+    read = {(r.config, r.value): r for r in map(read_run, (REPO / "docs" / "runs" / runs).glob(f"*/{swept}=*"))}
+    losses = {key: r.loss for key, r in read.items()}
+    # a cell marked † is exactly a run evaluated on other held-out data than most (the corpus's first build)
+    usual_tokens = Counter(r.tokens for r in read.values()).most_common(1)[0][0]
     text = (REPO / "docs" / "results.md").read_text()
     rows = list(itertools.takewhile(lambda line: line.startswith("|"), text[text.index(header):].splitlines()[2:]))
     names = {"Transformer": "transformer", "Parallax": "parallax",
              "Param-matched Transformer": "transformer-param-matched", "Compute-matched Parallax": "parallax-compute-matched"}
     checked = 0
     for row in rows:
-        label, *cells, last = [c.strip().strip("*") for c in row.strip("|").split("|")]
+        label, *cells, last = [c.strip() for c in row.strip("|").split("|")]
+        last = last.strip("*")
         model, optimizer = label.split(", ")
         config = ("mini20M_" if runs.startswith("2026") else "") + f"{names[model]}_{optimizer.split()[0].lower()}"
         for value, cell in zip(header.strip("|").split("|")[1:-1], cells):
             if cell:
-                assert cell == f"{losses[config, value.strip()]:.3f}", (config, value)
+                run = read[config, value.strip()]
+                assert cell.endswith("†") == (run.tokens != usual_tokens), (config, value)
+                assert cell.strip("*†") == f"{run.loss:.3f}", (config, value)
                 checked += 1
         mine = [v for (c, _), v in losses.items() if c == config]
         assert last == f"{(sum(mine) / len(mine) if swept.endswith('seed') else min(mine)):.3f}", config
