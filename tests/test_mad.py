@@ -647,3 +647,23 @@ def test_the_results_pages_summary_table_is_the_reduced_protocol():
         assert [f"{got[t]:.3f}" for t in tasks] + [f"{got['average']:.3f}"] == [*cells, average], label
         checked += 1
     assert checked == 4
+
+
+def test_the_results_pages_long_setting_table_is_the_committed_runs():
+    """docs/results.md's long-settings table (sequence 512 / 1,024 under Muon, each model at each lr), cell by
+    cell against mad_lr_above_sweep.jsonl; "–" where the file has no such run."""
+    _, rows = _results_page_rows("| Muon, test accuracy | Parallax 1e-3 |")
+    header = "| Muon, test accuracy | Parallax 1e-3 | Transformer 1e-3 | Parallax 2e-3 | Transformer 2e-3 |"
+    columns = [(MODELS[c.split()[0]], float(c.split()[1])) for c in header.strip("|").split("|")[1:]]
+    tasks = {"in-context recall": "in-context-recall", "noisy recall": "noisy-in-context-recall",
+             "fuzzy recall": "fuzzy-in-context-recall", "selective copying": "selective-copying"}
+    path = Path(__file__).resolve().parents[1] / "docs" / "runs" / "mad" / "mad_lr_above_sweep.jsonl"
+    acc = {(r["setting"], r["attention"], r["lr"]): r["test_acc"] for r in map(json.loads, path.open())
+           if r["optimizer"] == "muon" and r["weight_decay"] == 0}
+    for label, *cells in rows:
+        task = tasks[label.split(", ")[0]]
+        for (attention, lr), cell in zip(columns, cells):
+            want = [f"{acc[key]:.3f}" if key in acc else "–"
+                    for key in ((f"{task}[seq_len={n}]", attention, lr) for n in (512, 1024))]
+            assert cell == " / ".join(want), (label, attention, lr)
+    assert len(rows) == 4
