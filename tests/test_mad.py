@@ -233,6 +233,20 @@ def test_the_table_of_chosen_settings_leaves_the_others_out(tmp_path):
     assert "| parallax | adamw | 0.400 | 0.400 |" in text and "| softmax | adamw | 0.200 | 0.200 |" in text
     text = main(["--table", "--settings", long.name, "--out", str(out)])
     assert "| parallax | adamw | 0.600 | 0.600 |" in text and "| softmax | adamw | 0.900 | 0.900 |" in text
+    # --optimizer, --lrs, --wds and --epochs, when given, choose the runs: a larger lr's runs, then Muon's
+    with out.open("a") as f:
+        for a, acc in (("softmax", 1.0), ("parallax", 0.8)):
+            f.write(json.dumps({"attention": a, "optimizer": "adamw", "task": "in-context-recall", "setting": short.name,
+                                "lr": 5e-3, "weight_decay": 0.0, "epochs": 10, "test_acc": acc}) + "\n")
+            f.write(json.dumps({"attention": a, "optimizer": "muon", "task": "in-context-recall", "setting": short.name,
+                                "lr": 1e-3, "weight_decay": 0.0, "epochs": 10, "test_acc": acc / 2}) + "\n")
+    text = main(["--table", "--max-seq-len", "256", "--out", str(out)])
+    assert "| softmax | adamw | 1.000 | 1.000 |" in text and "| softmax | muon | 0.500 | 0.500 |" in text
+    text = main(["--table", "--max-seq-len", "256", "--lrs", "1e-3", "--out", str(out)])
+    assert "| softmax | adamw | 0.200 | 0.200 |" in text and "| softmax | muon | 0.500 | 0.500 |" in text
+    text = main(["--table", "--max-seq-len", "256", "--optimizer", "adamw", "--out", str(out)])
+    assert "| softmax | adamw | 1.000 | 1.000 |" in text and "muon" not in text
+    assert "| softmax |" not in main(["--table", "--epochs", "200", "--wds", "0", "--out", str(out)])
 
 
 def test_plan_keeps_sweep_points_outermost_and_starts_the_costliest_settings_first():

@@ -9,7 +9,7 @@ x weight decay {0, 0.1}, 200 epochs, batch 128. A setting's score is its best ru
 score is the mean over its settings; the average is over the six tasks. Results append to --out (JSONL)
 as each run ends, and runs already there are skipped, so an interrupted protocol resumes. --table only
 prints the table of an existing file (of the settings that --tasks, --baseline-only, --settings and
---max-seq-len choose, when given); --estimate prints what is pending and its cost from the seconds the
+--max-seq-len choose, and of the runs that --optimizer, --lrs, --wds and --epochs choose, when given); --estimate prints what is pending and its cost from the seconds the
 file records, to size a time-limited piece. In a time-limited call --start-deadline starts no job late,
 and --end-deadline none that the recorded seconds say would not finish (a cheaper one starts instead);
 --costs-from adds another file's recorded seconds to that pricing (a new sweep in a file of its own).
@@ -316,19 +316,25 @@ def _train_all(pending: list, jobs: int, start_deadline: float | None = None, ba
         print(f"{len(queue)} jobs not started: past --start-deadline, or expected to end past --end-deadline")
 
 
+# the flags that choose runs (what trains, or with --table what is tabled), their defaults and record fields
+RUN_DEFAULTS = {"optimizer": ["adamw"], "lrs": [1e-4, 5e-4, 1e-3], "wds": [0.0, 0.1], "epochs": 200}
+RUN_FIELDS = {"optimizer": "optimizer", "lrs": "lr", "wds": "weight_decay", "epochs": "epochs"}
+
+
 def main(argv: list[str] | None = None) -> str:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--attention", nargs="+", default=["softmax", "parallax"], choices=["softmax", "parallax"])
-    parser.add_argument("--optimizer", nargs="+", default=["adamw"], choices=["adamw", "muon"])
+    # the run-choosing flags default to None so that --table can tell which were given; RUN_DEFAULTS fills them
+    parser.add_argument("--optimizer", nargs="+", default=None, choices=["adamw", "muon"], help="default: adamw")
     parser.add_argument("--tasks", nargs="+", default=None, help=f"default: all of {list(PROTOCOL)}")
     parser.add_argument("--baseline-only", action="store_true", help="each task's baseline setting only")
     parser.add_argument("--settings", nargs="+", default=None, metavar="NAME",
                         help="only these settings, by name (e.g. 'in-context-recall[seq_len=1024]')")
     parser.add_argument("--max-seq-len", type=int, default=None, metavar="N",
                         help="only settings of at most N positions (the short ones, cheap when batched)")
-    parser.add_argument("--lrs", type=float, nargs="+", default=[1e-4, 5e-4, 1e-3])
-    parser.add_argument("--wds", type=float, nargs="+", default=[0.0, 0.1])
-    parser.add_argument("--epochs", type=int, default=200)
+    parser.add_argument("--lrs", type=float, nargs="+", default=None, help="default: 1e-4 5e-4 1e-3")
+    parser.add_argument("--wds", type=float, nargs="+", default=None, help="default: 0 0.1")
+    parser.add_argument("--epochs", type=int, default=None, help="default: 200")
     parser.add_argument("--seed", type=int, default=12345)
     parser.add_argument("--max-train-examples", type=int, default=None, help="cap (smoke runs only)")
     parser.add_argument("--device", nargs="+", default=None, help="one or more; runs are spread over them")
@@ -359,6 +365,10 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument("--estimate", action="store_true",
                         help="only print what is pending and its cost, from the seconds recorded in --out")
     args = parser.parse_args(argv)
+    given = {name for name in RUN_DEFAULTS if getattr(args, name) is not None}
+    for name, default in RUN_DEFAULTS.items():
+        if name not in given:
+            setattr(args, name, default)
     if args.batch_sweep and args.compile:
         parser.error("--batch-sweep and --compile cannot be combined (a batched sweep trains eagerly)")
     if args.batch_max_seq_len is not None and not args.batch_sweep:
@@ -382,6 +392,10 @@ def main(argv: list[str] | None = None) -> str:
         # the table of the chosen settings only: e.g. one file's runs on the settings another file has reached
         chosen = {st.name for st in settings}
         records = [r for r in records if r["setting"] in chosen]
+    if args.table and given:
+        # and of the chosen runs only: e.g. two lrs that every setting has, or one optimizer
+        allowed = {"optimizer": args.optimizer, "lrs": args.lrs, "wds": args.wds, "epochs": [args.epochs]}
+        records = [r for r in records if all(r[RUN_FIELDS[name]] in allowed[name] for name in given)]
     if not args.table:
         # the seconds that price pending jobs: this file's runs, and those of --costs-from
         priced = records + [json.loads(line) for path in args.costs_from for line in path.read_text().splitlines()]
