@@ -236,10 +236,9 @@ def test_the_table_of_chosen_settings_leaves_the_others_out(tmp_path):
     # --optimizer, --lrs, --wds and --epochs, when given, choose the runs: a larger lr's runs, then Muon's
     with out.open("a") as f:
         for a, acc in (("softmax", 1.0), ("parallax", 0.8)):
-            f.write(json.dumps({"attention": a, "optimizer": "adamw", "task": "in-context-recall", "setting": short.name,
-                                "lr": 5e-3, "weight_decay": 0.0, "epochs": 10, "test_acc": acc}) + "\n")
-            f.write(json.dumps({"attention": a, "optimizer": "muon", "task": "in-context-recall", "setting": short.name,
-                                "lr": 1e-3, "weight_decay": 0.0, "epochs": 10, "test_acc": acc / 2}) + "\n")
+            for optimizer, lr, score in (("adamw", 5e-3, acc), ("muon", 1e-3, acc / 2)):
+                f.write(json.dumps({"attention": a, "optimizer": optimizer, "task": "in-context-recall", "lr": lr,
+                                    "setting": short.name, "weight_decay": 0.0, "epochs": 10, "test_acc": score}) + "\n")
     text = main(["--table", "--max-seq-len", "256", "--out", str(out)])
     assert "| softmax | adamw | 1.000 | 1.000 |" in text and "| softmax | muon | 0.500 | 0.500 |" in text
     text = main(["--table", "--max-seq-len", "256", "--lrs", "1e-3", "--out", str(out)])

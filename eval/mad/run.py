@@ -9,8 +9,9 @@ x weight decay {0, 0.1}, 200 epochs, batch 128. A setting's score is its best ru
 score is the mean over its settings; the average is over the six tasks. Results append to --out (JSONL)
 as each run ends, and runs already there are skipped, so an interrupted protocol resumes. --table only
 prints the table of an existing file (of the settings that --tasks, --baseline-only, --settings and
---max-seq-len choose, and of the runs that --optimizer, --lrs, --wds and --epochs choose, when given); --estimate prints what is pending and its cost from the seconds the
-file records, to size a time-limited piece. In a time-limited call --start-deadline starts no job late,
+--max-seq-len choose, and of the runs that --optimizer, --lrs, --wds and --epochs choose, when given);
+--estimate prints what is pending and its cost from the seconds the file records, to size a time-limited
+piece. In a time-limited call --start-deadline starts no job late,
 and --end-deadline none that the recorded seconds say would not finish (a cheaper one starts instead);
 --costs-from adds another file's recorded seconds to that pricing (a new sweep in a file of its own).
 The table also counts, per model, the settings whose best run sits at the sweep's largest lr: many
