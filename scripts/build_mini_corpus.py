@@ -1,6 +1,7 @@
 """Assemble the mini ladder's English corpus from Debian documentation packages (issue 9).
 
     python scripts/build_mini_corpus.py --out ./data/mini_text [--debs ./data/debs]
+    python scripts/build_mini_corpus.py --out ./data/mini_text --match docs/runs/<date>/mini_text_PROVENANCE.json
     python scripts/prepare_data.py --source ./data/mini_text/train --validation-source ./data/mini_text/validation \
         --tokenizer ./assets/Qwen3-0.6B --out ./data/mini_corpus
 
@@ -14,6 +15,11 @@ validation (by default the PostgreSQL manual), so held-out text comes from other
 Output: <out>/{train,validation}/part-*.parquet in the Ultra-FineWeb layout (columns content, source)
 that the data pipeline reads, and <out>/PROVENANCE.json: each package's version, the licences its
 copyright file declares, documents and characters.
+
+Debian's point releases replace some packages, so two builds months apart can differ (docs/results.md,
+"Two corpus builds"). --match rebuilds a recorded corpus: each package at the exact .deb its PROVENANCE.json
+names (from --debs, else `apt-get download <package>=<version>`), and an error, naming the package, when that
+version cannot be had or when the rebuilt documents and characters differ from the record.
 """
 
 from __future__ import annotations
@@ -142,7 +148,21 @@ def licences(root: Path, package: str) -> list[str]:
     return list(dict.fromkeys(n.strip() for n in names)) or ["(not machine-readable: see its copyright file)"]
 
 
-def fetch(package: str, debs: Path) -> Path:
+def fetch(package: str, debs: Path, pinned: str | None = None) -> Path:
+    """The package's .deb in the debs cache, downloaded if missing; `pinned` (a .deb file name from a
+    PROVENANCE.json) asks for exactly that version."""
+    if pinned is not None:
+        path = debs / pinned
+        if not path.is_file():
+            version = pinned.split("_")[1].replace("%3a", ":")  # <package>_<version>_<arch>.deb, epoch's ':' escaped
+            proc = subprocess.run(["apt-get", "download", f"{package}={version}"], cwd=debs, capture_output=True,
+                                  text=True)
+            if not path.is_file():
+                raise SystemExit(
+                    f"--match: {package} {version} ({pinned}) is not in {debs} and apt-get could not download it "
+                    f"({(proc.stderr or proc.stdout).strip()[-300:]}). Debian's mirrors keep only the current version "
+                    f"of a release's packages: put that .deb in --debs to rebuild the recorded corpus")
+        return path
     found = sorted(debs.glob(f"{package}_*.deb"))
     if not found:
         subprocess.run(["apt-get", "download", package], cwd=debs, check=True, capture_output=True)
@@ -159,9 +179,20 @@ def documents(source: Source, root: Path, min_chars: int):
             yield str(path.relative_to(root)), text
 
 
-def build(out: Path, debs: Path, min_chars: int = 500, sources=SOURCES, validation=VALIDATION,
-          docs_per_file: int = 2000) -> dict:
+def build(out: Path, debs: Path, min_chars: int = 500, sources=None, validation=None,
+          docs_per_file: int = 2000, match: dict | None = None) -> dict:
+    """Fetch, extract and write the corpus (sources and validation: SOURCES and VALIDATION unless given);
+    `match` (a PROVENANCE.json's record) pins each package's .deb and is compared with what was built."""
+    sources = SOURCES if sources is None else sources
+    validation = VALIDATION if validation is None else validation
     debs.mkdir(parents=True, exist_ok=True)
+    pinned = {}
+    if match is not None:
+        recorded = {s["name"]: s for s in match["sources"]}
+        if set(recorded) != {s.name for s in sources} or match["min_chars"] != min_chars:
+            raise SystemExit(f"--match: the record's sources {sorted(recorded)} and min_chars {match['min_chars']} "
+                             f"are not this builder's {sorted(s.name for s in sources)} and {min_chars}")
+        pinned = {name: s["deb"] for name, s in recorded.items()}
     provenance, seen = [], set()
     buffers: dict[str, list[dict]] = {"train": [], "validation": []}
     counts = {"train": 0, "validation": 0}
@@ -176,7 +207,7 @@ def build(out: Path, debs: Path, min_chars: int = 500, sources=SOURCES, validati
             counts[split] += 1
 
     for source in sources:
-        deb = fetch(source.package, debs)
+        deb = fetch(source.package, debs, pinned.get(source.name))
         split = "validation" if source.name in validation else "train"
         with tempfile.TemporaryDirectory() as tmp:
             root = Path(tmp)
@@ -200,6 +231,13 @@ def build(out: Path, debs: Path, min_chars: int = 500, sources=SOURCES, validati
         flush(split, final=True)
     record = {"builder": "scripts/build_mini_corpus.py", "min_chars": min_chars, "sources": provenance}
     (out / "PROVENANCE.json").write_text(json.dumps(record, indent=1) + "\n")
+    if match is not None:
+        fields = ("split", "documents", "characters", "duplicates_dropped")
+        differ = [f"{s['name']} {f}: {recorded[s['name']][f]} recorded, {s[f]} built"
+                  for s in provenance for f in fields if recorded[s["name"]][f] != s[f]]
+        if differ:
+            raise SystemExit(f"--match: the same packages built another corpus (written to {out}; the extraction "
+                             f"code has changed?):\n  " + "\n  ".join(differ))
     return record
 
 
@@ -207,11 +245,20 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--debs", type=Path, default=Path("./data/debs"), help="cache of downloaded .deb files")
-    parser.add_argument("--min-chars", type=int, default=500)
+    parser.add_argument("--min-chars", type=int, default=None, help="default: 500, or --match's record's")
+    parser.add_argument("--match", type=Path, default=None, metavar="PROVENANCE_JSON",
+                        help="rebuild the corpus this PROVENANCE.json records: the same .deb of each package, "
+                             "and an error if the result differs")
     args = parser.parse_args(argv)
     if args.out.exists() and any(args.out.iterdir()):
         raise SystemExit(f"{args.out} exists and is not empty; choose a new folder")
-    return build(args.out, args.debs, args.min_chars)
+    match = None
+    if args.match is not None:
+        if not args.match.is_file():
+            raise SystemExit(f"--match {args.match}: no such file")
+        match = json.loads(args.match.read_text())
+    min_chars = args.min_chars if args.min_chars is not None else (match or {}).get("min_chars", 500)
+    return build(args.out, args.debs, min_chars, match=match)
 
 
 if __name__ == "__main__":

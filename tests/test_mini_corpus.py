@@ -2,6 +2,7 @@
 held-out-source validation in the shard preparation."""
 
 import json
+import os
 import shutil
 import subprocess
 
@@ -22,11 +23,11 @@ def test_pod_text_keeps_prose_and_code_contents():
     assert pod_text(pod) == "NAME\n\nperlgit - Git and Perl, see perlfunc/open\n\n* foo\n\nUse $x."
 
 
-def make_deb(tmp_path, package, files, licence):
-    root = tmp_path / f"{package}-root"
+def make_deb(tmp_path, package, files, licence, version="1.0"):
+    root = tmp_path / f"{package}-{version}-root"
     (root / "DEBIAN").mkdir(parents=True)
     (root / "DEBIAN" / "control").write_text(
-        f"Package: {package}\nVersion: 1.0\nArchitecture: all\nMaintainer: t <t@t>\nDescription: test\n")
+        f"Package: {package}\nVersion: {version}\nArchitecture: all\nMaintainer: t <t@t>\nDescription: test\n")
     doc = root / "usr" / "share" / "doc" / package
     doc.mkdir(parents=True)
     (doc / "copyright").write_text(f"Format: https://www.debian.org/doc/packaging-manuals/copyright-format/1.0/\n\n"
@@ -36,7 +37,7 @@ def make_deb(tmp_path, package, files, licence):
         (doc / rel).write_text(text)
     debs = tmp_path / "debs"
     debs.mkdir(exist_ok=True)
-    subprocess.run(["dpkg-deb", "--build", str(root), str(debs / f"{package}_1.0_all.deb")], check=True,
+    subprocess.run(["dpkg-deb", "--build", str(root), str(debs / f"{package}_{version}_all.deb")], check=True,
                    capture_output=True)
 
 
@@ -62,3 +63,48 @@ def test_build_writes_parquet_splits_with_provenance_and_prepares_held_out_shard
                        validation_source=str(tmp_path / "text" / "validation"))
     assert manifest["splits"]["train"]["num_docs"] == 1 and manifest["splits"]["validation"]["num_docs"] == 1
     assert manifest["source"]["validation_source"].endswith("validation")
+
+
+@pytest.mark.skipif(shutil.which("dpkg-deb") is None, reason="needs dpkg-deb")
+def test_match_rebuilds_the_recorded_packages_or_says_which_it_cannot(tmp_path, monkeypatch):
+    """--match takes each package at the .deb a PROVENANCE.json names, even beside a newer one, and stops
+    with the package's name when that version cannot be had or the rebuilt counts differ from the record."""
+    from scripts.build_mini_corpus import main
+
+    long = "Lists are mutable sequences of items. " * 30
+    make_deb(tmp_path, "docs-a", {"html/_sources/a.rst.txt": long}, "Expat")
+    make_deb(tmp_path, "docs-b", {"html/page.html": f"<html><body><p>{long.upper()}</p></body></html>"}, "MIT")
+    sources = (Source("a", "docs-a", "usr/share/doc/docs-a/html/_sources/**/*.rst.txt", "rst"),
+               Source("b", "docs-b", "usr/share/doc/docs-b/html/*.html", "html"))
+    monkeypatch.setattr("scripts.build_mini_corpus.SOURCES", sources)
+    monkeypatch.setattr("scripts.build_mini_corpus.VALIDATION", ("b",))
+    debs = ["--debs", str(tmp_path / "debs"), "--min-chars", "200"]
+    recorded = main(["--out", str(tmp_path / "first"), *debs])
+    # a point release later: docs-a 2.0 with another page; a plain build takes it, --match keeps 1.0
+    make_deb(tmp_path, "docs-a", {"html/_sources/a.rst.txt": long, "html/_sources/new.rst.txt": long + "more"},
+             "Expat", version="2.0")
+    assert main(["--out", str(tmp_path / "later"), *debs])["sources"][0]["documents"] == 2
+    record = tmp_path / "first" / "PROVENANCE.json"
+    assert main(["--out", str(tmp_path / "again"), *debs, "--match", str(record)]) == recorded
+    assert (tmp_path / "again" / "PROVENANCE.json").read_text() == record.read_text()
+
+    # a recorded version that neither the cache nor apt-get has: an error naming it (apt-get stubbed offline)
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "apt-get").write_text("#!/bin/sh\necho \"E: Version '0.9' for 'docs-a' was not found\" >&2\nexit 100\n")
+    (bin_dir / "apt-get").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    older = json.loads(record.read_text())
+    older["sources"][0]["deb"] = "docs-a_0.9_all.deb"
+    (tmp_path / "older.json").write_text(json.dumps(older))
+    with pytest.raises(SystemExit, match=r"docs-a 0\.9 \(docs-a_0\.9_all\.deb\) is not in .*was not found"):
+        main(["--out", str(tmp_path / "older"), *debs, "--match", str(tmp_path / "older.json")])
+    # the same packages but other counts (the extraction changed): an error naming the source and field
+    other = json.loads(record.read_text())
+    other["sources"][1]["characters"] += 1
+    (tmp_path / "other.json").write_text(json.dumps(other))
+    with pytest.raises(SystemExit, match=r"b characters: \d+ recorded, \d+ built"):
+        main(["--out", str(tmp_path / "other"), *debs, "--match", str(tmp_path / "other.json")])
+    with pytest.raises(SystemExit, match="min_chars 200 are not this builder's"):
+        main(["--out", str(tmp_path / "x"), "--debs", str(tmp_path / "debs"), "--min-chars", "300",
+              "--match", str(record)])
