@@ -430,3 +430,34 @@ def test_the_results_pages_sweep_tables_are_the_committed_runs(runs, swept, head
         mine = [v for (c, _), v in losses.items() if c == config]
         assert last == f"{(sum(mine) / len(mine) if swept.endswith('seed') else min(mine)):.3f}", config
     assert checked == len(losses) == count
+
+
+def test_the_results_pages_best_lr_table_is_the_committed_runs():
+    """The table of each mini20M variant at its best lr on the current corpus build: each cell "loss (lr)" or
+    "loss (lr, seed n)" is that run's perplexity.json (lr-sweep folders, or the seed folders at seed n)."""
+    import re
+
+    from scripts.plot_sweep import read_run
+
+    header = "| final held-out loss | T | P | T-param | P-compute |"
+    text = (REPO / "docs" / "results.md").read_text()
+    rows = list(itertools.takewhile(lambda line: line.startswith("|"), text[text.index(header):].splitlines()[2:]))
+    names = {"T": "transformer", "P": "parallax", "T-param": "transformer-param-matched",
+             "P-compute": "parallax-compute-matched"}
+    variants = [c.strip() for c in header.strip("|").split("|")[1:]]
+    checked = 0
+    for row in rows:
+        optimizer, *cells = [c.strip() for c in row.strip("|").split("|")]
+        for variant, cell in zip(variants, cells):
+            loss, lr, seed = re.fullmatch(r"(\d\.\d{3}) \((\S+?)(?:, seed (\d))?\)", cell).groups()
+            config = f"mini20M_{names[variant]}_{optimizer.lower()}"
+            runs = REPO / "docs" / "runs"
+            folder = (runs / "2026-12-03-ladder-seeds" / config / f"debug.seed={seed}" if seed
+                      else runs / "2026-12-03-ladder-lr" / config / f"optimizer.lr={lr}")
+            assert f"{read_run(folder).loss:.3f}" == loss, (optimizer, variant)
+            # and it trained at the lr the cell names: the peak of the per-group lrs its metrics.jsonl logged
+            logged = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+            peak = max(v for r in logged for k, v in r.items() if k.startswith("lr/"))
+            assert peak == pytest.approx(float(lr)), (optimizer, variant)
+            checked += 1
+    assert checked == 8
