@@ -461,3 +461,29 @@ def test_the_results_pages_best_lr_table_is_the_committed_runs():
             assert peak == pytest.approx(float(lr)), (optimizer, variant)
             checked += 1
     assert checked == 8
+
+
+def test_the_results_pages_sweep_diagnostics_table_is_the_committed_runs():
+    """The lr sweep's diagnostics table (Parallax's stable ranks of W_R and W_Q and COR at each lr), each cell
+    against the run's last-logged layer mean as plot_sweep.py --diagnostics reads it, to the digits shown."""
+    from scripts.plot_sweep import read_run
+
+    text = (REPO / "docs" / "results.md").read_text()
+    start = text.index("--diagnostics sr_wr sr_wq cor\n\n| lr |") + len("--diagnostics sr_wr sr_wq cor\n\n")
+    header, _, *rows = itertools.takewhile(lambda line: line.startswith("|"), text[start:].splitlines())
+    lrs = [c.strip() for c in header.strip("|").split("|")[1:]]
+    names = {"stable rank of W_R": "sr_wr", "stable rank of W_Q": "sr_wq", "COR": "cor"}
+    checked = 0
+    for row in rows:
+        label, *cells = [c.strip().strip("*") for c in row.strip("|").split("|")]
+        name, optimizer = label.rsplit(", ", 1)
+        for lr, cell in zip(lrs, cells):
+            if not cell:
+                continue
+            folder = REPO / "docs" / "runs" / "2026-12-03-ladder-lr" / f"mini20M_parallax_{optimizer.lower()}" / \
+                f"optimizer.lr={lr}"
+            value = read_run(folder).metrics[f"diagnostics/{names[name]}/mean"][1][-1]
+            shown = len(cell.split(".")[1]) if "." in cell else 0  # the digits the page shows
+            assert abs(float(cell) - value) <= 0.5 * 10 ** -shown + 1e-9, (label, lr, value)
+            checked += 1
+    assert checked == 3 * (5 + 6)
