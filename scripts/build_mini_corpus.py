@@ -256,7 +256,15 @@ def main(argv: list[str] | None = None) -> dict:
     if args.match is not None:
         if not args.match.is_file():
             raise SystemExit(f"--match {args.match}: no such file")
-        match = json.loads(args.match.read_text())
+        try:
+            match = json.loads(args.match.read_text())
+            fields = ("name", "deb", "split", "documents", "characters", "duplicates_dropped")
+            missing = ["min_chars"] * ("min_chars" not in match) + [
+                f"sources[{i}].{f}" for i, source in enumerate(match["sources"]) for f in fields if f not in source]
+        except (json.JSONDecodeError, KeyError, TypeError) as err:
+            raise SystemExit(f"--match {args.match}: not a PROVENANCE.json of this builder ({err!r})") from err
+        if missing:
+            raise SystemExit(f"--match {args.match}: not a PROVENANCE.json of this builder, it lacks {missing}")
     min_chars = args.min_chars if args.min_chars is not None else (match or {}).get("min_chars", 500)
     return build(args.out, args.debs, min_chars, match=match)
 

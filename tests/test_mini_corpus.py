@@ -105,6 +105,14 @@ def test_match_rebuilds_the_recorded_packages_or_says_which_it_cannot(tmp_path, 
     (tmp_path / "other.json").write_text(json.dumps(other))
     with pytest.raises(SystemExit, match=r"b characters: \d+ recorded, \d+ built"):
         main(["--out", str(tmp_path / "other"), *debs, "--match", str(tmp_path / "other.json")])
+    bad = json.loads(record.read_text())
+    del bad["sources"][0]["deb"]
+    (tmp_path / "bad.json").write_text(json.dumps(bad))
+    with pytest.raises(SystemExit, match=r"bad.json: not a PROVENANCE.json of this builder, it lacks \['sources\[0\].deb'\]"):
+        main(["--out", str(tmp_path / "bad"), *debs, "--match", str(tmp_path / "bad.json")])
+    (tmp_path / "bad.json").write_text("{")
+    with pytest.raises(SystemExit, match="bad.json: not a PROVENANCE.json of this builder"):
+        main(["--out", str(tmp_path / "bad"), *debs, "--match", str(tmp_path / "bad.json")])
     with pytest.raises(SystemExit, match="min_chars 200 are not this builder's"):
         main(["--out", str(tmp_path / "x"), "--debs", str(tmp_path / "debs"), "--min-chars", "300",
               "--match", str(record)])
