@@ -241,6 +241,22 @@ def build(out: Path, debs: Path, min_chars: int = 500, sources=None, validation=
     return record
 
 
+def read_record(path: Path) -> dict:
+    """A PROVENANCE.json this builder wrote (for --match), or an error naming what it lacks."""
+    if not path.is_file():
+        raise SystemExit(f"--match {path}: no such file")
+    try:
+        record = json.loads(path.read_text())
+        fields = ("name", "deb", "split", "documents", "characters", "duplicates_dropped")
+        missing = ["min_chars"] * ("min_chars" not in record) + [
+            f"sources[{i}].{f}" for i, source in enumerate(record["sources"]) for f in fields if f not in source]
+    except (json.JSONDecodeError, KeyError, TypeError) as err:
+        raise SystemExit(f"--match {path}: not a PROVENANCE.json of this builder ({err!r})") from err
+    if missing:
+        raise SystemExit(f"--match {path}: not a PROVENANCE.json of this builder, it lacks {missing}")
+    return record
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, required=True)
@@ -252,19 +268,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     if args.out.exists() and any(args.out.iterdir()):
         raise SystemExit(f"{args.out} exists and is not empty; choose a new folder")
-    match = None
-    if args.match is not None:
-        if not args.match.is_file():
-            raise SystemExit(f"--match {args.match}: no such file")
-        try:
-            match = json.loads(args.match.read_text())
-            fields = ("name", "deb", "split", "documents", "characters", "duplicates_dropped")
-            missing = ["min_chars"] * ("min_chars" not in match) + [
-                f"sources[{i}].{f}" for i, source in enumerate(match["sources"]) for f in fields if f not in source]
-        except (json.JSONDecodeError, KeyError, TypeError) as err:
-            raise SystemExit(f"--match {args.match}: not a PROVENANCE.json of this builder ({err!r})") from err
-        if missing:
-            raise SystemExit(f"--match {args.match}: not a PROVENANCE.json of this builder, it lacks {missing}")
+    match = read_record(args.match) if args.match is not None else None
     min_chars = args.min_chars if args.min_chars is not None else (match or {}).get("min_chars", 500)
     return build(args.out, args.debs, min_chars, match=match)
 
