@@ -64,6 +64,8 @@ SOURCES = (
     Source("postgresql-docs", "postgresql-doc-15", "usr/share/doc/postgresql-doc-15/html/*.html", "html"),
 )
 VALIDATION = ("postgresql-docs",)
+# what PROVENANCE.json counts for each source; --match compares them with the record's
+COUNTED = ("split", "documents", "characters", "duplicates_dropped")
 
 
 class _TextOfHTML(HTMLParser):
@@ -232,9 +234,8 @@ def build(out: Path, debs: Path, min_chars: int = 500, sources=None, validation=
     record = {"builder": "scripts/build_mini_corpus.py", "min_chars": min_chars, "sources": provenance}
     (out / "PROVENANCE.json").write_text(json.dumps(record, indent=1) + "\n")
     if match is not None:
-        fields = ("split", "documents", "characters", "duplicates_dropped")
         differ = [f"{s['name']} {f}: {recorded[s['name']][f]} recorded, {s[f]} built"
-                  for s in provenance for f in fields if recorded[s["name"]][f] != s[f]]
+                  for s in provenance for f in COUNTED if recorded[s["name"]][f] != s[f]]
         if differ:
             raise SystemExit(f"--match: the same packages built another corpus (written to {out}; the extraction "
                              f"code has changed?):\n  " + "\n  ".join(differ))
@@ -247,9 +248,9 @@ def read_record(path: Path) -> dict:
         raise SystemExit(f"--match {path}: no such file")
     try:
         record = json.loads(path.read_text())
-        fields = ("name", "deb", "split", "documents", "characters", "duplicates_dropped")
+        needed = ("name", "deb", *COUNTED)
         missing = ["min_chars"] * ("min_chars" not in record) + [
-            f"sources[{i}].{f}" for i, source in enumerate(record["sources"]) for f in fields if f not in source]
+            f"sources[{i}].{f}" for i, source in enumerate(record["sources"]) for f in needed if f not in source]
     except (json.JSONDecodeError, KeyError, TypeError) as err:
         raise SystemExit(f"--match {path}: not a PROVENANCE.json of this builder ({err!r})") from err
     if missing:

@@ -1,3 +1,4 @@
+import itertools
 import os
 import subprocess
 import sys
@@ -40,6 +41,18 @@ def run_device_script(name: str, cwd: Path | None = None, **env: str) -> subproc
     path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
     return subprocess.run(["bash", str(REPO / "scripts" / "device" / name)], env={**os.environ, "PATH": path, **env},
                           cwd=cwd, capture_output=True, text=True, timeout=60)
+
+
+def results_page_table(header: str) -> tuple[list[str], list[list[str]]]:
+    """docs/results.md's table whose header line starts with `header` (indented or not; end `header` with a
+    newline to match a whole line): the header's cells and each row's cells, stripped."""
+    text = (REPO / "docs" / "results.md").read_text()
+    lines = [line.strip() for line in text[text.index(header):].splitlines()]
+
+    def cells(line: str) -> list[str]:
+        return [c.strip() for c in line.strip("|").split("|")]
+
+    return cells(lines[0]), [cells(line) for line in itertools.takewhile(lambda line: line.startswith("|"), lines[2:])]
 
 
 DEBUG_CONFIG = REPO / "configs" / "debug_cpu.toml"

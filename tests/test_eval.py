@@ -1,12 +1,12 @@
 """Evaluation: held-out perplexity, diagnostics, run plots."""
 
-import itertools
 import json
 import math
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import results_page_table
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "configs" / "debug_cpu.toml"
@@ -411,19 +411,17 @@ def test_the_results_pages_sweep_tables_are_the_committed_runs(runs, swept, head
     losses = {key: r.loss for key, r in read.items()}
     # a cell marked † is exactly a run evaluated on other held-out data than most (the corpus's first build)
     usual_tokens = Counter(r.tokens for r in read.values()).most_common(1)[0][0]
-    text = (REPO / "docs" / "results.md").read_text()
-    rows = list(itertools.takewhile(lambda line: line.startswith("|"), text[text.index(header):].splitlines()[2:]))
+    columns, rows = results_page_table(header)
     names = {"Transformer": "transformer", "Parallax": "parallax",
              "Param-matched Transformer": "transformer-param-matched", "Compute-matched Parallax": "parallax-compute-matched"}
     checked = 0
-    for row in rows:
-        label, *cells, last = [c.strip() for c in row.strip("|").split("|")]
+    for label, *cells, last in rows:
         last = last.strip("*")
         model, optimizer = label.split(", ")
         config = ("mini20M_" if runs.startswith("2026") else "") + f"{names[model]}_{optimizer.split()[0].lower()}"
-        for value, cell in zip(header.strip("|").split("|")[1:-1], cells):
+        for value, cell in zip(columns[1:-1], cells):
             if cell:
-                run = read[config, value.strip()]
+                run = read[config, value]
                 assert cell.endswith("†") == (run.tokens != usual_tokens), (config, value)
                 assert cell.strip("*†") == f"{run.loss:.3f}", (config, value)
                 checked += 1
@@ -439,15 +437,11 @@ def test_the_results_pages_best_lr_table_is_the_committed_runs():
 
     from scripts.plot_sweep import read_run
 
-    header = "| final held-out loss | T | P | T-param | P-compute |"
-    text = (REPO / "docs" / "results.md").read_text()
-    rows = list(itertools.takewhile(lambda line: line.startswith("|"), text[text.index(header):].splitlines()[2:]))
+    (_, *variants), rows = results_page_table("| final held-out loss | T | P | T-param | P-compute |")
     names = {"T": "transformer", "P": "parallax", "T-param": "transformer-param-matched",
              "P-compute": "parallax-compute-matched"}
-    variants = [c.strip() for c in header.strip("|").split("|")[1:]]
     checked = 0
-    for row in rows:
-        optimizer, *cells = [c.strip() for c in row.strip("|").split("|")]
+    for optimizer, *cells in rows:
         for variant, cell in zip(variants, cells):
             loss, lr, seed = re.fullmatch(r"(\d\.\d{3}) \((\S+?)(?:, seed (\d))?\)", cell).groups()
             config = f"mini20M_{names[variant]}_{optimizer.lower()}"
@@ -468,16 +462,13 @@ def test_the_results_pages_sweep_diagnostics_table_is_the_committed_runs():
     against the run's last-logged layer mean as plot_sweep.py --diagnostics reads it, to the digits shown."""
     from scripts.plot_sweep import read_run
 
-    text = (REPO / "docs" / "results.md").read_text()
-    start = text.index("--diagnostics sr_wr sr_wq cor\n\n| lr |") + len("--diagnostics sr_wr sr_wq cor\n\n")
-    header, _, *rows = itertools.takewhile(lambda line: line.startswith("|"), text[start:].splitlines())
-    lrs = [c.strip() for c in header.strip("|").split("|")[1:]]
+    # the whole header line: the lr-sweep table's header starts the same way
+    (_, *lrs), rows = results_page_table("| lr | 1e-3 | 2e-3 | 3e-3 | 5e-3 | 1e-2 | 2e-2 | 3e-2 |\n")
     names = {"stable rank of W_R": "sr_wr", "stable rank of W_Q": "sr_wq", "COR": "cor"}
     checked = 0
-    for row in rows:
-        label, *cells = [c.strip().strip("*") for c in row.strip("|").split("|")]
+    for label, *cells in rows:
         name, optimizer = label.rsplit(", ", 1)
-        for lr, cell in zip(lrs, cells):
+        for lr, cell in zip(lrs, (c.strip("*") for c in cells)):
             if not cell:
                 continue
             folder = REPO / "docs" / "runs" / "2026-12-03-ladder-lr" / f"mini20M_parallax_{optimizer.lower()}" / \

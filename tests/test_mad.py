@@ -1,6 +1,5 @@
 """MAD task generators (documented distributions, seeded) and the training/table path at toy size."""
 
-import itertools
 import json
 from dataclasses import replace
 from pathlib import Path
@@ -8,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import results_page_table
 from eval.mad.tasks import IGNORE, PROTOCOL, all_settings, make_dataset, memorization_map
 
 
@@ -612,11 +612,8 @@ def test_the_gpu_piece_script_runs_several_pieces_in_one_call(tmp_path):
 
 def _results_page_rows(header: str) -> tuple[list[str], list[list[str]]]:
     """docs/results.md's table under `header` (indented or not): its task columns and its rows' cells."""
-    text = (Path(__file__).resolve().parents[1] / "docs" / "results.md").read_text()
-    lines = [line.strip() for line in text[text.index(header):].splitlines()]
-    tasks = [cell.strip().split(" (")[0] for cell in lines[0].strip("|").split("|")[1:-1]]
-    rows = itertools.takewhile(lambda line: line.startswith("|"), lines[2:])
-    return tasks, [[c.strip() for c in line.strip("|").split("|")] for line in rows]
+    columns, rows = results_page_table(header)
+    return [cell.split(" (")[0] for cell in columns[1:-1]], rows
 
 
 def _committed_scores(name: str, optimizer: str, short_only: bool) -> dict:
@@ -665,9 +662,8 @@ def test_the_results_pages_summary_table_is_the_reduced_protocol():
 def test_the_results_pages_long_setting_table_is_the_committed_runs():
     """docs/results.md's long-settings table (sequence 512 / 1,024 under Muon, each model at each lr), cell by
     cell against mad_lr_above_sweep.jsonl; "–" where the file has no such run."""
-    _, rows = _results_page_rows("| Muon, test accuracy | Parallax 1e-3 |")
-    header = "| Muon, test accuracy | Parallax 1e-3 | Transformer 1e-3 | Parallax 2e-3 | Transformer 2e-3 |"
-    columns = [(MODELS[c.split()[0]], float(c.split()[1])) for c in header.strip("|").split("|")[1:]]
+    (_, *models_at_lrs), rows = results_page_table("| Muon, test accuracy | Parallax 1e-3 |")
+    columns = [(MODELS[c.split()[0]], float(c.split()[1])) for c in models_at_lrs]
     tasks = {"in-context recall": "in-context-recall", "noisy recall": "noisy-in-context-recall",
              "fuzzy recall": "fuzzy-in-context-recall", "selective copying": "selective-copying"}
     path = Path(__file__).resolve().parents[1] / "docs" / "runs" / "mad" / "mad_lr_above_sweep.jsonl"
