@@ -395,8 +395,8 @@ def test_plot_mad_draws_the_tables_scores_over_common_runs(tmp_path):
 
 
 @pytest.mark.parametrize("runs, swept, header, count", [
-    ("2026-12-03-ladder-lr", "optimizer.lr", "| lr | 1e-3 | 2e-3 | 3e-3 | 5e-3 | 1e-2 | 2e-2 | 3e-2 | best |", 38),
-    ("2026-12-03-ladder-seeds", "debug.seed", "| seed | 1 | 2 | 3 | mean |", 8),
+    ("2026-12-03-ladder-lr", "optimizer.lr", "| lr | 1e-3 | 2e-3 | 3e-3 | 5e-3 | 1e-2 | 2e-2 | 3e-2 | best |", 39),
+    ("2026-12-03-ladder-seeds", "debug.seed", "| seed | 1 | 2 | 3 | mean |", 10),
     ("cpu_lr_sweep", "optimizer.lr", "| lr | 3e-4 | 1e-3 | 3e-3 | 1e-2 | 3e-2 | best |", 18),
 ])
 def test_the_results_pages_sweep_tables_are_the_committed_runs(runs, swept, header, count):
@@ -449,12 +449,36 @@ def test_the_results_pages_best_lr_table_is_the_committed_runs():
             folder = (runs / "2026-12-03-ladder-seeds" / config / f"debug.seed={seed}" if seed
                       else runs / "2026-12-03-ladder-lr" / config / f"optimizer.lr={lr}")
             assert f"{read_run(folder).loss:.3f}" == loss, (optimizer, variant)
+            if not seed:  # a seed-1 cell is that variant's best over its lr sweep
+                swept = [read_run(f).loss for f in folder.parent.glob("optimizer.lr=*")]
+                assert f"{min(swept):.3f}" == loss, (optimizer, variant, "not the sweep's best")
             # and it trained at the lr the cell names: the peak of the per-group lrs its metrics.jsonl logged
             logged = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
             peak = max(v for r in logged for k, v in r.items() if k.startswith("lr/"))
             assert peak == pytest.approx(float(lr)), (optimizer, variant)
             checked += 1
     assert checked == 8
+
+
+def test_the_results_pages_build_rerun_table_is_the_committed_runs():
+    """The eighteenth session's table of every variant at lr 3e-3 on both corpus builds: a first-build row is the
+    ladder's run (runs/2026-11-23-ladder), a current-build row the lr sweep's run at optimizer.lr=3e-3."""
+    (_, *models), rows = results_page_table("| lr 3e-3 | Transformer | Parallax |")
+    names = {"Transformer": "transformer", "Parallax": "parallax",
+             "Param-matched Transformer": "transformer-param-matched", "Compute-matched Parallax": "parallax-compute-matched"}
+    runs = REPO / "docs" / "runs"
+    tokens = {}
+    for label, *cells in rows:
+        optimizer, build = label.split(", ")
+        for model, cell in zip(models, cells):
+            config = f"mini20M_{names[model]}_{optimizer.lower()}"
+            folder = (runs / "2026-11-23-ladder" / config if build.startswith("first")
+                      else runs / "2026-12-03-ladder-lr" / config / "optimizer.lr=3e-3")
+            run = json.loads((folder / "perplexity.json").read_text())
+            assert f"{run['loss']:.3f}" == cell, (label, model)
+            tokens.setdefault(build, set()).add(run["tokens"])
+    # each build's runs were evaluated on one held-out set, and the two builds' sets differ
+    assert len(rows) == 4 and all(len(t) == 1 for t in tokens.values()) and len(set.union(*tokens.values())) == 2
 
 
 def test_the_results_pages_sweep_diagnostics_table_is_the_committed_runs():

@@ -632,14 +632,16 @@ def _committed_scores(name: str, optimizer: str, short_only: bool) -> dict:
 MODELS = {"Parallax": "parallax", "Transformer": "softmax"}
 
 
-def test_the_results_pages_58_setting_muon_table_is_the_committed_runs():
-    """docs/results.md's table of the wider sweep against MAD's on the 58 short settings, cell by cell, against
-    the committed results files read as `python -m eval.mad.run --table --max-seq-len 256` reads them."""
-    tasks, rows = _results_page_rows("| Muon, 58 settings of at most 256 positions |")
+@pytest.mark.parametrize("header, short_only", [("| Muon, 58 settings of at most 256 positions |", True),
+                                               ("| Muon, all 66 settings |", False)])
+def test_the_results_pages_muon_sweep_tables_are_the_committed_runs(header, short_only):
+    """docs/results.md's tables of the wider sweep against MAD's under Muon (the 58 short settings, all 66), cell
+    by cell, against the committed results files read as `python -m eval.mad.run --table [--max-seq-len 256]`."""
+    tasks, rows = _results_page_rows(header)
     files = {"MAD's sweep": "mad_protocol.jsonl", "wider sweep": "mad_lr_above_sweep.jsonl"}
     for label, *cells, average in rows:
         model, sweep = label.split(", ", 1)
-        got = _committed_scores(files[sweep.split(" (")[0]], "muon", short_only=True)[MODELS[model]]
+        got = _committed_scores(files[sweep.split(" (")[0]], "muon", short_only=short_only)[MODELS[model]]
         assert [f"{got[t]:.3f}" for t in tasks] + [f"{got['average']:.3f}"] == [*cells, average], label
     assert len(rows) == 4
 
@@ -659,10 +661,11 @@ def test_the_results_pages_summary_table_is_the_reduced_protocol():
     assert checked == 4
 
 
-def test_the_results_pages_long_setting_table_is_the_committed_runs():
-    """docs/results.md's long-settings table (sequence 512 / 1,024 under Muon, each model at each lr), cell by
-    cell against mad_lr_above_sweep.jsonl; "–" where the file has no such run."""
-    (_, *models_at_lrs), rows = results_page_table("| Muon, test accuracy | Parallax 1e-3 |")
+@pytest.mark.parametrize("first_lr", ["1e-3", "5e-3"])
+def test_the_results_pages_long_setting_tables_are_the_committed_runs(first_lr):
+    """docs/results.md's long-settings tables (sequence 512 / 1,024 under Muon, each model at each lr: 1e-3 and
+    2e-3, then 5e-3 and 1e-2), cell by cell against mad_lr_above_sweep.jsonl; "–" where the file has no such run."""
+    (_, *models_at_lrs), rows = results_page_table(f"| Muon, test accuracy | Parallax {first_lr} |")
     columns = [(MODELS[c.split()[0]], float(c.split()[1])) for c in models_at_lrs]
     tasks = {"in-context recall": "in-context-recall", "noisy recall": "noisy-in-context-recall",
              "fuzzy recall": "fuzzy-in-context-recall", "selective copying": "selective-copying"}
