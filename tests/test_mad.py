@@ -1,6 +1,8 @@
 """MAD task generators (documented distributions, seeded) and the training/table path at toy size."""
 
 import json
+import os
+import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -679,3 +681,39 @@ def test_the_results_pages_long_setting_tables_are_the_committed_runs(first_lr):
                     for key in ((f"{task}[seq_len={n}]", attention, lr) for n in (512, 1024))]
             assert cell == " / ".join(want), (label, attention, lr)
     assert len(rows) == 4
+
+
+def test_the_gpu_piece_script_runs_two_pieces_at_once_into_one_copy(tmp_path):
+    """Two mad_check.sh started together into one $OUT (the eighteenth session ran Muon's last long runs beside
+    AdamW's first piece, then joined two copies by hand): both pieces' runs land in the one copy, each a whole
+    line, none twice; MPS=join reports whether it found a server to join (a stub stands in for MPS's control)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from conftest import run_device_script
+
+    results, out, stub = tmp_path / "results.jsonl", tmp_path / "out", tmp_path / "bin"
+    results.write_text("")
+    stub.mkdir()
+    control = stub / "nvidia-cuda-mps-control"
+    control.write_text("#!/bin/sh\ncat > /dev/null\nexit 0\n")
+    control.chmod(0o755)
+    path = os.pathsep.join([str(stub), str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+    env = dict(OUT=str(out), MAD_RESULTS=str(results), MAD_FLAGS="--backend torch", JOBS="1", MAD_TIMEOUT="50",
+               MAD_MARGIN="5", PATH=path)
+    piece = ("--attention softmax --tasks memorization --baseline-only --epochs 1 --wds 0 --max-train-examples 16 "
+             "--device cpu ")
+    with ThreadPoolExecutor(2) as pool:
+        first = pool.submit(run_device_script, "mad_check.sh", MAD_ARGS=piece + "--optimizer adamw --lrs 1e-3 2e-3",
+                            **env)
+        second = pool.submit(run_device_script, "mad_check.sh", MAD_ARGS=piece + "--optimizer muon --lrs 5e-4",
+                             MPS="join", **env)
+        first, second = first.result(), second.result()
+    assert first.returncode == 0 and second.returncode == 0, first.stderr + second.stderr
+    assert "joined the MPS server" in second.stdout
+    runs = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert sorted((r["optimizer"], r["lr"]) for r in runs) == [("adamw", 1e-3), ("adamw", 2e-3), ("muon", 5e-4)]
+    assert (out / "mad_protocol.log").read_text().count("== piece: MAD_ARGS=") == 2
+
+    control.write_text("#!/bin/sh\necho 'Cannot find MPS control daemon process' >&2\nexit 1\n")
+    proc = run_device_script("mad_check.sh", MAD_ARGS=piece + "--optimizer muon --lrs 5e-4", MPS="join", **env)
+    assert proc.returncode == 0 and "no MPS server to join: time-sliced processes" in proc.stdout

@@ -39,6 +39,7 @@ import argparse
 import itertools
 import json
 import multiprocessing
+import os
 import time
 from collections import defaultdict
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
@@ -322,6 +323,18 @@ RUN_DEFAULTS = {"optimizer": ["adamw"], "lrs": [1e-4, 5e-4, 1e-3], "wds": [0.0, 
 RUN_FIELDS = {"optimizer": "optimizer", "lrs": "lr", "wds": "weight_decay", "epochs": "epochs"}
 
 
+def _append_line(path: Path, line: str) -> None:
+    """One record, one write() to a file opened O_APPEND: two runners appending to one results file (two pieces
+    of a call at once, scripts/device/mad_check.sh) never interleave or overwrite each other's lines."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        data = (line + "\n").encode()
+        if os.write(fd, data) != len(data):
+            raise OSError(f"{path}: a short write appending a record")
+    finally:
+        os.close(fd)
+
+
 def main(argv: list[str] | None = None) -> str:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--attention", nargs="+", default=["softmax", "parallax"], choices=["softmax", "parallax"])
@@ -424,8 +437,7 @@ def main(argv: list[str] | None = None) -> str:
         for result in _train_all(pending, args.jobs, args.start_deadline, args.batch_sweep, args.end_deadline,
                                  recorded_costs(priced)):
             records.append(result)
-            with open(args.out, "a") as f:  # one writer (this process): lines never interleave
-                f.write(json.dumps(result) + "\n")
+            _append_line(args.out, json.dumps(result))
     text = lr_table(records) if args.by_lr else table(records)
     print(text)
     return text

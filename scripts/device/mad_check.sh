@@ -5,7 +5,9 @@
 # attention backend and compile (default: the fused Triton kernel, eager; a short run spends more on
 # compiling than CUDA graphs save), MAD_ARGS the piece (settings, epochs, sweep points). One call can run
 # several pieces, the script once per piece with its own MAD_ARGS: each resumes from the copy the one before
-# left in $OUT, and their logs follow one another in mad_protocol.log.
+# left in $OUT, and their logs follow one another in mad_protocol.log. Two pieces can also run at once into one
+# $OUT (disjoint runs, e.g. two optimizers at their own lrs): the copy is made under a lock, each runner appends
+# whole lines to it, and the second joins the first's MPS server (MPS=join below).
 # PROBE=1 first trains one baseline run per model eager and compiled, 2 epochs, to time the two paths,
 # then the six sweep points of that baseline as one batched model (--batch-sweep), to time that path.
 # PROBE_LONG=1 (below) times a sequence-1,024 setting alone and six at once.
@@ -22,6 +24,9 @@ if [ ! -f "$results" ]; then
 fi
 # a copy that extends the results file is an earlier piece's in this same $OUT (one call running several
 # pieces one after another): resume from it. Anything else (a stale copy) is replaced by the results file.
+# (under a lock: a piece started beside another must not copy over the copy the other is appending to)
+exec {lock}> "$out/.copy.lock"
+flock "$lock"
 if [ "$copy" -ef "$results" ]; then
   :
 elif [ -f "$copy" ] && cmp -s -n "$(stat -c %s "$results")" "$results" "$copy"; then
@@ -29,11 +34,22 @@ elif [ -f "$copy" ] && cmp -s -n "$(stat -c %s "$results")" "$results" "$copy"; 
 else
   cp "$results" "$copy"
 fi
+flock -u "$lock"
 flags=${MAD_FLAGS:---backend triton}
 # MPS=1: the worker processes share the GPU through an MPS server, so that their small kernels run side by
 # side instead of in time slices (same numerics; only the seconds change). Stopped when this script ends;
-# if it does not come up, the runs go on time-sliced and the log says so.
-if [ "${MPS:-0}" = 1 ]; then
+# if it does not come up, the runs go on time-sliced and the log says so. MPS=join: a piece started beside
+# one with MPS=1 sends its workers to that script's server and leaves it running; start the MPS=1 piece first,
+# with the longer MAD_TIMEOUT (its `quit` at the end takes no new clients but waits for those still running).
+if [ "${MPS:-0}" = join ]; then
+  export CUDA_MPS_PIPE_DIRECTORY=/tmp/mps-pipe CUDA_MPS_LOG_DIRECTORY=/tmp/mps-log
+  if echo get_server_list | nvidia-cuda-mps-control > /dev/null 2>&1; then
+    echo "== joined the MPS server at $CUDA_MPS_PIPE_DIRECTORY"
+  else
+    unset CUDA_MPS_PIPE_DIRECTORY CUDA_MPS_LOG_DIRECTORY
+    echo "== no MPS server to join: time-sliced processes"
+  fi
+elif [ "${MPS:-0}" = 1 ]; then
   export CUDA_MPS_PIPE_DIRECTORY=/tmp/mps-pipe CUDA_MPS_LOG_DIRECTORY=/tmp/mps-log
   mkdir -p $CUDA_MPS_PIPE_DIRECTORY $CUDA_MPS_LOG_DIRECTORY
   if nvidia-cuda-mps-control -d && python3 -c "import torch; torch.ones(1, device='cuda').sum().item()"; then
