@@ -394,6 +394,11 @@ def test_plot_mad_draws_the_tables_scores_over_common_runs(tmp_path):
         main([str(tmp_path / "empty.jsonl"), "--out", str(tmp_path / "x.png")])
 
 
+# the results page's names of the mini20M variants, and their config names
+VARIANTS = {"Transformer": "transformer", "Parallax": "parallax",
+            "Param-matched Transformer": "transformer-param-matched", "Compute-matched Parallax": "parallax-compute-matched"}
+
+
 @pytest.mark.parametrize("runs, swept, header, count", [
     ("2026-12-03-ladder-lr", "optimizer.lr", "| lr | 1e-3 | 2e-3 | 3e-3 | 5e-3 | 1e-2 | 2e-2 | 3e-2 | best |", 39),
     ("2026-12-03-ladder-seeds", "debug.seed", "| seed | 1 | 2 | 3 | mean |", 10),
@@ -412,13 +417,11 @@ def test_the_results_pages_sweep_tables_are_the_committed_runs(runs, swept, head
     # a cell marked † is exactly a run evaluated on other held-out data than most (the corpus's first build)
     usual_tokens = Counter(r.tokens for r in read.values()).most_common(1)[0][0]
     columns, rows = results_page_table(header)
-    names = {"Transformer": "transformer", "Parallax": "parallax",
-             "Param-matched Transformer": "transformer-param-matched", "Compute-matched Parallax": "parallax-compute-matched"}
     checked = 0
     for label, *cells, last in rows:
         last = last.strip("*")
         model, optimizer = label.split(", ")
-        config = ("mini20M_" if runs.startswith("2026") else "") + f"{names[model]}_{optimizer.split()[0].lower()}"
+        config = ("mini20M_" if runs.startswith("2026") else "") + f"{VARIANTS[model]}_{optimizer.split()[0].lower()}"
         for value, cell in zip(columns[1:-1], cells):
             if cell:
                 run = read[config, value]
@@ -464,14 +467,12 @@ def test_the_results_pages_build_rerun_table_is_the_committed_runs():
     """The eighteenth session's table of every variant at lr 3e-3 on both corpus builds: a first-build row is the
     ladder's run (runs/2026-11-23-ladder), a current-build row the lr sweep's run at optimizer.lr=3e-3."""
     (_, *models), rows = results_page_table("| lr 3e-3 | Transformer | Parallax |")
-    names = {"Transformer": "transformer", "Parallax": "parallax",
-             "Param-matched Transformer": "transformer-param-matched", "Compute-matched Parallax": "parallax-compute-matched"}
     runs = REPO / "docs" / "runs"
     tokens = {}
     for label, *cells in rows:
         optimizer, build = label.split(", ")
         for model, cell in zip(models, cells):
-            config = f"mini20M_{names[model]}_{optimizer.lower()}"
+            config = f"mini20M_{VARIANTS[model]}_{optimizer.lower()}"
             folder = (runs / "2026-11-23-ladder" / config if build.startswith("first")
                       else runs / "2026-12-03-ladder-lr" / config / "optimizer.lr=3e-3")
             run = json.loads((folder / "perplexity.json").read_text())
