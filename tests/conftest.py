@@ -43,6 +43,16 @@ def run_device_script(name: str, cwd: Path | None = None, **env: str) -> subproc
                           cwd=cwd, capture_output=True, text=True, timeout=60)
 
 
+def stand_in_commands(folder: Path, scripts: dict[str, str], then: str | None = None) -> str:
+    """Shell scripts standing in for commands (name -> body under a #!/bin/sh line), executable in `folder`;
+    returns a PATH that finds them before `then` (default: this process's PATH)."""
+    folder.mkdir(exist_ok=True)
+    for name, body in scripts.items():
+        (folder / name).write_text("#!/bin/sh\n" + body)
+        (folder / name).chmod(0o755)
+    return f"{folder}{os.pathsep}{os.environ.get('PATH', '') if then is None else then}"
+
+
 def results_page_table(header: str) -> tuple[list[str], list[list[str]]]:
     """docs/results.md's table whose header line starts with `header` (indented or not; end `header` with a
     newline to match a whole line): the header's cells and each row's cells, stripped."""

@@ -15,11 +15,10 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def launch(tmp_path, env, *args):
-    fake = tmp_path / "bin"
-    fake.mkdir(exist_ok=True)
-    (fake / "torchrun").write_text('#!/bin/sh\necho "torchrun $@"\n')
-    (fake / "torchrun").chmod(0o755)
-    full_env = {**os.environ, "PATH": f"{fake}:{os.environ['PATH']}", **env}
+    from conftest import stand_in_commands
+
+    path = stand_in_commands(tmp_path / "bin", {"torchrun": 'echo "torchrun $@"\n'})
+    full_env = {**os.environ, "PATH": path, **env}
     return subprocess.run(["bash", str(REPO / "scripts" / "train.sh"), *args], cwd=REPO, env=full_env,
                           capture_output=True, text=True)
 
@@ -179,13 +178,10 @@ def test_ablate_sweep_parsing_errors():
 def _stand_in_path(tmp_path, python_also: str = "") -> str:
     """A PATH whose `python` records each call in tmp_path/calls.txt (then runs `python_also`, shell) and whose
     `nvidia-smi` does nothing: ladder_check.sh without a GPU or the packages."""
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    (bin_dir / "python").write_text(f'#!/bin/sh\necho "$@" >> {tmp_path / "calls.txt"}\n{python_also}')
-    (bin_dir / "nvidia-smi").write_text("#!/bin/sh\n")
-    for stub in bin_dir.iterdir():
-        stub.chmod(0o755)
-    return f"{bin_dir}{os.pathsep}{os.environ['PATH']}"
+    from conftest import stand_in_commands
+
+    return stand_in_commands(tmp_path / "bin", {"python": f'echo "$@" >> {tmp_path / "calls.txt"}\n{python_also}',
+                                                "nvidia-smi": ""})
 
 
 def _run_ladder_script(tmp_path, **env):

@@ -689,15 +689,14 @@ def test_the_gpu_piece_script_runs_two_pieces_at_once_into_one_copy(tmp_path):
     line, none twice; MPS=join reports whether it found a server to join (a stub stands in for MPS's control)."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from conftest import run_device_script
+    from conftest import run_device_script, stand_in_commands
 
     results, out, stub = tmp_path / "results.jsonl", tmp_path / "out", tmp_path / "bin"
     results.write_text("")
-    stub.mkdir()
-    control = stub / "nvidia-cuda-mps-control"
-    control.write_text("#!/bin/sh\ncat > /dev/null\nexit 0\n")
-    control.chmod(0o755)
-    path = os.pathsep.join([str(stub), str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+    # the stand-in answers like a running MPS control daemon; python3 stays this interpreter's (as in
+    # run_device_script, whose PATH this one replaces)
+    path = stand_in_commands(stub, {"nvidia-cuda-mps-control": "cat > /dev/null\nexit 0\n"},
+                             then=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
     env = dict(OUT=str(out), MAD_RESULTS=str(results), MAD_FLAGS="--backend torch", JOBS="1", MAD_TIMEOUT="50",
                MAD_MARGIN="5", PATH=path)
     piece = ("--attention softmax --tasks memorization --baseline-only --epochs 1 --wds 0 --max-train-examples 16 "
@@ -714,6 +713,6 @@ def test_the_gpu_piece_script_runs_two_pieces_at_once_into_one_copy(tmp_path):
     assert sorted((r["optimizer"], r["lr"]) for r in runs) == [("adamw", 1e-3), ("adamw", 2e-3), ("muon", 5e-4)]
     assert (out / "mad_protocol.log").read_text().count("== piece: MAD_ARGS=") == 2
 
-    control.write_text("#!/bin/sh\necho 'Cannot find MPS control daemon process' >&2\nexit 1\n")
+    stand_in_commands(stub, {"nvidia-cuda-mps-control": "echo 'Cannot find MPS control daemon process' >&2\nexit 1\n"})
     proc = run_device_script("mad_check.sh", MAD_ARGS=piece + "--optimizer muon --lrs 5e-4", MPS="join", **env)
     assert proc.returncode == 0 and "no MPS server to join: time-sliced processes" in proc.stdout

@@ -2,11 +2,11 @@
 held-out-source validation in the shard preparation."""
 
 import json
-import os
 import shutil
 import subprocess
 
 import pytest
+from conftest import stand_in_commands
 
 from scripts.build_mini_corpus import Source, build, html_text, pod_text
 
@@ -89,11 +89,8 @@ def test_match_rebuilds_the_recorded_packages_or_says_which_it_cannot(tmp_path, 
     assert (tmp_path / "again" / "PROVENANCE.json").read_text() == record.read_text()
 
     # a recorded version that neither the cache nor apt-get has: an error naming it (apt-get stubbed offline)
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    (bin_dir / "apt-get").write_text("#!/bin/sh\necho \"E: Version '0.9' for 'docs-a' was not found\" >&2\nexit 100\n")
-    (bin_dir / "apt-get").chmod(0o755)
-    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    monkeypatch.setenv("PATH", stand_in_commands(
+        tmp_path / "bin", {"apt-get": "echo \"E: Version '0.9' for 'docs-a' was not found\" >&2\nexit 100\n"}))
     older = json.loads(record.read_text())
     older["sources"][0]["deb"] = "docs-a_0.9_all.deb"
     (tmp_path / "older.json").write_text(json.dumps(older))

@@ -41,8 +41,10 @@ flags=${MAD_FLAGS:---backend triton}
 # if it does not come up, the runs go on time-sliced and the log says so. MPS=join: a piece started beside
 # one with MPS=1 sends its workers to that script's server and leaves it running; start the MPS=1 piece first,
 # with the longer MAD_TIMEOUT (its `quit` at the end takes no new clients but waits for those still running).
+if [ "${MPS:-0}" = join ] || [ "${MPS:-0}" = 1 ]; then
+  export CUDA_MPS_PIPE_DIRECTORY=/tmp/mps-pipe CUDA_MPS_LOG_DIRECTORY=/tmp/mps-log  # the one server both use
+fi
 if [ "${MPS:-0}" = join ]; then
-  export CUDA_MPS_PIPE_DIRECTORY=/tmp/mps-pipe CUDA_MPS_LOG_DIRECTORY=/tmp/mps-log
   if echo get_server_list | nvidia-cuda-mps-control > /dev/null 2>&1; then
     echo "== joined the MPS server at $CUDA_MPS_PIPE_DIRECTORY"
   else
@@ -50,7 +52,6 @@ if [ "${MPS:-0}" = join ]; then
     echo "== no MPS server to join: time-sliced processes"
   fi
 elif [ "${MPS:-0}" = 1 ]; then
-  export CUDA_MPS_PIPE_DIRECTORY=/tmp/mps-pipe CUDA_MPS_LOG_DIRECTORY=/tmp/mps-log
   mkdir -p $CUDA_MPS_PIPE_DIRECTORY $CUDA_MPS_LOG_DIRECTORY
   if nvidia-cuda-mps-control -d && python3 -c "import torch; torch.ones(1, device='cuda').sum().item()"; then
     trap 'echo quit | nvidia-cuda-mps-control' EXIT
