@@ -618,14 +618,15 @@ def _results_page_rows(header: str) -> tuple[list[str], list[list[str]]]:
     return [cell.split(" (")[0] for cell in columns[1:-1]], rows
 
 
-def _committed_scores(name: str, optimizer: str, short_only: bool) -> dict:
-    """{attention: {task short name or "average": score}} of a committed results file, as --table reads it."""
+def _committed_scores(name: str, optimizer: str, short_only: bool, chosen=lambda run: True) -> dict:
+    """{attention: {task short name or "average": score}} of a committed results file's `chosen` runs, as --table
+    reads it."""
     from eval.mad.run import SHORT, common_runs, scores
 
     short = {st.name for st in all_settings(None, False) if st.seq_len <= 256}
     path = Path(__file__).resolve().parents[1] / "docs" / "runs" / "mad" / name
     records = [r for r in map(json.loads, path.open()) if r["optimizer"] == optimizer
-               and (not short_only or r["setting"] in short)]
+               and (not short_only or r["setting"] in short) and chosen(r)]
     got = scores(common_runs(records))
     return {attention: {SHORT.get(task, task): value for task, value in values.items()}
             for (attention, _), values in got.items()}
@@ -638,12 +639,15 @@ MODELS = {"Parallax": "parallax", "Transformer": "softmax"}
                                                ("| Muon, all 66 settings |", False)])
 def test_the_results_pages_muon_sweep_tables_are_the_committed_runs(header, short_only):
     """docs/results.md's tables of the wider sweep against MAD's under Muon (the 58 short settings, all 66), cell
-    by cell, against the committed results files read as `python -m eval.mad.run --table [--max-seq-len 256]`."""
+    by cell, against the committed results files read as `python -m eval.mad.run --table [--max-seq-len 256]`. The
+    wider sweep as those sessions had run it: lr 1e-3 to 1e-2 everywhere, 2e-2 on the six baselines (the
+    nineteenth session's 2e-2 runs on other settings come after)."""
     tasks, rows = _results_page_rows(header)
     files = {"MAD's sweep": "mad_protocol.jsonl", "wider sweep": "mad_lr_above_sweep.jsonl"}
+    as_run = lambda run: run["lr"] <= 1e-2 or run["setting"].endswith("[baseline]")  # noqa: E731
     for label, *cells, average in rows:
         model, sweep = label.split(", ", 1)
-        got = _committed_scores(files[sweep.split(" (")[0]], "muon", short_only=short_only)[MODELS[model]]
+        got = _committed_scores(files[sweep.split(" (")[0]], "muon", short_only, as_run)[MODELS[model]]
         assert [f"{got[t]:.3f}" for t in tasks] + [f"{got['average']:.3f}"] == [*cells, average], label
     assert len(rows) == 4
 
@@ -716,3 +720,67 @@ def test_the_gpu_piece_script_runs_two_pieces_at_once_into_one_copy(tmp_path):
     stand_in_commands(stub, {"nvidia-cuda-mps-control": "echo 'Cannot find MPS control daemon process' >&2\nexit 1\n"})
     proc = run_device_script("mad_check.sh", MAD_ARGS=piece + "--optimizer muon --lrs 5e-4", MPS="join", **env)
     assert proc.returncode == 0 and "no MPS server to join: time-sliced processes" in proc.stdout
+
+
+def _claimant(claims_of: Path, keys: list[tuple]):
+    """Another runner, alive until killed, that has claimed `keys` on the results file `claims_of`."""
+    import subprocess
+
+    code = ("import sys, time; from pathlib import Path; from eval.mad.claims import RunClaims; "
+            f"RunClaims(Path({str(claims_of)!r}), set).claim({keys!r}); print('claimed', flush=True); time.sleep(120)")
+    proc = subprocess.Popen([sys.executable, "-c", code], cwd=Path(__file__).parents[1], stdout=subprocess.PIPE,
+                            text=True)
+    assert proc.stdout.readline().strip() == "claimed"
+    return proc
+
+
+def test_runs_another_live_runner_has_claimed_are_left_to_it_until_it_is_gone(tmp_path):
+    """The nineteenth session's two overlapping pieces trained 105 runs twice; a claim keeps a run to one runner."""
+    from eval.mad.claims import RunClaims
+
+    results = tmp_path / "runs.jsonl"
+    a, b, c, recorded = (("s", "softmax", "adamw", lr, 0.0, 10, 1) for lr in (1e-3, 2e-3, 5e-3, 1e-2))
+    other = _claimant(results, [a, b])
+    try:
+        mine = RunClaims(results, lambda: {recorded})
+        assert mine.claim([b, c, recorded]) == [c]  # b is the other's, `recorded` is in the results file
+        assert mine.claim([c]) == [c]  # a runner's own claims do not stop it
+    finally:
+        other.kill()
+        other.wait()
+    assert mine.claim([a, b]) == [a, b]  # the other runner is gone: its claims count for nothing
+    mine.release()
+    assert not mine.path.exists()
+
+
+def test_the_runner_trains_only_the_runs_no_other_runner_has_claimed(tmp_path, capsys):
+    from eval.mad.run import main
+
+    out = tmp_path / "runs.jsonl"
+    argv = ["--attention", "softmax", "--tasks", "memorization", "--baseline-only", "--epochs", "1", "--lrs", "1e-3",
+            "2e-3", "--wds", "0", "--max-train-examples", "16", "--device", "cpu", "--out", str(out)]
+    name = "memorization[num_train_examples=16]"  # the baseline, capped by --max-train-examples
+    other = _claimant(out, [(name, "softmax", "adamw", 1e-3, 0.0, 1, 12345)])
+    try:
+        main(argv)
+        trained = [json.loads(line)["lr"] for line in out.read_text().splitlines()]
+        assert trained == [2e-3], trained
+        assert "1 runs left to another runner" in capsys.readouterr().out
+        # this runner dropped its own claims; the live runner's stays
+        assert [json.loads(line)["run"][3] for line in (tmp_path / "runs.jsonl.claims").read_text().splitlines()] \
+            == [1e-3]
+    finally:
+        other.kill()
+        other.wait()
+
+
+def test_a_results_file_that_records_a_run_twice_is_refused(tmp_path, capsys):
+    from eval.mad.run import main
+
+    run = {"setting": "memorization[baseline]", "task": "memorization", "attention": "softmax", "optimizer": "adamw",
+           "lr": 1e-3, "weight_decay": 0.0, "epochs": 1, "seed": 12345, "test_acc": 0.5}
+    out = tmp_path / "runs.jsonl"
+    out.write_text(json.dumps(run) + "\n" + json.dumps(run | {"test_acc": 0.7}) + "\n")
+    with pytest.raises(SystemExit):
+        main(["--table", "--out", str(out)])
+    assert "records 1 runs twice" in capsys.readouterr().err

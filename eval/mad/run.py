@@ -41,10 +41,11 @@ import json
 import multiprocessing
 import os
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from pathlib import Path
 
+from eval.mad.claims import RunClaims
 from eval.mad.tasks import PROTOCOL, all_settings
 from eval.mad.train import MADRun, train_setting, train_sweep
 
@@ -54,6 +55,11 @@ SHORT = {"in-context-recall": "CR", "fuzzy-in-context-recall": "FR", "noisy-in-c
 
 def run_key(r: dict) -> tuple:
     return (r["setting"], r["attention"], r["optimizer"], r["lr"], r["weight_decay"], r["epochs"], r["seed"])
+
+
+def planned_key(setting, run: MADRun) -> tuple:
+    """run_key() of the record that training `run` on `setting` will write."""
+    return (setting.name, run.attention, run.optimizer, run.lr, run.weight_decay, run.epochs, run.seed)
 
 
 def setting_bests(records: list[dict]) -> dict[tuple[str, str, str, str], float]:
@@ -181,8 +187,7 @@ def plan(settings: list, runs: list[MADRun], done: set[tuple], devices: list[str
     for point in points:
         for setting in sorted(settings, key=lambda s: -s.num_train_examples * s.seq_len):
             for run in runs:
-                key = (setting.name, run.attention, run.optimizer, run.lr, run.weight_decay, run.epochs, run.seed)
-                if (run.optimizer, run.lr, run.weight_decay) == point and key not in done:
+                if (run.optimizer, run.lr, run.weight_decay) == point and planned_key(setting, run) not in done:
                     pending.append((setting, run, devices[len(pending) % len(devices)]))
     return pending
 
@@ -275,13 +280,14 @@ def _group(setting, runs, device) -> list[dict]:
 
 
 def _train_all(pending: list, jobs: int, start_deadline: float | None = None, batched: bool = False,
-               end_deadline: float | None = None, costs: dict | None = None):
+               end_deadline: float | None = None, costs: dict | None = None, claims: RunClaims | None = None):
     """Yields each run's result as it ends: in order in this process, or from `jobs` worker processes
     ("spawn": CUDA cannot be forked), each given its next job as it finishes one. A job is one run, or
     with `batched` one batch_sweeps() group. No job starts once `start_deadline` seconds have passed,
     nor one whose expected seconds (job_seconds from `costs`) would take it past `end_deadline`: the
     next job in the queue that fits starts instead. Those started finish. A call with a time limit then
-    ends with whole runs, instead of losing the ones a kill would cut short."""
+    ends with whole runs, instead of losing the ones a kill would cut short. With `claims`, a job starts
+    with only those of its runs that no other runner on the same results file has taken (claims.py)."""
     clock = time.monotonic()
     train = _group if batched else _one
 
@@ -291,13 +297,28 @@ def _train_all(pending: list, jobs: int, start_deadline: float | None = None, ba
         return job_seconds(job[0], job[1] if batched else [job[1]], costs or {})
 
     def next_job():
-        elapsed = time.monotonic() - clock
-        if start_deadline is not None and elapsed >= start_deadline:
+        while True:
+            elapsed = time.monotonic() - clock
+            if start_deadline is not None and elapsed >= start_deadline:
+                return None
+            fits = [i for i, (_, seconds) in enumerate(queue) if seconds is None or elapsed + seconds <= end_deadline]
+            if not fits:
+                return None
+            job = queue.pop(fits[0])[0]
+            if claims is None or (job := claimed(job)) is not None:
+                return job
+
+    def claimed(job):
+        """The job cut to the runs this runner could claim, or None if another runner has taken them all."""
+        setting, runs, device = job if batched else (job[0], [job[1]], job[2])
+        free = set(claims.claim([planned_key(setting, run) for run in runs]))
+        mine = [run for run in runs if planned_key(setting, run) in free]
+        skipped[0] += len(runs) - len(mine)
+        if not mine:
             return None
-        for i, (job, seconds) in enumerate(queue):
-            if seconds is None or elapsed + seconds <= end_deadline:
-                return queue.pop(i)[0]
-        return None
+        return (setting, mine, device) if batched else job
+
+    skipped = [0]
 
     queue = [(job, expected_seconds(job)) for job in pending]  # each job priced once
     if jobs <= 1:
@@ -314,6 +335,8 @@ def _train_all(pending: list, jobs: int, start_deadline: float | None = None, ba
                 finished, running = wait(running, return_when=FIRST_COMPLETED)
                 for future in finished:
                     yield from future.result()
+    if skipped[0]:
+        print(f"{skipped[0]} runs left to another runner of this results file, which had taken them (claims.py)")
     if queue:
         print(f"{len(queue)} jobs not started: past --start-deadline, or expected to end past --end-deadline")
 
@@ -321,6 +344,10 @@ def _train_all(pending: list, jobs: int, start_deadline: float | None = None, ba
 # the flags that choose runs (what trains, or with --table what is tabled), their defaults and record fields
 RUN_DEFAULTS = {"optimizer": ["adamw"], "lrs": [1e-4, 5e-4, 1e-3], "wds": [0.0, 0.1], "epochs": 200}
 RUN_FIELDS = {"optimizer": "optimizer", "lrs": "lr", "wds": "weight_decay", "epochs": "epochs"}
+
+
+def _read_records(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
 
 
 def _append_line(path: Path, line: str) -> None:
@@ -389,7 +416,12 @@ def main(argv: list[str] | None = None) -> str:
         parser.error("--batch-max-seq-len only applies with --batch-sweep")
     if args.by_lr and not args.table:
         parser.error("--by-lr only applies with --table")
-    records = [json.loads(line) for line in args.out.read_text().splitlines()] if args.out.is_file() else []
+    records = _read_records(args.out)
+    repeated = [key for key, n in Counter(map(run_key, records)).items() if n > 1]
+    if repeated:
+        # a setting's score is its best run: a run recorded twice would count its better copy
+        parser.error(f"--out {args.out} records {len(repeated)} runs twice (the first: {repeated[0]}); "
+                     "keep one line of each")
     for path in args.costs_from:
         if not path.is_file():
             parser.error(f"--costs-from {path} does not exist")
@@ -434,10 +466,14 @@ def main(argv: list[str] | None = None) -> str:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         if args.batch_sweep:
             pending = batch_sweeps(pending, devices, args.batch_max_seq_len)
-        for result in _train_all(pending, args.jobs, args.start_deadline, args.batch_sweep, args.end_deadline,
-                                 recorded_costs(priced)):
-            records.append(result)
-            _append_line(args.out, json.dumps(result))
+        claims = RunClaims(args.out, lambda: set(map(run_key, _read_records(args.out))))
+        try:
+            for result in _train_all(pending, args.jobs, args.start_deadline, args.batch_sweep, args.end_deadline,
+                                     recorded_costs(priced), claims):
+                records.append(result)
+                _append_line(args.out, json.dumps(result))
+        finally:
+            claims.release()
     text = lr_table(records) if args.by_lr else table(records)
     print(text)
     return text

@@ -6,8 +6,9 @@
 # compiling than CUDA graphs save), MAD_ARGS the piece (settings, epochs, sweep points). One call can run
 # several pieces, the script once per piece with its own MAD_ARGS: each resumes from the copy the one before
 # left in $OUT, and their logs follow one another in mad_protocol.log. Two pieces can also run at once into one
-# $OUT (disjoint runs, e.g. two optimizers at their own lrs): the copy is made under a lock, each runner appends
-# whole lines to it, and the second joins the first's MPS server (MPS=join below).
+# $OUT: the copy is made under a lock, each runner appends whole lines to it and claims a job's runs before it
+# starts them (eval/mad/claims.py), so pieces that overlap share the runs instead of training some twice, and
+# the second joins the first's MPS server (MPS=join below).
 # PROBE=1 first trains one baseline run per model eager and compiled, 2 epochs, to time the two paths,
 # then the six sweep points of that baseline as one batched model (--batch-sweep), to time that path.
 # PROBE_LONG=1 (below) times a sequence-1,024 setting alone and six at once.
