@@ -228,7 +228,7 @@ def test_the_table_of_chosen_settings_leaves_the_others_out(tmp_path):
     out = tmp_path / "runs.jsonl"
     out.write_text("".join(json.dumps({"attention": a, "optimizer": "adamw", "task": "in-context-recall",
                                        "setting": st.name, "lr": 1e-3, "weight_decay": 0.0, "epochs": 10,
-                                       "test_acc": acc}) + "\n"
+                                       "seed": 1, "test_acc": acc}) + "\n"
                            for st, accs in ((short, (0.2, 0.4)), (long, (0.9, 0.6))) for a, acc in zip(("softmax", "parallax"), accs)))
     assert "| parallax | adamw | 0.500 | 0.500 |" in main(["--table", "--out", str(out)])
     text = main(["--table", "--max-seq-len", "256", "--out", str(out)])
@@ -240,7 +240,8 @@ def test_the_table_of_chosen_settings_leaves_the_others_out(tmp_path):
         for a, acc in (("softmax", 1.0), ("parallax", 0.8)):
             for optimizer, lr, score in (("adamw", 5e-3, acc), ("muon", 1e-3, acc / 2)):
                 f.write(json.dumps({"attention": a, "optimizer": optimizer, "task": "in-context-recall", "lr": lr,
-                                    "setting": short.name, "weight_decay": 0.0, "epochs": 10, "test_acc": score}) + "\n")
+                                    "setting": short.name, "weight_decay": 0.0, "epochs": 10, "seed": 1,
+                                    "test_acc": score}) + "\n")
     text = main(["--table", "--max-seq-len", "256", "--out", str(out)])
     assert "| softmax | adamw | 1.000 | 1.000 |" in text and "| softmax | muon | 0.500 | 0.500 |" in text
     text = main(["--table", "--max-seq-len", "256", "--lrs", "1e-3", "--out", str(out)])
@@ -650,6 +651,18 @@ def test_the_results_pages_muon_sweep_tables_are_the_committed_runs(header, shor
         got = _committed_scores(files[sweep.split(" (")[0]], "muon", short_only, as_run)[MODELS[model]]
         assert [f"{got[t]:.3f}" for t in tasks] + [f"{got['average']:.3f}"] == [*cells, average], label
     assert len(rows) == 4
+
+
+def test_the_results_pages_adamw_sweep_table_is_the_committed_runs():
+    """The nineteenth session's AdamW table (MAD's sweep and the wider one, all 66 settings or the 58 short ones), cell
+    by cell against the committed results files as `--table --optimizer adamw [--max-seq-len 256]` reads them."""
+    tasks, rows = _results_page_rows("| AdamW | CR | FR | NR | SC | C | M | average |")
+    files = {"MAD's sweep": "mad_protocol.jsonl", "wider sweep": "mad_lr_above_sweep.jsonl"}
+    for label, *cells in rows:
+        model, sweep, *_, settings = label.split(", ")  # "Parallax, MAD's sweep (lr ..., wd ...), 66 settings"
+        got = _committed_scores(files[sweep.split(" (")[0]], "adamw", short_only="short" in settings)[MODELS[model]]
+        assert [f"{got[t]:.3f}" for t in tasks] + [f"{got['average']:.3f}"] == cells, label
+    assert len(rows) == 6
 
 
 def test_the_results_pages_summary_table_is_the_reduced_protocol():
