@@ -730,6 +730,16 @@ def test_the_gpu_piece_script_runs_two_pieces_at_once_into_one_copy(tmp_path):
     assert sorted((r["optimizer"], r["lr"]) for r in runs) == [("adamw", 1e-3), ("adamw", 2e-3), ("muon", 5e-4)]
     assert (out / "mad_protocol.log").read_text().count("== piece: MAD_ARGS=") == 2
 
+    # two pieces that overlap (the nineteenth session's second call): each run is trained once, by one of them
+    lrs = ["1e-3", "2e-3", "5e-3", "1e-2", "2e-2", "3e-2"]
+    with ThreadPoolExecutor(2) as pool:
+        pieces = [pool.submit(run_device_script, "mad_check.sh", MAD_ARGS=f"{piece}--optimizer adamw --lrs {chosen}",
+                              MPS=mps, **env) for chosen, mps in ((" ".join(lrs), "1"), (" ".join(lrs[2:]), "join"))]
+        assert all(proc.result().returncode == 0 for proc in pieces)
+    runs = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert sorted(r["lr"] for r in runs if r["optimizer"] == "adamw") == sorted(map(float, lrs))
+    assert not (out / "results.jsonl.claims").exists()  # both runners dropped their claims
+
     stand_in_commands(stub, {"nvidia-cuda-mps-control": "echo 'Cannot find MPS control daemon process' >&2\nexit 1\n"})
     proc = run_device_script("mad_check.sh", MAD_ARGS=piece + "--optimizer muon --lrs 5e-4", MPS="join", **env)
     assert proc.returncode == 0 and "no MPS server to join: time-sliced processes" in proc.stdout
