@@ -310,15 +310,16 @@ def _train_all(pending: list, jobs: int, start_deadline: float | None = None, ba
 
     def claimed(job):
         """The job cut to the runs this runner could claim, or None if another runner has taken them all."""
+        nonlocal skipped
         setting, runs, device = job if batched else (job[0], [job[1]], job[2])
         free = set(claims.claim([planned_key(setting, run) for run in runs]))
         mine = [run for run in runs if planned_key(setting, run) in free]
-        skipped[0] += len(runs) - len(mine)
+        skipped += len(runs) - len(mine)
         if not mine:
             return None
         return (setting, mine, device) if batched else job
 
-    skipped = [0]
+    skipped = 0  # runs left to another runner
 
     queue = [(job, expected_seconds(job)) for job in pending]  # each job priced once
     if jobs <= 1:
@@ -335,8 +336,8 @@ def _train_all(pending: list, jobs: int, start_deadline: float | None = None, ba
                 finished, running = wait(running, return_when=FIRST_COMPLETED)
                 for future in finished:
                     yield from future.result()
-    if skipped[0]:
-        print(f"{skipped[0]} runs left to another runner of this results file, which had taken them (claims.py)")
+    if skipped:
+        print(f"{skipped} runs left to another runner of this results file, which had taken them (claims.py)")
     if queue:
         print(f"{len(queue)} jobs not started: past --start-deadline, or expected to end past --end-deadline")
 
