@@ -665,6 +665,29 @@ def test_the_results_pages_adamw_sweep_table_is_the_committed_runs():
     assert len(rows) == 6
 
 
+def test_the_results_pages_40_epoch_table_is_the_committed_runs():
+    """The nineteenth session's table of the Transformer under AdamW at 10 and 40 epochs (H200 and CPU runs) beside
+    Parallax's best at 10 epochs, each cell against the committed results files."""
+    (_, *columns), rows = results_page_table("| Transformer, AdamW, lr 5e-3 | H200, 10 epochs |")
+    runs = Path(__file__).resolve().parents[1] / "docs" / "runs" / "mad"
+    gpu = [r for r in map(json.loads, (runs / "mad_lr_above_sweep.jsonl").open()) if r["optimizer"] == "adamw"]
+    cpu = list(map(json.loads, (runs / "mad_adamw_epochs_cpu.jsonl").open()))
+    settings = {"noisy recall, 6,400 examples": "noisy-in-context-recall[num_train_examples=6400]",
+                "noisy recall, 80% noise": "noisy-in-context-recall[frac_noise=0.8]",
+                "in-context recall, 3,200 examples": "in-context-recall[num_train_examples=3200]"}
+    for label, *cells in rows:
+        setting = settings[label]
+        for column, cell in zip(columns, cells):
+            if column.startswith("Parallax"):
+                want = max(r["test_acc"] for r in gpu if r["setting"] == setting and r["attention"] == "parallax")
+            else:
+                machine, epochs = column.split(", ")
+                [want] = [r["test_acc"] for r in (gpu if machine == "H200" else cpu) if r["setting"] == setting
+                          and r["attention"] == "softmax" and r["lr"] == 5e-3 and r["epochs"] == int(epochs[:2])]
+            assert cell == f"{want:.3f}", (label, column)
+    assert len(rows) >= 2
+
+
 def test_the_results_pages_summary_table_is_the_reduced_protocol():
     """The summary's reduced-protocol table (all 66 settings, each optimizer), against mad_protocol.jsonl;
     its paper rows are left as quoted."""
