@@ -445,7 +445,7 @@ def main(argv: list[str] | None = None) -> str:
         records = [r for r in records if all(r[RUN_FIELDS[name]] in allowed[name] for name in given)]
     if not args.table:
         # the seconds that price pending jobs: this file's runs, and those of --costs-from
-        priced = records + [json.loads(line) for path in args.costs_from for line in path.read_text().splitlines()]
+        priced = records + [r for path in args.costs_from for r in _read_records(path)]
         import torch
         from dataclasses import replace
 
