@@ -400,7 +400,7 @@ VARIANTS = {"Transformer": "transformer", "Parallax": "parallax",
 
 
 @pytest.mark.parametrize("runs, swept, header, count", [
-    ("2026-12-03-ladder-lr", "optimizer.lr", "| lr | 1e-3 | 2e-3 | 3e-3 | 5e-3 | 1e-2 | 2e-2 | 3e-2 | best |", 40),
+    ("2026-12-03-ladder-lr", "optimizer.lr", "| lr | 1e-3 | 2e-3 | 3e-3 | 5e-3 | 1e-2 | 2e-2 | 3e-2 | best |", 41),
     ("2026-12-03-ladder-seeds", "debug.seed", "| seed | 1 | 2 | 3 | mean |", 13),
     ("cpu_lr_sweep", "optimizer.lr", "| lr | 3e-4 | 1e-3 | 3e-3 | 1e-2 | 3e-2 | best |", 18),
 ])
