@@ -39,8 +39,21 @@ def run_device_script(name: str, cwd: Path | None = None, **env: str) -> subproc
     a PATH given here replaces the default)."""
     # the scripts call python3: this interpreter's, so that it finds the packages the tests run with
     path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
-    return subprocess.run(["bash", str(REPO / "scripts" / "device" / name)], env={**os.environ, "PATH": path, **env},
+    # the scripts' knobs (TESTS, OUT, JOBS, ...) are not inherited: the suite runs on the GPU host inside a call
+    # that sets them for the outer script, and a test must see only what it passes
+    inherited = {k: v for k, v in os.environ.items() if k not in device_script_knobs()}
+    return subprocess.run(["bash", str(REPO / "scripts" / "device" / name)], env={**inherited, "PATH": path, **env},
                           cwd=cwd, capture_output=True, text=True, timeout=60)
+
+
+def device_script_knobs() -> set[str]:
+    """The upper-case variables scripts/device/*.sh read, less the shell's own and those of the machine (PATH,
+    CUDA_*, ...)."""
+    import re
+
+    text = "".join(p.read_text() for p in (REPO / "scripts" / "device").glob("*.sh"))
+    names = set(re.findall(r"\$\{?([A-Z][A-Z0-9_]*)", text))
+    return {n for n in names if n not in {"PWD", "SECONDS", "PATH", "HOME", "PYTHONPATH"} and not n.startswith("CUDA_")}
 
 
 def stand_in_commands(folder: Path, scripts: dict[str, str], then: str | None = None) -> str:
