@@ -1,3 +1,4 @@
+import functools
 import itertools
 import os
 import subprocess
@@ -46,14 +47,16 @@ def run_device_script(name: str, cwd: Path | None = None, **env: str) -> subproc
                           cwd=cwd, capture_output=True, text=True, timeout=60)
 
 
-def device_script_knobs() -> set[str]:
+@functools.cache
+def device_script_knobs() -> frozenset[str]:
     """The upper-case variables scripts/device/*.sh read, less the shell's own and those of the machine (PATH,
     CUDA_*, ...)."""
     import re
 
     text = "".join(p.read_text() for p in (REPO / "scripts" / "device").glob("*.sh"))
     names = set(re.findall(r"\$\{?([A-Z][A-Z0-9_]*)", text))
-    return {n for n in names if n not in {"PWD", "SECONDS", "PATH", "HOME", "PYTHONPATH"} and not n.startswith("CUDA_")}
+    return frozenset(n for n in names
+                     if n not in {"PWD", "SECONDS", "PATH", "HOME", "PYTHONPATH"} and not n.startswith("CUDA_"))
 
 
 def stand_in_commands(folder: Path, scripts: dict[str, str], then: str | None = None) -> str:
