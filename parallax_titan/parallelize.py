@@ -30,7 +30,7 @@ def save_parallax_attention_in_op_sac() -> None:
     expensive op) would be the one thing recomputed in the backward. Skipped where Triton is not installed,
     since the fused backend cannot be selected there."""
     try:
-        importlib.import_module("parallax_kernels.triton_parallax")  # defines torch.ops.parallax.attention_fwd
+        importlib.import_module("parallax_kernels.parallax.triton_fused")  # defines torch.ops.parallax.attention_fwd
     except ImportError:
         return
     qwen3_parallelize._op_sac_save_list.add(torch.ops.parallax.attention_fwd.default)

@@ -1,12 +1,12 @@
 """Time Parallax attention against its peers, in one run on one GPU.
 
     python scripts/bench_attention.py [--shapes 8,16,2048,128 4,16,4096,128 ...] [--kv-ratio 2] [--json out.json]
-        [--reference-kernel FILE]      # e.g. FILE from `git show REF:kernels/triton_parallax.py`
+        [--reference-kernel FILE]      # e.g. FILE from `git show REF:kernels/parallax_kernels/parallax/triton_fused.py`
 
 Peers, each in its native layout, causal, bf16, GQA with Hkv = H / kv-ratio:
   parallax-triton  this repo's fused kernel (backend="triton")
   parallax-triton-atomic  the same with its one-kernel backward, dQ/dR by fp32 atomics (backend="triton_atomic")
-  parallax-triton-reference  with --reference-kernel: another version of kernels/triton_parallax.py (an
+  parallax-triton-reference  with --reference-kernel: another version of kernels/parallax_kernels/parallax/triton_fused.py (an
                    earlier commit's), so that a kernel change is timed against what it changed in one run
   parallax-torch   this repo's chunked eager backend (backend="torch"), skipped where it would be slow
   fla-parallax     flash-linear-attention's parallel_parallax (fla-core), if installed
@@ -42,12 +42,12 @@ def flops(b, h, n, d, kind: str) -> tuple[float, float]:
 
 
 def load_reference_kernel(path: str):
-    """Another version of kernels/triton_parallax.py as a module beside this one. Its torch.library ops
+    """Another version of kernels/parallax_kernels/parallax/triton_fused.py as a module beside this one. Its torch.library ops
     are renamed (parallax:: -> parallax_reference::, the same line count, so Triton still finds each
     kernel's source) so that both versions can register."""
     source = Path(path).read_text()
     if 'custom_op("parallax::attention_fwd"' not in source:
-        raise ValueError(f"--reference-kernel {path}: not a kernels/triton_parallax.py (it defines no parallax "
+        raise ValueError(f"--reference-kernel {path}: not a kernels/parallax_kernels/parallax/triton_fused.py (it defines no parallax "
                          "attention_fwd op)")
     copy = Path(tempfile.mkdtemp()) / "triton_parallax_reference.py"
     copy.write_text(source.replace('"parallax::', '"parallax_reference::'))
@@ -136,7 +136,7 @@ def main() -> None:
     ap.add_argument("--torch-backend-max-tokens", type=int, default=16384,
                     help="time the eager torch backend only where B*N is at most this")
     ap.add_argument("--json", default=None)
-    ap.add_argument("--reference-kernel", default=None, help="another kernels/triton_parallax.py to time beside this one")
+    ap.add_argument("--reference-kernel", default=None, help="another kernels/parallax_kernels/parallax/triton_fused.py to time beside this one")
     args = ap.parse_args()
     reference = load_reference_kernel(args.reference_kernel) if args.reference_kernel else None
     dtype = torch.bfloat16

@@ -60,7 +60,7 @@ def decode(q, k, v, r, seqlens, name: str):
     """One of this repo's decode kernels by its --parallax name: a backend of parallax_decode, or
     cute-persistent (the CuTe kernel on its persistent grid, opt-in: the launcher's grid otherwise)."""
     if name == "cute-persistent":
-        from parallax_kernels.cute_launch import parallax_decode_cute
+        from parallax_kernels.parallax_decode.cute_launch import parallax_decode_cute
 
         return parallax_decode_cute(q, k, v, r, seqlens, scale=q.shape[-1] ** -0.5, persistent=True)
     return parallax_decode(q, k, v, r, cache_seqlens=seqlens, backend=name)
@@ -98,7 +98,7 @@ def peers(b: int, length: int, dtype, with_flex: bool, parallax=("triton",)):
 
 def check(q, k, v, r, seqlens, backend: str) -> float:
     """Relative error of one of this repo's kernels against the float64 definition on this cell's inputs."""
-    from parallax_kernels.decode import parallax_decode_reference
+    from parallax_kernels.parallax_decode.torch_split import parallax_decode_reference
 
     got = decode(q, k, v, r, seqlens, backend).double()
     ref = parallax_decode_reference(q.double(), k.double(), v.double(), r.double(), seqlens, scale=D**-0.5)
@@ -110,7 +110,7 @@ SWEEP_CELLS = [(1, 8192), (1, 32768), (8, 8192), (64, 8192), (256, 1024), (2048,
 
 def sweep(dtype) -> None:
     """Parallax kernel settings (key tile, warps, stages, splits) on a few cells, to choose defaults."""
-    from parallax_kernels.triton_decode import default_num_splits, parallax_decode_triton
+    from parallax_kernels.parallax_decode.triton_split import default_num_splits, parallax_decode_triton
 
     print("| B | L | default splits | block_n | warps | stages | splits | us |")
     print("|---|---|---:|---:|---:|---:|---:|---:|")
@@ -148,9 +148,9 @@ def sweep_cute(dtype, block_ns=(32, 64, 16), cells=CUTE_SWEEP_CELLS) -> None:
     defaults. Tiles other than 32 run only where their artefacts exist (scripts/build_kernels.py --block-n),
     and so does the cluster merge (--cluster; shown as the tile with a "c", e.g. 64c/4) and the persistent
     grid (--persistent; a "p", e.g. 32p/1)."""
-    from parallax_kernels.cute_decode_variant import DecodeVariant
-    from parallax_kernels.cute_launch import default_artefact_dir, default_cluster_merge, default_grid, parallax_decode_cute
-    from parallax_kernels.triton_decode import _sm_count
+    from parallax_kernels.parallax_decode.cute_variant import DecodeVariant
+    from parallax_kernels.parallax_decode.cute_launch import default_artefact_dir, default_cluster_merge, default_grid, parallax_decode_cute
+    from parallax_kernels.parallax_decode.triton_split import _sm_count
 
     sms = _sm_count(torch.device("cuda"))
     folder = default_artefact_dir()

@@ -3,7 +3,7 @@ torch vs the fused preprocess kernel. python scripts/bench_row_dots.py"""
 import torch
 from triton.testing import do_bench
 
-from parallax_kernels.triton_parallax import row_dot_products
+from parallax_kernels.parallax.triton_fused import row_dot_products
 
 for b, h, n, d in [(4, 16, 4096, 128), (8, 16, 2048, 128), (4, 16, 4096, 64)]:
     do, o, a = (torch.randn(b, h, n, d, device="cuda", dtype=torch.bfloat16) for _ in range(3))

@@ -20,8 +20,8 @@ from pathlib import Path
 
 os.environ.setdefault("CUTE_DSL_ARCH", "sm_90a")  # before cutlass is imported: no GPU to ask
 
-from parallax_kernels.cute_decode_variant import DTYPES, HALF, HEAD_DIMS, DecodeVariant  # noqa: E402
-from parallax_kernels.cute_launch import ARCH, DEFAULT_CLUSTERS, default_artefact_dir, write_artefact  # noqa: E402
+from parallax_kernels.parallax_decode.cute_variant import DTYPES, HALF, HEAD_DIMS, DecodeVariant  # noqa: E402
+from parallax_kernels.parallax_decode.cute_launch import ARCH, DEFAULT_CLUSTERS, default_artefact_dir, write_artefact  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -30,11 +30,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--dtype", nargs="+", default=list(DTYPES), choices=DTYPES)
     p.add_argument("--head-dim", nargs="+", type=int, default=list(HEAD_DIMS))
     p.add_argument("--group", nargs="+", type=int, default=[1, 2, 4, HALF], help="query heads per KV head")
-    p.add_argument("--block-n", type=int, nargs="+", default=[32, 64], help="keys per warp tile (the launcher picks 32 or 64 by batch and cache length; kernels/cute_launch.py default_grid)")
+    p.add_argument("--block-n", type=int, nargs="+", default=[32, 64], help="keys per warp tile (the launcher picks 32 or 64 by batch and cache length; kernels/parallax_kernels/parallax_decode/cute_launch.py default_grid)")
     p.add_argument("--cluster", type=int, nargs="+", default=[0, *DEFAULT_CLUSTERS],
                    help="0: the ticket merge (any split count); 2..16: the cluster merge for exactly that many "
                         "splits (default: the ticket merge and the cluster sizes the launcher's default grid "
-                        "picks, kernels/cute_launch.py default_cluster_merge)")
+                        "picks, kernels/parallax_kernels/parallax_decode/cute_launch.py default_cluster_merge)")
     p.add_argument("--persistent", action="store_true",
                    help="also build the persistent-grid variant of each ticket-merge kernel (opt-in: "
                         "parallax_decode_cute(..., persistent=True))")
@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(f"CUTE_DSL_ARCH={os.environ['CUTE_DSL_ARCH']}: the kernel and its launcher are for {ARCH}")
     from importlib.metadata import version
 
-    from parallax_kernels.cute_decode import compile_variant
+    from parallax_kernels.parallax_decode.cute_kernel import compile_variant
 
     dsl = version("nvidia-cutlass-dsl")
     persistent = [False, True] if args.persistent else [False]

@@ -2,7 +2,7 @@
 uses per thread: registers, stack frame (spills land there), as cuobjdump reports them.
 
     python scripts/kernel_resources.py [--head-dim 128] [--tiles 128x64:8:3 64x64:4:2] [--arch 90]
-        [--reference-kernel FILE]      # the same counts for another version of kernels/triton_parallax.py
+        [--reference-kernel FILE]      # the same counts for another version of kernels/parallax_kernels/parallax/triton_fused.py
         [--all-masks]                  # also non-causal and with document masks (default: causal only)
 
 Static counts, not timings: a larger stack frame at 255 registers means spills, which usually cost time, but
@@ -94,7 +94,7 @@ def main() -> None:
         except ValueError:
             raise SystemExit(f"--tiles {tile!r}: expected BLOCK_MxBLOCK_N:warps:stages, e.g. 128x64:8:3")
     masks = [(True, False)] + ([(False, False), (True, True), (False, True)] if args.all_masks else [])
-    import parallax_kernels.triton_parallax as current
+    import parallax_kernels.parallax.triton_fused as current
 
     versions = {"current": current}
     if args.reference_kernel:

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from parallax_kernels.cute_decode_variant import DecodeVariant
-from parallax_kernels.cute_launch import DECODE_PARAMS, dsl_installed, load_decode_kernel, read_artefact, source_hash
+from parallax_kernels.parallax_decode.cute_variant import DecodeVariant
+from parallax_kernels.parallax_decode.cute_launch import DECODE_PARAMS, dsl_installed, load_decode_kernel, read_artefact, source_hash
 from parallax_titan.ops import parallax_decode
 
 REPO = Path(__file__).resolve().parents[1]
@@ -62,8 +62,8 @@ def test_build_kernels_writes_an_sm90a_cubin_with_the_launchers_parameter_list(b
 def compiled_ptx(variant: str) -> str:
     """PTX of one variant (given as Python source), compiled for sm_90a in a fresh process."""
     code = ("import os; os.environ['CUTE_DSL_ARCH'] = 'sm_90a'\n"
-            "from parallax_kernels.cute_decode import compile_variant\n"
-            "from parallax_kernels.cute_decode_variant import DecodeVariant\n"
+            "from parallax_kernels.parallax_decode.cute_kernel import compile_variant\n"
+            "from parallax_kernels.parallax_decode.cute_variant import DecodeVariant\n"
             f"print(compile_variant({variant})[1])")
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -107,7 +107,7 @@ def test_persistent_kernel_walks_work_items_in_a_grid_stride_loop():
 
 
 def test_persistent_variants_are_named_checked_and_sized_to_one_wave():
-    from parallax_kernels.cute_launch import parallax_decode_cute, persistent_grid
+    from parallax_kernels.parallax_decode.cute_launch import parallax_decode_cute, persistent_grid
 
     plain = DecodeVariant("bfloat16", 128, 2, 32)
     assert DecodeVariant("bfloat16", 128, 2, 32, persistent=True).name == plain.name + "_p"
@@ -140,7 +140,7 @@ def test_artefact_mismatches_are_clear_errors(tmp_path):
     with pytest.raises(ValueError, match="describes"):
         read_artefact(tmp_path, variant)
     path.write_text(json.dumps({**meta, "source": "0" * 16}))
-    with pytest.raises(ValueError, match="another version of kernels/cute_decode.py"):
+    with pytest.raises(ValueError, match="another version of kernels/parallax_kernels/parallax_decode/cute_kernel.py"):
         read_artefact(tmp_path, variant)
     path.write_text(json.dumps(meta))
     assert read_artefact(tmp_path, variant) == (meta, b"\x7fELF")
@@ -148,7 +148,7 @@ def test_artefact_mismatches_are_clear_errors(tmp_path):
 
 
 def test_missing_kernel_without_the_dsl_names_the_build_command(tmp_path, monkeypatch):
-    import parallax_kernels.cute_launch as launch
+    import parallax_kernels.parallax_decode.cute_launch as launch
 
     monkeypatch.setattr(launch, "dsl_installed", lambda: False)
     monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
@@ -169,7 +169,7 @@ def test_cute_backend_off_hopper_is_an_error_not_a_fallback():
 
 def decode_case(case, dtype):
     """Random inputs on the GPU for a (B, H, Hkv, L_max, D, lengths, splits) case, and the float64 result."""
-    from parallax_kernels.decode import parallax_decode_reference
+    from parallax_kernels.parallax_decode.torch_split import parallax_decode_reference
 
     b, h, hkv, l_max, d, lengths, _ = case
     g = torch.Generator().manual_seed(0)
@@ -203,7 +203,7 @@ def relative_error(out, expected, q) -> float:
 def cute_error(case, dtype, **launch) -> float:
     """relative_error of the CuTe kernel on a case, launched with explicit options (the case's split
     count, and `launch`: block_n, cluster_merge, persistent)."""
-    from parallax_kernels.cute_launch import parallax_decode_cute
+    from parallax_kernels.parallax_decode.cute_launch import parallax_decode_cute
 
     q, k, v, r, lengths, expected = decode_case(case, dtype)
     out = parallax_decode_cute(q, k, v, r, lengths, scale=q.shape[-1] ** -0.5, num_splits=case[6], **launch)
@@ -225,8 +225,8 @@ def test_cute_decode_matches_float64(case, dtype, block_n):
 
 @needs_hopper
 def test_cute_ticket_counter_is_reset_for_the_next_launch():
-    from parallax_kernels.decode import TICKET_COUNTERS as _COUNTERS
-    from parallax_kernels.decode import parallax_decode_reference
+    from parallax_kernels.parallax_decode.torch_split import TICKET_COUNTERS as _COUNTERS
+    from parallax_kernels.parallax_decode.torch_split import parallax_decode_reference
 
     def inputs(seed):
         g = torch.Generator().manual_seed(seed)
@@ -261,7 +261,7 @@ def test_cute_decode_in_a_cache_with_other_strides_and_a_zero_probe():
 def test_launch_parameters_are_packed_as_typed_values_behind_pointers():
     import ctypes
 
-    from parallax_kernels.cute_launch import pack_params
+    from parallax_kernels.parallax_decode.cute_launch import pack_params
 
     args = [0xDEADBEEF00, 7, 2**40 + 8, 0.25]
     values, pointers = pack_params(["u64", "u32", "u64", "f32"], args)
@@ -275,7 +275,7 @@ def test_launch_parameters_are_packed_as_typed_values_behind_pointers():
 def test_a_hopper_host_without_kernels_or_the_dsl_is_told_how_to_get_them(tmp_path, monkeypatch):
     from types import SimpleNamespace
 
-    import parallax_kernels.cute_launch as launch
+    import parallax_kernels.parallax_decode.cute_launch as launch
 
     fake_q = SimpleNamespace(device=torch.device("cuda", 0), dtype=torch.bfloat16, shape=(1, 16, 128))
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
@@ -303,7 +303,7 @@ def test_cluster_launch_config_has_the_driver_struct_layout():
     count), so a wrong field order or size would launch wrong clusters or fault."""
     import ctypes
 
-    from parallax_kernels.cute_launch import (CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION, _LaunchAttribute,
+    from parallax_kernels.parallax_decode.cute_launch import (CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION, _LaunchAttribute,
                                               _LaunchConfig, cluster_launch_config)
 
     assert ctypes.sizeof(_LaunchAttribute) == 72 and _LaunchAttribute.value.offset == 8
@@ -318,7 +318,7 @@ def test_cluster_launch_config_has_the_driver_struct_layout():
 
 @pytest.mark.parametrize("splits", [1, 17])
 def test_cluster_merge_needs_2_to_16_splits(splits):
-    from parallax_kernels.cute_launch import parallax_decode_cute
+    from parallax_kernels.parallax_decode.cute_launch import parallax_decode_cute
 
     q = torch.randn(1, 2, 128, dtype=torch.bfloat16)
     k = torch.randn(1, 1, 64, 128, dtype=torch.bfloat16)
@@ -328,7 +328,7 @@ def test_cluster_merge_needs_2_to_16_splits(splits):
 
 
 def test_default_grid_splits_only_batches_that_leave_sms_idle():
-    from parallax_kernels.cute_launch import MAX_SPLITS, default_grid
+    from parallax_kernels.parallax_decode.cute_launch import MAX_SPLITS, default_grid
 
     assert default_grid(64, 8, 32768, 132) == (32, 1)  # 512 (batch, kv head) pairs fill 132 SMs
     assert default_grid(8, 8, 32768, 132) == (64, 2)  # long caches of a split batch: 64-key tiles
@@ -340,7 +340,7 @@ def test_default_grid_splits_only_batches_that_leave_sms_idle():
 
 
 def test_default_merge_is_a_cluster_for_one_wave_of_2_4_or_8_splits():
-    from parallax_kernels.cute_launch import default_cluster_merge
+    from parallax_kernels.parallax_decode.cute_launch import default_cluster_merge
 
     assert default_cluster_merge(1, 8, 4, 132)  # B = 1, L = 1K: 32 CTAs
     assert default_cluster_merge(8, 8, 2, 132)  # B = 8: 128 CTAs, one wave
@@ -363,7 +363,7 @@ PERSISTENT_CASES = CASES + [  # more work items than one wave of CTAs holds, spl
 def test_cute_persistent_grid_matches_float64(case, dtype, block_n):
     """One wave of CTAs walking the (split, kv head, batch) items, ticket merge, against float64; the
     counters are back at zero afterwards."""
-    from parallax_kernels.decode import TICKET_COUNTERS
+    from parallax_kernels.parallax_decode.torch_split import TICKET_COUNTERS
 
     assert cute_error(case, dtype, block_n=block_n, persistent=True) < 1.5e-2
     assert all(int(c.abs().sum()) == 0 for c in TICKET_COUNTERS.values())

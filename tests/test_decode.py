@@ -6,7 +6,7 @@ from dataclasses import replace
 import pytest
 import torch
 
-from parallax_kernels.decode import (
+from parallax_kernels.parallax_decode.torch_split import (
     decode_partials_torch,
     merge_partials_torch,
     parallax_decode_reference,
@@ -90,7 +90,7 @@ def test_triton_decode_matches_float64(case, dtype):
 
 @pytest.mark.interpret
 def test_triton_ticket_counter_is_reset_for_the_next_launch():
-    from parallax_kernels.decode import TICKET_COUNTERS as _COUNTERS
+    from parallax_kernels.parallax_decode.torch_split import TICKET_COUNTERS as _COUNTERS
 
     q, k, v, r, lengths = decode_inputs(2, 4, 2, 128, 32, torch.float32, lengths=[128, 70])
     first = parallax_decode(q, k, v, r, cache_seqlens=lengths, backend="triton", num_splits=4)

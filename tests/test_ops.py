@@ -5,8 +5,8 @@ import torch
 import torch.nn.functional as F
 
 from conftest import random_qkvr
-from parallax_kernels.reference import parallax_attention_reference
-from parallax_kernels.torch_chunked import parallax_attention_torch
+from parallax_kernels.parallax.reference import parallax_attention_reference
+from parallax_kernels.parallax.torch_chunked import parallax_attention_torch
 from parallax_titan.ops import BACKENDS, parallax_attention
 
 SHAPES = [
@@ -145,7 +145,7 @@ def test_cu_seqlens_packs_documents(rng, backend):
 @pytest.mark.parametrize("backend", ["torch", "triton", "triton_atomic"])
 def test_vmap_over_models_folds_them_into_the_batch(rng, backend):
     """Under torch.func.vmap (an ensemble of models) each member gets exactly its own attention and
-    gradients: the vmapped dim is folded into the batch (kernels/batching.py), here batched at dim 0
+    gradients: the vmapped dim is folded into the batch (kernels/parallax_kernels/batching.py), here batched at dim 0
     for q and r, at dim 1 for k, unbatched for v and the document ids."""
     members, b, h, hkv, n, d = 3, 2, 4, 2, 19, 16
     q, r = (torch.randn(members, b, h, n, d, generator=rng).requires_grad_() for _ in range(2))
@@ -172,7 +172,7 @@ SDPA_DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 @pytest.mark.parametrize("device", SDPA_DEVICES)
 @pytest.mark.parametrize("autocast", [False, True])
 def test_folded_sdpa_under_vmap_is_one_sdpa_call_on_the_merged_batch(rng, monkeypatch, device, autocast):
-    """The softmax baseline's vmap rule (kernels/batching.py folded_sdpa): each member gets its own
+    """The softmax baseline's vmap rule (kernels/parallax_kernels/batching.py folded_sdpa): each member gets its own
     attention and gradients, from one plain (not vmapped) SDPA call on members x batch rows per pass,
     under bf16 autocast too (the backward recomputes the forward and must replay it)."""
     import parallax_kernels.batching as batching

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from conftest import random_qkvr
-from parallax_kernels.reference import parallax_attention_reference
+from parallax_kernels.parallax.reference import parallax_attention_reference
 from parallax_titan.ops import parallax_attention
 
 ON_GPU = torch.cuda.is_available()
@@ -90,7 +90,7 @@ def test_kernel_with_unequal_query_and_key_tiles(rng, monkeypatch, blocks, causa
     diagonal, the sequence's end) must hold for those too, not only for the interpreter's 16 x 16."""
     import triton
 
-    import parallax_kernels.triton_parallax as tp
+    import parallax_kernels.parallax.triton_fused as tp
 
     config = triton.Config({"BLOCK_M": blocks[0], "BLOCK_N": blocks[1]}, num_warps=4, num_stages=1)
     for kernel in (tp._fwd_kernel, tp._bwd_dkdv_kernel, tp._bwd_fused_kernel, tp._bwd_dqdr_kernel):
@@ -157,7 +157,7 @@ def test_unavailable_head_dim_is_an_error_not_a_fallback():
 @pytest.mark.skipif(ON_GPU, reason="CPU-only check")
 @pytest.mark.parametrize("backend", ["triton", "triton_atomic"])
 def test_cpu_tensors_without_interpreter_are_refused(monkeypatch, backend):
-    import parallax_kernels.triton_parallax as tp
+    import parallax_kernels.parallax.triton_fused as tp
 
     monkeypatch.setattr(tp, "INTERPRET", False)
     x = torch.zeros(1, 2, 8, 16)
@@ -198,7 +198,7 @@ def test_agrees_with_fla_naive_parallax(rng, backend):
 
 @pytest.mark.interpret
 def test_fused_row_dot_products_match_torch(rng):
-    from parallax_kernels.triton_parallax import row_dot_products
+    from parallax_kernels.parallax.triton_fused import row_dot_products
 
     do, o, a = (torch.randn(2, 3, 37, 32, generator=rng).to(DEVICE) for _ in range(3))
     fused, plain = row_dot_products(do, o, a), row_dot_products(do, o, a, fused=False)
@@ -247,7 +247,7 @@ def test_bench_reference_kernel_loads_beside_this_one(rng, tmp_path):
     commit's) registers beside this one under renamed ops and computes the same; other files are refused."""
     from pathlib import Path
 
-    import parallax_kernels.triton_parallax as tp
+    import parallax_kernels.parallax.triton_fused as tp
     import parallax_titan.ops as ops
     import scripts.bench_attention as bench
 
@@ -258,7 +258,7 @@ def test_bench_reference_kernel_loads_beside_this_one(rng, tmp_path):
     assert torch.equal(ours, theirs)
     not_a_kernel = tmp_path / "other.py"  # the wrong file: the module that calls the kernel
     not_a_kernel.write_text(Path(ops.__file__).read_text())
-    with pytest.raises(ValueError, match=r"--reference-kernel .*other.py: not a kernels/triton_parallax.py"):
+    with pytest.raises(ValueError, match=r"--reference-kernel .*other.py: not a kernels/parallax_kernels/parallax/triton_fused.py"):
         bench.load_reference_kernel(str(not_a_kernel))
 
 

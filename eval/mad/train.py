@@ -230,7 +230,7 @@ def train_setting(setting: TaskSetting, run: MADRun, device: str = "cpu", log=pr
 
 class _FoldedSoftmaxAttention(nn.Module):
     """torchtitan's SDPA wrapper, same backends, with a vmap rule that folds the runs into the batch
-    (kernels/batching.py folded_sdpa): SDPA's own vmap rule for cuDNN gave wrong gradients on an H200."""
+    (kernels/parallax_kernels/batching.py folded_sdpa): SDPA's own vmap rule for cuDNN gave wrong gradients on an H200."""
 
     def __init__(self, wrapped: nn.Module):
         super().__init__()
@@ -257,7 +257,7 @@ def train_sweep(setting: TaskSetting, runs: list[MADRun], device: str = "cpu", l
     its own model with its own optimizer state, as in train_setting (same seed, so the same initial weights
     and batches), but every step stacks their weights and runs them through one torch.func.vmap'd
     forward, so a step launches each kernel once for all of them, not once per run. Attention folds the
-    runs into its batch (kernels/batching.py). Each run's arithmetic is the one train_setting does;
+    runs into its batch (kernels/parallax_kernels/batching.py). Each run's arithmetic is the one train_setting does;
     batched matmuls may round differently in the last bits. `optimizers_for(members, runs)` builds the
     optimizers (build_sweep_optimizers; scripts/bench_optimizer.py --mad-sweep times the alternative)."""
     first = runs[0]

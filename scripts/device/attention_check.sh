@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # The fused attention kernel on the GPU: its tests on CUDA (every backend, the full-size ones included, so
 # autotuning runs), then the attention benchmark. Logs go to $OUT.
-# REFERENCE=FILE also times another version of kernels/triton_parallax.py in the same run (an A/B of a
+# REFERENCE=FILE also times another version of kernels/parallax_kernels/parallax/triton_fused.py in the same run (an A/B of a
 # kernel change); the device has no git, so make the file here and carry its folder, e.g.
-#   mkdir -p .kernels && git show REF:kernels/triton_parallax.py > .kernels/reference_triton_parallax.py
+#   mkdir -p .kernels && git show REF:kernels/parallax_kernels/parallax/triton_fused.py > .kernels/reference_triton_parallax.py
 #   REFERENCE=.kernels/reference_triton_parallax.py bash scripts/device/attention_check.sh   # carry [".whl", ".kernels"]
 set -uo pipefail
 out=${OUT:-./outputs/attention_check}

@@ -2,9 +2,9 @@
 
 The batched MAD sweep (eval/mad/train.py train_sweep) of the softmax model ended in non-finite losses
 on an H200 while the Parallax model, whose ops fold the vmapped dim into the batch
-(kernels/batching.py), matched its separate runs. This compares, at the MAD model's attention shape
+(kernels/parallax_kernels/batching.py), matched its separate runs. This compares, at the MAD model's attention shape
 (6 members x batch 128, 16 heads of 8, sequence 128, causal, bf16), vmap over SDPA against a loop over
-the members, per SDPA backend, and the same for the folding rule of kernels/batching.py.
+the members, per SDPA backend, and the same for the folding rule of kernels/parallax_kernels/batching.py.
 
     python3 scripts/device/vmap_sdpa_check.py
 """

@@ -53,7 +53,7 @@ def _tile_mask(
 
 class _ChunkedParallaxAttention(torch.autograd.Function):
     # forward returns the row statistics too (setup_context style, which torch.func needs); under vmap
-    # the vmapped dim is folded into the batch (kernels/batching.py)
+    # the vmapped dim is folded into the batch (kernels/parallax_kernels/batching.py)
     @staticmethod
     def forward(q, k, v, r, causal, scale, document_ids, chunk_size):
         acc = _accumulate_dtype(q.dtype)

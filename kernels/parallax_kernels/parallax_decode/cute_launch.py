@@ -16,7 +16,7 @@ import re
 from dataclasses import asdict
 from pathlib import Path
 
-from parallax_kernels.cute_decode_variant import DTYPES, HEAD_DIMS, MAX_CLUSTER, NUM_WARPS, DecodeVariant
+from parallax_kernels.parallax_decode.cute_variant import DTYPES, HEAD_DIMS, MAX_CLUSTER, NUM_WARPS, DecodeVariant
 
 ARCH = "sm_90a"
 ARTEFACT_ENV = "PARALLAX_KERNEL_DIR"
@@ -74,18 +74,18 @@ def read_artefact(folder: Path, variant: DecodeVariant) -> tuple[dict, bytes] | 
         raise ValueError(f"{meta_path} describes {meta.get('variant')}, not {asdict(variant)}; rebuild it")
     if meta.get("source") != source_hash():
         raise ValueError(
-            f"{meta_path} was built from another version of kernels/cute_decode.py (source {meta.get('source')}, "
+            f"{meta_path} was built from another version of kernels/parallax_kernels/parallax_decode/cute_kernel.py (source {meta.get('source')}, "
             f"this checkout {source_hash()}): rebuild it with scripts/build_kernels.py"
         )
     if meta.get("params") != DECODE_PARAMS:
         raise ValueError(
             f"{meta_path}: kernel parameters {meta.get('params')} differ from this launcher's {DECODE_PARAMS}; "
-            "it was built by another version of kernels/cute_decode.py: rebuild it with scripts/build_kernels.py"
+            "it was built by another version of kernels/parallax_kernels/parallax_decode/cute_kernel.py: rebuild it with scripts/build_kernels.py"
         )
     return meta, cubin_path.read_bytes()
 
 
-# The kernel's parameter list (kernels/cute_decode.py, ParallaxDecodeKernel.kernel): 12 pointers,
+# The kernel's parameter list (kernels/parallax_kernels/parallax_decode/cute_kernel.py, ParallaxDecodeKernel.kernel): 12 pointers,
 # batch, heads, kv_heads, l_max, splits, k strides (batch, head: 64-bit; row: 32-bit), v strides alike, scale.
 DECODE_PARAMS = ["u64"] * 12 + ["u32"] * 5 + ["u64", "u64", "u32", "u64", "u64", "u32", "f32"]
 _CTYPES = {"u64": ctypes.c_uint64, "u32": ctypes.c_uint32, "f32": ctypes.c_float}
@@ -237,7 +237,7 @@ def load_decode_kernel(variant: DecodeVariant, folder: Path | None = None) -> Cu
             )
         from importlib.metadata import version
 
-        from parallax_kernels.cute_decode import compile_variant
+        from parallax_kernels.parallax_decode.cute_kernel import compile_variant
 
         cubin, ptx, name = compile_variant(variant)
         write_artefact(folder, variant, cubin, ptx, name, version("nvidia-cutlass-dsl"))
@@ -324,7 +324,7 @@ def parallax_decode_cute(q, k_cache, v_cache, r, cache_seqlens, *, scale: float,
     True); False (the default): one CTA per work item."""
     import torch
 
-    from parallax_kernels.triton_decode import _sm_count
+    from parallax_kernels.parallax_decode.triton_split import _sm_count
 
     b, h, d = q.shape
     sms = _sm_count(q.device)
@@ -359,7 +359,7 @@ def _launch(variant, q, k_cache, v_cache, r, cache_seqlens, scale, splits, sms, 
 
     import torch
 
-    from parallax_kernels.decode import ticket_counters
+    from parallax_kernels.parallax_decode.torch_split import ticket_counters
 
     b, h, d = q.shape
     hkv, l_max = k_cache.shape[1], k_cache.shape[2]

@@ -2,7 +2,7 @@
 
 Grid (B, Hkv, S). A program takes the G = H / Hkv query heads that share one KV head, so each K/V
 tile is read once for all of them and for both branches (q.k and r.k). It writes fp32 partials for its
-split (kernels/decode.py gives the arithmetic), then takes a ticket from a per-(b, kv head) counter;
+split (kernels/parallax_kernels/parallax_decode/torch_split.py gives the arithmetic), then takes a ticket from a per-(b, kv head) counter;
 the program that draws the last ticket merges the S partials and resets the counter to zero, so the
 next launch finds it clean. This is the portable fallback with the semantics of the Hopper kernel.
 """
@@ -15,8 +15,8 @@ import torch
 import triton
 import triton.language as tl
 
-from parallax_kernels.decode import ticket_counters
-from parallax_kernels.triton_parallax import INTERPRET, LOG2E, SUPPORTED_DTYPES, _dot, _online_update
+from parallax_kernels.parallax_decode.torch_split import ticket_counters
+from parallax_kernels.parallax.triton_fused import INTERPRET, LOG2E, SUPPORTED_DTYPES, _dot, _online_update
 
 
 @triton.jit

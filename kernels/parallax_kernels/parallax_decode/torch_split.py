@@ -3,7 +3,7 @@
 Layout (contiguous cache first): q, r (B, H, D); k_cache, v_cache (B, Hkv, L_max, D) with H a multiple
 of Hkv; cache_seqlens (B,) int, sequence b sees keys [0, cache_seqlens[b]).
 
-Split-KV arithmetic, shared with the Triton kernel (kernels/triton_decode.py): each split of the key
+Split-KV arithmetic, shared with the Triton kernel (kernels/parallax_kernels/parallax_decode/triton_split.py): each split of the key
 range keeps fp32 partials
 
     m      running max of s = scale q.k (log2 units)       d1 = sum p1,  p1 = 2^(s - m)

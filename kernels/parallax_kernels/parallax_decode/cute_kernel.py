@@ -1,6 +1,6 @@
 """CuTe DSL Parallax decode kernel (tensor cores via mma.sync; compiled for sm_90a).
 
-Same semantics and split-KV arithmetic as kernels/decode.py and the Triton kernel; what is specific here:
+Same semantics and split-KV arithmetic as kernels/parallax_kernels/parallax_decode/torch_split.py and the Triton kernel; what is specific here:
 
 - One tensor-core tile per warp holds both branches: rows 0..7 of the A operand are the G query rows
   of a KV head, rows 8..15 the G probe rows (zero-padded to 8), so one m16n8k16 MMA against a K tile
@@ -19,7 +19,7 @@ Same semantics and split-KV arithmetic as kernels/decode.py and the Triton kerne
   at most one wave of CTAs, which walk the (split, kv head, batch) work items in a loop (ticket merge).
 
 The kernel takes raw pointers, 32/64-bit integers and one float, so its compiled cubin has a plain
-parameter list and can be launched without the DSL (kernels/cute_launch.py): `scripts/build_kernels.py`
+parameter list and can be launched without the DSL (kernels/parallax_kernels/parallax_decode/cute_launch.py): `scripts/build_kernels.py`
 compiles it on any machine (no GPU needed, CUTE_DSL_ARCH=sm_90a) into an artefact that a GPU host
 without nvidia-cutlass-dsl can load; where the package is installed it is compiled on first use.
 """
@@ -32,7 +32,7 @@ import cutlass.utils
 from cutlass import Float32, Int32, Int64
 from cutlass.cute.nvgpu import cpasync, warp
 
-from parallax_kernels.cute_decode_variant import HALF, NUM_THREADS, NUM_WARPS, ROWS, DecodeVariant
+from parallax_kernels.parallax_decode.cute_variant import HALF, NUM_THREADS, NUM_WARPS, ROWS, DecodeVariant
 
 MERGE_CHUNK = 16  # splits whose partial states are loaded at once in the merge (one round trip per chunk)
 MERGE_CHUNK_SMALL = 4  # the chunk when there are at most this many splits
@@ -107,7 +107,7 @@ class ParallaxDecodeKernel:
             batch, heads, kv_heads, l_max, splits, k_sb, k_sh, k_sl, v_sb, v_sh, v_sl, scale_log2,
             s_a, s_kv, warp_copy, tiled_mma,
         )
-        # (this launch is traced for the compile only: kernels/cute_launch.py launches the cubin with its own
+        # (this launch is traced for the compile only: kernels/parallax_kernels/parallax_decode/cute_launch.py launches the cubin with its own
         # grid, which for a persistent variant is one wave of CTAs)
         if cutlass.const_expr(self.v.cluster > 0):  # one cluster of `cluster` splits per (batch, kv head)
             launch.launch(grid=[splits, kv_heads, batch], block=[NUM_THREADS, 1, 1], cluster=[self.v.cluster, 1, 1],
@@ -377,7 +377,7 @@ class ParallaxDecodeKernel:
     def _online_update(self, acc_s: cute.Tensor, acc_o_mn: cute.Tensor, thr_mma, start: Int32, hi: Int32,
                        scale_log2: Float32, m_i: Float32, d1: Float32, t_sum: Float32, c: Float32):
         """Rows gid (scores) and gid + 8 (probe dots) of this thread: turn them into P1 and P2 in place
-        and rescale the output accumulators (kernels/decode.py's recurrence)."""
+        and rescale the output accumulators (kernels/parallax_kernels/parallax_decode/torch_split.py's recurrence)."""
         s_mn = self._mn_view(acc_s)
         cols = self._mn_view(thr_mma.partition_C(cute.make_identity_tensor((ROWS, self.bn))))
         n_cols = cute.size(s_mn.shape[1])
@@ -499,7 +499,7 @@ class ParallaxDecodeKernel:
     def _merge(self, pm, pd1, pts, po1, po2, n: Int32, row: Int32, col: Int32, chunk: cutlass.Constexpr):
         """Merge n partial states (m, d1, t_sum, o1, o2 centred on t_sum / d1) of one query row at one
         column, indexed [p, row(, col)]: the warps of this CTA in shared memory, or the splits in global
-        memory (see kernels/decode.py). One pass, `chunk` states at a time: all of a chunk's loads are
+        memory (see kernels/parallax_kernels/parallax_decode/torch_split.py). One pass, `chunk` states at a time: all of a chunk's loads are
         issued before any is used, so merging up to `chunk` splits waits on one round trip to memory, not
         one per split (indices past n - 1 re-read the last state and get weight 0). The running sums are
         rescaled to each chunk's new maximum; with O2 = sum a (o2_p + (c_p - C) o1_p)
