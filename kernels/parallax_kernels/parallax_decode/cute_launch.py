@@ -35,7 +35,7 @@ def source_hash() -> str:
 
     here = Path(__file__).resolve().parent
     digest = hashlib.sha256()
-    for name in ("cute_decode.py", "cute_decode_variant.py"):
+    for name in ("cute_kernel.py", "cute_variant.py"):
         digest.update((here / name).read_bytes())
     return digest.hexdigest()[:16]
 
