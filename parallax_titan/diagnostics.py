@@ -25,6 +25,16 @@ import torch
 from parallax_titan.model.model import ParallaxAttention, attention_inputs
 
 
+def diagnostics_interval(job_config) -> int:
+    return getattr(getattr(job_config, "diagnostics", None), "interval", 0)
+
+
+def diagnostics_due(job_config, step: int) -> bool:
+    """Whether `step` logs the diagnostics (the trainer hands the probe over at the same steps)."""
+    interval = diagnostics_interval(job_config)
+    return bool(interval) and step % interval == 0
+
+
 # --- the statistics, on plain tensors -----------------------------------------------------------
 
 def attention_stats(q, k, v, r, scale: float) -> dict[str, float]:

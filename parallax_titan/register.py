@@ -14,7 +14,7 @@ from parallax_titan.hf_interop import ParallaxQwen3StateDictAdapter
 from parallax_titan.model.flavors import FLAVORS
 from parallax_titan.model.model import ParallaxQwen3Model
 from parallax_titan.optim.builder import build_optimizers
-from parallax_titan.optim.metrics import build_metrics_processor
+from parallax_titan.metrics import build_metrics_processor
 from parallax_titan.optim.schedules import build_lr_schedulers
 from parallax_titan.parallelize import parallelize_parallax, save_parallax_attention_in_op_sac
 

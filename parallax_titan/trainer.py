@@ -23,7 +23,7 @@ import torch.distributed as dist
 from torchtitan.train import Trainer
 from torchtitan.tools.logging import logger
 
-from parallax_titan.optim.metrics import diagnostics_due
+from parallax_titan.diagnostics import diagnostics_due
 
 
 class NonFiniteError(FloatingPointError):

@@ -345,7 +345,7 @@ def test_plot_sweep_warns_when_runs_saw_different_held_out_data(tmp_path):
 def test_diagnostics_interval_must_be_a_multiple_of_the_log_frequency():
     from types import SimpleNamespace
 
-    from parallax_titan.optim.metrics import build_metrics_processor
+    from parallax_titan.metrics import build_metrics_processor
 
     config = SimpleNamespace(diagnostics=SimpleNamespace(interval=7), metrics=SimpleNamespace(log_freq=5))
     with pytest.raises(ValueError, match=r"\[diagnostics\] interval = 7 must be a multiple of \[metrics\] log_freq = 5"):

@@ -16,7 +16,7 @@ from parallax_titan.job_config import Optimizer as OptimizerExtra
 from parallax_titan.model.flavors import FLAVORS
 from parallax_titan.model.model import ParallaxQwen3Model
 from parallax_titan.optim.builder import build_optimizers, route_parameters
-from parallax_titan.optim.metrics import group_hyperparameters
+from parallax_titan.metrics import group_hyperparameters
 from parallax_titan.optim.muon import Muon, newton_schulz
 from parallax_titan.optim.schedules import annealed_weight_decay_factor, build_lr_schedulers, decay_phase
 

@@ -11,6 +11,8 @@ import time
 import torch
 from torchtitan.components.metrics import BaseLogger, MetricsProcessor
 
+from parallax_titan.diagnostics import diagnostics_due, diagnostics_interval
+
 
 def group_hyperparameters(optimizers) -> dict[str, float]:
     metrics: dict[str, float] = {}
@@ -20,16 +22,6 @@ def group_hyperparameters(optimizers) -> dict[str, float]:
             metrics.setdefault(f"lr/{name}", float(group["lr"]))
             metrics.setdefault(f"weight_decay/{name}", float(group["weight_decay"]))
     return metrics
-
-
-def diagnostics_interval(job_config) -> int:
-    return getattr(getattr(job_config, "diagnostics", None), "interval", 0)
-
-
-def diagnostics_due(job_config, step: int) -> bool:
-    """Whether `step` logs the diagnostics (the trainer hands the probe over at the same steps)."""
-    interval = diagnostics_interval(job_config)
-    return bool(interval) and step % interval == 0
 
 
 class GroupMetricsProcessor(MetricsProcessor):
