@@ -9,7 +9,7 @@
 # or with a rendezvous endpoint instead of node ranks (elastic-style, any start order):
 #   NNODES=4 RDZV_ENDPOINT=<host>:29400 RDZV_ID=<job id> scripts/train.sh ...
 #
-# Environment it sets unless you do (documented in README "Launching on GPUs"):
+# Environment it sets unless you do (documented in docs/training.md):
 #   TORCH_NCCL_ASYNC_ERROR_HANDLING=3  a failed collective tears the process down instead of hanging
 #   TORCH_NCCL_DUMP_ON_TIMEOUT=1       flight-recorder dump when a collective times out
 #   OMP_NUM_THREADS=1                  no CPU oversubscription by the data loader and tokenizer
