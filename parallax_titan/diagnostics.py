@@ -1,4 +1,4 @@
-"""Parallax diagnostics (PAPER.md): what the probe does to attention, and the shape of the weights.
+"""Parallax diagnostics: what the probe does to attention, and the shape of the weights.
 
 Activation statistics, per layer, from one probe sequence (dense, fp32, causal):
   cor           ||o - a|| / ||a||: the covariance correction over the softmax output a = sum_j w_ij v_j
@@ -22,7 +22,8 @@ import contextlib
 
 import torch
 
-from parallax_titan.model.model import ParallaxAttention, attention_inputs
+from parallax_titan.model.attention import attention_type
+from parallax_titan.model.attention.parallax import ParallaxAttention
 
 
 def diagnostics_interval(job_config) -> int:
@@ -116,11 +117,6 @@ def batched_stable_ranks(grams: list[tuple[torch.Tensor, torch.Tensor | None]]) 
     return list((frobenius / top.clamp_min(torch.finfo(top.dtype).tiny)).split([g.shape[0] for g, _ in grams]))
 
 
-def _stable_rank_of(w: torch.Tensor) -> torch.Tensor:
-    """Per head for w (heads, d, dim): ||w||_F^2 / sigma_max^2."""
-    return batched_stable_ranks([(_gram(w), None)])[0]
-
-
 def circuit_stable_rank(left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
     """Per head, the stable rank of left_h^T right_h (dim x dim) for left, right (heads, d, dim):
     ||.||_F^2 = trace(G_l G_r) and sigma_max^2 = lambda_max(G_r G_l), both from d x d Grams."""
@@ -186,7 +182,7 @@ def model_weight_stats(model) -> dict[int, dict[str, float]]:
     layers = {}
     for i, block in model.layers.items():
         attn = block.attention
-        wr = _full(attn.wr.weight) if isinstance(attn, ParallaxAttention) else None
+        wr = _full(attn.wr.weight) if isinstance(attn, ParallaxAttention) else None  # the probe's ranks
         full = [_full(m.weight) for m in (attn.wq, attn.wk, attn.wv, attn.wo)]
         n_heads = full[0].shape[0] // attn.head_dim
         layers[int(i)] = _layer_grams(*full, wr, n_heads, n_heads * args.n_kv_heads // args.n_heads)
@@ -199,15 +195,17 @@ def model_activation_stats(model, tokens: torch.Tensor) -> dict[int, dict[str, f
     it runs outside compiled graphs and FSDP's forward hooks."""
     tokens = tokens.reshape(1, -1)
     out = {}
+    project = attention_type(model.model_args.attention).project
     with _unsharded(model):
         x = model.tok_embeddings(tokens)
         rope = model.rope_cache
         for i, block in model.layers.items():
             with _unsharded(block):
                 attn = block.attention
-                q, k, v, r = attention_inputs(attn, block.attention_norm(x), rope, None)
+                q, k, v, extras = project(attn, block.attention_norm(x), rope, None)
                 q, k, v = q[0].transpose(0, 1), k[0].transpose(0, 1), v[0].transpose(0, 1)
-                r = r[0].transpose(0, 1) if r is not None else None
+                # the dense evaluation knows softmax and Parallax attention: r is Parallax's one extra
+                r = extras[0][0].transpose(0, 1) if isinstance(attn, ParallaxAttention) else None
                 out[int(i)], o = _dense_attention(q, k, v, r, attn.scaling)
                 o = o.to(x.dtype)
                 x = x + attn.wo(o.transpose(0, 1).reshape(1, tokens.shape[1], -1))

@@ -1,8 +1,10 @@
 """KV-cache generation for Qwen3-Parallax models (softmax or Parallax attention).
 
-Prefill runs the prompt through the training attention (`parallax_attention`, causal) and stores K
-and V per layer; each decode step computes q, k, v and the probe r for the new token only, appends k
-and v, and attends with `parallax_decode` (softmax layers: SDPA over the cache). Prompts of different
+Each block's attention projects, prefills and decodes through its registered type
+(parallax_titan.model.attention): prefill runs the prompt through the type's causal attention (Parallax:
+`parallax_attention`; softmax: SDPA) and stores K and V per layer; each decode step projects the new token
+only (q, k, v and the type's extras, e.g. the probe r), appends k and v, and attends with the type's decode
+call (Parallax: `parallax_decode`; softmax: SDPA over the cache). Prompts of different
 lengths are right-padded: causality keeps padding out of the real positions, and each sequence's cache
 length says which cache rows it sees. Each prompt is one document: a model trained with
 document_masking sees no EOS-based masks here.
@@ -13,10 +15,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
-from parallax_titan.model.model import attention_inputs
-from parallax_titan.ops import parallax_attention, parallax_decode
+from parallax_titan.model.attention import attention_type
 
 
 @dataclass
@@ -41,13 +41,6 @@ class KVCache:
         return self.k[0].shape[2]
 
 
-def _softmax_over_cache(q, k_cache, v_cache, visible, scale):
-    """q (B, H, N, D) against cache rows marked in `visible` (B, N, L)."""
-    return F.scaled_dot_product_attention(
-        q, k_cache, v_cache, attn_mask=visible[:, None], scale=scale, enable_gqa=True
-    )
-
-
 class CachedDecoder:
     """Runs a ParallaxQwen3Model with a KV cache. `decode_backend` is a parallax_decode backend,
     `prefill_backend` a parallax_attention backend."""
@@ -61,33 +54,25 @@ class CachedDecoder:
         self.num_splits = num_splits
 
     def _block(self, block, x, layer: int, cache: KVCache, positions, prefill: bool):
+        """torchtitan's TransformerBlock.forward with the attention core reading and filling the cache."""
         attn = block.attention
-        h = block.attention_norm(x)
-        q, k, v, r = attention_inputs(attn, h, self.model.rope_cache, positions)
+        kind = attention_type(self.args.attention)
+        q, k, v, extras = kind.project(attn, block.attention_norm(x), self.model.rope_cache, positions)
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, heads, N, D)
-        r = r.transpose(1, 2) if r is not None else None
+        extras = tuple(e.transpose(1, 2) for e in extras)
         b, n = x.shape[:2]
-        rows = torch.arange(b, device=x.device)
         if prefill:
             cache.k[layer][:, :, :n] = k
             cache.v[layer][:, :, :n] = v
-            if r is not None:
-                out = parallax_attention(q, k, v, r, causal=True, scale=attn.scaling, backend=self.prefill_backend)
-            else:
-                out = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=attn.scaling, enable_gqa=True)
+            out = kind.prefill(attn, q, k, v, extras, backend=self.prefill_backend)
         else:
-            slot = cache.seqlens.long()
+            rows, slot = torch.arange(b, device=x.device), cache.seqlens.long()
             cache.k[layer][rows, :, slot] = k[:, :, 0]
             cache.v[layer][rows, :, slot] = v[:, :, 0]
-            lengths = cache.seqlens + 1
-            if r is not None:
-                out = parallax_decode(
-                    q[:, :, 0], cache.k[layer], cache.v[layer], r[:, :, 0], cache_seqlens=lengths,
-                    scale=attn.scaling, backend=self.decode_backend, num_splits=self.num_splits,
-                )[:, :, None]
-            else:
-                visible = torch.arange(cache.max_len, device=x.device)[None, None, :] < lengths[:, None, None]
-                out = _softmax_over_cache(q, cache.k[layer], cache.v[layer], visible, attn.scaling)
+            out = kind.decode(
+                attn, q[:, :, 0], cache.k[layer], cache.v[layer], tuple(e[:, :, 0] for e in extras),
+                cache_seqlens=cache.seqlens + 1, backend=self.decode_backend, num_splits=self.num_splits,
+            )[:, :, None]
         out = out.transpose(1, 2).reshape(b, n, -1)
         x = x + attn.wo(out)
         return x + block.feed_forward(block.ffn_norm(x))

@@ -9,6 +9,7 @@ import torch
 from parallax_titan.data import EMBEDDED_TOKENIZER
 from parallax_titan.job_config import Parallax as ParallaxSection
 from parallax_titan.model.args import ParallaxModelArgs
+from parallax_titan.model.attention import attention_names, attention_type, registry
 from parallax_titan.model.flavors import FLAVORS
 from parallax_titan.model.flops import (
     attention_flops_per_token,
@@ -182,3 +183,76 @@ def test_softmax_document_masking_uses_torchtitans_flex_block_causal():
     args = replace(FLAVORS["debug-transformer"])
     args.update_from_config(_job_config(EMBEDDED_TOKENIZER, document_masking=True))
     assert (args.attn_type, args.attn_mask_type) == ("flex", "block_causal")
+
+
+def test_registry_names_the_types_and_their_extra_parameters():
+    assert attention_names() == ("softmax", "parallax")
+    assert attention_type("softmax").extra_parameters == {}
+    with pytest.raises(ValueError, match=r"\[parallax\] attention = 'linear' is unknown; choose one of"):
+        attention_type("linear")
+    with pytest.raises(ValueError, match="registered twice"):
+        registry.register(attention_type("softmax"))
+    # the extra parameter names are what the Parallax module adds to softmax's state dict
+    full = build(small("debug-parallax", probe_gate=True)).state_dict()
+    softmax = build(small("debug-transformer")).state_dict()
+    added = {k.removeprefix("layers.0.attention.") for k in full.keys() - softmax.keys() if k.startswith("layers.0.")}
+    assert added == set(attention_type("parallax").extra_parameters)
+
+
+@pytest.fixture
+def gained_attention(monkeypatch):
+    """Registers "gained" (softmax attention times a learned per-head gain) for one test, the way a new
+    attention type registers: one module class, its project/prefill/decode calls, counts and names."""
+    from torchtitan.models.qwen3.model.model import Attention
+
+    from parallax_titan.model.attention import softmax
+
+    class GainedAttention(Attention):
+        def __init__(self, model_args):
+            super().__init__(model_args)
+            self.gain = torch.nn.Parameter(torch.ones(model_args.n_heads))
+
+        def init_weights(self, init_std):
+            super().init_weights(init_std)
+            with torch.no_grad():
+                self.gain.copy_(torch.linspace(0.5, 2.0, len(self.gain)))
+
+        def forward(self, x, rope_cache, attention_masks=None, positions=None):
+            q, k, v, extras = softmax.project(self, x, rope_cache, positions)
+            out = prefill(self, q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), extras, backend="torch")
+            return self.wo(out.transpose(1, 2).reshape(x.shape[0], x.shape[1], -1))
+
+    def prefill(attn, q, k, v, extras, *, backend):
+        return softmax.prefill(attn, q, k, v, extras, backend=backend) * attn.gain[:, None, None]
+
+    def decode(attn, q, k_cache, v_cache, extras, **kwargs):
+        return softmax.decode(attn, q, k_cache, v_cache, extras, **kwargs) * attn.gain[:, None]
+
+    monkeypatch.setattr(registry, "_TYPES", dict(registry._TYPES))  # unregistered after the test
+    registry.register(registry.AttentionType(
+        name="gained", module=GainedAttention, project=softmax.project, prefill=prefill, decode=decode,
+        forward_matmuls=2, training_matmuls=6, parameters=lambda args: softmax.parameters(args) + args.n_heads,
+        extra_parameters={"gain": "gain"},
+    ))
+    return GainedAttention
+
+
+def test_a_new_attention_type_is_one_registration(gained_attention):
+    """Model, parameter and FLOP arithmetic, optimizer routing and KV-cache decoding all follow the registry."""
+    from parallax_titan.generation import CachedDecoder, KVCache
+
+    args = small("debug-transformer", attention="gained")
+    model = build(args).eval()
+    assert all(isinstance(block.attention, gained_attention) for block in model.layers.values())
+    assert count_parameters(args)["total"] == sum(p.numel() for p in model.parameters())
+    assert attention_flops_per_token(args, 64) == attention_flops_per_token(small("debug-transformer"), 64)
+    tokens = torch.randint(0, 2048, (2, 10), generator=torch.Generator().manual_seed(0))
+    decoder = CachedDecoder(model)
+    cache = KVCache.allocate(args, 2, 10, torch.float32, "cpu")
+    with torch.no_grad():
+        full = model(tokens)
+        torch.testing.assert_close(decoder.prefill(tokens[:, :6], torch.tensor([6, 6]), cache), full[:, :6])
+        torch.testing.assert_close(decoder.step(tokens[:, 6], cache), full[:, 6], rtol=1e-4, atol=1e-4)
+        softmax = build(small("debug-transformer"))
+        softmax.load_state_dict(model.state_dict(), strict=False)
+        assert (softmax(tokens) - full).abs().max() > 1e-3  # the gain is in use

@@ -9,13 +9,17 @@ from torch import nn
 from torchtitan.models.qwen3.model.args import Qwen3ModelArgs
 from torchtitan.tools.logging import logger
 
-ATTENTION_TYPES = ("softmax", "parallax")
+from parallax_titan.model.attention import attention_type
+from parallax_titan.model.flops import count_parameters, training_flops_per_token
+from parallax_titan.ops import check_backend
+
 PROBE_INITS = ("normal", "zero")
 
 
 @dataclass
 class ParallaxModelArgs(Qwen3ModelArgs):
-    # "softmax": torchtitan's Qwen3 attention unchanged. "parallax": adds the probe r = W_R x.
+    # A registered attention type (parallax_titan.model.attention): "softmax" is torchtitan's Qwen3 attention
+    # unchanged, "parallax" adds the probe r = W_R x.
     attention: str = "parallax"
     # Authors' defaults: per-head RMSNorm on r with its own weight, RoPE on r at the query's positions.
     probe_rope: bool = True
@@ -35,10 +39,7 @@ class ParallaxModelArgs(Qwen3ModelArgs):
         self.validate()
 
     def validate(self) -> None:
-        if self.attention not in ATTENTION_TYPES:
-            raise ValueError(
-                f"[parallax] attention = {self.attention!r} is unknown; choose one of {ATTENTION_TYPES}"
-            )
+        attention_type(self.attention)  # raises for an unknown name
         if self.probe_init not in PROBE_INITS:
             raise ValueError(
                 f"[parallax] probe_init = {self.probe_init!r} is unknown; choose one of {PROBE_INITS}"
@@ -47,9 +48,6 @@ class ParallaxModelArgs(Qwen3ModelArgs):
             raise ValueError(
                 f"n_heads={self.n_heads} must be a multiple of n_kv_heads={self.n_kv_heads}"
             )
-        # Imported here: ops imports the kernels, which need not load for config handling alone.
-        from parallax_titan.ops import check_backend
-
         check_backend(self.attention_backend)
 
     def update_from_config(self, job_config, **kwargs) -> None:
@@ -62,7 +60,7 @@ class ParallaxModelArgs(Qwen3ModelArgs):
                     setattr(self, f.name, value)
         self.validate()
         self._check_tokenizer(job_config.model.hf_assets_path)
-        if self.document_masking and self.attention == "softmax":
+        if self.document_masking and attention_type(self.attention).document_masking == "flex":
             self.attn_type, self.attn_mask_type = "flex", "block_causal"
 
     def _check_tokenizer(self, assets_path: str) -> None:
@@ -83,8 +81,6 @@ class ParallaxModelArgs(Qwen3ModelArgs):
             self.eos_id = tokenizer["eos_id"]
 
     def get_nparams_and_flops(self, model: nn.Module, seq_len: int) -> tuple[int, int]:
-        from parallax_titan.model.flops import count_parameters, training_flops_per_token
-
         counted = count_parameters(self)
         actual = sum(p.numel() for p in model.parameters())
         if counted["total"] != actual:

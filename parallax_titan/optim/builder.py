@@ -27,11 +27,11 @@ from torchtitan.components.optimizer import OptimizersContainer
 from torchtitan.tools.logging import logger
 
 from parallax_titan.job_config import Optimizer as OptimizerKeys
+from parallax_titan.model.attention import per_head_axes
 from parallax_titan.optim.muon import Muon
 
 OPTIMIZER_NAMES = ("Muon", "AdamW")
 _DEFAULTS = OptimizerKeys()
-_PER_HEAD = {"wq": 0, "wk": 0, "wv": 0, "wr": 0, "wo": 1}  # axis along which heads are laid out
 
 
 def route_parameters(model: nn.Module) -> dict[str, list[tuple[str, nn.Parameter]]]:
@@ -118,10 +118,11 @@ class MuonAdamWContainer(OptimizersContainer):
     def _build_muon(model: nn.Module, hidden: list[tuple[str, nn.Parameter]], c) -> Muon:
         per_head = bool(_option(c, "muon_per_head"))
         head_dim = getattr(getattr(model, "model_args", None), "head_dim", None)
+        axes = per_head_axes()  # projection name -> the axis its heads are laid out along
         groups: dict[Any, list] = defaultdict(list)
         for name, p in hidden:
             proj = name.split(".")[-2]
-            split = (_PER_HEAD[proj], head_dim) if per_head and ".attention." in name and proj in _PER_HEAD else None
+            split = (axes[proj], head_dim) if per_head and ".attention." in name and proj in axes else None
             groups[split].append(p)
         muon_groups = [
             dict(params=ps, name="muon/hidden" if split is None else f"muon/hidden_per_head_axis{split[0]}",
