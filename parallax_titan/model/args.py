@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, fields
 
 from torch import nn
@@ -11,6 +10,7 @@ from torchtitan.tools.logging import logger
 
 from parallax_titan.model.attention import attention_type
 from parallax_titan.model.flops import count_parameters, training_flops_per_token
+from parallax_titan.model.tokenizer_check import check_tokenizer
 from parallax_titan.ops import check_backend
 
 PROBE_INITS = ("normal", "zero")
@@ -59,26 +59,9 @@ class ParallaxModelArgs(Qwen3ModelArgs):
                 if value is not None:  # None: keep the flavor's value
                     setattr(self, f.name, value)
         self.validate()
-        self._check_tokenizer(job_config.model.hf_assets_path)
+        check_tokenizer(self, job_config.model.hf_assets_path)
         if self.document_masking and attention_type(self.attention).document_masking == "flex":
             self.attn_type, self.attn_mask_type = "flex", "block_causal"
-
-    def _check_tokenizer(self, assets_path: str) -> None:
-        """Refuse a tokenizer whose ids would index past the embedding; take its EOS id."""
-        path = os.path.join(assets_path, "tokenizer.json")
-        if not os.path.isfile(path):
-            return  # torchtitan's tokenizer builder reports a missing tokenizer itself
-        from parallax_titan.data.shards import tokenizer_fingerprint
-
-        tokenizer = tokenizer_fingerprint(assets_path)
-        size = tokenizer["vocab_size"]
-        if size > self.vocab_size:
-            raise ValueError(
-                f"tokenizer {path} has {size} tokens but the model flavor's vocab_size is "
-                f"{self.vocab_size}: token ids would index past the embedding"
-            )
-        if tokenizer["eos_id"] is not None:
-            self.eos_id = tokenizer["eos_id"]
 
     def get_nparams_and_flops(self, model: nn.Module, seq_len: int) -> tuple[int, int]:
         counted = count_parameters(self)
