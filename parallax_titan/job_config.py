@@ -73,7 +73,8 @@ class Diagnostics:
 
 @dataclass
 class Faults:
-    """What a non-finite loss or gradient norm does (parallax_titan.trainer)."""
+    """What a non-finite loss or gradient norm does, and which checkpoint a resume may use
+    (parallax_titan.trainer)."""
 
     on_nonfinite: str = "stop"
     """stop: raise with the step, the ranks and the last complete checkpoint | skip: drop the update | ignore"""
@@ -81,6 +82,9 @@ class Faults:
     """with skip: stop once this many updates were dropped"""
     inject_nonfinite_at_step: int = 0
     """testing aid (0: off): make one gradient NaN at this step, to exercise the guard"""
+    resume_from_newest_valid: bool = False
+    """on resume, skip checkpoint steps that are incomplete or fail their checksums and load the newest one
+    that verifies (off: such a step is an error naming it and its bad file)"""
 
 
 @dataclass
