@@ -1,4 +1,4 @@
-"""Assemble the mini ladder's English corpus from Debian documentation packages (issue 9).
+"""Assemble the mini ladder's English corpus from Debian documentation packages.
 
     python scripts/build_mini_corpus.py --out ./data/mini_text [--debs ./data/debs]
     python scripts/build_mini_corpus.py --out ./data/mini_text --match docs/runs/<date>/mini_text_PROVENANCE.json
