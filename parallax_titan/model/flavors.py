@@ -51,7 +51,7 @@ BASES: dict[str, tuple[ParallaxModelArgs, int]] = {
         ),
         8,
     ),
-    # The mini ladder (issue 9): Qwen3's shape rules (head_dim 64 here, GQA 2, tied embeddings, Qwen3's
+    # The mini ladder: Qwen3's shape rules (head_dim 64 here, GQA 2, tied embeddings, Qwen3's
     # vocabulary) at about 20M and 60M non-embedding parameters.
     "mini20M": (
         ParallaxModelArgs(

@@ -2,7 +2,7 @@
 
 Forward and backward walk over query chunks; each step holds one (chunk x keys) tile per head and
 nothing of size N x N survives the step. The backward is written by hand (autograd of the loop
-would save every tile), following the derivation in PAPER.md, with row statistics from the forward:
+would save every tile), following the derivation in docs/design.md, with row statistics from the forward:
 
     lse_i  = logsumexp_j s_ij         tbar_i = sum_j w_ij t_ij
     a_i    = sum_j w_ij v_j           (softmax output; recomputed)

@@ -11,7 +11,7 @@ rescale and the K/V loads):
 It stores o, a, lse (log2 domain) and tbar: the backward needs lse and tbar to rebuild the weights,
 and a for E_i = dO_i . a_i.
 
-Backward (FlashAttention-2 style: recompute tiles, no N x N tensor; PAPER.md's derivation):
+Backward (FlashAttention-2 style: recompute tiles, no N x N tensor; derived in docs/design.md):
     Drow_i = dO_i . o_i, E_i = dO_i . a_i                     (row dot products, a small kernel)
     dalpha = dO V^T, alpha = w (1 + tbar - t), dV = alpha^T dO
     dt = w (E - dalpha), ds = w (dalpha (1 + tbar - t) + E t - Drow - E tbar)
@@ -55,8 +55,8 @@ def _configs(kind: str):
     if kind == "fwd":
         shapes = [(128, 64, 8, 3), (128, 64, 4, 3), (128, 128, 8, 3), (64, 64, 4, 3), (128, 32, 4, 4), (64, 128, 4, 3)]
     else:
-        # the last three (twelfth session): thin-by-wide tiles as in the FlashAttention Triton tutorial's backward,
-        # at 8 warps, and 32 x 64 at 8 warps, where neither backward kernel spills at head_dim 128 (every earlier
+        # the last three: thin-by-wide tiles as in the FlashAttention Triton tutorial's backward,
+        # at 8 warps, and 32 x 64 at 8 warps, where neither backward kernel spills at head_dim 128 (every other
         # candidate does: scripts/kernel_resources.py, docs/benchmarks.md)
         shapes = [(64, 64, 4, 2), (64, 64, 8, 2), (128, 64, 8, 2), (64, 128, 8, 2), (32, 64, 4, 2), (64, 32, 4, 3),
                   (32, 128, 8, 2), (128, 32, 8, 2), (32, 64, 8, 2)]

@@ -274,11 +274,11 @@ def unavailable_reason(x) -> str | None:
 # - a smaller batch is split into about one CTA per SM, each split at least one tile per warp: past that
 #   the in-launch merge of more partials cost more than the extra CTAs gained. Its caches of at least
 #   LONG_CACHE keys take 64-key tiles (138 KB, one CTA an SM, twice the bytes in flight per warp): in the
-#   seventh session's sweep they were as fast or faster than 32-key tiles in every such cell (B = 1, 8 at
+#   H200 sweep they were as fast or faster than 32-key tiles in every such cell (B = 1, 8 at
 #   1K-32K keys; 7.1 against 7.5 us at B = 1, L = 1024). Shorter caches keep 32-key tiles, so that every
 #   warp still gets a tile.
 # - a grid of one wave whose split count is 2, 4 or 8 merges in a thread-block cluster (distributed shared
-#   memory, no global partials, no ticket atomics): in the eighth session's sweep that beat the ticket merge
+#   memory, no global partials, no ticket atomics): in the H200 sweep that beat the ticket merge
 #   in every such cell (B = 1, L = 1K: 6.3 against 7.3 us; B = 8: 8.3 against 9.3 us at 1K keys, 63.9
 #   against 65.5 at 8K). Two waves of clusters (B = 8 with 4 splits: 80.5 against 66.8 us at 8K) and
 #   non-portable 16-CTA clusters (B = 1, 8K: 18.9 against 10.8 us) were slower, so those keep the ticket.
