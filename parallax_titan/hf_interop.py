@@ -1,49 +1,32 @@
-"""Hugging Face Qwen3 <-> this repo's checkpoints.
+"""Hugging Face checkpoint files <-> this repo's checkpoints: safetensors, config.json, the tokenizer's
+files, the model card. The tensor mapping is parallax_titan/model/state_dict_adapter.py's.
 
-The tensor mapping is torchtitan's `Qwen3StateDictAdapter`; Parallax adds three per-layer tensors,
-exported under names that say what they are (`self_attn.r_proj`, `self_attn.r_norm`,
-`self_attn.r_gate`). A softmax model exports as plain Qwen3 and loads in `transformers`; a Parallax
-export declares `model_type = "parallax_qwen3"`, so `transformers` refuses it instead of silently
-dropping the probe.
-
-Converting a Qwen3 checkpoint to Parallax keeps softmax attention exact at step 0. Two starts do that
-(`ProbeStart`): "zero-wr" (W_R = 0, r-norm weights at one: the paper's W_R = 0) and "zero-norm"
-(W_R initialised as in training, r-norm weights at zero). They differ after the first update: with
-W_R = 0 the probe's RMSNorm sees r = 0, whose gradient is scaled by 1/sqrt(eps), so one step makes the
-normalised probe full-size; with zero norm weights the probe grows from zero at the optimizer's pace.
+A softmax model exports as plain Qwen3 and loads in `transformers`; a Parallax export declares
+`model_type = "parallax_qwen3"`, so `transformers` refuses it instead of silently dropping the probe.
+The exported config's eos/bos/pad token ids are the run's tokenizer's (`[model] hf_assets_path`), never
+Qwen3's defaults: a model trained with another vocabulary would otherwise never stop generating.
 """
 
 from __future__ import annotations
 
 import json
-import re
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from torchtitan.models.qwen3.model.state_dict_adapter import Qwen3StateDictAdapter
 
 from parallax_titan.model.args import ParallaxModelArgs
-from parallax_titan.model.checkpoint import model_state_template
+from parallax_titan.model.state_dict_adapter import (  # noqa: F401  (re-exported for scripts/convert_hf.py)
+    FLOAT_DTYPES,
+    PARALLAX_HF_KEYS,
+    PROBE_STARTS,
+    ParallaxQwen3StateDictAdapter,
+    from_hf_state,
+    to_hf_state,
+)
 
-PARALLAX_HF_KEYS = {
-    "model.layers.{}.self_attn.r_proj.weight": "layers.{}.attention.wr.weight",
-    "model.layers.{}.self_attn.r_norm.weight": "layers.{}.attention.r_norm.weight",
-    "model.layers.{}.self_attn.r_gate.weight": "layers.{}.attention.probe_gate.weight",
-}
-PROBE_STARTS = ("zero-wr", "zero-norm")
-# Floating dtypes a checkpoint may hold; anything else (int, fp8, ...) is refused by name.
-FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 PARALLAX_MODEL_TYPE = "parallax_qwen3"
-
-
-class ParallaxQwen3StateDictAdapter(Qwen3StateDictAdapter):
-    """torchtitan's Qwen3 mapping plus the Parallax probe tensors (used by the TrainSpec too, so
-    `[checkpoint] last_save_in_hf` writes the same names as scripts/convert_hf.py)."""
-
-    def __init__(self, model_args, hf_assets_path: str | None):
-        super().__init__(model_args, hf_assets_path)
-        self.from_hf_map.update(PARALLAX_HF_KEYS)
 
 
 # --- config.json ------------------------------------------------------------------------------
@@ -106,7 +89,36 @@ def check_config_matches(config: dict, args: ParallaxModelArgs, source: str, fla
             raise ValueError(f"{source}: parallax.{key} = {probe[key]} but flavor {flavor!r} has {key} = {getattr(args, key)}")
 
 
-def hf_config_for(args: ParallaxModelArgs, dtype: torch.dtype) -> dict:
+# The files `transformers.AutoTokenizer` reads from a folder (those present are exported).
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json",
+                   "merges.txt", "added_tokens.json", "chat_template.jinja")
+SPECIAL_TOKENS = ("eos", "bos", "pad")
+
+
+def tokenizer_special_ids(tokenizer_dir: str | Path) -> dict:
+    """eos/bos/pad token ids (None where the tokenizer names none) and the vocabulary size of a
+    tokenizer folder, as the trainer reads it: tokenizer.json plus tokenizer_config.json's token names."""
+    from tokenizers import Tokenizer
+
+    folder = Path(tokenizer_dir)
+    tokenizer_file = folder / "tokenizer.json"
+    if not tokenizer_file.is_file():
+        raise FileNotFoundError(f"tokenizer file {tokenizer_file} does not exist (pass the run's [model] hf_assets_path)")
+    tokenizer = Tokenizer.from_file(str(tokenizer_file))
+    config_file = folder / "tokenizer_config.json"
+    config = json.loads(config_file.read_text()) if config_file.is_file() else {}
+    ids = {"vocab_size": tokenizer.get_vocab_size(with_added_tokens=True)}
+    for kind in SPECIAL_TOKENS:
+        token = config.get(f"{kind}_token")
+        token = token.get("content") if isinstance(token, dict) else token
+        token_id = tokenizer.token_to_id(token) if token else None
+        if token and token_id is None:
+            raise ValueError(f"{config_file}: {kind}_token {token!r} is not in {tokenizer_file}")
+        ids[f"{kind}_token_id"] = token_id
+    return ids
+
+
+def hf_config_for(args: ParallaxModelArgs, dtype: torch.dtype, special_ids: dict | None = None) -> dict:
     config = {
         "architectures": ["Qwen3ForCausalLM"],
         "model_type": "qwen3",
@@ -125,9 +137,11 @@ def hf_config_for(args: ParallaxModelArgs, dtype: torch.dtype) -> dict:
         "hidden_act": "silu",
         "attention_bias": False,
         "attention_dropout": 0.0,
-        "eos_token_id": args.eos_id,
         "torch_dtype": str(dtype).removeprefix("torch."),
     }
+    for kind in SPECIAL_TOKENS:  # the run's tokenizer's, not the flavor's Qwen3 defaults
+        key = f"{kind}_token_id"
+        config[key] = special_ids[key] if special_ids else (args.eos_id if kind == "eos" else None)
     if args.attention == "parallax":
         config["architectures"] = ["ParallaxQwen3ForCausalLM"]
         config["model_type"] = PARALLAX_MODEL_TYPE
@@ -142,97 +156,6 @@ def hf_config_for(args: ParallaxModelArgs, dtype: torch.dtype) -> dict:
             },
         }
     return config
-
-
-# --- state dicts ------------------------------------------------------------------------------
-
-def _layer_pattern(key: str) -> str:
-    return re.sub(r"\.(\d+)\.", ".{}.", key, count=1)
-
-
-def from_hf_state(
-    hf_state: dict[str, torch.Tensor],
-    args: ParallaxModelArgs,
-    source: str,
-    probe_start: str = "zero-wr",
-    seed: int = 0,
-) -> dict[str, torch.Tensor]:
-    """HF tensors -> this repo's fp32 model state dict; every expected tensor present with its shape,
-    nothing left over, or an error naming the tensor."""
-    if probe_start not in PROBE_STARTS:
-        raise ValueError(f"probe start {probe_start!r} is unknown; choose one of {PROBE_STARTS}")
-    for name, tensor in hf_state.items():
-        if tensor.dtype not in FLOAT_DTYPES:
-            raise ValueError(f"{source}: tensor {name} has dtype {tensor.dtype}; expected one of {FLOAT_DTYPES}")
-    known = set(Qwen3StateDictAdapter(args, None).from_hf_map) | set(PARALLAX_HF_KEYS)
-    unknown = sorted(n for n in hf_state if _layer_pattern(n) not in known)
-    if unknown:
-        raise ValueError(f"{source}: tensors with no place in a Qwen3 model: {unknown[:8]}")
-    hf_state = {n: t for n, t in hf_state.items() if not n.endswith("rotary_emb.inv_freq")}
-    template = model_state_template(args)
-    state = ParallaxQwen3StateDictAdapter(args, None).from_hf(dict(hf_state))
-
-    unexpected = sorted(set(state) - set(template))
-    if unexpected:
-        raise ValueError(
-            f"{source}: tensors {unexpected[:8]} do not exist in flavor with attention={args.attention!r}"
-        )
-    probe = {n for n in template if ".attention.wr." in n or ".attention.r_norm." in n or ".attention.probe_gate." in n}
-    missing = sorted(set(template) - set(state) - probe)
-    if missing:
-        raise ValueError(f"{source}: missing tensors {missing[:8]} (HF names: {_hf_names(missing[:8], args)})")
-    for name, tensor in state.items():
-        if tuple(tensor.shape) != tuple(template[name].shape):
-            raise ValueError(
-                f"{source}: tensor {_hf_names([name], args)[0]} has shape {tuple(tensor.shape)}, "
-                f"the flavor expects {tuple(template[name].shape)}"
-            )
-    state = {name: tensor.to(torch.float32) for name, tensor in state.items()}
-    fresh_probe = sorted(probe - set(state))
-    if fresh_probe:
-        _init_probe(state, template, fresh_probe, probe_start, seed)
-    return state
-
-
-def _hf_names(names: list[str], args) -> list[str]:
-    to_hf = {v: k for k, v in ParallaxQwen3StateDictAdapter(args, None).from_hf_map.items() if v}
-    out = []
-    for name in names:
-        pattern = _layer_pattern(name)
-        layer = re.search(r"\.(\d+)\.", name)
-        hf = to_hf.get(pattern)
-        out.append(hf.format(layer.group(1)) if hf and layer else (hf or name))
-    return out
-
-
-def _init_probe(state, template, names, probe_start: str, seed: int) -> None:
-    """The probe tensors a Qwen3 checkpoint lacks, chosen so attention is exactly softmax."""
-    generator = torch.Generator().manual_seed(seed)
-    has_norm = any(".r_norm." in n for n in names)
-    if probe_start == "zero-norm" and not has_norm:
-        raise ValueError("probe start 'zero-norm' needs a flavor with probe_norm = true")
-    for name in names:
-        shape = template[name].shape
-        if ".wr." in name:
-            if probe_start == "zero-wr":
-                state[name] = torch.zeros(shape)
-            else:  # as ParallaxAttention.init_weights draws it
-                state[name] = torch.nn.init.trunc_normal_(torch.empty(shape), std=0.02, generator=generator)
-        elif ".r_norm." in name:
-            state[name] = torch.ones(shape) if probe_start == "zero-wr" else torch.zeros(shape)
-        else:  # probe gate: any value keeps r = 0; zero gives sigmoid = 1/2
-            state[name] = torch.zeros(shape)
-
-
-def to_hf_state(state: dict[str, torch.Tensor], args: ParallaxModelArgs, dtype: torch.dtype) -> dict[str, torch.Tensor]:
-    adapter = ParallaxQwen3StateDictAdapter(args, None)
-    ours = {v for v in adapter.from_hf_map.values() if v}
-    tied_head = {"output.weight"} if args.enable_weight_tying else set()
-    unnamed = sorted(n for n in state if _layer_pattern(n) not in ours and n not in tied_head)
-    if unnamed:  # torchtitan's adapter would skip them silently
-        raise ValueError(f"tensors with no Hugging Face name: {unnamed[:8]}")
-    hf = adapter.to_hf(state)
-    return {name: tensor.detach().to(dtype).contiguous() for name, tensor in hf.items()}
 
 
 # --- files ------------------------------------------------------------------------------------
@@ -267,25 +190,48 @@ class ExportedCheckpoint:
     path: Path
     tensors: int
     bytes: int
+    tokenizer_files: list[str]
 
 
 def write_hf_checkpoint(
     path: Path, state: dict[str, torch.Tensor], args: ParallaxModelArgs, flavor: str, dtype: torch.dtype,
-    source: str,
+    source: str, tokenizer_dir: str | Path, export_tokenizer: bool = False,
 ) -> ExportedCheckpoint:
+    """safetensors, config.json and generation_config.json (eos/bos/pad ids of `tokenizer_dir`, the run's
+    tokenizer), README.md, and with `export_tokenizer` the tokenizer's files, into a new or empty folder."""
     from safetensors.torch import save_file
 
     path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
+    check_empty_output(path)
+    special = tokenizer_special_ids(tokenizer_dir)
+    if special["vocab_size"] > args.vocab_size:
+        raise ValueError(f"tokenizer {tokenizer_dir} has {special['vocab_size']} tokens but flavor {flavor!r} has "
+                         f"vocab_size {args.vocab_size}: it is not the tokenizer this model was trained with")
     hf = to_hf_state(state, args, dtype)
+    path.mkdir(parents=True, exist_ok=True)
     save_file(hf, str(path / "model.safetensors"), metadata={"format": "pt"})
-    config = hf_config_for(args, dtype)
+    config = hf_config_for(args, dtype, special)
     (path / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-    (path / "README.md").write_text(model_card(args, flavor, source, dtype, sorted(hf)))
-    return ExportedCheckpoint(path, len(hf), sum(t.numel() * t.element_size() for t in hf.values()))
+    generation = {k: config[k] for k in ("eos_token_id", "bos_token_id", "pad_token_id") if config[k] is not None}
+    (path / "generation_config.json").write_text(json.dumps(generation, indent=2) + "\n")
+    copied = []
+    if export_tokenizer:
+        for name in TOKENIZER_FILES:
+            if (Path(tokenizer_dir) / name).is_file():
+                shutil.copy2(Path(tokenizer_dir) / name, path / name)
+                copied.append(name)
+    (path / "README.md").write_text(model_card(args, flavor, source, dtype, sorted(hf), special, copied))
+    return ExportedCheckpoint(path, len(hf), sum(t.numel() * t.element_size() for t in hf.values()), copied)
 
 
-def model_card(args: ParallaxModelArgs, flavor: str, source: str, dtype: torch.dtype, names: list[str]) -> str:
+def check_empty_output(path: Path) -> None:
+    path = Path(path)
+    if path.exists() and (not path.is_dir() or any(path.iterdir())):
+        raise FileExistsError(f"{path} exists and is not empty; choose a new output folder")
+
+
+def model_card(args: ParallaxModelArgs, flavor: str, source: str, dtype: torch.dtype, names: list[str],
+               special: dict, tokenizer_files: list[str]) -> str:
     params = sum(1 for _ in names)
     if args.attention == "parallax":
         attention = (
@@ -307,4 +253,8 @@ def model_card(args: ParallaxModelArgs, flavor: str, source: str, dtype: torch.d
         f"of {args.head_dim}, FFN {args.hidden_dim}, vocab {args.vocab_size}, "
         f"tied embeddings: {args.enable_weight_tying}.\n"
         f"- Tensors: {params}, stored as {str(dtype).removeprefix('torch.')}.\n"
+        f"- Tokenizer: {special['vocab_size']} tokens; eos id {special['eos_token_id']}, bos id "
+        f"{special['bos_token_id']}, pad id {special['pad_token_id']}"
+        + (f" (files: {', '.join(tokenizer_files)}).\n" if tokenizer_files else
+           " (not exported: `scripts/convert_hf.py to-hf --export-tokenizer` writes its files here).\n")
     )

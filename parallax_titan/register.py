@@ -10,7 +10,7 @@ from torchtitan.components.tokenizer import build_hf_tokenizer
 from torchtitan.protocols.train_spec import _extra_train_specs, register_train_spec, TrainSpec
 
 from parallax_titan.data import build_dataloader, build_validator, register_datasets
-from parallax_titan.hf_interop import ParallaxQwen3StateDictAdapter
+from parallax_titan.model.state_dict_adapter import ParallaxQwen3StateDictAdapter
 from parallax_titan.model.flavors import FLAVORS
 from parallax_titan.model.model import ParallaxQwen3Model
 from parallax_titan.optim.builder import build_optimizers

@@ -3,6 +3,7 @@
 
 import json
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 import torch
@@ -10,6 +11,7 @@ import torch
 transformers = pytest.importorskip("transformers")
 from safetensors.torch import load_file, save_file  # noqa: E402
 
+from parallax_titan.data import EMBEDDED_TOKENIZER  # noqa: E402
 from parallax_titan.model.checkpoint import load_model_dcp  # noqa: E402
 from parallax_titan.model.flavors import FLAVORS  # noqa: E402
 from parallax_titan.model.model import ParallaxQwen3Model  # noqa: E402
@@ -77,7 +79,7 @@ def test_softmax_round_trip_is_exact_and_loads_in_transformers(tmp_path, dtype):
     convert(["to-dcp", "--hf", str(hf_dir), "--flavor", FLAVOR, "--out", str(tmp_path / "dcp")])
     out = tmp_path / "back"
     convert(["to-hf", "--dcp", str(tmp_path / "dcp"), "--flavor", FLAVOR, "--out", str(out),
-             "--dtype", str(dtype)[6:]])
+             "--dtype", str(dtype)[6:], "--tokenizer", EMBEDDED_TOKENIZER])
     original, exported = load_file(hf_dir / "model.safetensors"), load_file(out / "model.safetensors")
     assert set(exported) == set(original)
     for name in original:
@@ -96,7 +98,8 @@ def test_parallax_export_names_its_probe_and_round_trips(tmp_path):
     convert(["to-dcp", "--hf", str(hf_dir), "--flavor", flavor, "--out", str(tmp_path / "dcp"),
              "--probe-start", "zero-norm"])
     out = tmp_path / "parallax_hf"
-    convert(["to-hf", "--dcp", str(tmp_path / "dcp"), "--flavor", flavor, "--out", str(out), "--dtype", "float32"])
+    convert(["to-hf", "--dcp", str(tmp_path / "dcp"), "--flavor", flavor, "--out", str(out), "--dtype", "float32",
+             "--tokenizer", EMBEDDED_TOKENIZER])
     tensors = load_file(out / "model.safetensors")
     n_layers = FLAVORS[flavor].n_layers
     for i in range(n_layers):
@@ -171,10 +174,49 @@ def test_missing_extra_and_odd_dtype_tensors_are_named(tmp_path):
 def test_bad_dcp_paths_are_clear_errors(tmp_path):
     _, hf_dir = tiny_qwen3(tmp_path)
     convert(["to-dcp", "--hf", str(hf_dir), "--flavor", FLAVOR, "--out", str(tmp_path / "ckpt" / "step-5")])
-    _fails(["to-hf", "--dcp", str(tmp_path / "ckpt"), "--flavor", FLAVOR, "--out", str(tmp_path / "o")],
+    tok = ["--tokenizer", EMBEDDED_TOKENIZER]
+    _fails(["to-hf", "--dcp", str(tmp_path / "ckpt"), "--flavor", FLAVOR, "--out", str(tmp_path / "o"), *tok],
            "no .metadata", "step-5")
     _fails(["to-hf", "--dcp", str(tmp_path / "ckpt" / "step-5"), "--flavor", "debug-parallax",
-            "--out", str(tmp_path / "o")], "layers.0.attention.wr.weight")
+            "--out", str(tmp_path / "o"), *tok], "layers.0.attention.wr.weight")
     _fails(["to-dcp", "--hf", str(hf_dir), "--flavor", FLAVOR, "--out", str(tmp_path / "ckpt" / "step-5")],
            "not empty")
     _fails(["to-dcp", "--hf", str(tmp_path), "--flavor", FLAVOR, "--out", str(tmp_path / "y")], "config.json")
+
+
+def test_export_carries_the_run_tokenizers_ids_and_files_and_loads_in_transformers(tmp_path):
+    """The debug tokenizer (2,048 tokens, EOS '<|endoftext|>' = 0), not Qwen3's 151645: config.json,
+    generation_config.json and the exported tokenizer agree, so generation can stop."""
+    _, hf_dir = tiny_qwen3(tmp_path)
+    convert(["to-dcp", "--hf", str(hf_dir), "--flavor", FLAVOR, "--out", str(tmp_path / "dcp")])
+    out = tmp_path / "export"
+    convert(["to-hf", "--dcp", str(tmp_path / "dcp"), "--flavor", FLAVOR, "--out", str(out), "--dtype", "float32",
+             "--tokenizer", EMBEDDED_TOKENIZER, "--export-tokenizer"])
+    tokenizer = transformers.AutoTokenizer.from_pretrained(out)
+    model = transformers.AutoModelForCausalLM.from_pretrained(out)
+    eos = json.loads((out / "config.json").read_text())["eos_token_id"]
+    assert eos == tokenizer.eos_token_id == tokenizer.convert_tokens_to_ids("<|endoftext|>") == 0
+    assert model.config.eos_token_id == model.generation_config.eos_token_id == tokenizer.eos_token_id
+    assert model.generation_config.pad_token_id == tokenizer.pad_token_id
+    assert model.config.bos_token_id is None and tokenizer.bos_token_id is None
+    assert "eos id 0" in (out / "README.md").read_text()
+
+
+def test_to_hf_refuses_a_non_empty_folder_and_a_wrong_tokenizer(tmp_path):
+    _, hf_dir = tiny_qwen3(tmp_path)
+    convert(["to-dcp", "--hf", str(hf_dir), "--flavor", FLAVOR, "--out", str(tmp_path / "dcp")])
+    out = tmp_path / "export"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    base = ["to-hf", "--dcp", str(tmp_path / "dcp"), "--flavor", FLAVOR, "--tokenizer", EMBEDDED_TOKENIZER]
+    _fails([*base, "--out", str(out)], "not empty")
+    assert sorted(p.name for p in out.iterdir()) == ["keep.txt"]
+    big = tmp_path / "big_tokenizer"  # a tokenizer with more tokens than the flavor's embedding
+    big.mkdir()
+    tok = json.loads((Path(EMBEDDED_TOKENIZER) / "tokenizer.json").read_text())
+    vocab = tok["model"]["vocab"]
+    vocab.update({f"extra{i}": len(vocab) + i for i in range(100)})
+    (big / "tokenizer.json").write_text(json.dumps(tok))
+    _fails(["to-hf", "--dcp", str(tmp_path / "dcp"), "--flavor", FLAVOR, "--tokenizer", str(big),
+            "--out", str(tmp_path / "o2")], "vocab_size 2048")
+    assert not (tmp_path / "o2").exists()
