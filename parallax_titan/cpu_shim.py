@@ -1,4 +1,4 @@
-"""Run torchtitan 0.2.2's Trainer on a machine without a GPU (CPU + gloo). Not a fork: four patches.
+"""Run torchtitan 0.2.2's Trainer on a machine without a GPU (CPU + gloo). Not a fork: five patches.
 
 torchtitan assumes CUDA and several of its modules copy `device_type`/`device_module` at import
 (`torchtitan.tools.utils` does `device_type, device_module = get_device_info()`). So `install()`
@@ -14,6 +14,8 @@ must run before anything of torchtitan is imported; `python -m parallax_titan.tr
 4. FSDP2 over several CPU ranks: torchtitan turns FSDP's gradient division off (factor 1.0), which FSDP
    sends as a PREMUL_SUM reduce-scatter that gloo does not implement. The patched
    `disable_fsdp_gradient_division` also asks FSDP for plain SUM collectives, the same sum.
+5. `torchtitan.tools.utils.get_peak_flops` answers NaN for the CPU (unknown) instead of running `lspci`
+   and falling back to an A100's peak; the metrics then leave MFU out (parallax_titan.metrics).
 """
 
 from __future__ import annotations
@@ -92,6 +94,15 @@ def patch_torchtitan() -> None:
             torch.distributed.distributed_c10d._set_pg_timeout(timeout, group)
 
     dist_utils.set_pg_timeouts = set_pg_timeouts
+
+    import torchtitan.tools.utils as tt_utils
+
+    gpu_peak_flops = tt_utils.get_peak_flops
+
+    def get_peak_flops(device_name: str) -> float:
+        return float("nan") if device_name.startswith("CPU") else gpu_peak_flops(device_name)
+
+    tt_utils.get_peak_flops = get_peak_flops
 
     from torch.distributed.fsdp import FSDPModule
     from torchtitan.models.llama4.infra import parallelize as llama4_parallelize

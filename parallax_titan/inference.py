@@ -27,11 +27,12 @@ def model_args_from_config(config_file: str | Path, overrides: list[str] | tuple
     """The flavor's args after the TOML's `[parallax]`/`[training]` settings, exactly as the trainer
     builds them, and the parsed job config."""
     import parallax_titan.register  # noqa: F401  (TrainSpec, [parallax] section)
-    from torchtitan.config import ConfigManager
+    from torchtitan.config import ConfigManager, JobConfig
 
+    from parallax_titan.job_config import normalize_bool_flags
     from parallax_titan.model.flavors import FLAVORS
 
-    job = ConfigManager().parse_args(["--job.config_file", str(config_file), *overrides])
+    job = ConfigManager().parse_args(normalize_bool_flags(["--job.config_file", str(config_file), *overrides], JobConfig))
     if job.model.flavor not in FLAVORS:
         raise ValueError(f"{config_file}: [model] flavor {job.model.flavor!r} is unknown")
     args = copy.deepcopy(FLAVORS[job.model.flavor])

@@ -6,6 +6,8 @@ ParallaxModelArgs.update_from_config, which also validates the values).
 
 # No `from __future__ import annotations`: torchtitan merges this dataclass and tyro must resolve its types.
 
+import dataclasses
+import typing
 from dataclasses import dataclass, field
 
 
@@ -101,3 +103,47 @@ class JobConfig:
     faults: Faults = field(default_factory=Faults)
     optimizer: Optimizer = field(default_factory=Optimizer)
     lr_scheduler: LRScheduler = field(default_factory=LRScheduler)
+
+
+_TRUE, _FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off")
+
+
+def _bool_fields(*config_classes) -> dict[str, bool]:
+    """`section.key` -> whether None is allowed too, for every bool key of the config classes."""
+    out: dict[str, bool] = {}
+    for cls in config_classes:
+        for section in dataclasses.fields(cls):
+            section_cls = typing.get_type_hints(cls).get(section.name)
+            if not dataclasses.is_dataclass(section_cls):
+                continue
+            for key, hint in typing.get_type_hints(section_cls).items():
+                args = set(typing.get_args(hint))
+                if hint is bool or args == {bool, type(None)}:
+                    out[f"{section.name}.{key}"] = hint is not bool
+    return out
+
+
+def normalize_bool_flags(argv: list[str], *config_classes) -> list[str]:
+    """`--checkpoint.enable false` (or `=false`, `true`, `0`, ...) in the form torchtitan's command line
+    (tyro) takes: `--checkpoint.no-enable` / `--checkpoint.enable` for a bool key, `False` / `True` for
+    an optional one (tyro takes `--checkpoint.no-enable` only and says "Unrecognized options: false")."""
+    fields = _bool_fields(JobConfig, *config_classes)
+    out: list[str] = []
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        name, value = (arg.split("=", 1) + [None])[:2] if arg.startswith("--") and "=" in arg else (arg, None)
+        key = name[2:].replace("-", "_") if name.startswith("--") else None
+        if key in fields and value is None and i + 1 < len(argv) and argv[i + 1].lower() in _TRUE + _FALSE:
+            value, i = argv[i + 1], i + 1
+        if key in fields and value is not None and value.lower() in _TRUE + _FALSE:
+            truth = value.lower() in _TRUE
+            if fields[key]:  # bool | None: tyro takes a value
+                out += [name, str(truth)]
+            else:
+                section, field_name = name[2:].split(".", 1)
+                out.append(name if truth else f"--{section}.no-{field_name}")
+        else:
+            out.append(arg)
+        i += 1
+    return out

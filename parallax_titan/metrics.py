@@ -5,6 +5,7 @@ every `[diagnostics] interval` steps the Parallax diagnostics (`diagnostics/<nam
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 
@@ -47,6 +48,19 @@ class GroupMetricsProcessor(MetricsProcessor):
         return metrics
 
 
+class WithoutKeys(BaseLogger):
+    """Drops metrics that mean nothing on this device (MFU where the peak FLOPS are unknown)."""
+
+    def __init__(self, inner: BaseLogger, keys: set[str]):
+        self.inner, self.keys = inner, keys
+
+    def log(self, metrics, step: int) -> None:
+        self.inner.log({k: v for k, v in metrics.items() if k not in self.keys}, step)
+
+    def close(self) -> None:
+        self.inner.close()
+
+
 class JsonlTee(BaseLogger):
     """Passes metrics on to torchtitan's loggers and appends them to a JSONL file, one record per
     call: {"step", "tokens", <metric>: value, ...} (training steps and validation alike), which
@@ -87,4 +101,6 @@ def build_metrics_processor(job_config, parallel_dims, model_args=None, tag=None
     if name and rank == 0 and not parallel_dims.pp_enabled:
         path = os.path.join(job_config.job.dump_folder, name)
         processor.logger = JsonlTee(processor.logger, path, tokens_per_step(job_config, parallel_dims))
+    if not math.isfinite(processor.gpu_peak_flops):  # cpu_shim: no peak known for this device
+        processor.logger = WithoutKeys(processor.logger, {"mfu(%)"})
     return processor

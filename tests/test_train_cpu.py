@@ -1,6 +1,7 @@
 """CPU training smoke runs through torchtitan's Trainer (a subprocess: the CPU shim must precede any
 torchtitan import, and tests import torchtitan)."""
 
+import json
 import math
 import os
 import re
@@ -211,3 +212,19 @@ def test_incomplete_checkpoint_folder_is_an_error_not_a_fresh_start(tmp_path):
     with pytest.raises(AssertionError) as failed:
         run_training(tmp_path, "--validation.no-enable", steps=4)
     assert "holds incomplete checkpoints ['step-3']" in str(failed.value)
+
+
+def test_cpu_log_is_quiet_and_bool_keys_take_true_false(tmp_path):
+    """`--checkpoint.enable false` is accepted; the CPU log has no lspci error, no A100 fallback or MFU
+    column, no model-args JSON, no autocast/set_vital warnings and no safetensors-index warning."""
+    log = run_training(tmp_path, "--checkpoint.enable", "false", "--validation.enable=false",
+                       "--diagnostics.interval", "0", "--training.local_batch_size", "2", steps=2)
+    assert not (tmp_path / "run" / "checkpoint").exists(), "--checkpoint.enable false was not applied"
+    assert "validate step" not in log
+    assert "step:  2  loss:" in log, log[-3000:]
+    for noise in ("lspci", "A100", "mfu", '"dim":', "set_vital", "CPU autocast", "UserWarning",
+                  "model.safetensors.index.json not found"):
+        assert noise not in log, (noise, log[-3000:])
+    assert "Building parallax_qwen3 debug-parallax" in log and "no MFU reported" in log
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert records and not any("mfu(%)" in r for r in records)
