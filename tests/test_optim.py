@@ -15,7 +15,8 @@ from parallax_titan.job_config import LRScheduler as LRSchedulerExtra
 from parallax_titan.job_config import Optimizer as OptimizerExtra
 from parallax_titan.model.flavors import FLAVORS
 from parallax_titan.model.model import ParallaxQwen3Model
-from parallax_titan.optim.builder import build_optimizers, route_parameters
+from parallax_titan.optim.builder import build_optimizers
+from parallax_titan.optim.routing import route_parameters
 from parallax_titan.metrics import group_hyperparameters
 from parallax_titan.optim.muon import Muon, newton_schulz
 from parallax_titan.optim.schedules import annealed_weight_decay_factor, build_lr_schedulers, decay_phase
@@ -148,6 +149,32 @@ def test_routing_of_the_parallax_model():
     assert names["embeddings"] == ["tok_embeddings.weight"]  # tied head: one tensor
     assert "layers.0.attention.r_norm.weight" in names["scalars"] and "norm.weight" in names["scalars"]
     assert all(p.ndim == 2 for _, p in routed["hidden"])
+
+
+def test_routing_of_mads_compression_model():
+    """MAD routes with the same rule: the transformer sits under `encoder.`, and the compression head's
+    matrices (outside the blocks) go to AdamW with the embeddings."""
+    from dataclasses import replace
+
+    from eval.mad.tasks import PROTOCOL
+    from eval.mad.train import MADRun, build_model, split_for_muon
+
+    setting = replace(PROTOCOL["compression"].baseline, num_train_examples=8, num_test_examples=8)
+    model = build_model(setting, MADRun(optimizer="muon"))
+    names = {g: [n for n, _ in ps] for g, ps in route_parameters(model).items()}
+    assert names["hidden"] and all(n.startswith("encoder.layers.") for n in names["hidden"])
+    assert "encoder.layers.0.attention.wr.weight" in names["hidden"]
+    assert {"encoder.tok_embeddings.weight", "encoder.output.weight", "decoder.1.weight",
+            "unembed.1.weight"} <= set(names["embeddings"])
+    hidden, rest = split_for_muon(model)
+    assert len(hidden) == len(names["hidden"]) and len(hidden) + len(rest) == len(list(model.parameters()))
+
+
+def test_a_parameter_of_more_than_two_dimensions_inside_a_block_fits_no_group():
+    model = torch.nn.ModuleDict({"layers": torch.nn.ModuleDict({"0": torch.nn.Module()})})
+    model.layers["0"].experts = torch.nn.Parameter(torch.zeros(2, 3, 4))
+    with pytest.raises(ValueError, match=r"layers.0.experts of shape \(2, 3, 4\) fits no optimizer group"):
+        route_parameters(model)
 
 
 def test_container_groups_and_logged_hyperparameters():

@@ -26,6 +26,8 @@ from torch import nn
 from eval.mad.tasks import IGNORE, TaskSetting, make_dataset
 from parallax_titan.model.args import ParallaxModelArgs
 from parallax_titan.model.model import ParallaxQwen3Model
+from parallax_titan.optim.muon import Muon
+from parallax_titan.optim.routing import route_parameters
 
 MAD_WIDTH, MAD_LAYERS, MAD_HEADS = 128, 2, 16
 
@@ -93,8 +95,9 @@ def build_model(setting: TaskSetting, run: MADRun) -> nn.Module:
 
 
 def split_for_muon(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
-    """(hidden matrices, for Muon; the rest, for AdamW): the blocks' 2-D weights, not embeddings or heads."""
-    hidden = [p for n, p in model.named_parameters() if p.ndim == 2 and ".layers." in f".{n}" and "tok_embeddings" not in n]
+    """(hidden matrices, for Muon; the rest, for AdamW, in the model's order), by the training routing
+    (parallax_titan.optim.routing): the blocks' 2-D weights go to Muon, embeddings, heads and scalars do not."""
+    hidden = [p for _, p in route_parameters(model)["hidden"]]
     ids = {id(p) for p in hidden}
     return hidden, [p for p in model.parameters() if id(p) not in ids]
 
@@ -109,8 +112,6 @@ def build_optimizer(model: nn.Module, run: MADRun) -> list[torch.optim.Optimizer
         return [_adamw(list(model.parameters()), run)]
     if run.optimizer != "muon":
         raise ValueError(f"MAD optimizer {run.optimizer!r} is unknown; choose adamw or muon")
-    from parallax_titan.optim.muon import Muon
-
     hidden, rest = split_for_muon(model)
     return [Muon(hidden, lr=run.lr, weight_decay=run.weight_decay, ns_dtype="float32"), _adamw(rest, run)]
 
@@ -126,8 +127,6 @@ def build_sweep_optimizers(members: list[nn.Module], runs: list[MADRun]) -> list
     as a Muon per run: tested), plus each run's AdamW; under AdamW, each run's own."""
     if runs[0].optimizer != "muon":
         return build_per_run_optimizers(members, runs)
-    from parallax_titan.optim.muon import Muon
-
     splits = [split_for_muon(m) for m in members]
     muon = Muon([dict(params=hidden, lr=run.lr, weight_decay=run.weight_decay) for (hidden, _), run in zip(splits, runs)],
                 lr=runs[0].lr, weight_decay=runs[0].weight_decay, ns_dtype="float32")

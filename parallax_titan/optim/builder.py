@@ -1,12 +1,10 @@
-"""`build_optimizers_fn` of the TrainSpec: parameter routing, Muon or AdamW, one container.
+"""`build_optimizers_fn` of the TrainSpec: Muon or AdamW for the hidden matrices, AdamW for the rest, one
+container.
 
-Routing (the same for both optimizers, so the AdamW ablation changes only the hidden matrices'
-algorithm):
-  hidden      2-D weights inside the transformer blocks (attention projections incl. W_R, MLP, the
-              probe gate): Muon under `[optimizer] name = "Muon"`, AdamW under "AdamW"
-  embeddings  token embedding and output head: AdamW
-  scalars     norms and any other 1-D/0-D parameter: AdamW
-Each group has its own lr and weight decay (TOML keys below); the routing is logged at start-up.
+Routing (routing.py, the same for both optimizers, so the AdamW ablation changes only the hidden matrices'
+algorithm): hidden 2-D matrices of the transformer blocks get Muon under `[optimizer] name = "Muon"`, AdamW
+under "AdamW"; embeddings, output head and scalars (norms) get AdamW. Each group has its own lr and weight
+decay (TOML keys below); the routing is logged at start-up.
 """
 
 from __future__ import annotations
@@ -29,25 +27,10 @@ from torchtitan.tools.logging import logger
 from parallax_titan.job_config import Optimizer as OptimizerKeys
 from parallax_titan.model.attention import per_head_axes
 from parallax_titan.optim.muon import Muon
+from parallax_titan.optim.routing import route_parameters
 
 OPTIMIZER_NAMES = ("Muon", "AdamW")
 _DEFAULTS = OptimizerKeys()
-
-
-def route_parameters(model: nn.Module) -> dict[str, list[tuple[str, nn.Parameter]]]:
-    groups: dict[str, list[tuple[str, nn.Parameter]]] = {"hidden": [], "embeddings": [], "scalars": []}
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        if name.startswith(("tok_embeddings.", "output.")):
-            groups["embeddings"].append((name, p))
-        elif p.ndim == 2 and name.startswith("layers."):
-            groups["hidden"].append((name, p))
-        elif p.ndim <= 1:
-            groups["scalars"].append((name, p))
-        else:
-            raise ValueError(f"parameter {name} of shape {tuple(p.shape)} fits no optimizer group")
-    return groups
 
 
 def _summarise(names: list[str]) -> str:
