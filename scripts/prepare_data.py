@@ -10,11 +10,14 @@ Documents are tokenised in batches by the `tokenizers` library's parallel encode
 bar shows progress) and each is terminated with EOS. A document goes to the held-out "validation" split
 when a hash of its text falls below --validation-permille / 1000, so the split does not depend on order
 and training never sees those documents. Output: parallax_titan/data/shards.py's layout and manifest.
+A local source is checked first (UTF-8 text, valid JSON lines: errors name the file and line); --out must
+be new or empty, and a failed run leaves nothing there.
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from parallax_titan.data.prepare import prepare
@@ -32,8 +35,11 @@ def main() -> None:
     ap.add_argument("--shard-tokens", type=int, default=100_000_000)
     ap.add_argument("--max-docs", type=int, default=None)
     args = ap.parse_args()
-    manifest = prepare(args.source, args.lang, args.tokenizer, args.out, args.validation_permille,
-                       args.shard_tokens, args.max_docs, validation_source=args.validation_source)
+    try:
+        manifest = prepare(args.source, args.lang, args.tokenizer, args.out, args.validation_permille,
+                           args.shard_tokens, args.max_docs, validation_source=args.validation_source)
+    except (ValueError, FileNotFoundError, FileExistsError) as error:  # nothing was written to --out
+        sys.exit(f"prepare_data: {error}")
     for name, split in manifest["splits"].items():
         print(f"{name}: {split['num_docs']:,} documents, {split['num_tokens']:,} tokens, {len(split['shards'])} shards")
 

@@ -187,3 +187,68 @@ def test_qwen3_tokenizer_offline_from_package(tmp_path, shards):
         replace(FLAVORS["debug-parallax"]).update_from_config(job(str(out)))
     with pytest.raises(ValueError, match=r"\(vocab 2048\), but training uses sha256 .*\(vocab 151669\)"):
         ShardSplit.open(str(shards), "train", fp)
+
+
+def _jsonl(path, *rows: bytes) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    good = [json.dumps({"content": f"document {i} " * 20}).encode() for i in range(40)]
+    path.write_bytes(b"\n".join(good + list(rows)) + b"\n")
+    return path
+
+
+@pytest.mark.parametrize("row, expected", [
+    (b'{"content": "caf\xe9 \xff"}', r"a\.jsonl, line 41: not UTF-8 text \(byte b'\\xe9' at offset 16"),
+    (b'{"content": "unterminated}', r"a\.jsonl, line 41: invalid JSON \(Unterminated string"),
+    (b'["content", "a list"]', r"a\.jsonl, line 41: a JSON list, not an object"),
+])
+def test_bad_jsonl_rows_are_named_by_file_and_line_when_loading(tmp_path, row, expected):
+    """Before: non-UTF-8 text loaded and failed mid-training without a file or row; invalid JSON was
+    arrow's 'Invalid encoding in string'."""
+    _jsonl(tmp_path / "src" / "a.jsonl", row)
+    with pytest.raises(ValueError, match=expected):
+        load_text_dataset(str(tmp_path / "src"))
+
+
+def test_non_utf8_parquet_text_is_named_by_file_and_row(tmp_path):
+    column = pa.array([b"fine", b"also fine", b"bad \xff byte"], type=pa.binary()).view(pa.string())
+    (tmp_path / "src").mkdir()
+    pq.write_table(pa.table({"content": column}), tmp_path / "src" / "part.parquet")
+    with pytest.raises(ValueError, match=r"part\.parquet, row 2: 'content' is not UTF-8"):
+        load_text_dataset(str(tmp_path / "src"))
+
+
+def test_a_file_path_is_a_source_and_other_files_are_refused_with_the_reason(tmp_path, shards):
+    ds = load_text_dataset(str(_jsonl(tmp_path / "one.jsonl")))
+    assert len(ds) == 40
+    (tmp_path / "notes.txt").write_text("plain text")
+    with pytest.raises(ValueError, match=r"notes\.txt is a \.txt file; expected a \.parquet, \.jsonl or \.json file"):
+        load_text_dataset(str(tmp_path / "notes.txt"))
+    with pytest.raises(ValueError, match=r"is a shard manifest: pass the folder that holds it"):
+        load_text_dataset(str(shards / "manifest.json"))
+
+
+def test_prepare_fails_on_a_bad_row_naming_it_and_leaves_no_output(tmp_path):
+    _jsonl(tmp_path / "src" / "a.jsonl", b'{"content": "\xff"}')
+    out = tmp_path / "shards"
+    with pytest.raises(ValueError, match=r"a\.jsonl, line 41: not UTF-8"):
+        prepare(str(tmp_path / "src"), "en", EMBEDDED_TOKENIZER, out)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["src"], "partial output left behind"
+    # the command line: a one-line error, exit status 1, nothing written
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "scripts/prepare_data.py", "--source", str(tmp_path / "src"),
+                           "--tokenizer", EMBEDDED_TOKENIZER, "--out", str(out)],
+                          cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True)
+    assert proc.returncode == 1 and "prepare_data: " in proc.stderr and "line 41: not UTF-8" in proc.stderr
+    assert "Traceback" not in proc.stderr and not out.exists()
+
+
+def test_prepare_refuses_a_non_empty_output_folder(tmp_path, shards):
+    with pytest.raises(FileExistsError, match="exists and is not empty"):
+        prepare(EMBEDDED_TRAIN, "en", EMBEDDED_TOKENIZER, shards, max_docs=5)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    manifest = prepare(EMBEDDED_TRAIN, "en", EMBEDDED_TOKENIZER, empty, max_docs=5)
+    assert manifest["splits"]["train"]["num_docs"] + manifest["splits"]["validation"]["num_docs"] == 5
+    assert (empty / "manifest.json").is_file() and not list(tmp_path.glob(".empty.partial-*"))

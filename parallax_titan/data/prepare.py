@@ -4,6 +4,10 @@ Documents are tokenised in batches by the `tokenizers` library's parallel encode
 progress) and each is terminated with EOS. A document goes to the held-out "validation" split when a
 hash of its text falls below validation_permille / 1000: the split does not depend on order, and
 training never sees those documents.
+
+The shards are written into a hidden sibling folder that becomes `out` only when the manifest is
+written, so a failure (a bad source row, a full disk, Ctrl-C) leaves no partial output; `out` must be
+new or empty.
 """
 
 from __future__ import annotations
@@ -11,6 +15,8 @@ from __future__ import annotations
 import hashlib
 import itertools
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -39,7 +45,28 @@ def prepare(source: str, lang: str, tokenizer_dir: str, out: Path, validation_pe
     if fingerprint["eos_id"] is None:
         raise ValueError(f"tokenizer {tokenizer_dir}: no eos_token in tokenizer_config.json to end documents with")
     tokenizer = Tokenizer.from_file(os.path.join(tokenizer_dir, "tokenizer.json"))
-    out.mkdir(parents=True, exist_ok=True)
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise FileExistsError(f"{out} exists and is not empty; choose a new output folder")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    partial = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(partial, 0o777 & ~umask)  # mkdtemp's 0700 would hide the shards from other users
+    try:
+        manifest = _prepare_into(partial, source, lang, tokenizer, fingerprint, validation_permille, shard_tokens,
+                                 max_docs, batch_docs, validation_source)
+        if out.exists():
+            out.rmdir()  # empty, checked above
+        partial.rename(out)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    return manifest
+
+
+def _prepare_into(out: Path, source, lang, tokenizer, fingerprint, validation_permille, shard_tokens, max_docs,
+                  batch_docs, validation_source) -> dict:
     writers = {name: ShardWriter(out, name, shard_tokens) for name in ("train", "validation")}
     streams = [(_documents(source, lang, max_docs), None)]  # None: the hash decides
     if validation_source is not None:
