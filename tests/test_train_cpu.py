@@ -228,3 +228,52 @@ def test_cpu_log_is_quiet_and_bool_keys_take_true_false(tmp_path):
     assert "Building parallax_qwen3 debug-parallax" in log and "no MFU reported" in log
     records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert records and not any("mfu(%)" in r for r in records)
+
+
+def run_failing(tmp_path: Path, *overrides: str, steps: int = 2) -> str:
+    with pytest.raises(AssertionError) as failed:
+        run_training(tmp_path, *overrides, steps=steps)
+    return str(failed.value)
+
+
+def _jsonl_corpus(path: Path, bad_line: int | None = None) -> Path:
+    from parallax_titan.data import EMBEDDED_TRAIN
+    from parallax_titan.data.text import load_text_dataset
+
+    rows = [json.dumps({"content": text}).encode() for text in load_text_dataset(EMBEDDED_TRAIN)["content"]]
+    if bad_line is not None:
+        rows[bad_line - 1] = b'{"content": "caf\xe9"}'
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"\n".join(rows) + b"\n")
+    return path
+
+
+def test_a_jsonl_file_with_a_bad_line_far_in_stops_before_training_naming_file_and_line(tmp_path):
+    """Before: a .jsonl file was 'does not exist'; in a folder, the bad line loaded and a short run ended at rc 0."""
+    corpus = _jsonl_corpus(tmp_path / "corpus.jsonl", bad_line=500)
+    log = run_failing(tmp_path, "--training.dataset_path", str(corpus), "--validation.no-enable")
+    assert f"{corpus}, line 500: not UTF-8 text" in log, log[-3000:]
+    assert "Training starts" not in log and "does not exist" not in log
+
+
+def test_validation_follows_the_training_data(tmp_path):
+    """With only [training] dataset_path: shards validate on their held-out split (before: the embedded corpus);
+    a text folder named train on its sibling validation folder; another text path is an error."""
+    from parallax_titan.data import EMBEDDED_TOKENIZER, EMBEDDED_TRAIN
+    from parallax_titan.data.prepare import prepare
+
+    shards = tmp_path / "shards"
+    prepare(EMBEDDED_TRAIN, "en", EMBEDDED_TOKENIZER, shards, validation_permille=50, shard_tokens=200_000)
+    log = run_training(tmp_path / "a", "--training.dataset_path", str(shards), "--training.local_batch_size", "2",
+                       "--diagnostics.interval", "0", steps=2)
+    assert f"Validation data: {shards} (the held-out 'validation' split of [training] dataset_path)" in log
+    assert f"Reading validation shards from {shards}" in log and "validate step" in log
+    text = _jsonl_corpus(tmp_path / "text" / "train" / "part.jsonl").parent
+    (tmp_path / "text" / "validation").mkdir()
+    _jsonl_corpus(tmp_path / "text" / "validation" / "part.jsonl")
+    log = run_training(tmp_path / "b", "--training.dataset_path", str(text), "--training.local_batch_size", "2",
+                       "--diagnostics.interval", "0", steps=2)
+    assert f"Validation data: {tmp_path / 'text' / 'validation'} (the 'validation' folder beside" in log, log[-3000:]
+    lone = _jsonl_corpus(tmp_path / "lone.jsonl")
+    log = run_failing(tmp_path / "c", "--training.dataset_path", str(lone))
+    assert f"[training] dataset_path = '{lone}' has no held-out split to validate on" in log, log[-3000:]

@@ -5,13 +5,19 @@
   (b) a folder of parquet/jsonl  the same files from disk, tokenised on the fly (torchtitan's loader)
   (c) a folder with manifest.json  pre-tokenised shards from scripts/prepare_data.py (the fast path)
 
-The embedded default corpus (parallax_titan/assets/embedded_en) is a folder of type (b), and tests
-turn it into (c). Validation: `[validation] dataset`/`dataset_path` the same way; shards use their
-held-out "validation" split.
+`dataset_path` may also name one .parquet/.jsonl file. The embedded default corpus
+(parallax_titan/assets/embedded_en) is a folder of type (b), and tests turn it into (c).
+
+Validation reads `[validation] dataset_path` when it is set (shards: their held-out "validation" split).
+Unset, it follows `[training] dataset_path` (`validation_source` says how): a shard folder validates on
+its own "validation" split, a local text folder named `train` on its sibling `validation` folder, and any
+other training path is an error, since validating on the `[validation] dataset`'s default corpus would
+measure other data. With neither path set, each `dataset` name reads its own default path.
 """
 
 from __future__ import annotations
 
+import os
 import pickle
 from dataclasses import asdict
 from functools import partial
@@ -95,6 +101,25 @@ def build_dataloader(dp_world_size, dp_rank, tokenizer, job_config, infinite: bo
     return build_text_dataloader(dp_world_size, dp_rank, tokenizer, job_config, infinite)
 
 
+def validation_source(job_config) -> tuple[str | None, str]:
+    """The validation path and why: set, derived from the training path, or the dataset's default."""
+    v, t = job_config.validation, job_config.training
+    if v.dataset_path:
+        return v.dataset_path, "[validation] dataset_path"
+    if not t.dataset_path:
+        return None, f"the default path of [validation] dataset = {v.dataset!r}"
+    if is_shard_folder(t.dataset_path):
+        return t.dataset_path, "the held-out 'validation' split of [training] dataset_path"
+    sibling = os.path.join(os.path.dirname(os.path.normpath(t.dataset_path)), "validation")
+    if os.path.basename(os.path.normpath(t.dataset_path)) == "train" and os.path.isdir(sibling):
+        return sibling, "the 'validation' folder beside [training] dataset_path"
+    raise ValueError(
+        f"[training] dataset_path = {t.dataset_path!r} has no held-out split to validate on (it is not a shard "
+        f"folder, nor a 'train' folder with a 'validation' folder beside it), and [validation] dataset_path is "
+        f"unset: validation would read [validation] dataset = {v.dataset!r}'s default corpus instead. Set "
+        f"[validation] dataset_path (--validation.dataset_path), or turn validation off (--validation.no-enable)")
+
+
 class ShardAwareValidator(Validator):
     """torchtitan's Validator, whose dataloader may also be a shard folder's validation split.
     (Validator.__init__ only stores its arguments and builds the dataloader; this does the same.)"""
@@ -103,6 +128,10 @@ class ShardAwareValidator(Validator):
                  validation_context, maybe_enable_amp, metrics_processor, pp_schedule=None,
                  pp_has_first_stage=None, pp_has_last_stage=None):
         v = job_config.validation
+        path, why = validation_source(job_config)
+        v.dataset_path = path  # torchtitan's text validator reads it from here
+        shown = path or (DATASETS[v.dataset].path if v.dataset in DATASETS else v.dataset)
+        logger.info(f"Validation data: {shown} ({why})")
         if not is_shard_folder(v.dataset_path):
             super().__init__(job_config, dp_world_size, dp_rank, tokenizer, parallel_dims, loss_fn,
                              validation_context, maybe_enable_amp, metrics_processor, pp_schedule,
