@@ -2,9 +2,12 @@
 
     python scripts/bench_attention.py [--shapes 8,16,2048,128 4,16,4096,128 ...] [--kv-ratio 2] [--json out.json]
         [--reference-kernel FILE]      # e.g. FILE from `git show REF:kernels/parallax_kernels/parallax/triton_fused.py`
+        [--peers parallax-cute parallax-triton sdpa-cudnn ...]   # time only these (default: every peer available)
 
 Peers, each in its native layout, causal, bf16, GQA with Hkv = H / kv-ratio:
   parallax-triton  this repo's fused kernel (backend="triton")
+  parallax-cute    the CuTe DSL Hopper forward with the Triton backward (kernels/parallax_kernels/parallax/
+                   cute_launch.py), where it can run (a Hopper GPU, its prebuilt kernels or nvidia-cutlass-dsl)
   parallax-triton-atomic  the same with its one-kernel backward, dQ/dR by fp32 atomics (backend="triton_atomic")
   parallax-triton-reference  with --reference-kernel: another version of kernels/parallax_kernels/parallax/triton_fused.py (an
                    earlier commit's), so that a kernel change is timed against what it changed in one run
@@ -67,6 +70,14 @@ def make_peers(b, h, hkv, n, d, dtype, with_torch_backend: bool, reference=None)
     q, r = rand(b, h, n, d), rand(b, h, n, d)
     k, v = rand(b, hkv, n, d), rand(b, hkv, n, d)
     peers = {}
+    from parallax_kernels.parallax.cute_launch import parallax_attention_cute, unavailable_reason
+
+    if unavailable_reason(q) is None:
+        cute = [x.clone().requires_grad_() for x in (q, k, v, r)]
+        peers["parallax-cute"] = ("parallax", lambda x=cute: parallax_attention_cute(*x, causal=True, scale=d**-0.5),
+                                  cute)
+    else:
+        print(f"parallax-cute not timed: {unavailable_reason(q)}")
     bhnd = [x.clone().requires_grad_() for x in (q, k, v, r)]
     peers["parallax-triton"] = ("parallax", lambda x=bhnd: parallax_attention(*x, backend="triton"), bhnd)
     atomic = [x.clone().requires_grad_() for x in (q, k, v, r)]
@@ -136,6 +147,7 @@ def main() -> None:
     ap.add_argument("--torch-backend-max-tokens", type=int, default=16384,
                     help="time the eager torch backend only where B*N is at most this")
     ap.add_argument("--json", default=None)
+    ap.add_argument("--peers", nargs="+", default=None, help="time only these peers (names as in the table)")
     ap.add_argument("--reference-kernel", default=None, help="another kernels/parallax_kernels/parallax/triton_fused.py to time beside this one")
     args = ap.parse_args()
     reference = load_reference_kernel(args.reference_kernel) if args.reference_kernel else None
@@ -154,12 +166,20 @@ def main() -> None:
 
             fla_out = parallel_parallax(*(x.transpose(1, 2).contiguous() for x in (q, r, k, v))).transpose(1, 2).float()
             checks["vs_fla"] = float((ours - fla_out).norm() / fla_out.norm())
-        checks["vs_split_grads_atomic"] = atomic_vs_split_grads(q, k, v, r)
+        if "parallax-cute" in peers:
+            from parallax_kernels.parallax.cute_launch import parallax_attention_cute
+
+            cute_out = parallax_attention_cute(q, k, v, r, causal=True, scale=d**-0.5).float()
+            checks["vs_triton_cute"] = float((cute_out - ours).norm() / ours.norm())
+        if args.peers is None or "parallax-triton-atomic" in args.peers:
+            checks["vs_split_grads_atomic"] = atomic_vs_split_grads(q, k, v, r)
         if reference is not None:
             theirs = reference.parallax_attention_triton(q, k, v, r, causal=True, scale=d**-0.5).float()
             checks["vs_reference_kernel"] = float((ours - theirs).norm() / theirs.norm())
         result = {"shape": [b, h, hkv, n, d], **checks, "peers": {}}
         for name, (kind, fn, inputs) in peers.items():
+            if args.peers is not None and name not in args.peers:
+                continue
             fwd, both, peak = time_peer(fn, inputs)
             f_fwd, f_both = flops(b, h, n, d, kind)
             result["peers"][name] = dict(fwd_ms=fwd, fwd_bwd_ms=both, fwd_tflops=f_fwd / fwd / 1e9,
@@ -183,7 +203,9 @@ def print_shape(result) -> None:
     for name, p in peers.items():
         print(f"| {name} | {p['fwd_ms']:.3f} | {p['fwd_tflops']:.0f} | {p['fwd_bwd_ms']:.3f} | "
               f"{p['fwd_bwd_tflops']:.0f} | {p['peak_mib']:.0f} |")
-    for mine in ("parallax-triton", "parallax-triton-atomic"):
+    for mine in ("parallax-cute", "parallax-triton", "parallax-triton-atomic"):
+        if mine not in peers:
+            continue
         for peer in ("parallax-triton", "parallax-triton-reference", "fla-parallax", "sdpa-flash", "sdpa-cudnn"):
             if peer in peers and peer != mine:
                 print(f"ratio {mine} / {peer}: fwd {peers[mine]['fwd_ms'] / peers[peer]['fwd_ms']:.2f}, "

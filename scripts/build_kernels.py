@@ -1,7 +1,9 @@
-"""Compile the CuTe DSL Parallax decode kernel ahead of time, for GPU hosts without nvidia-cutlass-dsl.
+"""Compile the CuTe DSL Parallax kernels ahead of time, for GPU hosts without nvidia-cutlass-dsl.
 
-    python scripts/build_kernels.py --out build/kernels                 # every default variant (128, about 3 s each)
+    python scripts/build_kernels.py --out build/kernels                 # every default decode variant (128, about 3 s each)
     python scripts/build_kernels.py --out build/kernels --dtype bfloat16 --head-dim 128 --group 2
+    python scripts/build_kernels.py --attention --out build/kernels     # the attention forward: dtype x head_dim x
+                                                                        # causal/full (8, about 4 s each)
 
 Runs on any machine with the package, GPU or not (it targets sm_90a). Copy the folder to the GPU host
 and point PARALLAX_KERNEL_DIR at it (default there: ~/.cache/parallax_titan/kernels); the decode op
@@ -35,6 +37,12 @@ def main(argv: list[str] | None = None) -> None:
                    help="0: the ticket merge (any split count); 2..16: the cluster merge for exactly that many "
                         "splits (default: the ticket merge and the cluster sizes the launcher's default grid "
                         "picks, kernels/parallax_kernels/parallax_decode/cute_launch.py default_cluster_merge)")
+    p.add_argument("--attention", action="store_true",
+                   help="build the attention forward (backend 'cute' of parallax_attention) instead of the decode "
+                        "kernel: every --dtype x --head-dim x --causal variant (--group, --block-n, --cluster and "
+                        "--persistent are the decode kernel's)")
+    p.add_argument("--causal", type=int, nargs="+", default=[1, 0], choices=[0, 1],
+                   help="attention masks to build: 1 causal, 0 full (with --attention)")
     p.add_argument("--persistent", action="store_true",
                    help="also build the persistent-grid variant of each ticket-merge kernel (opt-in: "
                         "parallax_decode_cute(..., persistent=True))")
@@ -46,12 +54,29 @@ def main(argv: list[str] | None = None) -> None:
     from parallax_kernels.parallax_decode.cute_kernel import compile_variant
 
     dsl = version("nvidia-cutlass-dsl")
+    if args.attention:
+        build_attention(args, dsl)
+        return
     persistent = [False, True] if args.persistent else [False]
     for dtype, head_dim, group, block_n, cluster, pers in itertools.product(
             args.dtype, args.head_dim, args.group, args.block_n, args.cluster, persistent):
         if pers and cluster:  # a persistent grid merges with the ticket only
             continue
         variant = DecodeVariant(dtype, head_dim, group, block_n, cluster, pers)
+        variant.check()
+        start = time.time()
+        cubin, ptx, name = compile_variant(variant)
+        path = write_artefact(args.out, variant, cubin, ptx, name, dsl)
+        print(f"{variant.name}: {len(cubin)} bytes in {time.time() - start:.1f} s -> {path}", flush=True)
+
+
+def build_attention(args, dsl: str) -> None:
+    from parallax_kernels.parallax.cute_kernel import compile_variant
+    from parallax_kernels.parallax.cute_launch import write_artefact
+    from parallax_kernels.parallax.cute_variant import AttentionVariant
+
+    for dtype, head_dim, causal in itertools.product(args.dtype, args.head_dim, args.causal):
+        variant = AttentionVariant(dtype, head_dim, bool(causal))
         variant.check()
         start = time.time()
         cubin, ptx, name = compile_variant(variant)

@@ -9,25 +9,15 @@ writes it to the same folder. Launching goes through libcuda with ctypes, on tor
 
 from __future__ import annotations
 
-import ctypes
 import json
-import os
-import re
 from dataclasses import asdict
 from pathlib import Path
 
+from parallax_kernels.cute_runtime import (  # noqa: F401  (re-exported: the decode API and its tests use them)
+    _CTYPES, ARCH, ARTEFACT_ENV, CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION, CubinKernel, _driver, _LaunchAttribute,
+    _LaunchConfig, cluster_launch_config, default_artefact_dir, dsl_installed, pack_params, ptx_params,
+)
 from parallax_kernels.parallax_decode.cute_variant import DTYPES, HEAD_DIMS, MAX_CLUSTER, NUM_WARPS, DecodeVariant
-
-ARCH = "sm_90a"
-ARTEFACT_ENV = "PARALLAX_KERNEL_DIR"
-
-
-def default_artefact_dir() -> Path:
-    env = os.environ.get(ARTEFACT_ENV)
-    if env:
-        return Path(env)
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "parallax_titan" / "kernels"
-
 
 def source_hash() -> str:
     """Hash of the kernel's source files: an artefact built from other source is refused, not run."""
@@ -38,15 +28,6 @@ def source_hash() -> str:
     for name in ("cute_kernel.py", "cute_variant.py"):
         digest.update((here / name).read_bytes())
     return digest.hexdigest()[:16]
-
-
-def ptx_params(ptx: str, kernel_name: str) -> list[str]:
-    """Parameter types (u64, u32, f32, ...) of `kernel_name`'s .entry in PTX, in order."""
-    start = ptx.find(f".entry {kernel_name}(")
-    if start < 0:
-        raise ValueError(f"kernel {kernel_name} not found in the PTX")
-    body = ptx[start:ptx.index(")", start)]
-    return re.findall(r"\.param\s+\.(\w+)", body)
 
 
 def write_artefact(folder: Path, variant: DecodeVariant, cubin: bytes, ptx: str, kernel_name: str,
@@ -88,134 +69,9 @@ def read_artefact(folder: Path, variant: DecodeVariant) -> tuple[dict, bytes] | 
 # The kernel's parameter list (kernels/parallax_kernels/parallax_decode/cute_kernel.py, ParallaxDecodeKernel.kernel): 12 pointers,
 # batch, heads, kv_heads, l_max, splits, k strides (batch, head: 64-bit; row: 32-bit), v strides alike, scale.
 DECODE_PARAMS = ["u64"] * 12 + ["u32"] * 5 + ["u64", "u64", "u32", "u64", "u64", "u32", "f32"]
-_CTYPES = {"u64": ctypes.c_uint64, "u32": ctypes.c_uint32, "f32": ctypes.c_float}
-
-
-def pack_params(types: list[str], args: list) -> tuple[list, ctypes.Array]:
-    """cuLaunchKernel's kernelParams: one typed C value per parameter and an array of their addresses."""
-    if len(args) != len(types):
-        raise ValueError(f"kernel takes {len(types)} parameters; got {len(args)}")
-    values = [_CTYPES[t](a) for t, a in zip(types, args)]
-    return values, (ctypes.c_void_p * len(values))(*[ctypes.addressof(v) for v in values])
-
-
-class _Driver:
-    """The few CUDA driver calls needed, through ctypes on libcuda."""
-
-    def __init__(self):
-        self.lib = ctypes.CDLL("libcuda.so.1")
-
-    def check(self, result: int, what: str) -> None:
-        if result != 0:
-            name = ctypes.c_char_p()
-            self.lib.cuGetErrorName(result, ctypes.byref(name))
-            raise RuntimeError(f"CUDA driver call {what} failed: {name.value.decode() if name.value else result}")
-
-
-_DRIVER: _Driver | None = None
-
-
-def _driver() -> _Driver:
-    global _DRIVER
-    if _DRIVER is None:
-        _DRIVER = _Driver()
-    return _DRIVER
-
-
-CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION = 4
-
-
-class _LaunchAttributeValue(ctypes.Union):  # CUlaunchAttributeValue: a 64-byte union
-    _fields_ = [("pad", ctypes.c_char * 64), ("cluster_dim", ctypes.c_uint * 3)]
-
-
-class _LaunchAttribute(ctypes.Structure):  # CUlaunchAttribute: the id, padded to 8 bytes, then the value
-    _fields_ = [("id", ctypes.c_int), ("pad", ctypes.c_char * 4), ("value", _LaunchAttributeValue)]
-
-
-class _LaunchConfig(ctypes.Structure):  # CUlaunchConfig, for cuLaunchKernelEx
-    _fields_ = [("grid", ctypes.c_uint * 3), ("block", ctypes.c_uint * 3), ("shared_mem_bytes", ctypes.c_uint),
-                ("stream", ctypes.c_void_p), ("attrs", ctypes.POINTER(_LaunchAttribute)), ("num_attrs", ctypes.c_uint)]
-
-
-def cluster_launch_config(grid, block, smem: int, stream: int, cluster: int) -> tuple[_LaunchConfig, _LaunchAttribute]:
-    """cuLaunchKernelEx's config for a launch in clusters of `cluster` CTAs along x (the attribute is
-    returned too: the config points at it, so it must stay alive through the call)."""
-    attr = _LaunchAttribute(id=CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION)
-    attr.value.cluster_dim[:] = [cluster, 1, 1]
-    config = _LaunchConfig(shared_mem_bytes=smem, stream=stream, attrs=ctypes.pointer(attr), num_attrs=1)
-    config.grid[:] = list(grid)
-    config.block[:] = list(block)
-    return config, attr
-
-
-class CubinKernel:
-    """One kernel of a cubin, loaded into the current device's primary context (torch's)."""
-
-    def __init__(self, cubin: bytes, meta: dict):
-        import torch
-
-        torch.cuda.init()
-        drv = _driver()
-        ctx = ctypes.c_void_p()
-        drv.check(drv.lib.cuCtxGetCurrent(ctypes.byref(ctx)), "cuCtxGetCurrent")
-        if not ctx.value:  # torch has not touched this thread's context yet
-            torch.zeros(1, device="cuda")
-            drv.check(drv.lib.cuCtxGetCurrent(ctypes.byref(ctx)), "cuCtxGetCurrent")
-        self._cubin = ctypes.create_string_buffer(cubin, len(cubin))
-        self.module = ctypes.c_void_p()
-        drv.check(drv.lib.cuModuleLoadData(ctypes.byref(self.module), self._cubin), "cuModuleLoadData")
-        self.func = ctypes.c_void_p()
-        drv.check(drv.lib.cuModuleGetFunction(ctypes.byref(self.func), self.module, meta["kernel"].encode()),
-                  f"cuModuleGetFunction({meta['kernel']})")
-        self.smem = int(meta["smem_bytes"])
-        self.block = tuple(meta["block"])
-        self.params = list(meta["params"])
-        self.cluster = int(meta["variant"].get("cluster", 0))  # a cluster kernel must be launched as one
-        self._ctas_per_sm: int | None = None
-        if self.cluster > 8:  # clusters above the portable 8 CTAs need the kernel's opt-in
-            CU_FUNC_ATTRIBUTE_NON_PORTABLE_CLUSTER_SIZE_ALLOWED = 14
-            drv.check(drv.lib.cuFuncSetAttribute(self.func, CU_FUNC_ATTRIBUTE_NON_PORTABLE_CLUSTER_SIZE_ALLOWED, 1),
-                      "cuFuncSetAttribute(non-portable cluster size)")
-        CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES = 8
-        drv.check(drv.lib.cuFuncSetAttribute(self.func, CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-                                             self.smem), "cuFuncSetAttribute(max dynamic smem)")
-
-    def ctas_per_sm(self) -> int:
-        """How many CTAs of this kernel one SM holds at once (registers and shared memory), from the driver
-        (asked once: it depends on the kernel alone)."""
-        if self._ctas_per_sm is None:
-            drv = _driver()
-            n = ctypes.c_int()
-            drv.check(drv.lib.cuOccupancyMaxActiveBlocksPerMultiprocessor(
-                ctypes.byref(n), self.func, ctypes.c_int(self.block[0]), ctypes.c_size_t(self.smem)),
-                "cuOccupancyMaxActiveBlocksPerMultiprocessor")
-            self._ctas_per_sm = n.value
-        return self._ctas_per_sm
-
-    def launch(self, grid: tuple[int, int, int], args: list, stream: int) -> None:
-        values, pointers = pack_params(self.params, args)  # `values` stays alive through the call
-        drv = _driver()
-        if self.cluster:
-            config, attr = cluster_launch_config(grid, self.block, self.smem, stream, self.cluster)
-            drv.check(drv.lib.cuLaunchKernelEx(ctypes.byref(config), self.func, pointers, None), "cuLaunchKernelEx")
-            return
-        drv.check(drv.lib.cuLaunchKernel(
-            self.func, ctypes.c_uint(grid[0]), ctypes.c_uint(grid[1]), ctypes.c_uint(grid[2]),
-            ctypes.c_uint(self.block[0]), ctypes.c_uint(self.block[1]), ctypes.c_uint(self.block[2]),
-            ctypes.c_uint(self.smem), ctypes.c_void_p(stream), pointers, None,
-        ), "cuLaunchKernel")
-
-
 # ---- the decode op ---------------------------------------------------------------------------------
 
 _LOADED: dict[tuple, CubinKernel] = {}
-
-
-def dsl_installed() -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec("cutlass") is not None and importlib.util.find_spec("cutlass.cute") is not None
 
 
 def load_decode_kernel(variant: DecodeVariant, folder: Path | None = None) -> CubinKernel:

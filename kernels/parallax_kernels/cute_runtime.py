@@ -1,0 +1,220 @@
+"""Run CuTe DSL kernels from cubins without the DSL: ptx parameter lists, a ctypes CUDA-driver launcher,
+TMA descriptors (CUtensorMap) built with the driver's cuTensorMapEncodeTiled, and where artefacts live.
+
+Shared by the decode kernel (parallax_decode/cute_launch.py) and the attention forward
+(parallax/cute_launch.py): each compiles its variants ahead of time (scripts/build_kernels.py, no GPU
+needed) into `<name>.cubin` + `<name>.json` artefacts that a GPU host without nvidia-cutlass-dsl loads.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import re
+from pathlib import Path
+
+ARCH = "sm_90a"
+ARTEFACT_ENV = "PARALLAX_KERNEL_DIR"
+
+
+def default_artefact_dir() -> Path:
+    env = os.environ.get(ARTEFACT_ENV)
+    if env:
+        return Path(env)
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "parallax_titan" / "kernels"
+
+
+def ptx_params(ptx: str, kernel_name: str) -> list[str]:
+    """Parameter types of `kernel_name`'s .entry in PTX, in order: scalars as u64, u32, f32, ...; by-value
+    byte arrays (a CUtensorMap, a struct of sizes) as b8[N]."""
+    start = ptx.find(f".entry {kernel_name}(")
+    if start < 0:
+        raise ValueError(f"kernel {kernel_name} not found in the PTX")
+    body = ptx[start:ptx.index(")", start)]
+    types = []
+    for decl in re.findall(r"\.param\s+([^,]*)", body):
+        array = re.search(r"\.b8\s+\S+?\[(\d+)\]", decl)
+        types.append(f"b8[{array.group(1)}]" if array else re.match(r"\.(\w+)", decl).group(1))
+    return types
+
+
+_CTYPES = {"u64": ctypes.c_uint64, "u32": ctypes.c_uint32, "f32": ctypes.c_float}
+
+
+def pack_params(types: list[str], args: list) -> tuple[list, ctypes.Array]:
+    """cuLaunchKernel's kernelParams: one typed C value per parameter and an array of their addresses."""
+    if len(args) != len(types):
+        raise ValueError(f"kernel takes {len(types)} parameters; got {len(args)}")
+    values = []
+    for t, a in zip(types, args):
+        if t.startswith("b8["):  # bytes passed by value (a CUtensorMap, a struct of sizes)
+            size = int(t[3:-1])
+            if len(a) != size:
+                raise ValueError(f"a {t} parameter takes {size} bytes; got {len(a)}")
+            values.append((ctypes.c_uint8 * size).from_buffer_copy(a))
+        else:
+            values.append(_CTYPES[t](a))
+    return values, (ctypes.c_void_p * len(values))(*[ctypes.addressof(v) for v in values])
+
+
+class _Driver:
+    """The few CUDA driver calls needed, through ctypes on libcuda."""
+
+    def __init__(self):
+        self.lib = ctypes.CDLL("libcuda.so.1")
+
+    def check(self, result: int, what: str) -> None:
+        if result != 0:
+            name = ctypes.c_char_p()
+            self.lib.cuGetErrorName(result, ctypes.byref(name))
+            raise RuntimeError(f"CUDA driver call {what} failed: {name.value.decode() if name.value else result}")
+
+
+_DRIVER: _Driver | None = None
+
+
+def _driver() -> _Driver:
+    global _DRIVER
+    if _DRIVER is None:
+        _DRIVER = _Driver()
+    return _DRIVER
+
+
+CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION = 4
+
+
+class _LaunchAttributeValue(ctypes.Union):  # CUlaunchAttributeValue: a 64-byte union
+    _fields_ = [("pad", ctypes.c_char * 64), ("cluster_dim", ctypes.c_uint * 3)]
+
+
+class _LaunchAttribute(ctypes.Structure):  # CUlaunchAttribute: the id, padded to 8 bytes, then the value
+    _fields_ = [("id", ctypes.c_int), ("pad", ctypes.c_char * 4), ("value", _LaunchAttributeValue)]
+
+
+class _LaunchConfig(ctypes.Structure):  # CUlaunchConfig, for cuLaunchKernelEx
+    _fields_ = [("grid", ctypes.c_uint * 3), ("block", ctypes.c_uint * 3), ("shared_mem_bytes", ctypes.c_uint),
+                ("stream", ctypes.c_void_p), ("attrs", ctypes.POINTER(_LaunchAttribute)), ("num_attrs", ctypes.c_uint)]
+
+
+def cluster_launch_config(grid, block, smem: int, stream: int, cluster: int) -> tuple[_LaunchConfig, _LaunchAttribute]:
+    """cuLaunchKernelEx's config for a launch in clusters of `cluster` CTAs along x (the attribute is
+    returned too: the config points at it, so it must stay alive through the call)."""
+    attr = _LaunchAttribute(id=CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION)
+    attr.value.cluster_dim[:] = [cluster, 1, 1]
+    config = _LaunchConfig(shared_mem_bytes=smem, stream=stream, attrs=ctypes.pointer(attr), num_attrs=1)
+    config.grid[:] = list(grid)
+    config.block[:] = list(block)
+    return config, attr
+
+
+class CubinKernel:
+    """One kernel of a cubin, loaded into the current device's primary context (torch's)."""
+
+    def __init__(self, cubin: bytes, meta: dict):
+        import torch
+
+        torch.cuda.init()
+        drv = _driver()
+        ctx = ctypes.c_void_p()
+        drv.check(drv.lib.cuCtxGetCurrent(ctypes.byref(ctx)), "cuCtxGetCurrent")
+        if not ctx.value:  # torch has not touched this thread's context yet
+            torch.zeros(1, device="cuda")
+            drv.check(drv.lib.cuCtxGetCurrent(ctypes.byref(ctx)), "cuCtxGetCurrent")
+        self._cubin = ctypes.create_string_buffer(cubin, len(cubin))
+        self.module = ctypes.c_void_p()
+        drv.check(drv.lib.cuModuleLoadData(ctypes.byref(self.module), self._cubin), "cuModuleLoadData")
+        self.func = ctypes.c_void_p()
+        drv.check(drv.lib.cuModuleGetFunction(ctypes.byref(self.func), self.module, meta["kernel"].encode()),
+                  f"cuModuleGetFunction({meta['kernel']})")
+        self.smem = int(meta["smem_bytes"])
+        self.block = tuple(meta["block"])
+        self.params = list(meta["params"])
+        self.cluster = int(meta["variant"].get("cluster", 0))  # a cluster kernel must be launched as one
+        self._ctas_per_sm: int | None = None
+        if self.cluster > 8:  # clusters above the portable 8 CTAs need the kernel's opt-in
+            CU_FUNC_ATTRIBUTE_NON_PORTABLE_CLUSTER_SIZE_ALLOWED = 14
+            drv.check(drv.lib.cuFuncSetAttribute(self.func, CU_FUNC_ATTRIBUTE_NON_PORTABLE_CLUSTER_SIZE_ALLOWED, 1),
+                      "cuFuncSetAttribute(non-portable cluster size)")
+        CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES = 8
+        drv.check(drv.lib.cuFuncSetAttribute(self.func, CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                                             self.smem), "cuFuncSetAttribute(max dynamic smem)")
+
+    def ctas_per_sm(self) -> int:
+        """How many CTAs of this kernel one SM holds at once (registers and shared memory), from the driver
+        (asked once: it depends on the kernel alone)."""
+        if self._ctas_per_sm is None:
+            drv = _driver()
+            n = ctypes.c_int()
+            drv.check(drv.lib.cuOccupancyMaxActiveBlocksPerMultiprocessor(
+                ctypes.byref(n), self.func, ctypes.c_int(self.block[0]), ctypes.c_size_t(self.smem)),
+                "cuOccupancyMaxActiveBlocksPerMultiprocessor")
+            self._ctas_per_sm = n.value
+        return self._ctas_per_sm
+
+    def launch(self, grid: tuple[int, int, int], args: list, stream: int) -> None:
+        values, pointers = pack_params(self.params, args)  # `values` stays alive through the call
+        drv = _driver()
+        if self.cluster:
+            config, attr = cluster_launch_config(grid, self.block, self.smem, stream, self.cluster)
+            drv.check(drv.lib.cuLaunchKernelEx(ctypes.byref(config), self.func, pointers, None), "cuLaunchKernelEx")
+            return
+        drv.check(drv.lib.cuLaunchKernel(
+            self.func, ctypes.c_uint(grid[0]), ctypes.c_uint(grid[1]), ctypes.c_uint(grid[2]),
+            ctypes.c_uint(self.block[0]), ctypes.c_uint(self.block[1]), ctypes.c_uint(self.block[2]),
+            ctypes.c_uint(self.smem), ctypes.c_void_p(stream), pointers, None,
+        ), "cuLaunchKernel")
+
+
+def dsl_installed() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("cutlass") is not None and importlib.util.find_spec("cutlass.cute") is not None
+
+
+def source_hash(*files: Path) -> str:
+    """Hash of a kernel's source files: an artefact built from other source is refused, not run."""
+    digest = hashlib.sha256()
+    for path in files:
+        digest.update(Path(path).read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def sm90_reason(x, what: str) -> str | None:
+    """Why tensors like x cannot run an sm_90a kernel here (None: they can)."""
+    import torch
+
+    if x.device.type != "cuda":
+        return f"tensors are on {x.device.type}; {what} needs a Hopper GPU"
+    major, minor = torch.cuda.get_device_capability(x.device)
+    if (major, minor) != (9, 0):
+        return f"{what} is built for sm_90a (Hopper); this GPU is sm_{major}{minor}"
+    return None
+
+
+# ---- TMA descriptors ----------------------------------------------------------------------------
+# CUtensorMapDataType, CUtensorMapSwizzle, CUtensorMapL2promotion (cuda.h)
+TMA_DTYPES = {"float16": 6, "bfloat16": 9}
+TMA_SWIZZLE_128B = 3
+TMA_L2_PROMOTION_128B = 2
+
+
+def encode_tma_tiled(dtype: str, address: int, dims: list[int], strides_bytes: list[int], box: list[int],
+                     swizzle: int = TMA_SWIZZLE_128B) -> bytes:
+    """A 128-byte CUtensorMap for a tiled TMA copy: `dims` innermost first (the innermost dense),
+    `strides_bytes` of the outer dims, `box` the tile each copy moves; out-of-bounds elements read as
+    zeros. Made by the driver (cuTensorMapEncodeTiled), no DSL needed."""
+    rank = len(dims)
+    if len(box) != rank or len(strides_bytes) != rank - 1:
+        raise ValueError(f"TMA descriptor: {rank} dims need {rank} box sizes and {rank - 1} strides")
+    if address % 16 or any(s % 16 for s in strides_bytes):
+        raise ValueError("TMA descriptor: the address and every stride must be multiples of 16 bytes")
+    drv = _driver()
+    tmap = (ctypes.c_uint8 * 128)()
+    u64s, u32s = ctypes.c_uint64 * rank, ctypes.c_uint32 * rank
+    drv.check(drv.lib.cuTensorMapEncodeTiled(
+        ctypes.byref(tmap), ctypes.c_int(TMA_DTYPES[dtype]), ctypes.c_uint32(rank), ctypes.c_void_p(address),
+        u64s(*dims), (ctypes.c_uint64 * (rank - 1))(*strides_bytes), u32s(*box), u32s(*([1] * rank)),
+        ctypes.c_int(0), ctypes.c_int(swizzle), ctypes.c_int(TMA_L2_PROMOTION_128B), ctypes.c_int(0),
+    ), "cuTensorMapEncodeTiled")
+    return bytes(tmap)

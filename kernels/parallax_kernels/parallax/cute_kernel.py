@@ -1,0 +1,401 @@
+"""Parallax attention forward for Hopper (sm_90a) in CuTe DSL: TMA, wgmma, warp specialisation.
+
+Same outputs and arithmetic as the Triton forward (kernels/parallax_kernels/parallax/triton_fused.py):
+o, a (the softmax output), lse (log2 domain) and tbar, so that its backward runs unchanged on them.
+Per key tile: S1 = scale Q K^T (log2 domain), T = R K^T, online max m shared by both branches,
+P1 = exp2(S1 - m), P2 = P1 (T - c) centred on the running tbar estimate c, O1 += P1 V, O2 += P2 V.
+
+Layout of one CTA (384 threads, 128 query rows of one (batch, head)):
+- warpgroup 0 is the producer: after `setmaxnreg` down to 24 registers, one warp issues the TMA loads
+  (cp.async.bulk.tensor) of the Q and R tiles once, then of each K and V tile into a ring of shared-memory
+  stages, each stage guarded by a full and an empty mbarrier;
+- warpgroups 1 and 2 are consumers (`setmaxnreg` up to 240), 64 query rows each. Per key tile each issues
+  two wgmmas against the same K tile in shared memory (S from Q, T from R: the probe rows meet the same
+  keys), does the online softmax on the fp32 accumulators in registers, and two more wgmmas with P1 and
+  P2 as register A operands against the same V tile (O1, O2 accumulate in registers);
+- the consumers write o, a from registers and lse, tbar per row.
+Causal CTAs run in reverse order of their query tile (the longest first). Tiles wholly below the diagonal
+and inside the sequence skip the mask; a warpgroup whose rows end before a key tile only releases it.
+
+The kernel takes raw pointers, sizes and the three TMA descriptors (CUtensorMap, by value), so the
+compiled cubin can be launched without the DSL (cute_launch.py builds the descriptors with the CUDA
+driver's cuTensorMapEncodeTiled).
+"""
+
+from __future__ import annotations
+
+import cutlass
+import cutlass.cute as cute
+import cutlass.pipeline as pipeline
+import cutlass.utils as utils
+import cutlass.utils.hopper_helpers as sm90_utils
+from cutlass import Float32, Int32
+from cutlass.cute.nvgpu import cpasync, warpgroup
+
+from parallax_kernels.parallax.cute_variant import CTA_ROWS, MMA_WARPGROUPS, NUM_THREADS, WG_ROWS, AttentionVariant
+
+PRODUCER_REGS = 24
+CONSUMER_REGS = 240
+
+
+def compile_variant(variant: AttentionVariant) -> tuple[bytes, str, str]:
+    """Compile one variant for sm_90a (without a GPU when CUTE_DSL_ARCH=sm_90a is set before cutlass
+    is imported). Returns (cubin, ptx, kernel symbol)."""
+    import tempfile
+
+    import cuda.bindings.driver as cuda
+
+    kernel = ParallaxAttentionForward(variant)
+
+    def ptr(dtype, align):
+        return cute.runtime.make_ptr(dtype, 0, cute.AddressSpace.gmem, assumed_align=align)
+
+    dt = kernel.dtype
+    args = [ptr(dt, 16)] * 6 + [ptr(Float32, 16)] * 2 + [Int32(128)] * 5 + [Float32(1.0)]
+    with tempfile.TemporaryDirectory() as dump:
+        compiled = cute.compile(kernel, *args, cuda.CUstream(0), options=f"--keep-ptx --keep-cubin --dump-dir={dump}")
+        cubin, ptx = compiled.artifacts.CUBIN, compiled.artifacts.PTX
+    (name,) = compiled.kernel_info.keys()
+    if not isinstance(cubin, bytes) or not cubin.startswith(b"\x7fELF"):
+        raise RuntimeError(f"CuTe DSL returned no cubin for {variant.name}")
+    smem = kernel.shared_storage.size_in_bytes()
+    if smem != variant.smem_bytes:  # the launcher asks the driver for variant.smem_bytes
+        raise RuntimeError(f"{variant.name}: the kernel's shared storage is {smem} bytes, AttentionVariant.smem_bytes "
+                           f"says {variant.smem_bytes}")
+    return cubin, ptx, name
+
+
+class ParallaxAttentionForward:
+    def __init__(self, variant: AttentionVariant):
+        variant.check()
+        self.v = variant
+        self.dtype = cutlass.BFloat16 if variant.dtype == "bfloat16" else cutlass.Float16
+        self.d = variant.head_dim
+        self.bn = variant.bn
+        self.stages = variant.stages
+        self.causal = variant.causal
+
+    # ---- host side (traced once per variant) -------------------------------------------------
+    @cute.jit
+    def __call__(
+        self,
+        p_q: cute.Pointer, p_k: cute.Pointer, p_v: cute.Pointer, p_r: cute.Pointer,
+        p_o: cute.Pointer, p_a: cute.Pointer, p_lse: cute.Pointer, p_tbar: cute.Pointer,
+        n: Int32, bh: Int32, bhkv: Int32, heads: Int32, group: Int32, scale_log2: Float32, stream,
+    ):
+        d, bn, dt = self.d, self.bn, self.dtype
+        head = n * d  # elements per (batch, head): q, k, v, r are contiguous (B, H, N, D)
+        q = cute.make_tensor(p_q, cute.make_layout((n, d, bh), stride=(d, 1, head)))
+        r = cute.make_tensor(p_r, cute.make_layout((n, d, bh), stride=(d, 1, head)))
+        k = cute.make_tensor(p_k, cute.make_layout((n, d, bhkv), stride=(d, 1, head)))
+        vt = cute.make_tensor(p_v, cute.make_layout((d, n, bhkv), stride=(1, d, head)))  # V^T: B of P V
+
+        k_major = warpgroup.OperandMajorMode.K
+        mma_qk = sm90_utils.make_trivial_tiled_mma(dt, dt, k_major, k_major, Float32, (1, 1, 1), (WG_ROWS, bn))
+        mma_pv = sm90_utils.make_trivial_tiled_mma(dt, dt, k_major, warpgroup.OperandMajorMode.MN, Float32,
+                                                   (1, 1, 1), (WG_ROWS, d), warpgroup.OperandSource.RMEM)
+        row_major = utils.LayoutEnum.ROW_MAJOR
+        # Q and R: one (64, D) stage per consumer warpgroup; K: (BN, D) per stage; V^T: (D, BN) per stage
+        q_smem = sm90_utils.make_smem_layout_a(row_major, (WG_ROWS, bn, d), dt, MMA_WARPGROUPS)
+        k_smem = sm90_utils.make_smem_layout_b(row_major, (WG_ROWS, bn, d), dt, self.stages)
+        v_smem = sm90_utils.make_smem_layout_b(utils.LayoutEnum.COL_MAJOR, (WG_ROWS, d, bn), dt, self.stages)
+
+        g2s = cpasync.CopyBulkTensorTileG2SOp()
+        tma_q, m_q = cpasync.make_tiled_tma_atom(g2s, q, cute.slice_(q_smem, (None, None, 0)), (WG_ROWS, d))
+        tma_r, m_r = cpasync.make_tiled_tma_atom(g2s, r, cute.slice_(q_smem, (None, None, 0)), (WG_ROWS, d))
+        tma_k, m_k = cpasync.make_tiled_tma_atom(g2s, k, cute.slice_(k_smem, (None, None, 0)), (bn, d))
+        tma_v, m_v = cpasync.make_tiled_tma_atom(g2s, vt, cute.slice_(v_smem, (None, None, 0)), (d, bn))
+        self.q_bytes = cute.size_in_bytes(dt, cute.slice_(q_smem, (None, None, 0)))
+        self.kv_bytes = cute.size_in_bytes(dt, cute.slice_(k_smem, (None, None, 0)))
+
+        @cute.struct
+        class SharedStorage:
+            q_mbar: cute.struct.MemRange[cutlass.Int64, 2]
+            k_mbar: cute.struct.MemRange[cutlass.Int64, 2 * self.stages]
+            v_mbar: cute.struct.MemRange[cutlass.Int64, 2 * self.stages]
+            sQ: cute.struct.Align[cute.struct.MemRange[dt, cute.cosize(q_smem)], 1024]
+            sR: cute.struct.Align[cute.struct.MemRange[dt, cute.cosize(q_smem)], 1024]
+            sK: cute.struct.Align[cute.struct.MemRange[dt, cute.cosize(k_smem)], 1024]
+            sV: cute.struct.Align[cute.struct.MemRange[dt, cute.cosize(v_smem)], 1024]
+
+        self.shared_storage = SharedStorage
+        m_blocks = (n + CTA_ROWS - 1) // CTA_ROWS
+        self.kernel(
+            mma_qk, mma_pv, tma_q, m_q, tma_r, m_r, tma_k, m_k, tma_v, m_v,
+            p_o, p_a, p_lse, p_tbar, n, heads, group, scale_log2, q_smem, k_smem, v_smem,
+        ).launch(grid=[m_blocks, bh, 1], block=[NUM_THREADS, 1, 1], smem=SharedStorage.size_in_bytes(),
+                 stream=stream, min_blocks_per_mp=1)
+
+    # ---- device side ------------------------------------------------------------------------
+    @cute.kernel
+    def kernel(
+        self,
+        mma_qk: cute.TiledMma, mma_pv: cute.TiledMma,
+        tma_q: cute.CopyAtom, m_q: cute.Tensor, tma_r: cute.CopyAtom, m_r: cute.Tensor,
+        tma_k: cute.CopyAtom, m_k: cute.Tensor, tma_v: cute.CopyAtom, m_v: cute.Tensor,
+        p_o: cute.Pointer, p_a: cute.Pointer, p_lse: cute.Pointer, p_tbar: cute.Pointer,
+        n: Int32, heads: Int32, group: Int32, scale_log2: Float32,
+        q_smem: cute.ComposedLayout, k_smem: cute.ComposedLayout, v_smem: cute.ComposedLayout,
+    ):
+        d, bn = self.d, self.bn
+        tidx, _, _ = cute.arch.thread_idx()
+        warp_idx = cute.arch.make_warp_uniform(cute.arch.warp_idx())
+        wg = warp_idx // 4
+
+        storage = utils.SmemAllocator().allocate(self.shared_storage)
+        consumers = pipeline.CooperativeGroup(pipeline.Agent.Thread, 4 * MMA_WARPGROUPS)  # one arrive per warp
+        producer = pipeline.CooperativeGroup(pipeline.Agent.Thread, 1)
+        q_prod, q_cons = pipeline.PipelineTmaAsync.create(
+            barrier_storage=storage.q_mbar.data_ptr(), num_stages=1, producer_group=producer,
+            consumer_group=consumers, tx_count=4 * self.q_bytes, defer_sync=True).make_participants()
+        k_prod, k_cons = pipeline.PipelineTmaAsync.create(
+            barrier_storage=storage.k_mbar.data_ptr(), num_stages=self.stages, producer_group=producer,
+            consumer_group=consumers, tx_count=self.kv_bytes, defer_sync=True).make_participants()
+        v_prod, v_cons = pipeline.PipelineTmaAsync.create(
+            barrier_storage=storage.v_mbar.data_ptr(), num_stages=self.stages, producer_group=producer,
+            consumer_group=consumers, tx_count=self.kv_bytes, defer_sync=True).make_participants()
+
+        sQ = storage.sQ.get_tensor(q_smem.outer, swizzle=q_smem.inner)
+        sR = storage.sR.get_tensor(q_smem.outer, swizzle=q_smem.inner)
+        sK = storage.sK.get_tensor(k_smem.outer, swizzle=k_smem.inner)
+        sV = storage.sV.get_tensor(v_smem.outer, swizzle=v_smem.inner)
+
+        # work item: (query tile, batch * head); causal CTAs take the longest tiles first
+        bidx, bh, _ = cute.arch.block_idx()
+        gdim, _, _ = cute.arch.grid_dim()
+        m_blk = bidx
+        if cutlass.const_expr(self.causal):
+            m_blk = gdim - 1 - bidx
+        b = bh // heads
+        h = bh - b * heads
+        kv_heads = heads // group
+        bhk = b * kv_heads + h // group
+        cta_hi = n
+        if cutlass.const_expr(self.causal):
+            cta_hi = cutlass.min((m_blk + 1) * CTA_ROWS, n)
+        n_tiles = (cta_hi + bn - 1) // bn
+
+        pipeline.pipeline_init_arrive(cluster_shape_mn=(1, 1, 1), is_relaxed=True)
+        pipeline.pipeline_init_wait(cluster_shape_mn=(1, 1, 1))
+
+        if wg == 0:  # ---- producer -------------------------------------------------------------
+            cute.arch.warpgroup_reg_dealloc(PRODUCER_REGS)
+            if warp_idx == 0:
+                cpasync.prefetch_descriptor(tma_q)
+                cpasync.prefetch_descriptor(tma_r)
+                cpasync.prefetch_descriptor(tma_k)
+                cpasync.prefetch_descriptor(tma_v)
+                g_q = cute.local_tile(m_q[None, None, bh], (WG_ROWS, d), (None, 0))
+                g_r = cute.local_tile(m_r[None, None, bh], (WG_ROWS, d), (None, 0))
+                g_k = cute.local_tile(m_k[None, None, bhk], (bn, d), (None, 0))
+                g_v = cute.local_tile(m_v[None, None, bhk], (d, bn), (0, None))
+                t_sq, t_gq = cpasync.tma_partition(tma_q, 0, cute.make_layout(1), cute.group_modes(sQ, 0, 2),
+                                                   cute.group_modes(g_q, 0, 2))
+                t_sr, t_gr = cpasync.tma_partition(tma_r, 0, cute.make_layout(1), cute.group_modes(sR, 0, 2),
+                                                   cute.group_modes(g_r, 0, 2))
+                t_sk, t_gk = cpasync.tma_partition(tma_k, 0, cute.make_layout(1), cute.group_modes(sK, 0, 2),
+                                                   cute.group_modes(g_k, 0, 2))
+                t_sv, t_gv = cpasync.tma_partition(tma_v, 0, cute.make_layout(1), cute.group_modes(sV, 0, 2),
+                                                   cute.group_modes(g_v, 0, 2))
+                hq = q_prod.acquire_and_advance()
+                for w in cutlass.range_constexpr(MMA_WARPGROUPS):
+                    tile = m_blk * MMA_WARPGROUPS + w
+                    cute.copy(tma_q, t_gq[None, tile], t_sq[None, w], tma_bar_ptr=hq.barrier)
+                    cute.copy(tma_r, t_gr[None, tile], t_sr[None, w], tma_bar_ptr=hq.barrier)
+                for j in cutlass.range(n_tiles, unroll=1):
+                    hk = k_prod.acquire_and_advance()
+                    cute.copy(tma_k, t_gk[None, j], t_sk[None, hk.index], tma_bar_ptr=hk.barrier)
+                    hv = v_prod.acquire_and_advance()
+                    cute.copy(tma_v, t_gv[None, j], t_sv[None, hv.index], tma_bar_ptr=hv.barrier)
+        else:  # ---- consumers ------------------------------------------------------------------
+            cute.arch.warpgroup_reg_alloc(CONSUMER_REGS)
+            cw = wg - 1
+            self._consume(mma_qk, mma_pv, sQ, sR, sK, sV, q_cons, k_cons, v_cons, p_o, p_a, p_lse, p_tbar,
+                          n, bh, m_blk, cw, n_tiles, scale_log2, tidx - 128 * wg)
+
+    @cute.jit
+    def _consume(self, mma_qk: cute.TiledMma, mma_pv: cute.TiledMma, sQ, sR, sK, sV, q_cons, k_cons, v_cons,
+                 p_o, p_a, p_lse, p_tbar, n: Int32, bh: Int32, m_blk: Int32, cw: Int32, n_tiles: Int32,
+                 scale_log2: Float32, tid: Int32):
+        d, bn = self.d, self.bn
+        thr_qk = mma_qk.get_slice(tid)
+        thr_pv = mma_pv.get_slice(tid)
+        t_rq = thr_qk.make_fragment_A(thr_qk.partition_A(sQ))[None, None, None, cw]
+        t_rr = thr_qk.make_fragment_A(thr_qk.partition_A(sR))[None, None, None, cw]
+        t_rk = thr_qk.make_fragment_B(thr_qk.partition_B(sK))
+        t_rv = thr_pv.make_fragment_B(thr_pv.partition_B(sV))
+        acc_s = thr_qk.make_fragment_C(thr_qk.partition_shape_C((WG_ROWS, bn)))
+        acc_t = thr_qk.make_fragment_C(thr_qk.partition_shape_C((WG_ROWS, bn)))
+        acc_o1 = thr_pv.make_fragment_C(thr_pv.partition_shape_C((WG_ROWS, d)))
+        acc_o2 = thr_pv.make_fragment_C(thr_pv.partition_shape_C((WG_ROWS, d)))
+        acc_o1.fill(0.0)
+        acc_o2.fill(0.0)
+        # this thread's two rows and their running state: max m, d1 = sum P1, t_sum = sum P1 t, centre c
+        state = cute.make_rmem_tensor((4, 2), Float32)
+        for i in cutlass.range_constexpr(2):
+            state[0, i] = -Float32.inf
+            state[1, i] = 0.0
+            state[2, i] = 0.0
+            state[3, i] = 0.0
+        coords = self._mn_view(thr_qk.partition_C(cute.make_identity_tensor((WG_ROWS, bn))))
+        o_coords = self._mn_view(thr_pv.partition_C(cute.make_identity_tensor((WG_ROWS, d))))
+        row0 = m_blk * CTA_ROWS + cw * WG_ROWS  # first query row of this warpgroup
+
+        # key tiles [0, mid) need no mask; [mid, wg_tiles) do; [wg_tiles, n_tiles) are past this
+        # warpgroup's last row (causal) and are only waited on and released
+        wg_tiles = n_tiles
+        mid = n // bn
+        if cutlass.const_expr(self.causal):
+            wg_tiles = (cutlass.min(row0 + WG_ROWS, n) + bn - 1) // bn
+            mid = cutlass.min(mid, row0 // bn)
+        mid = cutlass.min(mid, wg_tiles)
+
+        q_cons.wait()
+        for j in cutlass.range(mid, unroll=1):
+            k_cons, v_cons, mma_qk, mma_pv = self._tile(j, False, mma_qk, mma_pv, t_rq, t_rr, t_rk, t_rv, acc_s, acc_t, acc_o1, acc_o2, state,
+                       coords, k_cons, v_cons, n, row0, scale_log2)
+        for j in cutlass.range(mid, wg_tiles, unroll=1):
+            k_cons, v_cons, mma_qk, mma_pv = self._tile(j, True, mma_qk, mma_pv, t_rq, t_rr, t_rk, t_rv, acc_s, acc_t, acc_o1, acc_o2, state,
+                       coords, k_cons, v_cons, n, row0, scale_log2)
+        for j in cutlass.range(wg_tiles, n_tiles, unroll=1):
+            hk = k_cons.wait_and_advance()
+            hk.release()
+            hv = v_cons.wait_and_advance()
+            hv.release()
+
+        # ---- epilogue: a = O1 / d1, o = a - O2 / d1, lse = m + log2 d1, tbar = c ------------------
+        o1 = self._mn_view(acc_o1)
+        o2 = self._mn_view(acc_o2)
+        base = bh.to(cutlass.Int64) * n.to(cutlass.Int64)
+        g_o = cute.make_tensor(p_o + base * d, cute.make_layout((n, d), stride=(d, 1)))
+        g_a = cute.make_tensor(p_a + base * d, cute.make_layout((n, d), stride=(d, 1)))
+        g_lse = cute.make_tensor(p_lse + base, cute.make_layout((n,)))
+        g_tbar = cute.make_tensor(p_tbar + base, cute.make_layout((n,)))
+        for i in cutlass.range_constexpr(2):
+            row = row0 + o_coords[i, 0][0]
+            d1 = state[1, i]
+            if d1 <= 0.0:  # (rows past the sequence's end)
+                d1 = Float32(1.0)
+            inv = cute.arch.rcp_approx(d1)
+            if row < n:
+                for j in cutlass.range_constexpr(cute.size(o1.shape[1])):
+                    col = o_coords[i, j][1]
+                    a_val = o1[i, j] * inv
+                    g_a[row, col] = a_val.to(self.dtype)
+                    g_o[row, col] = (a_val - o2[i, j] * inv).to(self.dtype)
+                if tid % 4 == 0:
+                    g_lse[row] = state[0, i] + cute.math.log2(d1, fastmath=True)
+                    g_tbar[row] = state[3, i]
+
+    @cute.jit
+    def _tile(self, j: Int32, masked: cutlass.Constexpr, mma_qk: cute.TiledMma, mma_pv: cute.TiledMma,
+              t_rq, t_rr, t_rk, t_rv, acc_s, acc_t, acc_o1, acc_o2, state, coords, k_cons, v_cons,
+              n: Int32, row0: Int32, scale_log2: Float32):
+        """One key tile j for this warpgroup's 64 rows."""
+        hk = k_cons.wait_and_advance()
+        warpgroup.fence()
+        for kk in cutlass.range_constexpr(cute.size(t_rq, mode=[2])):
+            mma_qk.set(warpgroup.Field.ACCUMULATE, kk != 0)
+            cute.gemm(mma_qk, acc_s, t_rq[None, None, kk], t_rk[None, None, kk, hk.index], acc_s)
+        for kk in cutlass.range_constexpr(cute.size(t_rr, mode=[2])):
+            mma_qk.set(warpgroup.Field.ACCUMULATE, kk != 0)
+            cute.gemm(mma_qk, acc_t, t_rr[None, None, kk], t_rk[None, None, kk, hk.index], acc_t)
+        warpgroup.commit_group()
+        warpgroup.wait_group(0)
+        hk.release()
+
+        s = self._mn_view(acc_s)
+        t = self._mn_view(acc_t)
+        o1 = self._mn_view(acc_o1)
+        o2 = self._mn_view(acc_o2)
+        n_cols = cute.size(s.shape[1])
+        for i in cutlass.range_constexpr(2):
+            row = row0 + coords[i, 0][0]
+            row_max = -Float32.inf
+            for c in cutlass.range_constexpr(n_cols):
+                v = s[i, c] * scale_log2
+                if cutlass.const_expr(masked):
+                    col = j * self.bn + coords[i, c][1]
+                    limit = n
+                    if cutlass.const_expr(self.causal):
+                        limit = cutlass.min(n, row + 1)
+                    if col >= limit:
+                        v = -Float32.inf
+                s[i, c] = v
+                row_max = cute.arch.fmax(row_max, v)
+            row_max = self._quad(row_max, True)
+            m_old = state[0, i]
+            m_new = cute.arch.fmax(m_old, row_max)
+            m_safe = m_new
+            if m_new == -Float32.inf:  # nothing visible yet in this row
+                m_safe = Float32(0.0)
+            alpha = cute.math.exp2(m_old - m_safe, fastmath=True)
+            p_sum = Float32(0.0)
+            pt_sum = Float32(0.0)
+            for c in cutlass.range_constexpr(n_cols):
+                p = cute.math.exp2(s[i, c] - m_safe, fastmath=True)
+                s[i, c] = p
+                p_sum += p
+                pt_sum += p * t[i, c]
+            d1 = state[1, i] * alpha + self._quad(p_sum, False)
+            t_sum = state[2, i] * alpha + self._quad(pt_sum, False)
+            c_old = state[3, i]
+            c_new = c_old
+            if d1 > 0.0:
+                c_new = t_sum / d1
+            # centre moves from c_old to c_new: O2 gains (c_old - c_new) O1, like the max rescale
+            for c in cutlass.range_constexpr(cute.size(o1.shape[1])):
+                a1 = o1[i, c] * alpha
+                o1[i, c] = a1
+                o2[i, c] = o2[i, c] * alpha + (c_old - c_new) * a1
+            for c in cutlass.range_constexpr(n_cols):
+                t[i, c] = s[i, c] * (t[i, c] - c_new)
+            state[0, i] = m_new
+            state[1, i] = d1
+            state[2, i] = t_sum
+            state[3, i] = c_new
+
+        p1 = self._as_a_operand(acc_s, mma_pv)
+        p2 = self._as_a_operand(acc_t, mma_pv)
+        hv = v_cons.wait_and_advance()
+        warpgroup.fence()
+        mma_pv.set(warpgroup.Field.ACCUMULATE, True)
+        for kk in cutlass.range_constexpr(cute.size(p1, mode=[2])):
+            cute.gemm(mma_pv, acc_o1, p1[None, None, kk], t_rv[None, None, kk, hv.index], acc_o1)
+        for kk in cutlass.range_constexpr(cute.size(p2, mode=[2])):
+            cute.gemm(mma_pv, acc_o2, p2[None, None, kk], t_rv[None, None, kk, hv.index], acc_o2)
+        warpgroup.commit_group()
+        warpgroup.wait_group(0)
+        hv.release()
+        return k_cons, v_cons, mma_qk, mma_pv
+
+    # ---- pieces ---------------------------------------------------------------------------------
+    @cute.jit
+    def _quad(self, val: Float32, is_max: cutlass.Constexpr) -> Float32:
+        """Reduce over the 4 lanes that share an accumulator row."""
+        for off in cutlass.range_constexpr(2):
+            other = cute.arch.shuffle_sync_bfly(val, offset=2 >> off, mask=-1, mask_and_clamp=31)
+            if cutlass.const_expr(is_max):
+                val = cute.arch.fmax(val, other)
+            else:
+                val = val + other
+        return val
+
+    def _mn_view(self, acc: cute.Tensor) -> cute.Tensor:
+        """View a wgmma accumulator fragment ((2, 2, N/8), 1, 1) as (rows, columns): row 0 is the
+        thread's row (warp 16 + lane / 4), row 1 that row + 8; columns in pairs of 2 per 8."""
+        flat = cute.make_layout(acc.layout.shape)
+        mn = cute.make_layout(
+            ((flat.shape[0][1], flat.shape[1]), (flat.shape[0][0], flat.shape[0][2], flat.shape[2])),
+            stride=((flat.stride[0][1], flat.stride[1]), (flat.stride[0][0], flat.stride[0][2], flat.stride[2])),
+        )
+        return cute.make_tensor(acc.iterator, cute.composition(acc.layout, mn))
+
+    def _as_a_operand(self, acc: cute.Tensor, mma_pv: cute.TiledMma) -> cute.Tensor:
+        """The fp32 accumulator of a (64, BN) tile, converted to the 16-bit A operand of the P V wgmma:
+        value order of the C fragment ((2, 2, BN/8)) is that of the A fragment ((2, 2, 2), 1, BN/16)."""
+        frag = cute.make_rmem_tensor(
+            cute.make_layout(((2, 2, 2), 1, self.bn // 16)), self.dtype)
+        as_acc = cute.make_tensor(frag.iterator, cute.make_layout(acc.layout.shape))
+        as_acc.store(acc.load().to(self.dtype))
+        return frag

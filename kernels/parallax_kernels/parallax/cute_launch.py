@@ -1,0 +1,198 @@
+"""Backend "cute" of parallax_attention: the CuTe DSL forward (cute_kernel.py) launched from its
+ahead-of-time cubin, with the Triton kernel's backward (triton_fused.attention_bwd).
+
+The forward is a torch.library op, `parallax::attention_fwd_cute`, returning what the Triton forward
+returns (o, a, lse in the log2 domain, tbar; contiguous (B, H, N, D) and (B, H, N)), so torch.compile
+and selective activation checkpointing treat it like the Triton op and its autograd runs the Triton
+backward on those tensors unchanged. Packed documents (document_ids) are not supported by this backend
+yet: they raise, naming backend "triton", which supports them.
+
+Artefacts: `scripts/build_kernels.py` compiles the variants (dtype x head_dim x causal) on any machine
+with nvidia-cutlass-dsl (no GPU needed) into `<name>.cubin` + `<name>.json` in $PARALLAX_KERNEL_DIR
+(default ~/.cache/parallax_titan/kernels); a host with the package compiles a missing variant on first
+use. The TMA descriptors the kernel takes by value are built here with the CUDA driver.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import struct
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+from parallax_kernels import cute_runtime as rt
+from parallax_kernels.batching import fold, unfold
+from parallax_kernels.parallax.cute_variant import CTA_ROWS, DTYPES, HEAD_DIMS, AttentionVariant
+
+ARCH = rt.ARCH
+# the kernel's parameters (cute_kernel.py ParallaxAttentionForward.kernel): the two tiled MMAs (empty
+# structs), then per operand Q, R, K, V^T its CUtensorMap and its TMA tensor's two dynamic sizes (N and
+# B H or B Hkv, int32), then the o, a, lse, tbar pointers, N, H, the GQA group and scale * log2(e)
+ATTENTION_PARAMS = ["b8[1]", "b8[1]"] + ["b8[128]", "b8[8]"] * 4 + ["u64"] * 4 + ["u32"] * 3 + ["f32"]
+_HERE = Path(__file__).resolve().parent
+MAX_GROUP = 8  # GQA groups the tests cover; the kernel takes any group as a run-time argument
+
+
+def source_hash() -> str:
+    return rt.source_hash(_HERE / "cute_kernel.py", _HERE / "cute_variant.py")
+
+
+def write_artefact(folder: Path, variant: AttentionVariant, cubin: bytes, ptx: str, kernel_name: str,
+                   dsl_version: str) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    meta = {
+        "variant": asdict(variant), "kernel": kernel_name, "params": rt.ptx_params(ptx, kernel_name),
+        "block": [variant.num_threads, 1, 1], "smem_bytes": variant.smem_bytes, "arch": ARCH,
+        "nvidia_cutlass_dsl": dsl_version, "source": source_hash(),
+    }
+    (folder / f"{variant.name}.cubin").write_bytes(cubin)
+    (folder / f"{variant.name}.json").write_text(json.dumps(meta, indent=1) + "\n")
+    return folder / f"{variant.name}.json"
+
+
+def read_artefact(folder: Path, variant: AttentionVariant) -> tuple[dict, bytes] | None:
+    meta_path, cubin_path = folder / f"{variant.name}.json", folder / f"{variant.name}.cubin"
+    if not meta_path.exists():
+        return None
+    rebuild = f"rebuild it with `python scripts/build_kernels.py --attention --out {folder}`"
+    if not cubin_path.exists():
+        raise FileNotFoundError(f"{meta_path} has no cubin beside it ({cubin_path}); {rebuild}")
+    meta = json.loads(meta_path.read_text())
+    if meta.get("variant") != asdict(variant):
+        raise ValueError(f"{meta_path} describes {meta.get('variant')}, not {asdict(variant)}; {rebuild}")
+    if meta.get("source") != source_hash():
+        raise ValueError(
+            f"{meta_path} was built from another version of kernels/parallax_kernels/parallax/cute_kernel.py "
+            f"(source {meta.get('source')}, this checkout {source_hash()}): {rebuild}")
+    if meta.get("params") != ATTENTION_PARAMS:
+        raise ValueError(f"{meta_path}: kernel parameters {meta.get('params')} differ from this launcher's "
+                         f"{ATTENTION_PARAMS}: {rebuild}")
+    return meta, cubin_path.read_bytes()
+
+
+_LOADED: dict[tuple, rt.CubinKernel] = {}
+
+
+def load_attention_kernel(variant: AttentionVariant, folder: Path | None = None) -> rt.CubinKernel:
+    """The variant's kernel on the current device: from its artefact in `folder` (default:
+    $PARALLAX_KERNEL_DIR or ~/.cache/parallax_titan/kernels), else compiled now with the DSL and saved there."""
+    folder = rt.default_artefact_dir() if folder is None else Path(folder)
+    key = (variant, str(folder), torch.cuda.current_device())
+    if key in _LOADED:
+        return _LOADED[key]
+    found = read_artefact(folder, variant)
+    if found is None:
+        if not rt.dsl_installed():
+            raise RuntimeError(
+                f"no CuTe attention kernel {variant.name} in {folder} and nvidia-cutlass-dsl is not installed to "
+                f"compile it: run `python scripts/build_kernels.py --attention --out {folder}` on any machine with "
+                f"the package (no GPU needed) and copy the folder here, or set {rt.ARTEFACT_ENV}")
+        from importlib.metadata import version
+
+        from parallax_kernels.parallax.cute_kernel import compile_variant
+
+        cubin, ptx, name = compile_variant(variant)
+        write_artefact(folder, variant, cubin, ptx, name, version("nvidia-cutlass-dsl"))
+        found = read_artefact(folder, variant)
+    meta, cubin = found
+    _LOADED[key] = rt.CubinKernel(cubin, meta)
+    return _LOADED[key]
+
+
+def unavailable_reason(x: torch.Tensor) -> str | None:
+    """Why backend "cute" cannot take tensors like x here (None: it can)."""
+    reason = rt.sm90_reason(x, "the CuTe attention kernel")
+    if reason is not None:
+        return reason
+    if str(x.dtype).removeprefix("torch.") not in DTYPES:
+        return f"dtype {x.dtype} is not supported ({', '.join(DTYPES)})"
+    if x.shape[-1] not in HEAD_DIMS:
+        return f"head_dim {x.shape[-1]} is not supported ({', '.join(map(str, HEAD_DIMS))})"
+    folder = rt.default_artefact_dir()
+    if not rt.dsl_installed() and not any(folder.glob("parallax_attn_fwd_*.cubin")):
+        return (f"no prebuilt attention kernels in {folder} and nvidia-cutlass-dsl is not installed to compile "
+                "them: run `python scripts/build_kernels.py --attention --out DIR` on any machine with the "
+                f"package and set {rt.ARTEFACT_ENV}=DIR")
+    return None
+
+
+def _launch(q, k, v, r, causal: bool, scale: float, artefact_dir: Path | None = None):
+    b, h, n, d = q.shape
+    hkv = k.shape[1]
+    dtype = str(q.dtype).removeprefix("torch.")
+    variant = AttentionVariant(dtype=dtype, head_dim=d, causal=causal)
+    variant.check()
+    kernel = load_attention_kernel(variant, artefact_dir)
+    o = torch.empty(q.shape, dtype=q.dtype, device=q.device)
+    a = torch.empty_like(o)
+    lse = torch.empty(b, h, n, dtype=torch.float32, device=q.device)
+    tbar = torch.empty_like(lse)
+    box_q, box_kv = variant.tma_boxes()
+    es = q.element_size()
+
+    def desc(t, heads, box):  # (B, heads, N, D) contiguous: dims D, N, B heads
+        return rt.encode_tma_tiled(dtype, t.data_ptr(), [d, n, b * heads], [d * es, n * d * es], box)
+
+    sizes_q, sizes_kv = struct.pack("<ii", n, b * h), struct.pack("<ii", n, b * hkv)
+    args = [b"\0", b"\0", desc(q, h, box_q), sizes_q, desc(r, h, box_q), sizes_q,
+            desc(k, hkv, box_kv), sizes_kv, desc(v, hkv, box_kv), sizes_kv,
+            o.data_ptr(), a.data_ptr(), lse.data_ptr(), tbar.data_ptr(), n, h, h // hkv, scale * math.log2(math.e)]
+    grid = (-(-n // CTA_ROWS), b * h, 1)
+    kernel.launch(grid, args, torch.cuda.current_stream(q.device).cuda_stream)
+    return o, a, lse, tbar
+
+
+def _aligned(x: torch.Tensor) -> torch.Tensor:
+    # TMA reads contiguous (B, H, N, D) tensors from 16-byte aligned addresses
+    return x if x.is_contiguous() and x.data_ptr() % 16 == 0 else x.clone(memory_format=torch.contiguous_format)
+
+
+@torch.library.custom_op("parallax::attention_fwd_cute", mutates_args=())
+def attention_fwd_cute(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, r: torch.Tensor, causal: bool, scale: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    q, k, v, r = (_aligned(x) for x in (q, k, v, r))
+    with torch.cuda.device(q.device):  # the kernel is loaded into, and launched on, q's device
+        return _launch(q, k, v, r, causal, scale)
+
+
+@attention_fwd_cute.register_fake
+def _(q, k, v, r, causal, scale):
+    b, h, n, _ = q.shape
+    stats = q.new_empty(b, h, n, dtype=torch.float32)
+    return q.new_empty(q.shape), q.new_empty(q.shape), stats, torch.empty_like(stats)
+
+
+def _setup_context(ctx, inputs, output):
+    q, k, v, r, causal, scale = inputs
+    o, a, lse, tbar = output
+    ctx.save_for_backward(q, k, v, r, o, a, lse, tbar)
+    ctx.causal, ctx.scale = causal, scale
+
+
+def _backward(ctx, grad_o, grad_a, grad_lse, grad_tbar):
+    from parallax_kernels.parallax.triton_fused import attention_bwd
+
+    q, k, v, r, o, a, lse, tbar = ctx.saved_tensors
+    dq, dk, dv, dr = attention_bwd(grad_o, q, k, v, r, o, a, lse, tbar, ctx.causal, ctx.scale, None, False)
+    return dq, dk, dv, dr, None, None
+
+
+attention_fwd_cute.register_autograd(_backward, setup_context=_setup_context)
+
+
+@attention_fwd_cute.register_vmap
+def _(info, in_dims, *args):  # the vmapped dim joins the batch: one launch
+    return unfold(info.batch_size, attention_fwd_cute(*fold(info.batch_size, in_dims, args)))
+
+
+def parallax_attention_cute(q, k, v, r, *, causal: bool, scale: float, document_ids=None) -> torch.Tensor:
+    """Fused Parallax attention, CuTe DSL forward + Triton backward; shapes as parallax_attention
+    (already checked)."""
+    if document_ids is not None:
+        raise NotImplementedError("parallax_attention backend 'cute': packed documents (document_ids, cu_seqlens) "
+                                  "are not supported by this backend yet; use backend='triton'")
+    return attention_fwd_cute(q, k, v, r, causal, scale)[0]

@@ -1,0 +1,63 @@
+"""What one compiled CuTe DSL Parallax attention forward kernel is specialised for (no DSL import: the
+runtime side needs this on hosts without nvidia-cutlass-dsl)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+DTYPES = ("bfloat16", "float16")
+HEAD_DIMS = (64, 128)
+WG_ROWS = 64  # query rows per consumer warpgroup (one m64 wgmma tile)
+MMA_WARPGROUPS = 2  # consumer warpgroups; a CTA covers WG_ROWS * MMA_WARPGROUPS query rows
+CTA_ROWS = WG_ROWS * MMA_WARPGROUPS
+NUM_THREADS = 128 * (MMA_WARPGROUPS + 1)  # + one producer warpgroup
+# keys per tile: S, T (64 x BN each) and O1, O2 (64 x D each) live in fp32 registers of one warpgroup,
+# 2 BN + 2 D values per row; BN = 64 at D = 128 keeps that at 256 values per row (128 registers a thread)
+DEFAULT_BLOCK_N = {64: 128, 128: 64}
+
+
+@dataclass(frozen=True)
+class AttentionVariant:
+    """What one compiled forward kernel is specialised for. GQA's group size and the sequence length are
+    run-time arguments."""
+
+    dtype: str  # "bfloat16" | "float16"
+    head_dim: int  # 64 | 128
+    causal: bool
+    block_n: int = 0  # keys per tile; 0: DEFAULT_BLOCK_N[head_dim]
+    stages: int = 2  # K/V shared-memory stages (each: one K tile and one V tile)
+
+    def check(self) -> None:
+        if self.dtype not in DTYPES:
+            raise ValueError(f"CuTe attention kernel: dtype {self.dtype} is not supported (bfloat16, float16)")
+        if self.head_dim not in HEAD_DIMS:
+            raise ValueError(f"CuTe attention kernel: head_dim {self.head_dim} is not supported (64, 128)")
+        if self.bn not in (64, 128):
+            raise ValueError(f"CuTe attention kernel: block_n {self.block_n} is not 64 or 128")
+        if not 2 <= self.stages <= 4:
+            raise ValueError(f"CuTe attention kernel: {self.stages} K/V stages; 2 to 4 fit shared memory")
+
+    @property
+    def bn(self) -> int:
+        return self.block_n or DEFAULT_BLOCK_N.get(self.head_dim, 64)
+
+    @property
+    def name(self) -> str:
+        mask = "causal" if self.causal else "full"
+        return f"parallax_attn_fwd_{self.dtype}_d{self.head_dim}_{mask}_n{self.bn}_s{self.stages}"
+
+    @property
+    def num_threads(self) -> int:
+        return NUM_THREADS
+
+    @property
+    def smem_bytes(self) -> int:
+        """The kernel's shared storage: Q and R (CTA_ROWS x D each), `stages` K and V tiles (BN x D
+        each), 16-bit elements, and 1 KB for the mbarriers (each buffer is 1 KB aligned)."""
+        return 1024 + 2 * CTA_ROWS * self.head_dim * 2 + 2 * self.stages * self.bn * self.head_dim * 2
+
+    def tma_boxes(self) -> tuple[list[int], list[int]]:
+        """The TMA boxes (innermost first: head_dim, rows, heads) of the Q/R and the K/V descriptors: 64
+        elements of D (the 128-byte swizzle's width; a D = 128 tile takes two copies), WG_ROWS query rows
+        or BN key rows, one (batch, head)."""
+        return [64, WG_ROWS, 1], [64, self.bn, 1]

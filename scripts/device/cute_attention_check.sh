@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# The CuTe DSL attention forward (backend "cute") on a Hopper GPU: its GPU tests, one decode-kernel test
+# (the shared cubin launcher), then the attention benchmark. Logs go to $OUT. The device has no
+# nvidia-cutlass-dsl: build the artefacts here first and carry them, e.g.
+#   python scripts/build_kernels.py --attention --out .kernels
+#   python scripts/build_kernels.py --out .kernels --dtype bfloat16 --head-dim 128 --group 2 --block-n 32 --cluster 0
+#   bash scripts/device/cute_attention_check.sh          # carry [".kernels"]
+# TESTS=0 / BENCH=0 leave a part out; SHAPES and PEERS choose the benchmark's shapes and peers.
+set -uo pipefail
+out=${OUT:-./outputs/cute_attention_check}
+mkdir -p "$out"
+export PYTHONPATH="$PWD/kernels:$PWD${PYTHONPATH:+:$PYTHONPATH}"
+export PARALLAX_KERNEL_DIR=${PARALLAX_KERNEL_DIR:-$PWD/.kernels}
+if ! ls "$PARALLAX_KERNEL_DIR"/parallax_attn_fwd_*.cubin > /dev/null 2>&1; then
+  echo "cute_attention_check.sh: no attention artefacts in $PARALLAX_KERNEL_DIR (built and carried?)" >&2
+  exit 2
+fi
+nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm --format=csv | tee "$out/device.txt"
+python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)" | tee -a "$out/device.txt"
+if [ "${TESTS:-1}" = 1 ]; then
+  timeout --kill-after=10 "${TEST_TIMEOUT:-300}" python3 -m pytest -v -p no:cacheprovider -m gpu \
+    tests/test_cute_attention.py > "$out/gpu_tests_cute_attention.log" 2>&1
+  echo "== cute attention GPU tests (rc=$?; $(grep -c ' PASSED' "$out/gpu_tests_cute_attention.log") passed," \
+    "$(grep -c ' FAILED' "$out/gpu_tests_cute_attention.log") failed)"
+  grep -E "(passed|failed|error).* in [0-9.]+s|FAILED|Error" "$out/gpu_tests_cute_attention.log" | tail -25
+  timeout 120 python3 -m pytest -v -p no:cacheprovider tests/test_cute_decode.py \
+    -k "test_cute_decode_matches_float64 and 32-B2H4kv2L100D128s1-dtype0" > "$out/gpu_tests_cute_decode.log" 2>&1
+  echo "== cute decode GPU test, shared launcher (rc=$?)"; tail -3 "$out/gpu_tests_cute_decode.log"
+fi
+if [ "${BENCH:-1}" = 1 ]; then
+  shapes=${SHAPES:-"8,16,2048,128 4,16,4096,128 2,16,8192,128 1,16,16384,128 4,16,4096,64"}
+  peers=${PEERS:-"parallax-cute parallax-triton sdpa-flash sdpa-cudnn"}
+  timeout ${BENCH_TIMEOUT:-420} python3 scripts/bench_attention.py --shapes $shapes --peers $peers \
+    --torch-backend-max-tokens 0 --json "$out/bench_attention.json" > "$out/bench_attention.log" 2>&1
+  echo "== bench_attention (rc=$?)"; grep -v Warning "$out/bench_attention.log" | tail -60
+fi

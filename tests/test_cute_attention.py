@@ -1,0 +1,287 @@
+"""Backend "cute" of parallax_attention: the CuTe DSL Hopper forward (kernels/parallax_kernels/parallax/
+cute_kernel.py) with the Triton backward. On this CPU machine: its sm_90a build and what the compiled code
+contains (wgmma, TMA, register reallocation, no spills), its artefacts and launcher's checks. On a Hopper
+GPU (marked gpu): outputs and gradients against float64, and bf16 error against the Triton kernel's."""
+
+import json
+import os
+import re
+import subprocess
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+import pytest
+import torch
+
+from parallax_kernels import cute_runtime as rt
+from parallax_kernels.parallax.cute_launch import (ATTENTION_PARAMS, load_attention_kernel, parallax_attention_cute,
+                                                   read_artefact, source_hash, unavailable_reason)
+from parallax_kernels.parallax.cute_variant import AttentionVariant
+
+REPO = Path(__file__).resolve().parents[1]
+HOPPER = torch.cuda.is_available() and torch.cuda.get_device_capability() == (9, 0)
+needs_dsl = pytest.mark.skipif(not rt.dsl_installed(), reason="nvidia-cutlass-dsl is not installed")
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("dtype", "float32", "dtype float32 is not supported"),
+    ("head_dim", 96, "head_dim 96 is not supported"),
+    ("block_n", 32, "block_n 32 is not 64 or 128"),
+    ("stages", 5, "5 K/V stages"),
+])
+def test_unsupported_variants_are_named(field, value, message):
+    good = dict(dtype="bfloat16", head_dim=128, causal=True)
+    with pytest.raises(ValueError, match=message):
+        AttentionVariant(**{**good, field: value}).check()
+
+
+def test_ptx_parameter_lists_name_by_value_structs():
+    ptx = (".visible .entry k(\n\t.param .align 1 .b8 k_param_0[1],\n\t.param .align 64 .b8 k_param_1[128],\n"
+           "\t.param .u64 .ptr .global .align 16 k_param_2,\n\t.param .u32 k_param_3,\n\t.param .f32 k_param_4\n)")
+    assert rt.ptx_params(ptx, "k") == ["b8[1]", "b8[128]", "u64", "u32", "f32"]
+    import ctypes
+
+    values, pointers = rt.pack_params(["b8[8]", "u32"], [bytes(range(8)), 5])
+    assert bytes(ctypes.cast(pointers[0], ctypes.POINTER(ctypes.c_uint8 * 8)).contents) == bytes(range(8))
+    with pytest.raises(ValueError, match="takes 8 bytes; got 7"):
+        rt.pack_params(["b8[8]"], [bytes(7)])
+
+
+def test_tma_descriptors_refuse_unaligned_tensors():
+    with pytest.raises(ValueError, match="multiples of 16 bytes"):
+        rt.encode_tma_tiled("bfloat16", 8, [128, 100, 4], [256, 25600], [64, 64, 1])
+    with pytest.raises(ValueError, match="3 dims need 3 box sizes"):
+        rt.encode_tma_tiled("bfloat16", 0, [128, 100, 4], [256, 25600], [64, 64])
+
+
+@pytest.fixture(scope="module")
+def compiled(tmp_path_factory):
+    """Two variants (head_dim 128 causal, 64 full), each compiled for sm_90a in a fresh process as on an
+    offline build machine: PTX, cubin and the DSL's IR (which records each TMA descriptor's box)."""
+    if not rt.dsl_installed():
+        pytest.skip("nvidia-cutlass-dsl is not installed")
+    out = tmp_path_factory.mktemp("attention")
+    code = ("import sys\n"
+            "from parallax_kernels.parallax.cute_kernel import compile_variant\n"
+            "from parallax_kernels.parallax.cute_variant import AttentionVariant\n"
+            "d = int(sys.argv[2])\n"
+            "cubin, ptx, name = compile_variant(AttentionVariant('bfloat16', d, d == 128))\n"
+            "open(f'{sys.argv[1]}/d{d}.ptx', 'w').write(ptx)\n"
+            "open(f'{sys.argv[1]}/d{d}.cubin', 'wb').write(cubin)\n")
+    for d in (128, 64):
+        (out / f"ir{d}").mkdir()
+        env = {**os.environ, "CUTE_DSL_ARCH": "sm_90a", "CUTE_DSL_KEEP": "ir", "CUTE_DSL_DUMP_DIR": str(out / f"ir{d}")}
+        proc = subprocess.run([sys.executable, "-c", code, str(out), str(d)], cwd=REPO, env=env, capture_output=True,
+                              text=True, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    return out
+
+
+@needs_dsl
+@pytest.mark.parametrize("d, causal", [(128, True), (64, False)])
+def test_compiled_kernel_has_the_designed_structure(compiled, d, causal):
+    """Per key tile, 2 wgmmas of d/16 k-steps (S = Q K^T, T = R K^T) and 2 of BN/16 (O1 += P1 V, O2 += P2 V),
+    instantiated twice (the unmasked and the masked loop); TMA loads (Q, R: two 64-row tiles each; K, V:
+    one tile each; d/64 copies per tile: the 128-byte swizzle is 64 elements wide); setmaxnreg down in the
+    producer and up in the consumers; no local memory."""
+    variant = AttentionVariant("bfloat16", d, causal)
+    ptx = (compiled / f"d{d}.ptx").read_text()
+    assert ".target sm_90a" in ptx
+    s_t = re.findall(rf"wgmma\.mma_async\.sync\.aligned\.m64n{variant.bn}k16\.f32\.bf16\.bf16", ptx)
+    pv = re.findall(rf"wgmma\.mma_async\.sync\.aligned\.m64n{d}k16\.f32\.bf16\.bf16", ptx)
+    if variant.bn == d:
+        assert len(s_t) == 2 * (2 * d // 16 + 2 * variant.bn // 16)
+    else:
+        assert len(s_t) == 2 * 2 * d // 16 and len(pv) == 2 * 2 * variant.bn // 16
+    assert ptx.count("cp.async.bulk.tensor.3d.shared::cta.global") == (4 + 2) * d // 64
+    assert re.findall(r"setmaxnreg\.(\w+)\.sync\.aligned\.u32\s+(\d+);", ptx) == [("dec", "24"), ("inc", "240")]
+    assert ".local" not in ptx
+    entry = re.search(r"\.entry (\w+)\(", ptx).group(1)
+    assert rt.ptx_params(ptx, entry) == ATTENTION_PARAMS
+
+
+@needs_dsl
+@pytest.mark.parametrize("d", [128, 64])
+def test_tma_boxes_the_launcher_encodes_are_the_kernels(compiled, d):
+    """The launcher builds the CUtensorMaps itself (no DSL on the GPU host): the boxes it encodes must be
+    those the DSL compiled the copies for, as its IR records them (dims innermost first: D, rows, heads)."""
+    variant = AttentionVariant("bfloat16", d, d == 128)
+    ir = "".join(p.read_text() for p in (compiled / f"ir{d}").glob("*.mlir"))
+    boxes = {tuple(map(int, m.split(","))) for m in re.findall(r'tma_gbasis = <"\((\d+,\d+,\d+)\):', ir)}
+    assert boxes == {tuple(box) for box in variant.tma_boxes()}
+
+
+@needs_dsl
+@pytest.mark.parametrize("d", [128, 64])
+def test_no_spills_and_wgmma_tma_in_sass(compiled, d):
+    triton = pytest.importorskip("triton")
+    tools = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
+    if not (tools / "cuobjdump").exists():
+        pytest.skip("no cuobjdump in Triton's package")
+    cubin = str(compiled / f"d{d}.cubin")
+    usage = subprocess.run([tools / "cuobjdump", "--dump-resource-usage", cubin], capture_output=True, text=True,
+                           check=True).stdout
+    fields = dict(item.split(":", 1) for item in next(x for x in usage.splitlines() if "REG:" in x).split() if ":" in item)
+    assert int(fields["STACK"]) == 0 and int(fields["LOCAL"]) == 0
+    assert int(fields["REG"]) * 384 <= 65536  # one CTA fits the register file at launch
+    sass = subprocess.run([tools / "cuobjdump", "--dump-sass", cubin], capture_output=True, text=True, check=True).stdout
+    assert "HGMMA.64x" in sass and "UTMALDG.3D" in sass
+    assert "LDL" not in sass and "STL" not in sass
+
+
+@needs_dsl
+def test_build_kernels_writes_attention_artefacts(tmp_path):
+    proc = subprocess.run([sys.executable, "scripts/build_kernels.py", "--attention", "--out", str(tmp_path),
+                           "--dtype", "bfloat16", "--head-dim", "128", "--causal", "1"], cwd=REPO,
+                          env={k: v for k, v in os.environ.items() if k != "CUTE_DSL_ARCH"},
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    variant = AttentionVariant("bfloat16", 128, True)
+    meta, cubin = read_artefact(tmp_path, variant)
+    assert cubin[:4] == b"\x7fELF" and meta["kernel"].encode() in cubin
+    assert meta["arch"] == "sm_90a" and meta["params"] == ATTENTION_PARAMS and meta["block"] == [384, 1, 1]
+    assert meta["smem_bytes"] == variant.smem_bytes and meta["source"] == source_hash()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f"{variant.name}.cubin", f"{variant.name}.json"]
+
+
+def test_artefact_mismatches_are_clear_errors(tmp_path):
+    variant = AttentionVariant("bfloat16", 128, True)
+    meta = {"variant": asdict(variant), "kernel": "k", "params": ATTENTION_PARAMS, "block": [384, 1, 1],
+            "smem_bytes": variant.smem_bytes, "arch": "sm_90a", "source": source_hash()}
+    path = tmp_path / f"{variant.name}.json"
+    path.write_text(json.dumps(meta))
+    with pytest.raises(FileNotFoundError, match="has no cubin beside it"):
+        read_artefact(tmp_path, variant)
+    (tmp_path / f"{variant.name}.cubin").write_bytes(b"\x7fELF")
+    path.write_text(json.dumps({**meta, "params": ATTENTION_PARAMS[:-1]}))
+    with pytest.raises(ValueError, match="differ from this launcher's.*scripts/build_kernels.py --attention"):
+        read_artefact(tmp_path, variant)
+    path.write_text(json.dumps({**meta, "variant": {**asdict(variant), "causal": False}}))
+    with pytest.raises(ValueError, match="describes"):
+        read_artefact(tmp_path, variant)
+    path.write_text(json.dumps({**meta, "source": "0" * 16}))
+    with pytest.raises(ValueError, match="another version of kernels/parallax_kernels/parallax/cute_kernel.py"):
+        read_artefact(tmp_path, variant)
+    path.write_text(json.dumps(meta))
+    assert read_artefact(tmp_path, variant) == (meta, b"\x7fELF")
+    assert read_artefact(tmp_path / "empty", variant) is None
+
+
+def test_missing_kernel_without_the_dsl_names_the_build_command(tmp_path, monkeypatch):
+    monkeypatch.setattr(rt, "dsl_installed", lambda: False)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    with pytest.raises(RuntimeError, match="scripts/build_kernels.py --attention --out"):
+        load_attention_kernel(AttentionVariant("bfloat16", 128, True), tmp_path)
+
+
+def test_unavailable_reasons_name_the_cause(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    assert "needs a Hopper GPU" in unavailable_reason(torch.zeros(1, 2, 4, 64))
+    fake = SimpleNamespace(device=torch.device("cuda", 0), dtype=torch.bfloat16, shape=(1, 2, 4, 128))
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
+    monkeypatch.setattr(rt, "dsl_installed", lambda: False)
+    monkeypatch.setenv("PARALLAX_KERNEL_DIR", str(tmp_path))
+    assert "scripts/build_kernels.py --attention --out DIR" in unavailable_reason(fake)
+    (tmp_path / f"{AttentionVariant('bfloat16', 128, True).name}.cubin").write_bytes(b"\x7fELF")
+    assert unavailable_reason(fake) is None
+    assert "head_dim 96 is not supported" in unavailable_reason(SimpleNamespace(**{**vars(fake), "shape": (1, 2, 4, 96)}))
+    assert "dtype torch.float32" in unavailable_reason(SimpleNamespace(**{**vars(fake), "dtype": torch.float32}))
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (10, 0))
+    assert "this GPU is sm_100" in unavailable_reason(fake)
+
+
+def test_documents_are_refused_not_ignored():
+    q = torch.zeros(1, 2, 8, 64)
+    with pytest.raises(NotImplementedError, match="packed documents.*use backend='triton'"):
+        parallax_attention_cute(q, q, q, q, causal=True, scale=0.125, document_ids=torch.zeros(1, 8, dtype=torch.long))
+
+
+# --- on a Hopper GPU --------------------------------------------------------------------------
+
+def relative_error(got, want) -> float:
+    return float((got.double() - want).norm() / want.norm())
+
+
+def errors_against_float64(fn, b, h, hkv, n, d, dtype, causal, seed=0):
+    """Relative errors of o and the four gradients of `fn` against float64 on the same rounded inputs."""
+    from parallax_kernels.parallax.reference import parallax_attention_reference
+
+    g = torch.Generator().manual_seed(seed)
+    raw = [torch.randn(b, heads, n, d, generator=g, dtype=torch.float64) for heads in (h, hkv, hkv, h)]
+    inputs = [x.to(dtype).cuda().requires_grad_() for x in raw]
+    grad = torch.randn(b, h, n, d, generator=g, dtype=torch.float64).to(dtype).cuda()
+    out = fn(*inputs, causal=causal, scale=d**-0.5)
+    grads = torch.autograd.grad(out, inputs, grad)
+    ref_inputs = [x.detach().double().requires_grad_() for x in inputs]
+    ref = parallax_attention_reference(*ref_inputs, causal=causal, scale=d**-0.5)
+    ref_grads = torch.autograd.grad(ref, ref_inputs, grad.double())
+    assert out.dtype == dtype and out.shape == (b, h, n, d) and all(x.dtype == dtype for x in grads)
+    errors = {"o": relative_error(out.detach(), ref)}
+    errors.update({f"d{name}": relative_error(x, w) for name, x, w in zip("qkvr", grads, ref_grads)})
+    return errors
+
+
+def triton_fn(*args, causal, scale):
+    from parallax_kernels.parallax.triton_fused import parallax_attention_triton
+
+    return parallax_attention_triton(*args, causal=causal, scale=scale)
+
+
+GPU_CASES = [  # (B, H, Hkv, N, D, causal)
+    (2, 4, 2, 300, 128, True),  # a partial last tile of both query and key tiles
+    (2, 4, 2, 300, 128, False),
+    (1, 8, 1, 257, 64, True),  # GQA group 8
+    (1, 8, 1, 257, 64, False),
+    (2, 6, 6, 1000, 128, False),  # group 1
+    (1, 16, 4, 129, 64, True),  # group 4; one row past a CTA's 128
+    (3, 2, 1, 1, 128, True),  # one token
+    (1, 4, 2, 63, 64, False),  # shorter than a tile
+    (1, 4, 2, 2048, 128, True),
+]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not HOPPER, reason="needs a Hopper GPU (sm_90)")
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("case", GPU_CASES, ids=lambda c: "x".join(map(str, c[:5])) + ("c" if c[5] else "f"))
+def test_matches_float64_and_is_no_worse_than_triton(case, dtype):
+    """o and dq, dk, dv, dr against float64; each error at most the Triton kernel's on the same inputs
+    (plus a little: two bf16 roundings of the same exact value differ run to run) and within its bound."""
+    b, h, hkv, n, d, causal = case
+    ours = errors_against_float64(parallax_attention_cute, b, h, hkv, n, d, dtype, causal)
+    theirs = errors_against_float64(triton_fn, b, h, hkv, n, d, dtype, causal)
+    bound = {torch.bfloat16: 1e-2, torch.float16: 5e-3}[dtype]
+    assert all(e < bound for e in ours.values()), f"{ours} (bound {bound})"
+    assert all(ours[k] <= 1.25 * theirs[k] + 1e-4 for k in ours), f"cute {ours} vs triton {theirs}"
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not HOPPER, reason="needs a Hopper GPU (sm_90)")
+@pytest.mark.parametrize("causal", [True, False])
+def test_saved_statistics_match_the_triton_forward(causal):
+    """The backward reads a, lse (log2 domain) and tbar: they must be the Triton forward's."""
+    from parallax_kernels.parallax.cute_launch import attention_fwd_cute
+    from parallax_kernels.parallax.triton_fused import attention_fwd
+
+    g = torch.Generator().manual_seed(1)
+    b, h, hkv, n, d = 2, 4, 2, 333, 128
+    q, k, v, r = (torch.randn(b, x, n, d, generator=g).to(torch.bfloat16).cuda() for x in (h, hkv, hkv, h))
+    ours = attention_fwd_cute(q, k, v, r, causal, d**-0.5)
+    theirs = attention_fwd(q, k, v, r, causal, d**-0.5, None, False)
+    for name, x, y in zip(("o", "a", "lse", "tbar"), ours, theirs):
+        assert x.shape == y.shape and x.dtype == y.dtype and x.is_contiguous(), name
+        assert relative_error(x, y.double()) < 1e-2, (name, relative_error(x, y.double()))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not HOPPER, reason="needs a Hopper GPU (sm_90)")
+def test_under_torch_compile():
+    g = torch.Generator().manual_seed(2)
+    q, k, v, r = (torch.randn(1, 4, 200, 64, generator=g).to(torch.bfloat16).cuda().requires_grad_() for _ in range(4))
+    eager = parallax_attention_cute(q, k, v, r, causal=True, scale=0.125)
+    compiled = torch.compile(parallax_attention_cute, fullgraph=True)(q, k, v, r, causal=True, scale=0.125)
+    torch.testing.assert_close(compiled, eager, rtol=0, atol=0)
+    compiled.sum().backward()
+    assert all(x.grad is not None and torch.isfinite(x.grad).all() for x in (q, k, v, r))
