@@ -2,7 +2,7 @@
 peer, and over fla's Parallax decode, per (batch, cache length) cell. (JSONs written before the CuTe
 kernel hold the Triton kernel's ratios as plain numbers.)
 
-    python scripts/plot_decode.py docs/runs/2026-11-23/bench_decode.json --out docs/decode_heatmap.png
+    python scripts/plot_decode.py docs/runs/bench-decode-2026-11-23/bench_decode.json --out docs/plots/decode_heatmap.png
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@ the runs every model of the same optimizer has (the table's numbers), with the p
 where it gives them. --by-lr draws instead one panel per setting: each model's best accuracy (over weight
 decays) at each lr, to see where each model's best lr lies and whether the sweep reaches it.
 
-    python scripts/plot_mad.py docs/runs/mad/mad_protocol.jsonl --out docs/mad_reduced.png \
+    python scripts/plot_mad.py docs/runs/mad-reduced-protocol-2026-12-01/mad_protocol.jsonl --out docs/plots/mad_reduced.png \
         --title "MAD, reduced protocol: 10 epochs, lr 1e-3, wd 0 (H200)" [--optimizer adamw] [--by-lr]
 """
 
