@@ -10,11 +10,8 @@ score is the mean over its settings; the average is over the six tasks. Results 
 as each run ends, and runs already there are skipped, so an interrupted protocol resumes. --table only
 prints the table of an existing file (of the settings that --tasks, --baseline-only, --settings and
 --max-seq-len choose, and of the runs that --optimizer, --lrs, --wds and --epochs choose, when given);
---estimate prints what is pending and its cost from the seconds the file records, to size a time-limited
-piece. In a time-limited call --start-deadline starts no job late,
-and --end-deadline none that the recorded seconds say would not finish (a cheaper one starts instead);
---costs-from adds another file's recorded seconds to that pricing (a new sweep in a file of its own).
-The table also counts, per model, the settings whose best run sits at the sweep's largest lr: many
+--estimate prints what is still pending and roughly how long it takes, from the seconds the file records
+for the same settings and models. The table also counts, per model, the settings whose best run sits at the sweep's largest lr: many
 mean the sweep may stop short of the best lr. --table --by-lr prints each setting's best at each lr.
 
 MAD models are tiny (width 128, 2 blocks), so one run leaves a GPU mostly idle: --jobs N trains N runs at
@@ -39,15 +36,13 @@ import argparse
 import itertools
 import json
 import multiprocessing
-import os
-import time
 from collections import Counter, defaultdict
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from pathlib import Path
 
-from eval.mad.claims import RunClaims
 from eval.mad.tasks import PROTOCOL, all_settings
 from eval.mad.train import MADRun, train_setting, train_sweep
+from parallax_titan.model.attention import attention_names
 
 SHORT = {"in-context-recall": "CR", "fuzzy-in-context-recall": "FR", "noisy-in-context-recall": "NR",
          "selective-copying": "SC", "compression": "C", "memorization": "M"}
@@ -178,8 +173,8 @@ def lr_table(records: list[dict]) -> str:
 def plan(settings: list, runs: list[MADRun], done: set[tuple], devices: list[str]) -> list[tuple]:
     """(setting, run, device) for every run not in `done`. Optimizers outermost, then sweep points (lr,
     weight decay), each in the order given: a protocol cut short has one optimizer's table complete
-    before the next starts (the tenth session spent a call on Muon's first point while AdamW's last runs
-    waited), and every setting at the first points rather than some fully swept and others not at all.
+    before the next starts, and every setting at the first points rather than some fully swept and others
+    not at all.
     Within a sweep point the costliest settings (examples x length) go first, so that workers running
     side by side finish together instead of one long run trailing."""
     points = list(dict.fromkeys((run.optimizer, run.lr, run.weight_decay) for run in runs))
@@ -192,62 +187,26 @@ def plan(settings: list, runs: list[MADRun], done: set[tuple], devices: list[str
     return pending
 
 
-def recorded_costs(records: list[dict]) -> dict[tuple, dict[int, float]]:
-    """(setting, attention, optimizer) -> {runs in the job: mean seconds per epoch of such a job}, from the
-    recorded runs at any sweep point (as recorded: under the concurrency those runs had). A batched job's
-    records each carry the whole job's seconds."""
-    per_epoch: dict[tuple, dict[int, list]] = defaultdict(lambda: defaultdict(list))
+def seconds_per_epoch(records: list[dict]) -> dict[tuple[str, str], float]:
+    """(setting, attention) -> mean seconds one run took per epoch, over the recorded runs of any optimizer
+    and sweep point (a step costs about the same under either optimizer); a batched job's seconds, which
+    each of its records carries, are shared among its runs."""
+    per_epoch: dict[tuple, list[float]] = defaultdict(list)
     for r in records:
-        per_epoch[(r["setting"], r["attention"], r["optimizer"])][r.get("batched_runs", 1)].append(
-            r["seconds"] / r["epochs"])
-    return {key: {n: sum(v) / len(v) for n, v in sizes.items()} for key, sizes in per_epoch.items()}
-
-
-def job_seconds(setting, runs: list[MADRun], costs: dict) -> float | None:
-    """A job's expected seconds (one run, or a batched group of runs of one setting and model), from the
-    recorded jobs of the nearest size, scaled up for a larger group: by how much the model's jobs of the
-    two sizes differ elsewhere (batch_growth), else in proportion (at most that); None with no record to go by. With
-    no record under the job's optimizer, the same setting and model under another optimizer stands in:
-    a step of these models costs about the same under either (tenth session: the first 16 Muon runs took
-    183-246 s, AdamW's runs of the same settings and models 58-421 s, both set more by what shared the
-    GPU than by the optimizer), and a rough price lets --end-deadline hold back a job a time limit would cut."""
-    by_size = costs.get((setting.name, runs[0].attention, runs[0].optimizer))
-    if not by_size:
-        by_size = next((sizes for (name, attention, _), sizes in sorted(costs.items())
-                        if (name, attention) == (setting.name, runs[0].attention)), None)
-    if not by_size:
-        return None
-    size = min(by_size, key=lambda k: (abs(k - len(runs)), k))
-    growth = max(1.0, len(runs) / size)
-    if len(runs) > size:
-        measured = batch_growth(costs, runs[0].attention, size, len(runs))
-        growth = growth if measured is None else min(growth, max(1.0, measured))
-    return by_size[size] * growth * max(run.epochs for run in runs)
-
-
-def batch_growth(costs: dict, attention: str, small: int, large: int) -> float | None:
-    """How much longer a job of `large` runs took than one of `small`, for this model: the median, over the
-    settings (and optimizers) with recorded jobs of both sizes, of the ratio of their seconds. None without
-    such a pair. Batching is what makes a job of four short runs cost about twice one run, not four times
-    (AdamW's records, eleventh session: 1.6-3.6 for most settings, set as much by what shared the GPU)."""
-    ratios = sorted(sizes[large] / sizes[small] for (_, model, _), sizes in costs.items()
-                    if model == attention and small in sizes and large in sizes)
-    if not ratios:
-        return None
-    mid = len(ratios) // 2
-    return ratios[mid] if len(ratios) % 2 else (ratios[mid - 1] + ratios[mid]) / 2
+        per_epoch[(r["setting"], r["attention"])].append(r["seconds"] / r["epochs"] / r.get("batched_runs", 1))
+    return {key: sum(v) / len(v) for key, v in per_epoch.items()}
 
 
 def estimate(pending: list[tuple], records: list[dict]) -> str:
-    """The pending runs' cost, per optimizer and sweep point, one run a job (job_seconds)."""
-    costs = recorded_costs(records)
+    """The pending runs per optimizer and sweep point, and their run-minutes at the recorded seconds per epoch
+    (seconds_per_epoch) of the same setting and model."""
+    costs = seconds_per_epoch(records)
     points: dict[tuple, list] = {}
     for setting, run, _ in pending:
-        seconds = job_seconds(setting, [run], costs)
         point = points.setdefault((run.optimizer, run.lr, run.weight_decay), [0, 0.0, 0])
         point[0] += 1
-        if seconds is not None:
-            point[1] += seconds
+        if (setting.name, run.attention) in costs:
+            point[1] += costs[(setting.name, run.attention)] * run.epochs
         else:
             point[2] += 1
     lines = [f"{len(pending)} runs pending"]
@@ -261,7 +220,7 @@ def batch_sweeps(pending: list[tuple], devices: list[str], max_seq_len: int | No
     """(setting, runs, device) per setting and model: the pending runs that differ only in their sweep
     point, to train as one batched model (train_sweep), in the order plan() first reaches them. Settings
     longer than `max_seq_len` stay one run a job: they are bound by attention's arithmetic, not by
-    launches, so batching only makes their jobs longer (docs/results.md, seventh session)."""
+    launches, so batching only makes their jobs longer."""
     groups: dict[tuple, list] = {}
     for setting, run, _ in pending:
         key = (setting.name, run.attention, run.optimizer)
@@ -279,67 +238,24 @@ def _group(setting, runs, device) -> list[dict]:
     return train_sweep(setting, runs, device) if len(runs) > 1 else _one(setting, runs[0], device)
 
 
-def _train_all(pending: list, jobs: int, start_deadline: float | None = None, batched: bool = False,
-               end_deadline: float | None = None, costs: dict | None = None, claims: RunClaims | None = None):
+def _train_all(pending: list, jobs: int, batched: bool = False):
     """Yields each run's result as it ends: in order in this process, or from `jobs` worker processes
     ("spawn": CUDA cannot be forked), each given its next job as it finishes one. A job is one run, or
-    with `batched` one batch_sweeps() group. No job starts once `start_deadline` seconds have passed,
-    nor one whose expected seconds (job_seconds from `costs`) would take it past `end_deadline`: the
-    next job in the queue that fits starts instead. Those started finish. A call with a time limit then
-    ends with whole runs, instead of losing the ones a kill would cut short. With `claims`, a job starts
-    with only those of its runs that no other runner on the same results file has taken (claims.py)."""
-    clock = time.monotonic()
+    with `batched` one batch_sweeps() group."""
     train = _group if batched else _one
-
-    def expected_seconds(job) -> float | None:
-        if end_deadline is None:
-            return None
-        return job_seconds(job[0], job[1] if batched else [job[1]], costs or {})
-
-    def next_job():
-        while True:
-            elapsed = time.monotonic() - clock
-            if start_deadline is not None and elapsed >= start_deadline:
-                return None
-            fits = [i for i, (_, seconds) in enumerate(queue) if seconds is None or elapsed + seconds <= end_deadline]
-            if not fits:
-                return None
-            job = queue.pop(fits[0])[0]
-            if claims is None or (job := claimed(job)) is not None:
-                return job
-
-    def claimed(job):
-        """The job cut to the runs this runner could claim, or None if another runner has taken them all."""
-        nonlocal skipped
-        setting, runs, device = job if batched else (job[0], [job[1]], job[2])
-        free = set(claims.claim([planned_key(setting, run) for run in runs]))
-        mine = [run for run in runs if planned_key(setting, run) in free]
-        skipped += len(runs) - len(mine)
-        if not mine:
-            return None
-        return (setting, mine, device) if batched else job
-
-    skipped = 0  # runs left to another runner
-
-    queue = [(job, expected_seconds(job)) for job in pending]  # each job priced once
     if jobs <= 1:
-        while (job := next_job()) is not None:
+        for job in pending:
             yield from train(*job)
-    else:
-        with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-            running = set()
-            while queue or running:
-                while len(running) < jobs and (job := next_job()) is not None:
-                    running.add(pool.submit(train, *job))
-                if not running:
-                    break
-                finished, running = wait(running, return_when=FIRST_COMPLETED)
-                for future in finished:
-                    yield from future.result()
-    if skipped:
-        print(f"{skipped} runs left to another runner of this results file, which had taken them (claims.py)")
-    if queue:
-        print(f"{len(queue)} jobs not started: past --start-deadline, or expected to end past --end-deadline")
+        return
+    queue = list(pending)
+    with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        running = set()
+        while queue or running:
+            while len(running) < jobs and queue:
+                running.add(pool.submit(train, *queue.pop(0)))
+            finished, running = wait(running, return_when=FIRST_COMPLETED)
+            for future in finished:
+                yield from future.result()
 
 
 # the flags that choose runs (what trains, or with --table what is tabled), their defaults and record fields
@@ -352,20 +268,14 @@ def _read_records(path: Path) -> list[dict]:
 
 
 def _append_line(path: Path, line: str) -> None:
-    """One record, one write() to a file opened O_APPEND: two runners appending to one results file (two pieces
-    of a call at once, scripts/device/mad_check.sh) never interleave or overwrite each other's lines."""
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    try:
-        data = (line + "\n").encode()
-        if os.write(fd, data) != len(data):
-            raise OSError(f"{path}: a short write appending a record")
-    finally:
-        os.close(fd)
+    """One record, written and flushed as its run ends: a run interrupted later loses nothing recorded."""
+    with open(path, "a") as f:
+        f.write(line + "\n")
 
 
 def main(argv: list[str] | None = None) -> str:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--attention", nargs="+", default=["softmax", "parallax"], choices=["softmax", "parallax"])
+    parser.add_argument("--attention", nargs="+", default=["softmax", "parallax"], choices=attention_names())
     # the run-choosing flags default to None so that --table can tell which were given; RUN_DEFAULTS fills them
     parser.add_argument("--optimizer", nargs="+", default=None, choices=["adamw", "muon"], help="default: adamw")
     parser.add_argument("--tasks", nargs="+", default=None, help=f"default: all of {list(PROTOCOL)}")
@@ -381,12 +291,6 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument("--max-train-examples", type=int, default=None, help="cap (smoke runs only)")
     parser.add_argument("--device", nargs="+", default=None, help="one or more; runs are spread over them")
     parser.add_argument("--jobs", type=int, default=1, help="runs trained at once, in worker processes")
-    parser.add_argument("--start-deadline", type=float, default=None, metavar="SECONDS",
-                        help="start no run after this many seconds (those started finish): for time-limited calls")
-    parser.add_argument("--end-deadline", type=float, default=None, metavar="SECONDS",
-                        help="start no job expected to end after this many seconds (from the seconds recorded in "
-                             "--out for the same setting, model, optimizer and job size); a cheaper one that fits "
-                             "starts instead, and a job with no record starts until --start-deadline")
     parser.add_argument("--backend", default=None, help="attention backend (default: triton on CUDA, else torch)")
     parser.add_argument("--compile", action="store_true",
                         help="train through torch.compile (CUDA graphs on a GPU); same results, fewer launches")
@@ -397,15 +301,11 @@ def main(argv: list[str] | None = None) -> str:
                         help="with --batch-sweep: batch only settings of at most N positions; longer ones train "
                              "one run per job (they are bound by arithmetic, not launches)")
     parser.add_argument("--out", type=Path, required=True, help="JSONL of results (appended; resumable)")
-    parser.add_argument("--costs-from", type=Path, nargs="+", default=[], metavar="JSONL",
-                        help="other results files whose recorded seconds also price jobs for --end-deadline and "
-                             "--estimate (e.g. the protocol's file, for a new sweep in a file of its own); their "
-                             "runs are neither skipped nor tabled")
     parser.add_argument("--table", action="store_true", help="only print the table of --out")
     parser.add_argument("--by-lr", action="store_true",
                         help="with --table: each setting's best accuracy at each lr instead (is the sweep wide enough?)")
     parser.add_argument("--estimate", action="store_true",
-                        help="only print what is pending and its cost, from the seconds recorded in --out")
+                        help="only print what is pending and its run-minutes, from the seconds recorded in --out")
     args = parser.parse_args(argv)
     given = {name for name in RUN_DEFAULTS if getattr(args, name) is not None}
     for name, default in RUN_DEFAULTS.items():
@@ -423,9 +323,6 @@ def main(argv: list[str] | None = None) -> str:
         # a setting's score is its best run: a run recorded twice would count its better copy
         parser.error(f"--out {args.out} records {len(repeated)} runs twice (the first: {repeated[0]}); "
                      "keep one line of each")
-    for path in args.costs_from:
-        if not path.is_file():
-            parser.error(f"--costs-from {path} does not exist")
     settings = all_settings(args.tasks, args.baseline_only)
     if args.settings:
         names = {st.name for st in settings}
@@ -444,8 +341,6 @@ def main(argv: list[str] | None = None) -> str:
         allowed = {"optimizer": args.optimizer, "lrs": args.lrs, "wds": args.wds, "epochs": [args.epochs]}
         records = [r for r in records if all(r[RUN_FIELDS[name]] in allowed[name] for name in given)]
     if not args.table:
-        # the seconds that price pending jobs: this file's runs, and those of --costs-from
-        priced = records + [r for path in args.costs_from for r in _read_records(path)]
         import torch
         from dataclasses import replace
 
@@ -461,20 +356,15 @@ def main(argv: list[str] | None = None) -> str:
                 for attention in args.attention]
         pending = plan(settings, runs, done, devices)
         if args.estimate:
-            text = estimate(pending, priced)
+            text = estimate(pending, records)
             print(text)
             return text
         args.out.parent.mkdir(parents=True, exist_ok=True)
         if args.batch_sweep:
             pending = batch_sweeps(pending, devices, args.batch_max_seq_len)
-        claims = RunClaims(args.out, lambda: set(map(run_key, _read_records(args.out))))
-        try:
-            for result in _train_all(pending, args.jobs, args.start_deadline, args.batch_sweep, args.end_deadline,
-                                     recorded_costs(priced), claims):
-                records.append(result)
-                _append_line(args.out, json.dumps(result))
-        finally:
-            claims.release()
+        for result in _train_all(pending, args.jobs, args.batch_sweep):
+            records.append(result)
+            _append_line(args.out, json.dumps(result))
     text = lr_table(records) if args.by_lr else table(records)
     print(text)
     return text
