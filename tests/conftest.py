@@ -1,5 +1,4 @@
 import functools
-import itertools
 import os
 import subprocess
 import sys
@@ -67,18 +66,6 @@ def stand_in_commands(folder: Path, scripts: dict[str, str], then: str | None = 
         (folder / name).write_text("#!/bin/sh\n" + body)
         (folder / name).chmod(0o755)
     return f"{folder}{os.pathsep}{os.environ.get('PATH', '') if then is None else then}"
-
-
-def results_page_table(header: str) -> tuple[list[str], list[list[str]]]:
-    """docs/results.md's table whose header line starts with `header` (indented or not; end `header` with a
-    newline to match a whole line): the header's cells and each row's cells, stripped."""
-    text = (REPO / "docs" / "results.md").read_text()
-    lines = [line.strip() for line in text[text.index(header):].splitlines()]
-
-    def cells(line: str) -> list[str]:
-        return [c.strip() for c in line.strip("|").split("|")]
-
-    return cells(lines[0]), [cells(line) for line in itertools.takewhile(lambda line: line.startswith("|"), lines[2:])]
 
 
 DEBUG_CONFIG = REPO / "configs" / "debug_cpu.toml"
