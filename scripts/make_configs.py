@@ -5,7 +5,7 @@ Twins differ only in the lines that define the ablation: `flavor` (the variant) 
 name with Muon's own keys (tests/test_configs.py checks this on the committed files, so hand edits must keep it true).
 Run: python scripts/make_configs.py   (rewrites the files; commit the result)
 
-Choices the paper leaves open (PAPER.md: token counts, batch and learning rates not reachable):
+Choices the paper leaves open, or makes at a scale out of reach here (token counts, batch, learning rates):
 - 0.6B: global batch 128 x 4096 = 0.52M tokens, 20,000 steps = 10.5B tokens.
 - 1.7B: global batch 256 x 4096 = 1.05M tokens, 20,000 steps = 21.0B tokens.
 - WSD: 1,000 warmup steps, the last 20% decayed linearly to 10% of the peak.
@@ -130,11 +130,11 @@ PAPER = dict(
     launch="torchrun --nproc_per_node=8 -m parallax_titan.train --job.config_file",
 )
 
-# The mini ladder (issue 9), configs/mini/: ~20M and ~60M non-embedding parameters, one GPU each, 1024 context.
+# The mini ladder, configs/mini/: ~20M and ~60M non-embedding parameters, one GPU each, 1024 context.
 # Data: pre-tokenised shards (Qwen3 tokenizer) in ./data/mini_corpus with a held-out validation split.
 # Small models: no activation checkpointing.
-# - mini20M is the ladder that fits this project's GPU time (10 runs in two 10-minute calls, five at a time on
-#   one H100): 800 steps x 16 x 1024 = 13.1M tokens (0.62 epochs of the corpus), 80 warmup steps,
+# - mini20M is the short ladder (its 10 runs take about 20 minutes on one H100, five at a time):
+#   800 steps x 16 x 1024 = 13.1M tokens (0.62 epochs of the corpus), 80 warmup steps,
 #   held-out loss on 32 x 16 x 1024 = 0.52M validation tokens every 100 steps.
 # - mini60M is a longer ladder for a user with more time: 3,000 steps x 64 x 1024 = 197M tokens.
 MINI_SIZES = {

@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from eval.mad.run import SHORT, best_by_lr, common_runs, scores  # noqa: E402
 from eval.mad.tasks import PROTOCOL  # noqa: E402
 
-# PAPER.md (MAD, full protocol): the tasks it reports on their own, and the six-task average
+# The Parallax paper's MAD scores (full protocol): the tasks it reports on their own, and the six-task average
 PAPER = {"parallax": {"in-context-recall": 0.951, "noisy-in-context-recall": 0.937, "selective-copying": 0.988,
                       "average": 0.716},
          "softmax": {"in-context-recall": 0.803, "noisy-in-context-recall": 0.861, "selective-copying": 0.950,

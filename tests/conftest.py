@@ -39,8 +39,8 @@ def run_device_script(name: str, cwd: Path | None = None, **env: str) -> subproc
     a PATH given here replaces the default)."""
     # the scripts call python3: this interpreter's, so that it finds the packages the tests run with
     path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
-    # the scripts' knobs (TESTS, OUT, JOBS, ...) are not inherited: the suite runs on the GPU host inside a call
-    # that sets them for the outer script, and a test must see only what it passes
+    # the scripts' knobs (TESTS, OUT, JOBS, ...) are not inherited: the suite may itself run from one of these
+    # scripts, which sets them for itself, and a test must see only what it passes
     inherited = {k: v for k, v in os.environ.items() if k not in device_script_knobs()}
     return subprocess.run(["bash", str(REPO / "scripts" / "device" / name)], env={**inherited, "PATH": path, **env},
                           cwd=cwd, capture_output=True, text=True, timeout=60)

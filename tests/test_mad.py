@@ -270,7 +270,7 @@ def test_plan_keeps_sweep_points_outermost_and_starts_the_costliest_settings_fir
 
 def test_plan_finishes_one_optimizer_before_the_next_starts():
     """With AdamW's later sweep points still pending, no Muon run comes before the last AdamW run, so a
-    time-limited piece completes AdamW's table first."""
+    protocol stopped early has AdamW's table complete first."""
     from eval.mad.run import plan
     from eval.mad.train import MADRun
 
