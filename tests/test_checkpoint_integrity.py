@@ -144,3 +144,11 @@ def test_rerunning_a_finished_run_says_nothing_was_trained(finished_run, tmp_pat
     rc, log = train(dump)
     assert rc == 0, log[-3000:]
     assert "Nothing to train: the checkpoint is at step 4 and [training] steps = 4" in log
+
+
+@pytest.mark.slow
+def test_async_saves_get_their_manifest_after_torchtitan_waits_for_them(tmp_path):
+    rc, log = train(tmp_path / "run", "--checkpoint.async_mode", "async")
+    assert rc == 0, log[-3000:]
+    for step in ("step-2", "step-4"):  # step-2: written at step 4's save, once the async save is done
+        assert cm.problems(tmp_path / "run" / "checkpoint" / step) == [], step
