@@ -72,12 +72,6 @@ def _dense_attention(q, k, v, r, scale: float) -> tuple[dict[str, float], torch.
     }, o
 
 
-def stable_rank(singular_values: torch.Tensor) -> torch.Tensor:
-    """||W||_F^2 / ||W||_2^2 from (..., k) singular values."""
-    sv = singular_values.double()
-    return (sv**2).sum(-1) / sv.max(-1).values.clamp_min(1e-300) ** 2
-
-
 # Stable ranks come from d x d Gram matrices (d = head_dim) and power iteration: no dim x dim products,
 # no SVD, QR or eigh, which run as many small serial solver calls on a GPU. Measured at 0.6B on an
 # H100: about 11 s per call with float64 SVD/QR, 7 s with batched eigh (docs/benchmarks.md).
@@ -115,12 +109,6 @@ def batched_stable_ranks(grams: list[tuple[torch.Tensor, torch.Tensor | None]]) 
     top = _top_eigenvalue(lambda x: right @ (left @ x), _start(left.shape[0], left.shape[-1], left))
     frobenius = (left * right).sum((-2, -1))  # trace(G_l G_r), both symmetric
     return list((frobenius / top.clamp_min(torch.finfo(top.dtype).tiny)).split([g.shape[0] for g, _ in grams]))
-
-
-def circuit_stable_rank(left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
-    """Per head, the stable rank of left_h^T right_h (dim x dim) for left, right (heads, d, dim):
-    ||.||_F^2 = trace(G_l G_r) and sigma_max^2 = lambda_max(G_r G_l), both from d x d Grams."""
-    return batched_stable_ranks([(_gram(left), _gram(right))])[0]
 
 
 def _layer_grams(wq, wk, wv, wo, wr, n_heads: int, n_kv_heads: int) -> dict[str, tuple[torch.Tensor, torch.Tensor | None]]:
