@@ -15,6 +15,7 @@ if not torch.cuda.is_available():
 os.environ.setdefault("PARALLAX_TRITON_AUTOTUNE", "0")
 
 REPO = Path(__file__).resolve().parents[1]
+OFFLINE_GPU = REPO / "scripts" / "offline_gpu"  # setup and check scripts for GPU hosts without internet access
 sys.path.insert(0, str(REPO))  # scripts/ helpers are imported by some tests
 
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
@@ -34,25 +35,25 @@ def random_qkvr(rng, b, h, hkv, n, d, dtype=torch.float64, requires_grad=True):
     return make(h), make(hkv), make(hkv), make(h)
 
 
-def run_device_script(name: str, cwd: Path | None = None, **env: str) -> subprocess.CompletedProcess:
-    """bash scripts/device/<name> in `cwd` with these environment variables added (for its argument checks;
+def run_offline_gpu_script(name: str, cwd: Path | None = None, **env: str) -> subprocess.CompletedProcess:
+    """bash scripts/offline_gpu/<name> in `cwd` with these environment variables added (for its argument checks;
     a PATH given here replaces the default)."""
     # the scripts call python3: this interpreter's, so that it finds the packages the tests run with
     path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
     # the scripts' knobs (TESTS, OUT, JOBS, ...) are not inherited: the suite may itself run from one of these
     # scripts, which sets them for itself, and a test must see only what it passes
-    inherited = {k: v for k, v in os.environ.items() if k not in device_script_knobs()}
-    return subprocess.run(["bash", str(REPO / "scripts" / "device" / name)], env={**inherited, "PATH": path, **env},
+    inherited = {k: v for k, v in os.environ.items() if k not in offline_gpu_script_knobs()}
+    return subprocess.run(["bash", str(OFFLINE_GPU / name)], env={**inherited, "PATH": path, **env},
                           cwd=cwd, capture_output=True, text=True, timeout=60)
 
 
 @functools.cache
-def device_script_knobs() -> frozenset[str]:
-    """The upper-case variables scripts/device/*.sh read, less the shell's own and those of the machine (PATH,
+def offline_gpu_script_knobs() -> frozenset[str]:
+    """The upper-case variables scripts/offline_gpu/*.sh read, less the shell's own and those of the machine (PATH,
     CUDA_*, ...)."""
     import re
 
-    text = "".join(p.read_text() for p in (REPO / "scripts" / "device").glob("*.sh"))
+    text = "".join(p.read_text() for p in OFFLINE_GPU.glob("*.sh"))
     names = set(re.findall(r"\$\{?([A-Z][A-Z0-9_]*)", text))
     return frozenset(n for n in names
                      if n not in {"PWD", "SECONDS", "PATH", "HOME", "PYTHONPATH"} and not n.startswith("CUDA_"))

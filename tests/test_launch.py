@@ -185,14 +185,14 @@ def _stand_in_path(tmp_path, python_also: str = "") -> str:
 
 
 def _run_ladder_script(tmp_path, **env):
-    """scripts/device/ladder_check.sh with the stand-in `python` (the corpus and tokenizer are taken as
+    """scripts/offline_gpu/ladder_check.sh with the stand-in `python` (the corpus and tokenizer are taken as
     prepared); returns the finished process and the recorded calls, sorted."""
     for made in ("assets/Qwen3-0.6B/tokenizer.json", "data/mini_corpus/manifest.json", ".ladder/mini_text/PROVENANCE.json"):
         (tmp_path / made).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / made).write_text("{}")
-    from conftest import run_device_script
+    from conftest import run_offline_gpu_script
 
-    out = run_device_script("ladder_check.sh", cwd=tmp_path, LADDER_TMP=str(tmp_path), PATH=_stand_in_path(tmp_path),
+    out = run_offline_gpu_script("ladder_check.sh", cwd=tmp_path, LADDER_TMP=str(tmp_path), PATH=_stand_in_path(tmp_path),
                             **env)
     assert out.returncode == 0, out.stderr
     return out, sorted((tmp_path / "calls.txt").read_text().splitlines())
@@ -200,7 +200,7 @@ def _run_ladder_script(tmp_path, **env):
 
 @pytest.mark.parametrize("sweep", ["", "optimizer.lr=1e-3,1e-2"])
 def test_the_ladder_script_starts_one_ablate_per_config_or_per_config_and_swept_value(tmp_path, sweep):
-    """scripts/device/ladder_check.sh on a GPU host starts its runs side by side."""
+    """scripts/offline_gpu/ladder_check.sh on a GPU host starts its runs side by side."""
     (tmp_path / "out").mkdir()
     out, calls = _run_ladder_script(tmp_path, SWEEP=sweep, CONFIGS="configs/mini/a.toml configs/mini/b.toml",
                                     OUT=str(tmp_path / "out"))
@@ -228,11 +228,11 @@ def test_the_ladder_script_passes_its_overrides_to_every_run(tmp_path):
 
 
 def test_two_ladder_scripts_side_by_side_tokenise_the_corpus_once(tmp_path):
-    """Two copies of scripts/device/ladder_check.sh started together (other configs): one tokenises the
+    """Two copies of scripts/offline_gpu/ladder_check.sh started together (other configs): one tokenises the
     corpus, the other waits on the lock and finds it done, instead of both writing data/mini_corpus at once."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from conftest import run_device_script
+    from conftest import run_offline_gpu_script
 
     (tmp_path / "assets/Qwen3-0.6B").mkdir(parents=True)
     (tmp_path / "assets/Qwen3-0.6B/tokenizer.json").write_text("{}")
@@ -240,7 +240,7 @@ def test_two_ladder_scripts_side_by_side_tokenise_the_corpus_once(tmp_path):
                                   'case "$1" in *prepare_data.py) sleep 1; mkdir -p data/mini_corpus; '
                                   'echo {} > data/mini_corpus/manifest.json;; esac\n')}
     with ThreadPoolExecutor(2) as pool:
-        outs = list(pool.map(lambda c: run_device_script("ladder_check.sh", cwd=tmp_path, CONFIGS=f"configs/mini/{c}.toml",
+        outs = list(pool.map(lambda c: run_offline_gpu_script("ladder_check.sh", cwd=tmp_path, CONFIGS=f"configs/mini/{c}.toml",
                                                          LADDER_TMP=str(tmp_path / c), **env), "ab"))
     assert all(out.returncode == 0 for out in outs), [out.stderr for out in outs]
     calls = (tmp_path / "calls.txt").read_text().splitlines()

@@ -466,9 +466,9 @@ def test_estimate_prices_pending_runs_from_the_recorded_seconds(tmp_path):
 def test_the_mad_script_refuses_a_results_file_that_is_not_there(tmp_path):
     """mad_check.sh resumes from MAD_RESULTS; a path that is set but missing (mistyped, say) must stop it, not
     start the protocol over from an empty file."""
-    from conftest import run_device_script
+    from conftest import run_offline_gpu_script
 
-    proc = run_device_script("mad_check.sh", OUT=str(tmp_path / "out"), MAD_RESULTS=str(tmp_path / "missing.jsonl"))
+    proc = run_offline_gpu_script("mad_check.sh", OUT=str(tmp_path / "out"), MAD_RESULTS=str(tmp_path / "missing.jsonl"))
     assert proc.returncode == 2
     assert f"MAD_RESULTS={tmp_path / 'missing.jsonl'} does not exist" in proc.stderr
     assert not (tmp_path / "missing.jsonl").exists()
@@ -477,7 +477,7 @@ def test_the_mad_script_refuses_a_results_file_that_is_not_there(tmp_path):
 def test_the_mad_script_resumes_from_its_results_file(tmp_path):
     """mad_check.sh run again continues the results file: new runs are appended, recorded ones are not rerun;
     without MAD_RESULTS the results go to $OUT/mad_protocol.jsonl."""
-    from conftest import run_device_script
+    from conftest import run_offline_gpu_script
 
     results, out = tmp_path / "results.jsonl", tmp_path / "out"
     results.write_text("")
@@ -485,14 +485,14 @@ def test_the_mad_script_resumes_from_its_results_file(tmp_path):
     piece = ("--attention softmax --tasks memorization --baseline-only --epochs 1 --wds 0 --max-train-examples 16 "
              "--device cpu --lrs ")
     for lr in ("1e-3", "5e-4", "1e-3"):
-        proc = run_device_script("mad_check.sh", MAD_ARGS=piece + lr, **env)
+        proc = run_offline_gpu_script("mad_check.sh", MAD_ARGS=piece + lr, **env)
         assert proc.returncode == 0, proc.stdout + proc.stderr
     assert sorted(json.loads(line)["lr"] for line in results.read_text().splitlines()) == [5e-4, 1e-3]
     assert "| softmax | adamw |" in proc.stdout
     assert (out / "mad_protocol.log").read_text().count("== MAD: MAD_ARGS=") == 3
 
     del env["MAD_RESULTS"]
-    proc = run_device_script("mad_check.sh", MAD_ARGS=piece + "1e-3", **env)
+    proc = run_offline_gpu_script("mad_check.sh", MAD_ARGS=piece + "1e-3", **env)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert len((out / "mad_protocol.jsonl").read_text().splitlines()) == 1
 

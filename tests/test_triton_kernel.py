@@ -179,7 +179,7 @@ def test_cpu_tensors_without_interpreter_are_refused(monkeypatch, backend):
 )
 @pytest.mark.parametrize("backend", ["triton", "triton_atomic"])
 def test_kernel_full_size_on_gpu(rng, shape, dtype, causal, docs, backend):
-    """Full size. With PARALLAX_TRITON_AUTOTUNE=1 (scripts/device/attention_check.sh sets it; conftest's
+    """Full size. With PARALLAX_TRITON_AUTOTUNE=1 (scripts/offline_gpu/attention_check.sh sets it; conftest's
     default is 0) autotuning runs too, and for triton_atomic its trials must leave no atomics in dQ, dR."""
     check_against_float64(rng, *shape, dtype, causal, with_docs=docs, backend=backend)
 
@@ -263,11 +263,11 @@ def test_bench_reference_kernel_loads_beside_this_one(rng, tmp_path):
 
 
 def test_the_gpu_check_script_refuses_a_reference_kernel_that_is_not_there(tmp_path):
-    """scripts/device/attention_check.sh REFERENCE=FILE: a file that did not travel to the GPU host must stop
+    """scripts/offline_gpu/attention_check.sh REFERENCE=FILE: a file that did not travel to the GPU host must stop
     the call before its tests and benchmark run, not give a benchmark without the A/B it was run for."""
-    from conftest import run_device_script
+    from conftest import run_offline_gpu_script
 
-    proc = run_device_script("attention_check.sh", OUT=str(tmp_path / "out"), REFERENCE=str(tmp_path / "missing.py"))
+    proc = run_offline_gpu_script("attention_check.sh", OUT=str(tmp_path / "out"), REFERENCE=str(tmp_path / "missing.py"))
     assert proc.returncode == 2
     assert f"REFERENCE={tmp_path / 'missing.py'} does not exist" in proc.stderr
     assert not list((tmp_path / "out").glob("*.log")), "tests or benchmark ran"
@@ -278,10 +278,10 @@ def test_attention_check_runs_the_tests_it_is_told_to(tmp_path):
     them (to finish what a time limit cut): here one small test runs and no full-size one."""
     import re
 
-    from conftest import run_device_script
+    from conftest import run_offline_gpu_script
 
     out = tmp_path / "out"
-    proc = run_device_script("attention_check.sh", OUT=str(out), BENCH="0",
+    proc = run_offline_gpu_script("attention_check.sh", OUT=str(out), BENCH="0",
                              SMALL_K="fused_row_dot_products_match_torch", FULL_K="no_test_has_this_name")
     assert proc.returncode == 0, proc.stderr
     small = (out / "gpu_tests_attention_small.log").read_text()
@@ -290,10 +290,10 @@ def test_attention_check_runs_the_tests_it_is_told_to(tmp_path):
     assert re.search(r"\b\d+ deselected", full) and "passed" not in full.lower()
 
     (out / "gpu_tests_attention_fullsize.log").unlink()
-    proc = run_device_script("attention_check.sh", OUT=str(out), BENCH="0", TESTS="small",
+    proc = run_offline_gpu_script("attention_check.sh", OUT=str(out), BENCH="0", TESTS="small",
                              SMALL_K="fused_row_dot_products_match_torch")
     assert proc.returncode == 0 and not (out / "gpu_tests_attention_fullsize.log").exists(), proc.stdout
-    proc = run_device_script("attention_check.sh", OUT=str(out), TESTS="some")
+    proc = run_offline_gpu_script("attention_check.sh", OUT=str(out), TESTS="some")
     assert proc.returncode == 2 and "TESTS=some is not one of 0, 1, small, full" in proc.stderr
 
 

@@ -7,7 +7,7 @@ would not either; a per-member loop would undo what the batching is for.
 
 Softmax attention (the Transformer baseline) gets the same treatment through `folded_sdpa`: SDPA has
 vmap rules of its own, but on an H200 (torch 2.11) the one for the cuDNN backend gave wrong gradients,
-and the batched softmax sweep non-finite losses (scripts/device/vmap_sdpa_check.py compares the two
+and the batched softmax sweep non-finite losses (scripts/offline_gpu/vmap_sdpa_check.py compares the two
 per SDPA backend; docs/results.md has the numbers).
 """
 

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Decode on the GPU: the decode tests on CUDA (Triton and CuTe kernels), then the decode benchmark.
-# Logs go to $OUT. The device hosts have no nvidia-cutlass-dsl, so the CuTe kernel comes as cubins
-# built on the CPU machine and carried in .kernels/ (git-ignored):
-#   python scripts/build_kernels.py --out .kernels      # then run this with carry [".whl", ".kernels"]
+# Logs go to $OUT. A host without nvidia-cutlass-dsl runs the CuTe kernel from cubins built
+# elsewhere (no GPU needed) and copied with the checkout in .kernels/ (git-ignored):
+#   python scripts/build_kernels.py --out .kernels      # then run this with .whl/ and .kernels/ copied
 set -uo pipefail
 out=${OUT:-./outputs/decode_check}
 mkdir -p "$out"

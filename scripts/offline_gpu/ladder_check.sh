@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
-# The mini ladder on one offline GPU (issue 9): tokenise the carried mini corpus text once, then train the
+# The mini ladder on one offline GPU: tokenise the copied mini corpus text once, then train the
 # named configs side by side (one scripts/ablate.py per config: train, held-out perplexity), and pack each
 # run's metrics.jsonl, perplexity.json and log into $OUT/ladder.tgz.
 #
-#   carried: .ladder/mini_text (scripts/build_mini_corpus.py output) and .ladder/Qwen3-0.6B (tokenizer.json.xz
+#   copied with the checkout: .ladder/mini_text (scripts/build_mini_corpus.py output) and .ladder/Qwen3-0.6B (tokenizer.json.xz
 #   and tokenizer_config.json from scripts/download_assets.py --from-package)
-#   CONFIGS="configs/mini/a.toml configs/mini/b.toml ..." LADDER_TIMEOUT=480 bash scripts/device/ladder_check.sh
+#   CONFIGS="configs/mini/a.toml configs/mini/b.toml ..." LADDER_TIMEOUT=480 bash scripts/offline_gpu/ladder_check.sh
 # SWEEP="optimizer.lr=1e-3,1e-2" trains each config at each value instead, all side by side, each run in
 # <dump_folder>/optimizer.lr=<value> (scripts/ablate.py --sweep with one value a process), packed the same way:
 #   tar xzf ladder.tgz -C docs/runs/<date>; python scripts/plot_sweep.py docs/runs/<date>/*/optimizer.lr=* --out ...

@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # The CuTe DSL attention forward (backend "cute") on a Hopper GPU: its GPU tests, one decode-kernel test
-# (the shared cubin launcher), then the attention benchmark. Logs go to $OUT. The device has no
-# nvidia-cutlass-dsl: build the artefacts here first and carry them, e.g.
+# (the shared cubin launcher), then the attention benchmark. Logs go to $OUT. A host without
+# nvidia-cutlass-dsl needs the artefacts built elsewhere (no GPU needed) and copied with the checkout, e.g.
 #   python scripts/build_kernels.py --attention --out .kernels
 #   python scripts/build_kernels.py --out .kernels --dtype bfloat16 --head-dim 128 --group 2 --block-n 32 --cluster 0
-#   bash scripts/device/cute_attention_check.sh          # carry [".kernels"]
+#   bash scripts/offline_gpu/cute_attention_check.sh          # with .kernels/
 # TESTS=0 / BENCH=0 leave a part out; SHAPES and PEERS choose the benchmark's shapes and peers.
 set -uo pipefail
 out=${OUT:-./outputs/cute_attention_check}
@@ -12,7 +12,7 @@ mkdir -p "$out"
 export PYTHONPATH="$PWD/kernels:$PWD${PYTHONPATH:+:$PYTHONPATH}"
 export PARALLAX_KERNEL_DIR=${PARALLAX_KERNEL_DIR:-$PWD/.kernels}
 if ! ls "$PARALLAX_KERNEL_DIR"/parallax_attn_fwd_*.cubin > /dev/null 2>&1; then
-  echo "cute_attention_check.sh: no attention artefacts in $PARALLAX_KERNEL_DIR (built and carried?)" >&2
+  echo "cute_attention_check.sh: no attention artefacts in $PARALLAX_KERNEL_DIR (built and copied?)" >&2
   exit 2
 fi
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm --format=csv | tee "$out/device.txt"

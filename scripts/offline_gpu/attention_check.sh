@@ -2,20 +2,19 @@
 # The fused attention kernel on the GPU: its tests on CUDA (every backend, the full-size ones included, so
 # autotuning runs), then the attention benchmark. Logs go to $OUT.
 # REFERENCE=FILE also times another version of kernels/parallax_kernels/parallax/triton_fused.py in the same run (an A/B of a
-# kernel change); the device has no git, so make the file here and carry its folder, e.g.
+# kernel change); an offline host may have no git, so make the file where there is one and copy its folder, e.g.
 #   mkdir -p .kernels && git show REF:kernels/parallax_kernels/parallax/triton_fused.py > .kernels/reference_triton_parallax.py
-#   REFERENCE=.kernels/reference_triton_parallax.py bash scripts/device/attention_check.sh   # carry [".whl", ".kernels"]
+#   REFERENCE=.kernels/reference_triton_parallax.py bash scripts/offline_gpu/attention_check.sh   # with .whl/, .kernels/
 set -uo pipefail
 out=${OUT:-./outputs/attention_check}
 mkdir -p "$out"
 if [ -n "${REFERENCE:-}" ] && [ ! -f "$REFERENCE" ]; then
-  echo "attention_check.sh: REFERENCE=$REFERENCE does not exist (not carried?)" >&2
+  echo "attention_check.sh: REFERENCE=$REFERENCE does not exist (not copied to this host?)" >&2
   exit 2
 fi
-# TESTS=0 or BENCH=0 leave a part out (a call's 600 s may not hold both after a kernel change: every
-# autotuning candidate compiles anew); TESTS=small or TESTS=full run one of the two test parts
-# SMALL_K / FULL_K: a pytest -k expression for either part, to finish in a second call what a first one's time
-# limit cut (e.g. FULL_K=triton_atomic)
+# TESTS=0 or BENCH=0 leave a part out (after a kernel change both take long: every autotuning candidate
+# compiles anew); TESTS=small or TESTS=full run one of the two test parts
+# SMALL_K / FULL_K: a pytest -k expression for either part, to rerun some of its tests (e.g. FULL_K=triton_atomic)
 tests=${TESTS:-1}
 case $tests in 0|1|small|full) ;; *) echo "attention_check.sh: TESTS=$tests is not one of 0, 1, small, full" >&2; exit 2;; esac
 # one test part: its title, log name, autotune (0/1), time limit, pytest -m marker and -k expression (may be empty).

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# On a 2-GPU host (issue 8), the multi-GPU proofs the CPU tests make with gloo, on GPUs with NCCL. Logs go to
+# On a 2-GPU host, the multi-GPU proofs the CPU tests make with gloo, on GPUs with NCCL. Logs go to
 # $OUT (or ./outputs/two_gpu_check). RUNS picks some of: optimizer fsdp_0.6B fsdp_1.7B bench_1.7B two_nodes
 # killed_rank (default: all). Embedded corpus and tokenizer (offline host).
 set -uo pipefail
@@ -30,7 +30,7 @@ for size in 0.6B 1.7B; do  # the Parallax config sharded over both GPUs (tied em
     > "$out/train_${size}_parallax_fsdp2.log" 2>&1
   echo "== $size parallax, FSDP over 2 GPUs (rc=$?)"; keylines "$out/train_${size}_parallax_fsdp2.log"
 done
-if want bench_1.7B; then  # issue 8's table at 1.7B, 2 GPUs
+if want bench_1.7B; then  # the training benchmark at 1.7B, 2 GPUs
   timeout 480 python scripts/bench_train.py --size 1.7B --optimizer muon --nproc 2 --steps 8 --warmup 3 \
     --out /tmp/bench_1.7B --json "$out/bench_train_1.7B.json" -- "${data[@]}" --training.global_batch_size 16 \
     --metrics.disable_color_printing 2>&1 | tee "$out/bench_train_1.7B.log" | tail -7

@@ -6,7 +6,7 @@ on an H200 while the Parallax model, whose ops fold the vmapped dim into the bat
 (6 members x batch 128, 16 heads of 8, sequence 128, causal, bf16), vmap over SDPA against a loop over
 the members, per SDPA backend, and the same for the folding rule of kernels/parallax_kernels/batching.py.
 
-    python3 scripts/device/vmap_sdpa_check.py
+    python3 scripts/offline_gpu/vmap_sdpa_check.py
 """
 
 from __future__ import annotations

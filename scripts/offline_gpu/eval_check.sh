@@ -8,7 +8,7 @@ timeout ${MAD_TIMEOUT:-330} python3 -m eval.mad.run --attention softmax parallax
   --epochs ${MAD_EPOCHS:-20} --lrs 1e-3 --wds 0 --device cuda --backend torch --out "$out/mad_quick.jsonl" \
   > "$out/mad_quick.log" 2>&1
 echo "== MAD quick (rc=$?)"; tail -12 "$out/mad_quick.log"
-OUT=$out RUNS="parallax_muon_triton_compile" EXTRA="--diagnostics.interval 4" bash scripts/device/train_check.sh
+OUT=$out RUNS="parallax_muon_triton_compile" EXTRA="--diagnostics.interval 4" bash scripts/offline_gpu/train_check.sh
 cp /tmp/parallax_muon_triton_compile/metrics.jsonl "$out/diagnostics_metrics.jsonl" 2>/dev/null
 python3 - "$out/diagnostics_metrics.jsonl" <<'PY'
 import json, sys

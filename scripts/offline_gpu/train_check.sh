@@ -19,5 +19,5 @@ run() {  # name config steps [overrides...]
 run parallax_muon_torch configs/0.6B_parallax_muon.toml 3 --parallax.attention_backend torch --compile.no-enable
 run parallax_muon_triton_compile configs/0.6B_parallax_muon.toml 12 --parallax.attention_backend triton --compile.enable
 run transformer_muon_compile configs/0.6B_transformer_muon.toml 12 --compile.enable
-# issue 4's reference: the optimizer against a step at a larger local batch (LOCAL_BATCH=8)
+# the AdamW reference for the optimizer's cost (LOCAL_BATCH=8: the same step at a larger local batch)
 run parallax_adamw_triton_compile configs/0.6B_parallax_adamw.toml 12 --parallax.attention_backend triton --compile.enable
