@@ -35,6 +35,7 @@ from triton.testing import do_bench
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # eval/ (for --mad-sweep) is not installed
 
 from parallax_titan.job_config import Optimizer as OptimizerExtra
+from parallax_titan.model.attention import attention_names
 from parallax_titan.model.flavors import FLAVORS
 from parallax_titan.model.model import ParallaxQwen3Model
 from parallax_titan.optim.builder import MuonAdamWContainer
@@ -120,7 +121,7 @@ def main() -> None:
     ap.add_argument("--fsdp", action="store_true")
     ap.add_argument("--mad-sweep", action="store_true")
     ap.add_argument("--mad-setting", default="in-context-recall[baseline]")
-    ap.add_argument("--mad-attention", default="parallax", choices=["softmax", "parallax"])
+    ap.add_argument("--mad-attention", default="parallax", choices=attention_names())
     ap.add_argument("--mad-examples", type=int, default=None, help="the setting's train and test sets at this size")
     args = ap.parse_args()
     if args.fsdp:
