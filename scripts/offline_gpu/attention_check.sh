@@ -29,7 +29,7 @@ test_part() {
   grep -E "(passed|failed|Error).* in [0-9.]+s|FAILED|Error" "$log" | tail -8
 }
 # the small cases with each kernel's first tile config (tests/conftest.py's default; compiling every candidate for
-# each of their many shapes and dtypes took the 2026-11-23 run past its time limit)
+# each of their many shapes and dtypes takes far longer than the tests)
 if [ "$tests" = 1 ] || [ "$tests" = small ]; then
   test_part "small, first config" small 0 "${TEST_TIMEOUT:-240}" "not gpu" "${SMALL_K:-}"
 fi

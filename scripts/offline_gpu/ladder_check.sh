@@ -68,8 +68,8 @@ for run in "${runs[@]}"; do
   cp "$dump/metrics.jsonl" "$dump/perplexity.json" "$dump/train.log" "$packed/" 2>/dev/null
   cp "$tmp/$name.ablate.log" "$packed/ablate.log"
 done
-# the corpus the runs saw: Debian's point releases change the packages, so a rebuild can differ (validation
-# 1,136 documents on 2026-11-23, 1,134 on 2026-12-03); PROVENANCE.json names each .deb
+# the corpus the runs saw: Debian's point releases change the packages, so a rebuild can differ (by a few
+# validation documents); PROVENANCE.json names each .deb
 mkdir -p "$tmp/ladder"
 cp .ladder/mini_text/PROVENANCE.json "$tmp/ladder/mini_text_PROVENANCE.json" || echo "no corpus provenance to pack"
 nvidia-smi --query-gpu=name,memory.used --format=csv,noheader
