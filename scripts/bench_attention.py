@@ -3,6 +3,7 @@
     python scripts/bench_attention.py [--shapes 8,16,2048,128 4,16,4096,128 ...] [--kv-ratio 2] [--json out.json]
         [--reference-kernel FILE]      # e.g. FILE from `git show REF:kernels/parallax_kernels/parallax/triton_fused.py`
         [--peers parallax-cute parallax-triton sdpa-cudnn ...]   # time only these (default: every peer available)
+        [--cute-variants s2 s3 s2np ...]   # also time these CuTe forward variants (K/V stages, np: no turns)
 
 Peers, each in its native layout, causal, bf16, GQA with Hkv = H / kv-ratio:
   parallax-triton  this repo's fused kernel (backend="triton")
@@ -148,6 +149,8 @@ def main() -> None:
                     help="time the eager torch backend only where B*N is at most this")
     ap.add_argument("--json", default=None)
     ap.add_argument("--peers", nargs="+", default=None, help="time only these peers (names as in the table)")
+    ap.add_argument("--cute-variants", nargs="+", default=[],
+                    help="forward-only timings of CuTe kernel variants: s<stages>[np] (np: no warpgroup turns)")
     ap.add_argument("--reference-kernel", default=None, help="another kernels/parallax_kernels/parallax/triton_fused.py to time beside this one")
     args = ap.parse_args()
     reference = load_reference_kernel(args.reference_kernel) if args.reference_kernel else None
@@ -185,12 +188,32 @@ def main() -> None:
             result["peers"][name] = dict(fwd_ms=fwd, fwd_bwd_ms=both, fwd_tflops=f_fwd / fwd / 1e9,
                                          fwd_bwd_tflops=f_both / both / 1e9, peak_mib=peak)
             del fn, inputs
+        if args.cute_variants:
+            result["cute_variants_fwd_ms"] = time_cute_variants(q, k, v, r, args.cute_variants)
         rows.append(result)
         torch.cuda.empty_cache()
         print_shape(result)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=2)
+
+
+def time_cute_variants(q, k, v, r, names) -> dict:
+    """Forward time (ms) of each named CuTe variant on the same inputs, skipping ones without an artefact."""
+    from parallax_kernels.parallax.cute_launch import _launch
+
+    times = {}
+    for name in names:
+        stages = int(name[1:].removesuffix("np"))
+        fields = dict(stages=stages, pingpong=not name.endswith("np"))
+        try:
+            _launch(q, k, v, r, True, q.shape[-1] ** -0.5, **fields)
+        except (RuntimeError, ValueError) as err:
+            print(f"cute variant {name} not timed: {err}")
+            continue
+        times[name] = do_bench(lambda: _launch(q, k, v, r, True, q.shape[-1] ** -0.5, **fields), warmup=10, rep=50,
+                               return_mode="median")
+    return times
 
 
 def print_shape(result) -> None:
@@ -203,6 +226,10 @@ def print_shape(result) -> None:
     for name, p in peers.items():
         print(f"| {name} | {p['fwd_ms']:.3f} | {p['fwd_tflops']:.0f} | {p['fwd_bwd_ms']:.3f} | "
               f"{p['fwd_bwd_tflops']:.0f} | {p['peak_mib']:.0f} |")
+    if result.get("cute_variants_fwd_ms"):
+        f_fwd = flops(b, h, n, d, "parallax")[0]
+        print("cute forward variants: " + ", ".join(
+            f"{name} {ms:.3f} ms ({f_fwd / ms / 1e9:.0f} TFLOP/s)" for name, ms in result["cute_variants_fwd_ms"].items()))
     for mine in ("parallax-cute", "parallax-triton", "parallax-triton-atomic"):
         if mine not in peers:
             continue

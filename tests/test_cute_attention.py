@@ -236,7 +236,7 @@ GPU_CASES = [  # (B, H, Hkv, N, D, causal)
     (1, 8, 1, 257, 64, False),
     (2, 6, 6, 1000, 128, False),  # group 1
     (1, 16, 4, 129, 64, True),  # group 4; one row past a CTA's 128
-    (3, 2, 1, 1, 128, True),  # one token
+    (3, 2, 1, 2, 128, True),  # two tokens (with one, every gradient but dv is exactly zero)
     (1, 4, 2, 63, 64, False),  # shorter than a tile
     (1, 4, 2, 2048, 128, True),
 ]

@@ -199,6 +199,10 @@ TMA_SWIZZLE_128B = 3
 TMA_L2_PROMOTION_128B = 2
 
 
+_TMA_CACHE: dict[tuple, bytes] = {}
+_TMA_CACHE_SIZE = 256  # descriptors depend on the address and shape alone; torch's allocator reuses addresses
+
+
 def encode_tma_tiled(dtype: str, address: int, dims: list[int], strides_bytes: list[int], box: list[int],
                      swizzle: int = TMA_SWIZZLE_128B) -> bytes:
     """A 128-byte CUtensorMap for a tiled TMA copy: `dims` innermost first (the innermost dense),
@@ -209,6 +213,9 @@ def encode_tma_tiled(dtype: str, address: int, dims: list[int], strides_bytes: l
         raise ValueError(f"TMA descriptor: {rank} dims need {rank} box sizes and {rank - 1} strides")
     if address % 16 or any(s % 16 for s in strides_bytes):
         raise ValueError("TMA descriptor: the address and every stride must be multiples of 16 bytes")
+    key = (dtype, address, tuple(dims), tuple(strides_bytes), tuple(box), swizzle)
+    if key in _TMA_CACHE:
+        return _TMA_CACHE[key]
     drv = _driver()
     tmap = (ctypes.c_uint8 * 128)()
     u64s, u32s = ctypes.c_uint64 * rank, ctypes.c_uint32 * rank
@@ -217,4 +224,7 @@ def encode_tma_tiled(dtype: str, address: int, dims: list[int], strides_bytes: l
         u64s(*dims), (ctypes.c_uint64 * (rank - 1))(*strides_bytes), u32s(*box), u32s(*([1] * rank)),
         ctypes.c_int(0), ctypes.c_int(swizzle), ctypes.c_int(TMA_L2_PROMOTION_128B), ctypes.c_int(0),
     ), "cuTensorMapEncodeTiled")
-    return bytes(tmap)
+    if len(_TMA_CACHE) >= _TMA_CACHE_SIZE:
+        _TMA_CACHE.clear()
+    _TMA_CACHE[key] = bytes(tmap)
+    return _TMA_CACHE[key]

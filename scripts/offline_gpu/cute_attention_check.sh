@@ -5,7 +5,8 @@
 #   python scripts/build_kernels.py --attention --out .kernels
 #   python scripts/build_kernels.py --out .kernels --dtype bfloat16 --head-dim 128 --group 2 --block-n 32 --cluster 0
 #   bash scripts/offline_gpu/cute_attention_check.sh          # with .kernels/
-# TESTS=0 / BENCH=0 leave a part out; SHAPES and PEERS choose the benchmark's shapes and peers.
+# TESTS=0 / BENCH=0 leave a part out; SHAPES and PEERS choose the benchmark's shapes and peers, CUTE_VARIANTS
+# (e.g. "s2 s3 s2np") adds forward timings of other CuTe variants (their artefacts built with --stages/--pingpong).
 set -uo pipefail
 out=${OUT:-./outputs/cute_attention_check}
 mkdir -p "$out"
@@ -18,7 +19,7 @@ fi
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm --format=csv | tee "$out/device.txt"
 python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)" | tee -a "$out/device.txt"
 if [ "${TESTS:-1}" = 1 ]; then
-  timeout --kill-after=10 "${TEST_TIMEOUT:-300}" python3 -m pytest -v -p no:cacheprovider -m gpu \
+  PARALLAX_TRITON_AUTOTUNE=0 timeout --kill-after=10 "${TEST_TIMEOUT:-300}" python3 -m pytest -v -p no:cacheprovider -m gpu \
     tests/test_cute_attention.py > "$out/gpu_tests_cute_attention.log" 2>&1
   echo "== cute attention GPU tests (rc=$?; $(grep -c ' PASSED' "$out/gpu_tests_cute_attention.log") passed," \
     "$(grep -c ' FAILED' "$out/gpu_tests_cute_attention.log") failed)"
@@ -31,6 +32,7 @@ if [ "${BENCH:-1}" = 1 ]; then
   shapes=${SHAPES:-"8,16,2048,128 4,16,4096,128 2,16,8192,128 1,16,16384,128 4,16,4096,64"}
   peers=${PEERS:-"parallax-cute parallax-triton sdpa-flash sdpa-cudnn"}
   timeout ${BENCH_TIMEOUT:-420} python3 scripts/bench_attention.py --shapes $shapes --peers $peers \
-    --torch-backend-max-tokens 0 --json "$out/bench_attention.json" > "$out/bench_attention.log" 2>&1
+    --torch-backend-max-tokens 0 ${CUTE_VARIANTS:+--cute-variants $CUTE_VARIANTS} \
+    --json "$out/bench_attention.json" > "$out/bench_attention.log" 2>&1
   echo "== bench_attention (rc=$?)"; grep -v Warning "$out/bench_attention.log" | tail -60
 fi

@@ -36,6 +36,7 @@ from parallax_kernels.parallax.cute_variant import CTA_ROWS, MMA_WARPGROUPS, NUM
 
 PRODUCER_REGS = 24
 CONSUMER_REGS = 240
+TURN_BARRIER = 1  # named barriers 1, 2: the consumer warpgroups' turns to issue S, T (0 is __syncthreads)
 
 
 def compile_variant(variant: AttentionVariant) -> tuple[bytes, str, str]:
@@ -251,14 +252,19 @@ class ParallaxAttentionForward:
         mid = cutlass.min(mid, wg_tiles)
 
         q_cons.wait()
+        if cutlass.const_expr(self.v.pingpong) and cw == 1:  # warpgroup 0 takes the first turn
+            cute.arch.barrier_arrive(barrier_id=TURN_BARRIER + 0, number_of_threads=256)
         for j in cutlass.range(mid, unroll=1):
             k_cons, v_cons, mma_qk, mma_pv = self._tile(j, False, mma_qk, mma_pv, t_rq, t_rr, t_rk, t_rv, acc_s, acc_t, acc_o1, acc_o2, state,
-                       coords, k_cons, v_cons, n, row0, scale_log2)
+                       coords, k_cons, v_cons, n, row0, scale_log2, cw, n_tiles)
         for j in cutlass.range(mid, wg_tiles, unroll=1):
             k_cons, v_cons, mma_qk, mma_pv = self._tile(j, True, mma_qk, mma_pv, t_rq, t_rr, t_rk, t_rv, acc_s, acc_t, acc_o1, acc_o2, state,
-                       coords, k_cons, v_cons, n, row0, scale_log2)
+                       coords, k_cons, v_cons, n, row0, scale_log2, cw, n_tiles)
         for j in cutlass.range(wg_tiles, n_tiles, unroll=1):
             hk = k_cons.wait_and_advance()
+            if cutlass.const_expr(self.v.pingpong):  # keep the turns paired
+                cute.arch.barrier(barrier_id=TURN_BARRIER + cw, number_of_threads=256)
+                self._pass_turn(cw, j, n_tiles)
             hk.release()
             hv = v_cons.wait_and_advance()
             hv.release()
@@ -290,9 +296,11 @@ class ParallaxAttentionForward:
     @cute.jit
     def _tile(self, j: Int32, masked: cutlass.Constexpr, mma_qk: cute.TiledMma, mma_pv: cute.TiledMma,
               t_rq, t_rr, t_rk, t_rv, acc_s, acc_t, acc_o1, acc_o2, state, coords, k_cons, v_cons,
-              n: Int32, row0: Int32, scale_log2: Float32):
+              n: Int32, row0: Int32, scale_log2: Float32, cw: Int32, n_tiles: Int32):
         """One key tile j for this warpgroup's 64 rows."""
         hk = k_cons.wait_and_advance()
+        if cutlass.const_expr(self.v.pingpong):  # this warpgroup's turn
+            cute.arch.barrier(barrier_id=TURN_BARRIER + cw, number_of_threads=256)
         warpgroup.fence()
         for kk in cutlass.range_constexpr(cute.size(t_rq, mode=[2])):
             mma_qk.set(warpgroup.Field.ACCUMULATE, kk != 0)
@@ -301,6 +309,8 @@ class ParallaxAttentionForward:
             mma_qk.set(warpgroup.Field.ACCUMULATE, kk != 0)
             cute.gemm(mma_qk, acc_t, t_rr[None, None, kk], t_rk[None, None, kk, hk.index], acc_t)
         warpgroup.commit_group()
+        if cutlass.const_expr(self.v.pingpong):
+            self._pass_turn(cw, j, n_tiles)
         warpgroup.wait_group(0)
         hk.release()
 
@@ -313,7 +323,7 @@ class ParallaxAttentionForward:
             row = row0 + coords[i, 0][0]
             row_max = -Float32.inf
             for c in cutlass.range_constexpr(n_cols):
-                v = s[i, c] * scale_log2
+                v = s[i, c]  # raw q.k: the scale (> 0) is applied once to the max and inside exp2
                 if cutlass.const_expr(masked):
                     col = j * self.bn + coords[i, c][1]
                     limit = n
@@ -323,7 +333,7 @@ class ParallaxAttentionForward:
                         v = -Float32.inf
                 s[i, c] = v
                 row_max = cute.arch.fmax(row_max, v)
-            row_max = self._quad(row_max, True)
+            row_max = self._quad(row_max, True) * scale_log2
             m_old = state[0, i]
             m_new = cute.arch.fmax(m_old, row_max)
             m_safe = m_new
@@ -333,7 +343,7 @@ class ParallaxAttentionForward:
             p_sum = Float32(0.0)
             pt_sum = Float32(0.0)
             for c in cutlass.range_constexpr(n_cols):
-                p = cute.math.exp2(s[i, c] - m_safe, fastmath=True)
+                p = cute.math.exp2(s[i, c] * scale_log2 - m_safe, fastmath=True)
                 s[i, c] = p
                 p_sum += p
                 pt_sum += p * t[i, c]
@@ -370,6 +380,16 @@ class ParallaxAttentionForward:
         return k_cons, v_cons, mma_qk, mma_pv
 
     # ---- pieces ---------------------------------------------------------------------------------
+    @cute.jit
+    def _pass_turn(self, cw: Int32, j: Int32, n_tiles: Int32):
+        """Let the other consumer warpgroup issue its S, T wgmmas for tile j: the two alternate, so one's
+        softmax runs while the tensor cores work on the other's tiles (warpgroup 1 skips its last hand-over,
+        which warpgroup 0 would never take)."""
+        if cw == 0:
+            cute.arch.barrier_arrive(barrier_id=TURN_BARRIER + 1, number_of_threads=256)
+        elif j + 1 < n_tiles:
+            cute.arch.barrier_arrive(barrier_id=TURN_BARRIER + 0, number_of_threads=256)
+
     @cute.jit
     def _quad(self, val: Float32, is_max: cutlass.Constexpr) -> Float32:
         """Reduce over the 4 lanes that share an accumulator row."""

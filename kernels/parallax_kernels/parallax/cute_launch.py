@@ -119,11 +119,13 @@ def unavailable_reason(x: torch.Tensor) -> str | None:
     return None
 
 
-def _launch(q, k, v, r, causal: bool, scale: float, artefact_dir: Path | None = None):
+def _launch(q, k, v, r, causal: bool, scale: float, artefact_dir: Path | None = None, **variant_fields):
+    """Launch the forward (q, k, v, r contiguous, 16-byte aligned); `variant_fields` (block_n, stages,
+    pingpong) override the default variant's, for benchmarks."""
     b, h, n, d = q.shape
     hkv = k.shape[1]
     dtype = str(q.dtype).removeprefix("torch.")
-    variant = AttentionVariant(dtype=dtype, head_dim=d, causal=causal)
+    variant = AttentionVariant(dtype=dtype, head_dim=d, causal=causal, **variant_fields)
     variant.check()
     kernel = load_attention_kernel(variant, artefact_dir)
     o = torch.empty(q.shape, dtype=q.dtype, device=q.device)

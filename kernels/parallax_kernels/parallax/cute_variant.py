@@ -26,6 +26,9 @@ class AttentionVariant:
     causal: bool
     block_n: int = 0  # keys per tile; 0: DEFAULT_BLOCK_N[head_dim]
     stages: int = 2  # K/V shared-memory stages (each: one K tile and one V tile)
+    # the two consumer warpgroups take turns issuing their S, T wgmmas (named barriers), so that one's
+    # softmax overlaps the other's matrix work; False: each issues as soon as its K tile is in
+    pingpong: bool = True
 
     def check(self) -> None:
         if self.dtype not in DTYPES:
@@ -44,7 +47,8 @@ class AttentionVariant:
     @property
     def name(self) -> str:
         mask = "causal" if self.causal else "full"
-        return f"parallax_attn_fwd_{self.dtype}_d{self.head_dim}_{mask}_n{self.bn}_s{self.stages}"
+        turns = "" if self.pingpong else "_np"
+        return f"parallax_attn_fwd_{self.dtype}_d{self.head_dim}_{mask}_n{self.bn}_s{self.stages}{turns}"
 
     @property
     def num_threads(self) -> int:
