@@ -201,9 +201,13 @@ class ParallaxTrainer(Trainer):
         try:
             checkpoint_manifest.verify(checkpoint_id)
         except checkpoint_manifest.CheckpointCorruptError as err:
-            hint = ("" if not ours or self._resume_from_newest_valid() else
-                    " Remove this step to resume from an older one, or set [faults] resume_from_newest_valid = "
-                    "true (--faults.resume_from_newest_valid) to resume from the newest step that verifies.")
+            if not ours:
+                hint = ""
+            elif self.job_config.checkpoint.load_step > 0:
+                hint = " Choose another [checkpoint] load_step."
+            else:
+                hint = (" Remove this step to resume from an older one, or set [faults] resume_from_newest_valid = "
+                        "true (--faults.resume_from_newest_valid) to resume from the newest step that verifies.")
             raise checkpoint_manifest.CheckpointCorruptError(f"{err}.{hint}") from None
         if ours and step is not None:
             self._verified_steps.add(step)
