@@ -1,12 +1,13 @@
 """`python -m parallax_titan.train --job.config_file configs/X.toml [--section.key value ...]`
 
-A thin wrapper over torchtitan's own entry point (`torchrun ... -m torchtitan.train` works as well
-on GPUs). What it adds:
+A thin wrapper over torchtitan's own entry point (`torchrun ... -m torchtitan.train` trains as well on
+GPUs, but with torchtitan's Trainer: no checkpoint checksums, non-finite guard or diagnostics probe, and
+its checkpoints count as incomplete here). What it adds:
 - on a machine without CUDA it installs parallax_titan.cpu_shim first, so the Trainer runs on CPU
   with gloo (the shim must precede any torchtitan import, which is why this wrapper exists);
 - started without torchrun, it fills in the single-process rendezvous variables;
 - it registers this repo's TrainSpec and datasets even if the TOML forgot `custom_import`;
-- it runs parallax_titan.trainer.ParallaxTrainer, which feeds the activation diagnostics a probe;
+- it runs parallax_titan.trainer.ParallaxTrainer (diagnostics probe, non-finite guard, checkpoint checksums);
 - `--section.key true|false` works for bool keys (tyro itself takes `--section.key` / `--section.no-key`);
 - it silences what means nothing to the user, each at its source and by its exact message: torchdata's
   `set_vital` deprecation warning; on CPU also the autocast warning for float32 (autocast is off there
