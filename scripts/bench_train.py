@@ -36,7 +36,7 @@ def summarise(metrics_file: Path, warmup: int) -> dict[str, float]:
     return {
         "steps": len(steps),
         "tokens_per_s": median("throughput(tps)"),
-        "mfu": median("mfu(%)"),
+        "mfu": median("mfu(%)") if all("mfu(%)" in r for r in steps) else None,  # None: peak unknown (CPU)
         "step_time": median("time_metrics/end_to_end(s)"),
         "memory_gib": max(r["memory/max_reserved(GiB)"] for r in steps),
         "loss": steps[-1]["loss_metrics/global_avg_loss"],
@@ -59,7 +59,8 @@ def table(results: dict[str, dict[str, float]], baseline: str) -> str:
              "|---|---:|---:|---:|---:|---:|"]
     for name, r in results.items():
         ratio = f"{r['step_time'] / base['step_time']:.2f}x" if base else "-"
-        lines.append(f"| {name} | {r['tokens_per_s']:,.0f} | {r['mfu']:.1f}% | {r['step_time']:.3f} s | {ratio} | "
+        mfu = "n/a" if r["mfu"] is None else f"{r['mfu']:.1f}%"
+        lines.append(f"| {name} | {r['tokens_per_s']:,.0f} | {mfu} | {r['step_time']:.3f} s | {ratio} | "
                      f"{r['memory_gib']:.1f} GiB |")
     return "\n".join(lines)
 
