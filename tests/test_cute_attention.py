@@ -192,6 +192,20 @@ def test_unavailable_reasons_name_the_cause(tmp_path, monkeypatch):
     assert "this GPU is sm_100" in unavailable_reason(fake)
 
 
+def test_backend_is_registered_and_off_hopper_is_an_error_not_a_fallback():
+    from parallax_kernels.parallax import BACKENDS
+    from parallax_titan.model.args import ParallaxModelArgs
+    from parallax_titan.ops import parallax_attention
+
+    assert "cute" in BACKENDS
+    ParallaxModelArgs(attention_backend="cute")  # the config key accepts it
+    if HOPPER:
+        pytest.skip("this machine has a Hopper GPU")
+    q = torch.randn(1, 2, 8, 64)
+    with pytest.raises(RuntimeError, match="backend 'cute' is unavailable: .*Hopper"):
+        parallax_attention(q, q, q, q, backend="cute")
+
+
 def test_documents_are_refused_not_ignored():
     q = torch.zeros(1, 2, 8, 64)
     with pytest.raises(NotImplementedError, match="packed documents.*use backend='triton'"):
@@ -249,8 +263,13 @@ GPU_CASES = [  # (B, H, Hkv, N, D, causal)
 def test_matches_float64_and_is_no_worse_than_triton(case, dtype):
     """o and dq, dk, dv, dr against float64; each error at most the Triton kernel's on the same inputs
     (plus a little: two bf16 roundings of the same exact value differ run to run) and within its bound."""
+    from parallax_titan.ops import parallax_attention
+
+    def cute_fn(*args, causal, scale):  # through the public API
+        return parallax_attention(*args, causal=causal, scale=scale, backend="cute")
+
     b, h, hkv, n, d, causal = case
-    ours = errors_against_float64(parallax_attention_cute, b, h, hkv, n, d, dtype, causal)
+    ours = errors_against_float64(cute_fn, b, h, hkv, n, d, dtype, causal)
     theirs = errors_against_float64(triton_fn, b, h, hkv, n, d, dtype, causal)
     bound = {torch.bfloat16: 1e-2, torch.float16: 5e-3}[dtype]
     assert all(e < bound for e in ours.values()), f"{ours} (bound {bound})"

@@ -38,12 +38,28 @@ def _triton_unavailable(x: torch.Tensor) -> str | None:
     return unavailable_reason(x)
 
 
+def _cute_fn(*args, **kwargs):
+    from parallax_kernels.parallax.cute_launch import parallax_attention_cute
+
+    return parallax_attention_cute(*args, **kwargs)
+
+
+def _cute_unavailable(x: torch.Tensor) -> str | None:
+    try:
+        from parallax_kernels.parallax.cute_launch import unavailable_reason
+    except ImportError as err:
+        return f"cannot import the CuTe attention launcher ({err})"
+    return unavailable_reason(x)
+
+
 BACKENDS: dict[str, Backend] = {
     "torch": Backend(parallax_attention_torch, always_available),
     "triton": Backend(_triton_fn, _triton_unavailable),
     # the same kernels with a one-kernel backward: dQ, dR through fp32 atomics, not bitwise reproducible
     # (triton_fused.py); whether it is faster is measured in docs/benchmarks.md
     "triton_atomic": Backend(_triton_atomic_fn, _triton_unavailable),
+    # the CuTe DSL Hopper forward (sm_90a, prebuilt cubins) with the Triton backward (cute_launch.py)
+    "cute": Backend(_cute_fn, _cute_unavailable),
 }
 
 
