@@ -43,10 +43,13 @@ def main(argv: list[str] | None = None) -> None:
                         "--persistent are the decode kernel's)")
     p.add_argument("--causal", type=int, nargs="+", default=[1, 0], choices=[0, 1],
                    help="attention masks to build: 1 causal, 0 full (with --attention)")
-    p.add_argument("--stages", type=int, nargs="+", default=[2], help="K/V stages (with --attention)")
+    p.add_argument("--stages", type=int, nargs="+", default=[3], help="K/V stages (with --attention)")
     p.add_argument("--pingpong", type=int, nargs="+", default=[1], choices=[0, 1],
                    help="1: the consumer warpgroups take turns issuing S, T (the default); 0: they do not "
                         "(with --attention, for benchmarks)")
+    p.add_argument("--lazy-rescale", type=int, nargs="+", default=[1], choices=[0, 1],
+                   help="1: rows whose max did not move skip the output rescale (the default); 0: every row is "
+                        "rescaled every tile (with --attention, for benchmarks)")
     p.add_argument("--persistent", action="store_true",
                    help="also build the persistent-grid variant of each ticket-merge kernel (opt-in: "
                         "parallax_decode_cute(..., persistent=True))")
@@ -79,9 +82,10 @@ def build_attention(args, dsl: str) -> None:
     from parallax_kernels.parallax.cute_launch import write_artefact
     from parallax_kernels.parallax.cute_variant import AttentionVariant
 
-    for dtype, head_dim, causal, stages, pingpong in itertools.product(
-            args.dtype, args.head_dim, args.causal, args.stages, args.pingpong):
-        variant = AttentionVariant(dtype, head_dim, bool(causal), stages=stages, pingpong=bool(pingpong))
+    for dtype, head_dim, causal, stages, pingpong, lazy in itertools.product(
+            args.dtype, args.head_dim, args.causal, args.stages, args.pingpong, args.lazy_rescale):
+        variant = AttentionVariant(dtype, head_dim, bool(causal), stages=stages, pingpong=bool(pingpong),
+                                   lazy_rescale=bool(lazy))
         variant.check()
         start = time.time()
         cubin, ptx, name = compile_variant(variant)

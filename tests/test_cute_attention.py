@@ -296,6 +296,24 @@ def test_saved_statistics_match_the_triton_forward(causal):
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not HOPPER, reason="needs a Hopper GPU (sm_90)")
+@pytest.mark.parametrize("fields", [dict(stages=2), dict(pingpong=False), dict(lazy_rescale=False)],
+                         ids=["stages2", "no_turns", "eager_rescale"])
+def test_benchmarked_variants_match_the_triton_forward(fields):
+    """The other variants scripts/bench_attention.py --cute-variants times (bf16, head_dim 128, causal)."""
+    from parallax_kernels.parallax.cute_launch import _launch
+    from parallax_kernels.parallax.triton_fused import attention_fwd
+
+    g = torch.Generator().manual_seed(3)
+    b, h, hkv, n, d = 2, 4, 2, 700, 128
+    q, k, v, r = (torch.randn(b, x, n, d, generator=g).to(torch.bfloat16).cuda() for x in (h, hkv, hkv, h))
+    ours = _launch(q, k, v, r, True, d**-0.5, **fields)
+    theirs = attention_fwd(q, k, v, r, True, d**-0.5, None, False)
+    for name, x, y in zip(("o", "a", "lse", "tbar"), ours, theirs):
+        assert relative_error(x, y.double()) < 1e-2, (name, relative_error(x, y.double()))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not HOPPER, reason="needs a Hopper GPU (sm_90)")
 def test_under_torch_compile():
     g = torch.Generator().manual_seed(2)
     q, k, v, r = (torch.randn(1, 4, 200, 64, generator=g).to(torch.bfloat16).cuda().requires_grad_() for _ in range(4))

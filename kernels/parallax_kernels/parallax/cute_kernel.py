@@ -354,10 +354,15 @@ class ParallaxAttentionForward:
             if d1 > 0.0:
                 c_new = t_sum / d1
             # centre moves from c_old to c_new: O2 gains (c_old - c_new) O1, like the max rescale
-            for c in cutlass.range_constexpr(cute.size(o1.shape[1])):
-                a1 = o1[i, c] * alpha
-                o1[i, c] = a1
-                o2[i, c] = o2[i, c] * alpha + (c_old - c_new) * a1
+            shift = c_old - c_new
+            if cutlass.const_expr(self.v.lazy_rescale):
+                if alpha == 1.0:  # (exact: the same values as the full rescale)
+                    for c in cutlass.range_constexpr(cute.size(o1.shape[1])):
+                        o2[i, c] = o2[i, c] + shift * o1[i, c]
+                else:
+                    self._rescale_row(o1, o2, i, alpha, shift)
+            else:
+                self._rescale_row(o1, o2, i, alpha, shift)
             for c in cutlass.range_constexpr(n_cols):
                 t[i, c] = s[i, c] * (t[i, c] - c_new)
             state[0, i] = m_new
@@ -380,6 +385,13 @@ class ParallaxAttentionForward:
         return k_cons, v_cons, mma_qk, mma_pv
 
     # ---- pieces ---------------------------------------------------------------------------------
+    @cute.jit
+    def _rescale_row(self, o1: cute.Tensor, o2: cute.Tensor, i: cutlass.Constexpr, alpha: Float32, shift: Float32):
+        for c in cutlass.range_constexpr(cute.size(o1.shape[1])):
+            a1 = o1[i, c] * alpha
+            o1[i, c] = a1
+            o2[i, c] = o2[i, c] * alpha + shift * a1
+
     @cute.jit
     def _pass_turn(self, cw: Int32, j: Int32, n_tiles: Int32):
         """Let the other consumer warpgroup issue its S, T wgmmas for tile j: the two alternate, so one's

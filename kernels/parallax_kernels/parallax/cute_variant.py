@@ -25,10 +25,12 @@ class AttentionVariant:
     head_dim: int  # 64 | 128
     causal: bool
     block_n: int = 0  # keys per tile; 0: DEFAULT_BLOCK_N[head_dim]
-    stages: int = 2  # K/V shared-memory stages (each: one K tile and one V tile)
+    stages: int = 3  # K/V shared-memory stages (each: one K tile and one V tile)
     # the two consumer warpgroups take turns issuing their S, T wgmmas (named barriers), so that one's
     # softmax overlaps the other's matrix work; False: each issues as soon as its K tile is in
     pingpong: bool = True
+    # rows whose running max did not move skip the O1, O2 rescale (alpha = 1; only the centre's FMA on O2)
+    lazy_rescale: bool = True
 
     def check(self) -> None:
         if self.dtype not in DTYPES:
@@ -48,7 +50,8 @@ class AttentionVariant:
     def name(self) -> str:
         mask = "causal" if self.causal else "full"
         turns = "" if self.pingpong else "_np"
-        return f"parallax_attn_fwd_{self.dtype}_d{self.head_dim}_{mask}_n{self.bn}_s{self.stages}{turns}"
+        rescale = "" if self.lazy_rescale else "_er"
+        return f"parallax_attn_fwd_{self.dtype}_d{self.head_dim}_{mask}_n{self.bn}_s{self.stages}{turns}{rescale}"
 
     @property
     def num_threads(self) -> int:
