@@ -246,6 +246,9 @@ def test_a_new_attention_type_is_one_registration(gained_attention):
     assert all(isinstance(block.attention, gained_attention) for block in model.layers.values())
     assert count_parameters(args)["total"] == sum(p.numel() for p in model.parameters())
     assert attention_flops_per_token(args, 64) == attention_flops_per_token(small("debug-transformer"), 64)
+    from parallax_titan.optim.routing import route_parameters
+
+    assert "layers.0.attention.gain" in [n for n, _ in route_parameters(model)["scalars"]]
     tokens = torch.randint(0, 2048, (2, 10), generator=torch.Generator().manual_seed(0))
     decoder = CachedDecoder(model)
     cache = KVCache.allocate(args, 2, 10, torch.float32, "cpu")

@@ -11,8 +11,8 @@ as each run ends, and runs already there are skipped, so an interrupted protocol
 prints the table of an existing file (of the settings that --tasks, --baseline-only, --settings and
 --max-seq-len choose, and of the runs that --optimizer, --lrs, --wds and --epochs choose, when given);
 --estimate prints what is still pending and roughly how long it takes, from the seconds the file records
-for the same settings and models. The table also counts, per model, the settings whose best run sits at the sweep's largest lr: many
-mean the sweep may stop short of the best lr. --table --by-lr prints each setting's best at each lr.
+for the same settings and models. The table also counts, per model, the settings whose best run sits at
+the sweep's largest lr: many mean the sweep may stop short of the best lr. --table --by-lr prints each setting's best at each lr.
 
 MAD models are tiny (width 128, 2 blocks), so one run leaves a GPU mostly idle: --jobs N trains N runs at
 once in worker processes, spread round-robin over the --device list (e.g. --jobs 16 --device cuda:0 cuda:1),
