@@ -93,3 +93,21 @@ def test_transformers_builds_a_qwen3_model_from_the_repository_root():
                          env={**os.environ, "PYTHONPATH": ""})
     assert out.returncode == 0, out.stderr[-3000:]
     assert "torch.Size([1, 3, 64])" in out.stdout
+
+
+def test_every_package_folder_is_listed_for_installation():
+    """pyproject.toml lists the packages by hand (the kernels' folder maps to another name); a package folder left
+    out imports in an editable install and is missing from a wheel."""
+    import tomllib
+
+    setup = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]
+    roots = {name: REPO / folder for name, folder in setup["package-dir"].items()}
+    found = set()
+    for name, root in roots.items():
+        for init in root.rglob("__init__.py"):
+            parts = init.parent.relative_to(root).parts
+            found.add(".".join((name, *parts)))
+    assert found == set(setup["packages"]), (
+        f"package folders not listed: {sorted(found - set(setup['packages']))}; "
+        f"listed but missing: {sorted(set(setup['packages']) - found)}"
+    )
