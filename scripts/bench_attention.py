@@ -3,8 +3,8 @@
     python scripts/bench_attention.py [--shapes 8,16,2048,128 4,16,4096,128 ...] [--kv-ratio 2] [--json out.json]
         [--reference-kernel FILE]      # e.g. FILE from `git show REF:kernels/parallax_kernels/parallax/triton_fused.py`
         [--peers parallax-cute parallax-triton sdpa-cudnn ...]   # time only these (default: every peer available)
-        [--cute-variants s2 s3 s3np s3er ...]   # also time these CuTe forward variants (K/V stages; np: no
-                                               # warpgroup turns; er: every row rescaled every tile)
+        [--cute-variants s2 s3 s3np s3er s3n64 ...]   # also time these CuTe forward variants (K/V stages; np:
+                                     # no warpgroup turns; er: every row rescaled every tile; n64: 64-key tiles)
 
 Peers, each in its native layout, causal, bf16, GQA with Hkv = H / kv-ratio:
   parallax-triton  this repo's fused kernel (backend="triton")
@@ -151,8 +151,8 @@ def main() -> None:
     ap.add_argument("--json", default=None)
     ap.add_argument("--peers", nargs="+", default=None, help="time only these peers (names as in the table)")
     ap.add_argument("--cute-variants", nargs="+", default=[],
-                    help="forward-only timings of CuTe kernel variants: s<stages>[np][er] (np: no warpgroup turns; "
-                         "er: eager rescale of every row)")
+                    help="forward-only timings of CuTe kernel variants: s<stages>[np][er][n<block_n>] (np: no "
+                         "warpgroup turns; er: eager rescale of every row; n: keys per tile)")
     ap.add_argument("--reference-kernel", default=None, help="another kernels/parallax_kernels/parallax/triton_fused.py to time beside this one")
     args = ap.parse_args()
     reference = load_reference_kernel(args.reference_kernel) if args.reference_kernel else None
@@ -206,8 +206,13 @@ def time_cute_variants(q, k, v, r, names) -> dict:
 
     times = {}
     for name in names:
-        stages = int(name[1:].replace("np", "").replace("er", ""))
-        fields = dict(stages=stages, pingpong="np" not in name, lazy_rescale="er" not in name)
+        import re
+
+        parsed = re.fullmatch(r"s(\d)(np)?(er)?(?:n(\d+))?", name)
+        if parsed is None:
+            raise SystemExit(f"--cute-variants {name}: expected s<stages>[np][er][n<block_n>], e.g. s3 s2np s3n64")
+        fields = dict(stages=int(parsed[1]), pingpong=parsed[2] is None, lazy_rescale=parsed[3] is None,
+                      block_n=int(parsed[4] or 0))
         try:
             _launch(q, k, v, r, True, q.shape[-1] ** -0.5, **fields)
         except (RuntimeError, ValueError) as err:

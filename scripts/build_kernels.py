@@ -44,6 +44,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--causal", type=int, nargs="+", default=[1, 0], choices=[0, 1],
                    help="attention masks to build: 1 causal, 0 full (with --attention)")
     p.add_argument("--stages", type=int, nargs="+", default=[3], help="K/V stages (with --attention)")
+    p.add_argument("--attention-block-n", type=int, nargs="+", default=[0],
+                   help="keys per tile (with --attention; 0: the default for the head_dim)")
     p.add_argument("--pingpong", type=int, nargs="+", default=[1], choices=[0, 1],
                    help="1: the consumer warpgroups take turns issuing S, T (the default); 0: they do not "
                         "(with --attention, for benchmarks)")
@@ -82,10 +84,11 @@ def build_attention(args, dsl: str) -> None:
     from parallax_kernels.parallax.cute_launch import write_artefact
     from parallax_kernels.parallax.cute_variant import AttentionVariant
 
-    for dtype, head_dim, causal, stages, pingpong, lazy in itertools.product(
-            args.dtype, args.head_dim, args.causal, args.stages, args.pingpong, args.lazy_rescale):
-        variant = AttentionVariant(dtype, head_dim, bool(causal), stages=stages, pingpong=bool(pingpong),
-                                   lazy_rescale=bool(lazy))
+    for dtype, head_dim, causal, block_n, stages, pingpong, lazy in itertools.product(
+            args.dtype, args.head_dim, args.causal, args.attention_block_n, args.stages, args.pingpong,
+            args.lazy_rescale):
+        variant = AttentionVariant(dtype, head_dim, bool(causal), block_n=block_n, stages=stages,
+                                   pingpong=bool(pingpong), lazy_rescale=bool(lazy))
         variant.check()
         start = time.time()
         cubin, ptx, name = compile_variant(variant)

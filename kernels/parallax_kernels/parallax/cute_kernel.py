@@ -52,7 +52,8 @@ def compile_variant(variant: AttentionVariant) -> tuple[bytes, str, str]:
         return cute.runtime.make_ptr(dtype, 0, cute.AddressSpace.gmem, assumed_align=align)
 
     dt = kernel.dtype
-    args = [ptr(dt, 16)] * 6 + [ptr(Float32, 16)] * 2 + [Int32(128)] * 5 + [Float32(1.0)]
+    # o and a are addressed as 32-bit pairs (the epilogue stores two 16-bit values at once)
+    args = [ptr(dt, 16)] * 4 + [ptr(cutlass.Uint32, 16)] * 2 + [ptr(Float32, 16)] * 2 + [Int32(128)] * 5 + [Float32(1.0)]
     with tempfile.TemporaryDirectory() as dump:
         compiled = cute.compile(kernel, *args, cuda.CUstream(0), options=f"--keep-ptx --keep-cubin --dump-dir={dump}")
         cubin, ptx = compiled.artifacts.CUBIN, compiled.artifacts.PTX
@@ -273,8 +274,12 @@ class ParallaxAttentionForward:
         o1 = self._mn_view(acc_o1)
         o2 = self._mn_view(acc_o2)
         base = bh.to(cutlass.Int64) * n.to(cutlass.Int64)
-        g_o = cute.make_tensor(p_o + base * d, cute.make_layout((n, d), stride=(d, 1)))
-        g_a = cute.make_tensor(p_a + base * d, cute.make_layout((n, d), stride=(d, 1)))
+        # o, a are written as 32-bit pairs of 16-bit values: a thread holds columns 2k, 2k + 1 of its rows
+        half = d // 2
+        g_o = cute.make_tensor(p_o + base * half, cute.make_layout((n, half), stride=(half, 1)))
+        g_a = cute.make_tensor(p_a + base * half, cute.make_layout((n, half), stride=(half, 1)))
+        pair = cute.make_rmem_tensor((2,), self.dtype)
+        packed = cute.recast_tensor(pair, cutlass.Uint32)
         g_lse = cute.make_tensor(p_lse + base, cute.make_layout((n,)))
         g_tbar = cute.make_tensor(p_tbar + base, cute.make_layout((n,)))
         for i in cutlass.range_constexpr(2):
@@ -284,11 +289,16 @@ class ParallaxAttentionForward:
                 d1 = Float32(1.0)
             inv = cute.arch.rcp_approx(d1)
             if row < n:
-                for j in cutlass.range_constexpr(cute.size(o1.shape[1])):
-                    col = o_coords[i, j][1]
-                    a_val = o1[i, j] * inv
-                    g_a[row, col] = a_val.to(self.dtype)
-                    g_o[row, col] = (a_val - o2[i, j] * inv).to(self.dtype)
+                for j in cutlass.range_constexpr(0, cute.size(o1.shape[1]), 2):
+                    col = o_coords[i, j][1]  # even; column j + 1 of the view is col + 1
+                    a0 = o1[i, j] * inv
+                    a1 = o1[i, j + 1] * inv
+                    pair[0] = a0.to(self.dtype)
+                    pair[1] = a1.to(self.dtype)
+                    g_a[row, col // 2] = packed[0]
+                    pair[0] = (a0 - o2[i, j] * inv).to(self.dtype)
+                    pair[1] = (a1 - o2[i, j + 1] * inv).to(self.dtype)
+                    g_o[row, col // 2] = packed[0]
                 if tid % 4 == 0:
                     g_lse[row] = state[0, i] + cute.math.log2(d1, fastmath=True)
                     g_tbar[row] = state[3, i]
