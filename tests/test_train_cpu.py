@@ -116,6 +116,12 @@ def test_fsdp_over_two_ranks_keeps_the_tie_and_resumes_on_one_rank(tmp_path):
     import torch.distributed.checkpoint as dcp
 
     final = str(tmp_path / "two" / "run" / "checkpoint" / "step-6")
+    # each rank hashed the file it wrote; rank 0 wrote the manifest with both
+    from parallax_titan import checkpoint_manifest
+
+    listed = json.loads((Path(final) / checkpoint_manifest.MANIFEST).read_text())["files"]
+    assert {".metadata", "__0_0.distcp", "__1_0.distcp"} <= set(listed), sorted(listed)
+    assert checkpoint_manifest.problems(final, distributed=False) == []
     stored = dcp.FileSystemReader(final).read_metadata().state_dict_metadata
     tied = {name: torch.empty(tuple(stored[name].size)) for name in ("tok_embeddings.weight", "output.weight")}
     dcp.load(tied, checkpoint_id=final)
