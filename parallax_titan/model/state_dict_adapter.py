@@ -22,12 +22,12 @@ import torch
 from torchtitan.models.qwen3.model.state_dict_adapter import Qwen3StateDictAdapter
 
 from parallax_titan.model.args import ParallaxModelArgs
+from parallax_titan.model.attention import extra_parameters
 from parallax_titan.model.checkpoint import model_state_template
 
+# The attention types' own tensors (Parallax: wr -> r_proj, r_norm, probe_gate -> r_gate), from the registry.
 PARALLAX_HF_KEYS = {
-    "model.layers.{}.self_attn.r_proj.weight": "layers.{}.attention.wr.weight",
-    "model.layers.{}.self_attn.r_norm.weight": "layers.{}.attention.r_norm.weight",
-    "model.layers.{}.self_attn.r_gate.weight": "layers.{}.attention.probe_gate.weight",
+    f"model.layers.{{}}.self_attn.{hf}": f"layers.{{}}.attention.{name}" for name, hf in extra_parameters().items()
 }
 PROBE_STARTS = ("zero-wr", "zero-norm")
 # Floating dtypes a checkpoint may hold; anything else (int, fp8, ...) is refused by name.
@@ -80,7 +80,7 @@ def from_hf_state(
         raise ValueError(
             f"{source}: tensors {unexpected[:8]} do not exist in flavor with attention={args.attention!r}"
         )
-    probe = {n for n in template if ".attention.wr." in n or ".attention.r_norm." in n or ".attention.probe_gate." in n}
+    probe = {n for n in template if _layer_pattern(n) in set(PARALLAX_HF_KEYS.values())}
     missing = sorted(set(template) - set(state) - probe)
     if missing:
         raise ValueError(f"{source}: missing tensors {missing[:8]} (HF names: {_hf_names(missing[:8], args)})")

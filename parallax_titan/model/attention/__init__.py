@@ -9,8 +9,9 @@ from parallax_titan.model.attention.registry import (
     Projected,
     attention_names,
     attention_type,
+    extra_parameters,
     per_head_axes,
     register,
 )
 
-__all__ = ["AttentionType", "Projected", "attention_names", "attention_type", "per_head_axes", "register"]
+__all__ = ["AttentionType", "Projected", "attention_names", "attention_type", "extra_parameters", "per_head_axes", "register"]

@@ -83,3 +83,9 @@ def attention_names() -> tuple[str, ...]:
 def per_head_axes() -> dict[str, int]:
     """Every registered type's per-head projections (the optimizer routes by projection name)."""
     return {name: axis for t in _TYPES.values() for name, axis in t.per_head_axes.items()}
+
+
+def extra_parameters() -> dict[str, str]:
+    """Every registered type's extra parameters: name under the block's `attention.` -> Hugging Face name under
+    `self_attn.` (the checkpoint mapping reads them from here)."""
+    return {name: hf for t in _TYPES.values() for name, hf in t.extra_parameters.items()}
