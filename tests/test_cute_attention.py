@@ -36,6 +36,13 @@ def test_unsupported_variants_are_named(field, value, message):
         AttentionVariant(**{**good, field: value}).check()
 
 
+def test_the_default_tile_and_its_explicit_spelling_are_one_variant():
+    """(An artefact built with an explicit block_n must serve the default, and the other way round.)"""
+    for d, bn in ((64, 128), (128, 64)):
+        assert AttentionVariant("bfloat16", d, True) == AttentionVariant("bfloat16", d, True, block_n=bn)
+        assert asdict(AttentionVariant("bfloat16", d, True))["block_n"] == bn
+
+
 def test_ptx_parameter_lists_name_by_value_structs():
     ptx = (".visible .entry k(\n\t.param .align 1 .b8 k_param_0[1],\n\t.param .align 64 .b8 k_param_1[128],\n"
            "\t.param .u64 .ptr .global .align 16 k_param_2,\n\t.param .u32 k_param_3,\n\t.param .f32 k_param_4\n)")

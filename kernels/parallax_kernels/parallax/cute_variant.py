@@ -32,6 +32,12 @@ class AttentionVariant:
     # rows whose running max did not move skip the O1, O2 rescale (alpha = 1; only the centre's FMA on O2)
     lazy_rescale: bool = True
 
+    def __post_init__(self):
+        # block_n 0 names the head_dim's default: store it resolved, so that both spellings are one variant
+        # (one artefact name, one description in its .json)
+        if self.block_n == 0 and self.head_dim in DEFAULT_BLOCK_N:
+            object.__setattr__(self, "block_n", DEFAULT_BLOCK_N[self.head_dim])
+
     def check(self) -> None:
         if self.dtype not in DTYPES:
             raise ValueError(f"CuTe attention kernel: dtype {self.dtype} is not supported (bfloat16, float16)")
