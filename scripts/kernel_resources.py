@@ -4,6 +4,7 @@ uses per thread: registers, stack frame (spills land there), as cuobjdump report
     python scripts/kernel_resources.py [--head-dim 128] [--tiles 128x64:8:3 64x64:4:2] [--arch 90]
         [--reference-kernel FILE]      # the same counts for another version of kernels/parallax_kernels/parallax/triton_fused.py
         [--all-masks]                  # also non-causal and with document masks (default: causal only)
+    python scripts/kernel_resources.py --cute [--head-dim 128 64]   # the CuTe DSL attention forward (sm_90a)
 
 Static counts, not timings: a larger stack frame at 255 registers means spills, which usually cost time, but
 only a GPU run (scripts/bench_attention.py) says how much. It also finds what Triton's CPU interpreter
@@ -75,15 +76,46 @@ def kernels_of(module) -> dict:
     return found
 
 
+def cute_resources(head_dims: list[int]) -> None:
+    """Registers, stack and shared memory of the CuTe DSL attention forward (backend "cute"), compiled here
+    for sm_90a (needs nvidia-cutlass-dsl, no GPU). The register count is the kernel's at launch: the
+    warpgroups then move to 24 (producer) and 240 (consumers) with setmaxnreg."""
+    os.environ.setdefault("CUTE_DSL_ARCH", "sm_90a")
+    from parallax_kernels.parallax.cute_kernel import compile_variant
+    from parallax_kernels.parallax.cute_variant import AttentionVariant
+
+    cuobjdump = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+    print("sm_90a, bf16; per thread: registers at launch / stack bytes; shared bytes")
+    print("| variant | registers / stack; shared |")
+    print("|---|---:|")
+    for d in head_dims:
+        for causal in (True, False):
+            variant = AttentionVariant("bfloat16", d, causal)
+            cubin = compile_variant(variant)[0]
+            with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+                f.write(cubin)
+                f.flush()
+                report = subprocess.run([cuobjdump, "--dump-resource-usage", f.name], capture_output=True,
+                                        text=True, check=True).stdout
+            line = next(x for x in report.splitlines() if "REG:" in x)
+            fields = dict(item.split(":", 1) for item in line.split() if ":" in item)
+            print(f"| {variant.name} | {fields['REG']} / {fields['STACK']}; {variant.smem_bytes} |")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--head-dim", type=int, default=128)
+    ap.add_argument("--head-dim", type=int, nargs="+", default=[128])
+    ap.add_argument("--cute", action="store_true", help="the CuTe DSL attention forward instead of the Triton kernels")
     ap.add_argument("--tiles", nargs="+", default=["128x64:8:3", "64x64:4:2", "128x32:8:2", "32x128:8:2"],
                     help="BLOCK_MxBLOCK_N:warps:stages")
     ap.add_argument("--arch", type=int, default=90, help="compute capability, e.g. 90 for Hopper")
     ap.add_argument("--reference-kernel", default=None)
     ap.add_argument("--all-masks", action="store_true", help="also non-causal, and with document masks")
     args = ap.parse_args()
+    if args.cute:
+        cute_resources(args.head_dim)
+        return
+    args.head_dim = args.head_dim[0]
     if os.environ.get("TRITON_INTERPRET") == "1":
         raise SystemExit("kernel_resources.py compiles the kernels: unset TRITON_INTERPRET")
     tiles = []
