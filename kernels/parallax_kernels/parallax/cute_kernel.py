@@ -8,14 +8,21 @@ P1 = exp2(S1 - m), P2 = P1 (T - c) centred on the running tbar estimate c, O1 +=
 Layout of one CTA (384 threads, 128 query rows of one (batch, head)):
 - warpgroup 0 is the producer: after `setmaxnreg` down to 24 registers, one warp issues the TMA loads
   (cp.async.bulk.tensor) of the Q and R tiles once, then of each K and V tile into a ring of shared-memory
-  stages, each stage guarded by a full and an empty mbarrier;
+  stages (3 by default), each stage guarded by a full and an empty mbarrier;
 - warpgroups 1 and 2 are consumers (`setmaxnreg` up to 240), 64 query rows each. Per key tile each issues
   two wgmmas against the same K tile in shared memory (S from Q, T from R: the probe rows meet the same
   keys), does the online softmax on the fp32 accumulators in registers, and two more wgmmas with P1 and
-  P2 as register A operands against the same V tile (O1, O2 accumulate in registers);
-- the consumers write o, a from registers and lse, tbar per row.
+  P2 as register A operands against the same V tile (O1, O2 accumulate in registers). The two take turns
+  issuing their S, T wgmmas (named barriers), so that one's softmax can overlap the other's matrix work;
+- the consumers write o, a from registers (32-bit pairs) and lse, tbar per row.
+Register budget: S, T (64 x BN) and O1, O2 (64 x D) are all fp32 accumulators of one warpgroup, twice
+FlashAttention's, so the key tile is BN = 64 at D = 128 (128 at D = 64) and P V is not deferred behind the
+next tile's softmax (FlashAttention-3's intra-warpgroup overlap): holding P of one tile while the next
+tile's S, T are live spills at both head dims (docs/kernels_hopper.md).
 Causal CTAs run in reverse order of their query tile (the longest first). Tiles wholly below the diagonal
 and inside the sequence skip the mask; a warpgroup whose rows end before a key tile only releases it.
+Rows whose running max did not move skip the O1, O2 rescale (alpha = 1 exactly; the centre's shift of O2
+is still applied).
 
 The kernel takes raw pointers, sizes and the three TMA descriptors (CUtensorMap, by value), so the
 compiled cubin can be launched without the DSL (cute_launch.py builds the descriptors with the CUDA
