@@ -213,6 +213,14 @@ def test_backend_is_registered_and_off_hopper_is_an_error_not_a_fallback():
         parallax_attention(q, q, q, q, backend="cute")
 
 
+def test_too_many_heads_for_the_grid_are_refused():
+    from parallax_kernels.parallax.cute_launch import MAX_GRID_Y, _launch
+
+    q = torch.zeros(1, MAX_GRID_Y + 1, 1, 64, dtype=torch.bfloat16)
+    with pytest.raises(ValueError, match="pairs; the launch takes at most 65535"):
+        _launch(q, q, q, q, True, 0.125)
+
+
 def test_documents_are_refused_not_ignored():
     q = torch.zeros(1, 2, 8, 64)
     with pytest.raises(NotImplementedError, match="packed documents.*use backend='triton'"):

@@ -33,7 +33,7 @@ ARCH = rt.ARCH
 # B H or B Hkv, int32), then the o, a, lse, tbar pointers, N, H, the GQA group and scale * log2(e)
 ATTENTION_PARAMS = ["b8[1]", "b8[1]"] + ["b8[128]", "b8[8]"] * 4 + ["u64"] * 4 + ["u32"] * 3 + ["f32"]
 _HERE = Path(__file__).resolve().parent
-MAX_GROUP = 8  # GQA groups the tests cover; the kernel takes any group as a run-time argument
+MAX_GRID_Y = 65535
 
 
 def source_hash() -> str:
@@ -127,6 +127,9 @@ def _launch(q, k, v, r, causal: bool, scale: float, artefact_dir: Path | None = 
     dtype = str(q.dtype).removeprefix("torch.")
     variant = AttentionVariant(dtype=dtype, head_dim=d, causal=causal, **variant_fields)
     variant.check()
+    if b * h > MAX_GRID_Y:  # the grid's y dimension holds the (batch, head) pairs
+        raise ValueError(f"parallax_attention backend 'cute': B * H = {b * h} (batch, head) pairs; the launch takes "
+                         f"at most {MAX_GRID_Y}")
     kernel = load_attention_kernel(variant, artefact_dir)
     o = torch.empty(q.shape, dtype=q.dtype, device=q.device)
     a = torch.empty_like(o)
