@@ -27,13 +27,16 @@ from torchtitan.models.qwen3.infra import parallelize as qwen3_parallelize
 def save_parallax_attention_in_op_sac() -> None:
     """`[activation_checkpoint] selective_ac_option = "op"` saves the outputs of the ops in qwen3's save list
     and recomputes the rest; SDPA is on it, so without this the fused Parallax forward (the attention's most
-    expensive op) would be the one thing recomputed in the backward. Skipped where Triton is not installed,
-    since the fused backend cannot be selected there."""
-    try:
-        importlib.import_module("parallax_kernels.parallax.triton_fused")  # defines torch.ops.parallax.attention_fwd
-    except ImportError:
-        return
-    qwen3_parallelize._op_sac_save_list.add(torch.ops.parallax.attention_fwd.default)
+    expensive op) would be the one thing recomputed in the backward. Both fused forwards go on it: the Triton
+    kernel's and the Hopper (CuTe) kernel's. A module that cannot be imported here (no Triton) is skipped, since
+    its backend cannot be selected there either."""
+    for module, op in (("parallax_kernels.parallax.triton_fused", "attention_fwd"),
+                       ("parallax_kernels.parallax.cute_launch", "attention_fwd_cute")):
+        try:
+            importlib.import_module(module)  # defines torch.ops.parallax.<op>
+        except ImportError:
+            continue
+        qwen3_parallelize._op_sac_save_list.add(getattr(torch.ops.parallax, op).default)
 
 
 def has_tied_embeddings(model: nn.Module) -> bool:

@@ -337,3 +337,14 @@ def test_under_torch_compile():
     torch.testing.assert_close(compiled, eager, rtol=0, atol=0)
     compiled.sum().backward()
     assert all(x.grad is not None and torch.isfinite(x.grad).all() for x in (q, k, v, r))
+
+
+def test_op_sac_saves_the_hopper_forward():
+    """Op-level selective AC saves what is on qwen3's save list and recomputes the rest: the Hopper forward must be
+    on it, like the Triton forward, or the backward would run it again."""
+    from torchtitan.models.qwen3.infra.parallelize import _op_sac_save_list
+
+    import parallax_titan.register  # noqa: F401  (adds the fused forwards to qwen3's save list)
+
+    assert torch.ops.parallax.attention_fwd_cute.default in _op_sac_save_list
+    assert torch.ops.parallax.attention_fwd.default in _op_sac_save_list
