@@ -348,3 +348,21 @@ def test_op_sac_saves_the_hopper_forward():
 
     assert torch.ops.parallax.attention_fwd_cute.default in _op_sac_save_list
     assert torch.ops.parallax.attention_fwd.default in _op_sac_save_list
+
+
+def test_unavailable_reason_traces_under_torch_compile(monkeypatch):
+    """torch.compile traces parallax_attention's backend check: the artefact lookup (file system, package
+    metadata) must stay out of the trace, where dynamo cannot follow it; the launch checks artefacts itself."""
+    import parallax_kernels.parallax.cute_launch as launch
+
+    def untraceable():
+        raise AssertionError("the artefact lookup ran while compiling")
+
+    monkeypatch.setattr(launch.rt, "sm90_reason", lambda x, what: None)  # as on a Hopper GPU
+    monkeypatch.setattr(launch.rt, "dsl_installed", untraceable)
+    x = torch.zeros(1, 2, 8, 128, dtype=torch.bfloat16)
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    assert launch.unavailable_reason(x) is None
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: False)
+    with pytest.raises(AssertionError, match="artefact lookup ran"):
+        launch.unavailable_reason(x)

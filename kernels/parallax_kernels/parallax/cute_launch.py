@@ -111,6 +111,11 @@ def unavailable_reason(x: torch.Tensor) -> str | None:
         return f"dtype {x.dtype} is not supported ({', '.join(DTYPES)})"
     if x.shape[-1] not in HEAD_DIMS:
         return f"head_dim {x.shape[-1]} is not supported ({', '.join(map(str, HEAD_DIMS))})"
+    if torch.compiler.is_compiling():
+        # Dynamo cannot trace the file-system and package lookups below (a graph break inside an activation-
+        # checkpointed block is an error); the launch makes the same check at the first step and raises the
+        # same advice (load_attention_kernel).
+        return None
     folder = rt.default_artefact_dir()
     if not rt.dsl_installed() and not any(folder.glob("parallax_attn_fwd_*.cubin")):
         return (f"no prebuilt attention kernels in {folder} and nvidia-cutlass-dsl is not installed to compile "
