@@ -24,7 +24,8 @@ class Parallax:
     probe_gate: bool | None = None
     """gated probe r = sigmoid(w_g . x) * W_R x (the paper's ablation)"""
     attention_backend: str | None = None
-    """parallax_attention backend: torch | triton | triton_atomic (one-kernel backward, dQ/dR by atomics)"""
+    """parallax_attention backend: torch | triton | triton_atomic (one-kernel backward, dQ/dR by atomics) | cute
+    (Hopper forward, Triton backward)"""
     document_masking: bool | None = None
     """keep attention inside each EOS-terminated document of a packed sequence"""
 
