@@ -366,3 +366,20 @@ def test_unavailable_reason_traces_under_torch_compile(monkeypatch):
     monkeypatch.setattr(torch.compiler, "is_compiling", lambda: False)
     with pytest.raises(AssertionError, match="artefact lookup ran"):
         launch.unavailable_reason(x)
+
+
+def test_a_backend_without_document_masks_is_refused_where_documents_are_asked_for():
+    """`document_masking = true` with backend cute is an error when the config is read, not at the first step."""
+    from parallax_titan.model.flavors import FLAVORS
+    from parallax_titan.ops import check_backend, parallax_attention
+
+    with pytest.raises(ValueError, match="'cute' does not mask packed documents.*'triton'"):
+        check_backend("cute", documents=True)
+    check_backend("cute")
+    check_backend("triton", documents=True)
+    args = FLAVORS["debug-parallax"]
+    with pytest.raises(ValueError, match="does not mask packed documents"):
+        type(args)(**{**vars(args), "attention_backend": "cute", "document_masking": True})
+    q = torch.zeros(1, 2, 8, 64)
+    with pytest.raises(ValueError, match="does not mask packed documents"):
+        parallax_attention(q, q, q, q, backend="cute", document_ids=torch.zeros(1, 8, dtype=torch.long))

@@ -7,7 +7,8 @@ q, r are (B, H, N, D), k, v are (B, Hkv, N, D) with H a multiple of Hkv (GQA); t
     o_i = sum_j w_ij (1 + tbar_i - t_ij) v_j,  tbar_i = sum_j w_ij t_ij.
 
 Files: reference.py (the dense definition, float64 tests), torch_chunked.py (backend "torch"),
-triton_fused.py (backends "triton" and "triton_atomic").
+triton_fused.py (backends "triton" and "triton_atomic"), cute_kernel.py + cute_variant.py (the Hopper forward in
+CuTe DSL) and cute_launch.py (its artefacts, launch and op: backend "cute", with the Triton backward).
 """
 
 from __future__ import annotations
@@ -59,15 +60,21 @@ BACKENDS: dict[str, Backend] = {
     # (triton_fused.py); whether it is faster is measured in docs/benchmarks.md
     "triton_atomic": Backend(_triton_atomic_fn, _triton_unavailable),
     # the CuTe DSL Hopper forward (sm_90a, prebuilt cubins) with the Triton backward (cute_launch.py)
-    "cute": Backend(_cute_fn, _cute_unavailable),
+    "cute": Backend(_cute_fn, _cute_unavailable, documents=False),
 }
 
 
-def check_backend(backend: str, example: torch.Tensor | None = None) -> None:
-    """Raise if `backend` is unknown, or (given an example input) cannot run on it."""
+def check_backend(backend: str, example: torch.Tensor | None = None, documents: bool = False) -> None:
+    """Raise if `backend` is unknown, cannot keep attention inside packed documents when `documents` asks
+    for it, or (given an example input) cannot run on it."""
     if backend not in BACKENDS:
         raise ValueError(
             f"unknown parallax_attention backend {backend!r}; backends here: {sorted(BACKENDS)}"
+        )
+    if documents and not BACKENDS[backend].documents:
+        raise ValueError(
+            f"parallax_attention backend {backend!r} does not mask packed documents; backends that do: "
+            f"{sorted(name for name, b in BACKENDS.items() if b.documents)}"
         )
     if example is not None:
         reason = BACKENDS[backend].unavailable_reason(example)
@@ -138,7 +145,7 @@ def parallax_attention(
     if cu_seqlens is not None:
         document_ids = _document_ids_from_cu_seqlens(cu_seqlens, q, document_ids)
     _check_shapes(q, k, v, r, document_ids)
-    check_backend(backend, q)
+    check_backend(backend, q, documents=document_ids is not None)
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
     return BACKENDS[backend].fn(
         q, k, v, r, causal=causal, scale=scale, document_ids=document_ids
