@@ -252,3 +252,26 @@ def test_prepare_refuses_a_non_empty_output_folder(tmp_path, shards):
     manifest = prepare(EMBEDDED_TRAIN, "en", EMBEDDED_TOKENIZER, empty, max_docs=5)
     assert manifest["splits"]["train"]["num_docs"] + manifest["splits"]["validation"]["num_docs"] == 5
     assert (empty / "manifest.json").is_file() and not list(tmp_path.glob(".empty.partial-*"))
+
+
+def _validation_config(train_path, validation_path=None):
+    from types import SimpleNamespace
+
+    return SimpleNamespace(training=SimpleNamespace(dataset_path=train_path),
+                           validation=SimpleNamespace(dataset_path=validation_path, dataset="ultrafineweb"))
+
+
+def test_validation_source_follows_the_training_path(shards, tmp_path):
+    from parallax_titan.data import validation_source
+
+    assert validation_source(_validation_config(str(shards), "elsewhere"))[0] == "elsewhere"
+    assert validation_source(_validation_config(str(shards)))[0] == str(shards)
+    (tmp_path / "train").mkdir()
+    (tmp_path / "validation").mkdir()
+    assert validation_source(_validation_config(str(tmp_path / "train")))[0] == str(tmp_path / "validation")
+    path, why = validation_source(_validation_config("openbmb/Ultra-FineWeb"))  # a hub id
+    assert path is None and "hub id" in why
+    other = tmp_path / "other"
+    other.mkdir()
+    with pytest.raises(ValueError, match="has no held-out split"):
+        validation_source(_validation_config(str(other)))

@@ -110,6 +110,9 @@ def validation_source(job_config) -> tuple[str | None, str]:
         return None, f"the default path of [validation] dataset = {v.dataset!r}"
     if is_shard_folder(t.dataset_path):
         return t.dataset_path, "the held-out 'validation' split of [training] dataset_path"
+    if not os.path.exists(t.dataset_path):  # a hub id: the validation dataset streams its own source
+        return None, (f"[training] dataset_path {t.dataset_path!r} is a hub id; the default path of "
+                      f"[validation] dataset = {v.dataset!r}")
     sibling = os.path.join(os.path.dirname(os.path.normpath(t.dataset_path)), "validation")
     if os.path.basename(os.path.normpath(t.dataset_path)) == "train" and os.path.isdir(sibling):
         return sibling, "the 'validation' folder beside [training] dataset_path"
