@@ -300,7 +300,7 @@ def test_attention_check_runs_the_tests_it_is_told_to(tmp_path):
 def test_the_kernels_compile_for_hopper_without_a_gpu():
     """scripts/kernel_resources.py compiles every kernel variant for sm_90 with Triton's own ptxas: code the
     interpreter runs but a GPU compiler rejects (e.g. a runtime `if` whose branches give a name two types)
-    fails here, on CPU CI, instead of on the next GPU call. It also reads each kernel's registers and stack."""
+    fails here, on CPU CI, instead of on a GPU. It also reads each kernel's registers and stack."""
     import re
     import subprocess
     import sys

@@ -13,6 +13,7 @@ import json
 from dataclasses import asdict
 from pathlib import Path
 
+from parallax_kernels import cute_runtime as rt
 from parallax_kernels.cute_runtime import (  # noqa: F401  (re-exported: the decode API and its tests use them)
     _CTYPES, ARCH, ARTEFACT_ENV, CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION, CubinKernel, _driver, _LaunchAttribute,
     _LaunchConfig, cluster_launch_config, default_artefact_dir, dsl_installed, pack_params, ptx_params,
@@ -20,14 +21,9 @@ from parallax_kernels.cute_runtime import (  # noqa: F401  (re-exported: the dec
 from parallax_kernels.parallax_decode.cute_variant import DTYPES, HEAD_DIMS, MAX_CLUSTER, NUM_WARPS, DecodeVariant
 
 def source_hash() -> str:
-    """Hash of the kernel's source files: an artefact built from other source is refused, not run."""
-    import hashlib
-
+    """Hash of the decode kernel's source files: an artefact built from other source is refused, not run."""
     here = Path(__file__).resolve().parent
-    digest = hashlib.sha256()
-    for name in ("cute_kernel.py", "cute_variant.py"):
-        digest.update((here / name).read_bytes())
-    return digest.hexdigest()[:16]
+    return rt.source_hash(here / "cute_kernel.py", here / "cute_variant.py")
 
 
 def write_artefact(folder: Path, variant: DecodeVariant, cubin: bytes, ptx: str, kernel_name: str,
