@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import ctypes
 import hashlib
+import json
 import os
 import re
+from dataclasses import asdict
 from pathlib import Path
 
 ARCH = "sm_90a"
@@ -170,6 +172,21 @@ def dsl_installed() -> bool:
     import importlib.util
 
     return importlib.util.find_spec("cutlass") is not None and importlib.util.find_spec("cutlass.cute") is not None
+
+
+def write_artefact(folder: Path, variant, cubin: bytes, ptx: str, kernel_name: str, dsl_version: str,
+                   source: str) -> Path:
+    """`<variant.name>.cubin` and, beside it, the record its launcher checks before running it: the variant,
+    the kernel's symbol and PTX parameter list, block and shared memory, the DSL version and the source hash."""
+    folder.mkdir(parents=True, exist_ok=True)
+    meta = {
+        "variant": asdict(variant), "kernel": kernel_name, "params": ptx_params(ptx, kernel_name),
+        "block": [variant.num_threads, 1, 1], "smem_bytes": variant.smem_bytes, "arch": ARCH,
+        "nvidia_cutlass_dsl": dsl_version, "source": source,
+    }
+    (folder / f"{variant.name}.cubin").write_bytes(cubin)
+    (folder / f"{variant.name}.json").write_text(json.dumps(meta, indent=1) + "\n")
+    return folder / f"{variant.name}.json"
 
 
 def source_hash(*files: Path) -> str:

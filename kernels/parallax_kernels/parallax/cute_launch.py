@@ -42,15 +42,7 @@ def source_hash() -> str:
 
 def write_artefact(folder: Path, variant: AttentionVariant, cubin: bytes, ptx: str, kernel_name: str,
                    dsl_version: str) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    meta = {
-        "variant": asdict(variant), "kernel": kernel_name, "params": rt.ptx_params(ptx, kernel_name),
-        "block": [variant.num_threads, 1, 1], "smem_bytes": variant.smem_bytes, "arch": ARCH,
-        "nvidia_cutlass_dsl": dsl_version, "source": source_hash(),
-    }
-    (folder / f"{variant.name}.cubin").write_bytes(cubin)
-    (folder / f"{variant.name}.json").write_text(json.dumps(meta, indent=1) + "\n")
-    return folder / f"{variant.name}.json"
+    return rt.write_artefact(folder, variant, cubin, ptx, kernel_name, dsl_version, source_hash())
 
 
 def read_artefact(folder: Path, variant: AttentionVariant) -> tuple[dict, bytes] | None:
