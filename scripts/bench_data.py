@@ -2,8 +2,9 @@
 
     python scripts/bench_data.py [--tokenizer DIR] [--seq-len 4096] [--batch 4] [--consumed 38226]
 
---consumed: the tokens/s a training run eats (default: 0.6B Parallax, fused kernel + compile, one H100,
-measured in docs/benchmarks.md); the shard loader should deliver at least 20x that on one core.
+--consumed: the tokens/s a training run eats (default: 0.6B Parallax, fused kernel + compile, one H100:
+docs/runs/bench-train-2026-11-23/train_parallax_muon_triton_compile.log); the shard loader should deliver at
+least 20x that on one core.
 """
 
 from __future__ import annotations
