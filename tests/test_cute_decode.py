@@ -150,7 +150,7 @@ def test_artefact_mismatches_are_clear_errors(tmp_path):
 def test_missing_kernel_without_the_dsl_names_the_build_command(tmp_path, monkeypatch):
     import parallax_kernels.parallax_decode.cute_launch as launch
 
-    monkeypatch.setattr(launch, "dsl_installed", lambda: False)
+    monkeypatch.setattr(launch.rt, "dsl_installed", lambda: False)
     monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
     with pytest.raises(RuntimeError, match="scripts/build_kernels.py --out"):
         load_decode_kernel(DecodeVariant("bfloat16", 128, 2), tmp_path)

@@ -189,6 +189,83 @@ def write_artefact(folder: Path, variant, cubin: bytes, ptx: str, kernel_name: s
     return folder / f"{variant.name}.json"
 
 
+def read_artefact(folder: Path, variant, *, source: str, params: list[str], kernel_file: str,
+                  build_command: str) -> tuple[dict, bytes] | None:
+    """The variant's record and cubin from `folder` (None when it has none), refused when they do not fit this
+    checkout: another variant, another source (`source` hashes `kernel_file` and its variant module) or another
+    parameter list; each error names `build_command`."""
+    meta_path, cubin_path = folder / f"{variant.name}.json", folder / f"{variant.name}.cubin"
+    if not meta_path.exists():
+        return None
+    rebuild = f"rebuild it with {build_command}"
+    if not cubin_path.exists():
+        raise FileNotFoundError(f"{meta_path} has no cubin beside it ({cubin_path}); {rebuild}")
+    meta = json.loads(meta_path.read_text())
+    if meta.get("variant") != asdict(variant):
+        raise ValueError(f"{meta_path} describes {meta.get('variant')}, not {asdict(variant)}; {rebuild}")
+    if meta.get("source") != source:
+        raise ValueError(f"{meta_path} was built from another version of {kernel_file} (source {meta.get('source')}, "
+                         f"this checkout {source}): {rebuild}")
+    if meta.get("params") != params:
+        raise ValueError(f"{meta_path}: kernel parameters {meta.get('params')} differ from this launcher's {params}: "
+                         f"{rebuild}")
+    return meta, cubin_path.read_bytes()
+
+
+def compile_cubin(kernel, args: list, name: str) -> tuple[bytes, str, str]:
+    """Compile a CuTe DSL kernel object for sm_90a (without a GPU when CUTE_DSL_ARCH=sm_90a is set before cutlass
+    is imported) with placeholder `args` of its launch signature. Returns (cubin, ptx, kernel symbol)."""
+    import tempfile
+
+    import cuda.bindings.driver as cuda
+    import cutlass.cute as cute
+
+    with tempfile.TemporaryDirectory() as dump:
+        compiled = cute.compile(kernel, *args, cuda.CUstream(0), options=f"--keep-ptx --keep-cubin --dump-dir={dump}")
+        cubin, ptx = compiled.artifacts.CUBIN, compiled.artifacts.PTX
+    (symbol,) = compiled.kernel_info.keys()
+    if not isinstance(cubin, bytes) or not cubin.startswith(b"\x7fELF"):
+        raise RuntimeError(f"CuTe DSL returned no cubin for {name}")
+    return cubin, ptx, symbol
+
+
+def gmem_pointer(dtype, align: int):
+    """A placeholder global-memory pointer for compile_cubin's arguments."""
+    import cutlass.cute as cute
+
+    return cute.runtime.make_ptr(dtype, 0, cute.AddressSpace.gmem, assumed_align=align)
+
+
+def load_kernel(variant, folder: Path | None, *, loaded: dict, read, write, compile_module: str, what: str,
+                build_command: str) -> "CubinKernel":
+    """The variant's kernel on the current device, cached in `loaded`: from its artefact in `folder` (default:
+    $PARALLAX_KERNEL_DIR or ~/.cache/parallax_titan/kernels) through `read`, else compiled now with the DSL
+    (`compile_module`.compile_variant) and saved there through `write`."""
+    import importlib
+
+    import torch
+
+    folder = default_artefact_dir() if folder is None else Path(folder)
+    key = (variant, str(folder), torch.cuda.current_device())
+    if key in loaded:
+        return loaded[key]
+    found = read(folder, variant)
+    if found is None:
+        if not dsl_installed():
+            raise RuntimeError(
+                f"no CuTe {what} kernel {variant.name} in {folder} and nvidia-cutlass-dsl is not installed to "
+                f"compile it: run `python {build_command.format(folder=folder)}` on any machine with the package "
+                f"(no GPU needed) and copy the folder here, or set {ARTEFACT_ENV}")
+        from importlib.metadata import version
+
+        cubin, ptx, name = importlib.import_module(compile_module).compile_variant(variant)
+        write(folder, variant, cubin, ptx, name, version("nvidia-cutlass-dsl"))
+        found = read(folder, variant)
+    meta, cubin = found
+    loaded[key] = CubinKernel(cubin, meta)
+    return loaded[key]
+
+
 def source_hash(*files: Path) -> str:
     """Hash of a kernel's source files: an artefact built from other source is refused, not run."""
     digest = hashlib.sha256()

@@ -39,6 +39,7 @@ import cutlass.utils.hopper_helpers as sm90_utils
 from cutlass import Float32, Int32
 from cutlass.cute.nvgpu import cpasync, warpgroup
 
+from parallax_kernels import cute_runtime as rt
 from parallax_kernels.parallax.cute_variant import CTA_ROWS, MMA_WARPGROUPS, NUM_THREADS, WG_ROWS, AttentionVariant
 
 PRODUCER_REGS = 24
@@ -49,24 +50,11 @@ TURN_BARRIER = 1  # named barriers 1, 2: the consumer warpgroups' turns to issue
 def compile_variant(variant: AttentionVariant) -> tuple[bytes, str, str]:
     """Compile one variant for sm_90a (without a GPU when CUTE_DSL_ARCH=sm_90a is set before cutlass
     is imported). Returns (cubin, ptx, kernel symbol)."""
-    import tempfile
-
-    import cuda.bindings.driver as cuda
-
     kernel = ParallaxAttentionForward(variant)
-
-    def ptr(dtype, align):
-        return cute.runtime.make_ptr(dtype, 0, cute.AddressSpace.gmem, assumed_align=align)
-
-    dt = kernel.dtype
+    ptr, dt = rt.gmem_pointer, kernel.dtype
     # o and a are addressed as 32-bit pairs (the epilogue stores two 16-bit values at once)
     args = [ptr(dt, 16)] * 4 + [ptr(cutlass.Uint32, 16)] * 2 + [ptr(Float32, 16)] * 2 + [Int32(128)] * 5 + [Float32(1.0)]
-    with tempfile.TemporaryDirectory() as dump:
-        compiled = cute.compile(kernel, *args, cuda.CUstream(0), options=f"--keep-ptx --keep-cubin --dump-dir={dump}")
-        cubin, ptx = compiled.artifacts.CUBIN, compiled.artifacts.PTX
-    (name,) = compiled.kernel_info.keys()
-    if not isinstance(cubin, bytes) or not cubin.startswith(b"\x7fELF"):
-        raise RuntimeError(f"CuTe DSL returned no cubin for {variant.name}")
+    cubin, ptx, name = rt.compile_cubin(kernel, args, variant.name)
     smem = kernel.shared_storage.size_in_bytes()
     if smem != variant.smem_bytes:  # the launcher asks the driver for variant.smem_bytes
         raise RuntimeError(f"{variant.name}: the kernel's shared storage is {smem} bytes, AttentionVariant.smem_bytes "

@@ -15,10 +15,8 @@ use. The TMA descriptors the kernel takes by value are built here with the CUDA 
 
 from __future__ import annotations
 
-import json
 import math
 import struct
-from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -45,53 +43,23 @@ def write_artefact(folder: Path, variant: AttentionVariant, cubin: bytes, ptx: s
     return rt.write_artefact(folder, variant, cubin, ptx, kernel_name, dsl_version, source_hash())
 
 
+BUILD_COMMAND = "scripts/build_kernels.py --attention --out {folder}"
+
+
 def read_artefact(folder: Path, variant: AttentionVariant) -> tuple[dict, bytes] | None:
-    meta_path, cubin_path = folder / f"{variant.name}.json", folder / f"{variant.name}.cubin"
-    if not meta_path.exists():
-        return None
-    rebuild = f"rebuild it with `python scripts/build_kernels.py --attention --out {folder}`"
-    if not cubin_path.exists():
-        raise FileNotFoundError(f"{meta_path} has no cubin beside it ({cubin_path}); {rebuild}")
-    meta = json.loads(meta_path.read_text())
-    if meta.get("variant") != asdict(variant):
-        raise ValueError(f"{meta_path} describes {meta.get('variant')}, not {asdict(variant)}; {rebuild}")
-    if meta.get("source") != source_hash():
-        raise ValueError(
-            f"{meta_path} was built from another version of kernels/parallax_kernels/parallax/cute_kernel.py "
-            f"(source {meta.get('source')}, this checkout {source_hash()}): {rebuild}")
-    if meta.get("params") != ATTENTION_PARAMS:
-        raise ValueError(f"{meta_path}: kernel parameters {meta.get('params')} differ from this launcher's "
-                         f"{ATTENTION_PARAMS}: {rebuild}")
-    return meta, cubin_path.read_bytes()
+    return rt.read_artefact(folder, variant, source=source_hash(), params=ATTENTION_PARAMS,
+                            kernel_file="kernels/parallax_kernels/parallax/cute_kernel.py",
+                            build_command=BUILD_COMMAND.format(folder=folder))
 
 
 _LOADED: dict[tuple, rt.CubinKernel] = {}
 
 
 def load_attention_kernel(variant: AttentionVariant, folder: Path | None = None) -> rt.CubinKernel:
-    """The variant's kernel on the current device: from its artefact in `folder` (default:
-    $PARALLAX_KERNEL_DIR or ~/.cache/parallax_titan/kernels), else compiled now with the DSL and saved there."""
-    folder = rt.default_artefact_dir() if folder is None else Path(folder)
-    key = (variant, str(folder), torch.cuda.current_device())
-    if key in _LOADED:
-        return _LOADED[key]
-    found = read_artefact(folder, variant)
-    if found is None:
-        if not rt.dsl_installed():
-            raise RuntimeError(
-                f"no CuTe attention kernel {variant.name} in {folder} and nvidia-cutlass-dsl is not installed to "
-                f"compile it: run `python scripts/build_kernels.py --attention --out {folder}` on any machine with "
-                f"the package (no GPU needed) and copy the folder here, or set {rt.ARTEFACT_ENV}")
-        from importlib.metadata import version
-
-        from parallax_kernels.parallax.cute_kernel import compile_variant
-
-        cubin, ptx, name = compile_variant(variant)
-        write_artefact(folder, variant, cubin, ptx, name, version("nvidia-cutlass-dsl"))
-        found = read_artefact(folder, variant)
-    meta, cubin = found
-    _LOADED[key] = rt.CubinKernel(cubin, meta)
-    return _LOADED[key]
+    """The variant's kernel on the current device (rt.load_kernel: prebuilt, or compiled now with the DSL)."""
+    return rt.load_kernel(variant, folder, loaded=_LOADED, read=read_artefact, write=write_artefact,
+                          compile_module="parallax_kernels.parallax.cute_kernel", what="attention",
+                          build_command=BUILD_COMMAND)
 
 
 def unavailable_reason(x: torch.Tensor) -> str | None:

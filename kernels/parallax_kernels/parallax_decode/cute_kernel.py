@@ -32,6 +32,7 @@ import cutlass.utils
 from cutlass import Float32, Int32, Int64
 from cutlass.cute.nvgpu import cpasync, warp
 
+from parallax_kernels import cute_runtime as rt
 from parallax_kernels.parallax_decode.cute_variant import HALF, NUM_THREADS, NUM_WARPS, ROWS, DecodeVariant
 
 MERGE_CHUNK = 16  # splits whose partial states are loaded at once in the merge (one round trip per chunk)
@@ -41,25 +42,11 @@ MERGE_CHUNK_SMALL = 4  # the chunk when there are at most this many splits
 def compile_variant(variant: DecodeVariant) -> tuple[bytes, str, str]:
     """Compile one variant for sm_90a (works without a GPU when CUTE_DSL_ARCH=sm_90a is set before
     cutlass is imported; on a Hopper host the DSL targets it anyway). Returns (cubin, ptx, kernel symbol)."""
-    import tempfile
-
-    import cuda.bindings.driver as cuda
-
     kernel = ParallaxDecodeKernel(variant)
-
-    def ptr(dtype, align):
-        return cute.runtime.make_ptr(dtype, 0, cute.AddressSpace.gmem, assumed_align=align)
-
-    dt = kernel.dtype
+    ptr, dt = rt.gmem_pointer, kernel.dtype
     args = [ptr(dt, 16)] * 5 + [ptr(Int32, 4)] + [ptr(Float32, 4)] * 3 + [ptr(Float32, 16)] * 2 + [ptr(Int32, 4)]
     args += [Int32(1)] * 5 + [Int64(8), Int64(8), Int32(8), Int64(8), Int64(8), Int32(8), Float32(1.0)]
-    with tempfile.TemporaryDirectory() as dump:
-        compiled = cute.compile(kernel, *args, cuda.CUstream(0), options=f"--keep-ptx --keep-cubin --dump-dir={dump}")
-        cubin, ptx = compiled.artifacts.CUBIN, compiled.artifacts.PTX
-    (name,) = compiled.kernel_info.keys()
-    if not isinstance(cubin, bytes) or not cubin.startswith(b"\x7fELF"):
-        raise RuntimeError(f"CuTe DSL returned no cubin for {variant.name}")
-    return cubin, ptx, name
+    return rt.compile_cubin(kernel, args, variant.name)
 
 
 class ParallaxDecodeKernel:

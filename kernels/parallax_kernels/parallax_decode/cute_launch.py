@@ -9,8 +9,6 @@ writes it to the same folder. Launching goes through libcuda with ctypes, on tor
 
 from __future__ import annotations
 
-import json
-from dataclasses import asdict
 from pathlib import Path
 
 from parallax_kernels import cute_runtime as rt
@@ -19,6 +17,7 @@ from parallax_kernels.cute_runtime import (  # noqa: F401  (re-exported: the dec
     _LaunchConfig, cluster_launch_config, default_artefact_dir, dsl_installed, pack_params, ptx_params,
 )
 from parallax_kernels.parallax_decode.cute_variant import DTYPES, HEAD_DIMS, MAX_CLUSTER, NUM_WARPS, DecodeVariant
+
 
 def source_hash() -> str:
     """Hash of the decode kernel's source files: an artefact built from other source is refused, not run."""
@@ -31,75 +30,36 @@ def write_artefact(folder: Path, variant: DecodeVariant, cubin: bytes, ptx: str,
     return rt.write_artefact(folder, variant, cubin, ptx, kernel_name, dsl_version, source_hash())
 
 
+BUILD_COMMAND = "scripts/build_kernels.py --out {folder}"
+
+
 def read_artefact(folder: Path, variant: DecodeVariant) -> tuple[dict, bytes] | None:
-    meta_path, cubin_path = folder / f"{variant.name}.json", folder / f"{variant.name}.cubin"
-    if not meta_path.exists():
-        return None
-    if not cubin_path.exists():
-        raise FileNotFoundError(
-            f"{meta_path} has no cubin beside it ({cubin_path}); rebuild with scripts/build_kernels.py")
-    meta = json.loads(meta_path.read_text())
-    if meta.get("variant") != asdict(variant):
-        raise ValueError(f"{meta_path} describes {meta.get('variant')}, not {asdict(variant)}; rebuild it")
-    if meta.get("source") != source_hash():
-        raise ValueError(
-            f"{meta_path} was built from another version of kernels/parallax_kernels/parallax_decode/cute_kernel.py (source {meta.get('source')}, "
-            f"this checkout {source_hash()}): rebuild it with scripts/build_kernels.py"
-        )
-    if meta.get("params") != DECODE_PARAMS:
-        raise ValueError(
-            f"{meta_path}: kernel parameters {meta.get('params')} differ from this launcher's {DECODE_PARAMS}; "
-            "it was built by another version of kernels/parallax_kernels/parallax_decode/cute_kernel.py: rebuild it with scripts/build_kernels.py"
-        )
-    return meta, cubin_path.read_bytes()
+    return rt.read_artefact(folder, variant, source=source_hash(), params=DECODE_PARAMS,
+                            kernel_file="kernels/parallax_kernels/parallax_decode/cute_kernel.py",
+                            build_command=BUILD_COMMAND.format(folder=folder))
 
 
 # The kernel's parameter list (kernels/parallax_kernels/parallax_decode/cute_kernel.py, ParallaxDecodeKernel.kernel): 12 pointers,
 # batch, heads, kv_heads, l_max, splits, k strides (batch, head: 64-bit; row: 32-bit), v strides alike, scale.
 DECODE_PARAMS = ["u64"] * 12 + ["u32"] * 5 + ["u64", "u64", "u32", "u64", "u64", "u32", "f32"]
+
 # ---- the decode op ---------------------------------------------------------------------------------
 
 _LOADED: dict[tuple, CubinKernel] = {}
 
 
 def load_decode_kernel(variant: DecodeVariant, folder: Path | None = None) -> CubinKernel:
-    """The variant's kernel on the current device: from its artefact in `folder` (default:
-    $PARALLAX_KERNEL_DIR or ~/.cache/parallax_titan/kernels), else compiled now with the DSL and saved there."""
-    import torch
-
-    folder = default_artefact_dir() if folder is None else Path(folder)
-    key = (variant, str(folder), torch.cuda.current_device())
-    if key in _LOADED:
-        return _LOADED[key]
-    found = read_artefact(folder, variant)
-    if found is None:
-        if not dsl_installed():
-            raise RuntimeError(
-                f"no CuTe decode kernel {variant.name} in {folder} and nvidia-cutlass-dsl is not installed to "
-                f"compile it: run `python scripts/build_kernels.py --out {folder}` on any machine with the package "
-                f"(no GPU needed) and copy the folder here, or set {ARTEFACT_ENV}"
-            )
-        from importlib.metadata import version
-
-        from parallax_kernels.parallax_decode.cute_kernel import compile_variant
-
-        cubin, ptx, name = compile_variant(variant)
-        write_artefact(folder, variant, cubin, ptx, name, version("nvidia-cutlass-dsl"))
-        found = read_artefact(folder, variant)
-    meta, cubin = found
-    _LOADED[key] = CubinKernel(cubin, meta)
-    return _LOADED[key]
+    """The variant's kernel on the current device (rt.load_kernel: prebuilt, or compiled now with the DSL)."""
+    return rt.load_kernel(variant, folder, loaded=_LOADED, read=read_artefact, write=write_artefact,
+                          compile_module="parallax_kernels.parallax_decode.cute_kernel", what="decode",
+                          build_command=BUILD_COMMAND)
 
 
 def unavailable_reason(x) -> str | None:
     """Why the CuTe decode kernel cannot take tensors like x here (None: it can)."""
-    import torch
-
-    if x.device.type != "cuda":
-        return f"tensors are on {x.device.type}; the CuTe decode kernel needs a Hopper GPU"
-    major, minor = torch.cuda.get_device_capability(x.device)
-    if (major, minor) != (9, 0):
-        return f"the CuTe decode kernel is built for sm_90a (Hopper); this GPU is sm_{major}{minor}"
+    reason = rt.sm90_reason(x, "the CuTe decode kernel")
+    if reason is not None:
+        return reason
     if str(x.dtype).removeprefix("torch.") not in DTYPES:
         return f"dtype {x.dtype} is not supported ({', '.join(DTYPES)})"
     if x.shape[-1] not in HEAD_DIMS:
