@@ -80,7 +80,8 @@ def from_hf_state(
         raise ValueError(
             f"{source}: tensors {unexpected[:8]} do not exist in flavor with attention={args.attention!r}"
         )
-    probe = {n for n in template if _layer_pattern(n) in set(PARALLAX_HF_KEYS.values())}
+    probe_patterns = set(PARALLAX_HF_KEYS.values())
+    probe = {n for n in template if _layer_pattern(n) in probe_patterns}
     missing = sorted(set(template) - set(state) - probe)
     if missing:
         raise ValueError(f"{source}: missing tensors {missing[:8]} (HF names: {_hf_names(missing[:8], args)})")
