@@ -2,8 +2,8 @@
 
     python scripts/build_kernels.py --out build/kernels                 # every default decode variant (128, about 3 s each)
     python scripts/build_kernels.py --out build/kernels --dtype bfloat16 --head-dim 128 --group 2
-    python scripts/build_kernels.py --attention --out build/kernels     # the attention forward: dtype x head_dim x
-                                                                        # causal/full (8, about 4 s each)
+    python scripts/build_kernels.py --attention --out build/kernels     # the attention forward and backward: dtype x
+                                                                        # head_dim x causal/full (16, about 3 s each)
 
 Runs on any machine with the package, GPU or not (it targets sm_90a). Copy the folder to the GPU host
 and point PARALLAX_KERNEL_DIR at it (default there: ~/.cache/parallax_titan/kernels); the decode op
@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> None:
                         "splits (default: the ticket merge and the cluster sizes the launcher's default grid "
                         "picks, kernels/parallax_kernels/parallax_decode/cute_launch.py default_cluster_merge)")
     p.add_argument("--attention", action="store_true",
-                   help="build the attention forward (backend 'cute' of parallax_attention) instead of the decode "
+                   help="build the attention forward and backward (backend 'cute' of parallax_attention) instead of the decode "
                         "kernel: every --dtype x --head-dim x --causal variant (--group, --block-n, --cluster and "
                         "--persistent are the decode kernel's)")
     p.add_argument("--causal", type=int, nargs="+", default=[1, 0], choices=[0, 1],
@@ -52,6 +52,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--lazy-rescale", type=int, nargs="+", default=[1], choices=[0, 1],
                    help="1: rows whose max did not move skip the output rescale (the default); 0: every row is "
                         "rescaled every tile (with --attention, for benchmarks)")
+    p.add_argument("--backward-block-m", type=int, nargs="+", default=[0],
+                   help="query rows per backward step (with --attention; 0: the default for the head_dim)")
+    p.add_argument("--backward-stages", type=int, nargs="+", default=[2],
+                   help="Q/R/dO stages of the backward (with --attention)")
+    p.add_argument("--no-backward", action="store_true", help="with --attention: the forward variants only")
     p.add_argument("--persistent", action="store_true",
                    help="also build the persistent-grid variant of each ticket-merge kernel (opt-in: "
                         "parallax_decode_cute(..., persistent=True))")
@@ -80,9 +85,10 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def build_attention(args, dsl: str) -> None:
+    from parallax_kernels.parallax import cute_backward
     from parallax_kernels.parallax.cute_kernel import compile_variant
     from parallax_kernels.parallax.cute_launch import write_artefact
-    from parallax_kernels.parallax.cute_variant import AttentionVariant
+    from parallax_kernels.parallax.cute_variant import AttentionVariant, BackwardVariant
 
     for dtype, head_dim, causal, block_n, stages, pingpong, lazy in itertools.product(
             args.dtype, args.head_dim, args.causal, args.attention_block_n, args.stages, args.pingpong,
@@ -92,6 +98,16 @@ def build_attention(args, dsl: str) -> None:
         variant.check()
         start = time.time()
         cubin, ptx, name = compile_variant(variant)
+        path = write_artefact(args.out, variant, cubin, ptx, name, dsl)
+        print(f"{variant.name}: {len(cubin)} bytes in {time.time() - start:.1f} s -> {path}", flush=True)
+    if args.no_backward:
+        return
+    for dtype, head_dim, causal, block_m, stages in itertools.product(
+            args.dtype, args.head_dim, args.causal, args.backward_block_m, args.backward_stages):
+        variant = BackwardVariant(dtype, head_dim, bool(causal), block_m=block_m, stages=stages)
+        variant.check()
+        start = time.time()
+        cubin, ptx, name = cute_backward.compile_variant(variant)
         path = write_artefact(args.out, variant, cubin, ptx, name, dsl)
         print(f"{variant.name}: {len(cubin)} bytes in {time.time() - start:.1f} s -> {path}", flush=True)
 

@@ -1,16 +1,17 @@
-"""Backend "cute" of parallax_attention: the CuTe DSL forward (cute_kernel.py) launched from its
-ahead-of-time cubin, with the Triton kernel's backward (triton_fused.attention_bwd).
+"""Backend "cute" of parallax_attention: the CuTe DSL forward (cute_kernel.py) and backward
+(cute_backward.py), launched from their ahead-of-time cubins.
 
 The forward is a torch.library op, `parallax::attention_fwd_cute`, returning what the Triton forward
 returns (o, a, lse in the log2 domain, tbar; contiguous (B, H, N, D) and (B, H, N)), so torch.compile
-and selective activation checkpointing treat it like the Triton op and its autograd runs the Triton
-backward on those tensors unchanged. Packed documents (document_ids) are not supported by this backend
-yet: they raise, naming backend "triton", which supports them.
+and selective activation checkpointing treat it like the Triton op; its autograd runs the op
+`parallax::attention_bwd_cute` on those tensors. Packed documents (document_ids) are not supported by
+this backend yet: they raise, naming backend "triton", which supports them.
 
-Artefacts: `scripts/build_kernels.py` compiles the variants (dtype x head_dim x causal) on any machine
-with nvidia-cutlass-dsl (no GPU needed) into `<name>.cubin` + `<name>.json` in $PARALLAX_KERNEL_DIR
-(default ~/.cache/parallax_titan/kernels); a host with the package compiles a missing variant on first
-use. The TMA descriptors the kernel takes by value are built here with the CUDA driver.
+Artefacts: `scripts/build_kernels.py --attention` compiles the variants (forward and backward, dtype x
+head_dim x causal) on any machine with nvidia-cutlass-dsl (no GPU needed) into `<name>.cubin` +
+`<name>.json` in $PARALLAX_KERNEL_DIR (default ~/.cache/parallax_titan/kernels); a host with the package
+compiles a missing variant on first use. The TMA descriptors the kernels take by value are built here
+with the CUDA driver.
 """
 
 from __future__ import annotations
@@ -23,42 +24,54 @@ import torch
 
 from parallax_kernels import cute_runtime as rt
 from parallax_kernels.batching import fold, unfold
-from parallax_kernels.parallax.cute_variant import CTA_ROWS, DTYPES, HEAD_DIMS, AttentionVariant
+from parallax_kernels.parallax.cute_variant import (BWD_BLOCK_N, CTA_ROWS, DTYPES, HEAD_DIMS, AttentionVariant,
+                                                    BackwardVariant)
 
 ARCH = rt.ARCH
 # the kernel's parameters (cute_kernel.py ParallaxAttentionForward.kernel): the two tiled MMAs (empty
 # structs), then per operand Q, R, K, V^T its CUtensorMap and its TMA tensor's two dynamic sizes (N and
 # B H or B Hkv, int32), then the o, a, lse, tbar pointers, N, H, the GQA group and scale * log2(e)
 ATTENTION_PARAMS = ["b8[1]", "b8[1]"] + ["b8[128]", "b8[8]"] * 4 + ["u64"] * 4 + ["u32"] * 3 + ["f32"]
+# the backward's (cute_backward.py ParallaxAttentionBackward.kernel): three tiled MMAs, Q, R, dO, K, V
+# (descriptor and sizes each), the stats, dQ and dR accumulator, dK and dV pointers, N, N_pad, H, the
+# group, scale * log2(e) and scale
+BACKWARD_PARAMS = ["b8[1]"] * 3 + ["b8[128]", "b8[8]"] * 5 + ["u64"] * 5 + ["u32"] * 4 + ["f32"] * 2
 _HERE = Path(__file__).resolve().parent
 MAX_GRID_Y = 65535
 
 
-def source_hash() -> str:
-    return rt.source_hash(_HERE / "cute_kernel.py", _HERE / "cute_variant.py")
+def _kernel_module(variant) -> str:
+    return "cute_backward" if isinstance(variant, BackwardVariant) else "cute_kernel"
 
 
-def write_artefact(folder: Path, variant: AttentionVariant, cubin: bytes, ptx: str, kernel_name: str,
-                   dsl_version: str) -> Path:
-    return rt.write_artefact(folder, variant, cubin, ptx, kernel_name, dsl_version, source_hash())
+def source_hash(module: str = "cute_kernel") -> str:
+    return rt.source_hash(_HERE / f"{module}.py", _HERE / "cute_variant.py")
+
+
+def write_artefact(folder: Path, variant: AttentionVariant | BackwardVariant, cubin: bytes, ptx: str,
+                   kernel_name: str, dsl_version: str) -> Path:
+    return rt.write_artefact(folder, variant, cubin, ptx, kernel_name, dsl_version,
+                             source_hash(_kernel_module(variant)))
 
 
 BUILD_COMMAND = "scripts/build_kernels.py --attention --out {folder}"
 
 
-def read_artefact(folder: Path, variant: AttentionVariant) -> tuple[dict, bytes] | None:
-    return rt.read_artefact(folder, variant, source=source_hash(), params=ATTENTION_PARAMS,
-                            kernel_file="kernels/parallax_kernels/parallax/cute_kernel.py",
+def read_artefact(folder: Path, variant: AttentionVariant | BackwardVariant) -> tuple[dict, bytes] | None:
+    module = _kernel_module(variant)
+    params = BACKWARD_PARAMS if isinstance(variant, BackwardVariant) else ATTENTION_PARAMS
+    return rt.read_artefact(folder, variant, source=source_hash(module), params=params,
+                            kernel_file=f"kernels/parallax_kernels/parallax/{module}.py",
                             build_command=BUILD_COMMAND.format(folder=folder))
 
 
 _LOADED: dict[tuple, rt.CubinKernel] = {}
 
 
-def load_attention_kernel(variant: AttentionVariant, folder: Path | None = None) -> rt.CubinKernel:
+def load_attention_kernel(variant: AttentionVariant | BackwardVariant, folder: Path | None = None) -> rt.CubinKernel:
     """The variant's kernel on the current device (rt.load_kernel: prebuilt, or compiled now with the DSL)."""
     return rt.load_kernel(variant, folder, loaded=_LOADED, read=read_artefact, write=write_artefact,
-                          compile_module="parallax_kernels.parallax.cute_kernel", what="attention",
+                          compile_module=f"parallax_kernels.parallax.{_kernel_module(variant)}", what="attention",
                           build_command=BUILD_COMMAND)
 
 
@@ -115,6 +128,55 @@ def _launch(q, k, v, r, causal: bool, scale: float, artefact_dir: Path | None = 
     return o, a, lse, tbar
 
 
+def _launch_backward(grad_o, q, k, v, r, o, a, lse, tbar, causal: bool, scale: float,
+                     artefact_dir: Path | None = None, **variant_fields):
+    """Launch the backward (every tensor contiguous, 16-byte aligned); returns dq, dk, dv, dr."""
+    from parallax_kernels.parallax.triton_fused import row_dot_products
+
+    b, h, n, d = q.shape
+    hkv = k.shape[1]
+    dtype = str(q.dtype).removeprefix("torch.")
+    variant = BackwardVariant(dtype=dtype, head_dim=d, causal=causal, **variant_fields)
+    variant.check()
+    if b * hkv > MAX_GRID_Y:
+        raise ValueError(f"parallax_attention backend 'cute': B * Hkv = {b * hkv} (batch, KV head) pairs; the "
+                         f"backward launch takes at most {MAX_GRID_Y}")
+    kernel = load_attention_kernel(variant, artefact_dir)
+    drow, e = row_dot_products(grad_o, o, a)
+    # per query row (lse, tbar, Drow, E), padded to whole query tiles; padding rows get lse = inf (weight 0)
+    n_pad = -(-n // variant.bm) * variant.bm
+    stats = torch.empty(b * h, n_pad, 4, dtype=torch.float32, device=q.device)
+    stats[:, :n] = torch.stack((lse, tbar, drow, e), dim=-1).view(b * h, n, 4)
+    stats[:, n:, 0] = math.inf
+    stats[:, n:, 1:] = 0.0
+    # dQ, dR accumulate in fp32, one contiguous (D, BM) block per (batch head, query tile)
+    m_tiles = n_pad // variant.bm
+    dq_acc = torch.zeros(b * h, m_tiles, d, variant.bm, dtype=torch.float32, device=q.device)
+    dr_acc = torch.zeros_like(dq_acc)
+    dk = torch.empty(k.shape, dtype=k.dtype, device=k.device)
+    dv = torch.empty_like(dk)
+    box_q, box_kv = variant.tma_boxes()
+    es = q.element_size()
+
+    def desc(t, heads, box):  # (B, heads, N, D) contiguous: dims D, N, B heads
+        return rt.encode_tma_tiled(dtype, t.data_ptr(), [d, n, b * heads], [d * es, n * d * es], box)
+
+    sizes_q, sizes_kv = struct.pack("<ii", n, b * h), struct.pack("<ii", n, b * hkv)
+    args = [b"\0"] * 3 + [desc(q, h, box_q), sizes_q, desc(r, h, box_q), sizes_q, desc(grad_o, h, box_q), sizes_q,
+                          desc(k, hkv, box_kv), sizes_kv, desc(v, hkv, box_kv), sizes_kv,
+                          stats.data_ptr(), dq_acc.data_ptr(), dr_acc.data_ptr(), dk.data_ptr(), dv.data_ptr(),
+                          n, n_pad, h, h // hkv, scale * math.log2(math.e), scale]
+    grid = (-(-n // BWD_BLOCK_N), b * hkv, 1)
+    kernel.launch(grid, args, torch.cuda.current_stream(q.device).cuda_stream)
+
+    def finish(acc):  # (B H, N_pad / BM, D, BM) fp32 -> contiguous (B, H, N, D) in the input dtype
+        out = torch.empty(b, h, n_pad, d, dtype=q.dtype, device=q.device)
+        out.view(b * h, m_tiles, variant.bm, d).copy_(acc.transpose(-1, -2))
+        return out if n == n_pad else out[:, :, :n].contiguous()
+
+    return finish(dq_acc), dk, dv, finish(dr_acc)
+
+
 def _aligned(x: torch.Tensor) -> torch.Tensor:
     # TMA reads contiguous (B, H, N, D) tensors from 16-byte aligned addresses
     return x if x.is_contiguous() and x.data_ptr() % 16 == 0 else x.clone(memory_format=torch.contiguous_format)
@@ -143,11 +205,24 @@ def _setup_context(ctx, inputs, output):
     ctx.causal, ctx.scale = causal, scale
 
 
-def _backward(ctx, grad_o, grad_a, grad_lse, grad_tbar):
-    from parallax_kernels.parallax.triton_fused import attention_bwd
+@torch.library.custom_op("parallax::attention_bwd_cute", mutates_args=())
+def attention_bwd_cute(
+    grad_o: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, r: torch.Tensor, o: torch.Tensor,
+    a: torch.Tensor, lse: torch.Tensor, tbar: torch.Tensor, causal: bool, scale: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    grad_o, q, k, v, r, o, a = (_aligned(x) for x in (grad_o, q, k, v, r, o, a))
+    with torch.cuda.device(q.device):
+        return _launch_backward(grad_o, q, k, v, r, o, a, lse.contiguous(), tbar.contiguous(), causal, scale)
 
+
+@attention_bwd_cute.register_fake
+def _(grad_o, q, k, v, r, o, a, lse, tbar, causal, scale):
+    return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape), r.new_empty(r.shape)
+
+
+def _backward(ctx, grad_o, grad_a, grad_lse, grad_tbar):
     q, k, v, r, o, a, lse, tbar = ctx.saved_tensors
-    dq, dk, dv, dr = attention_bwd(grad_o, q, k, v, r, o, a, lse, tbar, ctx.causal, ctx.scale, None, False)
+    dq, dk, dv, dr = attention_bwd_cute(grad_o, q, k, v, r, o, a, lse, tbar, ctx.causal, ctx.scale)
     return dq, dk, dv, dr, None, None
 
 
@@ -159,8 +234,13 @@ def _(info, in_dims, *args):  # the vmapped dim joins the batch: one launch
     return unfold(info.batch_size, attention_fwd_cute(*fold(info.batch_size, in_dims, args)))
 
 
+@attention_bwd_cute.register_vmap
+def _(info, in_dims, *args):
+    return unfold(info.batch_size, attention_bwd_cute(*fold(info.batch_size, in_dims, args)))
+
+
 def parallax_attention_cute(q, k, v, r, *, causal: bool, scale: float, document_ids=None) -> torch.Tensor:
-    """Fused Parallax attention, CuTe DSL forward + Triton backward; shapes as parallax_attention
+    """Fused Parallax attention, CuTe DSL forward and backward; shapes as parallax_attention
     (already checked)."""
     if document_ids is not None:
         raise NotImplementedError("parallax_attention backend 'cute': packed documents (document_ids, cu_seqlens) "

@@ -74,3 +74,61 @@ class AttentionVariant:
         elements of D (the 128-byte swizzle's width; a D = 128 tile takes two copies), WG_ROWS query rows
         or BN key rows, one (batch, head)."""
         return [64, WG_ROWS, 1], [64, self.bn, 1]
+
+
+# ---- the backward (cute_backward.py) --------------------------------------------------------------
+BWD_BLOCK_N = 128  # keys per CTA: 64 per consumer warpgroup
+BWD_NUM_THREADS = 384  # one producer and two consumer warpgroups
+# query rows per step: dK, dV (64 x D fp32 each) stay in registers, beside S^T, T^T, dalpha^T (64 x BM each)
+DEFAULT_BWD_BLOCK_M = {64: 64, 128: 32}
+
+
+@dataclass(frozen=True)
+class BackwardVariant:
+    """What one compiled backward kernel is specialised for (GQA group and length are run-time)."""
+
+    dtype: str
+    head_dim: int
+    causal: bool
+    block_m: int = 0  # query rows per step; 0: DEFAULT_BWD_BLOCK_M[head_dim]
+    stages: int = 2  # Q, R, dO shared-memory stages
+
+    def __post_init__(self):
+        if self.block_m == 0 and self.head_dim in DEFAULT_BWD_BLOCK_M:
+            object.__setattr__(self, "block_m", DEFAULT_BWD_BLOCK_M[self.head_dim])
+
+    def check(self) -> None:
+        if self.dtype not in DTYPES:
+            raise ValueError(f"CuTe attention backward: dtype {self.dtype} is not supported (bfloat16, float16)")
+        if self.head_dim not in HEAD_DIMS:
+            raise ValueError(f"CuTe attention backward: head_dim {self.head_dim} is not supported (64, 128)")
+        if self.bm not in (32, 64):
+            raise ValueError(f"CuTe attention backward: block_m {self.block_m} is not 32 or 64")
+        if not 2 <= self.stages <= 3:
+            raise ValueError(f"CuTe attention backward: {self.stages} Q/R/dO stages; 2 or 3 fit shared memory")
+
+    @property
+    def bm(self) -> int:
+        return self.block_m or DEFAULT_BWD_BLOCK_M.get(self.head_dim, 32)
+
+    @property
+    def name(self) -> str:
+        mask = "causal" if self.causal else "full"
+        return f"parallax_attn_bwd_{self.dtype}_d{self.head_dim}_{mask}_m{self.bm}_s{self.stages}"
+
+    @property
+    def num_threads(self) -> int:
+        return BWD_NUM_THREADS
+
+    @property
+    def smem_bytes(self) -> int:
+        """Upper bound of the shared storage: K, V (BN x D), `stages` x (Q, R, dO (BM x D), ds^T, dt^T
+        (BM x BN)) 16-bit, the statistics (4 x BM fp32 a stage), the two D x BM fp32 staging tiles of dQ^T and
+        dR^T, and 1 KB per buffer for alignment and barriers."""
+        d, bm, s = self.head_dim, self.bm, self.stages
+        return (10 * 1024 + 2 * (2 * BWD_BLOCK_N * d + s * (3 * bm * d + 2 * bm * BWD_BLOCK_N)) + 16 * bm * s
+                + 8 * d * bm)
+
+    def tma_boxes(self) -> tuple[list[int], list[int]]:
+        """The TMA boxes (innermost first) of the Q/R/dO and the K/V descriptors."""
+        return [64, self.bm, 1], [64, BWD_BLOCK_N, 1]

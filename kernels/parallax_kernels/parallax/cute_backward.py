@@ -1,0 +1,489 @@
+"""Parallax attention backward for Hopper (sm_90a) in CuTe DSL: TMA, wgmma, warp specialisation.
+
+Per (query i, key j), with w = exp2(scale_log2 q.k - lse) rebuilt from the forward's lse (log2 domain),
+t = r.k, tc = t - tbar, dalpha = dO.v, and the row dot products Drow = dO.o, E = dO.a (derived in
+docs/design.md; the same arithmetic as the Triton backward, triton_fused.py):
+    alpha = w (1 - tc)                 dV += alpha^T dO
+    dt = w (E - dalpha)                dK += ds^T Q + dt^T R,   dR += dt K
+    ds = scale w (dalpha (1 - tc) + E tc - Drow)                dQ += ds K
+Eight matmuls per (query tile, key tile): S, T, dalpha recomputed, dV, two for dK, dQ, dR.
+
+Layout of one CTA (384 threads): one key tile of BN = 128 keys of one (batch, KV head); it walks every
+query tile of every query head of that KV head's GQA group, so dK and dV are complete in registers at the
+end (no atomics, deterministic) and are stored once.
+- warpgroup 0 is the producer (`setmaxnreg` 24): one warp loads the K and V tiles once, then per query
+  tile the Q, R and dO tiles (TMA) and the four per-row statistics (lse, tbar, Drow, E: one bulk copy)
+  into a ring of shared-memory stages;
+- warpgroups 1 and 2 (`setmaxnreg` 240) own 64 keys each. Per query tile (BM queries) each computes the
+  transposed score tiles S^T = K Q^T, T^T = K R^T and dalpha^T = V dO^T (keys as the wgmma's M, so that
+  their elementwise results serve as register A operands next), then alpha^T, ds^T, dt^T in registers;
+  dV += alpha^T dO and dK += ds^T Q + dt^T R (A from registers, B the same Q, R, dO tiles read
+  transposed); ds^T and dt^T also go to shared memory, and after a barrier of the two warpgroups one
+  computes dQ^T = K^T ds^T and the other dR^T = K^T dt^T over all 128 keys (M = head_dim), writes it to
+  shared memory and adds it to an fp32 buffer with one bulk reduce-add (cp.reduce.async.bulk .add.f32,
+  FlashAttention-3's choice over per-element atomics; the adds of different key tiles land in varying
+  order, so dQ, dR are not bitwise reproducible run to run).
+Registers: dK, dV (64 x D fp32 each) stay live through the loop, so the score tiles are 64 x BM with BM
+= 32 at D = 128 (64 at D = 64); dQ^T and dR^T (D x BM) are split between the warpgroups.
+The dQ, dR buffers are (B H, N_pad / BM, D, BM) fp32: each (query tile, head) a contiguous D x BM block,
+the layout of the accumulator tile in shared memory, so that one bulk copy adds it; the launcher turns
+them into (B, H, N, D).
+"""
+
+from __future__ import annotations
+
+import cutlass
+import cutlass.cute as cute
+import cutlass.pipeline as pipeline
+import cutlass.utils as utils
+import cutlass.utils.hopper_helpers as sm90_utils
+from cutlass import Float32, Int32
+from cutlass._mlir.dialects import llvm
+from cutlass.cute.nvgpu import cpasync, warpgroup
+from cutlass.cutlass_dsl import dsl_user_op
+
+from parallax_kernels import cute_runtime as rt
+from parallax_kernels.parallax.cute_variant import BWD_BLOCK_N, BWD_NUM_THREADS, BackwardVariant
+
+PRODUCER_REGS = 24
+CONSUMER_REGS = 240
+KEYS_PER_WG = 64
+DS_READY_BARRIER = 1  # named barrier: both consumers' ds^T, dt^T are in shared memory (0 is __syncthreads)
+ACC_BARRIER = 2  # named barriers 2, 3: one consumer warpgroup's dQ^T / dR^T staging buffer
+STATS = 4  # per query row: lse, tbar, Drow, E
+
+
+@dsl_user_op
+def bulk_reduce_add_f32(smem: cute.Pointer, gmem: cute.Pointer, nbytes: int, *, loc=None, ip=None) -> None:
+    """gmem[:nbytes] += smem[:nbytes] (fp32, done by the TMA unit in L2; completes as a bulk group)."""
+    llvm.inline_asm(
+        None, [gmem.llvm_ptr, smem.toint(loc=loc, ip=ip).ir_value(), Int32(nbytes).ir_value()],
+        "cp.reduce.async.bulk.global.shared::cta.bulk_group.add.f32 [$0], [$1], $2;", "l,r,r",
+        has_side_effects=True, is_align_stack=False, asm_dialect=llvm.AsmDialect.AD_ATT)
+
+
+def compile_variant(variant: BackwardVariant) -> tuple[bytes, str, str]:
+    """Compile one backward variant for sm_90a (no GPU needed with CUTE_DSL_ARCH=sm_90a)."""
+    kernel = ParallaxAttentionBackward(variant)
+    ptr, dt = rt.gmem_pointer, kernel.dtype
+    # q, k, v, r, dO; stats; dq, dr accumulators; dk, dv (written as 32-bit pairs)
+    args = ([ptr(dt, 16)] * 5 + [ptr(Float32, 16)] * 3 + [ptr(cutlass.Uint32, 16)] * 2
+            + [Int32(128)] * 6 + [Float32(1.0), Float32(1.0)])
+    cubin, ptx, name = rt.compile_cubin(kernel, args, variant.name)
+    smem = kernel.shared_storage.size_in_bytes()
+    if smem > variant.smem_bytes:
+        raise RuntimeError(f"{variant.name}: the kernel's shared storage is {smem} bytes, BackwardVariant.smem_bytes "
+                           f"says {variant.smem_bytes}")
+    return cubin, ptx, name
+
+
+def transpose_view(t: cute.Tensor) -> cute.Tensor:
+    """The same shared-memory tile with its first two modes swapped (a K-major operand read MN-major)."""
+    shape = (t.shape[1], t.shape[0], *t.shape[2:])
+    return cute.composition(t, cute.make_ordered_layout(shape, order=(1, 0, *range(2, cute.rank(t)))))
+
+
+class ParallaxAttentionBackward:
+    def __init__(self, variant: BackwardVariant):
+        variant.check()
+        self.v = variant
+        self.dtype = cutlass.BFloat16 if variant.dtype == "bfloat16" else cutlass.Float16
+        self.d = variant.head_dim
+        self.bm = variant.bm
+        self.bn = BWD_BLOCK_N
+        self.stages = variant.stages
+        self.causal = variant.causal
+
+    # ---- host side (traced once per variant) -------------------------------------------------
+    @cute.jit
+    def __call__(
+        self,
+        p_q: cute.Pointer, p_k: cute.Pointer, p_v: cute.Pointer, p_r: cute.Pointer, p_do: cute.Pointer,
+        p_stats: cute.Pointer, p_dq: cute.Pointer, p_dr: cute.Pointer, p_dk: cute.Pointer, p_dv: cute.Pointer,
+        n: Int32, n_pad: Int32, bh: Int32, bhkv: Int32, heads: Int32, group: Int32,
+        scale_log2: Float32, scale: Float32, stream,
+    ):
+        d, bm, bn, dt = self.d, self.bm, self.bn, self.dtype
+        head = n * d  # elements per (batch, head): q, k, v, r, dO are contiguous (B, H, N, D)
+        q = cute.make_tensor(p_q, cute.make_layout((n, d, bh), stride=(d, 1, head)))
+        r = cute.make_tensor(p_r, cute.make_layout((n, d, bh), stride=(d, 1, head)))
+        do = cute.make_tensor(p_do, cute.make_layout((n, d, bh), stride=(d, 1, head)))
+        k = cute.make_tensor(p_k, cute.make_layout((n, d, bhkv), stride=(d, 1, head)))
+        v = cute.make_tensor(p_v, cute.make_layout((n, d, bhkv), stride=(d, 1, head)))
+
+        k_major, mn_major = warpgroup.OperandMajorMode.K, warpgroup.OperandMajorMode.MN
+        # S^T, T^T, dalpha^T: (BN keys, BM queries), K = D; the two consumers split the keys
+        mma_s = sm90_utils.make_trivial_tiled_mma(dt, dt, k_major, k_major, Float32, (2, 1, 1), (KEYS_PER_WG, bm))
+        # dV, dK: (BN keys, D), K = BM queries; A (alpha^T, ds^T, dt^T) from registers
+        mma_kv = sm90_utils.make_trivial_tiled_mma(dt, dt, k_major, mn_major, Float32, (2, 1, 1), (KEYS_PER_WG, d),
+                                                   warpgroup.OperandSource.RMEM)
+        # dQ^T, dR^T: (D, BM queries), K = BN keys; one warpgroup each
+        mma_q = sm90_utils.make_trivial_tiled_mma(dt, dt, mn_major, mn_major, Float32, (1, 1, 1), (64, bm))
+        row_major, col_major = utils.LayoutEnum.ROW_MAJOR, utils.LayoutEnum.COL_MAJOR
+        kv_smem = sm90_utils.make_smem_layout_a(row_major, (bn, bm, d), dt, 1)  # (BN, D), K-major
+        q_smem = sm90_utils.make_smem_layout_b(row_major, (bn, bm, d), dt, self.stages)  # (BM, D), K-major
+        ds_smem = sm90_utils.make_smem_layout_b(col_major, (d, bm, bn), dt, self.stages)  # (BM, BN), BM-major
+
+        g2s = cpasync.CopyBulkTensorTileG2SOp()
+        q_stage, kv_stage = cute.slice_(q_smem, (None, None, 0)), cute.slice_(kv_smem, (None, None, 0))
+        tma_q, m_q = cpasync.make_tiled_tma_atom(g2s, q, q_stage, (bm, d))
+        tma_r, m_r = cpasync.make_tiled_tma_atom(g2s, r, q_stage, (bm, d))
+        tma_do, m_do = cpasync.make_tiled_tma_atom(g2s, do, q_stage, (bm, d))
+        tma_k, m_k = cpasync.make_tiled_tma_atom(g2s, k, kv_stage, (bn, d))
+        tma_v, m_v = cpasync.make_tiled_tma_atom(g2s, v, kv_stage, (bn, d))
+        self.q_bytes = cute.size_in_bytes(dt, q_stage)
+        self.kv_bytes = cute.size_in_bytes(dt, kv_stage)
+
+        @cute.struct
+        class SharedStorage:
+            q_mbar: cute.struct.MemRange[cutlass.Int64, 2 * self.stages]
+            kv_mbar: cute.struct.MemRange[cutlass.Int64, 2]
+            stats: cute.struct.Align[cute.struct.MemRange[Float32, STATS * bm * self.stages], 128]
+            sK: cute.struct.Align[cute.struct.MemRange[dt, cute.cosize(kv_smem)], 1024]
+            sV: cute.struct.Align[cute.struct.MemRange[dt, cute.cosize(kv_smem)], 1024]
+            sQ: cute.struct.Align[cute.struct.MemRange[dt, cute.cosize(q_smem)], 1024]
+            sR: cute.struct.Align[cute.struct.MemRange[dt, cute.cosize(q_smem)], 1024]
+            sdO: cute.struct.Align[cute.struct.MemRange[dt, cute.cosize(q_smem)], 1024]
+            sdS: cute.struct.Align[cute.struct.MemRange[dt, cute.cosize(ds_smem)], 1024]
+            sdT: cute.struct.Align[cute.struct.MemRange[dt, cute.cosize(ds_smem)], 1024]
+            acc: cute.struct.Align[cute.struct.MemRange[Float32, 2 * d * bm], 1024]  # dQ^T, dR^T staging
+
+        self.shared_storage = SharedStorage
+        n_blocks = (n + bn - 1) // bn
+        self.kernel(
+            mma_s, mma_kv, mma_q, tma_q, m_q, tma_r, m_r, tma_do, m_do, tma_k, m_k, tma_v, m_v,
+            p_stats, p_dq, p_dr, p_dk, p_dv, n, n_pad, heads, group, scale_log2, scale,
+            kv_smem, q_smem, ds_smem,
+        ).launch(grid=[n_blocks, bhkv, 1], block=[BWD_NUM_THREADS, 1, 1], smem=SharedStorage.size_in_bytes(),
+                 stream=stream, min_blocks_per_mp=1)
+
+    # ---- device side ------------------------------------------------------------------------
+    @cute.kernel
+    def kernel(
+        self,
+        mma_s: cute.TiledMma, mma_kv: cute.TiledMma, mma_q: cute.TiledMma,
+        tma_q: cute.CopyAtom, m_q: cute.Tensor, tma_r: cute.CopyAtom, m_r: cute.Tensor,
+        tma_do: cute.CopyAtom, m_do: cute.Tensor, tma_k: cute.CopyAtom, m_k: cute.Tensor,
+        tma_v: cute.CopyAtom, m_v: cute.Tensor,
+        p_stats: cute.Pointer, p_dq: cute.Pointer, p_dr: cute.Pointer, p_dk: cute.Pointer, p_dv: cute.Pointer,
+        n: Int32, n_pad: Int32, heads: Int32, group: Int32, scale_log2: Float32, scale: Float32,
+        kv_smem: cute.ComposedLayout, q_smem: cute.ComposedLayout, ds_smem: cute.ComposedLayout,
+    ):
+        bm, bn = self.bm, self.bn
+        tidx, _, _ = cute.arch.thread_idx()
+        warp_idx = cute.arch.make_warp_uniform(cute.arch.warp_idx())
+        wg = warp_idx // 4
+
+        storage = utils.SmemAllocator().allocate(self.shared_storage)
+        consumers = pipeline.CooperativeGroup(pipeline.Agent.Thread, 8)  # one arrive per consumer warp
+        producer = pipeline.CooperativeGroup(pipeline.Agent.Thread, 1)
+        kv_prod, kv_cons = pipeline.PipelineTmaAsync.create(
+            barrier_storage=storage.kv_mbar.data_ptr(), num_stages=1, producer_group=producer,
+            consumer_group=consumers, tx_count=2 * self.kv_bytes, defer_sync=True).make_participants()
+        q_prod, q_cons = pipeline.PipelineTmaAsync.create(
+            barrier_storage=storage.q_mbar.data_ptr(), num_stages=self.stages, producer_group=producer,
+            consumer_group=consumers, tx_count=3 * self.q_bytes + STATS * 4 * bm,
+            defer_sync=True).make_participants()
+
+        sK = storage.sK.get_tensor(kv_smem.outer, swizzle=kv_smem.inner)
+        sV = storage.sV.get_tensor(kv_smem.outer, swizzle=kv_smem.inner)
+        sQ = storage.sQ.get_tensor(q_smem.outer, swizzle=q_smem.inner)
+        sR = storage.sR.get_tensor(q_smem.outer, swizzle=q_smem.inner)
+        sdO = storage.sdO.get_tensor(q_smem.outer, swizzle=q_smem.inner)
+        sdS = storage.sdS.get_tensor(ds_smem.outer, swizzle=ds_smem.inner)
+        sdT = storage.sdT.get_tensor(ds_smem.outer, swizzle=ds_smem.inner)
+        sdS32 = self._as_pairs(storage.sdS.data_ptr(), ds_smem)
+        sdT32 = self._as_pairs(storage.sdT.data_ptr(), ds_smem)
+        sStats = storage.stats.get_tensor(cute.make_layout((STATS, bm, self.stages), stride=(1, STATS, STATS * bm)))
+
+        # work item: (key tile, batch * KV head); causal: key tile 0 has the most query tiles and runs first
+        kt, bhk, _ = cute.arch.block_idx()
+        kv_heads = heads // group
+        b = bhk // kv_heads
+        hk = bhk - b * kv_heads
+        n0 = kt * bn
+        m_tiles = (n + bm - 1) // bm
+        m_lo = 0
+        m_mid = 0  # query tiles [m_lo, m_mid) need a mask, [m_mid, m_tiles) do not
+        if cutlass.const_expr(self.causal):
+            m_lo = n0 // bm
+            m_mid = cutlass.min((n0 + bn + bm - 1) // bm, m_tiles)
+        if n0 + bn > n:  # keys past the sequence's end: every query tile masks them
+            m_mid = m_tiles
+
+        pipeline.pipeline_init_arrive(cluster_shape_mn=(1, 1, 1), is_relaxed=True)
+        pipeline.pipeline_init_wait(cluster_shape_mn=(1, 1, 1))
+
+        if wg == 0:  # ---- producer -------------------------------------------------------------
+            cute.arch.warpgroup_reg_dealloc(PRODUCER_REGS)
+            if warp_idx == 0:
+                for atom in (tma_q, tma_r, tma_do, tma_k, tma_v):
+                    cpasync.prefetch_descriptor(atom)
+                self._produce(tma_q, m_q, tma_r, m_r, tma_do, m_do, tma_k, m_k, tma_v, m_v, sQ, sR, sdO, sK, sV,
+                              sStats, p_stats, kv_prod, q_prod, n_pad, heads, group, b, hk, bhk, kt, m_lo, m_tiles)
+        else:  # ---- consumers ------------------------------------------------------------------
+            cute.arch.warpgroup_reg_alloc(CONSUMER_REGS)
+            self._consume(mma_s, mma_kv, mma_q, sK, sV, sQ, sR, sdO, sdS, sdT, sdS32, sdT32, sStats,
+                          storage.acc.data_ptr(),
+                          kv_cons, q_cons,
+                          p_dq, p_dr, p_dk, p_dv, n, n_pad, heads, group, b, hk, bhk, n0, m_lo, m_mid, m_tiles,
+                          scale_log2, scale, wg - 1, tidx - 128)
+
+    @cute.jit
+    def _produce(self, tma_q, m_q, tma_r, m_r, tma_do, m_do, tma_k, m_k, tma_v, m_v, sQ, sR, sdO, sK, sV, sStats,
+                 p_stats: cute.Pointer, kv_prod, q_prod, n_pad: Int32, heads: Int32, group: Int32, b: Int32,
+                 hk: Int32, bhk: Int32, kt: Int32, m_lo: Int32, m_tiles: Int32):
+        d, bm, bn = self.d, self.bm, self.bn
+        one = cute.make_layout(1)
+        g_k = cute.local_tile(m_k[None, None, bhk], (bn, d), (None, 0))
+        g_v = cute.local_tile(m_v[None, None, bhk], (bn, d), (None, 0))
+        t_sk, t_gk = cpasync.tma_partition(tma_k, 0, one, cute.group_modes(sK, 0, 2), cute.group_modes(g_k, 0, 2))
+        t_sv, t_gv = cpasync.tma_partition(tma_v, 0, one, cute.group_modes(sV, 0, 2), cute.group_modes(g_v, 0, 2))
+        h_kv = kv_prod.acquire_and_advance()
+        cute.copy(tma_k, t_gk[None, kt], t_sk[None, 0], tma_bar_ptr=h_kv.barrier)
+        cute.copy(tma_v, t_gv[None, kt], t_sv[None, 0], tma_bar_ptr=h_kv.barrier)
+        bulk = cute.make_copy_atom(cpasync.CopyBulkG2SOp(), Float32)
+        s_stats = cute.make_tensor(sStats.iterator, cute.make_layout((STATS * bm, self.stages)))
+        for g in cutlass.range(group, unroll=1):
+            bhq = b * heads + hk * group + g
+            g_q = cute.local_tile(m_q[None, None, bhq], (bm, d), (None, 0))
+            g_r = cute.local_tile(m_r[None, None, bhq], (bm, d), (None, 0))
+            g_do = cute.local_tile(m_do[None, None, bhq], (bm, d), (None, 0))
+            t_sq, t_gq = cpasync.tma_partition(tma_q, 0, one, cute.group_modes(sQ, 0, 2), cute.group_modes(g_q, 0, 2))
+            t_sr, t_gr = cpasync.tma_partition(tma_r, 0, one, cute.group_modes(sR, 0, 2), cute.group_modes(g_r, 0, 2))
+            t_sdo, t_gdo = cpasync.tma_partition(tma_do, 0, one, cute.group_modes(sdO, 0, 2),
+                                                 cute.group_modes(g_do, 0, 2))
+            for m in cutlass.range(m_lo, m_tiles, unroll=1):
+                h = q_prod.acquire_and_advance()
+                cute.copy(tma_q, t_gq[None, m], t_sq[None, h.index], tma_bar_ptr=h.barrier)
+                cute.copy(tma_r, t_gr[None, m], t_sr[None, h.index], tma_bar_ptr=h.barrier)
+                cute.copy(tma_do, t_gdo[None, m], t_sdo[None, h.index], tma_bar_ptr=h.barrier)
+                row = bhq.to(cutlass.Int64) * n_pad.to(cutlass.Int64) + (m * bm).to(cutlass.Int64)
+                g_stats = cute.make_tensor(p_stats + row * STATS, cute.make_layout((STATS * bm,)))
+                with cute.arch.elect_one():
+                    cute.copy(bulk, g_stats, s_stats[None, h.index], mbar_ptr=h.barrier)
+
+    @cute.jit
+    def _consume(self, mma_s: cute.TiledMma, mma_kv: cute.TiledMma, mma_q: cute.TiledMma, sK, sV, sQ, sR, sdO,
+                 sdS, sdT, sdS32, sdT32, sStats, p_acc: cute.Pointer, kv_cons, q_cons, p_dq: cute.Pointer,
+                 p_dr: cute.Pointer, p_dk: cute.Pointer, p_dv: cute.Pointer, n: Int32, n_pad: Int32, heads: Int32, group: Int32, b: Int32, hk: Int32,
+                 bhk: Int32, n0: Int32, m_lo: Int32, m_mid: Int32, m_tiles: Int32, scale_log2: Float32,
+                 scale: Float32, cw: Int32, tid: Int32):
+        d, bm, bn = self.d, self.bm, self.bn
+        sK0, sV0 = sK[None, None, 0], sV[None, None, 0]
+        thr_s, wg_s = mma_s.get_slice(tid), mma_s.get_slice(128 * cw)
+        t_ak = wg_s.make_fragment_A(wg_s.partition_A(sK0))
+        t_av = wg_s.make_fragment_A(wg_s.partition_A(sV0))
+        t_bq = wg_s.make_fragment_B(wg_s.partition_B(sQ))
+        t_br = wg_s.make_fragment_B(wg_s.partition_B(sR))
+        t_bdo = wg_s.make_fragment_B(wg_s.partition_B(sdO))
+        acc_s = thr_s.make_fragment_C(thr_s.partition_shape_C((bn, bm)))
+        acc_t = thr_s.make_fragment_C(thr_s.partition_shape_C((bn, bm)))
+        acc_da = thr_s.make_fragment_C(thr_s.partition_shape_C((bn, bm)))
+        coords = self._mn_view(thr_s.partition_C(cute.make_identity_tensor((bn, bm))))
+
+        thr_kv, wg_kv = mma_kv.get_slice(tid), mma_kv.get_slice(128 * cw)
+        t_bqt = wg_kv.make_fragment_B(wg_kv.partition_B(transpose_view(sQ)))
+        t_brt = wg_kv.make_fragment_B(wg_kv.partition_B(transpose_view(sR)))
+        t_bdot = wg_kv.make_fragment_B(wg_kv.partition_B(transpose_view(sdO)))
+        acc_dk = thr_kv.make_fragment_C(thr_kv.partition_shape_C((bn, d)))
+        acc_dv = thr_kv.make_fragment_C(thr_kv.partition_shape_C((bn, d)))
+        acc_dk.fill(0.0)
+        acc_dv.fill(0.0)
+
+        thr_q = mma_q.get_slice(tid - 128 * cw)
+        t_akt = thr_q.make_fragment_A(thr_q.partition_A(transpose_view(sK0)))
+        t_bds = thr_q.make_fragment_B(thr_q.partition_B(sdS))
+        t_bdt = thr_q.make_fragment_B(thr_q.partition_B(sdT))
+        acc_g = thr_q.make_fragment_C(thr_q.partition_shape_C((d, bm)))  # dQ^T (warpgroup 0) or dR^T (1)
+        g_coords = self._mn_view(thr_q.partition_C(cute.make_identity_tensor((d, bm))))
+        p_grad = p_dq
+        if cw == 1:
+            p_grad = p_dr
+        s_acc = cute.make_tensor(p_acc + cw * d * bm, cute.make_layout((d, bm), stride=(bm, 1)))
+
+        kv_cons.wait()
+        mma_kv.set(warpgroup.Field.ACCUMULATE, True)
+        for g in cutlass.range(group, unroll=1):
+            bhq = b * heads + hk * group + g
+            for m in cutlass.range(m_lo, m_mid, unroll=1):
+                q_cons, mma_s, mma_kv, mma_q = self._step(
+                    m, bhq, True, mma_s, mma_kv, mma_q, t_ak, t_av, t_bq, t_br, t_bdo, t_bqt, t_brt, t_bdot, t_akt,
+                    t_bds, t_bdt, acc_s, acc_t, acc_da, acc_dk, acc_dv, acc_g, coords, g_coords, sdS32, sdT32, sStats,
+                    s_acc, q_cons, p_grad, n, n_pad, n0, scale_log2, scale, cw, tid)
+            for m in cutlass.range(m_mid, m_tiles, unroll=1):
+                q_cons, mma_s, mma_kv, mma_q = self._step(
+                    m, bhq, False, mma_s, mma_kv, mma_q, t_ak, t_av, t_bq, t_br, t_bdo, t_bqt, t_brt, t_bdot, t_akt,
+                    t_bds, t_bdt, acc_s, acc_t, acc_da, acc_dk, acc_dv, acc_g, coords, g_coords, sdS32, sdT32, sStats,
+                    s_acc, q_cons, p_grad, n, n_pad, n0, scale_log2, scale, cw, tid)
+
+        if tid % 128 == 0:  # the last bulk add has read its staging buffer before the CTA ends
+            cute.arch.cp_async_bulk_wait_group(0, read=True)
+
+        # ---- epilogue: dK, dV (keys of this warpgroup, rows < n) as 32-bit pairs -------------------
+        kv_coords = self._mn_view(thr_kv.partition_C(cute.make_identity_tensor((bn, d))))
+        dk = self._mn_view(acc_dk)
+        dv = self._mn_view(acc_dv)
+        half = d // 2
+        base = bhk.to(cutlass.Int64) * n.to(cutlass.Int64) * half
+        g_dk = cute.make_tensor(p_dk + base, cute.make_layout((n, half), stride=(half, 1)))
+        g_dv = cute.make_tensor(p_dv + base, cute.make_layout((n, half), stride=(half, 1)))
+        pair = cute.make_rmem_tensor((2,), self.dtype)
+        packed = cute.recast_tensor(pair, cutlass.Uint32)
+        for i in cutlass.range_constexpr(cute.size(dk.shape[0])):
+            key = n0 + kv_coords[i, 0][0]
+            if key < n:
+                for j in cutlass.range_constexpr(0, cute.size(dk.shape[1]), 2):
+                    col = kv_coords[i, j][1]
+                    pair[0] = dk[i, j].to(self.dtype)
+                    pair[1] = dk[i, j + 1].to(self.dtype)
+                    g_dk[key, col // 2] = packed[0]
+                    pair[0] = dv[i, j].to(self.dtype)
+                    pair[1] = dv[i, j + 1].to(self.dtype)
+                    g_dv[key, col // 2] = packed[0]
+
+    @cute.jit
+    def _step(self, m: Int32, bhq: Int32, masked: cutlass.Constexpr, mma_s: cute.TiledMma, mma_kv: cute.TiledMma,
+              mma_q: cute.TiledMma, t_ak, t_av, t_bq, t_br, t_bdo, t_bqt, t_brt, t_bdot, t_akt, t_bds, t_bdt,
+              acc_s, acc_t, acc_da, acc_dk, acc_dv, acc_g, coords, g_coords, sdS32, sdT32, sStats, s_acc, q_cons,
+              p_grad: cute.Pointer, n: Int32, n_pad: Int32, n0: Int32, scale_log2: Float32, scale: Float32,
+              cw: Int32, tid: Int32):
+        """One query tile m of query head bhq against this CTA's keys."""
+        bm = self.bm
+        h = q_cons.wait_and_advance()
+        st = h.index
+        warpgroup.fence()
+        for kk in cutlass.range_constexpr(cute.size(t_ak, mode=[2])):
+            mma_s.set(warpgroup.Field.ACCUMULATE, kk != 0)
+            cute.gemm(mma_s, acc_s, t_ak[None, None, kk], t_bq[None, None, kk, st], acc_s)
+        for kk in cutlass.range_constexpr(cute.size(t_ak, mode=[2])):
+            mma_s.set(warpgroup.Field.ACCUMULATE, kk != 0)
+            cute.gemm(mma_s, acc_t, t_ak[None, None, kk], t_br[None, None, kk, st], acc_t)
+        warpgroup.commit_group()
+        for kk in cutlass.range_constexpr(cute.size(t_av, mode=[2])):
+            mma_s.set(warpgroup.Field.ACCUMULATE, kk != 0)
+            cute.gemm(mma_s, acc_da, t_av[None, None, kk], t_bdo[None, None, kk, st], acc_da)
+        warpgroup.commit_group()
+
+        s = self._mn_view(acc_s)
+        t = self._mn_view(acc_t)
+        da = self._mn_view(acc_da)
+        q0 = m * bm
+        # weights and centred probe scores while dalpha^T is still being computed
+        warpgroup.wait_group(1)
+        for c in cutlass.range_constexpr(cute.size(s.shape[1])):
+            ql = coords[0, c][1]
+            lse = sStats[0, ql, st]
+            tbar = sStats[1, ql, st]
+            for i in cutlass.range_constexpr(cute.size(s.shape[0])):
+                w = cute.math.exp2(s[i, c] * scale_log2 - lse, fastmath=True)
+                if cutlass.const_expr(masked):
+                    key = n0 + coords[i, c][0]
+                    limit = n
+                    if cutlass.const_expr(self.causal):
+                        limit = cutlass.min(n, q0 + ql + 1)
+                    if key >= limit:
+                        w = Float32(0.0)
+                s[i, c] = w
+                t[i, c] = t[i, c] - tbar
+        warpgroup.wait_group(0)
+        for c in cutlass.range_constexpr(cute.size(s.shape[1])):
+            ql = coords[0, c][1]
+            drow = sStats[2, ql, st]
+            e = sStats[3, ql, st]
+            for i in cutlass.range_constexpr(cute.size(s.shape[0])):
+                w = s[i, c]
+                tc = t[i, c]
+                dai = da[i, c]
+                one_m = 1.0 - tc
+                s[i, c] = w * one_m  # alpha^T
+                t[i, c] = w * (dai * one_m + e * tc - drow) * scale  # ds^T (scaled)
+                da[i, c] = w * (e - dai)  # dt^T
+        # ds^T, dt^T to shared memory as 32-bit pairs: a thread's columns 2j, 2j + 1 are adjacent queries
+        pair = cute.make_rmem_tensor((2,), self.dtype)
+        packed = cute.recast_tensor(pair, cutlass.Uint32)
+        for c in cutlass.range_constexpr(0, cute.size(s.shape[1]), 2):
+            ql = coords[0, c][1]
+            for i in cutlass.range_constexpr(cute.size(s.shape[0])):
+                key = coords[i, c][0]
+                pair[0] = t[i, c].to(self.dtype)
+                pair[1] = t[i, c + 1].to(self.dtype)
+                sdS32[ql // 2, key, st] = packed[0]
+                pair[0] = da[i, c].to(self.dtype)
+                pair[1] = da[i, c + 1].to(self.dtype)
+                sdT32[ql // 2, key, st] = packed[0]
+
+        alpha_a = self._as_a_operand(acc_s)
+        ds_a = self._as_a_operand(acc_t)
+        dt_a = self._as_a_operand(acc_da)
+        warpgroup.fence()
+        for kk in cutlass.range_constexpr(cute.size(alpha_a, mode=[2])):
+            cute.gemm(mma_kv, acc_dv, alpha_a[None, None, kk], t_bdot[None, None, kk, st], acc_dv)
+        for kk in cutlass.range_constexpr(cute.size(ds_a, mode=[2])):
+            cute.gemm(mma_kv, acc_dk, ds_a[None, None, kk], t_bqt[None, None, kk, st], acc_dk)
+        for kk in cutlass.range_constexpr(cute.size(dt_a, mode=[2])):
+            cute.gemm(mma_kv, acc_dk, dt_a[None, None, kk], t_brt[None, None, kk, st], acc_dk)
+        warpgroup.commit_group()
+
+        # ds^T, dt^T of both warpgroups are in shared memory: dQ^T = K^T ds^T (warpgroup 0), dR^T = K^T dt^T (1)
+        cute.arch.fence_view_async_shared()
+        cute.arch.barrier(barrier_id=DS_READY_BARRIER, number_of_threads=256)
+        if cw == 0:
+            for kk in cutlass.range_constexpr(cute.size(t_akt, mode=[2])):
+                mma_q.set(warpgroup.Field.ACCUMULATE, kk != 0)
+                cute.gemm(mma_q, acc_g, t_akt[None, None, kk], t_bds[None, None, kk, st], acc_g)
+        else:
+            for kk in cutlass.range_constexpr(cute.size(t_akt, mode=[2])):
+                mma_q.set(warpgroup.Field.ACCUMULATE, kk != 0)
+                cute.gemm(mma_q, acc_g, t_akt[None, None, kk], t_bdt[None, None, kk, st], acc_g)
+        warpgroup.commit_group()
+        warpgroup.wait_group(0)
+        h.release()
+
+        # stage dQ^T / dR^T in shared memory (once the previous bulk add has read it), then add it to the
+        # (query tile, head) block of the fp32 buffer in one bulk reduce
+        lead = tid % 128 == 0
+        if lead:
+            cute.arch.cp_async_bulk_wait_group(0, read=True)
+        cute.arch.barrier(barrier_id=ACC_BARRIER + cw, number_of_threads=128)
+        gv = self._mn_view(acc_g)
+        for i in cutlass.range_constexpr(cute.size(gv.shape[0])):
+            for c in cutlass.range_constexpr(cute.size(gv.shape[1])):
+                s_acc[g_coords[i, c][0], g_coords[i, c][1]] = gv[i, c]
+        cute.arch.fence_view_async_shared()
+        cute.arch.barrier(barrier_id=ACC_BARRIER + cw, number_of_threads=128)
+        if lead:
+            block = (bhq.to(cutlass.Int64) * (n_pad // bm).to(cutlass.Int64) + m.to(cutlass.Int64)) * (self.d * bm)
+            bulk_reduce_add_f32(s_acc.iterator, p_grad + block, self.d * bm * 4)
+            cute.arch.cp_async_bulk_commit_group()
+        return q_cons, mma_s, mma_kv, mma_q
+
+    # ---- pieces ---------------------------------------------------------------------------------
+    def _as_pairs(self, ptr: cute.Pointer, ds_smem: cute.ComposedLayout) -> cute.Tensor:
+        """A ds^T / dt^T buffer as 32-bit pairs of adjacent queries, for the stores. The wgmma's swizzle
+        (ds_smem.inner, on byte addresses: 2^B 16-byte chunks XORed by the row) is rebuilt on 32-bit
+        element offsets, S<B, 2, 3>: recast_tensor and recast_ptr drop a swizzle the pointer carries, and
+        a layout swizzle counts elements, not bytes."""
+        width = min(self.bm * 2, 128)  # bytes per swizzled row: the BM queries of one key
+        bits = {32: 1, 64: 2, 128: 3}[width]
+        if str(ds_smem.inner) != f"S<{bits},4,3>":
+            raise RuntimeError(f"ds^T buffer swizzle {ds_smem.inner}, expected S<{bits},4,3> on bytes")
+        layout = cute.make_composed_layout(cute.make_swizzle(bits, 2, 3), 0, cute.recast_layout(32, 16, ds_smem.outer))
+        return cute.make_tensor(cute.recast_ptr(ptr, dtype=cutlass.Uint32), layout)
+
+    def _mn_view(self, acc: cute.Tensor) -> cute.Tensor:
+        """View a wgmma accumulator fragment ((2, 2, N/8), M reps, N reps) as (rows, columns)."""
+        flat = cute.make_layout(acc.layout.shape)
+        mn = cute.make_layout(
+            ((flat.shape[0][1], flat.shape[1]), (flat.shape[0][0], flat.shape[0][2], flat.shape[2])),
+            stride=((flat.stride[0][1], flat.stride[1]), (flat.stride[0][0], flat.stride[0][2], flat.stride[2])),
+        )
+        return cute.make_tensor(acc.iterator, cute.composition(acc.layout, mn))
+
+    def _as_a_operand(self, acc: cute.Tensor) -> cute.Tensor:
+        """A (64, BM) fp32 accumulator converted to the 16-bit A operand of a K = BM wgmma (the C
+        fragment's value order ((2, 2, BM/8)) is the A fragment's ((2, 2, 2), 1, BM/16))."""
+        frag = cute.make_rmem_tensor(cute.make_layout(((2, 2, 2), 1, self.bm // 16)), self.dtype)
+        as_acc = cute.make_tensor(frag.iterator, cute.make_layout(acc.layout.shape))
+        as_acc.store(acc.load().to(self.dtype))
+        return frag
