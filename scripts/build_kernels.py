@@ -3,7 +3,7 @@
     python scripts/build_kernels.py --out build/kernels                 # every default decode variant (128, about 3 s each)
     python scripts/build_kernels.py --out build/kernels --dtype bfloat16 --head-dim 128 --group 2
     python scripts/build_kernels.py --attention --out build/kernels     # the attention forward and backward: dtype x
-                                                                        # head_dim x causal/full (16, about 3 s each)
+                                                                        # head_dim x causal/full (8 + 16, 2-3 s each)
 
 Runs on any machine with the package, GPU or not (it targets sm_90a). Copy the folder to the GPU host
 and point PARALLAX_KERNEL_DIR at it (default there: ~/.cache/parallax_titan/kernels); the decode op
@@ -56,6 +56,8 @@ def main(argv: list[str] | None = None) -> None:
                    help="query rows per backward step (with --attention; 0: the default for the head_dim)")
     p.add_argument("--backward-stages", type=int, nargs="+", default=[2],
                    help="Q/R/dO stages of the backward (with --attention)")
+    p.add_argument("--backward-deterministic", type=int, nargs="+", default=[1, 0], choices=[0, 1],
+                   help="1: dQ/dR added in key-tile order (backend 'cute'), 0: in any order ('cute_atomic')")
     p.add_argument("--no-backward", action="store_true", help="with --attention: the forward variants only")
     p.add_argument("--persistent", action="store_true",
                    help="also build the persistent-grid variant of each ticket-merge kernel (opt-in: "
@@ -102,9 +104,11 @@ def build_attention(args, dsl: str) -> None:
         print(f"{variant.name}: {len(cubin)} bytes in {time.time() - start:.1f} s -> {path}", flush=True)
     if args.no_backward:
         return
-    for dtype, head_dim, causal, block_m, stages in itertools.product(
-            args.dtype, args.head_dim, args.causal, args.backward_block_m, args.backward_stages):
-        variant = BackwardVariant(dtype, head_dim, bool(causal), block_m=block_m, stages=stages)
+    for dtype, head_dim, causal, block_m, stages, ordered in itertools.product(
+            args.dtype, args.head_dim, args.causal, args.backward_block_m, args.backward_stages,
+            args.backward_deterministic):
+        variant = BackwardVariant(dtype, head_dim, bool(causal), block_m=block_m, stages=stages,
+                                  deterministic=bool(ordered))
         variant.check()
         start = time.time()
         cubin, ptx, name = cute_backward.compile_variant(variant)

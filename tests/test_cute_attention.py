@@ -1,7 +1,9 @@
-"""Backend "cute" of parallax_attention: the CuTe DSL Hopper forward (kernels/parallax_kernels/parallax/
-cute_kernel.py) with the Triton backward. On this CPU machine: its sm_90a build and what the compiled code
-contains (wgmma, TMA, register reallocation, no spills), its artefacts and launcher's checks. On a Hopper
-GPU (marked gpu): outputs and gradients against float64, and bf16 error against the Triton kernel's."""
+"""Backends "cute" and "cute_atomic" of parallax_attention: the CuTe DSL Hopper forward (kernels/parallax_kernels/
+parallax/cute_kernel.py) and backward (cute_backward.py; its CPU-side tests are in test_cute_backward.py). On
+this CPU machine: the forward's sm_90a build and what the compiled code contains (wgmma, TMA, register
+reallocation, no spills), its artefacts and launcher's checks. On a Hopper GPU (marked gpu): outputs and all
+four gradients against float64, bf16 error against the Triton kernel's, and the deterministic backward's
+bitwise reproducibility."""
 
 import json
 import os
@@ -140,7 +142,7 @@ def test_no_spills_and_wgmma_tma_in_sass(compiled, d):
 @needs_dsl
 def test_build_kernels_writes_attention_artefacts(tmp_path):
     proc = subprocess.run([sys.executable, "scripts/build_kernels.py", "--attention", "--out", str(tmp_path),
-                           "--dtype", "bfloat16", "--head-dim", "128", "--causal", "1"], cwd=REPO,
+                           "--dtype", "bfloat16", "--head-dim", "128", "--causal", "1", "--no-backward"], cwd=REPO,
                           env={k: v for k, v in os.environ.items() if k != "CUTE_DSL_ARCH"},
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -289,6 +291,43 @@ def test_matches_float64_and_is_no_worse_than_triton(case, dtype):
     bound = {torch.bfloat16: 1e-2, torch.float16: 5e-3}[dtype]
     assert all(e < bound for e in ours.values()), f"{ours} (bound {bound})"
     assert all(ours[k] <= 1.25 * theirs[k] + 1e-4 for k in ours), f"cute {ours} vs triton {theirs}"
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not HOPPER, reason="needs a Hopper GPU (sm_90)")
+@pytest.mark.parametrize("case", [GPU_CASES[0], GPU_CASES[3], GPU_CASES[5], GPU_CASES[8]],
+                         ids=lambda c: "x".join(map(str, c[:5])) + ("c" if c[5] else "f"))
+def test_unordered_backward_matches_float64(case):
+    """Backend "cute_atomic" (dQ, dR added in any order): the same bounds as "cute"."""
+    from parallax_titan.ops import parallax_attention
+
+    def cute_atomic_fn(*args, causal, scale):
+        return parallax_attention(*args, causal=causal, scale=scale, backend="cute_atomic")
+
+    b, h, hkv, n, d, causal = case
+    ours = errors_against_float64(cute_atomic_fn, b, h, hkv, n, d, torch.bfloat16, causal)
+    theirs = errors_against_float64(triton_fn, b, h, hkv, n, d, torch.bfloat16, causal)
+    assert all(e < 1e-2 for e in ours.values()), ours
+    assert all(ours[k] <= 1.25 * theirs[k] + 1e-4 for k in ours), f"cute_atomic {ours} vs triton {theirs}"
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not HOPPER, reason="needs a Hopper GPU (sm_90)")
+@pytest.mark.parametrize("causal", [True, False])
+@pytest.mark.parametrize("d", [64, 128])
+def test_deterministic_backward_is_bitwise_reproducible(causal, d):
+    """Backend "cute" orders the key tiles' dQ, dR adds: two backward passes on the same inputs give the same
+    bits (8 key tiles and 2 query heads per KV head add into every late query tile)."""
+    from parallax_kernels.parallax.cute_launch import _launch_backward, attention_fwd_cute
+
+    g = torch.Generator().manual_seed(4)
+    b, h, hkv, n = 2, 8, 4, 1000
+    q, k, v, r, grad = (torch.randn(b, x, n, d, generator=g).to(torch.bfloat16).cuda() for x in (h, hkv, hkv, h, h))
+    o, a, lse, tbar = attention_fwd_cute(q, k, v, r, causal, d**-0.5)
+    runs = [_launch_backward(grad, q, k, v, r, o, a, lse, tbar, causal, d**-0.5) for _ in range(3)]
+    for name, first, *again in zip(("dq", "dk", "dv", "dr"), *runs):
+        assert torch.isfinite(first).all(), name
+        assert all(torch.equal(first, x) for x in again), name
 
 
 @pytest.mark.gpu

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Short 0.6B training runs on one GPU through torchrun, on the embedded corpus and tokenizer (offline
 # host): the Parallax config on the eager torch backend without compile, then as committed (the fused kernel
-# and torch.compile), then with the Hopper forward (backend cute), and the softmax Transformer twin.
+# and torch.compile), then with the Hopper kernels (backend cute), and the softmax Transformer twin.
 # Logs go to $OUT (or ./outputs/train_check).
 set -uo pipefail
 out=${OUT:-./outputs/train_check}
@@ -19,7 +19,7 @@ run() {  # name config steps [overrides...]
 }
 run parallax_muon_torch configs/0.6B_parallax_muon.toml 3 --parallax.attention_backend torch --compile.no-enable
 run parallax_muon_triton_compile configs/0.6B_parallax_muon.toml 12 --parallax.attention_backend triton --compile.enable
-# the Hopper forward (artefacts from scripts/build_kernels.py --attention in $PARALLAX_KERNEL_DIR): same losses as triton's
+# the Hopper forward and backward (artefacts from scripts/build_kernels.py --attention in $PARALLAX_KERNEL_DIR): same losses as triton's
 run parallax_muon_cute_compile configs/0.6B_parallax_muon.toml 12 --parallax.attention_backend cute --compile.enable
 run transformer_muon_compile configs/0.6B_transformer_muon.toml 12 --compile.enable
 # the AdamW reference for the optimizer's cost (LOCAL_BATCH=8: the same step at a larger local batch)

@@ -7,8 +7,9 @@ q, r are (B, H, N, D), k, v are (B, Hkv, N, D) with H a multiple of Hkv (GQA); t
     o_i = sum_j w_ij (1 + tbar_i - t_ij) v_j,  tbar_i = sum_j w_ij t_ij.
 
 Files: reference.py (the dense definition, float64 tests), torch_chunked.py (backend "torch"),
-triton_fused.py (backends "triton" and "triton_atomic"), cute_kernel.py + cute_variant.py (the Hopper forward in
-CuTe DSL) and cute_launch.py (its artefacts, launch and op: backend "cute", with the Triton backward).
+triton_fused.py (backends "triton" and "triton_atomic"), cute_kernel.py, cute_backward.py + cute_variant.py (the
+Hopper forward and backward in CuTe DSL) and cute_launch.py (their artefacts, launches and ops: backends "cute" and
+"cute_atomic").
 """
 
 from __future__ import annotations
@@ -45,6 +46,12 @@ def _cute_fn(*args, **kwargs):
     return parallax_attention_cute(*args, **kwargs)
 
 
+def _cute_atomic_fn(*args, **kwargs):
+    from parallax_kernels.parallax.cute_launch import parallax_attention_cute
+
+    return parallax_attention_cute(*args, **kwargs, deterministic=False)
+
+
 def _cute_unavailable(x: torch.Tensor) -> str | None:
     try:
         from parallax_kernels.parallax.cute_launch import unavailable_reason
@@ -59,8 +66,10 @@ BACKENDS: dict[str, Backend] = {
     # the same kernels with a one-kernel backward: dQ, dR through fp32 atomics, not bitwise reproducible
     # (triton_fused.py); whether it is faster is measured in docs/benchmarks.md
     "triton_atomic": Backend(_triton_atomic_fn, _triton_unavailable),
-    # the CuTe DSL Hopper forward (sm_90a, prebuilt cubins) with the Triton backward (cute_launch.py)
+    # the CuTe DSL Hopper forward and backward (sm_90a, prebuilt cubins; cute_launch.py): the key tiles add
+    # their dQ, dR shares in key order ("cute", bitwise reproducible) or as they finish ("cute_atomic")
     "cute": Backend(_cute_fn, _cute_unavailable, documents=False),
+    "cute_atomic": Backend(_cute_atomic_fn, _cute_unavailable, documents=False),
 }
 
 

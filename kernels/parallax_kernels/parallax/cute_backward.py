@@ -21,8 +21,10 @@ end (no atomics, deterministic) and are stored once.
   transposed); ds^T and dt^T also go to shared memory, and after a barrier of the two warpgroups one
   computes dQ^T = K^T ds^T and the other dR^T = K^T dt^T over all 128 keys (M = head_dim), writes it to
   shared memory and adds it to an fp32 buffer with one bulk reduce-add (cp.reduce.async.bulk .add.f32,
-  FlashAttention-3's choice over per-element atomics; the adds of different key tiles land in varying
-  order, so dQ, dR are not bitwise reproducible run to run).
+  FlashAttention-3's choice over per-element atomics). The key tiles' adds into one query tile land in
+  any order unless the variant is deterministic: then a semaphore per (query head, query tile, dQ or dR)
+  orders them by key tile (a CTA waits for its turn, adds, waits for the add to complete, and passes the
+  turn on), so dQ and dR are bitwise reproducible run to run.
 Registers: dK, dV (64 x D fp32 each) stay live through the loop, so the score tiles are 64 x BM with BM
 = 32 at D = 128 (64 at D = 64); dQ^T and dR^T (D x BM) are split between the warpgroups.
 The dQ, dR buffers are (B H, N_pad / BM, D, BM) fp32: each (query tile, head) a contiguous D x BM block,
@@ -54,6 +56,21 @@ STATS = 4  # per query row: lse, tbar, Drow, E
 
 
 @dsl_user_op
+def load_acquire(ptr: cute.Pointer, *, loc=None, ip=None) -> Int32:
+    value = llvm.inline_asm(
+        cutlass.Int32.mlir_type, [ptr.llvm_ptr], "ld.global.acquire.gpu.b32 $0, [$1];", "=r,l",
+        has_side_effects=True, is_align_stack=False, asm_dialect=llvm.AsmDialect.AD_ATT)
+    return Int32(value)
+
+
+@dsl_user_op
+def add_release(ptr: cute.Pointer, value: int, *, loc=None, ip=None) -> None:
+    llvm.inline_asm(
+        None, [ptr.llvm_ptr, Int32(value).ir_value()], "red.release.gpu.global.add.s32 [$0], $1;", "l,r",
+        has_side_effects=True, is_align_stack=False, asm_dialect=llvm.AsmDialect.AD_ATT)
+
+
+@dsl_user_op
 def bulk_reduce_add_f32(smem: cute.Pointer, gmem: cute.Pointer, nbytes: int, *, loc=None, ip=None) -> None:
     """gmem[:nbytes] += smem[:nbytes] (fp32, done by the TMA unit in L2; completes as a bulk group)."""
     llvm.inline_asm(
@@ -66,8 +83,8 @@ def compile_variant(variant: BackwardVariant) -> tuple[bytes, str, str]:
     """Compile one backward variant for sm_90a (no GPU needed with CUTE_DSL_ARCH=sm_90a)."""
     kernel = ParallaxAttentionBackward(variant)
     ptr, dt = rt.gmem_pointer, kernel.dtype
-    # q, k, v, r, dO; stats; dq, dr accumulators; dk, dv (written as 32-bit pairs)
-    args = ([ptr(dt, 16)] * 5 + [ptr(Float32, 16)] * 3 + [ptr(cutlass.Uint32, 16)] * 2
+    # q, k, v, r, dO; stats; dq, dr accumulators; their semaphores; dk, dv (written as 32-bit pairs)
+    args = ([ptr(dt, 16)] * 5 + [ptr(Float32, 16)] * 3 + [ptr(Int32, 16)] + [ptr(cutlass.Uint32, 16)] * 2
             + [Int32(128)] * 6 + [Float32(1.0), Float32(1.0)])
     cubin, ptx, name = rt.compile_cubin(kernel, args, variant.name)
     smem = kernel.shared_storage.size_in_bytes()
@@ -99,8 +116,8 @@ class ParallaxAttentionBackward:
     def __call__(
         self,
         p_q: cute.Pointer, p_k: cute.Pointer, p_v: cute.Pointer, p_r: cute.Pointer, p_do: cute.Pointer,
-        p_stats: cute.Pointer, p_dq: cute.Pointer, p_dr: cute.Pointer, p_dk: cute.Pointer, p_dv: cute.Pointer,
-        n: Int32, n_pad: Int32, bh: Int32, bhkv: Int32, heads: Int32, group: Int32,
+        p_stats: cute.Pointer, p_dq: cute.Pointer, p_dr: cute.Pointer, p_sem: cute.Pointer, p_dk: cute.Pointer,
+        p_dv: cute.Pointer, n: Int32, n_pad: Int32, bh: Int32, bhkv: Int32, heads: Int32, group: Int32,
         scale_log2: Float32, scale: Float32, stream,
     ):
         d, bm, bn, dt = self.d, self.bm, self.bn, self.dtype
@@ -152,7 +169,7 @@ class ParallaxAttentionBackward:
         n_blocks = (n + bn - 1) // bn
         self.kernel(
             mma_s, mma_kv, mma_q, tma_q, m_q, tma_r, m_r, tma_do, m_do, tma_k, m_k, tma_v, m_v,
-            p_stats, p_dq, p_dr, p_dk, p_dv, n, n_pad, heads, group, scale_log2, scale,
+            p_stats, p_dq, p_dr, p_sem, p_dk, p_dv, n, n_pad, heads, group, scale_log2, scale,
             kv_smem, q_smem, ds_smem,
         ).launch(grid=[n_blocks, bhkv, 1], block=[BWD_NUM_THREADS, 1, 1], smem=SharedStorage.size_in_bytes(),
                  stream=stream, min_blocks_per_mp=1)
@@ -165,8 +182,8 @@ class ParallaxAttentionBackward:
         tma_q: cute.CopyAtom, m_q: cute.Tensor, tma_r: cute.CopyAtom, m_r: cute.Tensor,
         tma_do: cute.CopyAtom, m_do: cute.Tensor, tma_k: cute.CopyAtom, m_k: cute.Tensor,
         tma_v: cute.CopyAtom, m_v: cute.Tensor,
-        p_stats: cute.Pointer, p_dq: cute.Pointer, p_dr: cute.Pointer, p_dk: cute.Pointer, p_dv: cute.Pointer,
-        n: Int32, n_pad: Int32, heads: Int32, group: Int32, scale_log2: Float32, scale: Float32,
+        p_stats: cute.Pointer, p_dq: cute.Pointer, p_dr: cute.Pointer, p_sem: cute.Pointer, p_dk: cute.Pointer,
+        p_dv: cute.Pointer, n: Int32, n_pad: Int32, heads: Int32, group: Int32, scale_log2: Float32, scale: Float32,
         kv_smem: cute.ComposedLayout, q_smem: cute.ComposedLayout, ds_smem: cute.ComposedLayout,
     ):
         bm, bn = self.bm, self.bn
@@ -224,10 +241,8 @@ class ParallaxAttentionBackward:
         else:  # ---- consumers ------------------------------------------------------------------
             cute.arch.warpgroup_reg_alloc(CONSUMER_REGS)
             self._consume(mma_s, mma_kv, mma_q, sK, sV, sQ, sR, sdO, sdS, sdT, sdS32, sdT32, sStats,
-                          storage.acc.data_ptr(),
-                          kv_cons, q_cons,
-                          p_dq, p_dr, p_dk, p_dv, n, n_pad, heads, group, b, hk, bhk, n0, m_lo, m_mid, m_tiles,
-                          scale_log2, scale, wg - 1, tidx - 128)
+                          storage.acc.data_ptr(), kv_cons, q_cons, p_dq, p_dr, p_sem, p_dk, p_dv, n, n_pad, heads,
+                          group, b, hk, bhk, n0, m_lo, m_mid, m_tiles, scale_log2, scale, wg - 1, tidx - 128)
 
     @cute.jit
     def _produce(self, tma_q, m_q, tma_r, m_r, tma_do, m_do, tma_k, m_k, tma_v, m_v, sQ, sR, sdO, sK, sV, sStats,
@@ -266,9 +281,9 @@ class ParallaxAttentionBackward:
     @cute.jit
     def _consume(self, mma_s: cute.TiledMma, mma_kv: cute.TiledMma, mma_q: cute.TiledMma, sK, sV, sQ, sR, sdO,
                  sdS, sdT, sdS32, sdT32, sStats, p_acc: cute.Pointer, kv_cons, q_cons, p_dq: cute.Pointer,
-                 p_dr: cute.Pointer, p_dk: cute.Pointer, p_dv: cute.Pointer, n: Int32, n_pad: Int32, heads: Int32, group: Int32, b: Int32, hk: Int32,
-                 bhk: Int32, n0: Int32, m_lo: Int32, m_mid: Int32, m_tiles: Int32, scale_log2: Float32,
-                 scale: Float32, cw: Int32, tid: Int32):
+                 p_dr: cute.Pointer, p_sem: cute.Pointer, p_dk: cute.Pointer, p_dv: cute.Pointer, n: Int32,
+                 n_pad: Int32, heads: Int32, group: Int32, b: Int32, hk: Int32, bhk: Int32, n0: Int32, m_lo: Int32,
+                 m_mid: Int32, m_tiles: Int32, scale_log2: Float32, scale: Float32, cw: Int32, tid: Int32):
         d, bm, bn = self.d, self.bm, self.bn
         sK0, sV0 = sK[None, None, 0], sV[None, None, 0]
         thr_s, wg_s = mma_s.get_slice(tid), mma_s.get_slice(128 * cw)
@@ -310,12 +325,12 @@ class ParallaxAttentionBackward:
                 q_cons, mma_s, mma_kv, mma_q = self._step(
                     m, bhq, True, mma_s, mma_kv, mma_q, t_ak, t_av, t_bq, t_br, t_bdo, t_bqt, t_brt, t_bdot, t_akt,
                     t_bds, t_bdt, acc_s, acc_t, acc_da, acc_dk, acc_dv, acc_g, coords, g_coords, sdS32, sdT32, sStats,
-                    s_acc, q_cons, p_grad, n, n_pad, n0, scale_log2, scale, cw, tid)
+                    s_acc, q_cons, p_grad, p_sem, n, n_pad, n0, scale_log2, scale, cw, tid)
             for m in cutlass.range(m_mid, m_tiles, unroll=1):
                 q_cons, mma_s, mma_kv, mma_q = self._step(
                     m, bhq, False, mma_s, mma_kv, mma_q, t_ak, t_av, t_bq, t_br, t_bdo, t_bqt, t_brt, t_bdot, t_akt,
                     t_bds, t_bdt, acc_s, acc_t, acc_da, acc_dk, acc_dv, acc_g, coords, g_coords, sdS32, sdT32, sStats,
-                    s_acc, q_cons, p_grad, n, n_pad, n0, scale_log2, scale, cw, tid)
+                    s_acc, q_cons, p_grad, p_sem, n, n_pad, n0, scale_log2, scale, cw, tid)
 
         if tid % 128 == 0:  # the last bulk add has read its staging buffer before the CTA ends
             cute.arch.cp_async_bulk_wait_group(0, read=True)
@@ -346,8 +361,8 @@ class ParallaxAttentionBackward:
     def _step(self, m: Int32, bhq: Int32, masked: cutlass.Constexpr, mma_s: cute.TiledMma, mma_kv: cute.TiledMma,
               mma_q: cute.TiledMma, t_ak, t_av, t_bq, t_br, t_bdo, t_bqt, t_brt, t_bdot, t_akt, t_bds, t_bdt,
               acc_s, acc_t, acc_da, acc_dk, acc_dv, acc_g, coords, g_coords, sdS32, sdT32, sStats, s_acc, q_cons,
-              p_grad: cute.Pointer, n: Int32, n_pad: Int32, n0: Int32, scale_log2: Float32, scale: Float32,
-              cw: Int32, tid: Int32):
+              p_grad: cute.Pointer, p_sem: cute.Pointer, n: Int32, n_pad: Int32, n0: Int32, scale_log2: Float32,
+              scale: Float32, cw: Int32, tid: Int32):
         """One query tile m of query head bhq against this CTA's keys."""
         bm = self.bm
         h = q_cons.wait_and_advance()
@@ -453,9 +468,17 @@ class ParallaxAttentionBackward:
         cute.arch.fence_view_async_shared()
         cute.arch.barrier(barrier_id=ACC_BARRIER + cw, number_of_threads=128)
         if lead:
-            block = (bhq.to(cutlass.Int64) * (n_pad // bm).to(cutlass.Int64) + m.to(cutlass.Int64)) * (self.d * bm)
-            bulk_reduce_add_f32(s_acc.iterator, p_grad + block, self.d * bm * 4)
+            tile = bhq.to(cutlass.Int64) * (n_pad // bm).to(cutlass.Int64) + m.to(cutlass.Int64)
+            turn = p_sem + tile * 2 + cw  # (deterministic) this tile's dQ or dR semaphore: the key tiles added so far
+            if cutlass.const_expr(self.v.deterministic):
+                seen = load_acquire(turn)
+                while seen != n0 // self.bn:
+                    seen = load_acquire(turn)
+            bulk_reduce_add_f32(s_acc.iterator, p_grad + tile * (self.d * bm), self.d * bm * 4)
             cute.arch.cp_async_bulk_commit_group()
+            if cutlass.const_expr(self.v.deterministic):
+                cute.arch.cp_async_bulk_wait_group(0, read=False)  # the add is complete, then the next tile's turn
+                add_release(turn, 1)
         return q_cons, mma_s, mma_kv, mma_q
 
     # ---- pieces ---------------------------------------------------------------------------------

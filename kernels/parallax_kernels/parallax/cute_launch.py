@@ -33,9 +33,9 @@ ARCH = rt.ARCH
 # B H or B Hkv, int32), then the o, a, lse, tbar pointers, N, H, the GQA group and scale * log2(e)
 ATTENTION_PARAMS = ["b8[1]", "b8[1]"] + ["b8[128]", "b8[8]"] * 4 + ["u64"] * 4 + ["u32"] * 3 + ["f32"]
 # the backward's (cute_backward.py ParallaxAttentionBackward.kernel): three tiled MMAs, Q, R, dO, K, V
-# (descriptor and sizes each), the stats, dQ and dR accumulator, dK and dV pointers, N, N_pad, H, the
-# group, scale * log2(e) and scale
-BACKWARD_PARAMS = ["b8[1]"] * 3 + ["b8[128]", "b8[8]"] * 5 + ["u64"] * 5 + ["u32"] * 4 + ["f32"] * 2
+# (descriptor and sizes each), the stats, dQ and dR accumulator, semaphore, dK and dV pointers, N, N_pad,
+# H, the group, scale * log2(e) and scale
+BACKWARD_PARAMS = ["b8[1]"] * 3 + ["b8[128]", "b8[8]"] * 5 + ["u64"] * 6 + ["u32"] * 4 + ["f32"] * 2
 _HERE = Path(__file__).resolve().parent
 MAX_GRID_Y = 65535
 
@@ -153,6 +153,8 @@ def _launch_backward(grad_o, q, k, v, r, o, a, lse, tbar, causal: bool, scale: f
     m_tiles = n_pad // variant.bm
     dq_acc = torch.zeros(b * h, m_tiles, d, variant.bm, dtype=torch.float32, device=q.device)
     dr_acc = torch.zeros_like(dq_acc)
+    # deterministic: per (batch head, query tile) the number of key tiles whose dQ (0) and dR (1) are added
+    turns = torch.zeros(b * h, m_tiles, 2, dtype=torch.int32, device=q.device) if variant.deterministic else None
     dk = torch.empty(k.shape, dtype=k.dtype, device=k.device)
     dv = torch.empty_like(dk)
     box_q, box_kv = variant.tma_boxes()
@@ -164,7 +166,8 @@ def _launch_backward(grad_o, q, k, v, r, o, a, lse, tbar, causal: bool, scale: f
     sizes_q, sizes_kv = struct.pack("<ii", n, b * h), struct.pack("<ii", n, b * hkv)
     args = [b"\0"] * 3 + [desc(q, h, box_q), sizes_q, desc(r, h, box_q), sizes_q, desc(grad_o, h, box_q), sizes_q,
                           desc(k, hkv, box_kv), sizes_kv, desc(v, hkv, box_kv), sizes_kv,
-                          stats.data_ptr(), dq_acc.data_ptr(), dr_acc.data_ptr(), dk.data_ptr(), dv.data_ptr(),
+                          stats.data_ptr(), dq_acc.data_ptr(), dr_acc.data_ptr(),
+                          turns.data_ptr() if turns is not None else 0, dk.data_ptr(), dv.data_ptr(),
                           n, n_pad, h, h // hkv, scale * math.log2(math.e), scale]
     grid = (-(-n // BWD_BLOCK_N), b * hkv, 1)
     kernel.launch(grid, args, torch.cuda.current_stream(q.device).cuda_stream)
@@ -185,45 +188,50 @@ def _aligned(x: torch.Tensor) -> torch.Tensor:
 @torch.library.custom_op("parallax::attention_fwd_cute", mutates_args=())
 def attention_fwd_cute(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, r: torch.Tensor, causal: bool, scale: float,
+    deterministic: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The forward; `deterministic` is for its backward (attention_bwd_cute), which it selects."""
     q, k, v, r = (_aligned(x) for x in (q, k, v, r))
     with torch.cuda.device(q.device):  # the kernel is loaded into, and launched on, q's device
         return _launch(q, k, v, r, causal, scale)
 
 
 @attention_fwd_cute.register_fake
-def _(q, k, v, r, causal, scale):
+def _(q, k, v, r, causal, scale, deterministic=True):
     b, h, n, _ = q.shape
     stats = q.new_empty(b, h, n, dtype=torch.float32)
     return q.new_empty(q.shape), q.new_empty(q.shape), stats, torch.empty_like(stats)
 
 
 def _setup_context(ctx, inputs, output):
-    q, k, v, r, causal, scale = inputs
+    q, k, v, r, causal, scale = inputs[:6]
     o, a, lse, tbar = output
     ctx.save_for_backward(q, k, v, r, o, a, lse, tbar)
     ctx.causal, ctx.scale = causal, scale
+    ctx.deterministic = inputs[6] if len(inputs) > 6 else True
 
 
 @torch.library.custom_op("parallax::attention_bwd_cute", mutates_args=())
 def attention_bwd_cute(
     grad_o: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, r: torch.Tensor, o: torch.Tensor,
-    a: torch.Tensor, lse: torch.Tensor, tbar: torch.Tensor, causal: bool, scale: float,
+    a: torch.Tensor, lse: torch.Tensor, tbar: torch.Tensor, causal: bool, scale: float, deterministic: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     grad_o, q, k, v, r, o, a = (_aligned(x) for x in (grad_o, q, k, v, r, o, a))
     with torch.cuda.device(q.device):
-        return _launch_backward(grad_o, q, k, v, r, o, a, lse.contiguous(), tbar.contiguous(), causal, scale)
+        return _launch_backward(grad_o, q, k, v, r, o, a, lse.contiguous(), tbar.contiguous(), causal, scale,
+                                deterministic=deterministic)
 
 
 @attention_bwd_cute.register_fake
-def _(grad_o, q, k, v, r, o, a, lse, tbar, causal, scale):
+def _(grad_o, q, k, v, r, o, a, lse, tbar, causal, scale, deterministic=True):
     return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape), r.new_empty(r.shape)
 
 
 def _backward(ctx, grad_o, grad_a, grad_lse, grad_tbar):
     q, k, v, r, o, a, lse, tbar = ctx.saved_tensors
-    dq, dk, dv, dr = attention_bwd_cute(grad_o, q, k, v, r, o, a, lse, tbar, ctx.causal, ctx.scale)
-    return dq, dk, dv, dr, None, None
+    dq, dk, dv, dr = attention_bwd_cute(grad_o, q, k, v, r, o, a, lse, tbar, ctx.causal, ctx.scale,
+                                        ctx.deterministic)
+    return dq, dk, dv, dr, None, None, None
 
 
 attention_fwd_cute.register_autograd(_backward, setup_context=_setup_context)
@@ -239,10 +247,12 @@ def _(info, in_dims, *args):
     return unfold(info.batch_size, attention_bwd_cute(*fold(info.batch_size, in_dims, args)))
 
 
-def parallax_attention_cute(q, k, v, r, *, causal: bool, scale: float, document_ids=None) -> torch.Tensor:
-    """Fused Parallax attention, CuTe DSL forward and backward; shapes as parallax_attention
-    (already checked)."""
+def parallax_attention_cute(q, k, v, r, *, causal: bool, scale: float, document_ids=None,
+                            deterministic: bool = True) -> torch.Tensor:
+    """Fused Parallax attention, CuTe DSL forward and backward; shapes as parallax_attention (already
+    checked). deterministic=False lets the key tiles add their dQ, dR shares in any order (backend
+    "cute_atomic"): faster, not bitwise reproducible."""
     if document_ids is not None:
         raise NotImplementedError("parallax_attention backend 'cute': packed documents (document_ids, cu_seqlens) "
                                   "are not supported by this backend yet; use backend='triton'")
-    return attention_fwd_cute(q, k, v, r, causal, scale)[0]
+    return attention_fwd_cute(q, k, v, r, causal, scale, deterministic)[0]

@@ -92,6 +92,9 @@ class BackwardVariant:
     causal: bool
     block_m: int = 0  # query rows per step; 0: DEFAULT_BWD_BLOCK_M[head_dim]
     stages: int = 2  # Q, R, dO shared-memory stages
+    # the key tiles add into each query tile's fp32 dQ, dR in key order (semaphores): bitwise reproducible;
+    # False: in any order, as they finish
+    deterministic: bool = True
 
     def __post_init__(self):
         if self.block_m == 0 and self.head_dim in DEFAULT_BWD_BLOCK_M:
@@ -114,7 +117,8 @@ class BackwardVariant:
     @property
     def name(self) -> str:
         mask = "causal" if self.causal else "full"
-        return f"parallax_attn_bwd_{self.dtype}_d{self.head_dim}_{mask}_m{self.bm}_s{self.stages}"
+        order = "" if self.deterministic else "_unordered"
+        return f"parallax_attn_bwd_{self.dtype}_d{self.head_dim}_{mask}_m{self.bm}_s{self.stages}{order}"
 
     @property
     def num_threads(self) -> int:
