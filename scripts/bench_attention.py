@@ -10,7 +10,7 @@ Peers, each in its native layout, causal, bf16, GQA with Hkv = H / kv-ratio:
   parallax-triton  this repo's fused kernel (backend="triton")
   parallax-cute    the CuTe DSL Hopper forward and backward (backend="cute", kernels/parallax_kernels/parallax/
                    cute_launch.py), where it can run (a Hopper GPU, its prebuilt kernels or nvidia-cutlass-dsl)
-  parallax-cute-atomic  the same with dQ/dR added in any order (backend="cute_atomic", not bitwise reproducible)
+  parallax-cute-deterministic  the same with dQ/dR added in key order (backend="cute_deterministic")
   parallax-triton-atomic  the same with its one-kernel backward, dQ/dR by fp32 atomics (backend="triton_atomic")
   parallax-triton-reference  with --reference-kernel: another version of kernels/parallax_kernels/parallax/triton_fused.py (an
                    earlier commit's), so that a kernel change is timed against what it changed in one run
@@ -79,10 +79,10 @@ def make_peers(b, h, hkv, n, d, dtype, with_torch_backend: bool, reference=None)
         cute = [x.clone().requires_grad_() for x in (q, k, v, r)]
         peers["parallax-cute"] = ("parallax", lambda x=cute: parallax_attention_cute(*x, causal=True, scale=d**-0.5),
                                   cute)
-        unordered = [x.clone().requires_grad_() for x in (q, k, v, r)]
-        peers["parallax-cute-atomic"] = (
-            "parallax", lambda x=unordered: parallax_attention_cute(*x, causal=True, scale=d**-0.5, deterministic=False),
-            unordered)
+        ordered = [x.clone().requires_grad_() for x in (q, k, v, r)]
+        peers["parallax-cute-deterministic"] = (
+            "parallax", lambda x=ordered: parallax_attention_cute(*x, causal=True, scale=d**-0.5, deterministic=True),
+            ordered)
     else:
         print(f"parallax-cute not timed: {unavailable_reason(q)}")
     bhnd = [x.clone().requires_grad_() for x in (q, k, v, r)]
@@ -244,7 +244,7 @@ def print_shape(result) -> None:
         f_fwd = flops(b, h, n, d, "parallax")[0]
         print("cute forward variants: " + ", ".join(
             f"{name} {ms:.3f} ms ({f_fwd / ms / 1e9:.0f} TFLOP/s)" for name, ms in result["cute_variants_fwd_ms"].items()))
-    for mine in ("parallax-cute", "parallax-cute-atomic", "parallax-triton", "parallax-triton-atomic"):
+    for mine in ("parallax-cute", "parallax-cute-deterministic", "parallax-triton", "parallax-triton-atomic"):
         if mine not in peers:
             continue
         for peer in ("parallax-triton", "parallax-triton-reference", "fla-parallax", "sdpa-flash", "sdpa-cudnn"):

@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--backward-stages", type=int, nargs="+", default=[2],
                    help="Q/R/dO stages of the backward (with --attention)")
     p.add_argument("--backward-deterministic", type=int, nargs="+", default=[1, 0], choices=[0, 1],
-                   help="1: dQ/dR added in key-tile order (backend 'cute'), 0: in any order ('cute_atomic')")
+                   help="1: dQ/dR added in key-tile order (backend 'cute_deterministic'), 0: in any order ('cute')")
     p.add_argument("--no-backward", action="store_true", help="with --attention: the forward variants only")
     p.add_argument("--persistent", action="store_true",
                    help="also build the persistent-grid variant of each ticket-merge kernel (opt-in: "

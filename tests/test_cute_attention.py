@@ -1,4 +1,4 @@
-"""Backends "cute" and "cute_atomic" of parallax_attention: the CuTe DSL Hopper forward (kernels/parallax_kernels/
+"""Backends "cute" and "cute_deterministic" of parallax_attention: the CuTe DSL Hopper forward (kernels/parallax_kernels/
 parallax/cute_kernel.py) and backward (cute_backward.py; its CPU-side tests are in test_cute_backward.py). On
 this CPU machine: the forward's sm_90a build and what the compiled code contains (wgmma, TMA, register
 reallocation, no spills), its artefacts and launcher's checks. On a Hopper GPU (marked gpu): outputs and all
@@ -19,7 +19,7 @@ import torch
 from parallax_kernels import cute_runtime as rt
 from parallax_kernels.parallax.cute_launch import (ATTENTION_PARAMS, load_attention_kernel, parallax_attention_cute,
                                                    read_artefact, source_hash, unavailable_reason)
-from parallax_kernels.parallax.cute_variant import AttentionVariant
+from parallax_kernels.parallax.cute_variant import AttentionVariant, BackwardVariant
 
 REPO = Path(__file__).resolve().parents[1]
 HOPPER = torch.cuda.is_available() and torch.cuda.get_device_capability() == (9, 0)
@@ -194,6 +194,8 @@ def test_unavailable_reasons_name_the_cause(tmp_path, monkeypatch):
     monkeypatch.setenv("PARALLAX_KERNEL_DIR", str(tmp_path))
     assert "scripts/build_kernels.py --attention --out DIR" in unavailable_reason(fake)
     (tmp_path / f"{AttentionVariant('bfloat16', 128, True).name}.cubin").write_bytes(b"\x7fELF")
+    assert "no prebuilt attention backward kernels" in unavailable_reason(fake)  # training needs both
+    (tmp_path / f"{BackwardVariant('bfloat16', 128, True).name}.cubin").write_bytes(b"\x7fELF")
     assert unavailable_reason(fake) is None
     assert "head_dim 96 is not supported" in unavailable_reason(SimpleNamespace(**{**vars(fake), "shape": (1, 2, 4, 96)}))
     assert "dtype torch.float32" in unavailable_reason(SimpleNamespace(**{**vars(fake), "dtype": torch.float32}))
@@ -297,18 +299,18 @@ def test_matches_float64_and_is_no_worse_than_triton(case, dtype):
 @pytest.mark.skipif(not HOPPER, reason="needs a Hopper GPU (sm_90)")
 @pytest.mark.parametrize("case", [GPU_CASES[0], GPU_CASES[3], GPU_CASES[5], GPU_CASES[8]],
                          ids=lambda c: "x".join(map(str, c[:5])) + ("c" if c[5] else "f"))
-def test_unordered_backward_matches_float64(case):
-    """Backend "cute_atomic" (dQ, dR added in any order): the same bounds as "cute"."""
+def test_deterministic_backward_matches_float64(case):
+    """Backend "cute_deterministic" (dQ, dR added in key-tile order): the same bounds as "cute"."""
     from parallax_titan.ops import parallax_attention
 
-    def cute_atomic_fn(*args, causal, scale):
-        return parallax_attention(*args, causal=causal, scale=scale, backend="cute_atomic")
+    def ordered_fn(*args, causal, scale):
+        return parallax_attention(*args, causal=causal, scale=scale, backend="cute_deterministic")
 
     b, h, hkv, n, d, causal = case
-    ours = errors_against_float64(cute_atomic_fn, b, h, hkv, n, d, torch.bfloat16, causal)
+    ours = errors_against_float64(ordered_fn, b, h, hkv, n, d, torch.bfloat16, causal)
     theirs = errors_against_float64(triton_fn, b, h, hkv, n, d, torch.bfloat16, causal)
     assert all(e < 1e-2 for e in ours.values()), ours
-    assert all(ours[k] <= 1.25 * theirs[k] + 1e-4 for k in ours), f"cute_atomic {ours} vs triton {theirs}"
+    assert all(ours[k] <= 1.25 * theirs[k] + 1e-4 for k in ours), f"cute_deterministic {ours} vs triton {theirs}"
 
 
 @pytest.mark.gpu
@@ -316,15 +318,16 @@ def test_unordered_backward_matches_float64(case):
 @pytest.mark.parametrize("causal", [True, False])
 @pytest.mark.parametrize("d", [64, 128])
 def test_deterministic_backward_is_bitwise_reproducible(causal, d):
-    """Backend "cute" orders the key tiles' dQ, dR adds: two backward passes on the same inputs give the same
-    bits (8 key tiles and 2 query heads per KV head add into every late query tile)."""
+    """Backend "cute_deterministic" orders the key tiles' dQ, dR adds: backward passes on the same inputs give
+    the same bits (8 key tiles and 2 query heads per KV head add into every late query tile)."""
     from parallax_kernels.parallax.cute_launch import _launch_backward, attention_fwd_cute
 
     g = torch.Generator().manual_seed(4)
     b, h, hkv, n = 2, 8, 4, 1000
     q, k, v, r, grad = (torch.randn(b, x, n, d, generator=g).to(torch.bfloat16).cuda() for x in (h, hkv, hkv, h, h))
     o, a, lse, tbar = attention_fwd_cute(q, k, v, r, causal, d**-0.5)
-    runs = [_launch_backward(grad, q, k, v, r, o, a, lse, tbar, causal, d**-0.5) for _ in range(3)]
+    runs = [_launch_backward(grad, q, k, v, r, o, a, lse, tbar, causal, d**-0.5, deterministic=True)
+            for _ in range(3)]
     for name, first, *again in zip(("dq", "dk", "dv", "dr"), *runs):
         assert torch.isfinite(first).all(), name
         assert all(torch.equal(first, x) for x in again), name

@@ -9,7 +9,7 @@ q, r are (B, H, N, D), k, v are (B, Hkv, N, D) with H a multiple of Hkv (GQA); t
 Files: reference.py (the dense definition, float64 tests), torch_chunked.py (backend "torch"),
 triton_fused.py (backends "triton" and "triton_atomic"), cute_kernel.py, cute_backward.py + cute_variant.py (the
 Hopper forward and backward in CuTe DSL) and cute_launch.py (their artefacts, launches and ops: backends "cute" and
-"cute_atomic").
+"cute_deterministic").
 """
 
 from __future__ import annotations
@@ -46,10 +46,10 @@ def _cute_fn(*args, **kwargs):
     return parallax_attention_cute(*args, **kwargs)
 
 
-def _cute_atomic_fn(*args, **kwargs):
+def _cute_deterministic_fn(*args, **kwargs):
     from parallax_kernels.parallax.cute_launch import parallax_attention_cute
 
-    return parallax_attention_cute(*args, **kwargs, deterministic=False)
+    return parallax_attention_cute(*args, **kwargs, deterministic=True)
 
 
 def _cute_unavailable(x: torch.Tensor) -> str | None:
@@ -67,9 +67,10 @@ BACKENDS: dict[str, Backend] = {
     # (triton_fused.py); whether it is faster is measured in docs/benchmarks.md
     "triton_atomic": Backend(_triton_atomic_fn, _triton_unavailable),
     # the CuTe DSL Hopper forward and backward (sm_90a, prebuilt cubins; cute_launch.py): the key tiles add
-    # their dQ, dR shares in key order ("cute", bitwise reproducible) or as they finish ("cute_atomic")
+    # their dQ, dR shares as they finish ("cute", not bitwise reproducible, like triton_atomic) or in key
+    # order ("cute_deterministic", bitwise reproducible and slower: docs/kernels_hopper.md)
     "cute": Backend(_cute_fn, _cute_unavailable, documents=False),
-    "cute_atomic": Backend(_cute_atomic_fn, _cute_unavailable, documents=False),
+    "cute_deterministic": Backend(_cute_deterministic_fn, _cute_unavailable, documents=False),
 }
 
 

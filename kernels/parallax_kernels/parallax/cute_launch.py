@@ -90,10 +90,12 @@ def unavailable_reason(x: torch.Tensor) -> str | None:
         # same advice (load_attention_kernel).
         return None
     folder = rt.default_artefact_dir()
-    if not rt.dsl_installed() and not any(folder.glob("parallax_attn_fwd_*.cubin")):
-        return (f"no prebuilt attention kernels in {folder} and nvidia-cutlass-dsl is not installed to compile "
-                "them: run `python scripts/build_kernels.py --attention --out DIR` on any machine with the "
-                f"package and set {rt.ARTEFACT_ENV}=DIR")
+    missing = [kind for kind, tag in (("forward", "fwd"), ("backward", "bwd"))
+               if not any(folder.glob(f"parallax_attn_{tag}_*.cubin"))]
+    if not rt.dsl_installed() and missing:
+        return (f"no prebuilt attention {' or '.join(missing)} kernels in {folder} and nvidia-cutlass-dsl is not "
+                "installed to compile them: run `python scripts/build_kernels.py --attention --out DIR` on any "
+                f"machine with the package and set {rt.ARTEFACT_ENV}=DIR")
     return None
 
 
@@ -188,16 +190,16 @@ def _aligned(x: torch.Tensor) -> torch.Tensor:
 @torch.library.custom_op("parallax::attention_fwd_cute", mutates_args=())
 def attention_fwd_cute(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, r: torch.Tensor, causal: bool, scale: float,
-    deterministic: bool = True,
+    deterministic: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The forward; `deterministic` is for its backward (attention_bwd_cute), which it selects."""
+    """The forward; `deterministic` selects its backward's dQ/dR order (attention_bwd_cute)."""
     q, k, v, r = (_aligned(x) for x in (q, k, v, r))
     with torch.cuda.device(q.device):  # the kernel is loaded into, and launched on, q's device
         return _launch(q, k, v, r, causal, scale)
 
 
 @attention_fwd_cute.register_fake
-def _(q, k, v, r, causal, scale, deterministic=True):
+def _(q, k, v, r, causal, scale, deterministic=False):
     b, h, n, _ = q.shape
     stats = q.new_empty(b, h, n, dtype=torch.float32)
     return q.new_empty(q.shape), q.new_empty(q.shape), stats, torch.empty_like(stats)
@@ -208,13 +210,13 @@ def _setup_context(ctx, inputs, output):
     o, a, lse, tbar = output
     ctx.save_for_backward(q, k, v, r, o, a, lse, tbar)
     ctx.causal, ctx.scale = causal, scale
-    ctx.deterministic = inputs[6] if len(inputs) > 6 else True
+    ctx.deterministic = inputs[6] if len(inputs) > 6 else False
 
 
 @torch.library.custom_op("parallax::attention_bwd_cute", mutates_args=())
 def attention_bwd_cute(
     grad_o: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, r: torch.Tensor, o: torch.Tensor,
-    a: torch.Tensor, lse: torch.Tensor, tbar: torch.Tensor, causal: bool, scale: float, deterministic: bool = True,
+    a: torch.Tensor, lse: torch.Tensor, tbar: torch.Tensor, causal: bool, scale: float, deterministic: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     grad_o, q, k, v, r, o, a = (_aligned(x) for x in (grad_o, q, k, v, r, o, a))
     with torch.cuda.device(q.device):
@@ -223,7 +225,7 @@ def attention_bwd_cute(
 
 
 @attention_bwd_cute.register_fake
-def _(grad_o, q, k, v, r, o, a, lse, tbar, causal, scale, deterministic=True):
+def _(grad_o, q, k, v, r, o, a, lse, tbar, causal, scale, deterministic=False):
     return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape), r.new_empty(r.shape)
 
 
@@ -248,10 +250,10 @@ def _(info, in_dims, *args):
 
 
 def parallax_attention_cute(q, k, v, r, *, causal: bool, scale: float, document_ids=None,
-                            deterministic: bool = True) -> torch.Tensor:
+                            deterministic: bool = False) -> torch.Tensor:
     """Fused Parallax attention, CuTe DSL forward and backward; shapes as parallax_attention (already
-    checked). deterministic=False lets the key tiles add their dQ, dR shares in any order (backend
-    "cute_atomic"): faster, not bitwise reproducible."""
+    checked). The key tiles add their dQ, dR shares in any order (backend "cute": not bitwise
+    reproducible); deterministic=True orders them (backend "cute_deterministic": slower)."""
     if document_ids is not None:
         raise NotImplementedError("parallax_attention backend 'cute': packed documents (document_ids, cu_seqlens) "
                                   "are not supported by this backend yet; use backend='triton'")

@@ -1,0 +1,376 @@
+"""The CuTe DSL Hopper backward of backends "cute" and "cute_deterministic" (kernels/parallax_kernels/parallax/
+cute_backward.py), on this CPU machine: BackwardVariant, the sm_90a build and what the compiled code contains
+(wgmma chains per the design, TMA and bulk copies, the bulk reduce-add of dQ/dR and, in the deterministic
+variant only, its semaphore), the TMA boxes the launcher encodes, the artefacts and their checks, the ops'
+schemas and fake implementations, and the backends' registration. The GPU tests of the backward (gradients
+against float64, bitwise reproducibility) are in test_cute_attention.py."""
+
+import json
+import os
+import re
+import subprocess
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+import pytest
+import torch
+
+from parallax_kernels import cute_runtime as rt
+from parallax_kernels.parallax.cute_launch import (ATTENTION_PARAMS, BACKWARD_PARAMS, load_attention_kernel,
+                                                   read_artefact, source_hash)
+from parallax_kernels.parallax.cute_variant import BWD_BLOCK_N, AttentionVariant, BackwardVariant
+
+REPO = Path(__file__).resolve().parents[1]
+HOPPER = torch.cuda.is_available() and torch.cuda.get_device_capability() == (9, 0)
+needs_dsl = pytest.mark.skipif(not rt.dsl_installed(), reason="nvidia-cutlass-dsl is not installed")
+
+# the backends of the CuTe kernels and whether their backward adds dQ, dR in key-tile order (bitwise reproducible);
+# plain "cute" is parallax_attention_cute's (and the ops') default
+CUTE_BACKENDS = {"cute": False, "cute_deterministic": True}
+# the two compiled variants: (head_dim, causal, deterministic)
+COMPILED = [(128, True, True), (64, False, False)]
+COMPILED_IDS = ["d128_causal", "d64_full_unordered"]
+
+
+def compiled_variant(d: int, causal: bool, deterministic: bool) -> BackwardVariant:
+    return BackwardVariant("bfloat16", d, causal, deterministic=deterministic)
+
+
+# ---- BackwardVariant ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("field, value, message", [
+    ("dtype", "float32", "dtype float32 is not supported"),
+    ("head_dim", 96, "head_dim 96 is not supported"),
+    ("block_m", 128, "block_m 128 is not 32 or 64"),
+    ("block_m", 16, "block_m 16 is not 32 or 64"),
+    ("stages", 1, "1 Q/R/dO stages"),
+    ("stages", 4, "4 Q/R/dO stages"),
+])
+def test_unsupported_backward_variants_are_named(field, value, message):
+    good = dict(dtype="bfloat16", head_dim=128, causal=True)
+    BackwardVariant(**good).check()
+    with pytest.raises(ValueError, match=message):
+        BackwardVariant(**{**good, field: value}).check()
+
+
+def test_the_default_block_m_and_its_explicit_spelling_are_one_variant():
+    """BM = 32 at D = 128 (dK, dV stay in registers beside the 64 x BM score tiles), 64 at D = 64; an artefact
+    built with an explicit block_m must serve the default, and the other way round."""
+    for d, bm in ((128, 32), (64, 64)):
+        default = BackwardVariant("bfloat16", d, True)
+        explicit = BackwardVariant("bfloat16", d, True, block_m=bm)
+        assert default.bm == bm and asdict(default)["block_m"] == bm
+        assert default == explicit and default.name == explicit.name
+        assert default.tma_boxes() == ([64, bm, 1], [64, BWD_BLOCK_N, 1])
+    # the other block_m is another variant
+    assert BackwardVariant("bfloat16", 128, True, block_m=64).name != BackwardVariant("bfloat16", 128, True).name
+
+
+def test_the_unordered_variant_has_its_own_name():
+    ordered = BackwardVariant("bfloat16", 128, True, deterministic=True)
+    unordered = BackwardVariant("bfloat16", 128, True, deterministic=False)
+    assert ordered.deterministic and ordered != unordered
+    assert unordered.name == ordered.name + "_unordered"
+    assert not ordered.name.endswith("_unordered")
+    # the forward's and the backward's artefacts never share a name
+    assert ordered.name.startswith("parallax_attn_bwd_")
+    assert AttentionVariant("bfloat16", 128, True).name.startswith("parallax_attn_fwd_")
+
+
+# ---- the compiled kernel ------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def compiled(tmp_path_factory):
+    """Two variants (bf16 head_dim 128 causal deterministic, bf16 head_dim 64 full unordered), each compiled
+    for sm_90a in a fresh process as on an offline build machine (both at once): PTX, cubin and the DSL's IR
+    (which records each TMA descriptor's box)."""
+    if not rt.dsl_installed():
+        pytest.skip("nvidia-cutlass-dsl is not installed")
+    out = tmp_path_factory.mktemp("attention_backward")
+    code = ("import sys\n"
+            "from parallax_kernels.parallax.cute_backward import compile_variant\n"
+            "from parallax_kernels.parallax.cute_variant import BackwardVariant\n"
+            "d, causal, ordered = int(sys.argv[2]), sys.argv[3] == '1', sys.argv[4] == '1'\n"
+            "cubin, ptx, name = compile_variant(BackwardVariant('bfloat16', d, causal, deterministic=ordered))\n"
+            "open(f'{sys.argv[1]}/d{d}.ptx', 'w').write(ptx)\n"
+            "open(f'{sys.argv[1]}/d{d}.cubin', 'wb').write(cubin)\n")
+    procs = []
+    for d, causal, ordered in COMPILED:
+        (out / f"ir{d}").mkdir()
+        env = {**os.environ, "CUTE_DSL_ARCH": "sm_90a", "CUTE_DSL_KEEP": "ir", "CUTE_DSL_DUMP_DIR": str(out / f"ir{d}")}
+        procs.append(subprocess.Popen([sys.executable, "-c", code, str(out), str(d), str(int(causal)), str(int(ordered))],
+                                      cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    for proc in procs:
+        _, stderr = proc.communicate(timeout=600)
+        assert proc.returncode == 0, stderr[-3000:]
+    return out
+
+
+def expected_wgmmas(variant: BackwardVariant) -> dict[int, int]:
+    """wgmma.m64nNk16 instructions per N in the PTX, from the design. Each consumer warpgroup owns 64 of the
+    BN = 128 keys (the wgmma's M = 64), and per step (one query tile of BM rows):
+    - S^T = K Q^T, T^T = K R^T, dalpha^T = V dO^T: three chains of D/16 k-steps, N = BM;
+    - dV += alpha^T dO, dK += ds^T Q, dK += dt^T R (A from registers): three chains of BM/16, N = D;
+    - dQ^T = K^T ds^T (warpgroup 0) or dR^T = K^T dt^T (warpgroup 1): M = D is D/64 m64 tiles, each a chain
+      of BN/16 k-steps, N = BM; the two branches of the `if cw == 0` are separate code: twice.
+    The step is instantiated twice: the masked loop and the unmasked one."""
+    d, bm, bn = variant.head_dim, variant.bm, BWD_BLOCK_N
+    per_step: dict[int, int] = {}
+    per_step[bm] = per_step.get(bm, 0) + 3 * d // 16 + 2 * (d // 64) * (bn // 16)
+    per_step[d] = per_step.get(d, 0) + 3 * bm // 16
+    return {n: 2 * count for n, count in per_step.items()}
+
+
+@needs_dsl
+@pytest.mark.parametrize("d, causal, ordered", COMPILED, ids=COMPILED_IDS)
+def test_wgmma_chains_are_the_designed_ones(compiled, d, causal, ordered):
+    """At D = 128, BM = 32: 2 x (3 x 8 + 2 x 2 x 8) = 112 m64n32k16 and 2 x 3 x 2 = 12 m64n128k16; at D = 64,
+    BM = 64 every tile is m64n64k16: 2 x (3 x 4 + 3 x 4 + 2 x 8) = 80."""
+    variant = compiled_variant(d, causal, ordered)
+    ptx = (compiled / f"d{d}.ptx").read_text()
+    assert ".target sm_90a" in ptx
+    found: dict[int, int] = {}
+    for n in re.findall(r"wgmma\.mma_async\.sync\.aligned\.m64n(\d+)k16\.f32\.bf16\.bf16", ptx):
+        found[int(n)] = found.get(int(n), 0) + 1
+    assert found == expected_wgmmas(variant)
+    assert ptx.count("wgmma.mma_async") == sum(found.values())  # no other shapes or types
+
+
+@needs_dsl
+@pytest.mark.parametrize("d, causal, ordered", COMPILED, ids=COMPILED_IDS)
+def test_copies_reductions_and_registers_are_the_designed_ones(compiled, d, causal, ordered):
+    """TMA loads: K, V once and Q, R, dO per step (in the producer's one loop), D/64 copies per tile (the
+    128-byte swizzle is 64 elements wide); the four statistics per query row in one plain bulk copy; dQ^T / dR^T
+    added with the bulk reduce-add (one per step instantiation, masked and unmasked); setmaxnreg down in the
+    producer and up in the consumers; no local memory; the parameter list is the launcher's."""
+    ptx = (compiled / f"d{d}.ptx").read_text()
+    assert ptx.count("cp.async.bulk.tensor.3d.shared::cta.global") == (2 + 3) * d // 64
+    assert ptx.count("cp.async.bulk.tensor") == (2 + 3) * d // 64
+    assert ptx.count("cp.async.bulk.shared::cluster.global") == 1
+    assert ptx.count("cp.reduce.async.bulk.global.shared::cta.bulk_group.add.f32") == 2
+    assert "atom.global.add.f32" not in ptx and "red.global.add.f32" not in ptx  # no per-element atomics
+    assert re.findall(r"setmaxnreg\.(\w+)\.sync\.aligned\.u32\s+(\d+);", ptx) == [("dec", "24"), ("inc", "240")]
+    assert ".local" not in ptx
+    entry = re.search(r"\.entry (\w+)\(", ptx).group(1)
+    assert rt.ptx_params(ptx, entry) == BACKWARD_PARAMS
+
+
+@needs_dsl
+@pytest.mark.parametrize("d, causal, ordered", COMPILED, ids=COMPILED_IDS)
+def test_only_the_deterministic_variant_orders_its_adds(compiled, d, causal, ordered):
+    """Deterministic: per step, after the staging buffer is free (wait_group.read), the lead thread spins on
+    its query tile's semaphore (ld.acquire; the first read and the loop's: two loads), adds, waits for the add
+    to complete (wait_group without .read) and passes the turn on (red.release). Unordered: the add alone.
+    Both end with a wait for the last add to have read its staging buffer."""
+    ptx = (compiled / f"d{d}.ptx").read_text()
+    events = {"ld.global.acquire.gpu": "acquire", "cp.reduce.async.bulk": "reduce",
+              "cp.async.bulk.commit_group": "commit", "cp.async.bulk.wait_group.read": "wait_read",
+              "cp.async.bulk.wait_group ": "wait", "cp.async.bulk.wait_group\t": "wait",
+              "red.release.gpu": "release"}
+    pattern = "|".join(re.escape(e) for e in events)
+    sequence = [events[m.group(0)] for m in re.finditer(pattern, ptx)]
+    if ordered:
+        assert ptx.count("ld.global.acquire.gpu.b32") == 4
+        assert ptx.count("red.release.gpu.global.add.s32") == 2
+        step = ["wait_read", "acquire", "acquire", "reduce", "commit", "wait", "release"]
+    else:
+        assert "ld.global.acquire.gpu" not in ptx and "red.release.gpu" not in ptx
+        step = ["wait_read", "reduce", "commit"]
+    assert sequence == 2 * step + ["wait_read"]
+
+
+@needs_dsl
+@pytest.mark.parametrize("d, causal, ordered", COMPILED, ids=COMPILED_IDS)
+def test_tma_boxes_the_launcher_encodes_are_the_kernels(compiled, d, causal, ordered):
+    """The launcher builds the CUtensorMaps itself (no DSL on the GPU host): the boxes it encodes must be
+    those the DSL compiled the copies for, as its IR records them (dims innermost first: D, rows, heads)."""
+    variant = compiled_variant(d, causal, ordered)
+    ir = "".join(p.read_text() for p in (compiled / f"ir{d}").glob("*.mlir"))
+    boxes = {tuple(map(int, m.split(","))) for m in re.findall(r'tma_gbasis = <"\((\d+,\d+,\d+)\):', ir)}
+    assert boxes == {tuple(box) for box in variant.tma_boxes()}
+
+
+def cuobjdump() -> Path:
+    triton = pytest.importorskip("triton")
+    tool = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
+    if not tool.exists():
+        pytest.skip("no cuobjdump in Triton's package")
+    return tool
+
+
+@needs_dsl
+@pytest.mark.parametrize("d, causal, ordered", COMPILED, ids=COMPILED_IDS)
+def test_no_spills_and_wgmma_tma_in_sass(compiled, d, causal, ordered):
+    """ptxas keeps the designed wgmmas (HGMMA 64 x N x 16 as many as in the PTX; it may add others of its own),
+    the TMA loads, the bulk copy and the bulk reduce-add, with no stack or local memory."""
+    tool = cuobjdump()
+    variant = compiled_variant(d, causal, ordered)
+    cubin = str(compiled / f"d{d}.cubin")
+    usage = subprocess.run([tool, "--dump-resource-usage", cubin], capture_output=True, text=True, check=True).stdout
+    fields = dict(item.split(":", 1) for item in next(x for x in usage.splitlines() if "REG:" in x).split() if ":" in item)
+    assert int(fields["STACK"]) == 0 and int(fields["LOCAL"]) == 0
+    assert int(fields["REG"]) * variant.num_threads <= 65536  # one CTA fits the register file at launch
+    sass = subprocess.run([tool, "--dump-sass", cubin], capture_output=True, text=True, check=True).stdout
+    for n, count in expected_wgmmas(variant).items():
+        assert len(re.findall(rf"HGMMA\.64x{n}x16\b", sass)) == count, n
+    assert len(re.findall(r"UTMALDG\.3D\b", sass)) == (2 + 3) * d // 64
+    assert "UBLKCP.S.G" in sass and "UBLKRED.G.S.ADD.F32" in sass
+    assert not re.search(r"\b(LDL|STL)\b", sass)
+
+
+# ---- artefacts ----------------------------------------------------------------------------------
+
+@needs_dsl
+def test_build_kernels_writes_backward_artefacts(tmp_path):
+    """One mask, one head_dim, one order: the forward variant and one backward variant."""
+    proc = subprocess.run([sys.executable, "scripts/build_kernels.py", "--attention", "--out", str(tmp_path),
+                           "--dtype", "bfloat16", "--head-dim", "64", "--causal", "1",
+                           "--backward-deterministic", "0"], cwd=REPO,
+                          env={k: v for k, v in os.environ.items() if k != "CUTE_DSL_ARCH"},
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    variant = BackwardVariant("bfloat16", 64, True, deterministic=False)
+    forward = AttentionVariant("bfloat16", 64, True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        f"{v.name}.{ext}" for v in (variant, forward) for ext in ("cubin", "json"))
+    meta, cubin = read_artefact(tmp_path, variant)
+    assert cubin[:4] == b"\x7fELF" and meta["kernel"].encode() in cubin
+    assert meta["arch"] == "sm_90a" and meta["params"] == BACKWARD_PARAMS and meta["block"] == [384, 1, 1]
+    assert meta["variant"] == asdict(variant) and meta["variant"]["block_m"] == 64
+    assert meta["smem_bytes"] == variant.smem_bytes and meta["source"] == source_hash("cute_backward")
+    assert read_artefact(tmp_path, BackwardVariant("bfloat16", 64, True, deterministic=True)) is None  # the ordered one: not built
+    # the artefact is refused once it is stale, and names the build command
+    path = tmp_path / f"{variant.name}.json"
+    path.write_text(json.dumps({**meta, "source": "0" * 16}))
+    with pytest.raises(ValueError, match="another version of kernels/parallax_kernels/parallax/cute_backward.py.*"
+                                         "scripts/build_kernels.py --attention"):
+        read_artefact(tmp_path, variant)
+
+
+def test_backward_artefact_mismatches_are_clear_errors(tmp_path):
+    variant = BackwardVariant("bfloat16", 128, True)
+    meta = {"variant": asdict(variant), "kernel": "k", "params": BACKWARD_PARAMS, "block": [384, 1, 1],
+            "smem_bytes": variant.smem_bytes, "arch": "sm_90a", "source": source_hash("cute_backward")}
+    path = tmp_path / f"{variant.name}.json"
+    path.write_text(json.dumps(meta))
+    with pytest.raises(FileNotFoundError, match="has no cubin beside it.*scripts/build_kernels.py --attention"):
+        read_artefact(tmp_path, variant)
+    (tmp_path / f"{variant.name}.cubin").write_bytes(b"\x7fELF")
+    for params in (BACKWARD_PARAMS[:-1], ATTENTION_PARAMS):  # another parameter list, or the forward's
+        path.write_text(json.dumps({**meta, "params": params}))
+        with pytest.raises(ValueError, match="differ from this launcher's.*scripts/build_kernels.py --attention"):
+            read_artefact(tmp_path, variant)
+    path.write_text(json.dumps({**meta, "variant": {**asdict(variant), "deterministic": False}}))
+    with pytest.raises(ValueError, match="describes.*scripts/build_kernels.py --attention"):
+        read_artefact(tmp_path, variant)
+    # stale: built from another cute_backward.py, or stamped with the forward's hash
+    for source in ("0" * 16, source_hash("cute_kernel")):
+        path.write_text(json.dumps({**meta, "source": source}))
+        with pytest.raises(ValueError, match="another version of kernels/parallax_kernels/parallax/cute_backward.py"
+                                             ".*scripts/build_kernels.py --attention"):
+            read_artefact(tmp_path, variant)
+    path.write_text(json.dumps(meta))
+    assert read_artefact(tmp_path, variant) == (meta, b"\x7fELF")
+    assert read_artefact(tmp_path / "empty", variant) is None
+
+
+def test_missing_backward_kernel_without_the_dsl_names_the_build_command(tmp_path, monkeypatch):
+    monkeypatch.setattr(rt, "dsl_installed", lambda: False)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    variant = BackwardVariant("bfloat16", 128, True, deterministic=False)
+    with pytest.raises(RuntimeError, match=f"{variant.name}.*scripts/build_kernels.py --attention --out"):
+        load_attention_kernel(variant, tmp_path)
+
+
+def test_too_many_kv_heads_for_the_backward_grid_are_refused():
+    from parallax_kernels.parallax.cute_launch import MAX_GRID_Y, _launch_backward
+
+    q = torch.zeros(1, MAX_GRID_Y + 1, 1, 64, dtype=torch.bfloat16)
+    with pytest.raises(ValueError, match="pairs; the backward launch takes at most 65535"):
+        _launch_backward(q, q, q, q, q, q, q, q[..., 0], q[..., 0], True, 0.125)
+
+
+# ---- ops and backends ---------------------------------------------------------------------------
+
+def test_op_schemas_carry_the_order():
+    """The forward op takes `deterministic` for its backward, which takes it too (default: backend "cute"'s)."""
+    import parallax_kernels.parallax.cute_launch  # noqa: F401  (registers the ops)
+
+    for op in (torch.ops.parallax.attention_fwd_cute, torch.ops.parallax.attention_bwd_cute):
+        arg = next(a for a in op.default._schema.arguments if a.name == "deterministic")
+        assert str(arg.type) == "bool" and arg.default_value is CUTE_BACKENDS["cute"]
+    names = [a.name for a in torch.ops.parallax.attention_bwd_cute.default._schema.arguments]
+    assert names == ["grad_o", "q", "k", "v", "r", "o", "a", "lse", "tbar", "causal", "scale", "deterministic"]
+    assert len(torch.ops.parallax.attention_bwd_cute.default._schema.returns) == 4
+
+
+def test_backward_fake_implementation_returns_the_inputs_shapes():
+    """Under fake tensors (torch.compile's tracing) the backward op returns dq, dk, dv, dr shaped and typed like
+    q, k, v, r (GQA: k, v have fewer heads) without running the kernel."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    import parallax_kernels.parallax.cute_launch  # noqa: F401
+
+    b, h, hkv, n, d = 2, 4, 2, 100, 64
+    with FakeTensorMode():
+        q, r, o, a, grad = (torch.empty(b, h, n, d, dtype=torch.bfloat16) for _ in range(5))
+        k, v = (torch.empty(b, hkv, n, d, dtype=torch.bfloat16) for _ in range(2))
+        lse, tbar = torch.empty(b, h, n), torch.empty(b, h, n)
+        for ordered in (True, False):
+            grads = torch.ops.parallax.attention_bwd_cute(grad, q, k, v, r, o, a, lse, tbar, True, 0.125, ordered)
+            assert [tuple(x.shape) for x in grads] == [(b, h, n, d), (b, hkv, n, d), (b, hkv, n, d), (b, h, n, d)]
+            assert all(x.dtype == torch.bfloat16 for x in grads)
+
+
+@pytest.mark.parametrize("backend, ordered", CUTE_BACKENDS.items())
+def test_each_backend_reaches_its_backward(backend, ordered):
+    """Under fake tensors, a backward through the backend's function runs attention_bwd_cute with its order."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from parallax_kernels.parallax import BACKENDS
+
+    calls = []
+
+    class Record(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func.namespace == "parallax":
+                # the op and its `deterministic` (the dispatcher drops trailing arguments equal to their defaults)
+                schema = {a.name: a for a in func._schema.arguments}
+                given = {**dict(zip(schema, args)), **(kwargs or {})}
+                calls.append((func.__name__, given.get("deterministic", schema["deterministic"].default_value)))
+            return func(*args, **(kwargs or {}))
+
+    b, h, hkv, n, d = 1, 4, 2, 50, 128
+    with FakeTensorMode():
+        q, r = (torch.empty(b, h, n, d, dtype=torch.bfloat16, requires_grad=True) for _ in range(2))
+        k, v = (torch.empty(b, hkv, n, d, dtype=torch.bfloat16, requires_grad=True) for _ in range(2))
+        with Record():
+            out = BACKENDS[backend].fn(q, k, v, r, causal=True, scale=d**-0.5, document_ids=None)
+            grads = torch.autograd.grad(out.sum(), (q, k, v, r))
+        assert [x.shape for x in grads] == [q.shape, k.shape, v.shape, r.shape]
+    assert calls == [("attention_fwd_cute.default", ordered), ("attention_bwd_cute.default", ordered)]
+
+
+@pytest.mark.parametrize("backend", CUTE_BACKENDS)
+def test_backends_are_registered_refuse_documents_and_off_hopper_are_errors_not_fallbacks(backend):
+    from parallax_kernels.parallax import BACKENDS
+    from parallax_titan.ops import check_backend, parallax_attention
+
+    assert {name for name in BACKENDS if name.startswith("cute")} == set(CUTE_BACKENDS)
+    assert not BACKENDS[backend].documents
+    with pytest.raises(ValueError, match=f"{backend!r} does not mask packed documents.*'triton'"):
+        check_backend(backend, documents=True)
+    check_backend(backend)  # no example: only the name and the documents are checked
+    args = pytest.importorskip("parallax_titan.model.args", reason="needs torchtitan")
+    args.ParallaxModelArgs(attention_backend=backend)  # the config key accepts it
+    if HOPPER:
+        pytest.skip("this machine has a Hopper GPU")
+    q = torch.randn(1, 2, 8, 64)
+    with pytest.raises(RuntimeError, match=f"backend {backend!r} is unavailable: .*Hopper"):
+        check_backend(backend, q)
+    with pytest.raises(RuntimeError, match=f"backend {backend!r} is unavailable: .*Hopper"):
+        parallax_attention(q, q, q, q, backend=backend)
+    with pytest.raises(ValueError, match="does not mask packed documents"):
+        parallax_attention(q, q, q, q, backend=backend, document_ids=torch.zeros(1, 8, dtype=torch.long))
