@@ -159,10 +159,11 @@ def test_copies_reductions_and_registers_are_the_designed_ones(compiled, d, caus
 @needs_dsl
 @pytest.mark.parametrize("d, causal, ordered", COMPILED, ids=COMPILED_IDS)
 def test_only_the_deterministic_variant_orders_its_adds(compiled, d, causal, ordered):
-    """Deterministic: per step, after the staging buffer is free (wait_group.read), the lead thread spins on
-    its query tile's semaphore (ld.acquire; the first read and the loop's: two loads), adds, waits for the add
-    to complete (wait_group without .read) and passes the turn on (red.release). Unordered: the add alone.
-    Both end with a wait for the last add to have read its staging buffer."""
+    """Deterministic: per step the lead thread first waits for its previous add to complete (wait_group without
+    .read) and passes that tile's turn on (red.release), then after staging spins on this query tile's semaphore
+    (ld.acquire; the first read and the loop's: two loads) and adds; at the end it waits for the last add and
+    passes its turn on. Unordered: the wait for the staging buffer to be read (wait_group.read), the add; at
+    the end, the same wait."""
     ptx = (compiled / f"d{d}.ptx").read_text()
     events = {"ld.global.acquire.gpu": "acquire", "cp.reduce.async.bulk": "reduce",
               "cp.async.bulk.commit_group": "commit", "cp.async.bulk.wait_group.read": "wait_read",
@@ -172,12 +173,13 @@ def test_only_the_deterministic_variant_orders_its_adds(compiled, d, causal, ord
     sequence = [events[m.group(0)] for m in re.finditer(pattern, ptx)]
     if ordered:
         assert ptx.count("ld.global.acquire.gpu.b32") == 4
-        assert ptx.count("red.release.gpu.global.add.s32") == 2
-        step = ["wait_read", "acquire", "acquire", "reduce", "commit", "wait", "release"]
+        assert ptx.count("red.release.gpu.global.add.s32") == 3
+        step = ["wait", "release", "acquire", "acquire", "reduce", "commit"]
+        assert sequence == 2 * step + ["wait", "release"]
     else:
         assert "ld.global.acquire.gpu" not in ptx and "red.release.gpu" not in ptx
         step = ["wait_read", "reduce", "commit"]
-    assert sequence == 2 * step + ["wait_read"]
+        assert sequence == 2 * step + ["wait_read"]
 
 
 @needs_dsl

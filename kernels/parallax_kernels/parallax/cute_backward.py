@@ -23,8 +23,8 @@ end (no atomics, deterministic) and are stored once.
   shared memory and adds it to an fp32 buffer with one bulk reduce-add (cp.reduce.async.bulk .add.f32,
   FlashAttention-3's choice over per-element atomics). The key tiles' adds into one query tile land in
   any order unless the variant is deterministic: then a semaphore per (query head, query tile, dQ or dR)
-  orders them by key tile (a CTA waits for its turn, adds, waits for the add to complete, and passes the
-  turn on), so dQ and dR are bitwise reproducible run to run.
+  orders them by key tile (a CTA waits for its turn and adds; when it stages its next tile, the add has
+  long completed, and it passes that turn on), so dQ and dR are bitwise reproducible run to run.
 Registers: dK, dV (64 x D fp32 each) stay live through the loop, so the score tiles are 64 x BM with BM
 = 32 at D = 128 (64 at D = 64); dQ^T and dR^T (D x BM) are split between the warpgroups.
 The dQ, dR buffers are (B H, N_pad / BM, D, BM) fp32: each (query tile, head) a contiguous D x BM block,
@@ -318,22 +318,28 @@ class ParallaxAttentionBackward:
         s_acc = cute.make_tensor(p_acc + cw * d * bm, cute.make_layout((d, bm), stride=(bm, 1)))
 
         kv_cons.wait()
+        held = cutlass.Int64(-1)  # (deterministic) the query tile whose dQ/dR turn this warpgroup holds
         mma_kv.set(warpgroup.Field.ACCUMULATE, True)
         for g in cutlass.range(group, unroll=1):
             bhq = b * heads + hk * group + g
             for m in cutlass.range(m_lo, m_mid, unroll=1):
-                q_cons, mma_s, mma_kv, mma_q = self._step(
+                q_cons, mma_s, mma_kv, mma_q, held = self._step(
                     m, bhq, True, mma_s, mma_kv, mma_q, t_ak, t_av, t_bq, t_br, t_bdo, t_bqt, t_brt, t_bdot, t_akt,
                     t_bds, t_bdt, acc_s, acc_t, acc_da, acc_dk, acc_dv, acc_g, coords, g_coords, sdS32, sdT32, sStats,
-                    s_acc, q_cons, p_grad, p_sem, n, n_pad, n0, scale_log2, scale, cw, tid)
+                    s_acc, q_cons, p_grad, p_sem, held, n, n_pad, n0, scale_log2, scale, cw, tid)
             for m in cutlass.range(m_mid, m_tiles, unroll=1):
-                q_cons, mma_s, mma_kv, mma_q = self._step(
+                q_cons, mma_s, mma_kv, mma_q, held = self._step(
                     m, bhq, False, mma_s, mma_kv, mma_q, t_ak, t_av, t_bq, t_br, t_bdo, t_bqt, t_brt, t_bdot, t_akt,
                     t_bds, t_bdt, acc_s, acc_t, acc_da, acc_dk, acc_dv, acc_g, coords, g_coords, sdS32, sdT32, sStats,
-                    s_acc, q_cons, p_grad, p_sem, n, n_pad, n0, scale_log2, scale, cw, tid)
+                    s_acc, q_cons, p_grad, p_sem, held, n, n_pad, n0, scale_log2, scale, cw, tid)
 
         if tid % 128 == 0:  # the last bulk add has read its staging buffer before the CTA ends
-            cute.arch.cp_async_bulk_wait_group(0, read=True)
+            if cutlass.const_expr(self.v.deterministic):
+                cute.arch.cp_async_bulk_wait_group(0, read=False)  # and completed: pass its turn on
+                if held >= 0:
+                    add_release(p_sem + held * 2 + cw, 1)
+            else:
+                cute.arch.cp_async_bulk_wait_group(0, read=True)
 
         # ---- epilogue: dK, dV (keys of this warpgroup, rows < n) as 32-bit pairs -------------------
         kv_coords = self._mn_view(thr_kv.partition_C(cute.make_identity_tensor((bn, d))))
@@ -361,8 +367,8 @@ class ParallaxAttentionBackward:
     def _step(self, m: Int32, bhq: Int32, masked: cutlass.Constexpr, mma_s: cute.TiledMma, mma_kv: cute.TiledMma,
               mma_q: cute.TiledMma, t_ak, t_av, t_bq, t_br, t_bdo, t_bqt, t_brt, t_bdot, t_akt, t_bds, t_bdt,
               acc_s, acc_t, acc_da, acc_dk, acc_dv, acc_g, coords, g_coords, sdS32, sdT32, sStats, s_acc, q_cons,
-              p_grad: cute.Pointer, p_sem: cute.Pointer, n: Int32, n_pad: Int32, n0: Int32, scale_log2: Float32,
-              scale: Float32, cw: Int32, tid: Int32):
+              p_grad: cute.Pointer, p_sem: cute.Pointer, held: cutlass.Int64, n: Int32, n_pad: Int32, n0: Int32,
+              scale_log2: Float32, scale: Float32, cw: Int32, tid: Int32):
         """One query tile m of query head bhq against this CTA's keys."""
         bm = self.bm
         h = q_cons.wait_and_advance()
@@ -458,8 +464,15 @@ class ParallaxAttentionBackward:
         # stage dQ^T / dR^T in shared memory (once the previous bulk add has read it), then add it to the
         # (query tile, head) block of the fp32 buffer in one bulk reduce
         lead = tid % 128 == 0
+        tile = bhq.to(cutlass.Int64) * (n_pad // bm).to(cutlass.Int64) + m.to(cutlass.Int64)
         if lead:
-            cute.arch.cp_async_bulk_wait_group(0, read=True)
+            if cutlass.const_expr(self.v.deterministic):
+                # the previous add has completed (a step after it was issued): pass its tile's turn on
+                cute.arch.cp_async_bulk_wait_group(0, read=False)
+                if held >= 0:
+                    add_release(p_sem + held * 2 + cw, 1)
+            else:
+                cute.arch.cp_async_bulk_wait_group(0, read=True)
         cute.arch.barrier(barrier_id=ACC_BARRIER + cw, number_of_threads=128)
         gv = self._mn_view(acc_g)
         for i in cutlass.range_constexpr(cute.size(gv.shape[0])):
@@ -468,18 +481,17 @@ class ParallaxAttentionBackward:
         cute.arch.fence_view_async_shared()
         cute.arch.barrier(barrier_id=ACC_BARRIER + cw, number_of_threads=128)
         if lead:
-            tile = bhq.to(cutlass.Int64) * (n_pad // bm).to(cutlass.Int64) + m.to(cutlass.Int64)
-            turn = p_sem + tile * 2 + cw  # (deterministic) this tile's dQ or dR semaphore: the key tiles added so far
             if cutlass.const_expr(self.v.deterministic):
+                # this tile's dQ or dR semaphore counts the key tiles added so far: wait for this one's turn
+                turn = p_sem + tile * 2 + cw
                 seen = load_acquire(turn)
                 while seen != n0 // self.bn:
                     seen = load_acquire(turn)
             bulk_reduce_add_f32(s_acc.iterator, p_grad + tile * (self.d * bm), self.d * bm * 4)
             cute.arch.cp_async_bulk_commit_group()
-            if cutlass.const_expr(self.v.deterministic):
-                cute.arch.cp_async_bulk_wait_group(0, read=False)  # the add is complete, then the next tile's turn
-                add_release(turn, 1)
-        return q_cons, mma_s, mma_kv, mma_q
+        if cutlass.const_expr(self.v.deterministic):
+            held = tile
+        return q_cons, mma_s, mma_kv, mma_q, held
 
     # ---- pieces ---------------------------------------------------------------------------------
     def _as_pairs(self, ptr: cute.Pointer, ds_smem: cute.ComposedLayout) -> cute.Tensor:
