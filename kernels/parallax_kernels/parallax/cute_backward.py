@@ -45,6 +45,7 @@ from cutlass.cute.nvgpu import cpasync, warpgroup
 from cutlass.cutlass_dsl import dsl_user_op
 
 from parallax_kernels import cute_runtime as rt
+from parallax_kernels.parallax.cute_fragments import as_a_operand, mn_view
 from parallax_kernels.parallax.cute_variant import BWD_BLOCK_N, BWD_NUM_THREADS, BackwardVariant
 
 PRODUCER_REGS = 24
@@ -295,7 +296,7 @@ class ParallaxAttentionBackward:
         acc_s = thr_s.make_fragment_C(thr_s.partition_shape_C((bn, bm)))
         acc_t = thr_s.make_fragment_C(thr_s.partition_shape_C((bn, bm)))
         acc_da = thr_s.make_fragment_C(thr_s.partition_shape_C((bn, bm)))
-        coords = self._mn_view(thr_s.partition_C(cute.make_identity_tensor((bn, bm))))
+        coords = mn_view(thr_s.partition_C(cute.make_identity_tensor((bn, bm))))
 
         thr_kv, wg_kv = mma_kv.get_slice(tid), mma_kv.get_slice(128 * cw)
         t_bqt = wg_kv.make_fragment_B(wg_kv.partition_B(transpose_view(sQ)))
@@ -311,7 +312,7 @@ class ParallaxAttentionBackward:
         t_bds = thr_q.make_fragment_B(thr_q.partition_B(sdS))
         t_bdt = thr_q.make_fragment_B(thr_q.partition_B(sdT))
         acc_g = thr_q.make_fragment_C(thr_q.partition_shape_C((d, bm)))  # dQ^T (warpgroup 0) or dR^T (1)
-        g_coords = self._mn_view(thr_q.partition_C(cute.make_identity_tensor((d, bm))))
+        g_coords = mn_view(thr_q.partition_C(cute.make_identity_tensor((d, bm))))
         p_grad = p_dq
         if cw == 1:
             p_grad = p_dr
@@ -342,9 +343,9 @@ class ParallaxAttentionBackward:
                 cute.arch.cp_async_bulk_wait_group(0, read=True)
 
         # ---- epilogue: dK, dV (keys of this warpgroup, rows < n) as 32-bit pairs -------------------
-        kv_coords = self._mn_view(thr_kv.partition_C(cute.make_identity_tensor((bn, d))))
-        dk = self._mn_view(acc_dk)
-        dv = self._mn_view(acc_dv)
+        kv_coords = mn_view(thr_kv.partition_C(cute.make_identity_tensor((bn, d))))
+        dk = mn_view(acc_dk)
+        dv = mn_view(acc_dv)
         half = d // 2
         base = bhk.to(cutlass.Int64) * n.to(cutlass.Int64) * half
         g_dk = cute.make_tensor(p_dk + base, cute.make_layout((n, half), stride=(half, 1)))
@@ -386,9 +387,9 @@ class ParallaxAttentionBackward:
             cute.gemm(mma_s, acc_da, t_av[None, None, kk], t_bdo[None, None, kk, st], acc_da)
         warpgroup.commit_group()
 
-        s = self._mn_view(acc_s)
-        t = self._mn_view(acc_t)
-        da = self._mn_view(acc_da)
+        s = mn_view(acc_s)
+        t = mn_view(acc_t)
+        da = mn_view(acc_da)
         q0 = m * bm
         # weights and centred probe scores while dalpha^T is still being computed
         warpgroup.wait_group(1)
@@ -434,9 +435,9 @@ class ParallaxAttentionBackward:
                 pair[1] = da[i, c + 1].to(self.dtype)
                 sdT32[ql // 2, key, st] = packed[0]
 
-        alpha_a = self._as_a_operand(acc_s)
-        ds_a = self._as_a_operand(acc_t)
-        dt_a = self._as_a_operand(acc_da)
+        alpha_a = as_a_operand(acc_s, self.dtype, self.bm)
+        ds_a = as_a_operand(acc_t, self.dtype, self.bm)
+        dt_a = as_a_operand(acc_da, self.dtype, self.bm)
         warpgroup.fence()
         for kk in cutlass.range_constexpr(cute.size(alpha_a, mode=[2])):
             cute.gemm(mma_kv, acc_dv, alpha_a[None, None, kk], t_bdot[None, None, kk, st], acc_dv)
@@ -474,7 +475,7 @@ class ParallaxAttentionBackward:
             else:
                 cute.arch.cp_async_bulk_wait_group(0, read=True)
         cute.arch.barrier(barrier_id=ACC_BARRIER + cw, number_of_threads=128)
-        gv = self._mn_view(acc_g)
+        gv = mn_view(acc_g)
         for i in cutlass.range_constexpr(cute.size(gv.shape[0])):
             for c in cutlass.range_constexpr(cute.size(gv.shape[1])):
                 s_acc[g_coords[i, c][0], g_coords[i, c][1]] = gv[i, c]
@@ -505,20 +506,3 @@ class ParallaxAttentionBackward:
             raise RuntimeError(f"ds^T buffer swizzle {ds_smem.inner}, expected S<{bits},4,3> on bytes")
         layout = cute.make_composed_layout(cute.make_swizzle(bits, 2, 3), 0, cute.recast_layout(32, 16, ds_smem.outer))
         return cute.make_tensor(cute.recast_ptr(ptr, dtype=cutlass.Uint32), layout)
-
-    def _mn_view(self, acc: cute.Tensor) -> cute.Tensor:
-        """View a wgmma accumulator fragment ((2, 2, N/8), M reps, N reps) as (rows, columns)."""
-        flat = cute.make_layout(acc.layout.shape)
-        mn = cute.make_layout(
-            ((flat.shape[0][1], flat.shape[1]), (flat.shape[0][0], flat.shape[0][2], flat.shape[2])),
-            stride=((flat.stride[0][1], flat.stride[1]), (flat.stride[0][0], flat.stride[0][2], flat.stride[2])),
-        )
-        return cute.make_tensor(acc.iterator, cute.composition(acc.layout, mn))
-
-    def _as_a_operand(self, acc: cute.Tensor) -> cute.Tensor:
-        """A (64, BM) fp32 accumulator converted to the 16-bit A operand of a K = BM wgmma (the C
-        fragment's value order ((2, 2, BM/8)) is the A fragment's ((2, 2, 2), 1, BM/16))."""
-        frag = cute.make_rmem_tensor(cute.make_layout(((2, 2, 2), 1, self.bm // 16)), self.dtype)
-        as_acc = cute.make_tensor(frag.iterator, cute.make_layout(acc.layout.shape))
-        as_acc.store(acc.load().to(self.dtype))
-        return frag

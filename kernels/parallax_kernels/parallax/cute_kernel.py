@@ -40,6 +40,7 @@ from cutlass import Float32, Int32
 from cutlass.cute.nvgpu import cpasync, warpgroup
 
 from parallax_kernels import cute_runtime as rt
+from parallax_kernels.parallax.cute_fragments import as_a_operand, mn_view
 from parallax_kernels.parallax.cute_variant import CTA_ROWS, MMA_WARPGROUPS, NUM_THREADS, WG_ROWS, AttentionVariant
 
 PRODUCER_REGS = 24
@@ -234,8 +235,8 @@ class ParallaxAttentionForward:
             state[1, i] = 0.0
             state[2, i] = 0.0
             state[3, i] = 0.0
-        coords = self._mn_view(thr_qk.partition_C(cute.make_identity_tensor((WG_ROWS, bn))))
-        o_coords = self._mn_view(thr_pv.partition_C(cute.make_identity_tensor((WG_ROWS, d))))
+        coords = mn_view(thr_qk.partition_C(cute.make_identity_tensor((WG_ROWS, bn))))
+        o_coords = mn_view(thr_pv.partition_C(cute.make_identity_tensor((WG_ROWS, d))))
         row0 = m_blk * CTA_ROWS + cw * WG_ROWS  # first query row of this warpgroup
 
         # key tiles [0, mid) need no mask; [mid, wg_tiles) do; [wg_tiles, n_tiles) are past this
@@ -266,8 +267,8 @@ class ParallaxAttentionForward:
             hv.release()
 
         # ---- epilogue: a = O1 / d1, o = a - O2 / d1, lse = m + log2 d1, tbar = c ------------------
-        o1 = self._mn_view(acc_o1)
-        o2 = self._mn_view(acc_o2)
+        o1 = mn_view(acc_o1)
+        o2 = mn_view(acc_o2)
         base = bh.to(cutlass.Int64) * n.to(cutlass.Int64)
         # o, a are written as 32-bit pairs of 16-bit values: a thread holds columns 2k, 2k + 1 of its rows
         half = d // 2
@@ -319,10 +320,10 @@ class ParallaxAttentionForward:
         warpgroup.wait_group(0)
         hk.release()
 
-        s = self._mn_view(acc_s)
-        t = self._mn_view(acc_t)
-        o1 = self._mn_view(acc_o1)
-        o2 = self._mn_view(acc_o2)
+        s = mn_view(acc_s)
+        t = mn_view(acc_t)
+        o1 = mn_view(acc_o1)
+        o2 = mn_view(acc_o2)
         n_cols = cute.size(s.shape[1])
         for i in cutlass.range_constexpr(2):
             row = row0 + coords[i, 0][0]
@@ -375,8 +376,8 @@ class ParallaxAttentionForward:
             state[2, i] = t_sum
             state[3, i] = c_new
 
-        p1 = self._as_a_operand(acc_s, mma_pv)
-        p2 = self._as_a_operand(acc_t, mma_pv)
+        p1 = as_a_operand(acc_s, self.dtype, self.bn)
+        p2 = as_a_operand(acc_t, self.dtype, self.bn)
         hv = v_cons.wait_and_advance()
         warpgroup.fence()
         mma_pv.set(warpgroup.Field.ACCUMULATE, True)
@@ -417,22 +418,3 @@ class ParallaxAttentionForward:
             else:
                 val = val + other
         return val
-
-    def _mn_view(self, acc: cute.Tensor) -> cute.Tensor:
-        """View a wgmma accumulator fragment ((2, 2, N/8), 1, 1) as (rows, columns): row 0 is the
-        thread's row (warp 16 + lane / 4), row 1 that row + 8; columns in pairs of 2 per 8."""
-        flat = cute.make_layout(acc.layout.shape)
-        mn = cute.make_layout(
-            ((flat.shape[0][1], flat.shape[1]), (flat.shape[0][0], flat.shape[0][2], flat.shape[2])),
-            stride=((flat.stride[0][1], flat.stride[1]), (flat.stride[0][0], flat.stride[0][2], flat.stride[2])),
-        )
-        return cute.make_tensor(acc.iterator, cute.composition(acc.layout, mn))
-
-    def _as_a_operand(self, acc: cute.Tensor, mma_pv: cute.TiledMma) -> cute.Tensor:
-        """The fp32 accumulator of a (64, BN) tile, converted to the 16-bit A operand of the P V wgmma:
-        value order of the C fragment ((2, 2, BN/8)) is that of the A fragment ((2, 2, 2), 1, BN/16)."""
-        frag = cute.make_rmem_tensor(
-            cute.make_layout(((2, 2, 2), 1, self.bn // 16)), self.dtype)
-        as_acc = cute.make_tensor(frag.iterator, cute.make_layout(acc.layout.shape))
-        as_acc.store(acc.load().to(self.dtype))
-        return frag

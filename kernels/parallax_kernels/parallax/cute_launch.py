@@ -45,7 +45,7 @@ def _kernel_module(variant) -> str:
 
 
 def source_hash(module: str = "cute_kernel") -> str:
-    return rt.source_hash(_HERE / f"{module}.py", _HERE / "cute_variant.py")
+    return rt.source_hash(_HERE / f"{module}.py", _HERE / "cute_fragments.py", _HERE / "cute_variant.py")
 
 
 def write_artefact(folder: Path, variant: AttentionVariant | BackwardVariant, cubin: bytes, ptx: str,
@@ -116,14 +116,9 @@ def _launch(q, k, v, r, causal: bool, scale: float, artefact_dir: Path | None = 
     lse = torch.empty(b, h, n, dtype=torch.float32, device=q.device)
     tbar = torch.empty_like(lse)
     box_q, box_kv = variant.tma_boxes()
-    es = q.element_size()
-
-    def desc(t, heads, box):  # (B, heads, N, D) contiguous: dims D, N, B heads
-        return rt.encode_tma_tiled(dtype, t.data_ptr(), [d, n, b * heads], [d * es, n * d * es], box)
-
     sizes_q, sizes_kv = struct.pack("<ii", n, b * h), struct.pack("<ii", n, b * hkv)
-    args = [b"\0", b"\0", desc(q, h, box_q), sizes_q, desc(r, h, box_q), sizes_q,
-            desc(k, hkv, box_kv), sizes_kv, desc(v, hkv, box_kv), sizes_kv,
+    args = [b"\0", b"\0", _tma_descriptor(q, box_q), sizes_q, _tma_descriptor(r, box_q), sizes_q,
+            _tma_descriptor(k, box_kv), sizes_kv, _tma_descriptor(v, box_kv), sizes_kv,
             o.data_ptr(), a.data_ptr(), lse.data_ptr(), tbar.data_ptr(), n, h, h // hkv, scale * math.log2(math.e)]
     grid = (-(-n // CTA_ROWS), b * h, 1)
     kernel.launch(grid, args, torch.cuda.current_stream(q.device).cuda_stream)
@@ -160,17 +155,13 @@ def _launch_backward(grad_o, q, k, v, r, o, a, lse, tbar, causal: bool, scale: f
     dk = torch.empty(k.shape, dtype=k.dtype, device=k.device)
     dv = torch.empty_like(dk)
     box_q, box_kv = variant.tma_boxes()
-    es = q.element_size()
-
-    def desc(t, heads, box):  # (B, heads, N, D) contiguous: dims D, N, B heads
-        return rt.encode_tma_tiled(dtype, t.data_ptr(), [d, n, b * heads], [d * es, n * d * es], box)
-
     sizes_q, sizes_kv = struct.pack("<ii", n, b * h), struct.pack("<ii", n, b * hkv)
-    args = [b"\0"] * 3 + [desc(q, h, box_q), sizes_q, desc(r, h, box_q), sizes_q, desc(grad_o, h, box_q), sizes_q,
-                          desc(k, hkv, box_kv), sizes_kv, desc(v, hkv, box_kv), sizes_kv,
-                          stats.data_ptr(), dq_acc.data_ptr(), dr_acc.data_ptr(),
-                          turns.data_ptr() if turns is not None else 0, dk.data_ptr(), dv.data_ptr(),
-                          n, n_pad, h, h // hkv, scale * math.log2(math.e), scale]
+    descriptors = [part for t, box, sizes in ((q, box_q, sizes_q), (r, box_q, sizes_q), (grad_o, box_q, sizes_q),
+                                              (k, box_kv, sizes_kv), (v, box_kv, sizes_kv))
+                   for part in (_tma_descriptor(t, box), sizes)]
+    args = [b"\0"] * 3 + descriptors + [
+        stats.data_ptr(), dq_acc.data_ptr(), dr_acc.data_ptr(), turns.data_ptr() if turns is not None else 0,
+        dk.data_ptr(), dv.data_ptr(), n, n_pad, h, h // hkv, scale * math.log2(math.e), scale]
     grid = (-(-n // BWD_BLOCK_N), b * hkv, 1)
     kernel.launch(grid, args, torch.cuda.current_stream(q.device).cuda_stream)
 
@@ -180,6 +171,14 @@ def _launch_backward(grad_o, q, k, v, r, o, a, lse, tbar, causal: bool, scale: f
         return out if n == n_pad else out[:, :, :n].contiguous()
 
     return finish(dq_acc), dk, dv, finish(dr_acc)
+
+
+def _tma_descriptor(t: torch.Tensor, box: list[int]) -> bytes:
+    """The TMA descriptor of a contiguous (B, heads, N, D) tensor: dims innermost first (D, N, B heads)."""
+    b, heads, n, d = t.shape
+    es = t.element_size()
+    dtype = str(t.dtype).removeprefix("torch.")
+    return rt.encode_tma_tiled(dtype, t.data_ptr(), [d, n, b * heads], [d * es, n * d * es], box)
 
 
 def _aligned(x: torch.Tensor) -> torch.Tensor:
