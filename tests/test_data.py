@@ -209,6 +209,23 @@ def test_bad_jsonl_rows_are_named_by_file_and_line_when_loading(tmp_path, row, e
         load_text_dataset(str(tmp_path / "src"))
 
 
+def test_a_corpus_is_checked_once_per_version(tmp_path, monkeypatch):
+    """Ranks and runs loading a checked corpus skip the full read; a changed file is checked again."""
+    import parallax_titan.data.text as text
+
+    calls = []
+    validate = text._validate_text
+    monkeypatch.setattr(text, "_validate_text", lambda ds: calls.append(1) or validate(ds))
+    source = _jsonl(tmp_path / "src" / "a.jsonl")
+    assert len(load_text_dataset(str(tmp_path / "src"))) == 40 and len(calls) == 1
+    load_text_dataset(str(tmp_path / "src"))
+    assert len(calls) == 1, "a corpus that passed was read through again"
+    source.write_bytes(source.read_bytes() + b'{"content": "\xff"}\n')
+    with pytest.raises(ValueError, match=r"a\.jsonl, line 41: not UTF-8"):
+        load_text_dataset(str(tmp_path / "src"))
+    assert len(calls) == 2
+
+
 def test_non_utf8_parquet_text_is_named_by_file_and_row(tmp_path):
     column = pa.array([b"fine", b"also fine", b"bad \xff byte"], type=pa.binary()).view(pa.string())
     (tmp_path / "src").mkdir()

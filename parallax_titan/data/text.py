@@ -3,8 +3,9 @@ from the hub (streamed with `datasets`) or from local files (a cluster's shared 
 
 Local sources are checked before training starts: every row's text must be valid UTF-8 and every jsonl
 line valid JSON, or the error names the file and line (parquet: the file and row). `datasets` itself
-loads such rows and fails only when training reaches them, naming neither. A hub source is streamed and
-cannot be checked up front.
+loads such rows and fails only when training reaches them, naming neither. A passed check is recorded
+beside the dataset's cache, so a corpus is read through once per version, not once per rank and run. A
+hub source is streamed and cannot be checked up front.
 """
 
 from __future__ import annotations
@@ -82,15 +83,38 @@ def first_bad_parquet_row(files: list[str]) -> str | None:
     return None
 
 
+def _checked_marker(ds) -> Path | None:
+    """A file beside the dataset's arrow cache that records a passed check of this version of the corpus
+    (`datasets` fingerprints the source files' contents), so that the ranks and runs that load it again
+    do not read every byte again; None when the dataset has no cache files."""
+    if not ds.cache_files:
+        return None
+    return Path(ds.cache_files[0]["filename"]).parent / f"parallax-text-checked-{ds._fingerprint}"
+
+
+def _validate_text(ds) -> None:
+    """Arrow's full check of the text column (UTF-8 included): reads every byte."""
+    ds.data.table.column(TEXT_COLUMN).validate(full=True)
+
+
 def _check_local(ds, kind: str, files: list[str], path: str) -> None:
-    """Every row's text decodes (arrow's own UTF-8 check, fast); if not, find the file and row."""
+    """Every row's text decodes (arrow's own UTF-8 check, fast); if not, find the file and row. Once per
+    version of the corpus (_checked_marker)."""
     import pyarrow as pa
 
+    marker = _checked_marker(ds)
+    if marker is not None and marker.exists():
+        return
     try:
-        ds.data.table.column(TEXT_COLUMN).validate(full=True)
+        _validate_text(ds)
     except pa.ArrowInvalid:
         where = first_bad_jsonl_line(files) if kind == "json" else first_bad_parquet_row(files)
         raise TextSourceError(f"dataset {path}: {where or 'text that is not UTF-8'}") from None
+    if marker is not None:
+        try:
+            marker.touch()
+        except OSError:  # a read-only cache: every load checks again
+            pass
 
 
 def load_text_dataset(path: str, split: str = "en", streaming: bool = True):
