@@ -25,7 +25,7 @@ class Parallax:
     """gated probe r = sigmoid(w_g . x) * W_R x (the paper's ablation)"""
     attention_backend: str | None = None
     """parallax_attention backend: torch | triton | triton_atomic (one-kernel backward, dQ/dR by atomics) | cute
-    (Hopper forward, Triton backward)"""
+    (Hopper forward and backward, dQ/dR added in any order) | cute_deterministic (the same, in key order)"""
     document_masking: bool | None = None
     """keep attention inside each EOS-terminated document of a packed sequence"""
 

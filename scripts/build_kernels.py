@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> None:
                         "splits (default: the ticket merge and the cluster sizes the launcher's default grid "
                         "picks, kernels/parallax_kernels/parallax_decode/cute_launch.py default_cluster_merge)")
     p.add_argument("--attention", action="store_true",
-                   help="build the attention forward and backward (backend 'cute' of parallax_attention) instead of the decode "
+                   help="build the attention forward and backward (backends 'cute' and 'cute_deterministic' of parallax_attention) instead of the decode "
                         "kernel: every --dtype x --head-dim x --causal variant (--group, --block-n, --cluster and "
                         "--persistent are the decode kernel's)")
     p.add_argument("--causal", type=int, nargs="+", default=[1, 0], choices=[0, 1],
@@ -52,9 +52,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--lazy-rescale", type=int, nargs="+", default=[1], choices=[0, 1],
                    help="1: rows whose max did not move skip the output rescale (the default); 0: every row is "
                         "rescaled every tile (with --attention, for benchmarks)")
-    p.add_argument("--backward-block-m", type=int, nargs="+", default=[0],
+    p.add_argument("--backward-block-m", type=int, nargs="+", default=[0], choices=[0, 32, 64],
                    help="query rows per backward step (with --attention; 0: the default for the head_dim)")
-    p.add_argument("--backward-stages", type=int, nargs="+", default=[2],
+    p.add_argument("--backward-stages", type=int, nargs="+", default=[2], choices=[2, 3],
                    help="Q/R/dO stages of the backward (with --attention)")
     p.add_argument("--backward-deterministic", type=int, nargs="+", default=[1, 0], choices=[0, 1],
                    help="1: dQ/dR added in key-tile order (backend 'cute_deterministic'), 0: in any order ('cute')")

@@ -197,6 +197,9 @@ def test_unavailable_reasons_name_the_cause(tmp_path, monkeypatch):
     assert "no prebuilt attention backward kernels" in unavailable_reason(fake)  # training needs both
     (tmp_path / f"{BackwardVariant('bfloat16', 128, True).name}.cubin").write_bytes(b"\x7fELF")
     assert unavailable_reason(fake) is None
+    assert "no prebuilt attention key-ordered backward kernels" in unavailable_reason(fake, deterministic=True)
+    (tmp_path / f"{BackwardVariant('bfloat16', 128, True, deterministic=True).name}.cubin").write_bytes(b"\x7fELF")
+    assert unavailable_reason(fake, deterministic=True) is None
     assert "head_dim 96 is not supported" in unavailable_reason(SimpleNamespace(**{**vars(fake), "shape": (1, 2, 4, 96)}))
     assert "dtype torch.float32" in unavailable_reason(SimpleNamespace(**{**vars(fake), "dtype": torch.float32}))
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (10, 0))
@@ -315,15 +318,16 @@ def test_deterministic_backward_matches_float64(case):
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not HOPPER, reason="needs a Hopper GPU (sm_90)")
-@pytest.mark.parametrize("causal", [True, False])
-@pytest.mark.parametrize("d", [64, 128])
-def test_deterministic_backward_is_bitwise_reproducible(causal, d):
+@pytest.mark.parametrize("b, h, hkv, n, d, causal", [
+    (2, 8, 4, 1000, 64, True), (2, 8, 4, 1000, 64, False), (2, 8, 4, 1000, 128, True), (2, 8, 4, 1000, 128, False),
+    (4, 16, 8, 4096, 128, True),  # 1024 CTAs: more than the GPU holds at once, so turns wait on queued CTAs' work
+])
+def test_deterministic_backward_is_bitwise_reproducible(b, h, hkv, n, d, causal):
     """Backend "cute_deterministic" orders the key tiles' dQ, dR adds: backward passes on the same inputs give
-    the same bits (8 key tiles and 2 query heads per KV head add into every late query tile)."""
+    the same bits (at N = 1000, 8 key tiles add into every late query tile of each query head)."""
     from parallax_kernels.parallax.cute_launch import _launch_backward, attention_fwd_cute
 
     g = torch.Generator().manual_seed(4)
-    b, h, hkv, n = 2, 8, 4, 1000
     q, k, v, r, grad = (torch.randn(b, x, n, d, generator=g).to(torch.bfloat16).cuda() for x in (h, hkv, hkv, h, h))
     o, a, lse, tbar = attention_fwd_cute(q, k, v, r, causal, d**-0.5)
     runs = [_launch_backward(grad, q, k, v, r, o, a, lse, tbar, causal, d**-0.5, deterministic=True)

@@ -30,7 +30,7 @@ needs_dsl = pytest.mark.skipif(not rt.dsl_installed(), reason="nvidia-cutlass-ds
 CUTE_BACKENDS = {"cute": False, "cute_deterministic": True}
 # the two compiled variants: (head_dim, causal, deterministic)
 COMPILED = [(128, True, True), (64, False, False)]
-COMPILED_IDS = ["d128_causal", "d64_full_unordered"]
+COMPILED_IDS = ["d128_causal_ordered", "d64_full"]
 
 
 def compiled_variant(d: int, causal: bool, deterministic: bool) -> BackwardVariant:
@@ -67,12 +67,11 @@ def test_the_default_block_m_and_its_explicit_spelling_are_one_variant():
     assert BackwardVariant("bfloat16", 128, True, block_m=64).name != BackwardVariant("bfloat16", 128, True).name
 
 
-def test_the_unordered_variant_has_its_own_name():
+def test_the_ordered_variant_has_its_own_name_and_unordered_is_the_default():
     ordered = BackwardVariant("bfloat16", 128, True, deterministic=True)
-    unordered = BackwardVariant("bfloat16", 128, True, deterministic=False)
-    assert ordered.deterministic and ordered != unordered
-    assert unordered.name == ordered.name + "_unordered"
-    assert not ordered.name.endswith("_unordered")
+    unordered = BackwardVariant("bfloat16", 128, True)
+    assert ordered.deterministic and not unordered.deterministic and ordered != unordered
+    assert ordered.name == unordered.name + "_ordered"
     # the forward's and the backward's artefacts never share a name
     assert ordered.name.startswith("parallax_attn_bwd_")
     assert AttentionVariant("bfloat16", 128, True).name.startswith("parallax_attn_fwd_")
@@ -160,24 +159,24 @@ def test_copies_reductions_and_registers_are_the_designed_ones(compiled, d, caus
 @pytest.mark.parametrize("d, causal, ordered", COMPILED, ids=COMPILED_IDS)
 def test_only_the_deterministic_variant_orders_its_adds(compiled, d, causal, ordered):
     """Deterministic: per step the lead thread first waits for its previous add to complete (wait_group without
-    .read) and passes that tile's turn on (red.release), then after staging spins on this query tile's semaphore
-    (ld.acquire; the first read and the loop's: two loads) and adds; at the end it waits for the last add and
-    passes its turn on. Unordered: the wait for the staging buffer to be read (wait_group.read), the add; at
-    the end, the same wait."""
+    .read) and passes that tile's turn on (a proxy fence, then red.release), then after staging spins on this
+    query tile's semaphore (ld.acquire; the first read and the loop's: two loads), fences, and adds; at the end
+    it waits for the last add and passes its turn on. Unordered: the wait for the staging buffer to be read
+    (wait_group.read), the add; at the end, the same wait. Either way the lead's warp reconverges after it."""
     ptx = (compiled / f"d{d}.ptx").read_text()
     events = {"ld.global.acquire.gpu": "acquire", "cp.reduce.async.bulk": "reduce",
               "cp.async.bulk.commit_group": "commit", "cp.async.bulk.wait_group.read": "wait_read",
               "cp.async.bulk.wait_group ": "wait", "cp.async.bulk.wait_group\t": "wait",
-              "red.release.gpu": "release"}
+              "red.release.gpu": "release", "fence.proxy.async.global": "fence"}
     pattern = "|".join(re.escape(e) for e in events)
     sequence = [events[m.group(0)] for m in re.finditer(pattern, ptx)]
     if ordered:
         assert ptx.count("ld.global.acquire.gpu.b32") == 4
         assert ptx.count("red.release.gpu.global.add.s32") == 3
-        step = ["wait", "release", "acquire", "acquire", "reduce", "commit"]
-        assert sequence == 2 * step + ["wait", "release"]
+        step = ["wait", "fence", "release", "acquire", "acquire", "fence", "reduce", "commit"]
+        assert sequence == 2 * step + ["wait", "fence", "release"]
     else:
-        assert "ld.global.acquire.gpu" not in ptx and "red.release.gpu" not in ptx
+        assert "ld.global.acquire.gpu" not in ptx and "red.release.gpu" not in ptx and "fence" not in sequence
         step = ["wait_read", "reduce", "commit"]
         assert sequence == 2 * step + ["wait_read"]
 
@@ -263,7 +262,7 @@ def test_backward_artefact_mismatches_are_clear_errors(tmp_path):
         path.write_text(json.dumps({**meta, "params": params}))
         with pytest.raises(ValueError, match="differ from this launcher's.*scripts/build_kernels.py --attention"):
             read_artefact(tmp_path, variant)
-    path.write_text(json.dumps({**meta, "variant": {**asdict(variant), "deterministic": False}}))
+    path.write_text(json.dumps({**meta, "variant": {**asdict(variant), "deterministic": not variant.deterministic}}))
     with pytest.raises(ValueError, match="describes.*scripts/build_kernels.py --attention"):
         read_artefact(tmp_path, variant)
     # stale: built from another cute_backward.py, or stamped with the forward's hash

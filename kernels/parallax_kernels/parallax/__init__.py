@@ -52,12 +52,16 @@ def _cute_deterministic_fn(*args, **kwargs):
     return parallax_attention_cute(*args, **kwargs, deterministic=True)
 
 
-def _cute_unavailable(x: torch.Tensor) -> str | None:
+def _cute_unavailable(x: torch.Tensor, deterministic: bool = False) -> str | None:
     try:
         from parallax_kernels.parallax.cute_launch import unavailable_reason
     except ImportError as err:
         return f"cannot import the CuTe attention launcher ({err})"
-    return unavailable_reason(x)
+    return unavailable_reason(x, deterministic)
+
+
+def _cute_deterministic_unavailable(x: torch.Tensor) -> str | None:
+    return _cute_unavailable(x, deterministic=True)
 
 
 BACKENDS: dict[str, Backend] = {
@@ -70,7 +74,7 @@ BACKENDS: dict[str, Backend] = {
     # their dQ, dR shares as they finish ("cute", not bitwise reproducible, like triton_atomic) or in key
     # order ("cute_deterministic", bitwise reproducible and slower: docs/kernels_hopper.md)
     "cute": Backend(_cute_fn, _cute_unavailable, documents=False),
-    "cute_deterministic": Backend(_cute_deterministic_fn, _cute_unavailable, documents=False),
+    "cute_deterministic": Backend(_cute_deterministic_fn, _cute_deterministic_unavailable, documents=False),
 }
 
 

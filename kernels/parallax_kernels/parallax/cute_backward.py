@@ -89,7 +89,7 @@ def compile_variant(variant: BackwardVariant) -> tuple[bytes, str, str]:
             + [Int32(128)] * 6 + [Float32(1.0), Float32(1.0)])
     cubin, ptx, name = rt.compile_cubin(kernel, args, variant.name)
     smem = kernel.shared_storage.size_in_bytes()
-    if smem > variant.smem_bytes:
+    if smem != variant.smem_bytes:  # the launcher asks the driver for variant.smem_bytes
         raise RuntimeError(f"{variant.name}: the kernel's shared storage is {smem} bytes, BackwardVariant.smem_bytes "
                            f"says {variant.smem_bytes}")
     return cubin, ptx, name
@@ -323,24 +323,23 @@ class ParallaxAttentionBackward:
         mma_kv.set(warpgroup.Field.ACCUMULATE, True)
         for g in cutlass.range(group, unroll=1):
             bhq = b * heads + hk * group + g
-            for m in cutlass.range(m_lo, m_mid, unroll=1):
-                q_cons, mma_s, mma_kv, mma_q, held = self._step(
-                    m, bhq, True, mma_s, mma_kv, mma_q, t_ak, t_av, t_bq, t_br, t_bdo, t_bqt, t_brt, t_bdot, t_akt,
-                    t_bds, t_bdt, acc_s, acc_t, acc_da, acc_dk, acc_dv, acc_g, coords, g_coords, sdS32, sdT32, sStats,
-                    s_acc, q_cons, p_grad, p_sem, held, n, n_pad, n0, scale_log2, scale, cw, tid)
-            for m in cutlass.range(m_mid, m_tiles, unroll=1):
-                q_cons, mma_s, mma_kv, mma_q, held = self._step(
-                    m, bhq, False, mma_s, mma_kv, mma_q, t_ak, t_av, t_bq, t_br, t_bdo, t_bqt, t_brt, t_bdot, t_akt,
-                    t_bds, t_bdt, acc_s, acc_t, acc_da, acc_dk, acc_dv, acc_g, coords, g_coords, sdS32, sdT32, sStats,
-                    s_acc, q_cons, p_grad, p_sem, held, n, n_pad, n0, scale_log2, scale, cw, tid)
+            # query tiles [m_lo, m_mid) cross the causal diagonal or see keys past the end: masked
+            for lo, hi, masked in ((m_lo, m_mid, True), (m_mid, m_tiles, False)):
+                for m in cutlass.range(lo, hi, unroll=1):
+                    q_cons, mma_s, mma_kv, mma_q, held = self._step(
+                        m, bhq, masked, mma_s, mma_kv, mma_q, t_ak, t_av, t_bq, t_br, t_bdo, t_bqt, t_brt, t_bdot,
+                        t_akt, t_bds, t_bdt, acc_s, acc_t, acc_da, acc_dk, acc_dv, acc_g, coords, g_coords, sdS32,
+                        sdT32, sStats, s_acc, q_cons, p_grad, p_sem, held, n, n_pad, n0, scale_log2, scale, cw, tid)
 
         if tid % 128 == 0:  # the last bulk add has read its staging buffer before the CTA ends
             if cutlass.const_expr(self.v.deterministic):
                 cute.arch.cp_async_bulk_wait_group(0, read=False)  # and completed: pass its turn on
                 if held >= 0:
+                    cute.arch.fence_proxy("async.global")
                     add_release(p_sem + held * 2 + cw, 1)
             else:
                 cute.arch.cp_async_bulk_wait_group(0, read=True)
+        cute.arch.sync_warp()
 
         # ---- epilogue: dK, dV (keys of this warpgroup, rows < n) as 32-bit pairs -------------------
         kv_coords = mn_view(thr_kv.partition_C(cute.make_identity_tensor((bn, d))))
@@ -418,6 +417,7 @@ class ParallaxAttentionBackward:
                 tc = t[i, c]
                 dai = da[i, c]
                 one_m = 1.0 - tc
+                # in place: the S^T, T^T, dalpha^T registers become alpha^T, ds^T, dt^T
                 s[i, c] = w * one_m  # alpha^T
                 t[i, c] = w * (dai * one_m + e * tc - drow) * scale  # ds^T (scaled)
                 da[i, c] = w * (e - dai)  # dt^T
@@ -468,12 +468,15 @@ class ParallaxAttentionBackward:
         tile = bhq.to(cutlass.Int64) * (n_pad // bm).to(cutlass.Int64) + m.to(cutlass.Int64)
         if lead:
             if cutlass.const_expr(self.v.deterministic):
-                # the previous add has completed (a step after it was issued): pass its tile's turn on
+                # the previous add has completed (a step after it was issued): pass its tile's turn on, its
+                # global writes (async proxy) ordered before the release (generic proxy)
                 cute.arch.cp_async_bulk_wait_group(0, read=False)
                 if held >= 0:
+                    cute.arch.fence_proxy("async.global")
                     add_release(p_sem + held * 2 + cw, 1)
             else:
                 cute.arch.cp_async_bulk_wait_group(0, read=True)
+        cute.arch.sync_warp()  # the lead's lanes wait for it here, not at the aligned barrier below
         cute.arch.barrier(barrier_id=ACC_BARRIER + cw, number_of_threads=128)
         gv = mn_view(acc_g)
         for i in cutlass.range_constexpr(cute.size(gv.shape[0])):
@@ -488,8 +491,10 @@ class ParallaxAttentionBackward:
                 seen = load_acquire(turn)
                 while seen != n0 // self.bn:
                     seen = load_acquire(turn)
+                cute.arch.fence_proxy("async.global")  # the previous adds (acquired) before this one (async proxy)
             bulk_reduce_add_f32(s_acc.iterator, p_grad + tile * (self.d * bm), self.d * bm * 4)
             cute.arch.cp_async_bulk_commit_group()
+        cute.arch.sync_warp()
         if cutlass.const_expr(self.v.deterministic):
             held = tile
         return q_cons, mma_s, mma_kv, mma_q, held

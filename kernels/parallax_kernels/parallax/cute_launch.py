@@ -75,8 +75,8 @@ def load_attention_kernel(variant: AttentionVariant | BackwardVariant, folder: P
                           build_command=BUILD_COMMAND)
 
 
-def unavailable_reason(x: torch.Tensor) -> str | None:
-    """Why backend "cute" cannot take tensors like x here (None: it can)."""
+def unavailable_reason(x: torch.Tensor, deterministic: bool = False) -> str | None:
+    """Why backend "cute" (deterministic: "cute_deterministic") cannot take tensors like x here (None: it can)."""
     reason = rt.sm90_reason(x, "the CuTe attention kernel")
     if reason is not None:
         return reason
@@ -90,8 +90,10 @@ def unavailable_reason(x: torch.Tensor) -> str | None:
         # same advice (load_attention_kernel).
         return None
     folder = rt.default_artefact_dir()
-    missing = [kind for kind, tag in (("forward", "fwd"), ("backward", "bwd"))
-               if not any(folder.glob(f"parallax_attn_{tag}_*.cubin"))]
+    backward = [f.stem.endswith("_ordered") == deterministic for f in folder.glob("parallax_attn_bwd_*.cubin")]
+    missing = [kind for kind, found in (("forward", any(folder.glob("parallax_attn_fwd_*.cubin"))),
+                                        ("key-ordered backward" if deterministic else "backward", any(backward)))
+               if not found]
     if not rt.dsl_installed() and missing:
         return (f"no prebuilt attention {' or '.join(missing)} kernels in {folder} and nvidia-cutlass-dsl is not "
                 "installed to compile them: run `python scripts/build_kernels.py --attention --out DIR` on any "

@@ -1,5 +1,5 @@
-"""What one compiled CuTe DSL Parallax attention forward kernel is specialised for (no DSL import: the
-runtime side needs this on hosts without nvidia-cutlass-dsl)."""
+"""What one compiled CuTe DSL Parallax attention kernel, forward or backward, is specialised for (no DSL
+import: the runtime side needs this on hosts without nvidia-cutlass-dsl)."""
 
 from __future__ import annotations
 
@@ -81,6 +81,7 @@ BWD_BLOCK_N = 128  # keys per CTA: 64 per consumer warpgroup
 BWD_NUM_THREADS = 384  # one producer and two consumer warpgroups
 # query rows per step: dK, dV (64 x D fp32 each) stay in registers, beside S^T, T^T, dalpha^T (64 x BM each)
 DEFAULT_BWD_BLOCK_M = {64: 64, 128: 32}
+MAX_SMEM_BYTES = 232448  # an H100/H200 block's shared memory, opted in (227 KB)
 
 
 @dataclass(frozen=True)
@@ -92,9 +93,9 @@ class BackwardVariant:
     causal: bool
     block_m: int = 0  # query rows per step; 0: DEFAULT_BWD_BLOCK_M[head_dim]
     stages: int = 2  # Q, R, dO shared-memory stages
-    # the key tiles add into each query tile's fp32 dQ, dR in key order (semaphores): bitwise reproducible;
-    # False: in any order, as they finish
-    deterministic: bool = True
+    # False: the key tiles add into each query tile's fp32 dQ, dR as they finish (backend "cute");
+    # True: in key order (semaphores; backend "cute_deterministic"): bitwise reproducible
+    deterministic: bool = False
 
     def __post_init__(self):
         if self.block_m == 0 and self.head_dim in DEFAULT_BWD_BLOCK_M:
@@ -108,7 +109,11 @@ class BackwardVariant:
         if self.bm not in (32, 64):
             raise ValueError(f"CuTe attention backward: block_m {self.block_m} is not 32 or 64")
         if not 2 <= self.stages <= 3:
-            raise ValueError(f"CuTe attention backward: {self.stages} Q/R/dO stages; 2 or 3 fit shared memory")
+            raise ValueError(f"CuTe attention backward: {self.stages} Q/R/dO stages; 2 or 3 are supported")
+        if self.smem_bytes > MAX_SMEM_BYTES:
+            raise ValueError(f"CuTe attention backward: block_m {self.bm} with {self.stages} stages at head_dim "
+                             f"{self.head_dim} needs {self.smem_bytes} bytes of shared memory; a block has "
+                             f"{MAX_SMEM_BYTES}")
 
     @property
     def bm(self) -> int:
@@ -117,7 +122,7 @@ class BackwardVariant:
     @property
     def name(self) -> str:
         mask = "causal" if self.causal else "full"
-        order = "" if self.deterministic else "_unordered"
+        order = "_ordered" if self.deterministic else ""
         return f"parallax_attn_bwd_{self.dtype}_d{self.head_dim}_{mask}_m{self.bm}_s{self.stages}{order}"
 
     @property
@@ -126,12 +131,12 @@ class BackwardVariant:
 
     @property
     def smem_bytes(self) -> int:
-        """Upper bound of the shared storage: K, V (BN x D), `stages` x (Q, R, dO (BM x D), ds^T, dt^T
-        (BM x BN)) 16-bit, the statistics (4 x BM fp32 a stage), the two D x BM fp32 staging tiles of dQ^T and
-        dR^T, and 1 KB per buffer for alignment and barriers."""
+        """The kernel's shared storage (its struct, checked when compiled): the mbarriers and the statistics
+        (4 x BM fp32 a stage) in the first whole KBs, then K, V (BN x D), `stages` x (Q, R, dO (BM x D), ds^T,
+        dt^T (BM x BN)) 16-bit, and the two D x BM fp32 staging tiles of dQ^T and dR^T."""
         d, bm, s = self.head_dim, self.bm, self.stages
-        return (10 * 1024 + 2 * (2 * BWD_BLOCK_N * d + s * (3 * bm * d + 2 * bm * BWD_BLOCK_N)) + 16 * bm * s
-                + 8 * d * bm)
+        head = -(-(128 + 16 * bm * s) // 1024) * 1024
+        return head + 2 * (2 * BWD_BLOCK_N * d + s * (3 * bm * d + 2 * bm * BWD_BLOCK_N)) + 8 * d * bm
 
     def tma_boxes(self) -> tuple[list[int], list[int]]:
         """The TMA boxes (innermost first) of the Q/R/dO and the K/V descriptors."""
