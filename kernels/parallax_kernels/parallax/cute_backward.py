@@ -45,7 +45,7 @@ from cutlass.cute.nvgpu import cpasync, warpgroup
 from cutlass.cutlass_dsl import dsl_user_op
 
 from parallax_kernels import cute_runtime as rt
-from parallax_kernels.parallax.cute_fragments import as_a_operand, mn_view
+from parallax_kernels.parallax.cute_fragments import as_a_operand, mn_view, pack_pair, transpose_view
 from parallax_kernels.parallax.cute_variant import BWD_BLOCK_N, BWD_NUM_THREADS, BackwardVariant
 
 PRODUCER_REGS = 24
@@ -93,12 +93,6 @@ def compile_variant(variant: BackwardVariant) -> tuple[bytes, str, str]:
         raise RuntimeError(f"{variant.name}: the kernel's shared storage is {smem} bytes, BackwardVariant.smem_bytes "
                            f"says {variant.smem_bytes}")
     return cubin, ptx, name
-
-
-def transpose_view(t: cute.Tensor) -> cute.Tensor:
-    """The same shared-memory tile with its first two modes swapped (a K-major operand read MN-major)."""
-    shape = (t.shape[1], t.shape[0], *t.shape[2:])
-    return cute.composition(t, cute.make_ordered_layout(shape, order=(1, 0, *range(2, cute.rank(t)))))
 
 
 class ParallaxAttentionBackward:
@@ -349,19 +343,13 @@ class ParallaxAttentionBackward:
         base = bhk.to(cutlass.Int64) * n.to(cutlass.Int64) * half
         g_dk = cute.make_tensor(p_dk + base, cute.make_layout((n, half), stride=(half, 1)))
         g_dv = cute.make_tensor(p_dv + base, cute.make_layout((n, half), stride=(half, 1)))
-        pair = cute.make_rmem_tensor((2,), self.dtype)
-        packed = cute.recast_tensor(pair, cutlass.Uint32)
         for i in cutlass.range_constexpr(cute.size(dk.shape[0])):
             key = n0 + kv_coords[i, 0][0]
             if key < n:
                 for j in cutlass.range_constexpr(0, cute.size(dk.shape[1]), 2):
                     col = kv_coords[i, j][1]
-                    pair[0] = dk[i, j].to(self.dtype)
-                    pair[1] = dk[i, j + 1].to(self.dtype)
-                    g_dk[key, col // 2] = packed[0]
-                    pair[0] = dv[i, j].to(self.dtype)
-                    pair[1] = dv[i, j + 1].to(self.dtype)
-                    g_dv[key, col // 2] = packed[0]
+                    g_dk[key, col // 2] = pack_pair(dk[i, j], dk[i, j + 1], self.dtype)
+                    g_dv[key, col // 2] = pack_pair(dv[i, j], dv[i, j + 1], self.dtype)
 
     @cute.jit
     def _step(self, m: Int32, bhq: Int32, masked: cutlass.Constexpr, mma_s: cute.TiledMma, mma_kv: cute.TiledMma,
@@ -422,18 +410,12 @@ class ParallaxAttentionBackward:
                 t[i, c] = w * (dai * one_m + e * tc - drow) * scale  # ds^T (scaled)
                 da[i, c] = w * (e - dai)  # dt^T
         # ds^T, dt^T to shared memory as 32-bit pairs: a thread's columns 2j, 2j + 1 are adjacent queries
-        pair = cute.make_rmem_tensor((2,), self.dtype)
-        packed = cute.recast_tensor(pair, cutlass.Uint32)
         for c in cutlass.range_constexpr(0, cute.size(s.shape[1]), 2):
             ql = coords[0, c][1]
             for i in cutlass.range_constexpr(cute.size(s.shape[0])):
                 key = coords[i, c][0]
-                pair[0] = t[i, c].to(self.dtype)
-                pair[1] = t[i, c + 1].to(self.dtype)
-                sdS32[ql // 2, key, st] = packed[0]
-                pair[0] = da[i, c].to(self.dtype)
-                pair[1] = da[i, c + 1].to(self.dtype)
-                sdT32[ql // 2, key, st] = packed[0]
+                sdS32[ql // 2, key, st] = pack_pair(t[i, c], t[i, c + 1], self.dtype)
+                sdT32[ql // 2, key, st] = pack_pair(da[i, c], da[i, c + 1], self.dtype)
 
         alpha_a = as_a_operand(acc_s, self.dtype, self.bm)
         ds_a = as_a_operand(acc_t, self.dtype, self.bm)

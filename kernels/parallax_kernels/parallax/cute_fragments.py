@@ -1,9 +1,11 @@
 """Register-fragment views shared by the CuTe DSL attention kernels (cute_kernel.py, cute_backward.py): wgmma
-accumulators read as (row, column) tiles, and an accumulator tile turned into the 16-bit A operand of the next
-wgmma without leaving registers."""
+accumulators read as (row, column) tiles, an accumulator tile turned into the 16-bit A operand of the next
+wgmma without leaving registers, two adjacent columns packed for one 32-bit store, and a shared-memory tile
+read transposed."""
 
 from __future__ import annotations
 
+import cutlass
 import cutlass.cute as cute
 
 
@@ -25,3 +27,18 @@ def as_a_operand(acc: cute.Tensor, dtype, k: int) -> cute.Tensor:
     as_acc = cute.make_tensor(frag.iterator, cute.make_layout(acc.layout.shape))
     as_acc.store(acc.load().to(dtype))
     return frag
+
+
+def pack_pair(lo, hi, dtype) -> cutlass.Uint32:
+    """Two fp32 values rounded to the 16-bit `dtype` and packed into one 32-bit word (lo first), for one store of
+    a thread's two adjacent accumulator columns."""
+    pair = cute.make_rmem_tensor((2,), dtype)
+    pair[0] = lo.to(dtype)
+    pair[1] = hi.to(dtype)
+    return cute.recast_tensor(pair, cutlass.Uint32)[0]
+
+
+def transpose_view(t: cute.Tensor) -> cute.Tensor:
+    """The same shared-memory tile with its first two modes swapped (a K-major operand read MN-major)."""
+    shape = (t.shape[1], t.shape[0], *t.shape[2:])
+    return cute.composition(t, cute.make_ordered_layout(shape, order=(1, 0, *range(2, cute.rank(t)))))

@@ -40,7 +40,7 @@ from cutlass import Float32, Int32
 from cutlass.cute.nvgpu import cpasync, warpgroup
 
 from parallax_kernels import cute_runtime as rt
-from parallax_kernels.parallax.cute_fragments import as_a_operand, mn_view
+from parallax_kernels.parallax.cute_fragments import as_a_operand, mn_view, pack_pair
 from parallax_kernels.parallax.cute_variant import CTA_ROWS, MMA_WARPGROUPS, NUM_THREADS, WG_ROWS, AttentionVariant
 
 PRODUCER_REGS = 24
@@ -274,8 +274,6 @@ class ParallaxAttentionForward:
         half = d // 2
         g_o = cute.make_tensor(p_o + base * half, cute.make_layout((n, half), stride=(half, 1)))
         g_a = cute.make_tensor(p_a + base * half, cute.make_layout((n, half), stride=(half, 1)))
-        pair = cute.make_rmem_tensor((2,), self.dtype)
-        packed = cute.recast_tensor(pair, cutlass.Uint32)
         g_lse = cute.make_tensor(p_lse + base, cute.make_layout((n,)))
         g_tbar = cute.make_tensor(p_tbar + base, cute.make_layout((n,)))
         for i in cutlass.range_constexpr(2):
@@ -289,12 +287,8 @@ class ParallaxAttentionForward:
                     col = o_coords[i, j][1]  # even; column j + 1 of the view is col + 1
                     a0 = o1[i, j] * inv
                     a1 = o1[i, j + 1] * inv
-                    pair[0] = a0.to(self.dtype)
-                    pair[1] = a1.to(self.dtype)
-                    g_a[row, col // 2] = packed[0]
-                    pair[0] = (a0 - o2[i, j] * inv).to(self.dtype)
-                    pair[1] = (a1 - o2[i, j + 1] * inv).to(self.dtype)
-                    g_o[row, col // 2] = packed[0]
+                    g_a[row, col // 2] = pack_pair(a0, a1, self.dtype)
+                    g_o[row, col // 2] = pack_pair(a0 - o2[i, j] * inv, a1 - o2[i, j + 1] * inv, self.dtype)
                 if tid % 4 == 0:
                     g_lse[row] = state[0, i] + cute.math.log2(d1, fastmath=True)
                     g_tbar[row] = state[3, i]
