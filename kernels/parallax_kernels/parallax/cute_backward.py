@@ -279,6 +279,8 @@ class ParallaxAttentionBackward:
                  p_dr: cute.Pointer, p_sem: cute.Pointer, p_dk: cute.Pointer, p_dv: cute.Pointer, n: Int32,
                  n_pad: Int32, heads: Int32, group: Int32, b: Int32, hk: Int32, bhk: Int32, n0: Int32, m_lo: Int32,
                  m_mid: Int32, m_tiles: Int32, scale_log2: Float32, scale: Float32, cw: Int32, tid: Int32):
+        """One MMA warpgroup's loop: cw is 0 or 1 (the CTA's warpgroups 1 and 2), tid its thread among the 256
+        of both."""
         d, bm, bn = self.d, self.bm, self.bn
         sK0, sV0 = sK[None, None, 0], sV[None, None, 0]
         thr_s, wg_s = mma_s.get_slice(tid), mma_s.get_slice(128 * cw)
@@ -305,7 +307,7 @@ class ParallaxAttentionBackward:
         t_akt = thr_q.make_fragment_A(thr_q.partition_A(transpose_view(sK0)))
         t_bds = thr_q.make_fragment_B(thr_q.partition_B(sdS))
         t_bdt = thr_q.make_fragment_B(thr_q.partition_B(sdT))
-        acc_g = thr_q.make_fragment_C(thr_q.partition_shape_C((d, bm)))  # dQ^T (warpgroup 0) or dR^T (1)
+        acc_g = thr_q.make_fragment_C(thr_q.partition_shape_C((d, bm)))  # dQ^T (cw 0: warpgroup 1) or dR^T (cw 1)
         g_coords = mn_view(thr_q.partition_C(cute.make_identity_tensor((d, bm))))
         p_grad = p_dq
         if cw == 1:
@@ -429,7 +431,7 @@ class ParallaxAttentionBackward:
             cute.gemm(mma_kv, acc_dk, dt_a[None, None, kk], t_brt[None, None, kk, st], acc_dk)
         warpgroup.commit_group()
 
-        # ds^T, dt^T of both warpgroups are in shared memory: dQ^T = K^T ds^T (warpgroup 0), dR^T = K^T dt^T (1)
+        # ds^T, dt^T of both warpgroups are in shared memory: dQ^T = K^T ds^T (cw 0), dR^T = K^T dt^T (cw 1)
         cute.arch.fence_view_async_shared()
         cute.arch.barrier(barrier_id=DS_READY_BARRIER, number_of_threads=256)
         if cw == 0:
