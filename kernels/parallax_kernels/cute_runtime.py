@@ -212,9 +212,11 @@ def read_artefact(folder: Path, variant, *, source: str, params: list[str], kern
     return meta, cubin_path.read_bytes()
 
 
-def compile_cubin(kernel, args: list, name: str) -> tuple[bytes, str, str]:
+def compile_cubin(kernel, args: list, name: str, smem_bytes: int | None = None) -> tuple[bytes, str, str]:
     """Compile a CuTe DSL kernel object for sm_90a (without a GPU when CUTE_DSL_ARCH=sm_90a is set before cutlass
-    is imported) with placeholder `args` of its launch signature. Returns (cubin, ptx, kernel symbol)."""
+    is imported) with placeholder `args` of its launch signature. Returns (cubin, ptx, kernel symbol).
+    `smem_bytes`: what the launcher will ask the driver for, which must be the size of the shared storage the
+    kernel declared while it was traced (`kernel.shared_storage`)."""
     import tempfile
 
     import cuda.bindings.driver as cuda
@@ -226,6 +228,9 @@ def compile_cubin(kernel, args: list, name: str) -> tuple[bytes, str, str]:
     (symbol,) = compiled.kernel_info.keys()
     if not isinstance(cubin, bytes) or not cubin.startswith(b"\x7fELF"):
         raise RuntimeError(f"CuTe DSL returned no cubin for {name}")
+    if smem_bytes is not None and kernel.shared_storage.size_in_bytes() != smem_bytes:
+        raise RuntimeError(f"{name}: the kernel's shared storage is {kernel.shared_storage.size_in_bytes()} bytes, "
+                           f"its variant's smem_bytes says {smem_bytes}")
     return cubin, ptx, symbol
 
 

@@ -87,12 +87,7 @@ def compile_variant(variant: BackwardVariant) -> tuple[bytes, str, str]:
     # q, k, v, r, dO; stats; dq, dr accumulators; their semaphores; dk, dv (written as 32-bit pairs)
     args = ([ptr(dt, 16)] * 5 + [ptr(Float32, 16)] * 3 + [ptr(Int32, 16)] + [ptr(cutlass.Uint32, 16)] * 2
             + [Int32(128)] * 6 + [Float32(1.0), Float32(1.0)])
-    cubin, ptx, name = rt.compile_cubin(kernel, args, variant.name)
-    smem = kernel.shared_storage.size_in_bytes()
-    if smem != variant.smem_bytes:  # the launcher asks the driver for variant.smem_bytes
-        raise RuntimeError(f"{variant.name}: the kernel's shared storage is {smem} bytes, BackwardVariant.smem_bytes "
-                           f"says {variant.smem_bytes}")
-    return cubin, ptx, name
+    return rt.compile_cubin(kernel, args, variant.name, smem_bytes=variant.smem_bytes)
 
 
 class ParallaxAttentionBackward:

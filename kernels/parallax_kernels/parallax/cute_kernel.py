@@ -55,12 +55,7 @@ def compile_variant(variant: AttentionVariant) -> tuple[bytes, str, str]:
     ptr, dt = rt.gmem_pointer, kernel.dtype
     # o and a are addressed as 32-bit pairs (the epilogue stores two 16-bit values at once)
     args = [ptr(dt, 16)] * 4 + [ptr(cutlass.Uint32, 16)] * 2 + [ptr(Float32, 16)] * 2 + [Int32(128)] * 5 + [Float32(1.0)]
-    cubin, ptx, name = rt.compile_cubin(kernel, args, variant.name)
-    smem = kernel.shared_storage.size_in_bytes()
-    if smem != variant.smem_bytes:  # the launcher asks the driver for variant.smem_bytes
-        raise RuntimeError(f"{variant.name}: the kernel's shared storage is {smem} bytes, AttentionVariant.smem_bytes "
-                           f"says {variant.smem_bytes}")
-    return cubin, ptx, name
+    return rt.compile_cubin(kernel, args, variant.name, smem_bytes=variant.smem_bytes)
 
 
 class ParallaxAttentionForward:
