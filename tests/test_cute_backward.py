@@ -17,9 +17,10 @@ import pytest
 import torch
 
 from parallax_kernels import cute_runtime as rt
-from parallax_kernels.parallax.cute_launch import (ATTENTION_PARAMS, BACKWARD_PARAMS, load_attention_kernel,
-                                                   read_artefact, source_hash)
-from parallax_kernels.parallax.cute_variant import BWD_BLOCK_N, AttentionVariant, BackwardVariant
+from parallax_kernels.parallax.cute_launch import (ATTENTION_PARAMS, BACKWARD_PARAMS, grad_tile_order,
+                                                   load_attention_kernel, read_artefact, source_hash)
+from parallax_kernels.parallax.cute_variant import (BWD_BLOCK_N, AttentionVariant, BackwardVariant,
+                                                    grad_tile_layout)
 
 REPO = Path(__file__).resolve().parents[1]
 HOPPER = torch.cuda.is_available() and torch.cuda.get_device_capability() == (9, 0)
@@ -106,6 +107,44 @@ def compiled(tmp_path_factory):
     return out
 
 
+def _offset(x: int, shape: tuple, stride: tuple) -> int:
+    """A CuTe layout mode's offset of the integer coordinate x (colexicographic: the first sub-mode fastest)."""
+    offset = 0
+    for size, step in zip(shape, stride):
+        offset += (x % size) * step
+        x //= size
+    return offset
+
+
+@pytest.mark.parametrize("d, bm", [(128, 32), (64, 64)])
+def test_grad_tiles_are_stored_without_bank_conflicts_and_read_back_row_major(d, bm):
+    """The dQ^T / dR^T tile order (grad_tile_layout) is a permutation of the D x BM tile; the 32 lanes of a
+    warp (row = 16 warp + 8 half + lane / 4, column = 8 group + 2 (lane % 4) + pair, the wgmma accumulator's
+    layout) store each register to 32 distinct banks; and the launcher's view (grad_tile_order) reads the
+    tile back as BM query rows x D."""
+    (rows, cols), (row_strides, col_strides) = grad_tile_layout(d, bm)
+
+    def offset(row: int, col: int) -> int:
+        return _offset(row, rows, row_strides) + _offset(col, cols, col_strides)
+
+    assert sorted(offset(i, j) for i in range(d) for j in range(bm)) == list(range(d * bm))
+    for atom in range(d // 64):
+        for warp in range(4):
+            for half in range(2):
+                for group in range(bm // 8):
+                    for pair in range(2):
+                        banks = {offset(64 * atom + 16 * warp + 8 * half + lane // 4,
+                                        8 * group + 2 * (lane % 4) + pair) % 32 for lane in range(32)}
+                        assert len(banks) == 32
+    values = torch.randn(bm, d)
+    tile = torch.empty(d * bm)
+    for i in range(d):
+        for j in range(bm):
+            tile[offset(i, j)] = values[j, i]
+    shape, order = grad_tile_order(d, bm)
+    assert torch.equal(tile.view(*shape).permute(*order).reshape(bm, d), values)
+
+
 def expected_wgmmas(variant: BackwardVariant) -> dict[int, int]:
     """wgmma.m64nNk16 instructions per N in the PTX, from the design. Each consumer warpgroup owns 64 of the
     BN = 128 keys (the wgmma's M = 64), and per step (one query tile of BM rows):
@@ -113,19 +152,20 @@ def expected_wgmmas(variant: BackwardVariant) -> dict[int, int]:
     - dV += alpha^T dO, dK += ds^T Q, dK += dt^T R (A from registers): three chains of BM/16, N = D;
     - dQ^T = K^T ds^T (warpgroup 0) or dR^T = K^T dt^T (warpgroup 1): M = D is D/64 m64 tiles, each a chain
       of BN/16 k-steps, N = BM; the two branches of the `if cw == 0` are separate code: twice.
-    The step is instantiated twice: the masked loop and the unmasked one."""
+    The step is instantiated three times: the first query tile (masked, no dQ^T / dR^T result in flight before
+    it), the masked loop and the unmasked one."""
     d, bm, bn = variant.head_dim, variant.bm, BWD_BLOCK_N
     per_step: dict[int, int] = {}
     per_step[bm] = per_step.get(bm, 0) + 3 * d // 16 + 2 * (d // 64) * (bn // 16)
     per_step[d] = per_step.get(d, 0) + 3 * bm // 16
-    return {n: 2 * count for n, count in per_step.items()}
+    return {n: 3 * count for n, count in per_step.items()}
 
 
 @needs_dsl
 @pytest.mark.parametrize("d, causal, ordered", COMPILED, ids=COMPILED_IDS)
 def test_wgmma_chains_are_the_designed_ones(compiled, d, causal, ordered):
-    """At D = 128, BM = 32: 2 x (3 x 8 + 2 x 2 x 8) = 112 m64n32k16 and 2 x 3 x 2 = 12 m64n128k16; at D = 64,
-    BM = 64 every tile is m64n64k16: 2 x (3 x 4 + 3 x 4 + 2 x 8) = 80."""
+    """At D = 128, BM = 32: 3 x (3 x 8 + 2 x 2 x 8) = 168 m64n32k16 and 3 x 3 x 2 = 18 m64n128k16; at D = 64,
+    BM = 64 every tile is m64n64k16: 3 x (3 x 4 + 3 x 4 + 2 x 8) = 120."""
     variant = compiled_variant(d, causal, ordered)
     ptx = (compiled / f"d{d}.ptx").read_text()
     assert ".target sm_90a" in ptx
@@ -141,13 +181,14 @@ def test_wgmma_chains_are_the_designed_ones(compiled, d, causal, ordered):
 def test_copies_reductions_and_registers_are_the_designed_ones(compiled, d, causal, ordered):
     """TMA loads: K, V once and Q, R, dO per step (in the producer's one loop), D/64 copies per tile (the
     128-byte swizzle is 64 elements wide); the four statistics per query row in one plain bulk copy; dQ^T / dR^T
-    added with the bulk reduce-add (one per step instantiation, masked and unmasked); setmaxnreg down in the
+    added with the bulk reduce-add (where a step adds the previous tile's, in the masked and the unmasked loop,
+    and after the loops); setmaxnreg down in the
     producer and up in the consumers; no local memory; the parameter list is the launcher's."""
     ptx = (compiled / f"d{d}.ptx").read_text()
     assert ptx.count("cp.async.bulk.tensor.3d.shared::cta.global") == (2 + 3) * d // 64
     assert ptx.count("cp.async.bulk.tensor") == (2 + 3) * d // 64
     assert ptx.count("cp.async.bulk.shared::cluster.global") == 1
-    assert ptx.count("cp.reduce.async.bulk.global.shared::cta.bulk_group.add.f32") == 2
+    assert ptx.count("cp.reduce.async.bulk.global.shared::cta.bulk_group.add.f32") == 3
     assert "atom.global.add.f32" not in ptx and "red.global.add.f32" not in ptx  # no per-element atomics
     assert re.findall(r"setmaxnreg\.(\w+)\.sync\.aligned\.u32\s+(\d+);", ptx) == [("dec", "24"), ("inc", "240")]
     assert ".local" not in ptx
@@ -171,14 +212,14 @@ def test_only_the_deterministic_variant_orders_its_adds(compiled, d, causal, ord
     pattern = "|".join(re.escape(e) for e in events)
     sequence = [events[m.group(0)] for m in re.finditer(pattern, ptx)]
     if ordered:
-        assert ptx.count("ld.global.acquire.gpu.b32") == 4
-        assert ptx.count("red.release.gpu.global.add.s32") == 3
+        assert ptx.count("ld.global.acquire.gpu.b32") == 6
+        assert ptx.count("red.release.gpu.global.add.s32") == 4
         step = ["wait", "fence", "release", "acquire", "acquire", "fence", "reduce", "commit"]
-        assert sequence == 2 * step + ["wait", "fence", "release"]
+        assert sequence == 3 * step + ["wait", "fence", "release"]
     else:
         assert "ld.global.acquire.gpu" not in ptx and "red.release.gpu" not in ptx and "fence" not in sequence
         step = ["wait_read", "reduce", "commit"]
-        assert sequence == 2 * step + ["wait_read"]
+        assert sequence == 3 * step + ["wait_read"]
 
 
 @needs_dsl

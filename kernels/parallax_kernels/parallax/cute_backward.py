@@ -27,9 +27,9 @@ end (no atomics, deterministic) and are stored once.
   long completed, and it passes that turn on), so dQ and dR are bitwise reproducible run to run.
 Registers: dK, dV (64 x D fp32 each) stay live through the loop, so the score tiles are 64 x BM with BM
 = 32 at D = 128 (64 at D = 64); dQ^T and dR^T (D x BM) are split between the warpgroups.
-The dQ, dR buffers are (B H, N_pad / BM, D, BM) fp32: each (query tile, head) a contiguous D x BM block,
-the layout of the accumulator tile in shared memory, so that one bulk copy adds it; the launcher turns
-them into (B, H, N, D).
+The dQ, dR buffers hold one contiguous D x BM fp32 block per (batch head, query tile), in the order of
+the staging tile in shared memory (cute_variant.grad_tile_layout), so that one bulk copy adds it; the
+launcher turns them into (B, H, N, D).
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ from cutlass.cutlass_dsl import dsl_user_op
 
 from parallax_kernels import cute_runtime as rt
 from parallax_kernels.parallax.cute_fragments import as_a_operand, mn_view, pack_pair, transpose_view
-from parallax_kernels.parallax.cute_variant import BWD_BLOCK_N, BWD_NUM_THREADS, BackwardVariant
+from parallax_kernels.parallax.cute_variant import BWD_BLOCK_N, BWD_NUM_THREADS, BackwardVariant, grad_tile_layout
 
 PRODUCER_REGS = 24
 CONSUMER_REGS = 240
@@ -303,31 +303,42 @@ class ParallaxAttentionBackward:
         t_bds = thr_q.make_fragment_B(thr_q.partition_B(sdS))
         t_bdt = thr_q.make_fragment_B(thr_q.partition_B(sdT))
         acc_g = thr_q.make_fragment_C(thr_q.partition_shape_C((d, bm)))  # dQ^T (cw 0: warpgroup 1) or dR^T (cw 1)
-        g_coords = mn_view(thr_q.partition_C(cute.make_identity_tensor((d, bm))))
         p_grad = p_dq
         if cw == 1:
             p_grad = p_dr
-        s_acc = cute.make_tensor(p_acc + cw * d * bm, cute.make_layout((d, bm), stride=(bm, 1)))
+        shape, stride = grad_tile_layout(d, bm)  # the staging order, bank-conflict free
+        s_acc = cute.make_tensor(p_acc + cw * d * bm, cute.make_layout(shape, stride=stride))
+        t_sacc = thr_q.partition_C(s_acc)  # this thread's values of it, as acc_g holds them
 
         kv_cons.wait()
         held = cutlass.Int64(-1)  # (deterministic) the query tile whose dQ/dR turn this warpgroup holds
         mma_kv.set(warpgroup.Field.ACCUMULATE, True)
+        # Software pipeline: a step issues its dQ^T / dR^T chain and returns with it in flight; the next step
+        # stages and adds that result while its own S^T, T^T, dalpha^T chains run. The first query tile
+        # (masked code, correct for any tile) has no result in flight before it.
+        ops = (t_ak, t_av, t_bq, t_br, t_bdo, t_bqt, t_brt, t_bdot, t_akt, t_bds, t_bdt,
+               acc_s, acc_t, acc_da, acc_dk, acc_dv, acc_g, coords, t_sacc, sdS32, sdT32, sStats, s_acc,
+               p_grad, p_sem, n, n_pad, n0, scale_log2, scale, cw, tid)
+        bhq0 = b * heads + hk * group
+        q_cons, mma_s, mma_kv, mma_q, prev, held = self._step(Int32(m_lo), bhq0, True, False, q_cons, mma_s, mma_kv, mma_q, cutlass.Int64(0), held, *ops)
         for g in cutlass.range(group, unroll=1):
-            bhq = b * heads + hk * group + g
-            # query tiles [m_lo, m_mid) cross the causal diagonal or see keys past the end: masked
-            for lo, hi, masked in ((m_lo, m_mid, True), (m_mid, m_tiles, False)):
-                for m in cutlass.range(lo, hi, unroll=1):
-                    q_cons, mma_s, mma_kv, mma_q, held = self._step(
-                        m, bhq, masked, mma_s, mma_kv, mma_q, t_ak, t_av, t_bq, t_br, t_bdo, t_bqt, t_brt, t_bdot,
-                        t_akt, t_bds, t_bdt, acc_s, acc_t, acc_da, acc_dk, acc_dv, acc_g, coords, g_coords, sdS32,
-                        sdT32, sStats, s_acc, q_cons, p_grad, p_sem, held, n, n_pad, n0, scale_log2, scale, cw, tid)
+            bhq = bhq0 + g
+            first = m_lo
+            if g == 0:
+                first = m_lo + 1
+            # query tiles [.., m_mid) cross the causal diagonal or see keys past the end: masked
+            for m in cutlass.range(first, m_mid, unroll=1):
+                q_cons, mma_s, mma_kv, mma_q, prev, held = self._step(m, bhq, True, True, q_cons, mma_s, mma_kv, mma_q, prev, held, *ops)
+            for m in cutlass.range(cutlass.max(first, m_mid), m_tiles, unroll=1):
+                q_cons, mma_s, mma_kv, mma_q, prev, held = self._step(m, bhq, False, True, q_cons, mma_s, mma_kv, mma_q, prev, held, *ops)
+        warpgroup.wait_group(0)
+        held = self._flush(acc_g, t_sacc, s_acc, p_grad, p_sem, prev, held, n0, cw, tid)
 
         if tid % 128 == 0:  # the last bulk add has read its staging buffer before the CTA ends
             if cutlass.const_expr(self.v.deterministic):
                 cute.arch.cp_async_bulk_wait_group(0, read=False)  # and completed: pass its turn on
-                if held >= 0:
-                    cute.arch.fence_proxy("async.global")
-                    add_release(p_sem + held * 2 + cw, 1)
+                cute.arch.fence_proxy("async.global")
+                add_release(p_sem + held * 2 + cw, 1)
             else:
                 cute.arch.cp_async_bulk_wait_group(0, read=True)
         cute.arch.sync_warp()
@@ -349,12 +360,14 @@ class ParallaxAttentionBackward:
                     g_dv[key, col // 2] = pack_pair(dv[i, j], dv[i, j + 1], self.dtype)
 
     @cute.jit
-    def _step(self, m: Int32, bhq: Int32, masked: cutlass.Constexpr, mma_s: cute.TiledMma, mma_kv: cute.TiledMma,
-              mma_q: cute.TiledMma, t_ak, t_av, t_bq, t_br, t_bdo, t_bqt, t_brt, t_bdot, t_akt, t_bds, t_bdt,
-              acc_s, acc_t, acc_da, acc_dk, acc_dv, acc_g, coords, g_coords, sdS32, sdT32, sStats, s_acc, q_cons,
-              p_grad: cute.Pointer, p_sem: cute.Pointer, held: cutlass.Int64, n: Int32, n_pad: Int32, n0: Int32,
-              scale_log2: Float32, scale: Float32, cw: Int32, tid: Int32):
-        """One query tile m of query head bhq against this CTA's keys."""
+    def _step(self, m: Int32, bhq: Int32, masked: cutlass.Constexpr, pending: cutlass.Constexpr, q_cons,
+              mma_s: cute.TiledMma, mma_kv: cute.TiledMma, mma_q: cute.TiledMma, prev: cutlass.Int64,
+              held: cutlass.Int64, t_ak, t_av, t_bq, t_br, t_bdo, t_bqt, t_brt, t_bdot, t_akt, t_bds, t_bdt,
+              acc_s, acc_t, acc_da, acc_dk, acc_dv, acc_g, coords, t_sacc, sdS32, sdT32, sStats, s_acc,
+              p_grad: cute.Pointer, p_sem: cute.Pointer, n: Int32, n_pad: Int32, n0: Int32, scale_log2: Float32,
+              scale: Float32, cw: Int32, tid: Int32):
+        """One query tile m of query head bhq against this CTA's keys. `pending`: the previous tile's dQ^T / dR^T
+        chain (its tile index `prev`) is in flight, to be added here. Returns with this tile's in flight."""
         bm = self.bm
         h = q_cons.wait_and_advance()
         st = h.index
@@ -370,6 +383,9 @@ class ParallaxAttentionBackward:
             mma_s.set(warpgroup.Field.ACCUMULATE, kk != 0)
             cute.gemm(mma_s, acc_da, t_av[None, None, kk], t_bdo[None, None, kk, st], acc_da)
         warpgroup.commit_group()
+        if cutlass.const_expr(pending):  # the previous tile's dQ^T / dR^T, while this tile's chains run
+            warpgroup.wait_group(2)
+            held = self._flush(acc_g, t_sacc, s_acc, p_grad, p_sem, prev, held, n0, cw, tid)
 
         s = mn_view(acc_s)
         t = mn_view(acc_t)
@@ -429,6 +445,7 @@ class ParallaxAttentionBackward:
         # ds^T, dt^T of both warpgroups are in shared memory: dQ^T = K^T ds^T (cw 0), dR^T = K^T dt^T (cw 1)
         cute.arch.fence_view_async_shared()
         cute.arch.barrier(barrier_id=DS_READY_BARRIER, number_of_threads=256)
+        warpgroup.fence()
         if cw == 0:
             for kk in cutlass.range_constexpr(cute.size(t_akt, mode=[2])):
                 mma_q.set(warpgroup.Field.ACCUMULATE, kk != 0)
@@ -438,13 +455,21 @@ class ParallaxAttentionBackward:
                 mma_q.set(warpgroup.Field.ACCUMULATE, kk != 0)
                 cute.gemm(mma_q, acc_g, t_akt[None, None, kk], t_bdt[None, None, kk, st], acc_g)
         warpgroup.commit_group()
-        warpgroup.wait_group(0)
+        # dV, dK done (their A operands' registers free); the Q, R, dO tiles and statistics of this stage are
+        # read (dQ^T / dR^T read K and ds^T / dt^T only): the producer may refill it
+        warpgroup.wait_group(1)
         h.release()
-
-        # stage dQ^T / dR^T in shared memory (once the previous bulk add has read it), then add it to the
-        # (query tile, head) block of the fp32 buffer in one bulk reduce
-        lead = tid % 128 == 0
         tile = bhq.to(cutlass.Int64) * (n_pad // bm).to(cutlass.Int64) + m.to(cutlass.Int64)
+        return q_cons, mma_s, mma_kv, mma_q, tile, held
+
+    @cute.jit
+    def _flush(self, acc_g, t_sacc, s_acc, p_grad: cute.Pointer, p_sem: cute.Pointer, tile: cutlass.Int64,
+               held: cutlass.Int64, n0: Int32, cw: Int32, tid: Int32) -> cutlass.Int64:
+        """Stage a finished dQ^T / dR^T tile in shared memory (once the previous bulk add has read it), then add
+        it to the (query tile, head) block `tile` of the fp32 buffer in one bulk reduce. Returns the tile whose
+        turn this warpgroup now holds (deterministic variant)."""
+        bm = self.bm
+        lead = tid % 128 == 0
         if lead:
             if cutlass.const_expr(self.v.deterministic):
                 # the previous add has completed (a step after it was issued): pass its tile's turn on, its
@@ -457,10 +482,8 @@ class ParallaxAttentionBackward:
                 cute.arch.cp_async_bulk_wait_group(0, read=True)
         cute.arch.sync_warp()  # the lead's lanes wait for it here, not at the aligned barrier below
         cute.arch.barrier(barrier_id=ACC_BARRIER + cw, number_of_threads=128)
-        gv = mn_view(acc_g)
-        for i in cutlass.range_constexpr(cute.size(gv.shape[0])):
-            for c in cutlass.range_constexpr(cute.size(gv.shape[1])):
-                s_acc[g_coords[i, c][0], g_coords[i, c][1]] = gv[i, c]
+        for i in cutlass.range_constexpr(cute.size(acc_g)):
+            t_sacc[i] = acc_g[i]
         cute.arch.fence_view_async_shared()
         cute.arch.barrier(barrier_id=ACC_BARRIER + cw, number_of_threads=128)
         if lead:
@@ -476,7 +499,7 @@ class ParallaxAttentionBackward:
         cute.arch.sync_warp()
         if cutlass.const_expr(self.v.deterministic):
             held = tile
-        return q_cons, mma_s, mma_kv, mma_q, held
+        return held
 
     # ---- pieces ---------------------------------------------------------------------------------
     def _as_pairs(self, ptr: cute.Pointer, ds_smem: cute.ComposedLayout) -> cute.Tensor:

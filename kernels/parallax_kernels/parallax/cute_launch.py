@@ -25,7 +25,7 @@ import torch
 from parallax_kernels import cute_runtime as rt
 from parallax_kernels.batching import fold, unfold
 from parallax_kernels.parallax.cute_variant import (BWD_BLOCK_N, CTA_ROWS, DTYPES, HEAD_DIMS, AttentionVariant,
-                                                    BackwardVariant)
+                                                    BackwardVariant, grad_tile_layout)
 
 ARCH = rt.ARCH
 # the kernel's parameters (cute_kernel.py ParallaxAttentionForward.kernel): the two tiled MMAs (empty
@@ -148,9 +148,9 @@ def _launch_backward(grad_o, q, k, v, r, o, a, lse, tbar, causal: bool, scale: f
     stats[:, :n] = torch.stack((lse, tbar, drow, e), dim=-1).view(b * h, n, 4)
     stats[:, n:, 0] = math.inf
     stats[:, n:, 1:] = 0.0
-    # dQ, dR accumulate in fp32, one contiguous (D, BM) block per (batch head, query tile)
+    # dQ, dR accumulate in fp32, one contiguous D x BM block per (batch head, query tile) (grad_tile_layout)
     m_tiles = n_pad // variant.bm
-    dq_acc = torch.zeros(b * h, m_tiles, d, variant.bm, dtype=torch.float32, device=q.device)
+    dq_acc = torch.zeros(b * h, m_tiles, d * variant.bm, dtype=torch.float32, device=q.device)
     dr_acc = torch.zeros_like(dq_acc)
     # deterministic: per (batch head, query tile) the number of key tiles whose dQ (0) and dR (1) are added
     turns = torch.zeros(b * h, m_tiles, 2, dtype=torch.int32, device=q.device) if variant.deterministic else None
@@ -167,12 +167,27 @@ def _launch_backward(grad_o, q, k, v, r, o, a, lse, tbar, causal: bool, scale: f
     grid = (-(-n // BWD_BLOCK_N), b * hkv, 1)
     kernel.launch(grid, args, torch.cuda.current_stream(q.device).cuda_stream)
 
-    def finish(acc):  # (B H, N_pad / BM, D, BM) fp32 -> contiguous (B, H, N, D) in the input dtype
+    tile_shape, order = grad_tile_order(d, variant.bm)
+
+    def finish(acc):  # fp32 tiles in the kernel's order -> contiguous (B, H, N, D) in the input dtype
         out = torch.empty(b, h, n_pad, d, dtype=q.dtype, device=q.device)
-        out.view(b * h, m_tiles, variant.bm, d).copy_(acc.transpose(-1, -2))
+        tiles = acc.view(b * h, m_tiles, *tile_shape).permute(0, 1, *(2 + i for i in order))
+        out.view(b * h, m_tiles, *tiles.shape[2:]).copy_(tiles)
         return out if n == n_pad else out[:, :, :n].contiguous()
 
     return finish(dq_acc), dk, dv, finish(dr_acc)
+
+
+def grad_tile_order(head_dim: int, bm: int) -> tuple[list[int], list[int]]:
+    """A dQ / dR accumulator tile (grad_tile_layout) as a torch view: the sizes of its modes from the slowest
+    in memory to the fastest, and the permutation of those modes that gives (column modes, then row modes,
+    each from its slowest): read through it, the tile is BM query rows x head_dim, row-major."""
+    (rows, cols), (row_strides, col_strides) = grad_tile_layout(head_dim, bm)
+    modes = sorted([(st, size, ("col", i)) for i, (size, st) in enumerate(zip(cols, col_strides))]
+                   + [(st, size, ("row", i)) for i, (size, st) in enumerate(zip(rows, row_strides))], reverse=True)
+    names = [name for _, _, name in modes]
+    wanted = [("col", i) for i in reversed(range(len(cols)))] + [("row", i) for i in reversed(range(len(rows)))]
+    return [size for _, size, _ in modes], [names.index(w) for w in wanted]
 
 
 def _tma_descriptor(t: torch.Tensor, box: list[int]) -> bytes:

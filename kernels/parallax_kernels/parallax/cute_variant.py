@@ -141,3 +141,15 @@ class BackwardVariant:
     def tma_boxes(self) -> tuple[list[int], list[int]]:
         """The TMA boxes (innermost first) of the Q/R/dO and the K/V descriptors."""
         return [64, self.bm, 1], [64, BWD_BLOCK_N, 1]
+
+
+def grad_tile_layout(head_dim: int, bm: int) -> tuple[tuple, tuple]:
+    """Where each fp32 value of a dQ^T or dR^T tile (head_dim rows, BM query columns) lives in the kernel's
+    staging buffer and in the accumulator in global memory (one contiguous tile a (batch head, query
+    tile)): the (shape, stride) of a CuTe layout over (row, column). The rows split as (lane / 4, the two
+    8-row halves of a warp's 16, warp, 64-row wgmma tile) and the columns as (the two adjacent columns of
+    a thread, lane % 4, 8-column group), the wgmma accumulator's own split, ordered so that the 32 lanes
+    of a warp store one register to 32 consecutive words: no shared-memory bank conflicts (a plain
+    row-major tile puts 8 lanes on each bank)."""
+    return (((8, 2, 4, head_dim // 64), (2, 4, bm // 8)),
+            ((4, 64, 16 * bm, 64 * bm), (32, 1, 128)))
