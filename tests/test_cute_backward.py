@@ -148,24 +148,25 @@ def test_grad_tiles_are_stored_without_bank_conflicts_and_read_back_row_major(d,
 def expected_wgmmas(variant: BackwardVariant) -> dict[int, int]:
     """wgmma.m64nNk16 instructions per N in the PTX, from the design. Each consumer warpgroup owns 64 of the
     BN = 128 keys (the wgmma's M = 64), and per step (one query tile of BM rows):
-    - S^T = K Q^T, T^T = K R^T, dalpha^T = V dO^T: three chains of D/16 k-steps, N = BM;
-    - dV += alpha^T dO, dK += ds^T Q, dK += dt^T R (A from registers): three chains of BM/16, N = D;
-    - dQ^T = K^T ds^T (warpgroup 0) or dR^T = K^T dt^T (warpgroup 1): M = D is D/64 m64 tiles, each a chain
-      of BN/16 k-steps, N = BM; the two branches of the `if cw == 0` are separate code: twice.
+    - [S^T | T^T] = K [Q; R]^T: one chain of D/16 k-steps, N = 2 BM; dalpha^T = V dO^T: D/16, N = BM;
+    - dV += alpha^T dO (BM/16 k-steps) and dK += [ds^T | dt^T] [Q; R] (2 BM/16), A from registers, N = D;
+    - the warpgroup's share of [dQ^T | dR^T] = K^T [ds^T | dt^T]: BN/16 k-steps, N = 2 BM at D = 128 (rows
+      split) and BM at D = 64 (dQ^T or dR^T); the chain sits at two code sites, one per warpgroup.
     The step is instantiated three times: the first query tile (masked, no dQ^T / dR^T result in flight before
     it), the masked loop and the unmasked one."""
     d, bm, bn = variant.head_dim, variant.bm, BWD_BLOCK_N
+    share_n = 2 * bm if d == 128 else bm
     per_step: dict[int, int] = {}
-    per_step[bm] = per_step.get(bm, 0) + 3 * d // 16 + 2 * (d // 64) * (bn // 16)
-    per_step[d] = per_step.get(d, 0) + 3 * bm // 16
+    for n, count in ((2 * bm, d // 16), (bm, d // 16), (d, bm // 16 + 2 * bm // 16), (share_n, 2 * bn // 16)):
+        per_step[n] = per_step.get(n, 0) + count
     return {n: 3 * count for n, count in per_step.items()}
 
 
 @needs_dsl
 @pytest.mark.parametrize("d, causal, ordered", COMPILED, ids=COMPILED_IDS)
 def test_wgmma_chains_are_the_designed_ones(compiled, d, causal, ordered):
-    """At D = 128, BM = 32: 3 x (3 x 8 + 2 x 2 x 8) = 168 m64n32k16 and 3 x 3 x 2 = 18 m64n128k16; at D = 64,
-    BM = 64 every tile is m64n64k16: 3 x (3 x 4 + 3 x 4 + 2 x 8) = 120."""
+    """At D = 128, BM = 32: 3 x (8 + 2 x 8) = 72 m64n64k16, 3 x 8 = 24 m64n32k16 and 3 x (2 + 4) = 18
+    m64n128k16; at D = 64, BM = 64: 3 x 4 = 12 m64n128k16 and 3 x (4 + 4 + 8 + 2 x 8) = 96 m64n64k16."""
     variant = compiled_variant(d, causal, ordered)
     ptx = (compiled / f"d{d}.ptx").read_text()
     assert ".target sm_90a" in ptx
@@ -182,13 +183,18 @@ def test_copies_reductions_and_registers_are_the_designed_ones(compiled, d, caus
     """TMA loads: K, V once and Q, R, dO per step (in the producer's one loop), D/64 copies per tile (the
     128-byte swizzle is 64 elements wide); the four statistics per query row in one plain bulk copy; dQ^T / dR^T
     added with the bulk reduce-add (where a step adds the previous tile's, in the masked and the unmasked loop,
-    and after the loops); setmaxnreg down in the
+    and after the loops; two each: the two 64-row shares at D = 128, dQ^T or dR^T at D = 64); setmaxnreg down in the
     producer and up in the consumers; no local memory; the parameter list is the launcher's."""
     ptx = (compiled / f"d{d}.ptx").read_text()
     assert ptx.count("cp.async.bulk.tensor.3d.shared::cta.global") == (2 + 3) * d // 64
     assert ptx.count("cp.async.bulk.tensor") == (2 + 3) * d // 64
     assert ptx.count("cp.async.bulk.shared::cluster.global") == 1
-    assert ptx.count("cp.reduce.async.bulk.global.shared::cta.bulk_group.add.f32") == 3
+    # the bytes each full barrier waits for: K and V; Q, R, dO and the statistics (a count the copies do not
+    # reach hangs the kernel)
+    variant = compiled_variant(d, causal, ordered)
+    expected = re.findall(r"mov\.b32\s+%r\d+, (\d+);\s*mbarrier\.arrive\.expect_tx", ptx)
+    assert sorted(map(int, expected)) == sorted([2 * BWD_BLOCK_N * d * 2, 3 * variant.bm * d * 2 + 4 * 4 * variant.bm])
+    assert ptx.count("cp.reduce.async.bulk.global.shared::cta.bulk_group.add.f32") == 3 * 2
     assert "atom.global.add.f32" not in ptx and "red.global.add.f32" not in ptx  # no per-element atomics
     assert re.findall(r"setmaxnreg\.(\w+)\.sync\.aligned\.u32\s+(\d+);", ptx) == [("dec", "24"), ("inc", "240")]
     assert ".local" not in ptx
@@ -214,11 +220,11 @@ def test_only_the_deterministic_variant_orders_its_adds(compiled, d, causal, ord
     if ordered:
         assert ptx.count("ld.global.acquire.gpu.b32") == 6
         assert ptx.count("red.release.gpu.global.add.s32") == 4
-        step = ["wait", "fence", "release", "acquire", "acquire", "fence", "reduce", "commit"]
+        step = ["wait", "fence", "release", "acquire", "acquire", "fence", "reduce", "reduce", "commit"]
         assert sequence == 3 * step + ["wait", "fence", "release"]
     else:
         assert "ld.global.acquire.gpu" not in ptx and "red.release.gpu" not in ptx and "fence" not in sequence
-        step = ["wait_read", "reduce", "commit"]
+        step = ["wait_read", "reduce", "reduce", "commit"]
         assert sequence == 3 * step + ["wait_read"]
 
 

@@ -15,21 +15,24 @@ end (no atomics, deterministic) and are stored once.
   tile the Q, R and dO tiles (TMA) and the four per-row statistics (lse, tbar, Drow, E: one bulk copy)
   into a ring of shared-memory stages;
 - warpgroups 1 and 2 (`setmaxnreg` 240) own 64 keys each. Per query tile (BM queries) each computes the
-  transposed score tiles S^T = K Q^T, T^T = K R^T and dalpha^T = V dO^T (keys as the wgmma's M, so that
-  their elementwise results serve as register A operands next), then alpha^T, ds^T, dt^T in registers;
-  dV += alpha^T dO and dK += ds^T Q + dt^T R (A from registers, B the same Q, R, dO tiles read
-  transposed); ds^T and dt^T also go to shared memory, and after a barrier of the two warpgroups one
-  computes dQ^T = K^T ds^T and the other dR^T = K^T dt^T over all 128 keys (M = head_dim), writes it to
-  shared memory and adds it to an fp32 buffer with one bulk reduce-add (cp.reduce.async.bulk .add.f32,
-  FlashAttention-3's choice over per-element atomics). The key tiles' adds into one query tile land in
-  any order unless the variant is deterministic: then a semaphore per (query head, query tile, dQ or dR)
-  orders them by key tile (a CTA waits for its turn and adds; when it stages its next tile, the add has
-  long completed, and it passes that turn on), so dQ and dR are bitwise reproducible run to run.
+  transposed score tiles [S^T | T^T] = K [Q; R]^T in one chain (the Q and R tiles stacked as one 2 BM-row
+  operand: one read of K for both, N = 2 BM) and dalpha^T = V dO^T (keys as the wgmma's M, so that their
+  elementwise results serve as register A operands next), then alpha^T, ds^T, dt^T in registers;
+  dV += alpha^T dO and dK += [ds^T | dt^T] [Q; R] (A from registers, B the same tiles read transposed);
+  [ds^T | dt^T] also goes to shared memory, and after a barrier of the two warpgroups each computes its
+  share of [dQ^T | dR^T] = K^T [ds^T | dt^T] over all 128 keys (at D = 128 one 64-row half of both, at
+  D = 64 dQ^T or dR^T), leaves that chain in flight, and in the next step, while that step's score chains
+  run, writes the result to shared memory and adds it to fp32 buffers with bulk reduce-adds
+  (cp.reduce.async.bulk .add.f32, FlashAttention-3's choice over per-element atomics). The key tiles' adds
+  into one query tile land in any order unless the variant is deterministic: then a semaphore per (query
+  head, query tile, warpgroup share) orders them by key tile (a CTA waits for its turn and adds; when it
+  stages its next tile, the add has long completed, and it passes that turn on), so dQ and dR are bitwise
+  reproducible run to run.
 Registers: dK, dV (64 x D fp32 each) stay live through the loop, so the score tiles are 64 x BM with BM
-= 32 at D = 128 (64 at D = 64); dQ^T and dR^T (D x BM) are split between the warpgroups.
+= 32 at D = 128 (64 at D = 64); [dQ^T | dR^T] (D x 2 BM) is split between the warpgroups.
 The dQ, dR buffers hold one contiguous D x BM fp32 block per (batch head, query tile), in the order of
-the staging tile in shared memory (cute_variant.grad_tile_layout), so that one bulk copy adds it; the
-launcher turns them into (B, H, N, D).
+the staging tile in shared memory (cute_variant.grad_tile_layout: bank-conflict free, its 64-row halves
+contiguous), so that bulk copies add it; the launcher turns them into (B, H, N, D).
 """
 
 from __future__ import annotations
@@ -52,7 +55,7 @@ PRODUCER_REGS = 24
 CONSUMER_REGS = 240
 KEYS_PER_WG = 64
 DS_READY_BARRIER = 1  # named barrier: both consumers' ds^T, dt^T are in shared memory (0 is __syncthreads)
-ACC_BARRIER = 2  # named barriers 2, 3: one consumer warpgroup's dQ^T / dR^T staging buffer
+ACC_BARRIER = 2  # named barriers 2, 3: one consumer warpgroup's share of the dQ^T / dR^T staging
 STATS = 4  # per query row: lse, tbar, Drow, E
 
 
@@ -119,26 +122,35 @@ class ParallaxAttentionBackward:
         v = cute.make_tensor(p_v, cute.make_layout((n, d, bhkv), stride=(d, 1, head)))
 
         k_major, mn_major = warpgroup.OperandMajorMode.K, warpgroup.OperandMajorMode.MN
-        # S^T, T^T, dalpha^T: (BN keys, BM queries), K = D; the two consumers split the keys
+        # [S^T | T^T] = K [Q; R]^T: (BN keys, 2 BM), K = D, Q and R stacked in one operand (one K read for both);
+        # dalpha^T = V dO^T: (BN, BM). The two consumers split the keys.
+        mma_st = sm90_utils.make_trivial_tiled_mma(dt, dt, k_major, k_major, Float32, (2, 1, 1),
+                                                   (KEYS_PER_WG, 2 * bm))
         mma_s = sm90_utils.make_trivial_tiled_mma(dt, dt, k_major, k_major, Float32, (2, 1, 1), (KEYS_PER_WG, bm))
-        # dV, dK: (BN keys, D), K = BM queries; A (alpha^T, ds^T, dt^T) from registers
+        # dV: (BN keys, D), K = BM queries; dK: K = 2 BM ([ds^T | dt^T] [Q; R]); A from registers
         mma_kv = sm90_utils.make_trivial_tiled_mma(dt, dt, k_major, mn_major, Float32, (2, 1, 1), (KEYS_PER_WG, d),
                                                    warpgroup.OperandSource.RMEM)
-        # dQ^T, dR^T: (D, BM queries), K = BN keys; one warpgroup each
-        mma_q = sm90_utils.make_trivial_tiled_mma(dt, dt, mn_major, mn_major, Float32, (1, 1, 1), (64, bm))
+        # [dQ^T | dR^T] = K^T [ds^T | dt^T]: (D, 2 BM), K = BN keys; the consumers split it by rows at D = 128
+        # and into dQ^T | dR^T at D = 64
+        split = (2, 1, 1) if d == 128 else (1, 2, 1)
+        mma_q = sm90_utils.make_trivial_tiled_mma(dt, dt, mn_major, mn_major, Float32, split, (64, 2 * bm // split[1]))
         row_major, col_major = utils.LayoutEnum.ROW_MAJOR, utils.LayoutEnum.COL_MAJOR
         kv_smem = sm90_utils.make_smem_layout_a(row_major, (bn, bm, d), dt, 1)  # (BN, D), K-major
-        q_smem = sm90_utils.make_smem_layout_b(row_major, (bn, bm, d), dt, self.stages)  # (BM, D), K-major
-        ds_smem = sm90_utils.make_smem_layout_b(col_major, (d, bm, bn), dt, self.stages)  # (BM, BN), BM-major
+        qr_smem = sm90_utils.make_smem_layout_b(row_major, (bn, 2 * bm, d), dt, self.stages)  # (2 BM, D): Q; R
+        do_smem = sm90_utils.make_smem_layout_b(row_major, (bn, bm, d), dt, self.stages)  # (BM, D), K-major
+        ds_smem = sm90_utils.make_smem_layout_b(col_major, (d, 2 * bm, bn), dt, self.stages)  # (2 BM, BN): ds; dt
 
         g2s = cpasync.CopyBulkTensorTileG2SOp()
-        q_stage, kv_stage = cute.slice_(q_smem, (None, None, 0)), cute.slice_(kv_smem, (None, None, 0))
+        kv_stage = cute.slice_(kv_smem, (None, None, 0))
+        # Q (R) fills rows [0, BM) ([BM, 2 BM)) of a stage of the stacked tile: the same layout, 2 BM rows apart
+        q_stage = cute.make_composed_layout(qr_smem.inner, 0, cute.composition(
+            cute.slice_(qr_smem.outer, (None, None, 0)), cute.make_layout((bm, d), stride=(1, 2 * bm))))
         tma_q, m_q = cpasync.make_tiled_tma_atom(g2s, q, q_stage, (bm, d))
         tma_r, m_r = cpasync.make_tiled_tma_atom(g2s, r, q_stage, (bm, d))
-        tma_do, m_do = cpasync.make_tiled_tma_atom(g2s, do, q_stage, (bm, d))
+        tma_do, m_do = cpasync.make_tiled_tma_atom(g2s, do, cute.slice_(do_smem, (None, None, 0)), (bm, d))
         tma_k, m_k = cpasync.make_tiled_tma_atom(g2s, k, kv_stage, (bn, d))
         tma_v, m_v = cpasync.make_tiled_tma_atom(g2s, v, kv_stage, (bn, d))
-        self.q_bytes = cute.size_in_bytes(dt, q_stage)
+        self.q_bytes = cute.size(q_stage) * dt.width // 8  # its size, not its span (the R rows between)
         self.kv_bytes = cute.size_in_bytes(dt, kv_stage)
 
         @cute.struct
@@ -148,19 +160,17 @@ class ParallaxAttentionBackward:
             stats: cute.struct.Align[cute.struct.MemRange[Float32, STATS * bm * self.stages], 128]
             sK: cute.struct.Align[cute.struct.MemRange[dt, cute.cosize(kv_smem)], 1024]
             sV: cute.struct.Align[cute.struct.MemRange[dt, cute.cosize(kv_smem)], 1024]
-            sQ: cute.struct.Align[cute.struct.MemRange[dt, cute.cosize(q_smem)], 1024]
-            sR: cute.struct.Align[cute.struct.MemRange[dt, cute.cosize(q_smem)], 1024]
-            sdO: cute.struct.Align[cute.struct.MemRange[dt, cute.cosize(q_smem)], 1024]
-            sdS: cute.struct.Align[cute.struct.MemRange[dt, cute.cosize(ds_smem)], 1024]
-            sdT: cute.struct.Align[cute.struct.MemRange[dt, cute.cosize(ds_smem)], 1024]
+            sQR: cute.struct.Align[cute.struct.MemRange[dt, cute.cosize(qr_smem)], 1024]
+            sdO: cute.struct.Align[cute.struct.MemRange[dt, cute.cosize(do_smem)], 1024]
+            sdST: cute.struct.Align[cute.struct.MemRange[dt, cute.cosize(ds_smem)], 1024]
             acc: cute.struct.Align[cute.struct.MemRange[Float32, 2 * d * bm], 1024]  # dQ^T, dR^T staging
 
         self.shared_storage = SharedStorage
         n_blocks = (n + bn - 1) // bn
         self.kernel(
-            mma_s, mma_kv, mma_q, tma_q, m_q, tma_r, m_r, tma_do, m_do, tma_k, m_k, tma_v, m_v,
+            mma_st, mma_s, mma_kv, mma_q, tma_q, m_q, tma_r, m_r, tma_do, m_do, tma_k, m_k, tma_v, m_v,
             p_stats, p_dq, p_dr, p_sem, p_dk, p_dv, n, n_pad, heads, group, scale_log2, scale,
-            kv_smem, q_smem, ds_smem,
+            kv_smem, qr_smem, do_smem, ds_smem,
         ).launch(grid=[n_blocks, bhkv, 1], block=[BWD_NUM_THREADS, 1, 1], smem=SharedStorage.size_in_bytes(),
                  stream=stream, min_blocks_per_mp=1)
 
@@ -168,13 +178,14 @@ class ParallaxAttentionBackward:
     @cute.kernel
     def kernel(
         self,
-        mma_s: cute.TiledMma, mma_kv: cute.TiledMma, mma_q: cute.TiledMma,
+        mma_st: cute.TiledMma, mma_s: cute.TiledMma, mma_kv: cute.TiledMma, mma_q: cute.TiledMma,
         tma_q: cute.CopyAtom, m_q: cute.Tensor, tma_r: cute.CopyAtom, m_r: cute.Tensor,
         tma_do: cute.CopyAtom, m_do: cute.Tensor, tma_k: cute.CopyAtom, m_k: cute.Tensor,
         tma_v: cute.CopyAtom, m_v: cute.Tensor,
         p_stats: cute.Pointer, p_dq: cute.Pointer, p_dr: cute.Pointer, p_sem: cute.Pointer, p_dk: cute.Pointer,
         p_dv: cute.Pointer, n: Int32, n_pad: Int32, heads: Int32, group: Int32, scale_log2: Float32, scale: Float32,
-        kv_smem: cute.ComposedLayout, q_smem: cute.ComposedLayout, ds_smem: cute.ComposedLayout,
+        kv_smem: cute.ComposedLayout, qr_smem: cute.ComposedLayout, do_smem: cute.ComposedLayout,
+        ds_smem: cute.ComposedLayout,
     ):
         bm, bn = self.bm, self.bn
         tidx, _, _ = cute.arch.thread_idx()
@@ -194,13 +205,13 @@ class ParallaxAttentionBackward:
 
         sK = storage.sK.get_tensor(kv_smem.outer, swizzle=kv_smem.inner)
         sV = storage.sV.get_tensor(kv_smem.outer, swizzle=kv_smem.inner)
-        sQ = storage.sQ.get_tensor(q_smem.outer, swizzle=q_smem.inner)
-        sR = storage.sR.get_tensor(q_smem.outer, swizzle=q_smem.inner)
-        sdO = storage.sdO.get_tensor(q_smem.outer, swizzle=q_smem.inner)
-        sdS = storage.sdS.get_tensor(ds_smem.outer, swizzle=ds_smem.inner)
-        sdT = storage.sdT.get_tensor(ds_smem.outer, swizzle=ds_smem.inner)
-        sdS32 = self._as_pairs(storage.sdS.data_ptr(), ds_smem)
-        sdT32 = self._as_pairs(storage.sdT.data_ptr(), ds_smem)
+        sQR = storage.sQR.get_tensor(qr_smem.outer, swizzle=qr_smem.inner)  # (2 BM, D, stages): Q rows, R rows
+        halves = cute.composition(sQR, cute.make_layout(((bm, 2), self.d, self.stages),
+                                                        stride=((1, bm), 2 * bm, 2 * bm * self.d)))
+        sQ, sR = halves[(None, 0), None, None], halves[(None, 1), None, None]  # the TMA copies' destinations
+        sdO = storage.sdO.get_tensor(do_smem.outer, swizzle=do_smem.inner)
+        sdST = storage.sdST.get_tensor(ds_smem.outer, swizzle=ds_smem.inner)  # (2 BM, BN, stages): ds^T, dt^T
+        sdST32 = self._as_pairs(storage.sdST.data_ptr(), ds_smem)
         sStats = storage.stats.get_tensor(cute.make_layout((STATS, bm, self.stages), stride=(1, STATS, STATS * bm)))
 
         # work item: (key tile, batch * KV head); causal: key tile 0 has the most query tiles and runs first
@@ -230,7 +241,7 @@ class ParallaxAttentionBackward:
                               sStats, p_stats, kv_prod, q_prod, n_pad, heads, group, b, hk, bhk, kt, m_lo, m_tiles)
         else:  # ---- consumers ------------------------------------------------------------------
             cute.arch.warpgroup_reg_alloc(CONSUMER_REGS)
-            self._consume(mma_s, mma_kv, mma_q, sK, sV, sQ, sR, sdO, sdS, sdT, sdS32, sdT32, sStats,
+            self._consume(mma_st, mma_s, mma_kv, mma_q, sK, sV, sQR, sdO, sdST, sdST32, sStats,
                           storage.acc.data_ptr(), kv_cons, q_cons, p_dq, p_dr, p_sem, p_dk, p_dv, n, n_pad, heads,
                           group, b, hk, bhk, n0, m_lo, m_mid, m_tiles, scale_log2, scale, wg - 1, tidx - 128)
 
@@ -269,8 +280,8 @@ class ParallaxAttentionBackward:
                     cute.copy(bulk, g_stats, s_stats[None, h.index], mbar_ptr=h.barrier)
 
     @cute.jit
-    def _consume(self, mma_s: cute.TiledMma, mma_kv: cute.TiledMma, mma_q: cute.TiledMma, sK, sV, sQ, sR, sdO,
-                 sdS, sdT, sdS32, sdT32, sStats, p_acc: cute.Pointer, kv_cons, q_cons, p_dq: cute.Pointer,
+    def _consume(self, mma_st: cute.TiledMma, mma_s: cute.TiledMma, mma_kv: cute.TiledMma, mma_q: cute.TiledMma,
+                 sK, sV, sQR, sdO, sdST, sdST32, sStats, p_acc: cute.Pointer, kv_cons, q_cons, p_dq: cute.Pointer,
                  p_dr: cute.Pointer, p_sem: cute.Pointer, p_dk: cute.Pointer, p_dv: cute.Pointer, n: Int32,
                  n_pad: Int32, heads: Int32, group: Int32, b: Int32, hk: Int32, bhk: Int32, n0: Int32, m_lo: Int32,
                  m_mid: Int32, m_tiles: Int32, scale_log2: Float32, scale: Float32, cw: Int32, tid: Int32):
@@ -278,49 +289,45 @@ class ParallaxAttentionBackward:
         of both."""
         d, bm, bn = self.d, self.bm, self.bn
         sK0, sV0 = sK[None, None, 0], sV[None, None, 0]
+        thr_st, wg_st = mma_st.get_slice(tid), mma_st.get_slice(128 * cw)
+        t_ak = wg_st.make_fragment_A(wg_st.partition_A(sK0))
+        t_bqr = wg_st.make_fragment_B(wg_st.partition_B(sQR))
+        acc_st = thr_st.make_fragment_C(thr_st.partition_shape_C((bn, 2 * bm)))  # [S^T | T^T], then [ds^T | dt^T]
+        coords = mn_view(thr_st.partition_C(cute.make_identity_tensor((bn, 2 * bm))))
         thr_s, wg_s = mma_s.get_slice(tid), mma_s.get_slice(128 * cw)
-        t_ak = wg_s.make_fragment_A(wg_s.partition_A(sK0))
         t_av = wg_s.make_fragment_A(wg_s.partition_A(sV0))
-        t_bq = wg_s.make_fragment_B(wg_s.partition_B(sQ))
-        t_br = wg_s.make_fragment_B(wg_s.partition_B(sR))
         t_bdo = wg_s.make_fragment_B(wg_s.partition_B(sdO))
-        acc_s = thr_s.make_fragment_C(thr_s.partition_shape_C((bn, bm)))
-        acc_t = thr_s.make_fragment_C(thr_s.partition_shape_C((bn, bm)))
-        acc_da = thr_s.make_fragment_C(thr_s.partition_shape_C((bn, bm)))
-        coords = mn_view(thr_s.partition_C(cute.make_identity_tensor((bn, bm))))
+        acc_da = thr_s.make_fragment_C(thr_s.partition_shape_C((bn, bm)))  # dalpha^T, then alpha^T
 
         thr_kv, wg_kv = mma_kv.get_slice(tid), mma_kv.get_slice(128 * cw)
-        t_bqt = wg_kv.make_fragment_B(wg_kv.partition_B(transpose_view(sQ)))
-        t_brt = wg_kv.make_fragment_B(wg_kv.partition_B(transpose_view(sR)))
+        t_bqrt = wg_kv.make_fragment_B(wg_kv.partition_B(transpose_view(sQR)))
         t_bdot = wg_kv.make_fragment_B(wg_kv.partition_B(transpose_view(sdO)))
         acc_dk = thr_kv.make_fragment_C(thr_kv.partition_shape_C((bn, d)))
         acc_dv = thr_kv.make_fragment_C(thr_kv.partition_shape_C((bn, d)))
         acc_dk.fill(0.0)
         acc_dv.fill(0.0)
 
-        thr_q = mma_q.get_slice(tid - 128 * cw)
-        t_akt = thr_q.make_fragment_A(thr_q.partition_A(transpose_view(sK0)))
-        t_bds = thr_q.make_fragment_B(thr_q.partition_B(sdS))
-        t_bdt = thr_q.make_fragment_B(thr_q.partition_B(sdT))
-        acc_g = thr_q.make_fragment_C(thr_q.partition_shape_C((d, bm)))  # dQ^T (cw 0: warpgroup 1) or dR^T (cw 1)
-        p_grad = p_dq
-        if cw == 1:
-            p_grad = p_dr
-        shape, stride = grad_tile_layout(d, bm)  # the staging order, bank-conflict free
-        s_acc = cute.make_tensor(p_acc + cw * d * bm, cute.make_layout(shape, stride=stride))
+        thr_q, wg_q = mma_q.get_slice(tid), mma_q.get_slice(128 * cw)
+        t_akt = wg_q.make_fragment_A(wg_q.partition_A(transpose_view(sK0)))
+        t_bdst = wg_q.make_fragment_B(wg_q.partition_B(sdST))
+        acc_g = thr_q.make_fragment_C(thr_q.partition_shape_C((d, 2 * bm)))  # its share of [dQ^T | dR^T]
+        # staging: the dQ^T tile, then the dR^T tile, each in the bank-conflict-free order of grad_tile_layout
+        (rows, cols), (row_strides, col_strides) = grad_tile_layout(d, bm)
+        s_acc = cute.make_tensor(p_acc, cute.make_layout((rows, (cols, 2)),
+                                                         stride=(row_strides, (col_strides, d * bm))))
         t_sacc = thr_q.partition_C(s_acc)  # this thread's values of it, as acc_g holds them
 
         kv_cons.wait()
         held = cutlass.Int64(-1)  # (deterministic) the query tile whose dQ/dR turn this warpgroup holds
         mma_kv.set(warpgroup.Field.ACCUMULATE, True)
         # Software pipeline: a step issues its dQ^T / dR^T chain and returns with it in flight; the next step
-        # stages and adds that result while its own S^T, T^T, dalpha^T chains run. The first query tile
-        # (masked code, correct for any tile) has no result in flight before it.
-        ops = (t_ak, t_av, t_bq, t_br, t_bdo, t_bqt, t_brt, t_bdot, t_akt, t_bds, t_bdt,
-               acc_s, acc_t, acc_da, acc_dk, acc_dv, acc_g, coords, t_sacc, sdS32, sdT32, sStats, s_acc,
-               p_grad, p_sem, n, n_pad, n0, scale_log2, scale, cw, tid)
+        # stages and adds that result while its own score chains run. The first query tile (masked code,
+        # correct for any tile) has no result in flight before it.
+        ops = (t_ak, t_bqr, t_av, t_bdo, t_bqrt, t_bdot, t_akt, t_bdst, acc_st, acc_da, acc_dk, acc_dv, acc_g, coords,
+               t_sacc, sdST32, sStats, p_acc, p_dq, p_dr, p_sem, n, n_pad, n0, scale_log2, scale, cw, tid)
         bhq0 = b * heads + hk * group
-        q_cons, mma_s, mma_kv, mma_q, prev, held = self._step(Int32(m_lo), bhq0, True, False, q_cons, mma_s, mma_kv, mma_q, cutlass.Int64(0), held, *ops)
+        q_cons, mma_st, mma_s, mma_kv, mma_q, prev, held = self._step(
+            Int32(m_lo), bhq0, True, False, q_cons, mma_st, mma_s, mma_kv, mma_q, cutlass.Int64(0), held, *ops)
         for g in cutlass.range(group, unroll=1):
             bhq = bhq0 + g
             first = m_lo
@@ -328,11 +335,13 @@ class ParallaxAttentionBackward:
                 first = m_lo + 1
             # query tiles [.., m_mid) cross the causal diagonal or see keys past the end: masked
             for m in cutlass.range(first, m_mid, unroll=1):
-                q_cons, mma_s, mma_kv, mma_q, prev, held = self._step(m, bhq, True, True, q_cons, mma_s, mma_kv, mma_q, prev, held, *ops)
+                q_cons, mma_st, mma_s, mma_kv, mma_q, prev, held = self._step(
+                    m, bhq, True, True, q_cons, mma_st, mma_s, mma_kv, mma_q, prev, held, *ops)
             for m in cutlass.range(cutlass.max(first, m_mid), m_tiles, unroll=1):
-                q_cons, mma_s, mma_kv, mma_q, prev, held = self._step(m, bhq, False, True, q_cons, mma_s, mma_kv, mma_q, prev, held, *ops)
+                q_cons, mma_st, mma_s, mma_kv, mma_q, prev, held = self._step(
+                    m, bhq, False, True, q_cons, mma_st, mma_s, mma_kv, mma_q, prev, held, *ops)
         warpgroup.wait_group(0)
-        held = self._flush(acc_g, t_sacc, s_acc, p_grad, p_sem, prev, held, n0, cw, tid)
+        held = self._flush(acc_g, t_sacc, p_acc, p_dq, p_dr, p_sem, prev, held, n0, cw, tid)
 
         if tid % 128 == 0:  # the last bulk add has read its staging buffer before the CTA ends
             if cutlass.const_expr(self.v.deterministic):
@@ -361,11 +370,11 @@ class ParallaxAttentionBackward:
 
     @cute.jit
     def _step(self, m: Int32, bhq: Int32, masked: cutlass.Constexpr, pending: cutlass.Constexpr, q_cons,
-              mma_s: cute.TiledMma, mma_kv: cute.TiledMma, mma_q: cute.TiledMma, prev: cutlass.Int64,
-              held: cutlass.Int64, t_ak, t_av, t_bq, t_br, t_bdo, t_bqt, t_brt, t_bdot, t_akt, t_bds, t_bdt,
-              acc_s, acc_t, acc_da, acc_dk, acc_dv, acc_g, coords, t_sacc, sdS32, sdT32, sStats, s_acc,
-              p_grad: cute.Pointer, p_sem: cute.Pointer, n: Int32, n_pad: Int32, n0: Int32, scale_log2: Float32,
-              scale: Float32, cw: Int32, tid: Int32):
+              mma_st: cute.TiledMma, mma_s: cute.TiledMma, mma_kv: cute.TiledMma, mma_q: cute.TiledMma,
+              prev: cutlass.Int64, held: cutlass.Int64, t_ak, t_bqr, t_av, t_bdo, t_bqrt, t_bdot, t_akt, t_bdst,
+              acc_st, acc_da, acc_dk, acc_dv, acc_g, coords, t_sacc, sdST32, sStats, p_acc: cute.Pointer,
+              p_dq: cute.Pointer, p_dr: cute.Pointer, p_sem: cute.Pointer, n: Int32, n_pad: Int32, n0: Int32,
+              scale_log2: Float32, scale: Float32, cw: Int32, tid: Int32):
         """One query tile m of query head bhq against this CTA's keys. `pending`: the previous tile's dQ^T / dR^T
         chain (its tile index `prev`) is in flight, to be added here. Returns with this tile's in flight."""
         bm = self.bm
@@ -373,11 +382,8 @@ class ParallaxAttentionBackward:
         st = h.index
         warpgroup.fence()
         for kk in cutlass.range_constexpr(cute.size(t_ak, mode=[2])):
-            mma_s.set(warpgroup.Field.ACCUMULATE, kk != 0)
-            cute.gemm(mma_s, acc_s, t_ak[None, None, kk], t_bq[None, None, kk, st], acc_s)
-        for kk in cutlass.range_constexpr(cute.size(t_ak, mode=[2])):
-            mma_s.set(warpgroup.Field.ACCUMULATE, kk != 0)
-            cute.gemm(mma_s, acc_t, t_ak[None, None, kk], t_br[None, None, kk, st], acc_t)
+            mma_st.set(warpgroup.Field.ACCUMULATE, kk != 0)
+            cute.gemm(mma_st, acc_st, t_ak[None, None, kk], t_bqr[None, None, kk, st], acc_st)
         warpgroup.commit_group()
         for kk in cutlass.range_constexpr(cute.size(t_av, mode=[2])):
             mma_s.set(warpgroup.Field.ACCUMULATE, kk != 0)
@@ -385,20 +391,20 @@ class ParallaxAttentionBackward:
         warpgroup.commit_group()
         if cutlass.const_expr(pending):  # the previous tile's dQ^T / dR^T, while this tile's chains run
             warpgroup.wait_group(2)
-            held = self._flush(acc_g, t_sacc, s_acc, p_grad, p_sem, prev, held, n0, cw, tid)
+            held = self._flush(acc_g, t_sacc, p_acc, p_dq, p_dr, p_sem, prev, held, n0, cw, tid)
 
-        s = mn_view(acc_s)
-        t = mn_view(acc_t)
+        st_v = mn_view(acc_st)  # columns [0, half): S^T, [half, 2 half): T^T of the same queries
         da = mn_view(acc_da)
+        half = cute.size(da.shape[1])
         q0 = m * bm
         # weights and centred probe scores while dalpha^T is still being computed
         warpgroup.wait_group(1)
-        for c in cutlass.range_constexpr(cute.size(s.shape[1])):
+        for c in cutlass.range_constexpr(half):
             ql = coords[0, c][1]
             lse = sStats[0, ql, st]
             tbar = sStats[1, ql, st]
-            for i in cutlass.range_constexpr(cute.size(s.shape[0])):
-                w = cute.math.exp2(s[i, c] * scale_log2 - lse, fastmath=True)
+            for i in cutlass.range_constexpr(cute.size(st_v.shape[0])):
+                w = cute.math.exp2(st_v[i, c] * scale_log2 - lse, fastmath=True)
                 if cutlass.const_expr(masked):
                     key = n0 + coords[i, c][0]
                     limit = n
@@ -406,69 +412,66 @@ class ParallaxAttentionBackward:
                         limit = cutlass.min(n, q0 + ql + 1)
                     if key >= limit:
                         w = Float32(0.0)
-                s[i, c] = w
-                t[i, c] = t[i, c] - tbar
+                st_v[i, c] = w
+                st_v[i, c + half] = st_v[i, c + half] - tbar
         warpgroup.wait_group(0)
-        for c in cutlass.range_constexpr(cute.size(s.shape[1])):
+        for c in cutlass.range_constexpr(half):
             ql = coords[0, c][1]
             drow = sStats[2, ql, st]
             e = sStats[3, ql, st]
-            for i in cutlass.range_constexpr(cute.size(s.shape[0])):
-                w = s[i, c]
-                tc = t[i, c]
+            for i in cutlass.range_constexpr(cute.size(st_v.shape[0])):
+                w = st_v[i, c]
+                tc = st_v[i, c + half]
                 dai = da[i, c]
                 one_m = 1.0 - tc
-                # in place: the S^T, T^T, dalpha^T registers become alpha^T, ds^T, dt^T
-                s[i, c] = w * one_m  # alpha^T
-                t[i, c] = w * (dai * one_m + e * tc - drow) * scale  # ds^T (scaled)
-                da[i, c] = w * (e - dai)  # dt^T
-        # ds^T, dt^T to shared memory as 32-bit pairs: a thread's columns 2j, 2j + 1 are adjacent queries
-        for c in cutlass.range_constexpr(0, cute.size(s.shape[1]), 2):
-            ql = coords[0, c][1]
-            for i in cutlass.range_constexpr(cute.size(s.shape[0])):
-                key = coords[i, c][0]
-                sdS32[ql // 2, key, st] = pack_pair(t[i, c], t[i, c + 1], self.dtype)
-                sdT32[ql // 2, key, st] = pack_pair(da[i, c], da[i, c + 1], self.dtype)
+                # in place: [S^T | T^T] becomes [ds^T | dt^T], dalpha^T becomes alpha^T
+                da[i, c] = w * one_m  # alpha^T
+                st_v[i, c] = w * (dai * one_m + e * tc - drow) * scale  # ds^T (scaled)
+                st_v[i, c + half] = w * (e - dai)  # dt^T
+        # [ds^T | dt^T] to shared memory as 32-bit pairs: a thread's columns 2j, 2j + 1 are adjacent queries
+        for c in cutlass.range_constexpr(0, 2 * half, 2):
+            col = coords[0, c][1]
+            for i in cutlass.range_constexpr(cute.size(st_v.shape[0])):
+                sdST32[col // 2, coords[i, c][0], st] = pack_pair(st_v[i, c], st_v[i, c + 1], self.dtype)
 
-        alpha_a = as_a_operand(acc_s, self.dtype, self.bm)
-        ds_a = as_a_operand(acc_t, self.dtype, self.bm)
-        dt_a = as_a_operand(acc_da, self.dtype, self.bm)
+        alpha_a = as_a_operand(acc_da, self.dtype, bm)
+        dsdt_a = as_a_operand(acc_st, self.dtype, 2 * bm)
         warpgroup.fence()
         for kk in cutlass.range_constexpr(cute.size(alpha_a, mode=[2])):
             cute.gemm(mma_kv, acc_dv, alpha_a[None, None, kk], t_bdot[None, None, kk, st], acc_dv)
-        for kk in cutlass.range_constexpr(cute.size(ds_a, mode=[2])):
-            cute.gemm(mma_kv, acc_dk, ds_a[None, None, kk], t_bqt[None, None, kk, st], acc_dk)
-        for kk in cutlass.range_constexpr(cute.size(dt_a, mode=[2])):
-            cute.gemm(mma_kv, acc_dk, dt_a[None, None, kk], t_brt[None, None, kk, st], acc_dk)
+        for kk in cutlass.range_constexpr(cute.size(dsdt_a, mode=[2])):  # dK += ds^T Q + dt^T R: one chain
+            cute.gemm(mma_kv, acc_dk, dsdt_a[None, None, kk], t_bqrt[None, None, kk, st], acc_dk)
         warpgroup.commit_group()
 
-        # ds^T, dt^T of both warpgroups are in shared memory: dQ^T = K^T ds^T (cw 0), dR^T = K^T dt^T (cw 1)
+        # [ds^T | dt^T] of both warpgroups are in shared memory: this warpgroup's share of K^T [ds^T | dt^T]
         cute.arch.fence_view_async_shared()
         cute.arch.barrier(barrier_id=DS_READY_BARRIER, number_of_threads=256)
-        warpgroup.fence()
+        # the same chain at two code sites, one per warpgroup: at one, ptxas does not see that the staging's
+        # reads of acc_g, a step later, follow the chain's completion, and serialises the wgmmas
         if cw == 0:
             for kk in cutlass.range_constexpr(cute.size(t_akt, mode=[2])):
                 mma_q.set(warpgroup.Field.ACCUMULATE, kk != 0)
-                cute.gemm(mma_q, acc_g, t_akt[None, None, kk], t_bds[None, None, kk, st], acc_g)
+                cute.gemm(mma_q, acc_g, t_akt[None, None, kk], t_bdst[None, None, kk, st], acc_g)
         else:
             for kk in cutlass.range_constexpr(cute.size(t_akt, mode=[2])):
                 mma_q.set(warpgroup.Field.ACCUMULATE, kk != 0)
-                cute.gemm(mma_q, acc_g, t_akt[None, None, kk], t_bdt[None, None, kk, st], acc_g)
+                cute.gemm(mma_q, acc_g, t_akt[None, None, kk], t_bdst[None, None, kk, st], acc_g)
         warpgroup.commit_group()
         # dV, dK done (their A operands' registers free); the Q, R, dO tiles and statistics of this stage are
-        # read (dQ^T / dR^T read K and ds^T / dt^T only): the producer may refill it
+        # read (the dQ^T / dR^T chain reads K and ds^T / dt^T only): the producer may refill it
         warpgroup.wait_group(1)
         h.release()
         tile = bhq.to(cutlass.Int64) * (n_pad // bm).to(cutlass.Int64) + m.to(cutlass.Int64)
-        return q_cons, mma_s, mma_kv, mma_q, tile, held
+        return q_cons, mma_st, mma_s, mma_kv, mma_q, tile, held
 
     @cute.jit
-    def _flush(self, acc_g, t_sacc, s_acc, p_grad: cute.Pointer, p_sem: cute.Pointer, tile: cutlass.Int64,
-               held: cutlass.Int64, n0: Int32, cw: Int32, tid: Int32) -> cutlass.Int64:
-        """Stage a finished dQ^T / dR^T tile in shared memory (once the previous bulk add has read it), then add
-        it to the (query tile, head) block `tile` of the fp32 buffer in one bulk reduce. Returns the tile whose
-        turn this warpgroup now holds (deterministic variant)."""
-        bm = self.bm
+    def _flush(self, acc_g, t_sacc, p_acc: cute.Pointer, p_dq: cute.Pointer, p_dr: cute.Pointer, p_sem: cute.Pointer,
+               tile: cutlass.Int64, held: cutlass.Int64, n0: Int32, cw: Int32, tid: Int32) -> cutlass.Int64:
+        """Stage this warpgroup's share of a finished [dQ^T | dR^T] tile in shared memory (once the previous bulk
+        add has read it), then add it to the (query tile, head) blocks `tile` of the fp32 buffers with bulk
+        reduces: at D = 128 rows [64 cw, 64 cw + 64) of both, at D = 64 all of dQ^T (cw 0) or of dR^T (cw 1).
+        Returns the tile whose turn this warpgroup now holds (deterministic variant)."""
+        d, bm = self.d, self.bm
         lead = tid % 128 == 0
         if lead:
             if cutlass.const_expr(self.v.deterministic):
@@ -488,13 +491,23 @@ class ParallaxAttentionBackward:
         cute.arch.barrier(barrier_id=ACC_BARRIER + cw, number_of_threads=128)
         if lead:
             if cutlass.const_expr(self.v.deterministic):
-                # this tile's dQ or dR semaphore counts the key tiles added so far: wait for this one's turn
+                # this tile's semaphore of this warpgroup's share counts the key tiles added so far: wait for
+                # this one's turn
                 turn = p_sem + tile * 2 + cw
                 seen = load_acquire(turn)
                 while seen != n0 // self.bn:
                     seen = load_acquire(turn)
                 cute.arch.fence_proxy("async.global")  # the previous adds (acquired) before this one (async proxy)
-            bulk_reduce_add_f32(s_acc.iterator, p_grad + tile * (self.d * bm), self.d * bm * 4)
+            block = tile * (d * bm)
+            if cutlass.const_expr(d == 128):
+                share = 64 * bm  # the rows of one 64-row wgmma tile: contiguous in grad_tile_layout
+                bulk_reduce_add_f32(p_acc + cw * share, p_dq + block + cw * share, share * 4)
+                bulk_reduce_add_f32(p_acc + d * bm + cw * share, p_dr + block + cw * share, share * 4)
+            else:
+                if cw == 0:
+                    bulk_reduce_add_f32(p_acc, p_dq + block, d * bm * 4)
+                else:
+                    bulk_reduce_add_f32(p_acc + d * bm, p_dr + block, d * bm * 4)
             cute.arch.cp_async_bulk_commit_group()
         cute.arch.sync_warp()
         if cutlass.const_expr(self.v.deterministic):
@@ -507,7 +520,7 @@ class ParallaxAttentionBackward:
         (ds_smem.inner, on byte addresses: 2^B 16-byte chunks XORed by the row) is rebuilt on 32-bit
         element offsets, S<B, 2, 3>: recast_tensor and recast_ptr drop a swizzle the pointer carries, and
         a layout swizzle counts elements, not bytes."""
-        width = min(self.bm * 2, 128)  # bytes per swizzled row: the BM queries of one key
+        width = min(2 * self.bm * 2, 128)  # bytes per swizzled row: the 2 BM (ds, dt) columns of one key
         bits = {32: 1, 64: 2, 128: 3}[width]
         if str(ds_smem.inner) != f"S<{bits},4,3>":
             raise RuntimeError(f"ds^T buffer swizzle {ds_smem.inner}, expected S<{bits},4,3> on bytes")

@@ -32,10 +32,10 @@ ARCH = rt.ARCH
 # structs), then per operand Q, R, K, V^T its CUtensorMap and its TMA tensor's two dynamic sizes (N and
 # B H or B Hkv, int32), then the o, a, lse, tbar pointers, N, H, the GQA group and scale * log2(e)
 ATTENTION_PARAMS = ["b8[1]", "b8[1]"] + ["b8[128]", "b8[8]"] * 4 + ["u64"] * 4 + ["u32"] * 3 + ["f32"]
-# the backward's (cute_backward.py ParallaxAttentionBackward.kernel): three tiled MMAs, Q, R, dO, K, V
+# the backward's (cute_backward.py ParallaxAttentionBackward.kernel): four tiled MMAs, Q, R, dO, K, V
 # (descriptor and sizes each), the stats, dQ and dR accumulator, semaphore, dK and dV pointers, N, N_pad,
 # H, the group, scale * log2(e) and scale
-BACKWARD_PARAMS = ["b8[1]"] * 3 + ["b8[128]", "b8[8]"] * 5 + ["u64"] * 6 + ["u32"] * 4 + ["f32"] * 2
+BACKWARD_PARAMS = ["b8[1]"] * 4 + ["b8[128]", "b8[8]"] * 5 + ["u64"] * 6 + ["u32"] * 4 + ["f32"] * 2
 _HERE = Path(__file__).resolve().parent
 MAX_GRID_Y = 65535
 
@@ -152,7 +152,8 @@ def _launch_backward(grad_o, q, k, v, r, o, a, lse, tbar, causal: bool, scale: f
     m_tiles = n_pad // variant.bm
     dq_acc = torch.zeros(b * h, m_tiles, d * variant.bm, dtype=torch.float32, device=q.device)
     dr_acc = torch.zeros_like(dq_acc)
-    # deterministic: per (batch head, query tile) the number of key tiles whose dQ (0) and dR (1) are added
+    # deterministic: per (batch head, query tile) the number of key tiles whose share 0 and share 1 (the two
+    # warpgroups' parts of dQ and dR, cute_backward._flush) are added
     turns = torch.zeros(b * h, m_tiles, 2, dtype=torch.int32, device=q.device) if variant.deterministic else None
     dk = torch.empty(k.shape, dtype=k.dtype, device=k.device)
     dv = torch.empty_like(dk)
@@ -161,7 +162,7 @@ def _launch_backward(grad_o, q, k, v, r, o, a, lse, tbar, causal: bool, scale: f
     descriptors = [part for t, box, sizes in ((q, box_q, sizes_q), (r, box_q, sizes_q), (grad_o, box_q, sizes_q),
                                               (k, box_kv, sizes_kv), (v, box_kv, sizes_kv))
                    for part in (_tma_descriptor(t, box), sizes)]
-    args = [b"\0"] * 3 + descriptors + [
+    args = [b"\0"] * 4 + descriptors + [
         stats.data_ptr(), dq_acc.data_ptr(), dr_acc.data_ptr(), turns.data_ptr() if turns is not None else 0,
         dk.data_ptr(), dv.data_ptr(), n, n_pad, h, h // hkv, scale * math.log2(math.e), scale]
     grid = (-(-n // BWD_BLOCK_N), b * hkv, 1)
