@@ -267,6 +267,20 @@ def test_no_spills_and_wgmma_tma_in_sass(compiled, d, causal, ordered):
     assert not re.search(r"\b(LDL|STL)\b", sass)
 
 
+@needs_dsl
+@pytest.mark.parametrize("d, causal, ordered", COMPILED, ids=COMPILED_IDS)
+def test_ptxas_keeps_the_wgmmas_asynchronous(compiled, d, causal, ordered, tmp_path):
+    """ptxas serialises every wgmma of a kernel (waits after each, C7514) when it cannot match a read of an
+    accumulator to the wait for its chain; the staging of the in-flight [dQ^T | dR^T] chain is such a read."""
+    triton = pytest.importorskip("triton")
+    ptxas = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "ptxas"
+    if not ptxas.exists():
+        pytest.skip("no ptxas in Triton's package")
+    report = subprocess.run([ptxas, "-arch=sm_90a", "-v", "-o", str(tmp_path / "k.cubin"), str(compiled / f"d{d}.ptx")],
+                            capture_output=True, text=True, check=True)
+    assert "instructions are serialized" not in report.stdout + report.stderr
+
+
 # ---- artefacts ----------------------------------------------------------------------------------
 
 @needs_dsl
