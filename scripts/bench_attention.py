@@ -63,6 +63,16 @@ def load_reference_kernel(path: str):
     return module
 
 
+def check_requested(requested: list[str] | None, available) -> None:
+    """A peer named in --peers that cannot be timed on this host is an error, not a shorter table."""
+    missing = [name for name in requested or [] if name not in available]
+    if missing:
+        raise SystemExit(f"--peers {' '.join(missing)}: not available here (here: {' '.join(available)}); "
+                         "fla-parallax needs fla-core, parallax-cute a Hopper GPU and the CuTe artefacts "
+                         "(the reason is printed above), parallax-torch --torch-backend-max-tokens of at least B N, "
+                         "parallax-triton-reference --reference-kernel")
+
+
 def make_peers(b, h, hkv, n, d, dtype, with_torch_backend: bool, reference=None):
     """name -> (kind, fwd closure, inputs requiring grad)."""
     gen = torch.Generator(device="cuda").manual_seed(0)
@@ -103,7 +113,7 @@ def make_peers(b, h, hkv, n, d, dtype, with_torch_backend: bool, reference=None)
         bthd = [x.transpose(1, 2).contiguous().requires_grad_() for x in (q, r, k, v)]
         peers["fla-parallax"] = ("parallax", lambda x=bthd: parallel_parallax(*x), bthd)
     except ImportError:
-        pass
+        print("fla-parallax not timed: fla-core is not installed")
     for name, backend in (("sdpa-flash", SDPBackend.FLASH_ATTENTION), ("sdpa-cudnn", SDPBackend.CUDNN_ATTENTION)):
         s = [x.clone().requires_grad_() for x in (q, k, v)]
 
@@ -170,6 +180,7 @@ def main() -> None:
         b, h, n, d = map(int, spec.split(","))
         hkv = h // args.kv_ratio
         peers, (q, k, v, r) = make_peers(b, h, hkv, n, d, dtype, b * n <= args.torch_backend_max_tokens, reference)
+        check_requested(args.peers, peers)
         # correctness in the same run: the fused kernel against fla's kernel (and the eager backend)
         ours = parallax_attention(q, k, v, r, backend="triton").float()
         checks = {}

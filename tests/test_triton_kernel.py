@@ -319,3 +319,14 @@ def test_the_kernels_compile_for_hopper_without_a_gpu():
     interpreted = subprocess.run([sys.executable, str(script)], env={**env, "TRITON_INTERPRET": "1"},
                                  capture_output=True, text=True, timeout=120)
     assert interpreted.returncode != 0 and "unset TRITON_INTERPRET" in interpreted.stderr
+
+
+def test_bench_refuses_a_requested_peer_it_cannot_time():
+    """scripts/bench_attention.py --peers: a named peer this host cannot time stops the run with its name."""
+    import scripts.bench_attention as bench
+
+    available = {"parallax-triton": None, "sdpa-cudnn": None}
+    bench.check_requested(None, available)  # no --peers: whatever is available
+    bench.check_requested(["parallax-triton"], available)
+    with pytest.raises(SystemExit, match=r"--peers fla-parallax: not available here \(here: parallax-triton sdpa-cudnn\)"):
+        bench.check_requested(["parallax-triton", "fla-parallax"], available)

@@ -33,7 +33,7 @@ if [ "${TESTS:-1}" = 1 ]; then
 fi
 if [ "${BENCH:-1}" = 1 ]; then
   shapes=${SHAPES:-"8,16,2048,128 4,16,4096,128 2,16,8192,128 1,16,16384,128 4,16,4096,64"}
-  peers=${PEERS:-"parallax-cute parallax-cute-deterministic parallax-triton sdpa-flash sdpa-cudnn"}
+  peers=${PEERS:-"parallax-cute parallax-cute-deterministic parallax-triton fla-parallax sdpa-flash sdpa-cudnn"}
   timeout ${BENCH_TIMEOUT:-420} python3 scripts/bench_attention.py --shapes $shapes --peers $peers \
     --torch-backend-max-tokens 0 ${CUTE_VARIANTS:+--cute-variants $CUTE_VARIANTS} \
     --json "$out/bench_attention.json" > "$out/bench_attention.log" 2>&1
