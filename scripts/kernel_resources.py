@@ -4,7 +4,7 @@ uses per thread: registers, stack frame (spills land there), as cuobjdump report
     python scripts/kernel_resources.py [--head-dim 128] [--tiles 128x64:8:3 64x64:4:2] [--arch 90]
         [--reference-kernel FILE]      # the same counts for another version of kernels/parallax_kernels/parallax/triton_fused.py
         [--all-masks]                  # also non-causal and with document masks (default: causal only)
-    python scripts/kernel_resources.py --cute [--head-dim 128 64]   # the CuTe DSL attention forward (sm_90a)
+    python scripts/kernel_resources.py --cute [--head-dim 128 64]   # the CuTe DSL attention forward and backward (sm_90a)
 
 Static counts, not timings: a larger stack frame at 255 registers means spills, which usually cost time, but
 only a GPU run (scripts/bench_attention.py) says how much. It also finds what Triton's CPU interpreter
@@ -76,36 +76,58 @@ def kernels_of(module) -> dict:
     return found
 
 
-def cute_resources(head_dims: list[int]) -> None:
-    """Registers, stack and shared memory of the CuTe DSL attention forward (backend "cute"), compiled here
-    for sm_90a (needs nvidia-cutlass-dsl, no GPU). The register count is the kernel's at launch: the
-    warpgroups then move to 24 (producer) and 240 (consumers) with setmaxnreg."""
-    os.environ.setdefault("CUTE_DSL_ARCH", "sm_90a")
-    from parallax_kernels.parallax.cute_kernel import compile_variant
-    from parallax_kernels.parallax.cute_variant import AttentionVariant
+def ptxas_notes(report: str) -> str:
+    """What ptxas -v says about a kernel's wgmmas: "serialised" when it makes every wgmma wait for the previous one
+    (C7514: an accumulator read it cannot match to a wait), else the waits and fences it adds of its own (C7517,
+    C7519: cheap where they sit outside the main loop, which this count does not tell)."""
+    if "C7514" in report or "instructions are serialized" in report:
+        return "wgmmas serialised (C7514)"
+    waits, fences = report.count("(C7517)"), report.count("(C7519)")
+    return f"{waits} waits, {fences} fences added"
 
-    cuobjdump = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
-    print("sm_90a, bf16; per thread: registers at launch / stack bytes; shared bytes")
-    print("| variant | registers / stack; shared |")
-    print("|---|---:|")
+
+def cute_resources(head_dims: list[int]) -> None:
+    """Registers, stack, shared memory and ptxas's wgmma notes of the CuTe DSL attention forward and backward
+    (backends "cute", "cute_deterministic"), compiled here for sm_90a (needs nvidia-cutlass-dsl, no GPU). The
+    register count is the kernel's at launch: the warpgroups then move to 24 (producer) and 240 (consumers) with
+    setmaxnreg; spills show as stack bytes."""
+    os.environ.setdefault("CUTE_DSL_ARCH", "sm_90a")
+    from parallax_kernels.parallax import cute_backward, cute_kernel
+    from parallax_kernels.parallax.cute_variant import AttentionVariant, BackwardVariant
+
+    tools = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin")
+    print("sm_90a, bf16; per thread: registers at launch / stack bytes; shared bytes; what ptxas says of the wgmmas")
+    print("| variant | registers / stack; shared | wgmmas |")
+    print("|---|---:|---|")
     for d in head_dims:
         for causal in (True, False):
-            variant = AttentionVariant("bfloat16", d, causal)
-            cubin = compile_variant(variant)[0]
-            with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
-                f.write(cubin)
-                f.flush()
-                report = subprocess.run([cuobjdump, "--dump-resource-usage", f.name], capture_output=True,
-                                        text=True, check=True).stdout
-            line = next(x for x in report.splitlines() if "REG:" in x)
-            fields = dict(item.split(":", 1) for item in line.split() if ":" in item)
-            print(f"| {variant.name} | {fields['REG']} / {fields['STACK']}; {variant.smem_bytes} |")
+            variants = [(cute_kernel, AttentionVariant("bfloat16", d, causal))]
+            variants += [(cute_backward, BackwardVariant("bfloat16", d, causal, deterministic=ordered))
+                         for ordered in (False, True)]
+            for module, variant in variants:
+                cubin, ptx, _ = module.compile_variant(variant)
+                with tempfile.TemporaryDirectory() as tmp:
+                    cubin_path, ptx_path = os.path.join(tmp, "k.cubin"), os.path.join(tmp, "k.ptx")
+                    with open(cubin_path, "wb") as f:
+                        f.write(cubin)
+                    with open(ptx_path, "w") as f:
+                        f.write(ptx)
+                    usage = subprocess.run([os.path.join(tools, "cuobjdump"), "--dump-resource-usage", cubin_path],
+                                           capture_output=True, text=True, check=True).stdout
+                    ptxas = subprocess.run([os.path.join(tools, "ptxas"), "-arch=sm_90a", "-v", "-o",
+                                            os.path.join(tmp, "again.cubin"), ptx_path],
+                                           capture_output=True, text=True, check=True)
+                line = next(x for x in usage.splitlines() if "REG:" in x)
+                fields = dict(item.split(":", 1) for item in line.split() if ":" in item)
+                print(f"| {variant.name} | {fields['REG']} / {fields['STACK']}; {variant.smem_bytes} | "
+                      f"{ptxas_notes(ptxas.stdout + ptxas.stderr)} |")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--head-dim", type=int, nargs="+", default=[128])
-    ap.add_argument("--cute", action="store_true", help="the CuTe DSL attention forward instead of the Triton kernels")
+    ap.add_argument("--cute", action="store_true",
+                    help="the CuTe DSL attention forward and backward instead of the Triton kernels")
     ap.add_argument("--tiles", nargs="+", default=["128x64:8:3", "64x64:4:2", "128x32:8:2", "32x128:8:2"],
                     help="BLOCK_MxBLOCK_N:warps:stages")
     ap.add_argument("--arch", type=int, default=90, help="compute capability, e.g. 90 for Hopper")

@@ -436,3 +436,18 @@ def test_backends_are_registered_refuse_documents_and_off_hopper_are_errors_not_
         parallax_attention(q, q, q, q, backend=backend)
     with pytest.raises(ValueError, match="does not mask packed documents"):
         parallax_attention(q, q, q, q, backend=backend, document_ids=torch.zeros(1, 8, dtype=torch.long))
+
+
+def test_kernel_resources_reads_ptxas_wgmma_notes():
+    """scripts/kernel_resources.py --cute: ptxas's report of serialised wgmmas (C7514) is named as such; otherwise
+    the waits (C7517) and fences (C7519) ptxas added are counted."""
+    from scripts.kernel_resources import ptxas_notes
+
+    serialised = ("ptxas info    : (C7514) Potential Performance Loss: wgmma.mma_async instructions are serialized "
+                  "due to non wgmma instructions reading accumulator registers of a wgmma between start and end")
+    added = ("ptxas info    : (C7517) warpgroup.wait is injected in around line 440 by compiler\n"
+             "ptxas info    : (C7519) warpgroup.arrive is injected in around line 1540 by compiler\n"
+             "ptxas info    : (C7519) warpgroup.arrive is injected in around line 1728 by compiler\n")
+    assert ptxas_notes(serialised + "\n" + added) == "wgmmas serialised (C7514)"
+    assert ptxas_notes(added) == "1 waits, 2 fences added"
+    assert ptxas_notes("ptxas info    : Used 168 registers") == "0 waits, 0 fences added"
