@@ -6,7 +6,8 @@ docs/design.md; the same arithmetic as the Triton backward, triton_fused.py):
     alpha = w (1 - tc)                 dV += alpha^T dO
     dt = w (E - dalpha)                dK += ds^T Q + dt^T R,   dR += dt K
     ds = scale w (dalpha (1 - tc) + E tc - Drow)                dQ += ds K
-Eight matmuls per (query tile, key tile): S, T, dalpha recomputed, dV, two for dK, dQ, dR.
+Eight matmuls' work per (query tile, key tile): S, T, dalpha recomputed, dV, two for dK, dQ, dR (S and T in one
+chain, both dK products in one, dQ and dR in one).
 
 Layout of one CTA (384 threads): one key tile of BN = 128 keys of one (batch, KV head); it walks every
 query tile of every query head of that KV head's GQA group, so dK and dV are complete in registers at the
@@ -28,7 +29,7 @@ end (no atomics, deterministic) and are stored once.
   head, query tile, warpgroup share) orders them by key tile (a CTA waits for its turn and adds; when it
   stages its next tile, the add has long completed, and it passes that turn on), so dQ and dR are bitwise
   reproducible run to run.
-Registers: dK, dV (64 x D fp32 each) stay live through the loop, so the score tiles are 64 x BM with BM
+Registers: dK, dV (64 x D fp32 each) stay live through the loop, so the score tiles are 64 x 2 BM ([S^T | T^T]) and 64 x BM with BM
 = 32 at D = 128 (64 at D = 64); [dQ^T | dR^T] (D x 2 BM) is split between the warpgroups.
 The dQ, dR buffers hold one contiguous D x BM fp32 block per (batch head, query tile), in the order of
 the staging tile in shared memory (cute_variant.grad_tile_layout: bank-conflict free, its 64-row halves

@@ -132,8 +132,9 @@ class BackwardVariant:
     @property
     def smem_bytes(self) -> int:
         """The kernel's shared storage (its struct, checked when compiled): the mbarriers and the statistics
-        (4 x BM fp32 a stage) in the first whole KBs, then K, V (BN x D), `stages` x (Q, R, dO (BM x D), ds^T,
-        dt^T (BM x BN)) 16-bit, and the two D x BM fp32 staging tiles of dQ^T and dR^T."""
+        (4 x BM fp32 a stage) in the first whole KBs, then K, V (BN x D), `stages` x (Q and R stacked (2 BM x D),
+        dO (BM x D), ds^T and dt^T stacked (2 BM x BN)) 16-bit, and the D x BM fp32 staging tiles of dQ^T and
+        dR^T."""
         d, bm, s = self.head_dim, self.bm, self.stages
         head = -(-(128 + 16 * bm * s) // 1024) * 1024
         return head + 2 * (2 * BWD_BLOCK_N * d + s * (3 * bm * d + 2 * bm * BWD_BLOCK_N)) + 8 * d * bm
