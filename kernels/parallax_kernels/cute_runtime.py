@@ -234,6 +234,13 @@ def compile_cubin(kernel, args: list, name: str, smem_bytes: int | None = None) 
     return cubin, ptx, symbol
 
 
+def dsl_dtype(name: str):
+    """The DSL type of a variant's 16-bit dtype name ("bfloat16" or "float16", the names the variants check)."""
+    import cutlass
+
+    return cutlass.BFloat16 if name == "bfloat16" else cutlass.Float16
+
+
 def gmem_pointer(dtype, align: int):
     """A placeholder global-memory pointer for compile_cubin's arguments."""
     import cutlass.cute as cute

@@ -98,7 +98,7 @@ class ParallaxAttentionBackward:
     def __init__(self, variant: BackwardVariant):
         variant.check()
         self.v = variant
-        self.dtype = cutlass.BFloat16 if variant.dtype == "bfloat16" else cutlass.Float16
+        self.dtype = rt.dsl_dtype(variant.dtype)
         self.d = variant.head_dim
         self.bm = variant.bm
         self.bn = BWD_BLOCK_N

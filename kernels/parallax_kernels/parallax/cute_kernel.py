@@ -62,7 +62,7 @@ class ParallaxAttentionForward:
     def __init__(self, variant: AttentionVariant):
         variant.check()
         self.v = variant
-        self.dtype = cutlass.BFloat16 if variant.dtype == "bfloat16" else cutlass.Float16
+        self.dtype = rt.dsl_dtype(variant.dtype)
         self.d = variant.head_dim
         self.bn = variant.bn
         self.stages = variant.stages

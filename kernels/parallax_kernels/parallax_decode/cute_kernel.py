@@ -53,7 +53,7 @@ class ParallaxDecodeKernel:
     def __init__(self, variant: DecodeVariant):
         variant.check()
         self.v = variant
-        self.dtype = cutlass.BFloat16 if variant.dtype == "bfloat16" else cutlass.Float16
+        self.dtype = rt.dsl_dtype(variant.dtype)
         self.d = variant.head_dim
         self.g = variant.group
         self.bn = variant.block_n
