@@ -239,11 +239,12 @@ def test_tma_boxes_the_launcher_encodes_are_the_kernels(compiled, d, causal, ord
     assert boxes == {tuple(box) for box in variant.tma_boxes()}
 
 
-def cuobjdump() -> Path:
+def triton_tool(name: str) -> Path:
+    """A CUDA binary tool (cuobjdump, ptxas) from Triton's package; the test is skipped without it."""
     triton = pytest.importorskip("triton")
-    tool = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
+    tool = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / name
     if not tool.exists():
-        pytest.skip("no cuobjdump in Triton's package")
+        pytest.skip(f"no {name} in Triton's package")
     return tool
 
 
@@ -252,7 +253,7 @@ def cuobjdump() -> Path:
 def test_no_spills_and_wgmma_tma_in_sass(compiled, d, causal, ordered):
     """ptxas keeps the designed wgmmas (HGMMA 64 x N x 16 as many as in the PTX; it may add others of its own),
     the TMA loads, the bulk copy and the bulk reduce-add, with no stack or local memory."""
-    tool = cuobjdump()
+    tool = triton_tool("cuobjdump")
     variant = compiled_variant(d, causal, ordered)
     cubin = str(compiled / f"d{d}.cubin")
     usage = subprocess.run([tool, "--dump-resource-usage", cubin], capture_output=True, text=True, check=True).stdout
@@ -272,11 +273,7 @@ def test_no_spills_and_wgmma_tma_in_sass(compiled, d, causal, ordered):
 def test_ptxas_keeps_the_wgmmas_asynchronous(compiled, d, causal, ordered, tmp_path):
     """ptxas serialises every wgmma of a kernel (waits after each, C7514) when it cannot match a read of an
     accumulator to the wait for its chain; the staging of the in-flight [dQ^T | dR^T] chain is such a read."""
-    triton = pytest.importorskip("triton")
-    ptxas = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "ptxas"
-    if not ptxas.exists():
-        pytest.skip("no ptxas in Triton's package")
-    report = subprocess.run([ptxas, "-arch=sm_90a", "-v", "-o", str(tmp_path / "k.cubin"), str(compiled / f"d{d}.ptx")],
+    report = subprocess.run([triton_tool("ptxas"), "-arch=sm_90a", "-v", "-o", str(tmp_path / "k.cubin"), str(compiled / f"d{d}.ptx")],
                             capture_output=True, text=True, check=True)
     assert "instructions are serialized" not in report.stdout + report.stderr
 
