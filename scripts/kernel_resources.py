@@ -54,15 +54,24 @@ def resource_usage(fn, constexprs: dict, num_warps: int, num_stages: int, arch: 
     pointers = {**POINTER_DTYPES, **(pointers or {})}
     kernel = triton.compile(ASTSource(fn, signature(fn, constexprs, pointers), constexprs=constexprs),
                             target=GPUTarget("cuda", arch, 32), options=dict(num_warps=num_warps, num_stages=num_stages))
-    cuobjdump = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+    fields = cubin_usage(kernel.asm["cubin"])
+    return {"registers": int(fields["REG"]), "stack": int(fields["STACK"]), "shared": kernel.metadata.shared}
+
+
+def tool(name: str) -> str:
+    """A CUDA binary tool (cuobjdump, ptxas) from Triton's package."""
+    return os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", name)
+
+
+def cubin_usage(cubin: bytes) -> dict[str, str]:
+    """cuobjdump's per-kernel resource line (REG, STACK, SHARED, LOCAL, ...) of a cubin as a dict."""
     with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
-        f.write(kernel.asm["cubin"])
+        f.write(cubin)
         f.flush()
-        report = subprocess.run([cuobjdump, "--dump-resource-usage", f.name], capture_output=True, text=True,
+        report = subprocess.run([tool("cuobjdump"), "--dump-resource-usage", f.name], capture_output=True, text=True,
                                 check=True).stdout
     line = next(x for x in report.splitlines() if "REG:" in x)
-    fields = dict(item.split(":", 1) for item in line.split() if ":" in item)
-    return {"registers": int(fields["REG"]), "stack": int(fields["STACK"]), "shared": kernel.metadata.shared}
+    return dict(item.split(":", 1) for item in line.split() if ":" in item)
 
 
 def kernels_of(module) -> dict:
@@ -95,7 +104,6 @@ def cute_resources(head_dims: list[int]) -> None:
     from parallax_kernels.parallax import cute_backward, cute_kernel
     from parallax_kernels.parallax.cute_variant import AttentionVariant, BackwardVariant
 
-    tools = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin")
     print("sm_90a, bf16; per thread: registers at launch / stack bytes; shared bytes; what ptxas says of the wgmmas")
     print("| variant | registers / stack; shared | wgmmas |")
     print("|---|---:|---|")
@@ -106,19 +114,13 @@ def cute_resources(head_dims: list[int]) -> None:
                          for ordered in (False, True)]
             for module, variant in variants:
                 cubin, ptx, _ = module.compile_variant(variant)
+                fields = cubin_usage(cubin)
                 with tempfile.TemporaryDirectory() as tmp:
-                    cubin_path, ptx_path = os.path.join(tmp, "k.cubin"), os.path.join(tmp, "k.ptx")
-                    with open(cubin_path, "wb") as f:
-                        f.write(cubin)
+                    ptx_path = os.path.join(tmp, "k.ptx")
                     with open(ptx_path, "w") as f:
                         f.write(ptx)
-                    usage = subprocess.run([os.path.join(tools, "cuobjdump"), "--dump-resource-usage", cubin_path],
-                                           capture_output=True, text=True, check=True).stdout
-                    ptxas = subprocess.run([os.path.join(tools, "ptxas"), "-arch=sm_90a", "-v", "-o",
-                                            os.path.join(tmp, "again.cubin"), ptx_path],
-                                           capture_output=True, text=True, check=True)
-                line = next(x for x in usage.splitlines() if "REG:" in x)
-                fields = dict(item.split(":", 1) for item in line.split() if ":" in item)
+                    ptxas = subprocess.run([tool("ptxas"), "-arch=sm_90a", "-v", "-o", os.path.join(tmp, "k.cubin"),
+                                            ptx_path], capture_output=True, text=True, check=True)
                 print(f"| {variant.name} | {fields['REG']} / {fields['STACK']}; {variant.smem_bytes} | "
                       f"{ptxas_notes(ptxas.stdout + ptxas.stderr)} |")
 
