@@ -5,6 +5,7 @@
         [--peers parallax-cute parallax-triton sdpa-cudnn ...]   # time only these (default: every peer available)
         [--cute-variants s2 s3 s3np s3er s3n64 ...]   # also time these CuTe forward variants (K/V stages; np:
                                      # no warpgroup turns; er: every row rescaled every tile; n64: 64-key tiles)
+        [--documents MEAN]             # pack each row with documents of random lengths, MEAN tokens on average
 
 Peers, each in its native layout, causal, bf16, GQA with Hkv = H / kv-ratio:
   parallax-triton  this repo's fused kernel (backend="triton")
@@ -18,9 +19,12 @@ Peers, each in its native layout, causal, bf16, GQA with Hkv = H / kv-ratio:
   fla-parallax     flash-linear-attention's parallel_parallax (fla-core), if installed
   sdpa-flash       softmax attention, torch SDPA with the FLASH_ATTENTION backend
   sdpa-cudnn       softmax attention, torch SDPA with the CUDNN_ATTENTION backend
+  flex-softmax     with --documents only (SDPA and fla's kernel take no document mask here): softmax attention,
+                   torch's FlexAttention (compiled) with the causal document block mask
 
 FLOPs (causal, half the N x N): softmax forward F = 2 B H N^2 D, backward 2.5 F (FlashAttention's
 convention, recomputation included). Parallax forward 2 F (4 matmuls), backward 8/5 of softmax's = 4 F.
+With --documents, N^2 is the sum of the documents' L^2: the pairs a document mask leaves visible.
 Times are medians of triton.testing.do_bench; memory is the peak allocated during one fwd+bwd.
 """
 
@@ -42,9 +46,24 @@ from parallax_titan.ops import parallax_attention
 DEFAULT_SHAPES = ["8,16,2048,128", "4,16,4096,128", "2,16,8192,128", "4,16,4096,64"]
 
 
-def flops(b, h, n, d, kind: str) -> tuple[float, float]:
-    f = 2.0 * b * h * n * n * d
+def flops(b, h, n, d, kind: str, document_ids: torch.Tensor | None = None) -> tuple[float, float]:
+    squares = b * n * n  # per batch row, N^2 (half of it visible under the causal mask)
+    if document_ids is not None:
+        squares = int(sum((torch.unique_consecutive(row, return_counts=True)[1].double() ** 2).sum()
+                          for row in document_ids.cpu()))
+    f = 2.0 * h * squares * d
     return (2 * f, 6 * f) if kind == "parallax" else (f, 3.5 * f)
+
+
+def packed_documents(b: int, n: int, mean: int, device) -> torch.Tensor:
+    """document_ids (B, N): each row cut into documents at random places (seeded), mean length about `mean`."""
+    g = torch.Generator().manual_seed(0)
+    rows = []
+    for _ in range(b):
+        starts = torch.zeros(n, dtype=torch.long)
+        starts[torch.randperm(n - 1, generator=g)[: max(0, n // mean - 1)] + 1] = 1
+        rows.append(starts.cumsum(0))
+    return torch.stack(rows).to(device)
 
 
 def load_reference_kernel(path: str):
@@ -73,8 +92,8 @@ def check_requested(requested: list[str] | None, available) -> None:
                          "parallax-triton-reference --reference-kernel")
 
 
-def make_peers(b, h, hkv, n, d, dtype, with_torch_backend: bool, reference=None):
-    """name -> (kind, fwd closure, inputs requiring grad)."""
+def make_peers(b, h, hkv, n, d, dtype, with_torch_backend: bool, reference=None, docs=None):
+    """name -> (kind, fwd closure, inputs requiring grad); `docs`: document_ids for every peer that takes them."""
     gen = torch.Generator(device="cuda").manual_seed(0)
 
     def rand(*shape):
@@ -87,26 +106,31 @@ def make_peers(b, h, hkv, n, d, dtype, with_torch_backend: bool, reference=None)
 
     if unavailable_reason(q) is None:
         cute = [x.clone().requires_grad_() for x in (q, k, v, r)]
-        peers["parallax-cute"] = ("parallax", lambda x=cute: parallax_attention_cute(*x, causal=True, scale=d**-0.5),
-                                  cute)
+        peers["parallax-cute"] = ("parallax", lambda x=cute: parallax_attention_cute(
+            *x, causal=True, scale=d**-0.5, document_ids=docs), cute)
         ordered = [x.clone().requires_grad_() for x in (q, k, v, r)]
-        peers["parallax-cute-deterministic"] = (
-            "parallax", lambda x=ordered: parallax_attention_cute(*x, causal=True, scale=d**-0.5, deterministic=True),
-            ordered)
+        peers["parallax-cute-deterministic"] = ("parallax", lambda x=ordered: parallax_attention_cute(
+            *x, causal=True, scale=d**-0.5, deterministic=True, document_ids=docs), ordered)
     else:
         print(f"parallax-cute not timed: {unavailable_reason(q)}")
     bhnd = [x.clone().requires_grad_() for x in (q, k, v, r)]
-    peers["parallax-triton"] = ("parallax", lambda x=bhnd: parallax_attention(*x, backend="triton"), bhnd)
+    peers["parallax-triton"] = ("parallax", lambda x=bhnd: parallax_attention(*x, backend="triton", document_ids=docs),
+                                bhnd)
     atomic = [x.clone().requires_grad_() for x in (q, k, v, r)]
-    peers["parallax-triton-atomic"] = ("parallax", lambda x=atomic: parallax_attention(*x, backend="triton_atomic"),
-                                       atomic)
+    peers["parallax-triton-atomic"] = ("parallax", lambda x=atomic: parallax_attention(
+        *x, backend="triton_atomic", document_ids=docs), atomic)
     if reference is not None:
         ref = [x.clone().requires_grad_() for x in (q, k, v, r)]
-        peers["parallax-triton-reference"] = (
-            "parallax", lambda x=ref: reference.parallax_attention_triton(*x, causal=True, scale=d**-0.5), ref)
+        peers["parallax-triton-reference"] = ("parallax", lambda x=ref: reference.parallax_attention_triton(
+            *x, causal=True, scale=d**-0.5, document_ids=docs), ref)
     if with_torch_backend:
         bhnd2 = [x.clone().requires_grad_() for x in (q, k, v, r)]
-        peers["parallax-torch"] = ("parallax", lambda x=bhnd2: parallax_attention(*x, backend="torch"), bhnd2)
+        peers["parallax-torch"] = ("parallax", lambda x=bhnd2: parallax_attention(
+            *x, backend="torch", document_ids=docs), bhnd2)
+    if docs is not None:
+        peers["flex-softmax"] = flex_peer(q, k, v, docs)
+        print("fla-parallax, sdpa-flash, sdpa-cudnn not timed: they take no document mask here")
+        return peers, (q, k, v, r)
     try:
         from fla.ops.parallax import parallel_parallax
 
@@ -123,6 +147,20 @@ def make_peers(b, h, hkv, n, d, dtype, with_torch_backend: bool, reference=None)
 
         peers[name] = ("softmax", run, s)
     return peers, (q, k, v, r)
+
+
+def flex_peer(q, k, v, docs):
+    """Softmax attention with the causal document mask through FlexAttention, compiled (block-sparse: whole
+    blocks outside every document are skipped)."""
+    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+
+    def visible(b, h, i, j):
+        return (j <= i) & (docs[b, i] == docs[b, j])
+
+    mask = create_block_mask(visible, docs.shape[0], None, docs.shape[1], docs.shape[1], device=q.device)
+    attend = torch.compile(flex_attention)
+    s = [x.clone().requires_grad_() for x in (q, k, v)]
+    return ("softmax", lambda x=s: attend(*x, block_mask=mask, enable_gqa=k.shape[1] != q.shape[1]), s)
 
 
 def time_peer(fn, inputs):
@@ -145,13 +183,13 @@ def time_peer(fn, inputs):
     return fwd, both, peak
 
 
-def atomic_vs_split_grads(q, k, v, r) -> float:
+def atomic_vs_split_grads(q, k, v, r, docs=None) -> float:
     """Largest relative difference over dq, dk, dv, dr between the two backward variants (same inputs and
     output gradient): checks, in the timed run, that the atomic backward computes the same gradients."""
     grads = {}
     for backend in ("triton", "triton_atomic"):
         leaves = [x.clone().requires_grad_() for x in (q, k, v, r)]
-        out = parallax_attention(*leaves, backend=backend)
+        out = parallax_attention(*leaves, backend=backend, document_ids=docs)
         grad = torch.randn(out.shape, device=out.device, dtype=out.dtype,
                            generator=torch.Generator(device=out.device).manual_seed(1))
         grads[backend] = torch.autograd.grad(out, leaves, grad)
@@ -171,18 +209,25 @@ def main() -> None:
                     help="forward-only timings of CuTe kernel variants: s<stages>[np][er][n<block_n>] (np: no "
                          "warpgroup turns; er: eager rescale of every row; n: keys per tile)")
     ap.add_argument("--reference-kernel", default=None, help="another kernels/parallax_kernels/parallax/triton_fused.py to time beside this one")
+    ap.add_argument("--documents", type=int, default=0, metavar="MEAN",
+                    help="pack each batch row with documents of random lengths, about MEAN tokens on average "
+                         "(0: one sequence a row)")
     args = ap.parse_args()
     reference = load_reference_kernel(args.reference_kernel) if args.reference_kernel else None
     dtype = torch.bfloat16
-    print(f"device: {torch.cuda.get_device_name()}, torch {torch.__version__}, bf16, causal, Hkv = H/{args.kv_ratio}")
+    packing = f", packed documents of about {args.documents} tokens" if args.documents else ""
+    print(f"device: {torch.cuda.get_device_name()}, torch {torch.__version__}, bf16, causal, Hkv = H/{args.kv_ratio}"
+          f"{packing}")
     rows = []
     for spec in args.shapes:
         b, h, n, d = map(int, spec.split(","))
         hkv = h // args.kv_ratio
-        peers, (q, k, v, r) = make_peers(b, h, hkv, n, d, dtype, b * n <= args.torch_backend_max_tokens, reference)
+        docs = packed_documents(b, n, args.documents, "cuda") if args.documents else None
+        peers, (q, k, v, r) = make_peers(b, h, hkv, n, d, dtype, b * n <= args.torch_backend_max_tokens, reference,
+                                         docs)
         check_requested(args.peers, peers)
         # correctness in the same run: the fused kernel against fla's kernel (and the eager backend)
-        ours = parallax_attention(q, k, v, r, backend="triton").float()
+        ours = parallax_attention(q, k, v, r, backend="triton", document_ids=docs).float()
         checks = {}
         if "fla-parallax" in peers:
             from fla.ops.parallax import parallel_parallax
@@ -192,19 +237,22 @@ def main() -> None:
         if "parallax-cute" in peers:
             from parallax_kernels.parallax.cute_launch import parallax_attention_cute
 
-            cute_out = parallax_attention_cute(q, k, v, r, causal=True, scale=d**-0.5).float()
+            cute_out = parallax_attention_cute(q, k, v, r, causal=True, scale=d**-0.5, document_ids=docs).float()
             checks["vs_triton_cute"] = float((cute_out - ours).norm() / ours.norm())
         if args.peers is None or "parallax-triton-atomic" in args.peers:
-            checks["vs_split_grads_atomic"] = atomic_vs_split_grads(q, k, v, r)
+            checks["vs_split_grads_atomic"] = atomic_vs_split_grads(q, k, v, r, docs)
         if reference is not None:
-            theirs = reference.parallax_attention_triton(q, k, v, r, causal=True, scale=d**-0.5).float()
+            theirs = reference.parallax_attention_triton(q, k, v, r, causal=True, scale=d**-0.5,
+                                                         document_ids=docs).float()
             checks["vs_reference_kernel"] = float((ours - theirs).norm() / theirs.norm())
         result = {"shape": [b, h, hkv, n, d], **checks, "peers": {}}
+        if docs is not None:
+            result["documents"] = int(sum(int(row.unique_consecutive().numel()) for row in docs))
         for name, (kind, fn, inputs) in peers.items():
             if args.peers is not None and name not in args.peers:
                 continue
             fwd, both, peak = time_peer(fn, inputs)
-            f_fwd, f_both = flops(b, h, n, d, kind)
+            f_fwd, f_both = flops(b, h, n, d, kind, docs)
             result["peers"][name] = dict(fwd_ms=fwd, fwd_bwd_ms=both, fwd_tflops=f_fwd / fwd / 1e9,
                                          fwd_bwd_tflops=f_both / both / 1e9, peak_mib=peak)
             del fn, inputs
@@ -245,7 +293,8 @@ def print_shape(result) -> None:
     b, h, hkv, n, d = result["shape"]
     peers = result["peers"]
     extra = "".join(f", {k} rel. err. {v:.1e}" for k, v in result.items() if k.startswith("vs_"))
-    print(f"\n(B,H,Hkv,N,D) = ({b},{h},{hkv},{n},{d}){extra}")
+    docs = f", {result['documents']} documents" if "documents" in result else ""
+    print(f"\n(B,H,Hkv,N,D) = ({b},{h},{hkv},{n},{d}){docs}{extra}")
     print("| peer | fwd ms | fwd TFLOP/s | fwd+bwd ms | fwd+bwd TFLOP/s | peak MiB |")
     print("|---|---:|---:|---:|---:|---:|")
     for name, p in peers.items():
@@ -258,7 +307,8 @@ def print_shape(result) -> None:
     for mine in ("parallax-cute", "parallax-cute-deterministic", "parallax-triton", "parallax-triton-atomic"):
         if mine not in peers:
             continue
-        for peer in ("parallax-triton", "parallax-triton-reference", "fla-parallax", "sdpa-flash", "sdpa-cudnn"):
+        for peer in ("parallax-triton", "parallax-triton-reference", "fla-parallax", "sdpa-flash", "sdpa-cudnn",
+                     "flex-softmax"):
             if peer in peers and peer != mine:
                 print(f"ratio {mine} / {peer}: fwd {peers[mine]['fwd_ms'] / peers[peer]['fwd_ms']:.2f}, "
                       f"fwd+bwd {peers[mine]['fwd_bwd_ms'] / peers[peer]['fwd_bwd_ms']:.2f}")

@@ -3,7 +3,8 @@
     python scripts/build_kernels.py --out build/kernels                 # every default decode variant (128, about 3 s each)
     python scripts/build_kernels.py --out build/kernels --dtype bfloat16 --head-dim 128 --group 2
     python scripts/build_kernels.py --attention --out build/kernels     # the attention forward and backward: dtype x
-                                                                        # head_dim x causal/full (8 + 16, 2-3 s each)
+                                                                        # head_dim x causal/full x packed documents
+                                                                        # or not (16 + 32, 2-3 s each)
 
 Runs on any machine with the package, GPU or not (it targets sm_90a). Copy the folder to the GPU host
 and point PARALLAX_KERNEL_DIR at it (default there: ~/.cache/parallax_titan/kernels); the decode op
@@ -39,10 +40,13 @@ def main(argv: list[str] | None = None) -> None:
                         "picks, kernels/parallax_kernels/parallax_decode/cute_launch.py default_cluster_merge)")
     p.add_argument("--attention", action="store_true",
                    help="build the attention forward and backward (backends 'cute' and 'cute_deterministic' of parallax_attention) instead of the decode "
-                        "kernel: every --dtype x --head-dim x --causal variant (--group, --block-n, --cluster and "
+                        "kernel: every --dtype x --head-dim x --causal x --documents variant (--group, --block-n, --cluster and "
                         "--persistent are the decode kernel's)")
     p.add_argument("--causal", type=int, nargs="+", default=[1, 0], choices=[0, 1],
                    help="attention masks to build: 1 causal, 0 full (with --attention)")
+    p.add_argument("--documents", type=int, nargs="+", default=[0, 1], choices=[0, 1],
+                   help="1: the packed-documents variants (document_ids / cu_seqlens), 0: the plain ones (with "
+                        "--attention)")
     p.add_argument("--stages", type=int, nargs="+", default=[3], help="K/V stages (with --attention)")
     p.add_argument("--attention-block-n", type=int, nargs="+", default=[0],
                    help="keys per tile (with --attention; 0: the default for the head_dim)")
@@ -92,11 +96,11 @@ def build_attention(args, dsl: str) -> None:
     from parallax_kernels.parallax.cute_launch import write_artefact
     from parallax_kernels.parallax.cute_variant import AttentionVariant, BackwardVariant
 
-    for dtype, head_dim, causal, block_n, stages, pingpong, lazy in itertools.product(
-            args.dtype, args.head_dim, args.causal, args.attention_block_n, args.stages, args.pingpong,
+    for dtype, head_dim, causal, docs, block_n, stages, pingpong, lazy in itertools.product(
+            args.dtype, args.head_dim, args.causal, args.documents, args.attention_block_n, args.stages, args.pingpong,
             args.lazy_rescale):
         variant = AttentionVariant(dtype, head_dim, bool(causal), block_n=block_n, stages=stages,
-                                   pingpong=bool(pingpong), lazy_rescale=bool(lazy))
+                                   pingpong=bool(pingpong), lazy_rescale=bool(lazy), documents=bool(docs))
         variant.check()
         start = time.time()
         cubin, ptx, name = compile_variant(variant)
@@ -104,11 +108,11 @@ def build_attention(args, dsl: str) -> None:
         print(f"{variant.name}: {len(cubin)} bytes in {time.time() - start:.1f} s -> {path}", flush=True)
     if args.no_backward:
         return
-    for dtype, head_dim, causal, block_m, stages, ordered in itertools.product(
-            args.dtype, args.head_dim, args.causal, args.backward_block_m, args.backward_stages,
+    for dtype, head_dim, causal, docs, block_m, stages, ordered in itertools.product(
+            args.dtype, args.head_dim, args.causal, args.documents, args.backward_block_m, args.backward_stages,
             args.backward_deterministic):
         variant = BackwardVariant(dtype, head_dim, bool(causal), block_m=block_m, stages=stages,
-                                  deterministic=bool(ordered))
+                                  deterministic=bool(ordered), documents=bool(docs))
         variant.check()
         start = time.time()
         cubin, ptx, name = cute_backward.compile_variant(variant)

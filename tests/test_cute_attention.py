@@ -66,23 +66,24 @@ def test_tma_descriptors_refuse_unaligned_tensors():
 
 @pytest.fixture(scope="module")
 def compiled(tmp_path_factory):
-    """Two variants (head_dim 128 causal, 64 full), each compiled for sm_90a in a fresh process as on an
-    offline build machine: PTX, cubin and the DSL's IR (which records each TMA descriptor's box)."""
+    """Three variants (head_dim 128 causal, 64 full, 128 causal with packed documents), each compiled for sm_90a
+    in a fresh process as on an offline build machine: PTX, cubin and the DSL's IR (which records each TMA
+    descriptor's box)."""
     if not rt.dsl_installed():
         pytest.skip("nvidia-cutlass-dsl is not installed")
     out = tmp_path_factory.mktemp("attention")
     code = ("import sys\n"
             "from parallax_kernels.parallax.cute_kernel import compile_variant\n"
             "from parallax_kernels.parallax.cute_variant import AttentionVariant\n"
-            "d = int(sys.argv[2])\n"
-            "cubin, ptx, name = compile_variant(AttentionVariant('bfloat16', d, d == 128))\n"
-            "open(f'{sys.argv[1]}/d{d}.ptx', 'w').write(ptx)\n"
-            "open(f'{sys.argv[1]}/d{d}.cubin', 'wb').write(cubin)\n")
-    for d in (128, 64):
-        (out / f"ir{d}").mkdir()
-        env = {**os.environ, "CUTE_DSL_ARCH": "sm_90a", "CUTE_DSL_KEEP": "ir", "CUTE_DSL_DUMP_DIR": str(out / f"ir{d}")}
-        proc = subprocess.run([sys.executable, "-c", code, str(out), str(d)], cwd=REPO, env=env, capture_output=True,
-                              text=True, timeout=600)
+            "d, docs, key = int(sys.argv[2]), sys.argv[3] == '1', sys.argv[4]\n"
+            "cubin, ptx, name = compile_variant(AttentionVariant('bfloat16', d, d == 128, documents=docs))\n"
+            "open(f'{sys.argv[1]}/{key}.ptx', 'w').write(ptx)\n"
+            "open(f'{sys.argv[1]}/{key}.cubin', 'wb').write(cubin)\n")
+    for d, docs, key in ((128, False, "d128"), (64, False, "d64"), (128, True, "d128doc")):
+        (out / f"ir_{key}").mkdir()
+        env = {**os.environ, "CUTE_DSL_ARCH": "sm_90a", "CUTE_DSL_KEEP": "ir", "CUTE_DSL_DUMP_DIR": str(out / f"ir_{key}")}
+        proc = subprocess.run([sys.executable, "-c", code, str(out), str(d), str(int(docs)), key], cwd=REPO, env=env,
+                              capture_output=True, text=True, timeout=600)
         assert proc.returncode == 0, proc.stderr[-3000:]
     return out
 
@@ -108,6 +109,25 @@ def test_compiled_kernel_has_the_designed_structure(compiled, d, causal):
     assert ".local" not in ptx
     entry = re.search(r"\.entry (\w+)\(", ptx).group(1)
     assert rt.ptx_params(ptx, entry) == ATTENTION_PARAMS
+    assert f"{entry}_param_{len(ATTENTION_PARAMS) - 1}]" not in ptx  # the documents' bounds: not read here
+
+
+@needs_dsl
+def test_documents_variant_masks_every_tile_and_reads_the_bounds(compiled):
+    """With packed documents every key tile runs the masked code (one instantiation of the tile: 2 wgmmas of
+    d/16 k-steps, 2 of BN/16), the loads are the plain variant's, and the kernel reads the bounds pointer (the
+    last parameter) for its tile range and its rows' [start, end)."""
+    d = 128
+    variant = AttentionVariant("bfloat16", d, True, documents=True)
+    ptx = (compiled / "d128doc.ptx").read_text()
+    s_t = re.findall(rf"wgmma\.mma_async\.sync\.aligned\.m64n{variant.bn}k16\.f32\.bf16\.bf16", ptx)
+    pv = re.findall(rf"wgmma\.mma_async\.sync\.aligned\.m64n{d}k16\.f32\.bf16\.bf16", ptx)
+    assert len(s_t) == 2 * d // 16 and len(pv) == 2 * variant.bn // 16
+    assert ptx.count("cp.async.bulk.tensor.3d.shared::cta.global") == (4 + 2) * d // 64
+    assert ".local" not in ptx
+    entry = re.search(r"\.entry (\w+)\(", ptx).group(1)
+    assert rt.ptx_params(ptx, entry) == ATTENTION_PARAMS
+    assert f"{entry}_param_{len(ATTENTION_PARAMS) - 1}]" in ptx
 
 
 @needs_dsl
@@ -116,13 +136,13 @@ def test_tma_boxes_the_launcher_encodes_are_the_kernels(compiled, d):
     """The launcher builds the CUtensorMaps itself (no DSL on the GPU host): the boxes it encodes must be
     those the DSL compiled the copies for, as its IR records them (dims innermost first: D, rows, heads)."""
     variant = AttentionVariant("bfloat16", d, d == 128)
-    ir = "".join(p.read_text() for p in (compiled / f"ir{d}").glob("*.mlir"))
+    ir = "".join(p.read_text() for p in (compiled / f"ir_d{d}").glob("*.mlir"))
     boxes = {tuple(map(int, m.split(","))) for m in re.findall(r'tma_gbasis = <"\((\d+,\d+,\d+)\):', ir)}
     assert boxes == {tuple(box) for box in variant.tma_boxes()}
 
 
 @needs_dsl
-@pytest.mark.parametrize("d", [128, 64])
+@pytest.mark.parametrize("d", ["128", "64", "128doc"])
 def test_no_spills_and_wgmma_tma_in_sass(compiled, d):
     triton = pytest.importorskip("triton")
     tools = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
@@ -151,7 +171,10 @@ def test_build_kernels_writes_attention_artefacts(tmp_path):
     assert cubin[:4] == b"\x7fELF" and meta["kernel"].encode() in cubin
     assert meta["arch"] == "sm_90a" and meta["params"] == ATTENTION_PARAMS and meta["block"] == [384, 1, 1]
     assert meta["smem_bytes"] == variant.smem_bytes and meta["source"] == source_hash()
-    assert sorted(p.name for p in tmp_path.iterdir()) == [f"{variant.name}.cubin", f"{variant.name}.json"]
+    documents = AttentionVariant("bfloat16", 128, True, documents=True)  # built by default beside the plain one
+    assert read_artefact(tmp_path, documents)[0]["variant"] == asdict(documents)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        f"{v.name}.{ext}" for v in (variant, documents) for ext in ("cubin", "json"))
 
 
 def test_artefact_mismatches_are_clear_errors(tmp_path):
@@ -228,10 +251,17 @@ def test_too_many_heads_for_the_grid_are_refused():
         _launch(q, q, q, q, True, 0.125)
 
 
-def test_documents_are_refused_not_ignored():
-    q = torch.zeros(1, 2, 8, 64)
-    with pytest.raises(NotImplementedError, match="packed documents.*use backend='triton'"):
-        parallax_attention_cute(q, q, q, q, causal=True, scale=0.125, document_ids=torch.zeros(1, 8, dtype=torch.long))
+def test_documents_reach_the_kernels_as_per_token_bounds():
+    """The documents variants read, per token, [start, end) of its document (document_ids label contiguous
+    segments; the same label later on is another document)."""
+    from parallax_kernels.parallax.cute_launch import _bounds
+
+    ids = torch.tensor([[0, 0, 1, 1, 1, 2, 0, 0], [7] * 8])
+    bounds = _bounds(ids)
+    assert bounds.dtype == torch.int32 and bounds.shape == (2, 8, 2) and bounds.is_contiguous()
+    assert bounds[0].tolist() == [[0, 2], [0, 2], [2, 5], [2, 5], [2, 5], [5, 6], [6, 8], [6, 8]]
+    assert bounds[1].tolist() == [[0, 8]] * 8
+    assert _bounds(None) is None
 
 
 # --- on a Hopper GPU --------------------------------------------------------------------------
@@ -240,18 +270,20 @@ def relative_error(got, want) -> float:
     return float((got.double() - want).norm() / want.norm())
 
 
-def errors_against_float64(fn, b, h, hkv, n, d, dtype, causal, seed=0):
+def errors_against_float64(fn, b, h, hkv, n, d, dtype, causal, seed=0, document_ids=None):
     """Relative errors of o and the four gradients of `fn` against float64 on the same rounded inputs."""
     from parallax_kernels.parallax.reference import parallax_attention_reference
+
+    docs = {} if document_ids is None else {"document_ids": document_ids.cuda()}
 
     g = torch.Generator().manual_seed(seed)
     raw = [torch.randn(b, heads, n, d, generator=g, dtype=torch.float64) for heads in (h, hkv, hkv, h)]
     inputs = [x.to(dtype).cuda().requires_grad_() for x in raw]
     grad = torch.randn(b, h, n, d, generator=g, dtype=torch.float64).to(dtype).cuda()
-    out = fn(*inputs, causal=causal, scale=d**-0.5)
+    out = fn(*inputs, causal=causal, scale=d**-0.5, **docs)
     grads = torch.autograd.grad(out, inputs, grad)
     ref_inputs = [x.detach().double().requires_grad_() for x in inputs]
-    ref = parallax_attention_reference(*ref_inputs, causal=causal, scale=d**-0.5)
+    ref = parallax_attention_reference(*ref_inputs, causal=causal, scale=d**-0.5, **docs)
     ref_grads = torch.autograd.grad(ref, ref_inputs, grad.double())
     assert out.dtype == dtype and out.shape == (b, h, n, d) and all(x.dtype == dtype for x in grads)
     errors = {"o": relative_error(out.detach(), ref)}
@@ -259,10 +291,10 @@ def errors_against_float64(fn, b, h, hkv, n, d, dtype, causal, seed=0):
     return errors
 
 
-def triton_fn(*args, causal, scale):
+def triton_fn(*args, causal, scale, document_ids=None):
     from parallax_kernels.parallax.triton_fused import parallax_attention_triton
 
-    return parallax_attention_triton(*args, causal=causal, scale=scale)
+    return parallax_attention_triton(*args, causal=causal, scale=scale, document_ids=document_ids)
 
 
 GPU_CASES = [  # (B, H, Hkv, N, D, causal)
@@ -337,6 +369,79 @@ def test_deterministic_backward_is_bitwise_reproducible(b, h, hkv, n, d, causal)
         assert all(torch.equal(first, x) for x in again), name
 
 
+def packed(lengths: list[list[int]]) -> torch.Tensor:
+    """document_ids (B, N) of batch rows packed with documents of these lengths, labelled 0, 1, ... per row."""
+    return torch.stack([torch.repeat_interleave(torch.arange(len(row)), torch.tensor(row)) for row in lengths])
+
+
+def random_lengths(n: int, seed: int, mean: int) -> list[int]:
+    g = torch.Generator().manual_seed(seed)
+    cuts = torch.randperm(n - 1, generator=g)[: max(1, n // mean)].add(1).sort().values.tolist()
+    return [hi - lo for lo, hi in zip([0, *cuts], [*cuts, n])]
+
+
+DOC_CASES = [  # (B, H, Hkv, N, D, causal, document lengths per batch row)
+    (2, 4, 2, 300, 128, True, [[1, 130, 169], [64, 64, 172]]),  # a one-token document; edges on and off tiles
+    (2, 4, 2, 300, 128, False, [[1, 130, 169], [64, 64, 172]]),
+    (1, 8, 1, 1000, 64, True, [[200, 7, 393, 400]]),  # GQA group 8
+    (1, 8, 1, 1000, 64, False, [[200, 7, 393, 400]]),
+    (2, 6, 6, 777, 128, False, [[777], [100] * 7 + [77]]),  # group 1; a row of one document
+    (1, 16, 4, 2048, 128, True, [[1000, 24, 1024]]),
+    (1, 4, 2, 129, 64, True, [[128, 1]]),  # the last row its own document, past a CTA's 128
+    (2, 4, 2, 1500, 128, True, [random_lengths(1500, 0, 90), random_lengths(1500, 1, 300)]),
+]
+
+
+def doc_id(case) -> str:
+    return "x".join(map(str, case[:5])) + ("c" if case[5] else "f") + f"_{sum(map(len, case[6]))}docs"
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not HOPPER, reason="needs a Hopper GPU (sm_90)")
+@pytest.mark.parametrize("backend", ["cute", "cute_deterministic"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("case", DOC_CASES, ids=doc_id)
+def test_documents_match_float64_and_are_no_worse_than_triton(case, dtype, backend):
+    """Packed documents (document_ids): o and the four gradients against float64 with keys of other documents
+    invisible; each error at most the Triton kernel's on the same inputs (plus a little) and within its bound."""
+    from parallax_titan.ops import parallax_attention
+
+    def cute_fn(*args, causal, scale, document_ids):
+        return parallax_attention(*args, causal=causal, scale=scale, backend=backend, document_ids=document_ids)
+
+    b, h, hkv, n, d, causal, lengths = case
+    docs = packed(lengths)
+    ours = errors_against_float64(cute_fn, b, h, hkv, n, d, dtype, causal, document_ids=docs)
+    theirs = errors_against_float64(triton_fn, b, h, hkv, n, d, dtype, causal, document_ids=docs)
+    bound = {torch.bfloat16: 1e-2, torch.float16: 5e-3}[dtype]
+    assert all(e < bound for e in ours.values()), f"{ours} (bound {bound})"
+    assert all(ours[k] <= 1.25 * theirs[k] + 1e-4 for k in ours), f"{backend} {ours} vs triton {theirs}"
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not HOPPER, reason="needs a Hopper GPU (sm_90)")
+@pytest.mark.parametrize("b, h, hkv, n, d, causal, mean", [
+    (2, 8, 4, 1000, 128, True, 150), (2, 8, 4, 1000, 64, False, 150),
+    (4, 16, 8, 4096, 128, True, 700),  # 1024 CTAs, more than the GPU holds at once
+])
+def test_deterministic_backward_with_documents_is_bitwise_reproducible(b, h, hkv, n, d, causal, mean):
+    """With documents a query tile's first key tile is its first row's document's: the ordered adds must still
+    take their turns (a wrong count of the tiles ahead hangs or reorders them)."""
+    from parallax_kernels.parallax.cute_launch import _launch_backward, attention_fwd_cute
+
+    g = torch.Generator().manual_seed(5)
+    q, k, v, r, grad = (torch.randn(b, x, n, d, generator=g).to(torch.bfloat16).cuda() for x in (h, hkv, hkv, h, h))
+    docs = packed([random_lengths(n, seed, mean) for seed in range(b)]).cuda()
+    o, a, lse, tbar = attention_fwd_cute(q, k, v, r, causal, d**-0.5, False, docs)
+    runs = [_launch_backward(grad, q, k, v, r, o, a, lse, tbar, causal, d**-0.5, docs, deterministic=True)
+            for _ in range(3)]
+    unordered = _launch_backward(grad, q, k, v, r, o, a, lse, tbar, causal, d**-0.5, docs)
+    for name, first, *again, other in zip(("dq", "dk", "dv", "dr"), *runs, unordered):
+        assert torch.isfinite(first).all(), name
+        assert all(torch.equal(first, x) for x in again), name
+        assert relative_error(first, other.double()) < 1e-2, name  # the same sums, in another order
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not HOPPER, reason="needs a Hopper GPU (sm_90)")
 @pytest.mark.parametrize("causal", [True, False])
@@ -375,11 +480,14 @@ def test_benchmarked_variants_match_the_triton_forward(fields):
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not HOPPER, reason="needs a Hopper GPU (sm_90)")
-def test_under_torch_compile():
+@pytest.mark.parametrize("documents", [False, True])
+def test_under_torch_compile(documents):
     g = torch.Generator().manual_seed(2)
     q, k, v, r = (torch.randn(1, 4, 200, 64, generator=g).to(torch.bfloat16).cuda().requires_grad_() for _ in range(4))
-    eager = parallax_attention_cute(q, k, v, r, causal=True, scale=0.125)
-    compiled = torch.compile(parallax_attention_cute, fullgraph=True)(q, k, v, r, causal=True, scale=0.125)
+    docs = packed([[50, 150]]).cuda() if documents else None
+    eager = parallax_attention_cute(q, k, v, r, causal=True, scale=0.125, document_ids=docs)
+    compiled = torch.compile(parallax_attention_cute, fullgraph=True)(q, k, v, r, causal=True, scale=0.125,
+                                                                      document_ids=docs)
     torch.testing.assert_close(compiled, eager, rtol=0, atol=0)
     compiled.sum().backward()
     assert all(x.grad is not None and torch.isfinite(x.grad).all() for x in (q, k, v, r))
@@ -414,18 +522,10 @@ def test_unavailable_reason_traces_under_torch_compile(monkeypatch):
         launch.unavailable_reason(x)
 
 
-def test_a_backend_without_document_masks_is_refused_where_documents_are_asked_for():
-    """`document_masking = true` with backend cute is an error when the config is read, not at the first step."""
+def test_packed_documents_with_backend_cute_are_a_valid_config():
     from parallax_titan.model.flavors import FLAVORS
-    from parallax_titan.ops import check_backend, parallax_attention
 
-    with pytest.raises(ValueError, match="'cute' does not mask packed documents.*'triton'"):
-        check_backend("cute", documents=True)
-    check_backend("cute")
-    check_backend("triton", documents=True)
     args = FLAVORS["debug-parallax"]
-    with pytest.raises(ValueError, match="does not mask packed documents"):
-        type(args)(**{**vars(args), "attention_backend": "cute", "document_masking": True})
-    q = torch.zeros(1, 2, 8, 64)
-    with pytest.raises(ValueError, match="does not mask packed documents"):
-        parallax_attention(q, q, q, q, backend="cute", document_ids=torch.zeros(1, 8, dtype=torch.long))
+    for backend in ("cute", "cute_deterministic"):
+        built = type(args)(**{**vars(args), "attention_backend": backend, "document_masking": True})
+        assert built.attention_backend == backend and built.document_masking

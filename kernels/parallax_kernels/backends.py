@@ -16,8 +16,6 @@ class Backend:
     fn: Callable[..., torch.Tensor]
     # Returns None when the backend can run on these inputs, else the reason it cannot.
     unavailable_reason: Callable[[torch.Tensor], str | None]
-    # Whether it keeps attention inside packed documents (document_ids / cu_seqlens).
-    documents: bool = True
 
 
 def always_available(_: torch.Tensor) -> str | None:

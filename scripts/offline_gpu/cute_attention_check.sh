@@ -7,7 +7,8 @@
 #   python scripts/build_kernels.py --out .kernels --dtype bfloat16 --head-dim 128 --group 2 --block-n 32 --cluster 0
 #   bash scripts/offline_gpu/cute_attention_check.sh          # with .kernels/
 # TESTS=0 / BENCH=0 leave a part out; SHAPES and PEERS choose the benchmark's shapes and peers, CUTE_VARIANTS
-# (e.g. "s2 s3 s2np") adds forward timings of other CuTe variants (their artefacts built with --stages/--pingpong).
+# (e.g. "s2 s3 s2np") adds forward timings of other CuTe variants (their artefacts built with --stages/--pingpong),
+# DOCUMENTS=MEAN times packed documents of about MEAN tokens (bench_attention.py --documents) instead.
 set -uo pipefail
 out=${OUT:-./outputs/cute_attention_check}
 mkdir -p "$out"
@@ -38,8 +39,9 @@ fi
 if [ "${BENCH:-1}" = 1 ]; then
   shapes=${SHAPES:-"8,16,2048,128 4,16,4096,128 2,16,8192,128 1,16,16384,128 4,16,4096,64"}
   peers=${PEERS:-"parallax-cute parallax-cute-deterministic parallax-triton fla-parallax sdpa-flash sdpa-cudnn"}
+  [ -n "${DOCUMENTS:-}" ] && peers=${PEERS:-"parallax-cute parallax-cute-deterministic parallax-triton flex-softmax"}
   timeout ${BENCH_TIMEOUT:-420} python3 scripts/bench_attention.py --shapes $shapes --peers $peers \
-    --torch-backend-max-tokens 0 ${CUTE_VARIANTS:+--cute-variants $CUTE_VARIANTS} \
+    --torch-backend-max-tokens 0 ${CUTE_VARIANTS:+--cute-variants $CUTE_VARIANTS} ${DOCUMENTS:+--documents $DOCUMENTS} \
     --json "$out/bench_attention.json" > "$out/bench_attention.log" 2>&1
   echo "== bench_attention (rc=$?)"; grep -v Warning "$out/bench_attention.log" | tail -60
 fi

@@ -73,22 +73,16 @@ BACKENDS: dict[str, Backend] = {
     # the CuTe DSL Hopper forward and backward (sm_90a, prebuilt cubins; cute_launch.py): the key tiles add
     # their dQ, dR shares as they finish ("cute", not bitwise reproducible, like triton_atomic) or in key
     # order ("cute_deterministic", bitwise reproducible and slower: docs/kernels_hopper.md)
-    "cute": Backend(_cute_fn, _cute_unavailable, documents=False),
-    "cute_deterministic": Backend(_cute_deterministic_fn, _cute_deterministic_unavailable, documents=False),
+    "cute": Backend(_cute_fn, _cute_unavailable),
+    "cute_deterministic": Backend(_cute_deterministic_fn, _cute_deterministic_unavailable),
 }
 
 
-def check_backend(backend: str, example: torch.Tensor | None = None, documents: bool = False) -> None:
-    """Raise if `backend` is unknown, cannot keep attention inside packed documents when `documents` asks
-    for it, or (given an example input) cannot run on it."""
+def check_backend(backend: str, example: torch.Tensor | None = None) -> None:
+    """Raise if `backend` is unknown or (given an example input) cannot run on it."""
     if backend not in BACKENDS:
         raise ValueError(
             f"unknown parallax_attention backend {backend!r}; backends here: {sorted(BACKENDS)}"
-        )
-    if documents and not BACKENDS[backend].documents:
-        raise ValueError(
-            f"parallax_attention backend {backend!r} does not mask packed documents; backends that do: "
-            f"{sorted(name for name, b in BACKENDS.items() if b.documents)}"
         )
     if example is not None:
         reason = BACKENDS[backend].unavailable_reason(example)
@@ -159,7 +153,7 @@ def parallax_attention(
     if cu_seqlens is not None:
         document_ids = _document_ids_from_cu_seqlens(cu_seqlens, q, document_ids)
     _check_shapes(q, k, v, r, document_ids)
-    check_backend(backend, q, documents=document_ids is not None)
+    check_backend(backend, q)
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
     return BACKENDS[backend].fn(
         q, k, v, r, causal=causal, scale=scale, document_ids=document_ids

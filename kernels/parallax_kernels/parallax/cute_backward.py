@@ -88,9 +88,10 @@ def compile_variant(variant: BackwardVariant) -> tuple[bytes, str, str]:
     """Compile one backward variant for sm_90a (no GPU needed with CUTE_DSL_ARCH=sm_90a)."""
     kernel = ParallaxAttentionBackward(variant)
     ptr, dt = rt.gmem_pointer, kernel.dtype
-    # q, k, v, r, dO; stats; dq, dr accumulators; their semaphores; dk, dv (written as 32-bit pairs)
+    # q, k, v, r, dO; stats; dq, dr accumulators; their semaphores; dk, dv (written as 32-bit pairs); last the
+    # documents' per-token bounds (read by the documents variant only)
     args = ([ptr(dt, 16)] * 5 + [ptr(Float32, 16)] * 3 + [ptr(Int32, 16)] + [ptr(cutlass.Uint32, 16)] * 2
-            + [Int32(128)] * 6 + [Float32(1.0), Float32(1.0)])
+            + [Int32(128)] * 6 + [Float32(1.0), Float32(1.0), ptr(Int32, 8)])
     return rt.compile_cubin(kernel, args, variant.name, smem_bytes=variant.smem_bytes)
 
 
@@ -112,7 +113,7 @@ class ParallaxAttentionBackward:
         p_q: cute.Pointer, p_k: cute.Pointer, p_v: cute.Pointer, p_r: cute.Pointer, p_do: cute.Pointer,
         p_stats: cute.Pointer, p_dq: cute.Pointer, p_dr: cute.Pointer, p_sem: cute.Pointer, p_dk: cute.Pointer,
         p_dv: cute.Pointer, n: Int32, n_pad: Int32, bh: Int32, bhkv: Int32, heads: Int32, group: Int32,
-        scale_log2: Float32, scale: Float32, stream,
+        scale_log2: Float32, scale: Float32, p_bounds: cute.Pointer, stream,
     ):
         d, bm, bn, dt = self.d, self.bm, self.bn, self.dtype
         head = n * d  # elements per (batch, head): q, k, v, r, dO are contiguous (B, H, N, D)
@@ -170,7 +171,7 @@ class ParallaxAttentionBackward:
         n_blocks = (n + bn - 1) // bn
         self.kernel(
             mma_st, mma_s, mma_kv, mma_q, tma_q, m_q, tma_r, m_r, tma_do, m_do, tma_k, m_k, tma_v, m_v,
-            p_stats, p_dq, p_dr, p_sem, p_dk, p_dv, n, n_pad, heads, group, scale_log2, scale,
+            p_stats, p_dq, p_dr, p_sem, p_dk, p_dv, n, n_pad, heads, group, scale_log2, scale, p_bounds,
             kv_smem, qr_smem, do_smem, ds_smem,
         ).launch(grid=[n_blocks, bhkv, 1], block=[BWD_NUM_THREADS, 1, 1], smem=SharedStorage.size_in_bytes(),
                  stream=stream, min_blocks_per_mp=1)
@@ -185,7 +186,7 @@ class ParallaxAttentionBackward:
         tma_v: cute.CopyAtom, m_v: cute.Tensor,
         p_stats: cute.Pointer, p_dq: cute.Pointer, p_dr: cute.Pointer, p_sem: cute.Pointer, p_dk: cute.Pointer,
         p_dv: cute.Pointer, n: Int32, n_pad: Int32, heads: Int32, group: Int32, scale_log2: Float32, scale: Float32,
-        kv_smem: cute.ComposedLayout, qr_smem: cute.ComposedLayout, do_smem: cute.ComposedLayout,
+        p_bounds: cute.Pointer, kv_smem: cute.ComposedLayout, qr_smem: cute.ComposedLayout, do_smem: cute.ComposedLayout,
         ds_smem: cute.ComposedLayout,
     ):
         bm, bn = self.bm, self.bn
@@ -221,14 +222,24 @@ class ParallaxAttentionBackward:
         b = bhk // kv_heads
         hk = bhk - b * kv_heads
         n0 = kt * bn
-        m_tiles = (n + bm - 1) // bm
+        m_hi = (n + bm - 1) // bm
         m_lo = 0
-        m_mid = 0  # query tiles [m_lo, m_mid) need a mask, [m_mid, m_tiles) do not
+        m_mid = 0  # query tiles [m_lo, m_mid) need a mask, [m_mid, m_hi) do not
         if cutlass.const_expr(self.causal):
             m_lo = n0 // bm
-            m_mid = cutlass.min((n0 + bn + bm - 1) // bm, m_tiles)
+            m_mid = cutlass.min((n0 + bn + bm - 1) // bm, m_hi)
         if n0 + bn > n:  # keys past the sequence's end: every query tile masks them
-            m_mid = m_tiles
+            m_mid = m_hi
+        bounds = None
+        if cutlass.const_expr(self.v.documents):
+            # per token of this batch row: [start, end) of its document; the CTA's keys are seen by the queries
+            # from its first key's document start (causal: from the first key) to its last key's document end,
+            # every tile masked (document edges vary by key)
+            bounds = cute.make_tensor(p_bounds + b.to(cutlass.Int64) * n.to(cutlass.Int64) * 2,
+                                      cute.make_layout((n, 2), stride=(2, 1)))
+            m_lo = cutlass.max(m_lo, bounds[n0, 0] // bm)
+            m_hi = (bounds[cutlass.min(n0 + bn, n) - 1, 1] + bm - 1) // bm
+            m_mid = m_hi
 
         pipeline.pipeline_init_arrive(cluster_shape_mn=(1, 1, 1), is_relaxed=True)
         pipeline.pipeline_init_wait(cluster_shape_mn=(1, 1, 1))
@@ -239,17 +250,17 @@ class ParallaxAttentionBackward:
                 for atom in (tma_q, tma_r, tma_do, tma_k, tma_v):
                     cpasync.prefetch_descriptor(atom)
                 self._produce(tma_q, m_q, tma_r, m_r, tma_do, m_do, tma_k, m_k, tma_v, m_v, sQ, sR, sdO, sK, sV,
-                              sStats, p_stats, kv_prod, q_prod, n_pad, heads, group, b, hk, bhk, kt, m_lo, m_tiles)
+                              sStats, p_stats, kv_prod, q_prod, n_pad, heads, group, b, hk, bhk, kt, m_lo, m_hi)
         else:  # ---- consumers ------------------------------------------------------------------
             cute.arch.warpgroup_reg_alloc(CONSUMER_REGS)
             self._consume(mma_st, mma_s, mma_kv, mma_q, sK, sV, sQR, sdO, sdST, sdST32, sStats,
                           storage.acc.data_ptr(), kv_cons, q_cons, p_dq, p_dr, p_sem, p_dk, p_dv, n, n_pad, heads,
-                          group, b, hk, bhk, n0, m_lo, m_mid, m_tiles, scale_log2, scale, wg - 1, tidx - 128)
+                          group, b, hk, bhk, n0, m_lo, m_mid, m_hi, bounds, scale_log2, scale, wg - 1, tidx - 128)
 
     @cute.jit
     def _produce(self, tma_q, m_q, tma_r, m_r, tma_do, m_do, tma_k, m_k, tma_v, m_v, sQ, sR, sdO, sK, sV, sStats,
                  p_stats: cute.Pointer, kv_prod, q_prod, n_pad: Int32, heads: Int32, group: Int32, b: Int32,
-                 hk: Int32, bhk: Int32, kt: Int32, m_lo: Int32, m_tiles: Int32):
+                 hk: Int32, bhk: Int32, kt: Int32, m_lo: Int32, m_hi: Int32):
         d, bm, bn = self.d, self.bm, self.bn
         one = cute.make_layout(1)
         g_k = cute.local_tile(m_k[None, None, bhk], (bn, d), (None, 0))
@@ -270,7 +281,7 @@ class ParallaxAttentionBackward:
             t_sr, t_gr = cpasync.tma_partition(tma_r, 0, one, cute.group_modes(sR, 0, 2), cute.group_modes(g_r, 0, 2))
             t_sdo, t_gdo = cpasync.tma_partition(tma_do, 0, one, cute.group_modes(sdO, 0, 2),
                                                  cute.group_modes(g_do, 0, 2))
-            for m in cutlass.range(m_lo, m_tiles, unroll=1):
+            for m in cutlass.range(m_lo, m_hi, unroll=1):
                 h = q_prod.acquire_and_advance()
                 cute.copy(tma_q, t_gq[None, m], t_sq[None, h.index], tma_bar_ptr=h.barrier)
                 cute.copy(tma_r, t_gr[None, m], t_sr[None, h.index], tma_bar_ptr=h.barrier)
@@ -285,7 +296,7 @@ class ParallaxAttentionBackward:
                  sK, sV, sQR, sdO, sdST, sdST32, sStats, p_acc: cute.Pointer, kv_cons, q_cons, p_dq: cute.Pointer,
                  p_dr: cute.Pointer, p_sem: cute.Pointer, p_dk: cute.Pointer, p_dv: cute.Pointer, n: Int32,
                  n_pad: Int32, heads: Int32, group: Int32, b: Int32, hk: Int32, bhk: Int32, n0: Int32, m_lo: Int32,
-                 m_mid: Int32, m_tiles: Int32, scale_log2: Float32, scale: Float32, cw: Int32, tid: Int32):
+                 m_mid: Int32, m_hi: Int32, bounds, scale_log2: Float32, scale: Float32, cw: Int32, tid: Int32):
         """One MMA warpgroup's loop: cw is 0 or 1 (the CTA's warpgroups 1 and 2), tid its thread among the 256
         of both."""
         d, bm, bn = self.d, self.bm, self.bn
@@ -318,6 +329,10 @@ class ParallaxAttentionBackward:
                                                          stride=(row_strides, (col_strides, d * bm))))
         t_sacc = thr_q.partition_C(s_acc)  # this thread's values of it, as acc_g holds them
 
+        visible = None
+        if cutlass.const_expr(self.v.documents):
+            visible = cute.make_rmem_tensor((cute.size(coords.shape[0]), 2), Int32)
+            self._document_keys(visible, bounds, coords, n0, n)
         kv_cons.wait()
         held = cutlass.Int64(-1)  # (deterministic) the query tile whose dQ/dR turn this warpgroup holds
         mma_kv.set(warpgroup.Field.ACCUMULATE, True)
@@ -325,7 +340,8 @@ class ParallaxAttentionBackward:
         # stages and adds that result while its own score chains run. The first query tile (masked code,
         # correct for any tile) has no result in flight before it.
         ops = (t_ak, t_bqr, t_av, t_bdo, t_bqrt, t_bdot, t_akt, t_bdst, acc_st, acc_da, acc_dk, acc_dv, acc_g, coords,
-               t_sacc, sdST32, sStats, p_acc, p_dq, p_dr, p_sem, n, n_pad, n0, scale_log2, scale, cw, tid)
+               t_sacc, sdST32, sStats, visible, bounds, p_acc, p_dq, p_dr, p_sem, n, n_pad, n0, scale_log2, scale, cw,
+               tid)
         bhq0 = b * heads + hk * group
         q_cons, mma_st, mma_s, mma_kv, mma_q, prev, held = self._step(
             Int32(m_lo), bhq0, True, False, q_cons, mma_st, mma_s, mma_kv, mma_q, cutlass.Int64(0), held, *ops)
@@ -338,11 +354,11 @@ class ParallaxAttentionBackward:
             for m in cutlass.range(first, m_mid, unroll=1):
                 q_cons, mma_st, mma_s, mma_kv, mma_q, prev, held = self._step(
                     m, bhq, True, True, q_cons, mma_st, mma_s, mma_kv, mma_q, prev, held, *ops)
-            for m in cutlass.range(cutlass.max(first, m_mid), m_tiles, unroll=1):
+            for m in cutlass.range(cutlass.max(first, m_mid), m_hi, unroll=1):
                 q_cons, mma_st, mma_s, mma_kv, mma_q, prev, held = self._step(
                     m, bhq, False, True, q_cons, mma_st, mma_s, mma_kv, mma_q, prev, held, *ops)
         warpgroup.wait_group(0)
-        held = self._flush(acc_g, t_sacc, p_acc, p_dq, p_dr, p_sem, prev, held, n0, cw, tid)
+        held = self._flush(acc_g, t_sacc, bounds, p_acc, p_dq, p_dr, p_sem, prev, held, n_pad, n0, cw, tid)
 
         if tid % 128 == 0:  # the last bulk add has read its staging buffer before the CTA ends
             if cutlass.const_expr(self.v.deterministic):
@@ -373,7 +389,7 @@ class ParallaxAttentionBackward:
     def _step(self, m: Int32, bhq: Int32, masked: cutlass.Constexpr, pending: cutlass.Constexpr, q_cons,
               mma_st: cute.TiledMma, mma_s: cute.TiledMma, mma_kv: cute.TiledMma, mma_q: cute.TiledMma,
               prev: cutlass.Int64, held: cutlass.Int64, t_ak, t_bqr, t_av, t_bdo, t_bqrt, t_bdot, t_akt, t_bdst,
-              acc_st, acc_da, acc_dk, acc_dv, acc_g, coords, t_sacc, sdST32, sStats, p_acc: cute.Pointer,
+              acc_st, acc_da, acc_dk, acc_dv, acc_g, coords, t_sacc, sdST32, sStats, visible, bounds, p_acc: cute.Pointer,
               p_dq: cute.Pointer, p_dr: cute.Pointer, p_sem: cute.Pointer, n: Int32, n_pad: Int32, n0: Int32,
               scale_log2: Float32, scale: Float32, cw: Int32, tid: Int32):
         """One query tile m of query head bhq against this CTA's keys. `pending`: the previous tile's dQ^T / dR^T
@@ -392,7 +408,7 @@ class ParallaxAttentionBackward:
         warpgroup.commit_group()
         if cutlass.const_expr(pending):  # the previous tile's dQ^T / dR^T, while this tile's chains run
             warpgroup.wait_group(2)
-            held = self._flush(acc_g, t_sacc, p_acc, p_dq, p_dr, p_sem, prev, held, n0, cw, tid)
+            held = self._flush(acc_g, t_sacc, bounds, p_acc, p_dq, p_dr, p_sem, prev, held, n_pad, n0, cw, tid)
 
         st_v = mn_view(acc_st)  # columns [0, half): S^T, [half, 2 half): T^T of the same queries
         da = mn_view(acc_da)
@@ -407,12 +423,18 @@ class ParallaxAttentionBackward:
             for i in cutlass.range_constexpr(cute.size(st_v.shape[0])):
                 w = cute.math.exp2(st_v[i, c] * scale_log2 - lse, fastmath=True)
                 if cutlass.const_expr(masked):
-                    key = n0 + coords[i, c][0]
-                    limit = n
-                    if cutlass.const_expr(self.causal):
-                        limit = cutlass.min(n, q0 + ql + 1)
-                    if key >= limit:
-                        w = Float32(0.0)
+                    if cutlass.const_expr(self.v.documents):
+                        if q0 + ql < visible[i, 0]:
+                            w = Float32(0.0)
+                        if q0 + ql >= visible[i, 1]:
+                            w = Float32(0.0)
+                    else:
+                        key = n0 + coords[i, c][0]
+                        limit = n
+                        if cutlass.const_expr(self.causal):
+                            limit = cutlass.min(n, q0 + ql + 1)
+                        if key >= limit:
+                            w = Float32(0.0)
                 st_v[i, c] = w
                 st_v[i, c + half] = st_v[i, c + half] - tbar
         warpgroup.wait_group(0)
@@ -466,8 +488,9 @@ class ParallaxAttentionBackward:
         return q_cons, mma_st, mma_s, mma_kv, mma_q, tile, held
 
     @cute.jit
-    def _flush(self, acc_g, t_sacc, p_acc: cute.Pointer, p_dq: cute.Pointer, p_dr: cute.Pointer, p_sem: cute.Pointer,
-               tile: cutlass.Int64, held: cutlass.Int64, n0: Int32, cw: Int32, tid: Int32) -> cutlass.Int64:
+    def _flush(self, acc_g, t_sacc, bounds, p_acc: cute.Pointer, p_dq: cute.Pointer, p_dr: cute.Pointer,
+               p_sem: cute.Pointer, tile: cutlass.Int64, held: cutlass.Int64, n_pad: Int32, n0: Int32, cw: Int32,
+               tid: Int32) -> cutlass.Int64:
         """Stage this warpgroup's share of a finished [dQ^T | dR^T] tile in shared memory (once the previous bulk
         add has read it), then add it to the (query tile, head) blocks `tile` of the fp32 buffers with bulk
         reduces: at D = 128 rows [64 cw, 64 cw + 64) of both, at D = 64 all of dQ^T (cw 0) or of dR^T (cw 1).
@@ -493,10 +516,16 @@ class ParallaxAttentionBackward:
         if lead:
             if cutlass.const_expr(self.v.deterministic):
                 # this tile's semaphore of this warpgroup's share counts the key tiles added so far: wait for
-                # this one's turn
+                # this one's turn. The key tiles that see a query tile are consecutive, from key tile 0 or (with
+                # documents) the one holding the start of the query tile's first row's document
                 turn = p_sem + tile * 2 + cw
+                ahead = n0 // self.bn
+                if cutlass.const_expr(self.v.documents):
+                    m_pad = (n_pad // self.bm).to(cutlass.Int64)
+                    first_row = (tile - (tile // m_pad) * m_pad).to(Int32) * self.bm
+                    ahead = ahead - bounds[first_row, 0] // self.bn
                 seen = load_acquire(turn)
-                while seen != n0 // self.bn:
+                while seen != ahead:
                     seen = load_acquire(turn)
                 cute.arch.fence_proxy("async.global")  # the previous adds (acquired) before this one (async proxy)
             block = tile * (d * bm)
@@ -516,6 +545,22 @@ class ParallaxAttentionBackward:
         return held
 
     # ---- pieces ---------------------------------------------------------------------------------
+    @cute.jit
+    def _document_keys(self, visible: cute.Tensor, bounds: cute.Tensor, coords, n0: Int32, n: Int32):
+        """visible[i] = [lo, hi): the queries that see key row i of this thread, its document's [start, end)
+        (causal: from the key itself); keys past the sequence's end are seen by none."""
+        for i in cutlass.range_constexpr(cute.size(coords.shape[0])):
+            key = n0 + coords[i, 0][0]
+            lo = Int32(0)
+            hi = Int32(0)
+            if key < n:
+                lo = bounds[key, 0]
+                hi = bounds[key, 1]
+                if cutlass.const_expr(self.causal):
+                    lo = cutlass.max(lo, key)
+            visible[i, 0] = lo
+            visible[i, 1] = hi
+
     def _as_pairs(self, ptr: cute.Pointer, ds_smem: cute.ComposedLayout) -> cute.Tensor:
         """A ds^T / dt^T buffer as 32-bit pairs of adjacent queries, for the stores. The wgmma's swizzle
         (ds_smem.inner, on byte addresses: 2^B 16-byte chunks XORed by the row) is rebuilt on 32-bit

@@ -53,8 +53,10 @@ def compile_variant(variant: AttentionVariant) -> tuple[bytes, str, str]:
     is imported). Returns (cubin, ptx, kernel symbol)."""
     kernel = ParallaxAttentionForward(variant)
     ptr, dt = rt.gmem_pointer, kernel.dtype
-    # o and a are addressed as 32-bit pairs (the epilogue stores two 16-bit values at once)
-    args = [ptr(dt, 16)] * 4 + [ptr(cutlass.Uint32, 16)] * 2 + [ptr(Float32, 16)] * 2 + [Int32(128)] * 5 + [Float32(1.0)]
+    # o and a are addressed as 32-bit pairs (the epilogue stores two 16-bit values at once); the last pointer is
+    # the documents' per-token bounds (read by the documents variant only)
+    args = ([ptr(dt, 16)] * 4 + [ptr(cutlass.Uint32, 16)] * 2 + [ptr(Float32, 16)] * 2 + [Int32(128)] * 5
+            + [Float32(1.0), ptr(Int32, 8)])
     return rt.compile_cubin(kernel, args, variant.name, smem_bytes=variant.smem_bytes)
 
 
@@ -74,7 +76,8 @@ class ParallaxAttentionForward:
         self,
         p_q: cute.Pointer, p_k: cute.Pointer, p_v: cute.Pointer, p_r: cute.Pointer,
         p_o: cute.Pointer, p_a: cute.Pointer, p_lse: cute.Pointer, p_tbar: cute.Pointer,
-        n: Int32, bh: Int32, bhkv: Int32, heads: Int32, group: Int32, scale_log2: Float32, stream,
+        n: Int32, bh: Int32, bhkv: Int32, heads: Int32, group: Int32, scale_log2: Float32, p_bounds: cute.Pointer,
+        stream,
     ):
         d, bn, dt = self.d, self.bn, self.dtype
         head = n * d  # elements per (batch, head): q, k, v, r are contiguous (B, H, N, D)
@@ -115,7 +118,7 @@ class ParallaxAttentionForward:
         m_blocks = (n + CTA_ROWS - 1) // CTA_ROWS
         self.kernel(
             mma_qk, mma_pv, tma_q, m_q, tma_r, m_r, tma_k, m_k, tma_v, m_v,
-            p_o, p_a, p_lse, p_tbar, n, heads, group, scale_log2, q_smem, k_smem, v_smem,
+            p_o, p_a, p_lse, p_tbar, n, heads, group, scale_log2, p_bounds, q_smem, k_smem, v_smem,
         ).launch(grid=[m_blocks, bh, 1], block=[NUM_THREADS, 1, 1], smem=SharedStorage.size_in_bytes(),
                  stream=stream, min_blocks_per_mp=1)
 
@@ -127,7 +130,7 @@ class ParallaxAttentionForward:
         tma_q: cute.CopyAtom, m_q: cute.Tensor, tma_r: cute.CopyAtom, m_r: cute.Tensor,
         tma_k: cute.CopyAtom, m_k: cute.Tensor, tma_v: cute.CopyAtom, m_v: cute.Tensor,
         p_o: cute.Pointer, p_a: cute.Pointer, p_lse: cute.Pointer, p_tbar: cute.Pointer,
-        n: Int32, heads: Int32, group: Int32, scale_log2: Float32,
+        n: Int32, heads: Int32, group: Int32, scale_log2: Float32, p_bounds: cute.Pointer,
         q_smem: cute.ComposedLayout, k_smem: cute.ComposedLayout, v_smem: cute.ComposedLayout,
     ):
         d, bn = self.d, self.bn
@@ -166,6 +169,15 @@ class ParallaxAttentionForward:
         cta_hi = n
         if cutlass.const_expr(self.causal):
             cta_hi = cutlass.min((m_blk + 1) * CTA_ROWS, n)
+        cta_lo = 0  # key tiles [cta_lo, n_tiles) are loaded
+        bounds = None
+        if cutlass.const_expr(self.v.documents):
+            # per token of this batch row: [start, end) of its document; the CTA's rows see keys from the first
+            # row's start to the last row's end
+            bounds = cute.make_tensor(p_bounds + b.to(cutlass.Int64) * n.to(cutlass.Int64) * 2,
+                                      cute.make_layout((n, 2), stride=(2, 1)))
+            cta_lo = bounds[m_blk * CTA_ROWS, 0] // bn
+            cta_hi = cutlass.min(cta_hi, bounds[cutlass.min((m_blk + 1) * CTA_ROWS, n) - 1, 1])
         n_tiles = (cta_hi + bn - 1) // bn
 
         pipeline.pipeline_init_arrive(cluster_shape_mn=(1, 1, 1), is_relaxed=True)
@@ -195,7 +207,7 @@ class ParallaxAttentionForward:
                     tile = m_blk * MMA_WARPGROUPS + w
                     cute.copy(tma_q, t_gq[None, tile], t_sq[None, w], tma_bar_ptr=hq.barrier)
                     cute.copy(tma_r, t_gr[None, tile], t_sr[None, w], tma_bar_ptr=hq.barrier)
-                for j in cutlass.range(n_tiles, unroll=1):
+                for j in cutlass.range(cta_lo, n_tiles, unroll=1):
                     hk = k_prod.acquire_and_advance()
                     cute.copy(tma_k, t_gk[None, j], t_sk[None, hk.index], tma_bar_ptr=hk.barrier)
                     hv = v_prod.acquire_and_advance()
@@ -204,12 +216,12 @@ class ParallaxAttentionForward:
             cute.arch.warpgroup_reg_alloc(CONSUMER_REGS)
             cw = wg - 1
             self._consume(mma_qk, mma_pv, sQ, sR, sK, sV, q_cons, k_cons, v_cons, p_o, p_a, p_lse, p_tbar,
-                          n, bh, m_blk, cw, n_tiles, scale_log2, tidx - 128 * wg)
+                          n, bh, m_blk, cw, cta_lo, n_tiles, bounds, scale_log2, tidx - 128 * wg)
 
     @cute.jit
     def _consume(self, mma_qk: cute.TiledMma, mma_pv: cute.TiledMma, sQ, sR, sK, sV, q_cons, k_cons, v_cons,
-                 p_o, p_a, p_lse, p_tbar, n: Int32, bh: Int32, m_blk: Int32, cw: Int32, n_tiles: Int32,
-                 scale_log2: Float32, tid: Int32):
+                 p_o, p_a, p_lse, p_tbar, n: Int32, bh: Int32, m_blk: Int32, cw: Int32, cta_lo: Int32,
+                 n_tiles: Int32, bounds, scale_log2: Float32, tid: Int32):
         d, bn = self.d, self.bn
         thr_qk = mma_qk.get_slice(tid)
         thr_pv = mma_pv.get_slice(tid)
@@ -234,24 +246,37 @@ class ParallaxAttentionForward:
         o_coords = mn_view(thr_pv.partition_C(cute.make_identity_tensor((WG_ROWS, d))))
         row0 = m_blk * CTA_ROWS + cw * WG_ROWS  # first query row of this warpgroup
 
-        # key tiles [0, mid) need no mask; [mid, wg_tiles) do; [wg_tiles, n_tiles) are past this
-        # warpgroup's last row (causal) and are only waited on and released
+        # key tiles [cta_lo, mid) need no mask; [mid, wg_tiles) do; [wg_tiles, n_tiles) are past this
+        # warpgroup's last row (causal, or its documents' end) and are only waited on and released
         wg_tiles = n_tiles
         mid = n // bn
         if cutlass.const_expr(self.causal):
             wg_tiles = (cutlass.min(row0 + WG_ROWS, n) + bn - 1) // bn
             mid = cutlass.min(mid, row0 // bn)
         mid = cutlass.min(mid, wg_tiles)
+        # documents: per row of this thread, the keys [lo, hi) it sees; every tile is masked (document edges
+        # vary by row)
+        seen = None
+        if cutlass.const_expr(self.v.documents):
+            seen = cute.make_rmem_tensor((2, 2), Int32)
+            self._document_rows(seen, bounds, coords, row0, n)
+            wg_tiles = cta_lo  # rows past the end: release only
+            if row0 < n:
+                wg_hi = bounds[cutlass.min(row0 + WG_ROWS, n) - 1, 1]
+                if cutlass.const_expr(self.causal):
+                    wg_hi = cutlass.min(wg_hi, row0 + WG_ROWS)
+                wg_tiles = cutlass.max(cutlass.min((wg_hi + bn - 1) // bn, n_tiles), cta_lo)
+            mid = cta_lo
 
         q_cons.wait()
         if cutlass.const_expr(self.v.pingpong) and cw == 1:  # warpgroup 0 takes the first turn
             cute.arch.barrier_arrive(barrier_id=TURN_BARRIER + 0, number_of_threads=256)
-        for j in cutlass.range(mid, unroll=1):
+        for j in cutlass.range(cta_lo, mid, unroll=1):
             k_cons, v_cons, mma_qk, mma_pv = self._tile(j, False, mma_qk, mma_pv, t_rq, t_rr, t_rk, t_rv, acc_s, acc_t, acc_o1, acc_o2, state,
-                       coords, k_cons, v_cons, n, row0, scale_log2, cw, n_tiles)
+                       coords, seen, k_cons, v_cons, n, row0, scale_log2, cw, n_tiles)
         for j in cutlass.range(mid, wg_tiles, unroll=1):
             k_cons, v_cons, mma_qk, mma_pv = self._tile(j, True, mma_qk, mma_pv, t_rq, t_rr, t_rk, t_rv, acc_s, acc_t, acc_o1, acc_o2, state,
-                       coords, k_cons, v_cons, n, row0, scale_log2, cw, n_tiles)
+                       coords, seen, k_cons, v_cons, n, row0, scale_log2, cw, n_tiles)
         for j in cutlass.range(wg_tiles, n_tiles, unroll=1):
             hk = k_cons.wait_and_advance()
             if cutlass.const_expr(self.v.pingpong):  # keep the turns paired
@@ -290,7 +315,7 @@ class ParallaxAttentionForward:
 
     @cute.jit
     def _tile(self, j: Int32, masked: cutlass.Constexpr, mma_qk: cute.TiledMma, mma_pv: cute.TiledMma,
-              t_rq, t_rr, t_rk, t_rv, acc_s, acc_t, acc_o1, acc_o2, state, coords, k_cons, v_cons,
+              t_rq, t_rr, t_rk, t_rv, acc_s, acc_t, acc_o1, acc_o2, state, coords, seen, k_cons, v_cons,
               n: Int32, row0: Int32, scale_log2: Float32, cw: Int32, n_tiles: Int32):
         """One key tile j for this warpgroup's 64 rows."""
         hk = k_cons.wait_and_advance()
@@ -321,11 +346,17 @@ class ParallaxAttentionForward:
                 v = s[i, c]  # raw q.k: the scale (> 0) is applied once to the max and inside exp2
                 if cutlass.const_expr(masked):
                     col = j * self.bn + coords[i, c][1]
-                    limit = n
-                    if cutlass.const_expr(self.causal):
-                        limit = cutlass.min(n, row + 1)
-                    if col >= limit:
-                        v = -Float32.inf
+                    if cutlass.const_expr(self.v.documents):
+                        if col < seen[i, 0]:
+                            v = -Float32.inf
+                        if col >= seen[i, 1]:
+                            v = -Float32.inf
+                    else:
+                        limit = n
+                        if cutlass.const_expr(self.causal):
+                            limit = cutlass.min(n, row + 1)
+                        if col >= limit:
+                            v = -Float32.inf
                 s[i, c] = v
                 row_max = cute.arch.fmax(row_max, v)
             row_max = self._quad(row_max, True) * scale_log2
@@ -380,6 +411,22 @@ class ParallaxAttentionForward:
         return k_cons, v_cons, mma_qk, mma_pv
 
     # ---- pieces ---------------------------------------------------------------------------------
+    @cute.jit
+    def _document_rows(self, seen: cute.Tensor, bounds: cute.Tensor, coords, row0: Int32, n: Int32):
+        """seen[i] = [lo, hi): the keys row i of this thread sees, its document's [start, end) (causal: hi at
+        most row + 1); rows past the sequence's end see none."""
+        for i in cutlass.range_constexpr(2):
+            row = row0 + coords[i, 0][0]
+            lo = Int32(0)
+            hi = Int32(0)
+            if row < n:
+                lo = bounds[row, 0]
+                hi = bounds[row, 1]
+                if cutlass.const_expr(self.causal):
+                    hi = cutlass.min(hi, row + 1)
+            seen[i, 0] = lo
+            seen[i, 1] = hi
+
     @cute.jit
     def _rescale_row(self, o1: cute.Tensor, o2: cute.Tensor, i: cutlass.Constexpr, alpha: Float32, shift: Float32):
         for c in cutlass.range_constexpr(cute.size(o1.shape[1])):

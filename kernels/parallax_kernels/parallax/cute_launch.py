@@ -4,8 +4,8 @@
 The forward is a torch.library op, `parallax::attention_fwd_cute`, returning what the Triton forward
 returns (o, a, lse in the log2 domain, tbar; contiguous (B, H, N, D) and (B, H, N)), so torch.compile
 and selective activation checkpointing treat it like the Triton op; its autograd runs the op
-`parallax::attention_bwd_cute` on those tensors. Packed documents (document_ids) are not supported by
-this backend yet: they raise, naming backend "triton", which supports them.
+`parallax::attention_bwd_cute` on those tensors. With packed documents (document_ids) both run their
+documents variants, which take each token's document bounds [start, end) (triton_fused.document_bounds).
 
 Artefacts: `scripts/build_kernels.py --attention` compiles the variants (forward and backward, dtype x
 head_dim x causal) on any machine with nvidia-cutlass-dsl (no GPU needed) into `<name>.cubin` +
@@ -30,12 +30,13 @@ from parallax_kernels.parallax.cute_variant import (BWD_BLOCK_N, CTA_ROWS, DTYPE
 ARCH = rt.ARCH
 # the kernel's parameters (cute_kernel.py ParallaxAttentionForward.kernel): the two tiled MMAs (empty
 # structs), then per operand Q, R, K, V^T its CUtensorMap and its TMA tensor's two dynamic sizes (N and
-# B H or B Hkv, int32), then the o, a, lse, tbar pointers, N, H, the GQA group and scale * log2(e)
-ATTENTION_PARAMS = ["b8[1]", "b8[1]"] + ["b8[128]", "b8[8]"] * 4 + ["u64"] * 4 + ["u32"] * 3 + ["f32"]
+# B H or B Hkv, int32), then the o, a, lse, tbar pointers, N, H, the GQA group, scale * log2(e) and the
+# documents' bounds pointer ((B, N, 2) int32; read by the documents variants only)
+ATTENTION_PARAMS = ["b8[1]", "b8[1]"] + ["b8[128]", "b8[8]"] * 4 + ["u64"] * 4 + ["u32"] * 3 + ["f32", "u64"]
 # the backward's (cute_backward.py ParallaxAttentionBackward.kernel): four tiled MMAs, Q, R, dO, K, V
 # (descriptor and sizes each), the stats, dQ and dR accumulator, semaphore, dK and dV pointers, N, N_pad,
-# H, the group, scale * log2(e) and scale
-BACKWARD_PARAMS = ["b8[1]"] * 4 + ["b8[128]", "b8[8]"] * 5 + ["u64"] * 6 + ["u32"] * 4 + ["f32"] * 2
+# H, the group, scale * log2(e), scale and the documents' bounds pointer
+BACKWARD_PARAMS = ["b8[1]"] * 4 + ["b8[128]", "b8[8]"] * 5 + ["u64"] * 6 + ["u32"] * 4 + ["f32"] * 2 + ["u64"]
 _HERE = Path(__file__).resolve().parent
 MAX_GRID_Y = 65535
 
@@ -101,13 +102,25 @@ def unavailable_reason(x: torch.Tensor, deterministic: bool = False) -> str | No
     return None
 
 
-def _launch(q, k, v, r, causal: bool, scale: float, artefact_dir: Path | None = None, **variant_fields):
+def _bounds(document_ids: torch.Tensor | None) -> torch.Tensor | None:
+    """(B, N, 2) int32: per token, [start, end) of its document (None without documents)."""
+    if document_ids is None:
+        return None
+    from parallax_kernels.parallax.triton_fused import document_bounds
+
+    return torch.stack(document_bounds(document_ids), dim=-1).contiguous()
+
+
+def _launch(q, k, v, r, causal: bool, scale: float, document_ids: torch.Tensor | None = None,
+            artefact_dir: Path | None = None, **variant_fields):
     """Launch the forward (q, k, v, r contiguous, 16-byte aligned); `variant_fields` (block_n, stages,
     pingpong) override the default variant's, for benchmarks."""
     b, h, n, d = q.shape
     hkv = k.shape[1]
     dtype = str(q.dtype).removeprefix("torch.")
-    variant = AttentionVariant(dtype=dtype, head_dim=d, causal=causal, **variant_fields)
+    bounds = _bounds(document_ids)
+    variant = AttentionVariant(dtype=dtype, head_dim=d, causal=causal, documents=bounds is not None,
+                               **variant_fields)
     variant.check()
     if b * h > MAX_GRID_Y:  # the grid's y dimension holds the (batch, head) pairs
         raise ValueError(f"parallax_attention backend 'cute': B * H = {b * h} (batch, head) pairs; the launch takes "
@@ -121,21 +134,23 @@ def _launch(q, k, v, r, causal: bool, scale: float, artefact_dir: Path | None = 
     sizes_q, sizes_kv = struct.pack("<ii", n, b * h), struct.pack("<ii", n, b * hkv)
     args = [b"\0", b"\0", _tma_descriptor(q, box_q), sizes_q, _tma_descriptor(r, box_q), sizes_q,
             _tma_descriptor(k, box_kv), sizes_kv, _tma_descriptor(v, box_kv), sizes_kv,
-            o.data_ptr(), a.data_ptr(), lse.data_ptr(), tbar.data_ptr(), n, h, h // hkv, scale * math.log2(math.e)]
+            o.data_ptr(), a.data_ptr(), lse.data_ptr(), tbar.data_ptr(), n, h, h // hkv, scale * math.log2(math.e),
+            bounds.data_ptr() if bounds is not None else 0]
     grid = (-(-n // CTA_ROWS), b * h, 1)
     kernel.launch(grid, args, torch.cuda.current_stream(q.device).cuda_stream)
     return o, a, lse, tbar
 
 
 def _launch_backward(grad_o, q, k, v, r, o, a, lse, tbar, causal: bool, scale: float,
-                     artefact_dir: Path | None = None, **variant_fields):
+                     document_ids: torch.Tensor | None = None, artefact_dir: Path | None = None, **variant_fields):
     """Launch the backward (every tensor contiguous, 16-byte aligned); returns dq, dk, dv, dr."""
     from parallax_kernels.parallax.triton_fused import row_dot_products
 
     b, h, n, d = q.shape
     hkv = k.shape[1]
     dtype = str(q.dtype).removeprefix("torch.")
-    variant = BackwardVariant(dtype=dtype, head_dim=d, causal=causal, **variant_fields)
+    bounds = _bounds(document_ids)
+    variant = BackwardVariant(dtype=dtype, head_dim=d, causal=causal, documents=bounds is not None, **variant_fields)
     variant.check()
     if b * hkv > MAX_GRID_Y:
         raise ValueError(f"parallax_attention backend 'cute': B * Hkv = {b * hkv} (batch, KV head) pairs; the "
@@ -164,7 +179,8 @@ def _launch_backward(grad_o, q, k, v, r, o, a, lse, tbar, causal: bool, scale: f
                    for part in (_tma_descriptor(t, box), sizes)]
     args = [b"\0"] * 4 + descriptors + [
         stats.data_ptr(), dq_acc.data_ptr(), dr_acc.data_ptr(), turns.data_ptr() if turns is not None else 0,
-        dk.data_ptr(), dv.data_ptr(), n, n_pad, h, h // hkv, scale * math.log2(math.e), scale]
+        dk.data_ptr(), dv.data_ptr(), n, n_pad, h, h // hkv, scale * math.log2(math.e), scale,
+        bounds.data_ptr() if bounds is not None else 0]
     grid = (-(-n // BWD_BLOCK_N), b * hkv, 1)
     kernel.launch(grid, args, torch.cuda.current_stream(q.device).cuda_stream)
 
@@ -207,16 +223,17 @@ def _aligned(x: torch.Tensor) -> torch.Tensor:
 @torch.library.custom_op("parallax::attention_fwd_cute", mutates_args=())
 def attention_fwd_cute(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, r: torch.Tensor, causal: bool, scale: float,
-    deterministic: bool = False,
+    deterministic: bool = False, document_ids: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The forward; `deterministic` selects its backward's dQ/dR order (attention_bwd_cute)."""
+    """The forward; `deterministic` selects its backward's dQ/dR order (attention_bwd_cute); `document_ids`
+    (B, N) labels packed documents (contiguous segments)."""
     q, k, v, r = (_aligned(x) for x in (q, k, v, r))
     with torch.cuda.device(q.device):  # the kernel is loaded into, and launched on, q's device
-        return _launch(q, k, v, r, causal, scale)
+        return _launch(q, k, v, r, causal, scale, document_ids)
 
 
 @attention_fwd_cute.register_fake
-def _(q, k, v, r, causal, scale, deterministic=False):
+def _(q, k, v, r, causal, scale, deterministic=False, document_ids=None):
     b, h, n, _ = q.shape
     stats = q.new_empty(b, h, n, dtype=torch.float32)
     return q.new_empty(q.shape), q.new_empty(q.shape), stats, torch.empty_like(stats)
@@ -225,7 +242,8 @@ def _(q, k, v, r, causal, scale, deterministic=False):
 def _setup_context(ctx, inputs, output):
     q, k, v, r, causal, scale = inputs[:6]
     o, a, lse, tbar = output
-    ctx.save_for_backward(q, k, v, r, o, a, lse, tbar)
+    document_ids = inputs[7] if len(inputs) > 7 else None
+    ctx.save_for_backward(q, k, v, r, o, a, lse, tbar, document_ids)
     ctx.causal, ctx.scale = causal, scale
     ctx.deterministic = inputs[6] if len(inputs) > 6 else False
 
@@ -234,23 +252,24 @@ def _setup_context(ctx, inputs, output):
 def attention_bwd_cute(
     grad_o: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, r: torch.Tensor, o: torch.Tensor,
     a: torch.Tensor, lse: torch.Tensor, tbar: torch.Tensor, causal: bool, scale: float, deterministic: bool = False,
+    document_ids: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     grad_o, q, k, v, r, o, a = (_aligned(x) for x in (grad_o, q, k, v, r, o, a))
     with torch.cuda.device(q.device):
         return _launch_backward(grad_o, q, k, v, r, o, a, lse.contiguous(), tbar.contiguous(), causal, scale,
-                                deterministic=deterministic)
+                                document_ids, deterministic=deterministic)
 
 
 @attention_bwd_cute.register_fake
-def _(grad_o, q, k, v, r, o, a, lse, tbar, causal, scale, deterministic=False):
+def _(grad_o, q, k, v, r, o, a, lse, tbar, causal, scale, deterministic=False, document_ids=None):
     return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape), r.new_empty(r.shape)
 
 
 def _backward(ctx, grad_o, grad_a, grad_lse, grad_tbar):
-    q, k, v, r, o, a, lse, tbar = ctx.saved_tensors
+    q, k, v, r, o, a, lse, tbar, document_ids = ctx.saved_tensors
     dq, dk, dv, dr = attention_bwd_cute(grad_o, q, k, v, r, o, a, lse, tbar, ctx.causal, ctx.scale,
-                                        ctx.deterministic)
-    return dq, dk, dv, dr, None, None, None
+                                        ctx.deterministic, document_ids)
+    return dq, dk, dv, dr, None, None, None, None
 
 
 attention_fwd_cute.register_autograd(_backward, setup_context=_setup_context)
@@ -271,7 +290,4 @@ def parallax_attention_cute(q, k, v, r, *, causal: bool, scale: float, document_
     """Fused Parallax attention, CuTe DSL forward and backward; shapes as parallax_attention (already
     checked). The key tiles add their dQ, dR shares in any order (backend "cute": not bitwise
     reproducible); deterministic=True orders them (backend "cute_deterministic": slower)."""
-    if document_ids is not None:
-        raise NotImplementedError("parallax_attention backend 'cute': packed documents (document_ids, cu_seqlens) "
-                                  "are not supported by this backend yet; use backend='triton'")
-    return attention_fwd_cute(q, k, v, r, causal, scale, deterministic)[0]
+    return attention_fwd_cute(q, k, v, r, causal, scale, deterministic, document_ids)[0]

@@ -31,6 +31,9 @@ class AttentionVariant:
     pingpong: bool = True
     # rows whose running max did not move skip the O1, O2 rescale (alpha = 1; only the centre's FMA on O2)
     lazy_rescale: bool = True
+    # packed documents: each query row sees the keys of its own document only (per-token bounds, see
+    # document_bounds), and key tiles outside a CTA's documents are skipped
+    documents: bool = False
 
     def __post_init__(self):
         # block_n 0 names the head_dim's default: store it resolved, so that both spellings are one variant
@@ -57,7 +60,9 @@ class AttentionVariant:
         mask = "causal" if self.causal else "full"
         turns = "" if self.pingpong else "_np"
         rescale = "" if self.lazy_rescale else "_er"
-        return f"parallax_attn_fwd_{self.dtype}_d{self.head_dim}_{mask}_n{self.bn}_s{self.stages}{turns}{rescale}"
+        docs = "_doc" if self.documents else ""
+        return (f"parallax_attn_fwd_{self.dtype}_d{self.head_dim}_{mask}{docs}_n{self.bn}_s{self.stages}{turns}"
+                f"{rescale}")
 
     @property
     def num_threads(self) -> int:
@@ -96,6 +101,9 @@ class BackwardVariant:
     # False: the key tiles add into each query tile's fp32 dQ, dR as they finish (backend "cute");
     # True: in key order (semaphores; backend "cute_deterministic"): bitwise reproducible
     deterministic: bool = False
+    # packed documents: a key is seen by the queries of its own document only; query tiles outside a CTA's
+    # documents are skipped
+    documents: bool = False
 
     def __post_init__(self):
         if self.block_m == 0 and self.head_dim in DEFAULT_BWD_BLOCK_M:
@@ -123,7 +131,8 @@ class BackwardVariant:
     def name(self) -> str:
         mask = "causal" if self.causal else "full"
         order = "_ordered" if self.deterministic else ""
-        return f"parallax_attn_bwd_{self.dtype}_d{self.head_dim}_{mask}_m{self.bm}_s{self.stages}{order}"
+        docs = "_doc" if self.documents else ""
+        return f"parallax_attn_bwd_{self.dtype}_d{self.head_dim}_{mask}{docs}_m{self.bm}_s{self.stages}{order}"
 
     @property
     def num_threads(self) -> int:

@@ -429,7 +429,7 @@ def unavailable_reason(x: torch.Tensor) -> str | None:
     return None
 
 
-def _document_bounds(doc: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def document_bounds(doc: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per token: index where its document starts, and (exclusive) where it ends."""
     b, n = doc.shape
     idx = torch.arange(n, device=doc.device).expand(b, n)
@@ -464,7 +464,7 @@ def attention_fwd(
     tbar = torch.empty_like(lse)
     has_doc = document_ids is not None
     doc = document_ids.to(torch.int32).contiguous() if has_doc else lse
-    start = _document_bounds(document_ids)[0] if has_doc else lse
+    start = document_bounds(document_ids)[0] if has_doc else lse
     grid = lambda meta: (triton.cdiv(n, meta["BLOCK_M"]), b * h)  # noqa: E731
     _fwd_kernel[grid](
         q, k, v, r, o, a, lse, tbar, doc, start,
@@ -505,7 +505,7 @@ def attention_bwd(
     has_doc = document_ids is not None
     if has_doc:
         doc = document_ids.to(torch.int32).contiguous()
-        start, end = _document_bounds(document_ids)
+        start, end = document_bounds(document_ids)
     else:
         doc = start = end = lse
     grid_kv = lambda meta: (triton.cdiv(n, meta["BLOCK_N"]), b * hkv)  # noqa: E731
