@@ -17,8 +17,8 @@ import pytest
 import torch
 
 from parallax_kernels import cute_runtime as rt
-from parallax_kernels.parallax.cute_launch import (ATTENTION_PARAMS, BACKWARD_PARAMS, grad_tile_order,
-                                                   load_attention_kernel, read_artefact, source_hash)
+from parallax_kernels.parallax.cute_launch import (ATTENTION_PARAMS, BACKWARD_PARAMS, load_attention_kernel,
+                                                   read_artefact, source_hash)
 from parallax_kernels.parallax.cute_variant import (BWD_BLOCK_N, AttentionVariant, BackwardVariant,
                                                     grad_tile_layout)
 
@@ -129,8 +129,9 @@ def _offset(x: int, shape: tuple, stride: tuple) -> int:
 def test_grad_tiles_are_stored_without_bank_conflicts_and_read_back_row_major(d, bm):
     """The dQ^T / dR^T tile order (grad_tile_layout) is a permutation of the D x BM tile; the 32 lanes of a
     warp (row = 16 warp + 8 half + lane / 4, column = 8 group + 2 (lane % 4) + pair, the wgmma accumulator's
-    layout) store each register to 32 distinct banks; and the launcher's view (grad_tile_order) reads the
-    tile back as BM query rows x D."""
+    layout) store each register to 32 distinct banks; and the kernel that turns the fp32 tiles into gradients
+    (cute_backward_io.gradients_from_tiles, in Triton's interpreter here) reads them back as BM query rows x D,
+    dQ and dR apart, a partial last query tile cut at N."""
     (rows, cols), (row_strides, col_strides) = grad_tile_layout(d, bm)
 
     def offset(row: int, col: int) -> int:
@@ -145,13 +146,45 @@ def test_grad_tiles_are_stored_without_bank_conflicts_and_read_back_row_major(d,
                         banks = {offset(64 * atom + 16 * warp + 8 * half + lane // 4,
                                         8 * group + 2 * (lane % 4) + pair) % 32 for lane in range(32)}
                         assert len(banks) == 32
-    values = torch.randn(bm, d)
-    tile = torch.empty(d * bm)
-    for i in range(d):
-        for j in range(bm):
-            tile[offset(i, j)] = values[j, i]
-    shape, order = grad_tile_order(d, bm)
-    assert torch.equal(tile.view(*shape).permute(*order).reshape(bm, d), values)
+    if os.environ.get("TRITON_INTERPRET") != "1" and not torch.cuda.is_available():
+        pytest.skip("Triton needs a GPU or TRITON_INTERPRET=1")
+    from parallax_kernels.parallax.cute_backward_io import gradients_from_tiles
+
+    b, h, m_tiles = 1, 2, 2
+    n = m_tiles * bm - 3
+    values = torch.randn(2, b * h, m_tiles * bm, d)  # dQ, dR as (B H, rows, D)
+    acc = torch.empty(2, b * h, m_tiles, d * bm)
+    where = torch.tensor([[offset(i, j) for i in range(d)] for j in range(bm)])  # [query row, dim] -> offset
+    for m in range(m_tiles):
+        acc[:, :, m].scatter_(-1, where.view(1, 1, -1).expand(2, b * h, -1),
+                              values[:, :, m * bm:(m + 1) * bm].reshape(2, b * h, -1))
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    dq, dr = gradients_from_tiles(acc.to(device), (b, h, n, d), torch.float32, bm)
+    assert dq.shape == dr.shape == (b, h, n, d) and dq.is_contiguous() and dr.is_contiguous()
+    # outputs of the backward op: they may not share storage (torch.library refuses aliased outputs)
+    assert dq.untyped_storage().data_ptr() != dr.untyped_storage().data_ptr()
+    assert torch.equal(dq.cpu().view(b * h, n, d), values[0, :, :n])
+    assert torch.equal(dr.cpu().view(b * h, n, d), values[1, :, :n])
+
+
+def test_backward_statistics_are_the_rows_lse_tbar_and_dot_products_padded():
+    """cute_backward_io.backward_statistics: per query row lse, tbar, dO.o, dO.a; rows past N up to whole query
+    tiles: lse = inf (their weights are exp2(-inf) = 0) and zeros."""
+    if os.environ.get("TRITON_INTERPRET") != "1" and not torch.cuda.is_available():
+        pytest.skip("Triton needs a GPU or TRITON_INTERPRET=1")
+    from parallax_kernels.parallax.cute_backward_io import backward_statistics
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    g = torch.Generator().manual_seed(0)
+    b, h, n, d, n_pad = 2, 3, 70, 64, 96
+    do, o, a = (torch.randn(b, h, n, d, generator=g).to(device) for _ in range(3))
+    lse, tbar = (torch.randn(b, h, n, generator=g).to(device) for _ in range(2))
+    stats = backward_statistics(do, o, a, lse, tbar, n_pad).cpu()
+    assert stats.shape == (b * h, n_pad, 4) and stats.dtype == torch.float32
+    want = torch.stack((lse, tbar, (do * o).sum(-1), (do * a).sum(-1)), dim=-1).view(b * h, n, 4).cpu()
+    torch.testing.assert_close(stats[:, :n], want, rtol=1e-5, atol=1e-5)
+    assert torch.isinf(stats[:, n:, 0]).all() and (stats[:, n:, 0] > 0).all()
+    assert (stats[:, n:, 1:] == 0).all()
 
 
 def expected_wgmmas(variant: BackwardVariant) -> dict[int, int]:

@@ -31,6 +31,8 @@ end (no atomics, deterministic) and are stored once.
   reproducible run to run.
 Registers: dK, dV (64 x D fp32 each) stay live through the loop, so the score tiles are 64 x 2 BM ([S^T | T^T]) and 64 x BM with BM
 = 32 at D = 128 (64 at D = 64); [dQ^T | dR^T] (D x 2 BM) is split between the warpgroups.
+Packed documents (the documents variant): a CTA visits the query tiles from its first key's document start
+(causal: the key) to its last key's document end, every tile masked per key row with its document's bounds.
 The dQ, dR buffers hold one contiguous D x BM fp32 block per (batch head, query tile), in the order of
 the staging tile in shared memory (cute_variant.grad_tile_layout: bank-conflict free, its 64-row halves
 contiguous), so that bulk copies add it; the launcher turns them into (B, H, N, D).

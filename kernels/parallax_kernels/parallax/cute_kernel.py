@@ -23,6 +23,8 @@ Causal CTAs run in reverse order of their query tile (the longest first). Tiles 
 and inside the sequence skip the mask; a warpgroup whose rows end before a key tile only releases it.
 Rows whose running max did not move skip the O1, O2 rescale (alpha = 1 exactly; the centre's shift of O2
 is still applied).
+Packed documents (the documents variant): a CTA loads the key tiles from its first row's document start to its
+last row's document end, and every tile is masked per row with the row's document bounds [start, end).
 
 The kernel takes raw pointers, sizes and the three TMA descriptors (CUtensorMap, by value), so the
 compiled cubin can be launched without the DSL (cute_launch.py builds the descriptors with the CUDA

@@ -25,7 +25,7 @@ import torch
 from parallax_kernels import cute_runtime as rt
 from parallax_kernels.batching import fold, unfold
 from parallax_kernels.parallax.cute_variant import (BWD_BLOCK_N, CTA_ROWS, DTYPES, HEAD_DIMS, AttentionVariant,
-                                                    BackwardVariant, grad_tile_layout)
+                                                    BackwardVariant)
 
 ARCH = rt.ARCH
 # the kernel's parameters (cute_kernel.py ParallaxAttentionForward.kernel): the two tiled MMAs (empty
@@ -144,7 +144,7 @@ def _launch(q, k, v, r, causal: bool, scale: float, document_ids: torch.Tensor |
 def _launch_backward(grad_o, q, k, v, r, o, a, lse, tbar, causal: bool, scale: float,
                      document_ids: torch.Tensor | None = None, artefact_dir: Path | None = None, **variant_fields):
     """Launch the backward (every tensor contiguous, 16-byte aligned); returns dq, dk, dv, dr."""
-    from parallax_kernels.parallax.triton_fused import row_dot_products
+    from parallax_kernels.parallax.cute_backward_io import backward_statistics, gradients_from_tiles
 
     b, h, n, d = q.shape
     hkv = k.shape[1]
@@ -156,17 +156,12 @@ def _launch_backward(grad_o, q, k, v, r, o, a, lse, tbar, causal: bool, scale: f
         raise ValueError(f"parallax_attention backend 'cute': B * Hkv = {b * hkv} (batch, KV head) pairs; the "
                          f"backward launch takes at most {MAX_GRID_Y}")
     kernel = load_attention_kernel(variant, artefact_dir)
-    drow, e = row_dot_products(grad_o, o, a)
     # per query row (lse, tbar, Drow, E), padded to whole query tiles; padding rows get lse = inf (weight 0)
     n_pad = -(-n // variant.bm) * variant.bm
-    stats = torch.empty(b * h, n_pad, 4, dtype=torch.float32, device=q.device)
-    stats[:, :n] = torch.stack((lse, tbar, drow, e), dim=-1).view(b * h, n, 4)
-    stats[:, n:, 0] = math.inf
-    stats[:, n:, 1:] = 0.0
+    stats = backward_statistics(grad_o, o, a, lse, tbar, n_pad)
     # dQ, dR accumulate in fp32, one contiguous D x BM block per (batch head, query tile) (grad_tile_layout)
     m_tiles = n_pad // variant.bm
-    dq_acc = torch.zeros(b * h, m_tiles, d * variant.bm, dtype=torch.float32, device=q.device)
-    dr_acc = torch.zeros_like(dq_acc)
+    acc = torch.zeros(2, b * h, m_tiles, d * variant.bm, dtype=torch.float32, device=q.device)
     # deterministic: per (batch head, query tile) the number of key tiles whose share 0 and share 1 (the two
     # warpgroups' parts of dQ and dR, cute_backward._flush) are added
     turns = torch.zeros(b * h, m_tiles, 2, dtype=torch.int32, device=q.device) if variant.deterministic else None
@@ -178,33 +173,13 @@ def _launch_backward(grad_o, q, k, v, r, o, a, lse, tbar, causal: bool, scale: f
                                               (k, box_kv, sizes_kv), (v, box_kv, sizes_kv))
                    for part in (_tma_descriptor(t, box), sizes)]
     args = [b"\0"] * 4 + descriptors + [
-        stats.data_ptr(), dq_acc.data_ptr(), dr_acc.data_ptr(), turns.data_ptr() if turns is not None else 0,
+        stats.data_ptr(), acc[0].data_ptr(), acc[1].data_ptr(), turns.data_ptr() if turns is not None else 0,
         dk.data_ptr(), dv.data_ptr(), n, n_pad, h, h // hkv, scale * math.log2(math.e), scale,
         bounds.data_ptr() if bounds is not None else 0]
     grid = (-(-n // BWD_BLOCK_N), b * hkv, 1)
     kernel.launch(grid, args, torch.cuda.current_stream(q.device).cuda_stream)
-
-    tile_shape, order = grad_tile_order(d, variant.bm)
-
-    def finish(acc):  # fp32 tiles in the kernel's order -> contiguous (B, H, N, D) in the input dtype
-        out = torch.empty(b, h, n_pad, d, dtype=q.dtype, device=q.device)
-        tiles = acc.view(b * h, m_tiles, *tile_shape).permute(0, 1, *(2 + i for i in order))
-        out.view(b * h, m_tiles, *tiles.shape[2:]).copy_(tiles)
-        return out if n == n_pad else out[:, :, :n].contiguous()
-
-    return finish(dq_acc), dk, dv, finish(dr_acc)
-
-
-def grad_tile_order(head_dim: int, bm: int) -> tuple[list[int], list[int]]:
-    """A dQ / dR accumulator tile (grad_tile_layout) as a torch view: the sizes of its modes from the slowest
-    in memory to the fastest, and the permutation of those modes that gives (column modes, then row modes,
-    each from its slowest): read through it, the tile is BM query rows x head_dim, row-major."""
-    (rows, cols), (row_strides, col_strides) = grad_tile_layout(head_dim, bm)
-    modes = sorted([(st, size, ("col", i)) for i, (size, st) in enumerate(zip(cols, col_strides))]
-                   + [(st, size, ("row", i)) for i, (size, st) in enumerate(zip(rows, row_strides))], reverse=True)
-    names = [name for _, _, name in modes]
-    wanted = [("col", i) for i in reversed(range(len(cols)))] + [("row", i) for i in reversed(range(len(rows)))]
-    return [size for _, size, _ in modes], [names.index(w) for w in wanted]
+    dq, dr = gradients_from_tiles(acc, (b, h, n, d), q.dtype, variant.bm)
+    return dq, dk, dv, dr
 
 
 def _tma_descriptor(t: torch.Tensor, box: list[int]) -> bytes:
