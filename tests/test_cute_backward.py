@@ -167,6 +167,24 @@ def test_grad_tiles_are_stored_without_bank_conflicts_and_read_back_row_major(d,
     assert torch.equal(dr.cpu().view(b * h, n, d), values[1, :, :n])
 
 
+def test_sizes_past_the_io_kernels_offsets_are_clear_errors():
+    """The statistics and gradient-tile kernels index with 32-bit offsets: a larger problem is refused, naming the
+    shape, before any kernel runs (meta tensors: nothing is allocated)."""
+    from parallax_kernels.parallax.cute_backward_io import (MAX_OFFSET, _check_offsets, backward_statistics,
+                                                            gradients_from_tiles)
+
+    _check_offsets("buffer", MAX_OFFSET, (1,))  # the largest offset the kernels take is accepted
+    with pytest.raises(ValueError, match="buffer for q of shape"):
+        _check_offsets("buffer", MAX_OFFSET + 1, (1,))
+    b, h, n, d, bm = 1, 64, 2**16, 128, 32
+    big = torch.empty(2, 4 * b * h, n // bm, d * bm, device="meta")
+    with pytest.raises(ValueError, match=r"fp32 dQ and dR buffer for q of shape \(4, 64, 65536, 128\) has 4294967296"):
+        gradients_from_tiles(big, (4 * b, h, n, d), torch.bfloat16, bm)
+    x = torch.empty(8 * b, h, n, d, device="meta")
+    with pytest.raises(ValueError, match=r"statistics and inputs for q of shape \(8, 64, 65536, 128\)"):
+        backward_statistics(x, x, x, x[..., 0], x[..., 0], n)
+
+
 def test_backward_statistics_are_the_rows_lse_tbar_and_dot_products_padded():
     """cute_backward_io.backward_statistics: per query row lse, tbar, dO.o, dO.a; rows past N up to whole query
     tiles: lse = inf (their weights are exp2(-inf) = 0) and zeros."""

@@ -118,6 +118,8 @@ def test_head_dim_mismatch_is_a_clear_error(rng):
         (dict(k=torch.zeros(1, 3, 8, 16), v=torch.zeros(1, 3, 8, 16)), r"multiple of key/value heads"),
         (dict(k=torch.zeros(1, 2, 9, 16), v=torch.zeros(1, 2, 9, 16)), r"batch and sequence sizes differ"),
         (dict(document_ids=torch.zeros(1, 7, dtype=torch.long)), r"document_ids must be \(B, N\)"),
+        # a kernel reading them through a pointer would take a host address for device memory
+        (dict(document_ids=torch.zeros(1, 8, dtype=torch.long, device="meta")), r"document_ids is on meta, q on cpu"),
     ],
 )
 def test_bad_shapes_are_clear_errors(kwargs, message):

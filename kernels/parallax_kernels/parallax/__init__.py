@@ -119,6 +119,8 @@ def _check_shapes(q, k, v, r, document_ids) -> None:
         raise ValueError(
             f"document_ids must be (B, N) = {(b, n)}; got {tuple(document_ids.shape)}"
         )
+    if document_ids is not None and document_ids.device != q.device:
+        raise ValueError(f"document_ids is on {document_ids.device}, q on {q.device}: give them on one device")
 
 
 def _document_ids_from_cu_seqlens(cu_seqlens, q, document_ids) -> torch.Tensor:

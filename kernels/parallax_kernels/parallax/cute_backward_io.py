@@ -6,8 +6,8 @@ that run at memory speed (cute_launch.py launches them around the backward):
 - `gradients_from_tiles`: the fp32 dQ and dR accumulators, one D x BM tile per (batch head, query tile) in the
   staging order of cute_variant.grad_tile_layout, into (B, H, N, D) in the inputs' dtype, both in one launch.
 
-Both replace chains of torch operations (a row-dot kernel and a stack; a permuted copy per gradient, which
-read the tiles with a stride and ran at about a third of the memory's bandwidth; docs/kernels_hopper.md).
+Plain torch operations for the same work (a permuted copy per gradient reads the tiles with a stride) run at
+about a third of the memory's bandwidth (docs/kernels_hopper.md, around the kernel).
 """
 
 from __future__ import annotations
@@ -19,6 +19,13 @@ import triton.language as tl
 from parallax_kernels.parallax.cute_variant import grad_tile_layout
 
 STATS = 4  # lse, tbar, Drow, E
+MAX_OFFSET = 2**31 - 1  # the kernels index with 32-bit offsets
+
+
+def _check_offsets(what: str, elements: int, shape) -> None:
+    if elements > MAX_OFFSET:
+        raise ValueError(f"parallax_attention backend 'cute': the backward's {what} for q of shape {tuple(shape)} has "
+                         f"{elements} elements; its kernels index at most {MAX_OFFSET} (split the batch)")
 
 
 @triton.jit
@@ -45,6 +52,7 @@ def backward_statistics(grad_o, o, a, lse, tbar, n_pad: int) -> torch.Tensor:
     """(B H, n_pad, 4) fp32: lse, tbar, Drow, E per query row; rows past N: inf, 0, 0, 0. grad_o, o, a are
     contiguous (B, H, N, D); lse, tbar contiguous (B, H, N)."""
     b, h, n, d = o.shape
+    _check_offsets("statistics and inputs", max(b * h * n * d, b * h * n_pad * STATS), o.shape)
     stats = torch.empty(b * h, n_pad, STATS, dtype=torch.float32, device=o.device)
     block = 64
     _statistics_kernel[(triton.cdiv(n_pad, block), b * h)](grad_o, o, a, lse, tbar, stats, n, n_pad, HEAD_DIM=d,
@@ -79,6 +87,7 @@ def gradients_from_tiles(acc: torch.Tensor, shape: tuple[int, int, int, int], dt
     """acc (2, B H, m_tiles, D BM) fp32: the dQ then the dR tiles in grad_tile_layout's order. Returns dq, dr:
     contiguous (B, H, N, D) in `dtype`, two tensors (a custom op's outputs may not share storage)."""
     b, h, n, d = shape
+    _check_offsets("fp32 dQ and dR buffer", acc.numel(), shape)
     if grad_tile_layout(d, bm) != (((8, 2, 4, d // 64), (2, 4, bm // 8)), ((4, 64, 16 * bm, 64 * bm), (32, 1, 128))):
         raise RuntimeError(f"grad_tile_layout({d}, {bm}) is not the layout _tiles_kernel reads")
     m_tiles = acc.shape[2]
