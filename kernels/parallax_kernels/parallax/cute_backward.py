@@ -51,7 +51,8 @@ from cutlass.cute.nvgpu import cpasync, warpgroup
 from cutlass.cutlass_dsl import dsl_user_op
 
 from parallax_kernels import cute_runtime as rt
-from parallax_kernels.parallax.cute_fragments import as_a_operand, mn_view, pack_pair, transpose_view
+from parallax_kernels.parallax.cute_fragments import (as_a_operand, mn_view, pack_pair, transpose_view,
+                                                      visible_in_document)
 from parallax_kernels.parallax.cute_variant import BWD_BLOCK_N, BWD_NUM_THREADS, BackwardVariant, grad_tile_layout
 
 PRODUCER_REGS = 24
@@ -334,7 +335,7 @@ class ParallaxAttentionBackward:
         visible = None
         if cutlass.const_expr(self.v.documents):
             visible = cute.make_rmem_tensor((cute.size(coords.shape[0]), 2), Int32)
-            self._document_keys(visible, bounds, coords, n0, n)
+            visible_in_document(visible, bounds, coords, n0, n, self.causal, rows_are_queries=False)
         kv_cons.wait()
         held = cutlass.Int64(-1)  # (deterministic) the query tile whose dQ/dR turn this warpgroup holds
         mma_kv.set(warpgroup.Field.ACCUMULATE, True)
@@ -547,22 +548,6 @@ class ParallaxAttentionBackward:
         return held
 
     # ---- pieces ---------------------------------------------------------------------------------
-    @cute.jit
-    def _document_keys(self, visible: cute.Tensor, bounds: cute.Tensor, coords, n0: Int32, n: Int32):
-        """visible[i] = [lo, hi): the queries that see key row i of this thread, its document's [start, end)
-        (causal: from the key itself); keys past the sequence's end are seen by none."""
-        for i in cutlass.range_constexpr(cute.size(coords.shape[0])):
-            key = n0 + coords[i, 0][0]
-            lo = Int32(0)
-            hi = Int32(0)
-            if key < n:
-                lo = bounds[key, 0]
-                hi = bounds[key, 1]
-                if cutlass.const_expr(self.causal):
-                    lo = cutlass.max(lo, key)
-            visible[i, 0] = lo
-            visible[i, 1] = hi
-
     def _as_pairs(self, ptr: cute.Pointer, ds_smem: cute.ComposedLayout) -> cute.Tensor:
         """A ds^T / dt^T buffer as 32-bit pairs of adjacent queries, for the stores. The wgmma's swizzle
         (ds_smem.inner, on byte addresses: 2^B 16-byte chunks XORed by the row) is rebuilt on 32-bit

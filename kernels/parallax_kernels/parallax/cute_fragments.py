@@ -1,7 +1,7 @@
 """Register-fragment views shared by the CuTe DSL attention kernels (cute_kernel.py, cute_backward.py): wgmma
 accumulators read as (row, column) tiles, an accumulator tile turned into the 16-bit A operand of the next
-wgmma without leaving registers, two adjacent columns packed for one 32-bit store, and a shared-memory tile
-read transposed."""
+wgmma without leaving registers, two adjacent columns packed for one 32-bit store, a shared-memory tile
+read transposed, and what a thread's accumulator rows see of packed documents."""
 
 from __future__ import annotations
 
@@ -36,6 +36,29 @@ def pack_pair(lo, hi, dtype) -> cutlass.Uint32:
     pair[0] = lo.to(dtype)
     pair[1] = hi.to(dtype)
     return cute.recast_tensor(pair, cutlass.Uint32)[0]
+
+
+@cute.jit
+def visible_in_document(out: cute.Tensor, bounds: cute.Tensor, coords, first, n, causal: cutlass.Constexpr,
+                        rows_are_queries: cutlass.Constexpr):
+    """out[i] = [lo, hi): the tokens that this thread's accumulator row i (token `first` + its row in coords, an
+    mn_view of the tile's identity) attends to or is attended by: its document's [start, end) from bounds ((N, 2)
+    int32 of one batch row). Causal: a query sees keys up to itself (hi at most row + 1), a key is seen by queries
+    from itself on (lo at least row). Rows past n: [0, 0), nothing."""
+    for i in cutlass.range_constexpr(cute.size(coords.shape[0])):
+        token = first + coords[i, 0][0]
+        lo = cutlass.Int32(0)
+        hi = cutlass.Int32(0)
+        if token < n:
+            lo = bounds[token, 0]
+            hi = bounds[token, 1]
+            if cutlass.const_expr(causal):
+                if cutlass.const_expr(rows_are_queries):
+                    hi = cutlass.min(hi, token + 1)
+                else:
+                    lo = cutlass.max(lo, token)
+        out[i, 0] = lo
+        out[i, 1] = hi
 
 
 def transpose_view(t: cute.Tensor) -> cute.Tensor:

@@ -42,7 +42,7 @@ from cutlass import Float32, Int32
 from cutlass.cute.nvgpu import cpasync, warpgroup
 
 from parallax_kernels import cute_runtime as rt
-from parallax_kernels.parallax.cute_fragments import as_a_operand, mn_view, pack_pair
+from parallax_kernels.parallax.cute_fragments import as_a_operand, mn_view, pack_pair, visible_in_document
 from parallax_kernels.parallax.cute_variant import CTA_ROWS, MMA_WARPGROUPS, NUM_THREADS, WG_ROWS, AttentionVariant
 
 PRODUCER_REGS = 24
@@ -261,7 +261,7 @@ class ParallaxAttentionForward:
         seen = None
         if cutlass.const_expr(self.v.documents):
             seen = cute.make_rmem_tensor((2, 2), Int32)
-            self._document_rows(seen, bounds, coords, row0, n)
+            visible_in_document(seen, bounds, coords, row0, n, self.causal, rows_are_queries=True)
             wg_tiles = cta_lo  # rows past the end: release only
             if row0 < n:
                 wg_hi = bounds[cutlass.min(row0 + WG_ROWS, n) - 1, 1]
@@ -413,22 +413,6 @@ class ParallaxAttentionForward:
         return k_cons, v_cons, mma_qk, mma_pv
 
     # ---- pieces ---------------------------------------------------------------------------------
-    @cute.jit
-    def _document_rows(self, seen: cute.Tensor, bounds: cute.Tensor, coords, row0: Int32, n: Int32):
-        """seen[i] = [lo, hi): the keys row i of this thread sees, its document's [start, end) (causal: hi at
-        most row + 1); rows past the sequence's end see none."""
-        for i in cutlass.range_constexpr(2):
-            row = row0 + coords[i, 0][0]
-            lo = Int32(0)
-            hi = Int32(0)
-            if row < n:
-                lo = bounds[row, 0]
-                hi = bounds[row, 1]
-                if cutlass.const_expr(self.causal):
-                    hi = cutlass.min(hi, row + 1)
-            seen[i, 0] = lo
-            seen[i, 1] = hi
-
     @cute.jit
     def _rescale_row(self, o1: cute.Tensor, o2: cute.Tensor, i: cutlass.Constexpr, alpha: Float32, shift: Float32):
         for c in cutlass.range_constexpr(cute.size(o1.shape[1])):
