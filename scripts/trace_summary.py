@@ -1,0 +1,129 @@
+"""Where a training step's GPU time goes: GPU kernel time by category and by kernel, from torch.profiler traces.
+
+    python scripts/trace_summary.py RUN/profile_traces/iteration_6/rank0_trace.json [OTHER_TRACE ...] \
+        --labels parallax transformer [--top 25]
+
+Reads the Chrome traces torchtitan writes under `[profiling] enable_profiling` (one profiled step each), sums
+the duration of every GPU kernel event (`"cat": "kernel"`) by category and by kernel name, and prints one table
+of categories with a column per trace (ms per profiled step), then each trace's top kernels. With two or more
+traces the category table adds each trace's difference from the first: where one model's step is longer than
+another's. Kernel time on one stream is not the step's wall time: the table also gives the span from the first
+kernel's start to the last kernel's end and the time inside it with no kernel running (host gaps, launch
+latency).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+from collections import defaultdict
+from pathlib import Path
+
+# First match wins; the names are those of the kernels the project's training steps launch.
+CATEGORIES = (
+    ("parallax attention, CuTe", r"ParallaxAttention"),
+    ("parallax attention, Triton", r"^_(fwd|bwd_dkdv|bwd_dqdr|bwd_preprocess|statistics|tiles)_kernel"),
+    ("softmax attention (cuDNN, flash, flex)", r"cudnn|flash|fmha|sdpa|flex_attention|triton_tem_fused"),
+    ("matmul", r"gemm|nvjet|xmma|cutlass|cublas|sm90_|ampere_|splitK"),
+    ("collectives (NCCL)", r"nccl"),
+    ("Inductor fused (elementwise, norms, RoPE)", r"^triton_(poi|per|red)_"),
+    ("copies and fills", r"copy|Memcpy|Memset|fill|cat|CatArray"),
+    ("other elementwise and reductions (eager)", r"elementwise|reduce|vectorized|Reduce|softmax|norm"),
+)
+_COMPILED = [(name, re.compile(pattern)) for name, pattern in CATEGORIES]
+
+
+def category(kernel: str) -> str:
+    for name, pattern in _COMPILED:
+        if pattern.search(kernel):
+            return name
+    return "other"
+
+
+def kernel_events(trace: Path) -> list[dict]:
+    try:
+        data = json.loads(trace.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise SystemExit(f"{trace}: not a readable Chrome trace ({err})") from None
+    events = data.get("traceEvents") if isinstance(data, dict) else None
+    if events is None:
+        raise SystemExit(f"{trace}: no 'traceEvents' list; expected a torch.profiler Chrome trace")
+    kernels = [e for e in events if e.get("cat") == "kernel" and e.get("ph") == "X" and "dur" in e]
+    if not kernels:
+        raise SystemExit(f"{trace}: no GPU kernel events (was the profile taken on a GPU with CUDA activity?)")
+    return kernels
+
+
+def summarise(trace: Path) -> dict:
+    kernels = kernel_events(trace)
+    by_kernel: dict[str, list[float]] = defaultdict(lambda: [0.0, 0])
+    by_category: dict[str, float] = defaultdict(float)
+    for e in kernels:
+        us = float(e["dur"])
+        by_kernel[e["name"]][0] += us
+        by_kernel[e["name"]][1] += 1
+        by_category[category(e["name"])] += us
+    # busy time: the union of kernel intervals (kernels on several streams may overlap)
+    intervals = sorted((float(e["ts"]), float(e["ts"]) + float(e["dur"])) for e in kernels)
+    busy, cur_start, cur_end = 0.0, *intervals[0]
+    for start, end in intervals[1:]:
+        if start > cur_end:
+            busy += cur_end - cur_start
+            cur_start, cur_end = start, end
+        else:
+            cur_end = max(cur_end, end)
+    busy += cur_end - cur_start
+    span = intervals[-1][1] - intervals[0][0]
+    return {"kernels": dict(by_kernel), "categories": dict(by_category), "span": span, "busy": busy,
+            "total": sum(by_category.values())}
+
+
+def category_table(summaries: list[dict], labels: list[str]) -> str:
+    names = [name for name, _ in CATEGORIES] + ["other"]
+    head = "| category | " + " | ".join(f"{label} (ms)" for label in labels)
+    head += "".join(f" | {label} - {labels[0]}" for label in labels[1:]) + " |"
+    lines = [head, "|---" + "|---:" * (2 * len(labels) - 1) + "|"]
+
+    def row(title: str, values: list[float]) -> str:
+        cells = [f"{v / 1e3:.1f}" for v in values] + [f"{(v - values[0]) / 1e3:+.1f}" for v in values[1:]]
+        return f"| {title} | " + " | ".join(cells) + " |"
+
+    for name in names:
+        values = [s["categories"].get(name, 0.0) for s in summaries]
+        if any(values):
+            lines.append(row(name, values))
+    lines.append(row("**all kernels**", [s["total"] for s in summaries]))
+    lines.append(row("first kernel start to last kernel end", [s["span"] for s in summaries]))
+    lines.append(row("no kernel running inside that span", [s["span"] - s["busy"] for s in summaries]))
+    return "\n".join(lines)
+
+
+def kernel_table(summary: dict, top: int, width: int = 90) -> str:
+    lines = ["| kernel | category | calls | ms | share |", "|---|---|---:|---:|---:|"]
+    ranked = sorted(summary["kernels"].items(), key=lambda kv: -kv[1][0])
+    for name, (us, calls) in ranked[:top]:
+        short = name if len(name) <= width else name[: width - 3] + "..."
+        lines.append(f"| `{short}` | {category(name)} | {calls} | {us / 1e3:.2f} | {us / summary['total']:.1%} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("traces", nargs="+", type=Path)
+    parser.add_argument("--labels", nargs="+", default=None, help="one name per trace (default: the file names)")
+    parser.add_argument("--top", type=int, default=20, help="kernels listed per trace")
+    args = parser.parse_args(argv)
+    labels = args.labels or [t.stem for t in args.traces]
+    if len(labels) != len(args.traces):
+        parser.error(f"--labels has {len(labels)} names for {len(args.traces)} traces")
+    summaries = [summarise(t) for t in args.traces]
+    print("GPU kernel time per profiled step, by category\n")
+    print(category_table(summaries, labels))
+    for label, summary in zip(labels, summaries):
+        print(f"\n{label}: top kernels\n")
+        print(kernel_table(summary, args.top))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,61 @@
+"""scripts/trace_summary.py on small hand-written Chrome traces."""
+
+import json
+
+import pytest
+
+from scripts import trace_summary
+
+
+def _trace(path, kernels):
+    events = [{"ph": "X", "cat": "cpu_op", "name": "aten::mm", "ts": 0, "dur": 999}]
+    events += [{"ph": "X", "cat": "kernel", "name": name, "ts": ts, "dur": dur} for name, ts, dur in kernels]
+    path.write_text(json.dumps({"traceEvents": events}))
+    return path
+
+
+def test_categories_sums_and_gaps(tmp_path, capsys):
+    a = _trace(tmp_path / "a.json", [
+        ("nvjet_tst_128x256_64x4_1x2_h_bz_coopA_NTN", 0, 100),
+        ("kernel_cutlass_kernel_parallax_kernelsparallaxcute_kernelParallaxAttentionForward_obj", 150, 300),
+        ("triton_poi_fused_add_mul_0", 400, 60),  # overlaps the attention kernel on another stream
+        ("ncclDevKernel_AllGather_RING_LL", 500, 40),
+    ])
+    b = _trace(tmp_path / "b.json", [
+        ("nvjet_tst_128x256_64x4_1x2_h_bz_coopA_NTN", 0, 100),
+        ("cudnn_generated_fort_native_sdpa_sm90_flash_fprop_wgmma_f16_knob_3_64x128x128", 100, 120),
+    ])
+    s = trace_summary.summarise(a)
+    assert s["total"] == 500
+    assert s["span"] == 540
+    assert s["busy"] == 100 + 310 + 40  # [0,100), [150,460), [500,540)
+    assert s["categories"] == {"matmul": 100, "parallax attention, CuTe": 300,
+                               "Inductor fused (elementwise, norms, RoPE)": 60, "collectives (NCCL)": 40}
+    trace_summary.main([str(a), str(b), "--labels", "parallax", "softmax", "--top", "2"])
+    out = capsys.readouterr().out
+    assert "| softmax attention (cuDNN, flash, flex) | 0.0 | 0.1 | +0.1 |" in out
+    assert "| parallax attention, CuTe | 0.3 | 0.0 | -0.3 |" in out
+    assert "| no kernel running inside that span | 0.1 | 0.0 | -0.1 |" in out
+    assert out.count("| `") == 4  # two kernels listed per trace
+
+
+@pytest.mark.parametrize("name,expected", [
+    ("_bwd_dkdv_kernel", "parallax attention, Triton"),
+    ("_statistics_kernel", "parallax attention, Triton"),
+    ("triton_red_fused__to_copy_mul_sum_3", "Inductor fused (elementwise, norms, RoPE)"),
+    ("void at::native::elementwise_kernel<128, 4>", "other elementwise and reductions (eager)"),
+    ("flash_bwd_dq_dk_dv_loop_seqk_parallel_kernel", "softmax attention (cuDNN, flash, flex)"),
+    ("something_new", "other"),
+])
+def test_category_names(name, expected):
+    assert trace_summary.category(name) == expected
+
+
+def test_bad_input_is_named(tmp_path, capsys):
+    bad = tmp_path / "cpu_only.json"
+    bad.write_text(json.dumps({"traceEvents": [{"ph": "X", "cat": "cpu_op", "name": "aten::mm", "ts": 0, "dur": 1}]}))
+    with pytest.raises(SystemExit, match="cpu_only.json: no GPU kernel events"):
+        trace_summary.summarise(bad)
+    with pytest.raises(SystemExit):
+        trace_summary.main([str(bad), str(bad), "--labels", "x"])
+    assert "--labels has 1 names for 2 traces" in capsys.readouterr().err
