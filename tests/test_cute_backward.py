@@ -479,6 +479,41 @@ def test_each_backend_reaches_its_backward(backend, ordered):
     assert calls == [("attention_fwd_cute.default", ordered), ("attention_bwd_cute.default", ordered)]
 
 
+@pytest.mark.parametrize("backend", [*CUTE_BACKENDS, "triton"])
+def test_the_ops_get_the_models_transposed_tensors_contiguous(backend):
+    """The model hands q, k, v, r as (B, N, H, D) tensors seen as (B, H, N, D), and its output transpose hands back
+    a transposed gradient. The kernels read them contiguous: the backend functions make them so before the ops
+    (under torch.compile a copy fused into the kernel that produces them), not inside, where each would be a copy
+    more per pass."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from parallax_kernels.parallax import BACKENDS
+
+    seen = []
+
+    class Record(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func.namespace == "parallax":
+                seen.append((func.__name__, [a.is_contiguous() for a in args if isinstance(a, torch.Tensor)]))
+            return func(*args, **(kwargs or {}))
+
+    b, h, hkv, n, d = 1, 4, 2, 50, 128
+    with FakeTensorMode():
+        q, r = (torch.empty(b, n, h, d, dtype=torch.bfloat16, requires_grad=True) for _ in range(2))
+        k, v = (torch.empty(b, n, hkv, d, dtype=torch.bfloat16, requires_grad=True) for _ in range(2))
+        with Record():
+            out = BACKENDS[backend].fn(*(x.transpose(1, 2) for x in (q, k, v, r)), causal=True, scale=d**-0.5,
+                                       document_ids=None)
+            torch.autograd.grad(out.transpose(1, 2).sum(), (q, k, v, r))
+    names = [name for name, _ in seen]
+    assert names[0].startswith("attention_fwd") and names[-1].startswith("attention_bwd"), names
+    if backend == "triton":  # its forward reads strided q, k, v, r; its backward wants dO in o's layout
+        assert seen[-1][1][0], seen
+    else:
+        assert all(all(contiguous) for _, contiguous in seen), seen
+
+
 @pytest.mark.parametrize("backend", CUTE_BACKENDS)
 def test_backends_are_registered_and_off_hopper_are_errors_not_fallbacks(backend):
     from parallax_kernels.parallax import BACKENDS

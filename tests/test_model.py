@@ -72,6 +72,22 @@ def test_zero_probe_model_equals_softmax_model(probe_rope):
     assert (normal(tokens) - softmax(tokens)).abs().max() > 1e-3
 
 
+@pytest.mark.parametrize("positions", [None, "shuffled"])
+def test_probe_takes_the_query_rotation(positions):
+    """The probe's RoPE is the query's: rotated alone, r gets the values q gets at the same positions."""
+    from torchtitan.models.qwen3.model.model import apply_rotary_emb, precompute_rope_cache
+
+    from parallax_titan.model.attention.parallax import rotate
+
+    torch.manual_seed(0)
+    x, k = torch.randn(2, 7, 3, 16), torch.randn(2, 7, 1, 16)
+    cache = precompute_rope_cache(16, 32, 10000.0)
+    pos = None if positions is None else torch.randperm(32)[:7][None]
+    expected, _ = apply_rotary_emb(x, k, cache, pos)
+    assert torch.equal(rotate(x, cache, pos), expected)
+    assert not torch.equal(rotate(x, cache, pos), x)
+
+
 def test_probe_gate_and_norm_knobs_change_parameters():
     gated = build(small("debug-parallax", probe_gate=True, probe_norm=False))
     names = {n for n, _ in gated.named_parameters()}

@@ -242,6 +242,9 @@ def _(grad_o, q, k, v, r, o, a, lse, tbar, causal, scale, deterministic=False, d
 
 def _backward(ctx, grad_o, grad_a, grad_lse, grad_tbar):
     q, k, v, r, o, a, lse, tbar, document_ids = ctx.saved_tensors
+    # made contiguous outside the op, where torch.compile can fuse the copy into grad_o's producer (the
+    # model's output transpose hands back a transposed gradient)
+    grad_o = grad_o.contiguous()
     dq, dk, dv, dr = attention_bwd_cute(grad_o, q, k, v, r, o, a, lse, tbar, ctx.causal, ctx.scale,
                                         ctx.deterministic, document_ids)
     return dq, dk, dv, dr, None, None, None, None
@@ -265,4 +268,8 @@ def parallax_attention_cute(q, k, v, r, *, causal: bool, scale: float, document_
     """Fused Parallax attention, CuTe DSL forward and backward; shapes as parallax_attention (already
     checked). The key tiles add their dQ, dR shares in any order (backend "cute": not bitwise
     reproducible); deterministic=True orders them (backend "cute_deterministic": slower)."""
+    # The kernels read contiguous (B, H, N, D) tensors. Made so here, outside the op, torch.compile writes them
+    # in that layout in the kernels that produce them (the model's norms and RoPE of (B, N, H, D) tensors), and
+    # the op saves the contiguous ones for its backward; inside the op each would be a copy more per pass.
+    q, k, v, r = (x.contiguous() for x in (q, k, v, r))
     return attention_fwd_cute(q, k, v, r, causal, scale, deterministic, document_ids)[0]

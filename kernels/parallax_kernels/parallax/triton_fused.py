@@ -545,6 +545,8 @@ def _setup_context(ctx, inputs, output):
 
 def _backward(ctx, grad_o, grad_a, grad_lse, grad_tbar):
     q, k, v, r, o, a, lse, tbar, document_ids = ctx.saved_tensors
+    # grad_o in o's layout, made so outside the op where torch.compile can fuse the copy into its producer
+    grad_o = grad_o.contiguous()
     dq, dk, dv, dr = attention_bwd(grad_o, q, k, v, r, o, a, lse, tbar, ctx.causal, ctx.scale, document_ids,
                                    ctx.atomic_dq)
     return dq, dk, dv, dr, None, None, None, None

@@ -85,14 +85,18 @@ def project(attn: ParallaxAttention, x: torch.Tensor, rope_cache: torch.Tensor, 
         xr = attn.r_norm(xr)
     if attn.probe_gate is not None:
         xr = xr * torch.sigmoid(attn.probe_gate(x)).unsqueeze(-1)
-    n_q = xq.shape[2]
-    if attn.probe_rope:
-        # r takes the query's positions: rotate q and r together, k as usual.
-        qr, xk = apply_rotary_emb(torch.cat([xq, xr], dim=2), xk, rope_cache, positions)
-        xq, xr = qr[:, :, :n_q], qr[:, :, n_q:]
-    else:
-        xq, xk = apply_rotary_emb(xq, xk, rope_cache, positions)
+    xq, xk = apply_rotary_emb(xq, xk, rope_cache, positions)
+    if attn.probe_rope:  # r takes the query's rotation
+        xr = rotate(xr, rope_cache, positions)
     return Projected(xq, xk, xv, (xr,))
+
+
+def rotate(x: torch.Tensor, rope_cache: torch.Tensor, positions=None) -> torch.Tensor:
+    """RoPE on one (B, N, heads, head_dim) tensor, by torchtitan's Qwen3 rotation (which takes a q and a k: here
+    a k of no heads). The probe is rotated on its own: concatenated to q it would be copied into a shared buffer
+    (and its gradient sliced out of one) for no arithmetic saved."""
+    rotated, _ = apply_rotary_emb(x, x[:, :, :0], rope_cache, positions)
+    return rotated
 
 
 def prefill(attn: ParallaxAttention, q, k, v, extras, *, backend: str) -> torch.Tensor:
