@@ -20,14 +20,16 @@ import re
 from collections import defaultdict
 from pathlib import Path
 
-# First match wins; the names are those of the kernels the project's training steps launch.
+# First match wins; the names are those of the kernels the project's training steps launch. Inductor's pointwise
+# and reduction kernels come before attention: they are named after the ops they fuse, which can be the attention
+# op whose inputs they prepare (`triton_per_fused__scaled_dot_product_cudnn_attention_...`).
 CATEGORIES = (
     ("parallax attention, CuTe", r"ParallaxAttention"),
     ("parallax attention, Triton", r"^_(fwd|bwd_dkdv|bwd_dqdr|bwd_preprocess|statistics|tiles)_kernel"),
+    ("Inductor fused (elementwise, norms, RoPE)", r"^triton_(poi|per|red)_"),
     ("softmax attention (cuDNN, flash, flex)", r"cudnn|flash|fmha|sdpa|flex_attention|triton_tem_fused"),
     ("matmul", r"gemm|nvjet|xmma|cutlass|cublas|sm90_|ampere_|splitK"),
     ("collectives (NCCL)", r"nccl"),
-    ("Inductor fused (elementwise, norms, RoPE)", r"^triton_(poi|per|red)_"),
     ("copies and fills", r"copy|Memcpy|Memset|fill|cat|CatArray"),
     ("other elementwise and reductions (eager)", r"elementwise|reduce|vectorized|Reduce|softmax|norm"),
 )
