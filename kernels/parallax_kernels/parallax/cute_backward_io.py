@@ -17,6 +17,7 @@ import triton
 import triton.language as tl
 
 from parallax_kernels.parallax.cute_variant import grad_tile_layout
+from parallax_kernels.parallax.triton_fused import row_dots
 
 STATS = 4  # lse, tbar, Drow, E
 MAX_OFFSET = 2**31 - 1  # the kernels index with 32-bit offsets
@@ -35,17 +36,15 @@ def _statistics_kernel(DO, O, A, LSE, TBAR, STATS_OUT, N_CTX, N_PAD, HEAD_DIM: t
     inside = rows < N_CTX
     cols = tl.arange(0, HEAD_DIM)
     at = (bh * N_CTX + rows)[:, None] * HEAD_DIM + cols[None, :]
-    do = tl.load(DO + at, mask=inside[:, None], other=0.0).to(tl.float32)
-    o = tl.load(O + at, mask=inside[:, None], other=0.0).to(tl.float32)
-    a = tl.load(A + at, mask=inside[:, None], other=0.0).to(tl.float32)
+    drow, e = row_dots(DO + at, O + at, A + at, inside)
     lse = tl.load(LSE + bh * N_CTX + rows, mask=inside, other=float("inf"))
     tbar = tl.load(TBAR + bh * N_CTX + rows, mask=inside, other=0.0)
     out = STATS_OUT + (bh * N_PAD + rows) * 4
     stored = rows < N_PAD
     tl.store(out, lse, mask=stored)
     tl.store(out + 1, tbar, mask=stored)
-    tl.store(out + 2, tl.sum(do * o, 1), mask=stored)
-    tl.store(out + 3, tl.sum(do * a, 1), mask=stored)
+    tl.store(out + 2, drow, mask=stored)
+    tl.store(out + 3, e, mask=stored)
 
 
 def backward_statistics(grad_o, o, a, lse, tbar, n_pad: int) -> torch.Tensor:

@@ -376,23 +376,31 @@ def _bwd_dqdr_kernel(
 
 
 @triton.jit
+def row_dots(do_ptrs, o_ptrs, a_ptrs, inside):
+    """Per row of a (rows, HEAD_DIM) block: Drow = dO . o and E = dO . a in fp32, each tensor read once; rows
+    not `inside` give 0. Shared with the CuTe backward's statistics kernel (cute_backward_io.py)."""
+    do = tl.load(do_ptrs, mask=inside[:, None], other=0.0).to(tl.float32)
+    o = tl.load(o_ptrs, mask=inside[:, None], other=0.0).to(tl.float32)
+    a = tl.load(a_ptrs, mask=inside[:, None], other=0.0).to(tl.float32)
+    return tl.sum(do * o, 1), tl.sum(do * a, 1)
+
+
+@triton.jit
 def _bwd_preprocess_kernel(DO, O, A, DROW, E, s_ob, s_oh, s_on, s_db, s_dh, s_dn, N_CTX, H,
                            HEAD_DIM: tl.constexpr, BLOCK: tl.constexpr):
-    """Drow_i = dO_i . o_i and E_i = dO_i . a_i, reading each (bf16) tensor once."""
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
     b = pid_bh // H
     h = pid_bh % H
     offs_m = pid_m * BLOCK + tl.arange(0, BLOCK)
     offs_d = tl.arange(0, HEAD_DIM)
-    ok = (offs_m < N_CTX)[:, None]
     o_off = b * s_ob + h * s_oh + offs_m[:, None] * s_on + offs_d[None, :]
-    do = tl.load(DO + b * s_db + h * s_dh + offs_m[:, None] * s_dn + offs_d[None, :], mask=ok, other=0.0).to(tl.float32)
-    o = tl.load(O + o_off, mask=ok, other=0.0).to(tl.float32)
-    a = tl.load(A + o_off, mask=ok, other=0.0).to(tl.float32)
+    do_off = b * s_db + h * s_dh + offs_m[:, None] * s_dn + offs_d[None, :]
+    inside = offs_m < N_CTX
+    drow, e = row_dots(DO + do_off, O + o_off, A + o_off, inside)
     row = pid_bh * N_CTX + offs_m
-    tl.store(DROW + row, tl.sum(do * o, 1), mask=offs_m < N_CTX)
-    tl.store(E + row, tl.sum(do * a, 1), mask=offs_m < N_CTX)
+    tl.store(DROW + row, drow, mask=inside)
+    tl.store(E + row, e, mask=inside)
 
 
 def row_dot_products(do, o, a, fused: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
