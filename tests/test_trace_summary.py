@@ -62,3 +62,46 @@ def test_bad_input_is_named(tmp_path, capsys):
     with pytest.raises(SystemExit):
         trace_summary.main([str(bad), str(bad), "--labels", "x"])
     assert "--labels has 1 names for 2 traces" in capsys.readouterr().err
+
+
+FAKE_BENCH_TRAIN = r'''
+import json, sys
+from pathlib import Path
+args = sys.argv[1:]
+Path(sys.argv[0]).parent.joinpath("bench_train_args.txt").write_text(" ".join(args))
+out, size = Path(args[args.index("--out") + 1]), args[args.index("--size") + 1]
+variants = args[args.index("--variants") + 1: args.index("--steps")]
+freq = args[args.index("--profiling.profile_freq") + 1]
+for i, v in enumerate(variants):
+    trace = out / f"{size}_{v}_muon" / "profile_traces" / f"iteration_{freq}" / "rank0_trace.json"
+    trace.parent.mkdir(parents=True)
+    kernels = [{"ph": "X", "cat": "kernel", "name": "nvjet_gemm", "ts": 0, "dur": 1000 * (i + 1)}]
+    trace.write_text(json.dumps({"traceEvents": kernels}))
+    (out / f"{size}_{v}_muon.log").write_text("log")
+print("| run | tokens/s per GPU |")
+'''
+
+
+def test_profile_train_script_summarises_the_traces_bench_train_writes(tmp_path):
+    """scripts/offline_gpu/profile_train.sh profiles one step of each bench_train run and reads back exactly those
+    traces (a stand-in bench_train writes them where torchtitan would, for the step the script asks for)."""
+    import sys
+
+    from conftest import REPO, run_offline_gpu_script, stand_in_commands
+
+    (tmp_path / "bin").mkdir()
+    fake = tmp_path / "bin" / "fake_bench_train.py"
+    fake.write_text(FAKE_BENCH_TRAIN)
+    path = stand_in_commands(tmp_path / "bin", {"python3": (
+        f'if [ "$1" = scripts/bench_train.py ]; then shift; exec {sys.executable} {fake} "$@"; fi\n'
+        f'exec {sys.executable} "$@"\n')})
+    out = tmp_path / "out"
+    proc = run_offline_gpu_script("profile_train.sh", cwd=REPO, PATH=path, OUT=str(out), RUNS_DIR=str(tmp_path / "runs"),
+                                  VARIANTS="transformer parallax")
+    assert proc.returncode == 0, proc.stderr
+    args = (tmp_path / "bin" / "bench_train_args.txt").read_text()
+    assert "--profiling.enable_profiling" in args and "--parallax.attention_backend cute" in args
+    summary = (out / "trace_summary.md").read_text()
+    assert "| matmul | 1.0 | 2.0 | +1.0 |" in summary
+    assert sorted(p.name for p in out.iterdir()) == ["0.6B_parallax_muon.log", "0.6B_transformer_muon.log",
+                                                     "bench_train.txt", "trace_summary.md"]
