@@ -4,7 +4,7 @@
         --labels parallax transformer [--top 25]
 
 Reads the Chrome traces torchtitan writes under `[profiling] enable_profiling` (one profiled step each), sums
-the duration of every GPU kernel event (`"cat": "kernel"`) by category and by kernel name, and prints one table
+the duration of every GPU kernel, memcpy and memset event by category and by name, and prints one table
 of categories with a column per trace (ms per profiled step), then each trace's top kernels. With two or more
 traces the category table adds each trace's difference from the first: where one model's step is longer than
 another's. Kernel time on one stream is not the step's wall time: the table also gives the span from the first
@@ -25,15 +25,19 @@ from pathlib import Path
 # op whose inputs they prepare (`triton_per_fused__scaled_dot_product_cudnn_attention_...`).
 CATEGORIES = (
     ("parallax attention, CuTe", r"ParallaxAttention"),
-    ("parallax attention, Triton", r"^_(fwd|bwd_dkdv|bwd_dqdr|bwd_preprocess|statistics|tiles)_kernel"),
+    # the Triton kernels' function names (the backward's `_bwd_dkdv` runs as the autotuned _bwd_dkdv_kernel and
+    # _bwd_fused_kernel; a trace names the function)
+    ("parallax attention, Triton",
+     r"^_(fwd_kernel|bwd_dkdv|bwd_dqdr_kernel|bwd_preprocess_kernel|statistics_kernel|tiles_kernel)$"),
     ("Inductor fused (elementwise, norms, RoPE)", r"^triton_(poi|per|red)_"),
-    ("softmax attention (cuDNN, flash, flex)", r"cudnn|flash|fmha|sdpa|flex_attention|triton_tem_fused"),
-    ("matmul", r"gemm|nvjet|xmma|cutlass|cublas|sm90_|ampere_|splitK"),
+    ("softmax attention (cuDNN, flash, flex)", r"cudnn|flash|fmha|sdpa|flex_attention"),
+    ("matmul", r"gemm|nvjet|xmma|cutlass|cublas|sm90_|ampere_|splitK|^triton_tem_fused_(add)?b?mm"),
     ("collectives (NCCL)", r"nccl"),
-    ("copies and fills", r"copy|Memcpy|Memset|fill|cat|CatArray"),
+    ("copies and fills", r"[Cc]opy|Memcpy|Memset|[Ff]ill|CatArray"),
     ("other elementwise and reductions (eager)", r"elementwise|reduce|vectorized|Reduce|softmax|norm"),
 )
 _COMPILED = [(name, re.compile(pattern)) for name, pattern in CATEGORIES]
+GPU_EVENTS = ("kernel", "gpu_memcpy", "gpu_memset")  # what runs on the GPU's streams in a torch.profiler trace
 
 
 def category(kernel: str) -> str:
@@ -51,7 +55,7 @@ def kernel_events(trace: Path) -> list[dict]:
     events = data.get("traceEvents") if isinstance(data, dict) else None
     if events is None:
         raise SystemExit(f"{trace}: no 'traceEvents' list; expected a torch.profiler Chrome trace")
-    kernels = [e for e in events if e.get("cat") == "kernel" and e.get("ph") == "X" and "dur" in e]
+    kernels = [e for e in events if e.get("cat") in GPU_EVENTS and e.get("ph") == "X" and "dur" in e]
     if not kernels:
         raise SystemExit(f"{trace}: no GPU kernel events (was the profile taken on a GPU with CUDA activity?)")
     return kernels

@@ -40,8 +40,13 @@ def test_categories_sums_and_gaps(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("name,expected", [
-    ("_bwd_dkdv_kernel", "parallax attention, Triton"),
+    ("_bwd_dkdv", "parallax attention, Triton"),  # the function the autotuned _bwd_dkdv_kernel runs
+    ("_bwd_dqdr_kernel", "parallax attention, Triton"),
     ("_statistics_kernel", "parallax attention, Triton"),
+    ("_dkdv_helper", "other"),
+    ("triton_tem_fused_mm_4", "matmul"),
+    ("void at::native::scatter_gather_elementwise_kernel<128, 8>", "other elementwise and reductions (eager)"),
+    ("Memcpy DtoD (Device -> Device)", "copies and fills"),
     ("triton_red_fused__to_copy_mul_sum_3", "Inductor fused (elementwise, norms, RoPE)"),
     ("triton_per_fused__scaled_dot_product_cudnn_attention__to_copy_add_cat_mean_1",
      "Inductor fused (elementwise, norms, RoPE)"),
@@ -105,3 +110,18 @@ def test_profile_train_script_summarises_the_traces_bench_train_writes(tmp_path)
     assert "| matmul | 1.0 | 2.0 | +1.0 |" in summary
     assert sorted(p.name for p in out.iterdir()) == ["0.6B_parallax_muon.log", "0.6B_transformer_muon.log",
                                                      "bench_train.txt", "trace_summary.md"]
+
+
+def test_every_launched_parallax_triton_kernel_is_counted_as_attention():
+    """A trace names a Triton kernel by its @triton.jit function (an autotuned wrapper runs the function under
+    the function's name): each kernel the Triton backend and the CuTe backward's launch start is attention."""
+    from parallax_kernels.parallax import cute_backward_io, triton_fused
+
+    launched = {name: obj for module in (triton_fused, cute_backward_io) for name, obj in vars(module).items()
+                if name.endswith("_kernel") and hasattr(obj, "run")}
+    assert {"_fwd_kernel", "_bwd_dkdv_kernel", "_bwd_fused_kernel", "_bwd_dqdr_kernel", "_bwd_preprocess_kernel",
+            "_statistics_kernel", "_tiles_kernel"} <= set(launched)
+    for name, kernel in launched.items():
+        fn = getattr(kernel, "fn", kernel)  # Autotuner -> JITFunction
+        traced = getattr(fn, "fn", fn).__name__
+        assert trace_summary.category(traced) == "parallax attention, Triton", (name, traced)

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Where the training step's GPU time goes: scripts/bench_train.py's runs with torch.profiler on one step
-# (torchtitan's [profiling]), then scripts/trace_summary.py over the traces, each variant against the first.
+# Where the training step's GPU time goes: scripts/bench_train.py's runs with torch.profiler on their last step
+# (torchtitan's [profiling]; the trace is written after it, so no timed step carries the export), then
+# scripts/trace_summary.py over the traces, each variant against the first.
 # On the embedded corpus and tokenizer (offline host); SIZE, VARIANTS, BACKEND, STEPS choose the runs.
 # The summary and the runs' logs go to $OUT (or ./outputs/profile_train); the traces stay in $RUNS_DIR.
 set -euo pipefail
@@ -15,13 +16,13 @@ python3 scripts/bench_train.py --size "$size" --optimizer muon --variants "${var
   --training.dataset embedded_en --training.dataset_path ./parallax_titan/assets/embedded_en/train \
   --model.hf_assets_path ./parallax_titan/assets/tokenizer --training.global_batch_size 16 \
   --activation_checkpoint.selective_ac_option op --parallax.attention_backend "${BACKEND:-cute}" \
-  --profiling.enable_profiling --profiling.profile_freq 6 --profiling.profiler_warmup 1 \
+  --profiling.enable_profiling --profiling.profile_freq "$steps" --profiling.profiler_warmup 1 \
   --metrics.disable_color_printing | tee "$out/bench_train.txt"
 traces=() labels=()
 for v in "${variants[@]}"; do
   name="${size}_${v}_muon"
   cp "$runs_dir/$name.log" "$out/" 2>/dev/null || true
-  traces+=("$runs_dir/$name/profile_traces/iteration_6/rank0_trace.json")
+  traces+=("$runs_dir/$name/profile_traces/iteration_$steps/rank0_trace.json")
   labels+=("$v")
 done
 python3 scripts/trace_summary.py "${traces[@]}" --labels "${labels[@]}" --top "${TOP:-40}" | tee "$out/trace_summary.md"
