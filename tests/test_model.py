@@ -72,20 +72,36 @@ def test_zero_probe_model_equals_softmax_model(probe_rope):
     assert (normal(tokens) - softmax(tokens)).abs().max() > 1e-3
 
 
-@pytest.mark.parametrize("positions", [None, "shuffled"])
-def test_probe_takes_the_query_rotation(positions):
-    """The probe's RoPE is the query's: rotated alone, r gets the values q gets at the same positions."""
-    from torchtitan.models.qwen3.model.model import apply_rotary_emb, precompute_rope_cache
+@pytest.mark.parametrize("probe_rope", [True, False])
+@pytest.mark.parametrize("positions", [None, "per_sequence"])
+def test_probe_is_normalised_and_rotated_as_the_query(probe_rope, positions):
+    """With the probe's weights set to the query's (W_R = W_Q, r_norm's weight = q_norm's), project() gives r equal
+    to q bit for bit under probe_rope, in fp32 and bf16 and with per-sequence positions; without it, r is q before
+    RoPE."""
+    from torchtitan.models.qwen3.model.model import apply_rotary_emb
 
-    from parallax_titan.model.attention.parallax import rotate
+    from parallax_titan.model.attention.parallax import project
 
+    model = build(small("debug-parallax", probe_rope=probe_rope))
+    attn = model.layers["0"].attention
+    with torch.no_grad():
+        attn.wr.weight.copy_(attn.wq.weight)
+        attn.r_norm.weight.copy_(torch.rand_like(attn.r_norm.weight) + 0.5)
+        attn.q_norm.weight.copy_(attn.r_norm.weight)
     torch.manual_seed(0)
-    x, k = torch.randn(2, 7, 3, 16), torch.randn(2, 7, 1, 16)
-    cache = precompute_rope_cache(16, 32, 10000.0)
-    pos = None if positions is None else torch.randperm(32)[:7][None]
-    expected, _ = apply_rotary_emb(x, k, cache, pos)
-    assert torch.equal(rotate(x, cache, pos), expected)
-    assert not torch.equal(rotate(x, cache, pos), x)
+    n = 9
+    pos = None if positions is None else torch.stack([torch.randperm(model.rope_cache.shape[0])[:n] for _ in range(2)])
+    for dtype in (torch.float32, torch.bfloat16):
+        attn.to(dtype)
+        x = torch.randn(2, n, attn.wq.in_features).to(dtype)
+        q, k, _, (r,) = project(attn, x, model.rope_cache, pos)
+        if probe_rope:
+            assert torch.equal(r, q)
+        else:
+            unrotated = attn.q_norm(attn.wq(x).view(2, n, -1, attn.head_dim))
+            assert torch.equal(r, unrotated)
+            assert torch.equal(q, apply_rotary_emb(unrotated, k, model.rope_cache, pos)[0])
+            assert not torch.equal(r, q)
 
 
 def test_probe_gate_and_norm_knobs_change_parameters():
