@@ -4,6 +4,8 @@
 # scripts/trace_summary.py over the traces, each variant against the first.
 # On the embedded corpus and tokenizer (offline host); SIZE, VARIANTS, BACKEND, STEPS choose the runs.
 # The summary and the runs' logs go to $OUT (or ./outputs/profile_train); the traces stay in $RUNS_DIR.
+# Its bench_train table counts the profiled steps (the last two run under the profiler): time with bench_train.py
+# alone.
 set -euo pipefail
 out=${OUT:-./outputs/profile_train}
 runs_dir=${RUNS_DIR:-/tmp/profile_train}
