@@ -449,9 +449,11 @@ def test_backward_fake_implementation_returns_the_inputs_shapes():
             assert all(x.dtype == torch.bfloat16 for x in grads)
 
 
-@pytest.mark.parametrize("backend, ordered", CUTE_BACKENDS.items())
-def test_each_backend_reaches_its_backward(backend, ordered):
-    """Under fake tensors, a backward through the backend's function runs attention_bwd_cute with its order."""
+def _parallax_ops_of_a_pass(backend: str, transposed: bool = False):
+    """A forward and backward through the backend's function under fake tensors (no kernel runs), q, k, v, r given
+    as (B, H, N, D) or, `transposed`, as (B, N, H, D) tensors seen as (B, H, N, D) with the output handed back the
+    same way (as the model does). Returns the parallax ops called, each (name, {argument: value} in schema order,
+    with the arguments the dispatcher drops at their defaults filled in), the gradients and the inputs."""
     from torch._subclasses.fake_tensor import FakeTensorMode
     from torch.utils._python_dispatch import TorchDispatchMode
 
@@ -462,21 +464,31 @@ def test_each_backend_reaches_its_backward(backend, ordered):
     class Record(TorchDispatchMode):
         def __torch_dispatch__(self, func, types, args=(), kwargs=None):
             if func.namespace == "parallax":
-                # the op and its `deterministic` (the dispatcher drops trailing arguments equal to their defaults)
-                schema = {a.name: a for a in func._schema.arguments}
-                given = {**dict(zip(schema, args)), **(kwargs or {})}
-                calls.append((func.__name__, given.get("deterministic", schema["deterministic"].default_value)))
+                given = {**{a.name: a.default_value for a in func._schema.arguments},
+                         **dict(zip((a.name for a in func._schema.arguments), args)), **(kwargs or {})}
+                calls.append((func.__name__, given))
             return func(*args, **(kwargs or {}))
 
     b, h, hkv, n, d = 1, 4, 2, 50, 128
+    seen = (lambda x: x.transpose(1, 2)) if transposed else (lambda x: x)
+    shape = (lambda heads: (b, n, heads, d)) if transposed else (lambda heads: (b, heads, n, d))
     with FakeTensorMode():
-        q, r = (torch.empty(b, h, n, d, dtype=torch.bfloat16, requires_grad=True) for _ in range(2))
-        k, v = (torch.empty(b, hkv, n, d, dtype=torch.bfloat16, requires_grad=True) for _ in range(2))
+        q, r = (torch.empty(shape(h), dtype=torch.bfloat16, requires_grad=True) for _ in range(2))
+        k, v = (torch.empty(shape(hkv), dtype=torch.bfloat16, requires_grad=True) for _ in range(2))
         with Record():
-            out = BACKENDS[backend].fn(q, k, v, r, causal=True, scale=d**-0.5, document_ids=None)
-            grads = torch.autograd.grad(out.sum(), (q, k, v, r))
-        assert [x.shape for x in grads] == [q.shape, k.shape, v.shape, r.shape]
-    assert calls == [("attention_fwd_cute.default", ordered), ("attention_bwd_cute.default", ordered)]
+            out = BACKENDS[backend].fn(*(seen(x) for x in (q, k, v, r)), causal=True, scale=d**-0.5,
+                                       document_ids=None)
+            grads = torch.autograd.grad(seen(out).sum(), (q, k, v, r))
+    return calls, grads, (q, k, v, r)
+
+
+@pytest.mark.parametrize("backend, ordered", CUTE_BACKENDS.items())
+def test_each_backend_reaches_its_backward(backend, ordered):
+    """Under fake tensors, a backward through the backend's function runs attention_bwd_cute with its order."""
+    calls, grads, inputs = _parallax_ops_of_a_pass(backend)
+    assert [x.shape for x in grads] == [x.shape for x in inputs]
+    assert [(name, given["deterministic"]) for name, given in calls] == [
+        ("attention_fwd_cute.default", ordered), ("attention_bwd_cute.default", ordered)]
 
 
 @pytest.mark.parametrize("backend", [*CUTE_BACKENDS, "triton"])
@@ -485,27 +497,9 @@ def test_the_ops_get_the_models_transposed_tensors_contiguous(backend):
     a transposed gradient. The kernels read them contiguous: the backend functions make them so before the ops
     (under torch.compile a copy fused into the kernel that produces them), not inside, where each would be a copy
     more per pass."""
-    from torch._subclasses.fake_tensor import FakeTensorMode
-    from torch.utils._python_dispatch import TorchDispatchMode
-
-    from parallax_kernels.parallax import BACKENDS
-
-    seen = []
-
-    class Record(TorchDispatchMode):
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            if func.namespace == "parallax":
-                seen.append((func.__name__, [a.is_contiguous() for a in args if isinstance(a, torch.Tensor)]))
-            return func(*args, **(kwargs or {}))
-
-    b, h, hkv, n, d = 1, 4, 2, 50, 128
-    with FakeTensorMode():
-        q, r = (torch.empty(b, n, h, d, dtype=torch.bfloat16, requires_grad=True) for _ in range(2))
-        k, v = (torch.empty(b, n, hkv, d, dtype=torch.bfloat16, requires_grad=True) for _ in range(2))
-        with Record():
-            out = BACKENDS[backend].fn(*(x.transpose(1, 2) for x in (q, k, v, r)), causal=True, scale=d**-0.5,
-                                       document_ids=None)
-            torch.autograd.grad(out.transpose(1, 2).sum(), (q, k, v, r))
+    calls, _, _ = _parallax_ops_of_a_pass(backend, transposed=True)
+    seen = [(name, [a.is_contiguous() for a in given.values() if isinstance(a, torch.Tensor)])
+            for name, given in calls]
     names = [name for name, _ in seen]
     assert names[0].startswith("attention_fwd") and names[-1].startswith("attention_bwd"), names
     if backend == "triton":  # its forward reads strided q, k, v, r; its backward wants dO in o's layout
