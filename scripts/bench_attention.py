@@ -3,8 +3,9 @@
     python scripts/bench_attention.py [--shapes 8,16,2048,128 4,16,4096,128 ...] [--kv-ratio 2] [--json out.json]
         [--reference-kernel FILE]      # e.g. FILE from `git show REF:kernels/parallax_kernels/parallax/triton_fused.py`
         [--peers parallax-cute parallax-triton sdpa-cudnn ...]   # time only these (default: every peer available)
-        [--cute-variants s2 s3 s3np s3er s3n64 ...]   # also time these CuTe forward variants (K/V stages; np:
-                                     # no warpgroup turns; er: every row rescaled every tile; n64: 64-key tiles)
+        [--cute-variants s2 s3 s3np s3er s3n64 s3st ...]   # also time these CuTe forward variants (K/V stages;
+                                     # np: no warpgroup turns; er: every row rescaled every tile; st: stacked
+                                     # Q/R operand; n64: 64-key tiles)
         [--documents MEAN]             # pack each row with documents of random lengths, MEAN tokens on average
 
 Peers, each in its native layout, causal, bf16, GQA with Hkv = H / kv-ratio:
@@ -206,8 +207,9 @@ def main() -> None:
     ap.add_argument("--json", default=None)
     ap.add_argument("--peers", nargs="+", default=None, help="time only these peers (names as in the table)")
     ap.add_argument("--cute-variants", nargs="+", default=[],
-                    help="forward-only timings of CuTe kernel variants: s<stages>[np][er][n<block_n>] (np: no "
-                         "warpgroup turns; er: eager rescale of every row; n: keys per tile)")
+                    help="forward-only timings of CuTe kernel variants: s<stages>[np][er][st][n<block_n>] (np: no "
+                         "warpgroup turns; er: eager rescale of every row; st: stacked Q/R operand; n: keys per "
+                         "tile), each with its output's relative error against the default variant's")
     ap.add_argument("--reference-kernel", default=None, help="another kernels/parallax_kernels/parallax/triton_fused.py to time beside this one")
     ap.add_argument("--documents", type=int, default=0, metavar="MEAN",
                     help="pack each batch row with documents of random lengths, about MEAN tokens on average "
@@ -257,7 +259,8 @@ def main() -> None:
                                          fwd_bwd_tflops=f_both / both / 1e9, peak_mib=peak)
             del fn, inputs
         if args.cute_variants:
-            result["cute_variants_fwd_ms"] = time_cute_variants(q, k, v, r, args.cute_variants)
+            result["cute_variants_fwd_ms"], result["cute_variants_rel_err"] = time_cute_variants(
+                q, k, v, r, args.cute_variants)
         rows.append(result)
         torch.cuda.empty_cache()
         print_shape(result)
@@ -266,27 +269,32 @@ def main() -> None:
             json.dump(rows, f, indent=2)
 
 
-def time_cute_variants(q, k, v, r, names) -> dict:
-    """Forward time (ms) of each named CuTe variant on the same inputs, skipping ones without an artefact."""
+def time_cute_variants(q, k, v, r, names) -> tuple[dict, dict]:
+    """Forward time (ms) of each named CuTe variant on the same inputs, skipping ones without an artefact, and the
+    relative error (2-norm) of its output o against the default variant's."""
     from parallax_kernels.parallax.cute_launch import _launch
 
-    times = {}
+    scale = q.shape[-1] ** -0.5
+    reference = _launch(q, k, v, r, True, scale)[0].float()
+    times, errors = {}, {}
     for name in names:
         import re
 
-        parsed = re.fullmatch(r"s(\d)(np)?(er)?(?:n(\d+))?", name)
+        parsed = re.fullmatch(r"s(\d)(np)?(er)?(st)?(?:n(\d+))?", name)
         if parsed is None:
-            raise SystemExit(f"--cute-variants {name}: expected s<stages>[np][er][n<block_n>], e.g. s3 s2np s3n64")
+            raise SystemExit(f"--cute-variants {name}: expected s<stages>[np][er][st][n<block_n>], e.g. s3 s2np "
+                             "s3n64 s2st")
         fields = dict(stages=int(parsed[1]), pingpong=parsed[2] is None, lazy_rescale=parsed[3] is None,
-                      block_n=int(parsed[4] or 0))
+                      stacked=parsed[4] is not None, block_n=int(parsed[5] or 0))
         try:
-            _launch(q, k, v, r, True, q.shape[-1] ** -0.5, **fields)
+            o = _launch(q, k, v, r, True, scale, **fields)[0].float()
         except (RuntimeError, ValueError) as err:
             print(f"cute variant {name} not timed: {err}")
             continue
-        times[name] = do_bench(lambda: _launch(q, k, v, r, True, q.shape[-1] ** -0.5, **fields), warmup=10, rep=50,
+        errors[name] = ((o - reference).norm() / reference.norm()).item()
+        times[name] = do_bench(lambda: _launch(q, k, v, r, True, scale, **fields), warmup=10, rep=50,
                                return_mode="median")
-    return times
+    return times, errors
 
 
 def print_shape(result) -> None:
@@ -303,7 +311,8 @@ def print_shape(result) -> None:
     if result.get("cute_variants_fwd_ms"):
         f_fwd = flops(b, h, n, d, "parallax")[0]
         print("cute forward variants: " + ", ".join(
-            f"{name} {ms:.3f} ms ({f_fwd / ms / 1e9:.0f} TFLOP/s)" for name, ms in result["cute_variants_fwd_ms"].items()))
+            f"{name} {ms:.3f} ms ({f_fwd / ms / 1e9:.0f} TFLOP/s, o rel. err. {result['cute_variants_rel_err'][name]:.1e})"
+            for name, ms in result["cute_variants_fwd_ms"].items()))
     for mine in ("parallax-cute", "parallax-cute-deterministic", "parallax-triton", "parallax-triton-atomic"):
         if mine not in peers:
             continue

@@ -43,6 +43,25 @@ def test_the_default_tile_and_its_explicit_spelling_are_one_variant():
     for d, bn in ((64, 128), (128, 64)):
         assert AttentionVariant("bfloat16", d, True) == AttentionVariant("bfloat16", d, True, block_n=bn)
         assert asdict(AttentionVariant("bfloat16", d, True))["block_n"] == bn
+    for d in (64, 128):  # stacked: 128-key tiles at both head dims
+        stacked = AttentionVariant("bfloat16", d, True, stacked=True)
+        assert stacked == AttentionVariant("bfloat16", d, True, block_n=128, stacked=True)
+        assert stacked.name.endswith("_n128_s3_st") and stacked.name != AttentionVariant("bfloat16", d, True,
+                                                                                         block_n=128).name
+
+
+def test_stacked_variant_geometry():
+    """Stacked: 32 query rows a warpgroup (64 a CTA, the launch grid's unit), Q and R copied 8 rows at a time
+    (one swizzle atom each), one (64, D) A tile a warpgroup in shared memory; 4 K/V stages do not fit at
+    head_dim 128 and the check says so."""
+    plain, stacked = AttentionVariant("bfloat16", 128, True), AttentionVariant("bfloat16", 128, True, stacked=True)
+    assert (plain.wg_rows, plain.cta_rows, stacked.wg_rows, stacked.cta_rows) == (64, 128, 32, 64)
+    assert plain.tma_boxes() == ([64, 64, 1], [64, 64, 1]) and stacked.tma_boxes() == ([64, 8, 1], [64, 128, 1])
+    assert stacked.smem_bytes == 1024 + 2 * 64 * 128 * 2 + 2 * 3 * 128 * 128 * 2
+    stacked.check()
+    need = 1024 + 2 * 64 * 128 * 2 + 2 * 4 * 128 * 128 * 2
+    with pytest.raises(ValueError, match=f"block_n 128 with 4 K/V stages at head_dim 128 needs {need} bytes"):
+        AttentionVariant("bfloat16", 128, True, stages=4, stacked=True).check()
 
 
 def test_ptx_parameter_lists_name_by_value_structs():
@@ -66,7 +85,8 @@ def test_tma_descriptors_refuse_unaligned_tensors():
 
 @pytest.fixture(scope="module")
 def compiled(tmp_path_factory):
-    """Three variants (head_dim 128 causal, 64 full, 128 causal with packed documents), each compiled for sm_90a
+    """Four variants (head_dim 128 causal, 64 full, 128 causal with packed documents, 128 causal stacked), each
+    compiled for sm_90a
     in a fresh process as on an offline build machine: PTX, cubin and the DSL's IR (which records each TMA
     descriptor's box)."""
     if not rt.dsl_installed():
@@ -76,10 +96,11 @@ def compiled(tmp_path_factory):
             "from parallax_kernels.parallax.cute_kernel import compile_variant\n"
             "from parallax_kernels.parallax.cute_variant import AttentionVariant\n"
             "d, docs, key = int(sys.argv[2]), sys.argv[3] == '1', sys.argv[4]\n"
-            "cubin, ptx, name = compile_variant(AttentionVariant('bfloat16', d, d == 128, documents=docs))\n"
+            "variant = AttentionVariant('bfloat16', d, d == 128, documents=docs, stacked=key.endswith('st'))\n"
+            "cubin, ptx, name = compile_variant(variant)\n"
             "open(f'{sys.argv[1]}/{key}.ptx', 'w').write(ptx)\n"
             "open(f'{sys.argv[1]}/{key}.cubin', 'wb').write(cubin)\n")
-    for d, docs, key in ((128, False, "d128"), (64, False, "d64"), (128, True, "d128doc")):
+    for d, docs, key in ((128, False, "d128"), (64, False, "d64"), (128, True, "d128doc"), (128, False, "d128st")):
         (out / f"ir_{key}").mkdir()
         env = {**os.environ, "CUTE_DSL_ARCH": "sm_90a", "CUTE_DSL_KEEP": "ir", "CUTE_DSL_DUMP_DIR": str(out / f"ir_{key}")}
         proc = subprocess.run([sys.executable, "-c", code, str(out), str(d), str(int(docs)), key], cwd=REPO, env=env,
@@ -131,18 +152,38 @@ def test_documents_variant_masks_every_tile_and_reads_the_bounds(compiled):
 
 
 @needs_dsl
-@pytest.mark.parametrize("d", [128, 64])
-def test_tma_boxes_the_launcher_encodes_are_the_kernels(compiled, d):
+def test_stacked_variant_has_one_chain_per_matmul_pair(compiled):
+    """Stacked: per key tile one wgmma chain of d/16 k-steps for [S; T] and one of BN/16 for [O1; O2], both
+    m64n128 (twice: the unmasked and the masked loop), never the separate chains' m64n64; Q and R come in
+    8-row copies from a loop (in the PTX once per warpgroup, tensor and 64 columns) beside the K and V tiles;
+    the register split and the parameter list are the plain variant's; no local memory."""
+    d = 128
+    variant = AttentionVariant("bfloat16", d, True, stacked=True)
+    ptx = (compiled / "d128st.ptx").read_text()
+    chains = re.findall(r"wgmma\.mma_async\.sync\.aligned\.m64n(\d+)k16\.f32\.bf16\.bf16", ptx)
+    assert chains == ["128"] * (2 * (d // 16 + variant.bn // 16))
+    assert ptx.count("cp.async.bulk.tensor.3d.shared::cta.global") == (2 * 2 + 2) * d // 64
+    assert re.findall(r"setmaxnreg\.(\w+)\.sync\.aligned\.u32\s+(\d+);", ptx) == [("dec", "24"), ("inc", "240")]
+    assert ".local" not in ptx
+    entry = re.search(r"\.entry (\w+)\(", ptx).group(1)
+    assert rt.ptx_params(ptx, entry) == ATTENTION_PARAMS
+    assert f"{entry}_param_{len(ATTENTION_PARAMS) - 1}]" not in ptx
+
+
+@needs_dsl
+@pytest.mark.parametrize("key", ["d128", "d64", "d128st"])
+def test_tma_boxes_the_launcher_encodes_are_the_kernels(compiled, key):
     """The launcher builds the CUtensorMaps itself (no DSL on the GPU host): the boxes it encodes must be
     those the DSL compiled the copies for, as its IR records them (dims innermost first: D, rows, heads)."""
-    variant = AttentionVariant("bfloat16", d, d == 128)
-    ir = "".join(p.read_text() for p in (compiled / f"ir_d{d}").glob("*.mlir"))
+    d = int(key[1:].removesuffix("st"))
+    variant = AttentionVariant("bfloat16", d, d == 128, stacked=key.endswith("st"))
+    ir = "".join(p.read_text() for p in (compiled / f"ir_{key}").glob("*.mlir"))
     boxes = {tuple(map(int, m.split(","))) for m in re.findall(r'tma_gbasis = <"\((\d+,\d+,\d+)\):', ir)}
     assert boxes == {tuple(box) for box in variant.tma_boxes()}
 
 
 @needs_dsl
-@pytest.mark.parametrize("d", ["128", "64", "128doc"])
+@pytest.mark.parametrize("d", ["128", "64", "128doc", "128st"])
 def test_no_spills_and_wgmma_tma_in_sass(compiled, d):
     triton = pytest.importorskip("triton")
     tools = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
@@ -475,6 +516,41 @@ def test_benchmarked_variants_match_the_triton_forward(fields):
     ours = _launch(q, k, v, r, True, d**-0.5, **fields)
     theirs = attention_fwd(q, k, v, r, True, d**-0.5, None, False)
     for name, x, y in zip(("o", "a", "lse", "tbar"), ours, theirs):
+        assert relative_error(x, y.double()) < 1e-2, (name, relative_error(x, y.double()))
+
+
+STACKED_CASES = [(*case, None) for case in GPU_CASES] + [(*case[:6], packed(case[6])) for case in DOC_CASES[:3]]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not HOPPER, reason="needs a Hopper GPU (sm_90)")
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("case", STACKED_CASES, ids=lambda c: "x".join(map(str, c[:5])) + ("c" if c[5] else "f")
+                         + ("" if c[6] is None else "_docs"))
+def test_stacked_forward_matches_float64_and_the_triton_forward(case, dtype):
+    """The stacked forward (not the default; scripts/bench_attention.py --cute-variants s3st): o against float64,
+    its error within the bound and at most the default variant's on the same inputs (plus a little); a, lse
+    and tbar, which the backward reads, against the Triton forward."""
+    from parallax_kernels.parallax.cute_launch import _launch
+    from parallax_kernels.parallax.reference import parallax_attention_reference
+    from parallax_kernels.parallax.triton_fused import attention_fwd
+
+    b, h, hkv, n, d, causal, docs = case
+    g = torch.Generator().manual_seed(4)
+    raw = [torch.randn(b, heads, n, d, generator=g, dtype=torch.float64) for heads in (h, hkv, hkv, h)]
+    q, k, v, r = (x.to(dtype).cuda() for x in raw)
+    docs = None if docs is None else docs.cuda()
+    scale = d**-0.5
+    want = parallax_attention_reference(*(x.double() for x in (q, k, v, r)), causal=causal, scale=scale,
+                                        document_ids=docs)
+    stacked = _launch(q, k, v, r, causal, scale, document_ids=docs, stacked=True)
+    plain = _launch(q, k, v, r, causal, scale, document_ids=docs)
+    bound = {torch.bfloat16: 1e-2, torch.float16: 5e-3}[dtype]
+    ours, theirs = relative_error(stacked[0], want), relative_error(plain[0], want)
+    assert ours < bound and ours <= 1.25 * theirs + 1e-4, (ours, theirs)
+    triton = attention_fwd(q, k, v, r, causal, scale, docs, False)
+    for name, x, y in zip(("a", "lse", "tbar"), stacked[1:], triton[1:]):
+        assert x.shape == y.shape and x.dtype == y.dtype, name
         assert relative_error(x, y.double()) < 1e-2, (name, relative_error(x, y.double()))
 
 

@@ -335,7 +335,8 @@ class ParallaxAttentionBackward:
         visible = None
         if cutlass.const_expr(self.v.documents):
             visible = cute.make_rmem_tensor((cute.size(coords.shape[0]), 2), Int32)
-            visible_in_document(visible, bounds, coords, n0, n, self.causal, rows_are_queries=False)
+            keys = [n0 + coords[i, 0][0] for i in range(cute.size(coords.shape[0]))]
+            visible_in_document(visible, bounds, keys, n, self.causal, rows_are_queries=False)
         kv_cons.wait()
         held = cutlass.Int64(-1)  # (deterministic) the query tile whose dQ/dR turn this warpgroup holds
         mma_kv.set(warpgroup.Field.ACCUMULATE, True)

@@ -39,14 +39,14 @@ def pack_pair(lo, hi, dtype) -> cutlass.Uint32:
 
 
 @cute.jit
-def visible_in_document(out: cute.Tensor, bounds: cute.Tensor, coords, first, n, causal: cutlass.Constexpr,
+def visible_in_document(out: cute.Tensor, bounds: cute.Tensor, tokens: list, n, causal: cutlass.Constexpr,
                         rows_are_queries: cutlass.Constexpr):
-    """out[i] = [lo, hi): the tokens that this thread's accumulator row i (token `first` + its row in coords, an
-    mn_view of the tile's identity) attends to or is attended by: its document's [start, end) from bounds ((N, 2)
-    int32 of one batch row). Causal: a query sees keys up to itself (hi at most row + 1), a key is seen by queries
-    from itself on (lo at least row). Rows past n: [0, 0), nothing."""
-    for i in cutlass.range_constexpr(cute.size(coords.shape[0])):
-        token = first + coords[i, 0][0]
+    """out[i] = [lo, hi): the tokens that the token tokens[i] (this thread's accumulator row i) attends to or is
+    attended by: its document's [start, end) from bounds ((N, 2) int32 of one batch row). Causal: a query sees
+    keys up to itself (hi at most token + 1), a key is seen by queries from itself on (lo at least token).
+    Tokens past n: [0, 0), nothing."""
+    for i in cutlass.range_constexpr(len(tokens)):
+        token = tokens[i]
         lo = cutlass.Int32(0)
         hi = cutlass.Int32(0)
         if token < n:

@@ -26,6 +26,14 @@ is still applied).
 Packed documents (the documents variant): a CTA loads the key tiles from its first row's document start to its
 last row's document end, and every tile is masked per row with the row's document bounds [start, end).
 
+The stacked variant (AttentionVariant.stacked) gives each consumer warpgroup 32 query rows (a CTA 64) and
+one m64 A tile whose rows are those queries and their probes, interleaved in 8-row groups: rows 16 g + i
+hold q and rows 16 g + 8 + i hold r of query 8 g + i. The accumulator of one wgmma chain against K then
+gives every thread S and T of the same query row in its two row halves, the P1 and P2 it makes from them
+are one A operand ([P1; P2], the same interleaving), and one chain against V accumulates O1 and O2 of that
+row in the same thread: half the accumulator registers per query row, so the key tile is 128 wide at
+both head dims. TMA writes each 8-row group (one 128-byte swizzle atom) with its own copy.
+
 The kernel takes raw pointers, sizes and the three TMA descriptors (CUtensorMap, by value), so the
 compiled cubin can be launched without the DSL (cute_launch.py builds the descriptors with the CUDA
 driver's cuTensorMapEncodeTiled).
@@ -43,7 +51,7 @@ from cutlass.cute.nvgpu import cpasync, warpgroup
 
 from parallax_kernels import cute_runtime as rt
 from parallax_kernels.parallax.cute_fragments import as_a_operand, mn_view, pack_pair, visible_in_document
-from parallax_kernels.parallax.cute_variant import CTA_ROWS, MMA_WARPGROUPS, NUM_THREADS, WG_ROWS, AttentionVariant
+from parallax_kernels.parallax.cute_variant import MMA_ROWS, MMA_WARPGROUPS, NUM_THREADS, AttentionVariant
 
 PRODUCER_REGS = 24
 CONSUMER_REGS = 240
@@ -71,6 +79,7 @@ class ParallaxAttentionForward:
         self.bn = variant.bn
         self.stages = variant.stages
         self.causal = variant.causal
+        self.q_box = variant.tma_boxes()[0][1]  # rows of one Q (R) copy: a warpgroup's 64, or stacked 8
 
     # ---- host side (traced once per variant) -------------------------------------------------
     @cute.jit
@@ -89,35 +98,41 @@ class ParallaxAttentionForward:
         vt = cute.make_tensor(p_v, cute.make_layout((d, n, bhkv), stride=(1, d, head)))  # V^T: B of P V
 
         k_major = warpgroup.OperandMajorMode.K
-        mma_qk = sm90_utils.make_trivial_tiled_mma(dt, dt, k_major, k_major, Float32, (1, 1, 1), (WG_ROWS, bn))
+        mma_qk = sm90_utils.make_trivial_tiled_mma(dt, dt, k_major, k_major, Float32, (1, 1, 1), (MMA_ROWS, bn))
         mma_pv = sm90_utils.make_trivial_tiled_mma(dt, dt, k_major, warpgroup.OperandMajorMode.MN, Float32,
-                                                   (1, 1, 1), (WG_ROWS, d), warpgroup.OperandSource.RMEM)
+                                                   (1, 1, 1), (MMA_ROWS, d), warpgroup.OperandSource.RMEM)
         row_major = utils.LayoutEnum.ROW_MAJOR
-        # Q and R: one (64, D) stage per consumer warpgroup; K: (BN, D) per stage; V^T: (D, BN) per stage
-        q_smem = sm90_utils.make_smem_layout_a(row_major, (WG_ROWS, bn, d), dt, MMA_WARPGROUPS)
-        k_smem = sm90_utils.make_smem_layout_b(row_major, (WG_ROWS, bn, d), dt, self.stages)
-        v_smem = sm90_utils.make_smem_layout_b(utils.LayoutEnum.COL_MAJOR, (WG_ROWS, d, bn), dt, self.stages)
+        # Q and R: one (64, D) A tile per consumer warpgroup each (stacked: one holding both); K: (BN, D) per
+        # stage; V^T: (D, BN) per stage
+        q_smem = sm90_utils.make_smem_layout_a(row_major, (MMA_ROWS, bn, d), dt, MMA_WARPGROUPS)
+        k_smem = sm90_utils.make_smem_layout_b(row_major, (MMA_ROWS, bn, d), dt, self.stages)
+        v_smem = sm90_utils.make_smem_layout_b(utils.LayoutEnum.COL_MAJOR, (MMA_ROWS, d, bn), dt, self.stages)
 
         g2s = cpasync.CopyBulkTensorTileG2SOp()
-        tma_q, m_q = cpasync.make_tiled_tma_atom(g2s, q, cute.slice_(q_smem, (None, None, 0)), (WG_ROWS, d))
-        tma_r, m_r = cpasync.make_tiled_tma_atom(g2s, r, cute.slice_(q_smem, (None, None, 0)), (WG_ROWS, d))
+        # what one TMA copy of Q (R) fills in a warpgroup's A tile: all 64 rows, or stacked one 8-row group
+        q_rows = cute.slice_(q_smem, (None, None, 0))
+        if cutlass.const_expr(self.v.stacked):
+            q_rows = cute.make_composed_layout(q_smem.inner, 0, cute.composition(
+                q_rows.outer, cute.make_layout((self.q_box, d), stride=(1, MMA_ROWS))))
+        tma_q, m_q = cpasync.make_tiled_tma_atom(g2s, q, q_rows, (self.q_box, d))
+        tma_r, m_r = cpasync.make_tiled_tma_atom(g2s, r, q_rows, (self.q_box, d))
         tma_k, m_k = cpasync.make_tiled_tma_atom(g2s, k, cute.slice_(k_smem, (None, None, 0)), (bn, d))
         tma_v, m_v = cpasync.make_tiled_tma_atom(g2s, vt, cute.slice_(v_smem, (None, None, 0)), (d, bn))
-        self.q_bytes = cute.size_in_bytes(dt, cute.slice_(q_smem, (None, None, 0)))
+        self.q_bytes = self.v.wg_rows * d * dt.width // 8  # the Q (R) rows of one warpgroup
         self.kv_bytes = cute.size_in_bytes(dt, cute.slice_(k_smem, (None, None, 0)))
+        a_tiles = 1 if self.v.stacked else 2  # (64, D) A tiles per warpgroup: [Q; R] stacked, or Q and R
 
         @cute.struct
         class SharedStorage:
             q_mbar: cute.struct.MemRange[cutlass.Int64, 2]
             k_mbar: cute.struct.MemRange[cutlass.Int64, 2 * self.stages]
             v_mbar: cute.struct.MemRange[cutlass.Int64, 2 * self.stages]
-            sQ: cute.struct.Align[cute.struct.MemRange[dt, cute.cosize(q_smem)], 1024]
-            sR: cute.struct.Align[cute.struct.MemRange[dt, cute.cosize(q_smem)], 1024]
+            sQR: cute.struct.Align[cute.struct.MemRange[dt, a_tiles * cute.cosize(q_smem)], 1024]  # Q then R
             sK: cute.struct.Align[cute.struct.MemRange[dt, cute.cosize(k_smem)], 1024]
             sV: cute.struct.Align[cute.struct.MemRange[dt, cute.cosize(v_smem)], 1024]
 
         self.shared_storage = SharedStorage
-        m_blocks = (n + CTA_ROWS - 1) // CTA_ROWS
+        m_blocks = (n + self.v.cta_rows - 1) // self.v.cta_rows
         self.kernel(
             mma_qk, mma_pv, tma_q, m_q, tma_r, m_r, tma_k, m_k, tma_v, m_v,
             p_o, p_a, p_lse, p_tbar, n, heads, group, scale_log2, p_bounds, q_smem, k_smem, v_smem,
@@ -153,8 +168,17 @@ class ParallaxAttentionForward:
             barrier_storage=storage.v_mbar.data_ptr(), num_stages=self.stages, producer_group=producer,
             consumer_group=consumers, tx_count=self.kv_bytes, defer_sync=True).make_participants()
 
-        sQ = storage.sQ.get_tensor(q_smem.outer, swizzle=q_smem.inner)
-        sR = storage.sR.get_tensor(q_smem.outer, swizzle=q_smem.inner)
+        # the A tiles (64, D, warpgroups, Q then R; stacked: one), and where the TMA copies put Q and R in them
+        a_tiles = 1 if self.v.stacked else 2
+        sQR = storage.sQR.get_tensor(
+            cute.append(q_smem.outer, cute.make_layout(a_tiles, stride=cute.cosize(q_smem))), swizzle=q_smem.inner)
+        # (rows, D, copies of a warpgroup, warpgroups): stacked, Q's 8-row group g at rows 16 g, R's at 16 g + 8
+        if cutlass.const_expr(self.v.stacked):
+            groups = cute.composition(sQR[None, None, None, 0], cute.make_layout(
+                (8, 2, d, self.v.wg_rows // 8, MMA_WARPGROUPS), stride=(1, 8, MMA_ROWS, 16, MMA_ROWS * d)))
+            sQ, sR = groups[None, 0, None, None, None], groups[None, 1, None, None, None]
+        else:  # (64, D, warpgroups)
+            sQ, sR = sQR[None, None, None, 0], sQR[None, None, None, 1]
         sK = storage.sK.get_tensor(k_smem.outer, swizzle=k_smem.inner)
         sV = storage.sV.get_tensor(v_smem.outer, swizzle=v_smem.inner)
 
@@ -170,7 +194,7 @@ class ParallaxAttentionForward:
         bhk = b * kv_heads + h // group
         cta_hi = n
         if cutlass.const_expr(self.causal):
-            cta_hi = cutlass.min((m_blk + 1) * CTA_ROWS, n)
+            cta_hi = cutlass.min((m_blk + 1) * self.v.cta_rows, n)
         cta_lo = 0  # key tiles [cta_lo, n_tiles) are loaded
         bounds = None
         if cutlass.const_expr(self.v.documents):
@@ -178,8 +202,8 @@ class ParallaxAttentionForward:
             # row's start to the last row's end
             bounds = cute.make_tensor(p_bounds + b.to(cutlass.Int64) * n.to(cutlass.Int64) * 2,
                                       cute.make_layout((n, 2), stride=(2, 1)))
-            cta_lo = bounds[m_blk * CTA_ROWS, 0] // bn
-            cta_hi = cutlass.min(cta_hi, bounds[cutlass.min((m_blk + 1) * CTA_ROWS, n) - 1, 1])
+            cta_lo = bounds[m_blk * self.v.cta_rows, 0] // bn
+            cta_hi = cutlass.min(cta_hi, bounds[cutlass.min((m_blk + 1) * self.v.cta_rows, n) - 1, 1])
         n_tiles = (cta_hi + bn - 1) // bn
 
         pipeline.pipeline_init_arrive(cluster_shape_mn=(1, 1, 1), is_relaxed=True)
@@ -192,8 +216,8 @@ class ParallaxAttentionForward:
                 cpasync.prefetch_descriptor(tma_r)
                 cpasync.prefetch_descriptor(tma_k)
                 cpasync.prefetch_descriptor(tma_v)
-                g_q = cute.local_tile(m_q[None, None, bh], (WG_ROWS, d), (None, 0))
-                g_r = cute.local_tile(m_r[None, None, bh], (WG_ROWS, d), (None, 0))
+                g_q = cute.local_tile(m_q[None, None, bh], (self.q_box, d), (None, 0))
+                g_r = cute.local_tile(m_r[None, None, bh], (self.q_box, d), (None, 0))
                 g_k = cute.local_tile(m_k[None, None, bhk], (bn, d), (None, 0))
                 g_v = cute.local_tile(m_v[None, None, bhk], (d, bn), (0, None))
                 t_sq, t_gq = cpasync.tma_partition(tma_q, 0, cute.make_layout(1), cute.group_modes(sQ, 0, 2),
@@ -206,9 +230,17 @@ class ParallaxAttentionForward:
                                                    cute.group_modes(g_v, 0, 2))
                 hq = q_prod.acquire_and_advance()
                 for w in cutlass.range_constexpr(MMA_WARPGROUPS):
-                    tile = m_blk * MMA_WARPGROUPS + w
-                    cute.copy(tma_q, t_gq[None, tile], t_sq[None, w], tma_bar_ptr=hq.barrier)
-                    cute.copy(tma_r, t_gr[None, tile], t_sr[None, w], tma_bar_ptr=hq.barrier)
+                    if cutlass.const_expr(self.v.stacked):
+                        # 8-row copies in a loop: unrolled, their addresses overflow the producer's 24 registers
+                        copies = self.v.wg_rows // self.q_box
+                        for g in cutlass.range(copies, unroll=1):
+                            tile = (m_blk * MMA_WARPGROUPS + w) * copies + g
+                            cute.copy(tma_q, t_gq[None, tile], t_sq[None, g, w], tma_bar_ptr=hq.barrier)
+                            cute.copy(tma_r, t_gr[None, tile], t_sr[None, g, w], tma_bar_ptr=hq.barrier)
+                    else:
+                        tile = m_blk * MMA_WARPGROUPS + w
+                        cute.copy(tma_q, t_gq[None, tile], t_sq[None, w], tma_bar_ptr=hq.barrier)
+                        cute.copy(tma_r, t_gr[None, tile], t_sr[None, w], tma_bar_ptr=hq.barrier)
                 for j in cutlass.range(cta_lo, n_tiles, unroll=1):
                     hk = k_prod.acquire_and_advance()
                     cute.copy(tma_k, t_gk[None, j], t_sk[None, hk.index], tma_bar_ptr=hk.barrier)
@@ -217,56 +249,65 @@ class ParallaxAttentionForward:
         else:  # ---- consumers ------------------------------------------------------------------
             cute.arch.warpgroup_reg_alloc(CONSUMER_REGS)
             cw = wg - 1
-            self._consume(mma_qk, mma_pv, sQ, sR, sK, sV, q_cons, k_cons, v_cons, p_o, p_a, p_lse, p_tbar,
+            self._consume(mma_qk, mma_pv, sQR, sK, sV, q_cons, k_cons, v_cons, p_o, p_a, p_lse, p_tbar,
                           n, bh, m_blk, cw, cta_lo, n_tiles, bounds, scale_log2, tidx - 128 * wg)
 
     @cute.jit
-    def _consume(self, mma_qk: cute.TiledMma, mma_pv: cute.TiledMma, sQ, sR, sK, sV, q_cons, k_cons, v_cons,
+    def _consume(self, mma_qk: cute.TiledMma, mma_pv: cute.TiledMma, sQR, sK, sV, q_cons, k_cons, v_cons,
                  p_o, p_a, p_lse, p_tbar, n: Int32, bh: Int32, m_blk: Int32, cw: Int32, cta_lo: Int32,
                  n_tiles: Int32, bounds, scale_log2: Float32, tid: Int32):
         d, bn = self.d, self.bn
         thr_qk = mma_qk.get_slice(tid)
         thr_pv = mma_pv.get_slice(tid)
-        t_rq = thr_qk.make_fragment_A(thr_qk.partition_A(sQ))[None, None, None, cw]
-        t_rr = thr_qk.make_fragment_A(thr_qk.partition_A(sR))[None, None, None, cw]
         t_rk = thr_qk.make_fragment_B(thr_qk.partition_B(sK))
         t_rv = thr_pv.make_fragment_B(thr_pv.partition_B(sV))
-        acc_s = thr_qk.make_fragment_C(thr_qk.partition_shape_C((WG_ROWS, bn)))
-        acc_t = thr_qk.make_fragment_C(thr_qk.partition_shape_C((WG_ROWS, bn)))
-        acc_o1 = thr_pv.make_fragment_C(thr_pv.partition_shape_C((WG_ROWS, d)))
-        acc_o2 = thr_pv.make_fragment_C(thr_pv.partition_shape_C((WG_ROWS, d)))
-        acc_o1.fill(0.0)
-        acc_o2.fill(0.0)
-        # this thread's two rows and their running state: max m, d1 = sum P1, t_sum = sum P1 t, centre c
-        state = cute.make_rmem_tensor((4, 2), Float32)
-        for i in cutlass.range_constexpr(2):
+        # one (A tile, accumulator) pair per chain against K, and an accumulator per chain against V: S from Q
+        # and T from R, O1 and O2; stacked, one of each, holding both branches
+        chains = 1 if self.v.stacked else 2
+        a_qr = [thr_qk.make_fragment_A(thr_qk.partition_A(sQR[None, None, None, x]))[None, None, None, cw]
+                for x in range(chains)]
+        acc_st = [thr_qk.make_fragment_C(thr_qk.partition_shape_C((MMA_ROWS, bn))) for _ in range(chains)]
+        acc_o = [thr_pv.make_fragment_C(thr_pv.partition_shape_C((MMA_ROWS, d))) for _ in range(chains)]
+        for x in cutlass.range_constexpr(chains):
+            acc_o[x].fill(0.0)
+        # a thread's accumulator rows as (branch 1, branch 2) pairs of (view, row): S and T, O1 and O2 of one
+        # query row. Separate chains: rows 0 and 1 of both views are two query rows; stacked: rows 0 and 1 of
+        # the one view are the two branches of one query row
+        s_v, t_v = mn_view(acc_st[0]), mn_view(acc_st[chains - 1])
+        o1_v, o2_v = mn_view(acc_o[0]), mn_view(acc_o[chains - 1])
+        pairs = ((0, 1),) if self.v.stacked else ((0, 0), (1, 1))
+        coords = mn_view(thr_qk.partition_C(cute.make_identity_tensor((MMA_ROWS, bn))))
+        o_coords = mn_view(thr_pv.partition_C(cute.make_identity_tensor((MMA_ROWS, d))))
+        row0 = m_blk * self.v.cta_rows + cw * self.v.wg_rows  # first query row of this warpgroup
+        rows = [self._query_row(coords[i, 0][0]) for i, _ in pairs]  # this thread's query rows, from row0
+        # per query row of this thread: running max m, d1 = sum P1, t_sum = sum P1 t, centre c
+        state = cute.make_rmem_tensor((4, len(pairs)), Float32)
+        for i in cutlass.range_constexpr(len(pairs)):
             state[0, i] = -Float32.inf
             state[1, i] = 0.0
             state[2, i] = 0.0
             state[3, i] = 0.0
-        coords = mn_view(thr_qk.partition_C(cute.make_identity_tensor((WG_ROWS, bn))))
-        o_coords = mn_view(thr_pv.partition_C(cute.make_identity_tensor((WG_ROWS, d))))
-        row0 = m_blk * CTA_ROWS + cw * WG_ROWS  # first query row of this warpgroup
+        views = (s_v, t_v, o1_v, o2_v)
 
         # key tiles [cta_lo, mid) need no mask; [mid, wg_tiles) do; [wg_tiles, n_tiles) are past this
         # warpgroup's last row (causal, or its documents' end) and are only waited on and released
         wg_tiles = n_tiles
         mid = n // bn
         if cutlass.const_expr(self.causal):
-            wg_tiles = (cutlass.min(row0 + WG_ROWS, n) + bn - 1) // bn
+            wg_tiles = (cutlass.min(row0 + self.v.wg_rows, n) + bn - 1) // bn
             mid = cutlass.min(mid, row0 // bn)
         mid = cutlass.min(mid, wg_tiles)
         # documents: per row of this thread, the keys [lo, hi) it sees; every tile is masked (document edges
         # vary by row)
         seen = None
         if cutlass.const_expr(self.v.documents):
-            seen = cute.make_rmem_tensor((2, 2), Int32)
-            visible_in_document(seen, bounds, coords, row0, n, self.causal, rows_are_queries=True)
+            seen = cute.make_rmem_tensor((len(pairs), 2), Int32)
+            visible_in_document(seen, bounds, [row0 + x for x in rows], n, self.causal, rows_are_queries=True)
             wg_tiles = cta_lo  # rows past the end: release only
             if row0 < n:
-                wg_hi = bounds[cutlass.min(row0 + WG_ROWS, n) - 1, 1]
+                wg_hi = bounds[cutlass.min(row0 + self.v.wg_rows, n) - 1, 1]
                 if cutlass.const_expr(self.causal):
-                    wg_hi = cutlass.min(wg_hi, row0 + WG_ROWS)
+                    wg_hi = cutlass.min(wg_hi, row0 + self.v.wg_rows)
                 wg_tiles = cutlass.max(cutlass.min((wg_hi + bn - 1) // bn, n_tiles), cta_lo)
             mid = cta_lo
 
@@ -274,11 +315,13 @@ class ParallaxAttentionForward:
         if cutlass.const_expr(self.v.pingpong) and cw == 1:  # warpgroup 0 takes the first turn
             cute.arch.barrier_arrive(barrier_id=TURN_BARRIER + 0, number_of_threads=256)
         for j in cutlass.range(cta_lo, mid, unroll=1):
-            k_cons, v_cons, mma_qk, mma_pv = self._tile(j, False, mma_qk, mma_pv, t_rq, t_rr, t_rk, t_rv, acc_s, acc_t, acc_o1, acc_o2, state,
-                       coords, seen, k_cons, v_cons, n, row0, scale_log2, cw, n_tiles)
+            k_cons, v_cons, mma_qk, mma_pv = self._tile(j, False, mma_qk, mma_pv, a_qr, t_rk, t_rv, acc_st, acc_o,
+                                                        views, pairs, rows, state, coords, seen, k_cons, v_cons, n,
+                                                        row0, scale_log2, cw, n_tiles)
         for j in cutlass.range(mid, wg_tiles, unroll=1):
-            k_cons, v_cons, mma_qk, mma_pv = self._tile(j, True, mma_qk, mma_pv, t_rq, t_rr, t_rk, t_rv, acc_s, acc_t, acc_o1, acc_o2, state,
-                       coords, seen, k_cons, v_cons, n, row0, scale_log2, cw, n_tiles)
+            k_cons, v_cons, mma_qk, mma_pv = self._tile(j, True, mma_qk, mma_pv, a_qr, t_rk, t_rv, acc_st, acc_o,
+                                                        views, pairs, rows, state, coords, seen, k_cons, v_cons, n,
+                                                        row0, scale_log2, cw, n_tiles)
         for j in cutlass.range(wg_tiles, n_tiles, unroll=1):
             hk = k_cons.wait_and_advance()
             if cutlass.const_expr(self.v.pingpong):  # keep the turns paired
@@ -289,8 +332,6 @@ class ParallaxAttentionForward:
             hv.release()
 
         # ---- epilogue: a = O1 / d1, o = a - O2 / d1, lse = m + log2 d1, tbar = c ------------------
-        o1 = mn_view(acc_o1)
-        o2 = mn_view(acc_o2)
         base = bh.to(cutlass.Int64) * n.to(cutlass.Int64)
         # o, a are written as 32-bit pairs of 16-bit values: a thread holds columns 2k, 2k + 1 of its rows
         half = d // 2
@@ -298,56 +339,53 @@ class ParallaxAttentionForward:
         g_a = cute.make_tensor(p_a + base * half, cute.make_layout((n, half), stride=(half, 1)))
         g_lse = cute.make_tensor(p_lse + base, cute.make_layout((n,)))
         g_tbar = cute.make_tensor(p_tbar + base, cute.make_layout((n,)))
-        for i in cutlass.range_constexpr(2):
-            row = row0 + o_coords[i, 0][0]
+        for i in cutlass.range_constexpr(len(pairs)):
+            i1, i2 = pairs[i]
+            row = row0 + rows[i]
             d1 = state[1, i]
             if d1 <= 0.0:  # (rows past the sequence's end)
                 d1 = Float32(1.0)
             inv = cute.arch.rcp_approx(d1)
             if row < n:
-                for j in cutlass.range_constexpr(0, cute.size(o1.shape[1]), 2):
-                    col = o_coords[i, j][1]  # even; column j + 1 of the view is col + 1
-                    a0 = o1[i, j] * inv
-                    a1 = o1[i, j + 1] * inv
+                for j in cutlass.range_constexpr(0, cute.size(o1_v.shape[1]), 2):
+                    col = o_coords[i1, j][1]  # even; column j + 1 of the view is col + 1
+                    a0 = o1_v[i1, j] * inv
+                    a1 = o1_v[i1, j + 1] * inv
                     g_a[row, col // 2] = pack_pair(a0, a1, self.dtype)
-                    g_o[row, col // 2] = pack_pair(a0 - o2[i, j] * inv, a1 - o2[i, j + 1] * inv, self.dtype)
+                    g_o[row, col // 2] = pack_pair(a0 - o2_v[i2, j] * inv, a1 - o2_v[i2, j + 1] * inv, self.dtype)
                 if tid % 4 == 0:
                     g_lse[row] = state[0, i] + cute.math.log2(d1, fastmath=True)
                     g_tbar[row] = state[3, i]
 
     @cute.jit
-    def _tile(self, j: Int32, masked: cutlass.Constexpr, mma_qk: cute.TiledMma, mma_pv: cute.TiledMma,
-              t_rq, t_rr, t_rk, t_rv, acc_s, acc_t, acc_o1, acc_o2, state, coords, seen, k_cons, v_cons,
+    def _tile(self, j: Int32, masked: cutlass.Constexpr, mma_qk: cute.TiledMma, mma_pv: cute.TiledMma, a_qr, t_rk,
+              t_rv, acc_st, acc_o, views, pairs: cutlass.Constexpr, rows, state, coords, seen, k_cons, v_cons,
               n: Int32, row0: Int32, scale_log2: Float32, cw: Int32, n_tiles: Int32):
-        """One key tile j for this warpgroup's 64 rows."""
+        """One key tile j for this warpgroup's rows."""
         hk = k_cons.wait_and_advance()
         if cutlass.const_expr(self.v.pingpong):  # this warpgroup's turn
             cute.arch.barrier(barrier_id=TURN_BARRIER + cw, number_of_threads=256)
         warpgroup.fence()
-        for kk in cutlass.range_constexpr(cute.size(t_rq, mode=[2])):
-            mma_qk.set(warpgroup.Field.ACCUMULATE, kk != 0)
-            cute.gemm(mma_qk, acc_s, t_rq[None, None, kk], t_rk[None, None, kk, hk.index], acc_s)
-        for kk in cutlass.range_constexpr(cute.size(t_rr, mode=[2])):
-            mma_qk.set(warpgroup.Field.ACCUMULATE, kk != 0)
-            cute.gemm(mma_qk, acc_t, t_rr[None, None, kk], t_rk[None, None, kk, hk.index], acc_t)
+        for x in cutlass.range_constexpr(len(a_qr)):
+            for kk in cutlass.range_constexpr(cute.size(a_qr[x], mode=[2])):
+                mma_qk.set(warpgroup.Field.ACCUMULATE, kk != 0)
+                cute.gemm(mma_qk, acc_st[x], a_qr[x][None, None, kk], t_rk[None, None, kk, hk.index], acc_st[x])
         warpgroup.commit_group()
         if cutlass.const_expr(self.v.pingpong):
             self._pass_turn(cw, j, n_tiles)
         warpgroup.wait_group(0)
         hk.release()
 
-        s = mn_view(acc_s)
-        t = mn_view(acc_t)
-        o1 = mn_view(acc_o1)
-        o2 = mn_view(acc_o2)
+        s, t, o1, o2 = views
         n_cols = cute.size(s.shape[1])
-        for i in cutlass.range_constexpr(2):
-            row = row0 + coords[i, 0][0]
+        for i in cutlass.range_constexpr(len(pairs)):
+            i1, i2 = pairs[i]  # S, O1 in row i1 of their views; T, O2 in row i2 of theirs
+            row = row0 + rows[i]
             row_max = -Float32.inf
             for c in cutlass.range_constexpr(n_cols):
-                v = s[i, c]  # raw q.k: the scale (> 0) is applied once to the max and inside exp2
+                v = s[i1, c]  # raw q.k: the scale (> 0) is applied once to the max and inside exp2
                 if cutlass.const_expr(masked):
-                    col = j * self.bn + coords[i, c][1]
+                    col = j * self.bn + coords[i1, c][1]
                     if cutlass.const_expr(self.v.documents):
                         if col < seen[i, 0]:
                             v = -Float32.inf
@@ -359,7 +397,7 @@ class ParallaxAttentionForward:
                             limit = cutlass.min(n, row + 1)
                         if col >= limit:
                             v = -Float32.inf
-                s[i, c] = v
+                s[i1, c] = v
                 row_max = cute.arch.fmax(row_max, v)
             row_max = self._quad(row_max, True) * scale_log2
             m_old = state[0, i]
@@ -371,10 +409,10 @@ class ParallaxAttentionForward:
             p_sum = Float32(0.0)
             pt_sum = Float32(0.0)
             for c in cutlass.range_constexpr(n_cols):
-                p = cute.math.exp2(s[i, c] * scale_log2 - m_safe, fastmath=True)
-                s[i, c] = p
+                p = cute.math.exp2(s[i1, c] * scale_log2 - m_safe, fastmath=True)
+                s[i1, c] = p
                 p_sum += p
-                pt_sum += p * t[i, c]
+                pt_sum += p * t[i2, c]
             d1 = state[1, i] * alpha + self._quad(p_sum, False)
             t_sum = state[2, i] * alpha + self._quad(pt_sum, False)
             c_old = state[3, i]
@@ -386,27 +424,26 @@ class ParallaxAttentionForward:
             if cutlass.const_expr(self.v.lazy_rescale):
                 if alpha == 1.0:  # (exact: the same values as the full rescale)
                     for c in cutlass.range_constexpr(cute.size(o1.shape[1])):
-                        o2[i, c] = o2[i, c] + shift * o1[i, c]
+                        o2[i2, c] = o2[i2, c] + shift * o1[i1, c]
                 else:
-                    self._rescale_row(o1, o2, i, alpha, shift)
+                    self._rescale_row(o1, o2, i1, i2, alpha, shift)
             else:
-                self._rescale_row(o1, o2, i, alpha, shift)
+                self._rescale_row(o1, o2, i1, i2, alpha, shift)
             for c in cutlass.range_constexpr(n_cols):
-                t[i, c] = s[i, c] * (t[i, c] - c_new)
+                t[i2, c] = s[i1, c] * (t[i2, c] - c_new)
             state[0, i] = m_new
             state[1, i] = d1
             state[2, i] = t_sum
             state[3, i] = c_new
 
-        p1 = as_a_operand(acc_s, self.dtype, self.bn)
-        p2 = as_a_operand(acc_t, self.dtype, self.bn)
+        # P1 and P2 (stacked: [P1; P2], interleaved as S and T were) as A operands against the same V stage
+        p_ops = [as_a_operand(acc, self.dtype, self.bn) for acc in acc_st]
         hv = v_cons.wait_and_advance()
         warpgroup.fence()
         mma_pv.set(warpgroup.Field.ACCUMULATE, True)
-        for kk in cutlass.range_constexpr(cute.size(p1, mode=[2])):
-            cute.gemm(mma_pv, acc_o1, p1[None, None, kk], t_rv[None, None, kk, hv.index], acc_o1)
-        for kk in cutlass.range_constexpr(cute.size(p2, mode=[2])):
-            cute.gemm(mma_pv, acc_o2, p2[None, None, kk], t_rv[None, None, kk, hv.index], acc_o2)
+        for x in cutlass.range_constexpr(len(p_ops)):
+            for kk in cutlass.range_constexpr(cute.size(p_ops[x], mode=[2])):
+                cute.gemm(mma_pv, acc_o[x], p_ops[x][None, None, kk], t_rv[None, None, kk, hv.index], acc_o[x])
         warpgroup.commit_group()
         warpgroup.wait_group(0)
         hv.release()
@@ -414,11 +451,19 @@ class ParallaxAttentionForward:
 
     # ---- pieces ---------------------------------------------------------------------------------
     @cute.jit
-    def _rescale_row(self, o1: cute.Tensor, o2: cute.Tensor, i: cutlass.Constexpr, alpha: Float32, shift: Float32):
+    def _rescale_row(self, o1: cute.Tensor, o2: cute.Tensor, i1: cutlass.Constexpr, i2: cutlass.Constexpr,
+                     alpha: Float32, shift: Float32):
         for c in cutlass.range_constexpr(cute.size(o1.shape[1])):
-            a1 = o1[i, c] * alpha
-            o1[i, c] = a1
-            o2[i, c] = o2[i, c] * alpha + shift * a1
+            a1 = o1[i1, c] * alpha
+            o1[i1, c] = a1
+            o2[i2, c] = o2[i2, c] * alpha + shift * a1
+
+    def _query_row(self, acc_row):
+        """The query row (from the warpgroup's first) of accumulator row acc_row: stacked, rows 16 g + i hold
+        query 8 g + i (and 16 g + 8 + i its probe)."""
+        if self.v.stacked:
+            return acc_row // 16 * 8 + acc_row % 8
+        return acc_row
 
     @cute.jit
     def _pass_turn(self, cw: Int32, j: Int32, n_tiles: Int32):

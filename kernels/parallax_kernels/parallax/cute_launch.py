@@ -24,7 +24,7 @@ import torch
 
 from parallax_kernels import cute_runtime as rt
 from parallax_kernels.batching import fold, unfold
-from parallax_kernels.parallax.cute_variant import (BWD_BLOCK_N, CTA_ROWS, DTYPES, HEAD_DIMS, AttentionVariant,
+from parallax_kernels.parallax.cute_variant import (BWD_BLOCK_N, DTYPES, HEAD_DIMS, AttentionVariant,
                                                     BackwardVariant)
 
 ARCH = rt.ARCH
@@ -114,7 +114,7 @@ def _bounds(document_ids: torch.Tensor | None) -> torch.Tensor | None:
 def _launch(q, k, v, r, causal: bool, scale: float, document_ids: torch.Tensor | None = None,
             artefact_dir: Path | None = None, **variant_fields):
     """Launch the forward (q, k, v, r contiguous, 16-byte aligned); `variant_fields` (block_n, stages,
-    pingpong) override the default variant's, for benchmarks."""
+    pingpong, lazy_rescale, stacked) override the default variant's, for benchmarks."""
     b, h, n, d = q.shape
     hkv = k.shape[1]
     dtype = str(q.dtype).removeprefix("torch.")
@@ -136,7 +136,7 @@ def _launch(q, k, v, r, causal: bool, scale: float, document_ids: torch.Tensor |
             _tma_descriptor(k, box_kv), sizes_kv, _tma_descriptor(v, box_kv), sizes_kv,
             o.data_ptr(), a.data_ptr(), lse.data_ptr(), tbar.data_ptr(), n, h, h // hkv, scale * math.log2(math.e),
             bounds.data_ptr() if bounds is not None else 0]
-    grid = (-(-n // CTA_ROWS), b * h, 1)
+    grid = (-(-n // variant.cta_rows), b * h, 1)
     kernel.launch(grid, args, torch.cuda.current_stream(q.device).cuda_stream)
     return o, a, lse, tbar
 

@@ -7,13 +7,16 @@ from dataclasses import dataclass
 
 DTYPES = ("bfloat16", "float16")
 HEAD_DIMS = (64, 128)
-WG_ROWS = 64  # query rows per consumer warpgroup (one m64 wgmma tile)
-MMA_WARPGROUPS = 2  # consumer warpgroups; a CTA covers WG_ROWS * MMA_WARPGROUPS query rows
-CTA_ROWS = WG_ROWS * MMA_WARPGROUPS
+MMA_ROWS = 64  # rows of a consumer warpgroup's m64 wgmma tile
+MMA_WARPGROUPS = 2  # consumer warpgroups
 NUM_THREADS = 128 * (MMA_WARPGROUPS + 1)  # + one producer warpgroup
+MAX_SMEM_BYTES = 232448  # an H100/H200 block's shared memory, opted in (227 KB)
 # keys per tile: S, T (64 x BN each) and O1, O2 (64 x D each) live in fp32 registers of one warpgroup,
-# 2 BN + 2 D values per row; BN = 64 at D = 128 keeps that at 256 values per row (128 registers a thread)
+# 2 BN + 2 D values per row; BN = 64 at D = 128 keeps that at 256 values per row (128 registers a thread).
+# Stacked, a warpgroup's 64 accumulator rows are 32 query rows and their 32 probe rows: BN + D values per
+# accumulator row, so BN = 128 fits at both head dims
 DEFAULT_BLOCK_N = {64: 128, 128: 64}
+STACKED_BLOCK_N = 128
 
 
 @dataclass(frozen=True)
@@ -34,12 +37,16 @@ class AttentionVariant:
     # packed documents: each query row sees the keys of its own document only (per-token bounds, see
     # document_bounds), and key tiles outside a CTA's documents are skipped
     documents: bool = False
+    # one wgmma chain for S and T whose A rows are Q and R of 32 query rows (8-row groups interleaved, so a
+    # thread holds S and T of the same row), one for O1 and O2 whose A rows are P1 and P2: half the
+    # accumulator registers per query row, wider key tiles, 64 query rows a CTA
+    stacked: bool = False
 
     def __post_init__(self):
-        # block_n 0 names the head_dim's default: store it resolved, so that both spellings are one variant
-        # (one artefact name, one description in its .json)
+        # block_n 0 names the default: store it resolved, so that both spellings are one variant (one artefact
+        # name, one description in its .json)
         if self.block_n == 0 and self.head_dim in DEFAULT_BLOCK_N:
-            object.__setattr__(self, "block_n", DEFAULT_BLOCK_N[self.head_dim])
+            object.__setattr__(self, "block_n", STACKED_BLOCK_N if self.stacked else DEFAULT_BLOCK_N[self.head_dim])
 
     def check(self) -> None:
         if self.dtype not in DTYPES:
@@ -49,11 +56,24 @@ class AttentionVariant:
         if self.bn not in (64, 128):
             raise ValueError(f"CuTe attention kernel: block_n {self.block_n} is not 64 or 128")
         if not 2 <= self.stages <= 4:
-            raise ValueError(f"CuTe attention kernel: {self.stages} K/V stages; 2 to 4 fit shared memory")
+            raise ValueError(f"CuTe attention kernel: {self.stages} K/V stages; 2 to 4 are supported")
+        if self.smem_bytes > MAX_SMEM_BYTES:
+            raise ValueError(f"CuTe attention kernel: block_n {self.bn} with {self.stages} K/V stages at head_dim "
+                             f"{self.head_dim} needs {self.smem_bytes} bytes of shared memory; a block has "
+                             f"{MAX_SMEM_BYTES}")
 
     @property
     def bn(self) -> int:
         return self.block_n or DEFAULT_BLOCK_N.get(self.head_dim, 64)
+
+    @property
+    def wg_rows(self) -> int:
+        """Query rows per consumer warpgroup: its wgmma tile's 64 rows, or stacked 32 (and their probe rows)."""
+        return MMA_ROWS // 2 if self.stacked else MMA_ROWS
+
+    @property
+    def cta_rows(self) -> int:
+        return self.wg_rows * MMA_WARPGROUPS
 
     @property
     def name(self) -> str:
@@ -61,8 +81,9 @@ class AttentionVariant:
         turns = "" if self.pingpong else "_np"
         rescale = "" if self.lazy_rescale else "_er"
         docs = "_doc" if self.documents else ""
+        stacked = "_st" if self.stacked else ""
         return (f"parallax_attn_fwd_{self.dtype}_d{self.head_dim}_{mask}{docs}_n{self.bn}_s{self.stages}{turns}"
-                f"{rescale}")
+                f"{rescale}{stacked}")
 
     @property
     def num_threads(self) -> int:
@@ -70,15 +91,16 @@ class AttentionVariant:
 
     @property
     def smem_bytes(self) -> int:
-        """The kernel's shared storage: Q and R (CTA_ROWS x D each), `stages` K and V tiles (BN x D
+        """The kernel's shared storage: Q and R (cta_rows x D each), `stages` K and V tiles (BN x D
         each), 16-bit elements, and 1 KB for the mbarriers (each buffer is 1 KB aligned)."""
-        return 1024 + 2 * CTA_ROWS * self.head_dim * 2 + 2 * self.stages * self.bn * self.head_dim * 2
+        return 1024 + 2 * self.cta_rows * self.head_dim * 2 + 2 * self.stages * self.bn * self.head_dim * 2
 
     def tma_boxes(self) -> tuple[list[int], list[int]]:
         """The TMA boxes (innermost first: head_dim, rows, heads) of the Q/R and the K/V descriptors: 64
-        elements of D (the 128-byte swizzle's width; a D = 128 tile takes two copies), WG_ROWS query rows
-        or BN key rows, one (batch, head)."""
-        return [64, WG_ROWS, 1], [64, self.bn, 1]
+        elements of D (the 128-byte swizzle's width; a D = 128 tile takes two copies), a warpgroup's query
+        rows (stacked: 8, the rows of one swizzle atom, which the interleaving places apart) or BN key rows,
+        one (batch, head)."""
+        return [64, 8 if self.stacked else self.wg_rows, 1], [64, self.bn, 1]
 
 
 # ---- the backward (cute_backward.py) --------------------------------------------------------------
@@ -86,7 +108,6 @@ BWD_BLOCK_N = 128  # keys per CTA: 64 per consumer warpgroup
 BWD_NUM_THREADS = 384  # one producer and two consumer warpgroups
 # query rows per step: dK, dV (64 x D fp32 each) stay in registers, beside S^T, T^T, dalpha^T (64 x BM each)
 DEFAULT_BWD_BLOCK_M = {64: 64, 128: 32}
-MAX_SMEM_BYTES = 232448  # an H100/H200 block's shared memory, opted in (227 KB)
 
 
 @dataclass(frozen=True)
