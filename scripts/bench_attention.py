@@ -3,9 +3,10 @@
     python scripts/bench_attention.py [--shapes 8,16,2048,128 4,16,4096,128 ...] [--kv-ratio 2] [--json out.json]
         [--reference-kernel FILE]      # e.g. FILE from `git show REF:kernels/parallax_kernels/parallax/triton_fused.py`
         [--peers parallax-cute parallax-triton sdpa-cudnn ...]   # time only these (default: every peer available)
-        [--cute-variants s2 s3 s3np s3er s3n64 s3st ...]   # also time these CuTe forward variants (K/V stages;
-                                     # np: no warpgroup turns; er: every row rescaled every tile; st: stacked
-                                     # Q/R operand; n64: 64-key tiles)
+        [--cute-variants s2 s3 s3np s3er s3n64 s3st s3stov ...]   # also time these CuTe forward variants (K/V
+                                     # stages; np: no warpgroup turns; er: every row rescaled every tile;
+                                     # st: stacked Q/R operand; ov: softmax beside the previous P V; n64: 64-key
+                                     # tiles)
         [--documents MEAN]             # pack each row with documents of random lengths, MEAN tokens on average
 
 Peers, each in its native layout, causal, bf16, GQA with Hkv = H / kv-ratio:
@@ -207,9 +208,10 @@ def main() -> None:
     ap.add_argument("--json", default=None)
     ap.add_argument("--peers", nargs="+", default=None, help="time only these peers (names as in the table)")
     ap.add_argument("--cute-variants", nargs="+", default=[],
-                    help="forward-only timings of CuTe kernel variants: s<stages>[np][er][st][n<block_n>] (np: no "
-                         "warpgroup turns; er: eager rescale of every row; st: stacked Q/R operand; n: keys per "
-                         "tile), each with its output's relative error against the default variant's")
+                    help="forward-only timings of CuTe kernel variants: s<stages>[np][er][st][ov][n<block_n>] (np: "
+                         "no warpgroup turns; er: eager rescale of every row; st: stacked Q/R operand; ov: softmax "
+                         "overlapping the previous tile's P V, with st; n: keys per tile), each with its output's "
+                         "relative error against the default variant's")
     ap.add_argument("--reference-kernel", default=None, help="another kernels/parallax_kernels/parallax/triton_fused.py to time beside this one")
     ap.add_argument("--documents", type=int, default=0, metavar="MEAN",
                     help="pack each batch row with documents of random lengths, about MEAN tokens on average "
@@ -280,12 +282,12 @@ def time_cute_variants(q, k, v, r, names) -> tuple[dict, dict]:
     for name in names:
         import re
 
-        parsed = re.fullmatch(r"s(\d)(np)?(er)?(st)?(?:n(\d+))?", name)
+        parsed = re.fullmatch(r"s(\d)(np)?(er)?(st)?(ov)?(?:n(\d+))?", name)
         if parsed is None:
-            raise SystemExit(f"--cute-variants {name}: expected s<stages>[np][er][st][n<block_n>], e.g. s3 s2np "
-                             "s3n64 s2st")
+            raise SystemExit(f"--cute-variants {name}: expected s<stages>[np][er][st][ov][n<block_n>], e.g. s3 "
+                             "s2np s3n64 s2st s2stov")
         fields = dict(stages=int(parsed[1]), pingpong=parsed[2] is None, lazy_rescale=parsed[3] is None,
-                      stacked=parsed[4] is not None, block_n=int(parsed[5] or 0))
+                      stacked=parsed[4] is not None, overlap=parsed[5] is not None, block_n=int(parsed[6] or 0))
         try:
             o = _launch(q, k, v, r, True, scale, **fields)[0].float()
         except (RuntimeError, ValueError) as err:

@@ -59,6 +59,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--stacked", type=int, nargs="+", default=[0], choices=[0, 1],
                    help="1: the stacked forward (Q and R rows in one wgmma operand, 64 query rows a CTA; "
                         "AttentionVariant.stacked), 0: separate S and T chains (the default; with --attention)")
+    p.add_argument("--overlap", type=int, nargs="+", default=[0], choices=[0, 1],
+                   help="1: with --stacked 1, each tile's softmax overlaps the previous tile's P V "
+                        "(AttentionVariant.overlap; with --attention); combinations with --stacked 0 are skipped")
     p.add_argument("--backward-block-m", type=int, nargs="+", default=[0], choices=[0, 32, 64],
                    help="query rows per backward step (with --attention; 0: the default for the head_dim)")
     p.add_argument("--backward-stages", type=int, nargs="+", default=[2], choices=[2, 3],
@@ -99,12 +102,14 @@ def build_attention(args, dsl: str) -> None:
     from parallax_kernels.parallax.cute_launch import write_artefact
     from parallax_kernels.parallax.cute_variant import AttentionVariant, BackwardVariant
 
-    for dtype, head_dim, causal, docs, block_n, stages, pingpong, lazy, stacked in itertools.product(
+    for dtype, head_dim, causal, docs, block_n, stages, pingpong, lazy, stacked, overlap in itertools.product(
             args.dtype, args.head_dim, args.causal, args.documents, args.attention_block_n, args.stages, args.pingpong,
-            args.lazy_rescale, args.stacked):
+            args.lazy_rescale, args.stacked, args.overlap):
+        if overlap and not stacked:
+            continue
         variant = AttentionVariant(dtype, head_dim, bool(causal), block_n=block_n, stages=stages,
                                    pingpong=bool(pingpong), lazy_rescale=bool(lazy), documents=bool(docs),
-                                   stacked=bool(stacked))
+                                   stacked=bool(stacked), overlap=bool(overlap))
         variant.check()
         start = time.time()
         cubin, ptx, name = compile_variant(variant)

@@ -31,6 +31,7 @@ needs_dsl = pytest.mark.skipif(not rt.dsl_installed(), reason="nvidia-cutlass-ds
     ("head_dim", 96, "head_dim 96 is not supported"),
     ("block_n", 32, "block_n 32 is not 64 or 128"),
     ("stages", 5, "5 K/V stages"),
+    ("overlap", True, "overlap needs stacked"),
 ])
 def test_unsupported_variants_are_named(field, value, message):
     good = dict(dtype="bfloat16", head_dim=128, causal=True)
@@ -85,8 +86,8 @@ def test_tma_descriptors_refuse_unaligned_tensors():
 
 @pytest.fixture(scope="module")
 def compiled(tmp_path_factory):
-    """Four variants (head_dim 128 causal, 64 full, 128 causal with packed documents, 128 causal stacked), each
-    compiled for sm_90a
+    """Five variants (head_dim 128 causal, 64 full, 128 causal with packed documents, 128 causal stacked, and
+    stacked with the overlap), each compiled for sm_90a
     in a fresh process as on an offline build machine: PTX, cubin and the DSL's IR (which records each TMA
     descriptor's box)."""
     if not rt.dsl_installed():
@@ -96,11 +97,13 @@ def compiled(tmp_path_factory):
             "from parallax_kernels.parallax.cute_kernel import compile_variant\n"
             "from parallax_kernels.parallax.cute_variant import AttentionVariant\n"
             "d, docs, key = int(sys.argv[2]), sys.argv[3] == '1', sys.argv[4]\n"
-            "variant = AttentionVariant('bfloat16', d, d == 128, documents=docs, stacked=key.endswith('st'))\n"
+            "variant = AttentionVariant('bfloat16', d, d == 128, documents=docs, stacked='st' in key,\n"
+            "                           overlap=key.endswith('ov'))\n"
             "cubin, ptx, name = compile_variant(variant)\n"
             "open(f'{sys.argv[1]}/{key}.ptx', 'w').write(ptx)\n"
             "open(f'{sys.argv[1]}/{key}.cubin', 'wb').write(cubin)\n")
-    for d, docs, key in ((128, False, "d128"), (64, False, "d64"), (128, True, "d128doc"), (128, False, "d128st")):
+    for d, docs, key in ((128, False, "d128"), (64, False, "d64"), (128, True, "d128doc"), (128, False, "d128st"),
+                          (128, False, "d128stov")):
         (out / f"ir_{key}").mkdir()
         env = {**os.environ, "CUTE_DSL_ARCH": "sm_90a", "CUTE_DSL_KEEP": "ir", "CUTE_DSL_DUMP_DIR": str(out / f"ir_{key}")}
         proc = subprocess.run([sys.executable, "-c", code, str(out), str(d), str(int(docs)), key], cwd=REPO, env=env,
@@ -152,16 +155,18 @@ def test_documents_variant_masks_every_tile_and_reads_the_bounds(compiled):
 
 
 @needs_dsl
-def test_stacked_variant_has_one_chain_per_matmul_pair(compiled):
+@pytest.mark.parametrize("key", ["d128st", "d128stov"])
+def test_stacked_variant_has_one_chain_per_matmul_pair(compiled, key):
     """Stacked: per key tile one wgmma chain of d/16 k-steps for [S; T] and one of BN/16 for [O1; O2], both
-    m64n128 (twice: the unmasked and the masked loop), never the separate chains' m64n64; Q and R come in
-    8-row copies from a loop (in the PTX once per warpgroup, tensor and 64 columns) beside the K and V tiles;
-    the register split and the parameter list are the plain variant's; no local memory."""
+    m64n128, never the separate chains' m64n64: in the unmasked and the masked loop, and with the overlap also
+    for the first tile's S, T and the last tile's P V outside them. Q and R come in 8-row copies from a loop
+    (in the PTX once per warpgroup, tensor and 64 columns) beside the K and V tiles; the register split and the
+    parameter list are the plain variant's; no local memory."""
     d = 128
-    variant = AttentionVariant("bfloat16", d, True, stacked=True)
-    ptx = (compiled / "d128st.ptx").read_text()
+    variant = AttentionVariant("bfloat16", d, True, stacked=True, overlap=key.endswith("ov"))
+    ptx = (compiled / f"{key}.ptx").read_text()
     chains = re.findall(r"wgmma\.mma_async\.sync\.aligned\.m64n(\d+)k16\.f32\.bf16\.bf16", ptx)
-    assert chains == ["128"] * (2 * (d // 16 + variant.bn // 16))
+    assert chains == ["128"] * ((2 + variant.overlap) * (d // 16 + variant.bn // 16))
     assert ptx.count("cp.async.bulk.tensor.3d.shared::cta.global") == (2 * 2 + 2) * d // 64
     assert re.findall(r"setmaxnreg\.(\w+)\.sync\.aligned\.u32\s+(\d+);", ptx) == [("dec", "24"), ("inc", "240")]
     assert ".local" not in ptx
@@ -171,19 +176,19 @@ def test_stacked_variant_has_one_chain_per_matmul_pair(compiled):
 
 
 @needs_dsl
-@pytest.mark.parametrize("key", ["d128", "d64", "d128st"])
+@pytest.mark.parametrize("key", ["d128", "d64", "d128st", "d128stov"])
 def test_tma_boxes_the_launcher_encodes_are_the_kernels(compiled, key):
     """The launcher builds the CUtensorMaps itself (no DSL on the GPU host): the boxes it encodes must be
     those the DSL compiled the copies for, as its IR records them (dims innermost first: D, rows, heads)."""
-    d = int(key[1:].removesuffix("st"))
-    variant = AttentionVariant("bfloat16", d, d == 128, stacked=key.endswith("st"))
+    d = int(key[1:].removesuffix("ov").removesuffix("st"))
+    variant = AttentionVariant("bfloat16", d, d == 128, stacked="st" in key, overlap=key.endswith("ov"))
     ir = "".join(p.read_text() for p in (compiled / f"ir_{key}").glob("*.mlir"))
     boxes = {tuple(map(int, m.split(","))) for m in re.findall(r'tma_gbasis = <"\((\d+,\d+,\d+)\):', ir)}
     assert boxes == {tuple(box) for box in variant.tma_boxes()}
 
 
 @needs_dsl
-@pytest.mark.parametrize("d", ["128", "64", "128doc", "128st"])
+@pytest.mark.parametrize("d", ["128", "64", "128doc", "128st", "128stov"])
 def test_no_spills_and_wgmma_tma_in_sass(compiled, d):
     triton = pytest.importorskip("triton")
     tools = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
@@ -524,13 +529,15 @@ STACKED_CASES = [(*case, None) for case in GPU_CASES] + [(*case[:6], packed(case
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not HOPPER, reason="needs a Hopper GPU (sm_90)")
+@pytest.mark.parametrize("overlap", [False, True], ids=["stacked", "stacked_overlap"])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("case", STACKED_CASES, ids=lambda c: "x".join(map(str, c[:5])) + ("c" if c[5] else "f")
                          + ("" if c[6] is None else "_docs"))
-def test_stacked_forward_matches_float64_and_the_triton_forward(case, dtype):
-    """The stacked forward (not the default; scripts/bench_attention.py --cute-variants s3st): o against float64,
-    its error within the bound and at most the default variant's on the same inputs (plus a little); a, lse
-    and tbar, which the backward reads, against the Triton forward."""
+def test_stacked_forward_matches_float64_and_the_triton_forward(case, dtype, overlap):
+    """The stacked forward, with and without the overlap (not the default; scripts/bench_attention.py
+    --cute-variants s3st s3stov): o against float64, its error within the bound and at most the default
+    variant's on the same inputs (plus a little); a, lse and tbar, which the backward reads, against the Triton
+    forward."""
     from parallax_kernels.parallax.cute_launch import _launch
     from parallax_kernels.parallax.reference import parallax_attention_reference
     from parallax_kernels.parallax.triton_fused import attention_fwd
@@ -543,7 +550,7 @@ def test_stacked_forward_matches_float64_and_the_triton_forward(case, dtype):
     scale = d**-0.5
     want = parallax_attention_reference(*(x.double() for x in (q, k, v, r)), causal=causal, scale=scale,
                                         document_ids=docs)
-    stacked = _launch(q, k, v, r, causal, scale, document_ids=docs, stacked=True)
+    stacked = _launch(q, k, v, r, causal, scale, document_ids=docs, stacked=True, overlap=overlap)
     plain = _launch(q, k, v, r, causal, scale, document_ids=docs)
     bound = {torch.bfloat16: 1e-2, torch.float16: 5e-3}[dtype]
     ours, theirs = relative_error(stacked[0], want), relative_error(plain[0], want)

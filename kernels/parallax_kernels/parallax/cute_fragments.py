@@ -23,10 +23,20 @@ def mn_view(acc: cute.Tensor) -> cute.Tensor:
 def as_a_operand(acc: cute.Tensor, dtype, k: int) -> cute.Tensor:
     """The fp32 accumulator of a (64, k) tile converted to the 16-bit A operand of a K = k wgmma: the C
     fragment's value order ((2, 2, k/8)) is the A fragment's ((2, 2, 2), 1, k/16)."""
-    frag = cute.make_rmem_tensor(cute.make_layout(((2, 2, 2), 1, k // 16)), dtype)
-    as_acc = cute.make_tensor(frag.iterator, cute.make_layout(acc.layout.shape))
-    as_acc.store(acc.load().to(dtype))
+    frag = a_operand_fragment(dtype, k)
+    store_as_a_operand(acc, frag)
     return frag
+
+
+def a_operand_fragment(dtype, k: int) -> cute.Tensor:
+    """Registers for the 16-bit A operand of a (64, k) tile, to be filled by store_as_a_operand."""
+    return cute.make_rmem_tensor(cute.make_layout(((2, 2, 2), 1, k // 16)), dtype)
+
+
+def store_as_a_operand(acc: cute.Tensor, frag: cute.Tensor) -> None:
+    """Write the fp32 accumulator `acc` into the A-operand fragment `frag` (as_a_operand's conversion)."""
+    as_acc = cute.make_tensor(frag.iterator, cute.make_layout(acc.layout.shape))
+    as_acc.store(acc.load().to(frag.element_type))
 
 
 def pack_pair(lo, hi, dtype) -> cutlass.Uint32:

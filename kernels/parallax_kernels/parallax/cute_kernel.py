@@ -50,7 +50,8 @@ from cutlass import Float32, Int32
 from cutlass.cute.nvgpu import cpasync, warpgroup
 
 from parallax_kernels import cute_runtime as rt
-from parallax_kernels.parallax.cute_fragments import as_a_operand, mn_view, pack_pair, visible_in_document
+from parallax_kernels.parallax.cute_fragments import (a_operand_fragment, as_a_operand, mn_view, pack_pair,
+                                                       store_as_a_operand, visible_in_document)
 from parallax_kernels.parallax.cute_variant import MMA_ROWS, MMA_WARPGROUPS, NUM_THREADS, AttentionVariant
 
 PRODUCER_REGS = 24
@@ -314,14 +315,39 @@ class ParallaxAttentionForward:
         q_cons.wait()
         if cutlass.const_expr(self.v.pingpong) and cw == 1:  # warpgroup 0 takes the first turn
             cute.arch.barrier_arrive(barrier_id=TURN_BARRIER + 0, number_of_threads=256)
-        for j in cutlass.range(cta_lo, mid, unroll=1):
-            k_cons, v_cons, mma_qk, mma_pv = self._tile(j, False, mma_qk, mma_pv, a_qr, t_rk, t_rv, acc_st, acc_o,
-                                                        views, pairs, rows, state, coords, seen, k_cons, v_cons, n,
-                                                        row0, scale_log2, cw, n_tiles)
-        for j in cutlass.range(mid, wg_tiles, unroll=1):
-            k_cons, v_cons, mma_qk, mma_pv = self._tile(j, True, mma_qk, mma_pv, a_qr, t_rk, t_rv, acc_st, acc_o,
-                                                        views, pairs, rows, state, coords, seen, k_cons, v_cons, n,
-                                                        row0, scale_log2, cw, n_tiles)
+        if cutlass.const_expr(self.v.overlap):
+            # the first tile (masked: it may be either kind) as usual but for its P V, then each tile with the
+            # previous one's P V in flight, then the last P V; loops of 0 or 1 trip stand for the ifs
+            p_ops = [a_operand_fragment(self.dtype, bn) for _ in range(chains)]
+            rescale = cute.make_rmem_tensor((2, len(pairs)), Float32)
+            first = cutlass.min(cta_lo + 1, wg_tiles)
+            for j in cutlass.range(cta_lo, first, unroll=1):
+                k_cons, mma_qk = self._first_tile(j, mma_qk, a_qr, t_rk, acc_st, p_ops, views, pairs, rows, state,
+                                                  coords, seen, k_cons, n, row0, scale_log2, cw, n_tiles)
+            mid = cutlass.max(mid, first)
+            for j in cutlass.range(first, mid, unroll=1):
+                k_cons, v_cons, mma_qk, mma_pv = self._tile_overlapped(
+                    j, False, mma_qk, mma_pv, a_qr, t_rk, t_rv, acc_st, acc_o, p_ops, rescale, views, pairs, rows,
+                    state, coords, seen, k_cons, v_cons, n, row0, scale_log2, cw, n_tiles)
+            for j in cutlass.range(mid, wg_tiles, unroll=1):
+                k_cons, v_cons, mma_qk, mma_pv = self._tile_overlapped(
+                    j, True, mma_qk, mma_pv, a_qr, t_rk, t_rv, acc_st, acc_o, p_ops, rescale, views, pairs, rows,
+                    state, coords, seen, k_cons, v_cons, n, row0, scale_log2, cw, n_tiles)
+            for j in cutlass.range(cta_lo, first, unroll=1):  # the last tile's P V
+                hv = v_cons.wait_and_advance()
+                warpgroup.fence()
+                mma_pv = self._issue_pv(mma_pv, p_ops, t_rv, acc_o, hv.index)
+                warpgroup.wait_group(0)
+                hv.release()
+        else:
+            for j in cutlass.range(cta_lo, mid, unroll=1):
+                k_cons, v_cons, mma_qk, mma_pv = self._tile(j, False, mma_qk, mma_pv, a_qr, t_rk, t_rv, acc_st,
+                                                            acc_o, views, pairs, rows, state, coords, seen, k_cons,
+                                                            v_cons, n, row0, scale_log2, cw, n_tiles)
+            for j in cutlass.range(mid, wg_tiles, unroll=1):
+                k_cons, v_cons, mma_qk, mma_pv = self._tile(j, True, mma_qk, mma_pv, a_qr, t_rk, t_rv, acc_st,
+                                                            acc_o, views, pairs, rows, state, coords, seen, k_cons,
+                                                            v_cons, n, row0, scale_log2, cw, n_tiles)
         for j in cutlass.range(wg_tiles, n_tiles, unroll=1):
             hk = k_cons.wait_and_advance()
             if cutlass.const_expr(self.v.pingpong):  # keep the turns paired
@@ -361,21 +387,100 @@ class ParallaxAttentionForward:
     def _tile(self, j: Int32, masked: cutlass.Constexpr, mma_qk: cute.TiledMma, mma_pv: cute.TiledMma, a_qr, t_rk,
               t_rv, acc_st, acc_o, views, pairs: cutlass.Constexpr, rows, state, coords, seen, k_cons, v_cons,
               n: Int32, row0: Int32, scale_log2: Float32, cw: Int32, n_tiles: Int32):
-        """One key tile j for this warpgroup's rows."""
+        """One key tile j for this warpgroup's rows: S, T, then the softmax, then O1, O2."""
         hk = k_cons.wait_and_advance()
         if cutlass.const_expr(self.v.pingpong):  # this warpgroup's turn
             cute.arch.barrier(barrier_id=TURN_BARRIER + cw, number_of_threads=256)
         warpgroup.fence()
-        for x in cutlass.range_constexpr(len(a_qr)):
-            for kk in cutlass.range_constexpr(cute.size(a_qr[x], mode=[2])):
-                mma_qk.set(warpgroup.Field.ACCUMULATE, kk != 0)
-                cute.gemm(mma_qk, acc_st[x], a_qr[x][None, None, kk], t_rk[None, None, kk, hk.index], acc_st[x])
-        warpgroup.commit_group()
+        mma_qk = self._issue_st(mma_qk, a_qr, t_rk, acc_st, hk.index)
         if cutlass.const_expr(self.v.pingpong):
             self._pass_turn(cw, j, n_tiles)
         warpgroup.wait_group(0)
         hk.release()
+        self._softmax(j, masked, views, pairs, rows, state, coords, seen, n, row0, scale_log2, None)
+        # P1 and P2 (stacked: [P1; P2], interleaved as S and T were) as A operands against the same V stage
+        p_ops = [as_a_operand(acc, self.dtype, self.bn) for acc in acc_st]
+        hv = v_cons.wait_and_advance()
+        warpgroup.fence()
+        mma_pv = self._issue_pv(mma_pv, p_ops, t_rv, acc_o, hv.index)
+        warpgroup.wait_group(0)
+        hv.release()
+        return k_cons, v_cons, mma_qk, mma_pv
 
+    @cute.jit
+    def _tile_overlapped(self, j: Int32, masked: cutlass.Constexpr, mma_qk: cute.TiledMma, mma_pv: cute.TiledMma,
+                         a_qr, t_rk, t_rv, acc_st, acc_o, p_ops, rescale, views, pairs: cutlass.Constexpr, rows,
+                         state, coords, seen, k_cons, v_cons, n: Int32, row0: Int32, scale_log2: Float32, cw: Int32,
+                         n_tiles: Int32):
+        """Key tile j with the previous tile's P V in flight (FlashAttention-3's intra-warpgroup overlap): issue
+        S, T of tile j and O1, O2 += P V of tile j - 1 (p_ops), run tile j's softmax while the second chain
+        runs, then rescale O (after that chain, which accumulates into it) and turn tile j's P1, P2 into p_ops."""
+        hk = k_cons.wait_and_advance()
+        hv = v_cons.wait_and_advance()  # tile j - 1's
+        if cutlass.const_expr(self.v.pingpong):  # this warpgroup's turn
+            cute.arch.barrier(barrier_id=TURN_BARRIER + cw, number_of_threads=256)
+        warpgroup.fence()
+        mma_qk = self._issue_st(mma_qk, a_qr, t_rk, acc_st, hk.index)
+        mma_pv = self._issue_pv(mma_pv, p_ops, t_rv, acc_o, hv.index)
+        if cutlass.const_expr(self.v.pingpong):
+            self._pass_turn(cw, j, n_tiles)
+        warpgroup.wait_group(1)  # S, T done; P V may still run
+        hk.release()
+        self._softmax(j, masked, views, pairs, rows, state, coords, seen, n, row0, scale_log2, rescale)
+        warpgroup.wait_group(0)
+        hv.release()
+        self._rescale(views, pairs, rescale)
+        for x in cutlass.range_constexpr(len(p_ops)):
+            store_as_a_operand(acc_st[x], p_ops[x])
+        return k_cons, v_cons, mma_qk, mma_pv
+
+    @cute.jit
+    def _first_tile(self, j: Int32, mma_qk: cute.TiledMma, a_qr, t_rk, acc_st, p_ops, views, pairs: cutlass.Constexpr,
+                    rows, state, coords, seen, k_cons, n: Int32, row0: Int32, scale_log2: Float32, cw: Int32,
+                    n_tiles: Int32):
+        """The overlapped loop's first tile: S, T and the softmax (masked: the tile may be of either kind), its
+        P1, P2 left in p_ops for the next tile to multiply."""
+        hk = k_cons.wait_and_advance()
+        if cutlass.const_expr(self.v.pingpong):  # this warpgroup's turn
+            cute.arch.barrier(barrier_id=TURN_BARRIER + cw, number_of_threads=256)
+        warpgroup.fence()
+        mma_qk = self._issue_st(mma_qk, a_qr, t_rk, acc_st, hk.index)
+        if cutlass.const_expr(self.v.pingpong):
+            self._pass_turn(cw, j, n_tiles)
+        warpgroup.wait_group(0)
+        hk.release()
+        self._softmax(j, True, views, pairs, rows, state, coords, seen, n, row0, scale_log2, None)
+        for x in cutlass.range_constexpr(len(p_ops)):
+            store_as_a_operand(acc_st[x], p_ops[x])
+        return k_cons, mma_qk
+
+    @cute.jit
+    def _issue_st(self, mma_qk: cute.TiledMma, a_qr, t_rk, acc_st, stage: Int32):
+        """S = Q K^T and T = R K^T (stacked: one chain for both) against K stage `stage`, committed as one group
+        (returns the MMA, whose accumulate field it sets: a loop that calls it carries the MMA)."""
+        for x in cutlass.range_constexpr(len(a_qr)):
+            for kk in cutlass.range_constexpr(cute.size(a_qr[x], mode=[2])):
+                mma_qk.set(warpgroup.Field.ACCUMULATE, kk != 0)
+                cute.gemm(mma_qk, acc_st[x], a_qr[x][None, None, kk], t_rk[None, None, kk, stage], acc_st[x])
+        warpgroup.commit_group()
+        return mma_qk
+
+    @cute.jit
+    def _issue_pv(self, mma_pv: cute.TiledMma, p_ops, t_rv, acc_o, stage: Int32):
+        """O1 += P1 V and O2 += P2 V (stacked: one chain for both) against V stage `stage`, one group."""
+        mma_pv.set(warpgroup.Field.ACCUMULATE, True)
+        for x in cutlass.range_constexpr(len(p_ops)):
+            for kk in cutlass.range_constexpr(cute.size(p_ops[x], mode=[2])):
+                cute.gemm(mma_pv, acc_o[x], p_ops[x][None, None, kk], t_rv[None, None, kk, stage], acc_o[x])
+        warpgroup.commit_group()
+        return mma_pv
+
+    @cute.jit
+    def _softmax(self, j: Int32, masked: cutlass.Constexpr, views, pairs: cutlass.Constexpr, rows, state, coords,
+                 seen, n: Int32, row0: Int32, scale_log2: Float32, rescale):
+        """Tile j's online softmax on the S, T accumulators, in place: S becomes P1 = exp2(S1 - m) and T becomes
+        P2 = P1 (T - c) with the updated max m and centre c (state). O's rescale by alpha and its centre shift
+        are applied here (rescale None) or left in `rescale` (2 x pairs: alpha, shift) for _rescale."""
         s, t, o1, o2 = views
         n_cols = cute.size(s.shape[1])
         for i in cutlass.range_constexpr(len(pairs)):
@@ -421,14 +526,11 @@ class ParallaxAttentionForward:
                 c_new = t_sum / d1
             # centre moves from c_old to c_new: O2 gains (c_old - c_new) O1, like the max rescale
             shift = c_old - c_new
-            if cutlass.const_expr(self.v.lazy_rescale):
-                if alpha == 1.0:  # (exact: the same values as the full rescale)
-                    for c in cutlass.range_constexpr(cute.size(o1.shape[1])):
-                        o2[i2, c] = o2[i2, c] + shift * o1[i1, c]
-                else:
-                    self._rescale_row(o1, o2, i1, i2, alpha, shift)
+            if cutlass.const_expr(rescale is None):
+                self._rescale_pair(o1, o2, i1, i2, alpha, shift)
             else:
-                self._rescale_row(o1, o2, i1, i2, alpha, shift)
+                rescale[0, i] = alpha
+                rescale[1, i] = shift
             for c in cutlass.range_constexpr(n_cols):
                 t[i2, c] = s[i1, c] * (t[i2, c] - c_new)
             state[0, i] = m_new
@@ -436,20 +538,28 @@ class ParallaxAttentionForward:
             state[2, i] = t_sum
             state[3, i] = c_new
 
-        # P1 and P2 (stacked: [P1; P2], interleaved as S and T were) as A operands against the same V stage
-        p_ops = [as_a_operand(acc, self.dtype, self.bn) for acc in acc_st]
-        hv = v_cons.wait_and_advance()
-        warpgroup.fence()
-        mma_pv.set(warpgroup.Field.ACCUMULATE, True)
-        for x in cutlass.range_constexpr(len(p_ops)):
-            for kk in cutlass.range_constexpr(cute.size(p_ops[x], mode=[2])):
-                cute.gemm(mma_pv, acc_o[x], p_ops[x][None, None, kk], t_rv[None, None, kk, hv.index], acc_o[x])
-        warpgroup.commit_group()
-        warpgroup.wait_group(0)
-        hv.release()
-        return k_cons, v_cons, mma_qk, mma_pv
-
     # ---- pieces ---------------------------------------------------------------------------------
+    @cute.jit
+    def _rescale(self, views, pairs: cutlass.Constexpr, rescale):
+        """O's rescale and centre shift that _softmax left in `rescale`."""
+        _, _, o1, o2 = views
+        for i in cutlass.range_constexpr(len(pairs)):
+            self._rescale_pair(o1, o2, pairs[i][0], pairs[i][1], rescale[0, i], rescale[1, i])
+
+    @cute.jit
+    def _rescale_pair(self, o1: cute.Tensor, o2: cute.Tensor, i1: cutlass.Constexpr, i2: cutlass.Constexpr,
+                      alpha: Float32, shift: Float32):
+        """O1 *= alpha, O2 = alpha O2 + shift alpha O1 on one query row (only the shift where alpha is 1, exactly,
+        with lazy_rescale)."""
+        if cutlass.const_expr(self.v.lazy_rescale):
+            if alpha == 1.0:  # (exact: the same values as the full rescale)
+                for c in cutlass.range_constexpr(cute.size(o1.shape[1])):
+                    o2[i2, c] = o2[i2, c] + shift * o1[i1, c]
+            else:
+                self._rescale_row(o1, o2, i1, i2, alpha, shift)
+        else:
+            self._rescale_row(o1, o2, i1, i2, alpha, shift)
+
     @cute.jit
     def _rescale_row(self, o1: cute.Tensor, o2: cute.Tensor, i1: cutlass.Constexpr, i2: cutlass.Constexpr,
                      alpha: Float32, shift: Float32):

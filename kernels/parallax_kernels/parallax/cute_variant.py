@@ -41,6 +41,9 @@ class AttentionVariant:
     # thread holds S and T of the same row), one for O1 and O2 whose A rows are P1 and P2: half the
     # accumulator registers per query row, wider key tiles, 64 query rows a CTA
     stacked: bool = False
+    # (stacked only) FlashAttention-3's intra-warpgroup overlap: tile j's softmax runs while tile j - 1's P V
+    # chain does, one P live beside the next S, T (the unstacked kernel spills with it)
+    overlap: bool = False
 
     def __post_init__(self):
         # block_n 0 names the default: store it resolved, so that both spellings are one variant (one artefact
@@ -57,6 +60,8 @@ class AttentionVariant:
             raise ValueError(f"CuTe attention kernel: block_n {self.block_n} is not 64 or 128")
         if not 2 <= self.stages <= 4:
             raise ValueError(f"CuTe attention kernel: {self.stages} K/V stages; 2 to 4 are supported")
+        if self.overlap and not self.stacked:
+            raise ValueError("CuTe attention kernel: overlap needs stacked (without it the registers spill)")
         if self.smem_bytes > MAX_SMEM_BYTES:
             raise ValueError(f"CuTe attention kernel: block_n {self.bn} with {self.stages} K/V stages at head_dim "
                              f"{self.head_dim} needs {self.smem_bytes} bytes of shared memory; a block has "
@@ -81,7 +86,7 @@ class AttentionVariant:
         turns = "" if self.pingpong else "_np"
         rescale = "" if self.lazy_rescale else "_er"
         docs = "_doc" if self.documents else ""
-        stacked = "_st" if self.stacked else ""
+        stacked = ("_st" if self.stacked else "") + ("_ov" if self.overlap else "")
         return (f"parallax_attn_fwd_{self.dtype}_d{self.head_dim}_{mask}{docs}_n{self.bn}_s{self.stages}{turns}"
                 f"{rescale}{stacked}")
 
