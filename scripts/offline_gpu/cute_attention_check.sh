@@ -6,8 +6,9 @@
 #   python scripts/build_kernels.py --attention --out .kernels
 #   python scripts/build_kernels.py --out .kernels --dtype bfloat16 --head-dim 128 --group 2 --block-n 32 --cluster 0
 #   bash scripts/offline_gpu/cute_attention_check.sh          # with .kernels/
-# TESTS=0 / BENCH=0 leave a part out; SHAPES and PEERS choose the benchmark's shapes and peers, CUTE_VARIANTS
-# (e.g. "s2 s3 s2np") adds forward timings of other CuTe variants (their artefacts built with --stages/--pingpong),
+# TESTS=0 / BENCH=0 leave a part out, TEST_FILTER selects GPU tests (pytest -k); SHAPES and PEERS choose the
+# benchmark's shapes and peers, CUTE_VARIANTS (e.g. "s2 s3 s2np s3st s3stov") adds forward timings of other CuTe
+# variants (their artefacts built with --stages/--pingpong/--stacked/--overlap),
 # DOCUMENTS=MEAN times packed documents of about MEAN tokens (bench_attention.py --documents) instead.
 set -uo pipefail
 out=${OUT:-./outputs/cute_attention_check}
@@ -23,8 +24,15 @@ python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', tr
 if [ "${TESTS:-1}" = 1 ]; then
   # the forward variants' test needs their artefacts (built with --stages 2 --pingpong 0 --lazy-rescale 0), which a
   # run that times them (CUTE_VARIANTS) carries
+  # the stacked forward's test needs its artefacts (--stacked 1 --overlap 0 1); TEST_FILTER (a pytest -k
+  # expression) replaces both choices
+  leave_out=()
+  [ -n "${CUTE_VARIANTS:-}" ] || { leave_out+=("not benchmarked_variants"); echo "forward-variant test left out (no CUTE_VARIANTS)"; }
+  ls "$PARALLAX_KERNEL_DIR"/parallax_attn_fwd_*_st.cubin > /dev/null 2>&1 \
+    || { leave_out+=("not stacked_forward"); echo "stacked forward test left out (no stacked artefacts)"; }
   only=()
-  [ -n "${CUTE_VARIANTS:-}" ] || { only=(-k "not benchmarked_variants"); echo "forward-variant test left out (no CUTE_VARIANTS)"; }
+  if [ -n "${TEST_FILTER:-}" ]; then only=(-k "$TEST_FILTER")
+  elif [ ${#leave_out[@]} -gt 0 ]; then only=(-k "$(IFS='|'; echo "${leave_out[*]}" | sed 's/|/ and /g')"); fi
   PARALLAX_TRITON_AUTOTUNE=0 timeout --kill-after=10 "${TEST_TIMEOUT:-300}" python3 -m pytest -v -p no:cacheprovider \
     -p no:logging -m gpu "${only[@]}" tests/test_cute_attention.py > "$out/gpu_tests_cute_attention.log" 2>&1
   echo "== cute attention GPU tests (rc=$?; $(grep -c ' PASSED' "$out/gpu_tests_cute_attention.log") passed," \
