@@ -96,8 +96,8 @@ def ptxas_notes(report: str) -> str:
 
 
 def cute_resources(head_dims: list[int]) -> None:
-    """Registers, stack, shared memory and ptxas's wgmma notes of the CuTe DSL attention forward and backward
-    (backends "cute", "cute_deterministic"), compiled here for sm_90a (needs nvidia-cutlass-dsl, no GPU). The
+    """Registers, stack, shared memory and ptxas's wgmma notes of the CuTe DSL attention forward (the default, the
+    stacked and the stacked with the overlap) and backward (backends "cute", "cute_deterministic"), compiled here for sm_90a (needs nvidia-cutlass-dsl, no GPU). The
     register count is the kernel's at launch: the warpgroups then move to 24 (producer) and 240 (consumers) with
     setmaxnreg; spills show as stack bytes."""
     os.environ.setdefault("CUTE_DSL_ARCH", "sm_90a")
@@ -109,7 +109,8 @@ def cute_resources(head_dims: list[int]) -> None:
     print("|---|---:|---|")
     for d in head_dims:
         for causal in (True, False):
-            variants = [(cute_kernel, AttentionVariant("bfloat16", d, causal))]
+            variants = [(cute_kernel, AttentionVariant("bfloat16", d, causal, stacked=stacked, overlap=overlap))
+                        for stacked, overlap in ((False, False), (True, False), (True, True))]
             variants += [(cute_backward, BackwardVariant("bfloat16", d, causal, deterministic=ordered))
                          for ordered in (False, True)]
             for module, variant in variants:
