@@ -277,8 +277,12 @@ def time_cute_variants(q, k, v, r, names) -> tuple[dict, dict]:
     from parallax_kernels.parallax.cute_launch import _launch
 
     scale = q.shape[-1] ** -0.5
-    reference = _launch(q, k, v, r, True, scale)[0].float()
     times, errors = {}, {}
+    try:
+        reference = _launch(q, k, v, r, True, scale)[0].float()
+    except (RuntimeError, ValueError) as err:
+        print(f"cute variants not timed: the default variant, their reference, did not run: {err}")
+        return times, errors
     for name in names:
         import re
 

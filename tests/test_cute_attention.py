@@ -47,18 +47,15 @@ def test_the_default_tile_and_its_explicit_spelling_are_one_variant():
     for d in (64, 128):  # stacked: 128-key tiles at both head dims
         stacked = AttentionVariant("bfloat16", d, True, stacked=True)
         assert stacked == AttentionVariant("bfloat16", d, True, block_n=128, stacked=True)
-        assert stacked.name.endswith("_n128_s3_st") and stacked.name != AttentionVariant("bfloat16", d, True,
-                                                                                         block_n=128).name
+        assert stacked.name.endswith("_n128_s3_st")
 
 
 def test_stacked_variant_geometry():
     """Stacked: 32 query rows a warpgroup (64 a CTA, the launch grid's unit), Q and R copied 8 rows at a time
-    (one swizzle atom each), one (64, D) A tile a warpgroup in shared memory; 4 K/V stages do not fit at
-    head_dim 128 and the check says so."""
+    (one swizzle atom each); 3 K/V stages of 128 keys fit at head_dim 128, 4 do not and the check says so."""
     plain, stacked = AttentionVariant("bfloat16", 128, True), AttentionVariant("bfloat16", 128, True, stacked=True)
     assert (plain.wg_rows, plain.cta_rows, stacked.wg_rows, stacked.cta_rows) == (64, 128, 32, 64)
     assert plain.tma_boxes() == ([64, 64, 1], [64, 64, 1]) and stacked.tma_boxes() == ([64, 8, 1], [64, 128, 1])
-    assert stacked.smem_bytes == 1024 + 2 * 64 * 128 * 2 + 2 * 3 * 128 * 128 * 2
     stacked.check()
     need = 1024 + 2 * 64 * 128 * 2 + 2 * 4 * 128 * 128 * 2
     with pytest.raises(ValueError, match=f"block_n 128 with 4 K/V stages at head_dim 128 needs {need} bytes"):
@@ -524,7 +521,10 @@ def test_benchmarked_variants_match_the_triton_forward(fields):
         assert relative_error(x, y.double()) < 1e-2, (name, relative_error(x, y.double()))
 
 
-STACKED_CASES = [(*case, None) for case in GPU_CASES] + [(*case[:6], packed(case[6])) for case in DOC_CASES[:3]]
+# the default's shapes, and documents: edges on and off tiles, GQA group 8, and a warpgroup whose rows all lie past
+# the end (129 tokens: the second CTA's second warpgroup starts at row 160)
+STACKED_CASES = ([(*case, None) for case in GPU_CASES]
+                 + [(*case[:6], packed(case[6])) for case in (*DOC_CASES[:3], DOC_CASES[6])])
 
 
 @pytest.mark.gpu

@@ -114,7 +114,7 @@ def _bounds(document_ids: torch.Tensor | None) -> torch.Tensor | None:
 def _launch(q, k, v, r, causal: bool, scale: float, document_ids: torch.Tensor | None = None,
             artefact_dir: Path | None = None, **variant_fields):
     """Launch the forward (q, k, v, r contiguous, 16-byte aligned); `variant_fields` (block_n, stages,
-    pingpong, lazy_rescale, stacked) override the default variant's, for benchmarks."""
+    pingpong, lazy_rescale, stacked, overlap) override the default variant's, for benchmarks."""
     b, h, n, d = q.shape
     hkv = k.shape[1]
     dtype = str(q.dtype).removeprefix("torch.")
