@@ -7,6 +7,8 @@
                                      # stages; np: no warpgroup turns; er: every row rescaled every tile;
                                      # st: stacked Q/R operand; ov: softmax beside the previous P V; n64: 64-key
                                      # tiles)
+        [--cute-backward-variants b2 b3 ...]   # also time these CuTe backward variants (Q/R/dO stages;
+                                     # m<block_m>: query rows a step)
         [--documents MEAN]             # pack each row with documents of random lengths, MEAN tokens on average
 
 Peers, each in its native layout, causal, bf16, GQA with Hkv = H / kv-ratio:
@@ -212,6 +214,10 @@ def main() -> None:
                          "no warpgroup turns; er: eager rescale of every row; st: stacked Q/R operand; ov: softmax "
                          "overlapping the previous tile's P V, with st; n: keys per tile), each with its output's "
                          "relative error against the default variant's")
+    ap.add_argument("--cute-backward-variants", nargs="+", default=[],
+                    help="backward-only timings of CuTe backward variants: b<stages>[m<block_m>] (stages: Q/R/dO "
+                         "stages; m: query rows a step), on the default forward's outputs, each with the largest "
+                         "relative error of its dq, dk, dv, dr against the default backward's")
     ap.add_argument("--reference-kernel", default=None, help="another kernels/parallax_kernels/parallax/triton_fused.py to time beside this one")
     ap.add_argument("--documents", type=int, default=0, metavar="MEAN",
                     help="pack each batch row with documents of random lengths, about MEAN tokens on average "
@@ -263,6 +269,9 @@ def main() -> None:
         if args.cute_variants:
             result["cute_variants_fwd_ms"], result["cute_variants_rel_err"] = time_cute_variants(
                 q, k, v, r, args.cute_variants)
+        if args.cute_backward_variants:
+            result["cute_backward_variants_ms"], result["cute_backward_variants_rel_err"] = \
+                time_cute_backward_variants(q, k, v, r, args.cute_backward_variants)
         rows.append(result)
         torch.cuda.empty_cache()
         print_shape(result)
@@ -303,6 +312,42 @@ def time_cute_variants(q, k, v, r, names) -> tuple[dict, dict]:
     return times, errors
 
 
+def time_cute_backward_variants(q, k, v, r, names) -> tuple[dict, dict]:
+    """Backward time (ms, the launch's statistics and gradient-tile kernels included) of each named CuTe backward
+    variant on the default forward's outputs, skipping ones without an artefact, and the largest relative error
+    (2-norm) of its four gradients against the default backward's."""
+    import re
+
+    from parallax_kernels.parallax.cute_launch import _launch, _launch_backward
+
+    scale = q.shape[-1] ** -0.5
+    times, errors = {}, {}
+    try:
+        o, a, lse, tbar = _launch(q, k, v, r, True, scale)
+        grad = torch.randn_like(o)
+        reference = [x.float() for x in _launch_backward(grad, q, k, v, r, o, a, lse, tbar, True, scale)]
+    except (RuntimeError, ValueError) as err:
+        print(f"cute backward variants not timed: the default forward and backward did not run: {err}")
+        return times, errors
+    for name in names:
+        parsed = re.fullmatch(r"b(\d)(?:m(\d+))?", name)
+        if parsed is None:
+            raise SystemExit(f"--cute-backward-variants {name}: expected b<stages>[m<block_m>], e.g. b2 b3 b2m32")
+        fields = dict(stages=int(parsed[1]), block_m=int(parsed[2] or 0))
+
+        def backward():
+            return _launch_backward(grad, q, k, v, r, o, a, lse, tbar, True, scale, **fields)
+
+        try:
+            grads = backward()
+        except (RuntimeError, ValueError) as err:
+            print(f"cute backward variant {name} not timed: {err}")
+            continue
+        errors[name] = max(((x.float() - y).norm() / y.norm()).item() for x, y in zip(grads, reference))
+        times[name] = do_bench(backward, warmup=10, rep=50, return_mode="median")
+    return times, errors
+
+
 def print_shape(result) -> None:
     b, h, hkv, n, d = result["shape"]
     peers = result["peers"]
@@ -319,6 +364,12 @@ def print_shape(result) -> None:
         print("cute forward variants: " + ", ".join(
             f"{name} {ms:.3f} ms ({f_fwd / ms / 1e9:.0f} TFLOP/s, o rel. err. {result['cute_variants_rel_err'][name]:.1e})"
             for name, ms in result["cute_variants_fwd_ms"].items()))
+    if result.get("cute_backward_variants_ms"):
+        f_bwd = flops(b, h, n, d, "parallax")[1] - flops(b, h, n, d, "parallax")[0]
+        errors = result["cute_backward_variants_rel_err"]
+        print("cute backward variants: " + ", ".join(
+            f"{name} {ms:.3f} ms ({f_bwd / ms / 1e9:.0f} TFLOP/s, max grad rel. err. {errors[name]:.1e})"
+            for name, ms in result["cute_backward_variants_ms"].items()))
     for mine in ("parallax-cute", "parallax-cute-deterministic", "parallax-triton", "parallax-triton-atomic"):
         if mine not in peers:
             continue
