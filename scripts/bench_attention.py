@@ -37,6 +37,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import re
 import tempfile
 from pathlib import Path
 
@@ -286,65 +287,62 @@ def time_cute_variants(q, k, v, r, names) -> tuple[dict, dict]:
     from parallax_kernels.parallax.cute_launch import _launch
 
     scale = q.shape[-1] ** -0.5
-    times, errors = {}, {}
-    try:
-        reference = _launch(q, k, v, r, True, scale)[0].float()
-    except (RuntimeError, ValueError) as err:
-        print(f"cute variants not timed: the default variant, their reference, did not run: {err}")
-        return times, errors
-    for name in names:
-        import re
 
+    def parse(name):
         parsed = re.fullmatch(r"s(\d)(np)?(er)?(st)?(ov)?(?:n(\d+))?", name)
         if parsed is None:
             raise SystemExit(f"--cute-variants {name}: expected s<stages>[np][er][st][ov][n<block_n>], e.g. s3 "
                              "s2np s3n64 s2st s2stov")
-        fields = dict(stages=int(parsed[1]), pingpong=parsed[2] is None, lazy_rescale=parsed[3] is None,
-                      stacked=parsed[4] is not None, overlap=parsed[5] is not None, block_n=int(parsed[6] or 0))
-        try:
-            o = _launch(q, k, v, r, True, scale, **fields)[0].float()
-        except (RuntimeError, ValueError) as err:
-            print(f"cute variant {name} not timed: {err}")
-            continue
-        errors[name] = ((o - reference).norm() / reference.norm()).item()
-        times[name] = do_bench(lambda: _launch(q, k, v, r, True, scale, **fields), warmup=10, rep=50,
-                               return_mode="median")
-    return times, errors
+        return dict(stages=int(parsed[1]), pingpong=parsed[2] is None, lazy_rescale=parsed[3] is None,
+                    stacked=parsed[4] is not None, overlap=parsed[5] is not None, block_n=int(parsed[6] or 0))
+
+    return time_variants(names, parse, lambda **fields: _launch(q, k, v, r, True, scale, **fields)[:1], "forward")
 
 
 def time_cute_backward_variants(q, k, v, r, names) -> tuple[dict, dict]:
     """Backward time (ms, the launch's statistics and gradient-tile kernels included) of each named CuTe backward
     variant on the default forward's outputs, skipping ones without an artefact, and the largest relative error
     (2-norm) of its four gradients against the default backward's."""
-    import re
-
     from parallax_kernels.parallax.cute_launch import _launch, _launch_backward
 
     scale = q.shape[-1] ** -0.5
-    times, errors = {}, {}
     try:
         o, a, lse, tbar = _launch(q, k, v, r, True, scale)
-        grad = torch.randn_like(o)
-        reference = [x.float() for x in _launch_backward(grad, q, k, v, r, o, a, lse, tbar, True, scale)]
     except (RuntimeError, ValueError) as err:
-        print(f"cute backward variants not timed: the default forward and backward did not run: {err}")
-        return times, errors
-    for name in names:
+        print(f"cute backward variants not timed: the default forward did not run: {err}")
+        return {}, {}
+    grad = torch.randn_like(o)
+
+    def parse(name):
         parsed = re.fullmatch(r"b(\d)(?:m(\d+))?", name)
         if parsed is None:
             raise SystemExit(f"--cute-backward-variants {name}: expected b<stages>[m<block_m>], e.g. b2 b3 b2m32")
-        fields = dict(stages=int(parsed[1]), block_m=int(parsed[2] or 0))
+        return dict(stages=int(parsed[1]), block_m=int(parsed[2] or 0))
 
-        def backward():
-            return _launch_backward(grad, q, k, v, r, o, a, lse, tbar, True, scale, **fields)
+    def backward(**fields):
+        return _launch_backward(grad, q, k, v, r, o, a, lse, tbar, True, scale, **fields)
 
+    return time_variants(names, parse, backward, "backward")
+
+
+def time_variants(names, parse, run, what: str) -> tuple[dict, dict]:
+    """Times (ms) of run(**parse(name)) for each name, and the largest relative error (2-norm) of its outputs
+    against run()'s, the default variant's; a variant that does not run (no artefact) is skipped."""
+    times, errors = {}, {}
+    try:
+        reference = [x.float() for x in run()]
+    except (RuntimeError, ValueError) as err:
+        print(f"cute {what} variants not timed: the default variant, their reference, did not run: {err}")
+        return times, errors
+    for name in names:
+        fields = parse(name)
         try:
-            grads = backward()
+            outputs = run(**fields)
         except (RuntimeError, ValueError) as err:
-            print(f"cute backward variant {name} not timed: {err}")
+            print(f"cute {what} variant {name} not timed: {err}")
             continue
-        errors[name] = max(((x.float() - y).norm() / y.norm()).item() for x, y in zip(grads, reference))
-        times[name] = do_bench(backward, warmup=10, rep=50, return_mode="median")
+        errors[name] = max(((x.float() - y).norm() / y.norm()).item() for x, y in zip(outputs, reference))
+        times[name] = do_bench(lambda: run(**fields), warmup=10, rep=50, return_mode="median")
     return times, errors
 
 

@@ -322,8 +322,10 @@ class ParallaxAttentionForward:
             rescale = cute.make_rmem_tensor((2, len(pairs)), Float32)
             first = cutlass.min(cta_lo + 1, wg_tiles)
             for j in cutlass.range(cta_lo, first, unroll=1):
-                k_cons, mma_qk = self._first_tile(j, mma_qk, a_qr, t_rk, acc_st, p_ops, views, pairs, rows, state,
-                                                  coords, seen, k_cons, n, row0, scale_log2, cw, n_tiles)
+                k_cons, mma_qk = self._scores(j, True, mma_qk, a_qr, t_rk, acc_st, views, pairs, rows, state, coords,
+                                              seen, k_cons, n, row0, scale_log2, cw, n_tiles)
+                for x in cutlass.range_constexpr(chains):  # its P1, P2, for the next tile to multiply
+                    store_as_a_operand(acc_st[x], p_ops[x])
             mid = cutlass.max(mid, first)
             for j in cutlass.range(first, mid, unroll=1):
                 k_cons, v_cons, mma_qk, mma_pv = self._tile_overlapped(
@@ -388,6 +390,23 @@ class ParallaxAttentionForward:
               t_rv, acc_st, acc_o, views, pairs: cutlass.Constexpr, rows, state, coords, seen, k_cons, v_cons,
               n: Int32, row0: Int32, scale_log2: Float32, cw: Int32, n_tiles: Int32):
         """One key tile j for this warpgroup's rows: S, T, then the softmax, then O1, O2."""
+        k_cons, mma_qk = self._scores(j, masked, mma_qk, a_qr, t_rk, acc_st, views, pairs, rows, state, coords, seen,
+                                      k_cons, n, row0, scale_log2, cw, n_tiles)
+        # P1 and P2 (stacked: [P1; P2], interleaved as S and T were) as A operands against the same V stage
+        p_ops = [as_a_operand(acc, self.dtype, self.bn) for acc in acc_st]
+        hv = v_cons.wait_and_advance()
+        warpgroup.fence()
+        mma_pv = self._issue_pv(mma_pv, p_ops, t_rv, acc_o, hv.index)
+        warpgroup.wait_group(0)
+        hv.release()
+        return k_cons, v_cons, mma_qk, mma_pv
+
+    @cute.jit
+    def _scores(self, j: Int32, masked: cutlass.Constexpr, mma_qk: cute.TiledMma, a_qr, t_rk, acc_st, views,
+                pairs: cutlass.Constexpr, rows, state, coords, seen, k_cons, n: Int32, row0: Int32,
+                scale_log2: Float32, cw: Int32, n_tiles: Int32):
+        """Key tile j's S, T chain in this warpgroup's turn, then its softmax (O rescaled in place): the tile up to
+        its P V (and, in the overlapped loop, its first tile)."""
         hk = k_cons.wait_and_advance()
         if cutlass.const_expr(self.v.pingpong):  # this warpgroup's turn
             cute.arch.barrier(barrier_id=TURN_BARRIER + cw, number_of_threads=256)
@@ -398,14 +417,7 @@ class ParallaxAttentionForward:
         warpgroup.wait_group(0)
         hk.release()
         self._softmax(j, masked, views, pairs, rows, state, coords, seen, n, row0, scale_log2, None)
-        # P1 and P2 (stacked: [P1; P2], interleaved as S and T were) as A operands against the same V stage
-        p_ops = [as_a_operand(acc, self.dtype, self.bn) for acc in acc_st]
-        hv = v_cons.wait_and_advance()
-        warpgroup.fence()
-        mma_pv = self._issue_pv(mma_pv, p_ops, t_rv, acc_o, hv.index)
-        warpgroup.wait_group(0)
-        hv.release()
-        return k_cons, v_cons, mma_qk, mma_pv
+        return k_cons, mma_qk
 
     @cute.jit
     def _tile_overlapped(self, j: Int32, masked: cutlass.Constexpr, mma_qk: cute.TiledMma, mma_pv: cute.TiledMma,
@@ -433,26 +445,6 @@ class ParallaxAttentionForward:
         for x in cutlass.range_constexpr(len(p_ops)):
             store_as_a_operand(acc_st[x], p_ops[x])
         return k_cons, v_cons, mma_qk, mma_pv
-
-    @cute.jit
-    def _first_tile(self, j: Int32, mma_qk: cute.TiledMma, a_qr, t_rk, acc_st, p_ops, views, pairs: cutlass.Constexpr,
-                    rows, state, coords, seen, k_cons, n: Int32, row0: Int32, scale_log2: Float32, cw: Int32,
-                    n_tiles: Int32):
-        """The overlapped loop's first tile: S, T and the softmax (masked: the tile may be of either kind), its
-        P1, P2 left in p_ops for the next tile to multiply."""
-        hk = k_cons.wait_and_advance()
-        if cutlass.const_expr(self.v.pingpong):  # this warpgroup's turn
-            cute.arch.barrier(barrier_id=TURN_BARRIER + cw, number_of_threads=256)
-        warpgroup.fence()
-        mma_qk = self._issue_st(mma_qk, a_qr, t_rk, acc_st, hk.index)
-        if cutlass.const_expr(self.v.pingpong):
-            self._pass_turn(cw, j, n_tiles)
-        warpgroup.wait_group(0)
-        hk.release()
-        self._softmax(j, True, views, pairs, rows, state, coords, seen, n, row0, scale_log2, None)
-        for x in cutlass.range_constexpr(len(p_ops)):
-            store_as_a_operand(acc_st[x], p_ops[x])
-        return k_cons, mma_qk
 
     @cute.jit
     def _issue_st(self, mma_qk: cute.TiledMma, a_qr, t_rk, acc_st, stage: Int32):
