@@ -8,7 +8,8 @@
 #   bash scripts/offline_gpu/cute_attention_check.sh          # with .kernels/
 # TESTS=0 / BENCH=0 leave a part out, TEST_FILTER selects GPU tests (pytest -k); SHAPES and PEERS choose the
 # benchmark's shapes and peers, CUTE_VARIANTS (e.g. "s2 s3 s2np s3st s3stov") adds forward timings of other CuTe
-# variants (their artefacts built with --stages/--pingpong/--stacked/--overlap),
+# variants (their artefacts built with --stages/--pingpong/--stacked/--overlap), CUTE_BACKWARD_VARIANTS (e.g. "b2 b3")
+# backward timings of CuTe backward variants (--backward-stages/--backward-block-m),
 # DOCUMENTS=MEAN times packed documents of about MEAN tokens (bench_attention.py --documents) instead.
 set -uo pipefail
 out=${OUT:-./outputs/cute_attention_check}
@@ -52,7 +53,8 @@ if [ "${BENCH:-1}" = 1 ]; then
   peers=${PEERS:-"parallax-cute parallax-cute-deterministic parallax-triton fla-parallax sdpa-flash sdpa-cudnn"}
   [ -n "${DOCUMENTS:-}" ] && peers=${PEERS:-"parallax-cute parallax-cute-deterministic parallax-triton flex-softmax"}
   timeout ${BENCH_TIMEOUT:-420} python3 scripts/bench_attention.py --shapes $shapes --peers $peers \
-    --torch-backend-max-tokens 0 ${CUTE_VARIANTS:+--cute-variants $CUTE_VARIANTS} ${DOCUMENTS:+--documents $DOCUMENTS} \
+    --torch-backend-max-tokens 0 ${CUTE_VARIANTS:+--cute-variants $CUTE_VARIANTS} \
+    ${CUTE_BACKWARD_VARIANTS:+--cute-backward-variants $CUTE_BACKWARD_VARIANTS} ${DOCUMENTS:+--documents $DOCUMENTS} \
     --json "$out/bench_attention.json" > "$out/bench_attention.log" 2>&1
   echo "== bench_attention (rc=$?)"; grep -v Warning "$out/bench_attention.log" | tail -60
 fi
