@@ -18,7 +18,8 @@ Layout of one CTA (384 threads, 128 query rows of one (batch, head)):
 Register budget: S, T (64 x BN) and O1, O2 (64 x D) are all fp32 accumulators of one warpgroup, twice
 FlashAttention's, so the key tile is BN = 64 at D = 128 (128 at D = 64) and P V is not deferred behind the
 next tile's softmax (FlashAttention-3's intra-warpgroup overlap): holding P of one tile while the next
-tile's S, T are live spills at both head dims (docs/kernels_hopper.md).
+tile's S, T are live spills at both head dims (docs/kernels_hopper.md). The stacked variant below halves
+the accumulators per query row, which makes room for that overlap (AttentionVariant.overlap).
 Causal CTAs run in reverse order of their query tile (the longest first). Tiles wholly below the diagonal
 and inside the sequence skip the mask; a warpgroup whose rows end before a key tile only releases it.
 Rows whose running max did not move skip the O1, O2 rescale (alpha = 1 exactly; the centre's shift of O2
@@ -32,7 +33,9 @@ hold q and rows 16 g + 8 + i hold r of query 8 g + i. The accumulator of one wgm
 gives every thread S and T of the same query row in its two row halves, the P1 and P2 it makes from them
 are one A operand ([P1; P2], the same interleaving), and one chain against V accumulates O1 and O2 of that
 row in the same thread: half the accumulator registers per query row, so the key tile is 128 wide at
-both head dims. TMA writes each 8-row group (one 128-byte swizzle atom) with its own copy.
+both head dims. TMA writes each 8-row group (one 128-byte swizzle atom) with its own copy. With the
+overlap, a warpgroup issues tile j's S, T chain and tile j - 1's P V chain together and runs tile j's
+softmax while the second one runs.
 
 The kernel takes raw pointers, sizes and the three TMA descriptors (CUtensorMap, by value), so the
 compiled cubin can be launched without the DSL (cute_launch.py builds the descriptors with the CUDA
