@@ -3,10 +3,10 @@
     python scripts/bench_attention.py [--shapes 8,16,2048,128 4,16,4096,128 ...] [--kv-ratio 2] [--json out.json]
         [--reference-kernel FILE]      # e.g. FILE from `git show REF:kernels/parallax_kernels/parallax/triton_fused.py`
         [--peers parallax-cute parallax-triton sdpa-cudnn ...]   # time only these (default: every peer available)
-        [--cute-variants s2 s3 s3np s3er s3n64 s3st s3stov ...]   # also time these CuTe forward variants (K/V
-                                     # stages; np: no warpgroup turns; er: every row rescaled every tile;
-                                     # st: stacked Q/R operand; ov: softmax beside the previous P V; n64: 64-key
-                                     # tiles)
+        [--cute-variants s2 s3 s3np s3er s3n64 s3st s3stov s3lp ...]   # also time these CuTe forward variants
+                                     # (K/V stages; np: no warpgroup turns; er: every row rescaled every tile;
+                                     # st: stacked Q/R operand; ov: softmax beside the previous P V; lp: longest
+                                     # tiles first across heads; n64: 64-key tiles)
         [--cute-backward-variants b2 b3 ...]   # also time these CuTe backward variants (Q/R/dO stages;
                                      # m<block_m>: query rows a step)
         [--documents MEAN]             # pack each row with documents of random lengths, MEAN tokens on average
@@ -211,10 +211,11 @@ def main() -> None:
     ap.add_argument("--json", default=None)
     ap.add_argument("--peers", nargs="+", default=None, help="time only these peers (names as in the table)")
     ap.add_argument("--cute-variants", nargs="+", default=[],
-                    help="forward-only timings of CuTe kernel variants: s<stages>[np][er][st][ov][n<block_n>] (np: "
-                         "no warpgroup turns; er: eager rescale of every row; st: stacked Q/R operand; ov: softmax "
-                         "overlapping the previous tile's P V, with st; n: keys per tile), each with its output's "
-                         "relative error against the default variant's")
+                    help="forward-only timings of CuTe kernel variants: s<stages>[np][er][st][ov][lp][n<block_n>] "
+                         "(np: no warpgroup turns; er: eager rescale of every row; st: stacked Q/R operand; ov: "
+                         "softmax overlapping the previous tile's P V, with st; lp: longest tiles first across "
+                         "heads; n: keys per tile), each with its output's relative error against the default "
+                         "variant's")
     ap.add_argument("--cute-backward-variants", nargs="+", default=[],
                     help="backward-only timings of CuTe backward variants: b<stages>[m<block_m>] (stages: Q/R/dO "
                          "stages; m: query rows a step), on the default forward's outputs, each with the largest "
@@ -289,12 +290,13 @@ def time_cute_variants(q, k, v, r, names) -> tuple[dict, dict]:
     scale = q.shape[-1] ** -0.5
 
     def parse(name):
-        parsed = re.fullmatch(r"s(\d)(np)?(er)?(st)?(ov)?(?:n(\d+))?", name)
+        parsed = re.fullmatch(r"s(\d)(np)?(er)?(st)?(ov)?(lp)?(?:n(\d+))?", name)
         if parsed is None:
-            raise SystemExit(f"--cute-variants {name}: expected s<stages>[np][er][st][ov][n<block_n>], e.g. s3 "
-                             "s2np s3n64 s2st s2stov")
+            raise SystemExit(f"--cute-variants {name}: expected s<stages>[np][er][st][ov][lp][n<block_n>], e.g. s3 "
+                             "s2np s3n64 s2st s2stov s3stovlp")
         return dict(stages=int(parsed[1]), pingpong=parsed[2] is None, lazy_rescale=parsed[3] is None,
-                    stacked=parsed[4] is not None, overlap=parsed[5] is not None, block_n=int(parsed[6] or 0))
+                    stacked=parsed[4] is not None, overlap=parsed[5] is not None, lpt=parsed[6] is not None,
+                    block_n=int(parsed[7] or 0))
 
     return time_variants(names, parse, lambda **fields: _launch(q, k, v, r, True, scale, **fields)[:1], "forward")
 

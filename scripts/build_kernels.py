@@ -62,6 +62,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--overlap", type=int, nargs="+", default=[0], choices=[0, 1],
                    help="1: with --stacked 1, each tile's softmax overlaps the previous tile's P V "
                         "(AttentionVariant.overlap; with --attention); combinations with --stacked 0 are skipped")
+    p.add_argument("--lpt", type=int, nargs="+", default=[0], choices=[0, 1],
+                   help="1: CTAs take their query tiles longest first across groups of heads "
+                        "(AttentionVariant.lpt; with --attention), 0: head by head (the default)")
     p.add_argument("--backward-block-m", type=int, nargs="+", default=[0], choices=[0, 32, 64],
                    help="query rows per backward step (with --attention; 0: the default for the head_dim)")
     p.add_argument("--backward-stages", type=int, nargs="+", default=[2], choices=[2, 3],
@@ -102,14 +105,14 @@ def build_attention(args, dsl: str) -> None:
     from parallax_kernels.parallax.cute_launch import write_artefact
     from parallax_kernels.parallax.cute_variant import AttentionVariant, BackwardVariant
 
-    for dtype, head_dim, causal, docs, block_n, stages, pingpong, lazy, stacked, overlap in itertools.product(
+    for dtype, head_dim, causal, docs, block_n, stages, pingpong, lazy, stacked, overlap, lpt in itertools.product(
             args.dtype, args.head_dim, args.causal, args.documents, args.attention_block_n, args.stages, args.pingpong,
-            args.lazy_rescale, args.stacked, args.overlap):
+            args.lazy_rescale, args.stacked, args.overlap, args.lpt):
         if overlap and not stacked:
             continue
         variant = AttentionVariant(dtype, head_dim, bool(causal), block_n=block_n, stages=stages,
                                    pingpong=bool(pingpong), lazy_rescale=bool(lazy), documents=bool(docs),
-                                   stacked=bool(stacked), overlap=bool(overlap))
+                                   stacked=bool(stacked), overlap=bool(overlap), lpt=bool(lpt))
         variant.check()
         start = time.time()
         cubin, ptx, name = compile_variant(variant)

@@ -50,6 +50,29 @@ def test_the_default_tile_and_its_explicit_spelling_are_one_variant():
         assert stacked.name.endswith("_n128_s3_st")
 
 
+@pytest.mark.parametrize("m_blocks, heads, n, group", [(64, 64, 4096, 2), (256, 16, 16384, 2), (1, 3, 5, 1),
+                                                       (33, 96, 70000, 8), (7, 40, 200, 4)])
+@pytest.mark.parametrize("causal", [True, False])
+def test_lpt_order_takes_every_tile_once_longest_first_in_groups_of_heads(m_blocks, heads, n, group, causal):
+    """lpt_tile, the arithmetic the lpt variant's kernel runs: a bijection from CTAs onto (query tile, head); heads
+    in groups of whole KV heads whose K and V fit the budget (the last group may be smaller); in a group the CTAs
+    go through the heads for each query tile, the longest (causal: the last) first."""
+    from parallax_kernels.parallax.cute_variant import LPT_KV_BYTES, lpt_tile
+
+    kv_head_bytes = n * 4 * 128
+    order = [lpt_tile(cta, m_blocks, heads, kv_head_bytes, group, causal) for cta in range(m_blocks * heads)]
+    assert sorted(order) == [(m, h) for m in range(m_blocks) for h in range(heads)]
+    per = min(max(LPT_KV_BYTES // kv_head_bytes, 1) * group, heads)
+    for start in range(0, heads, per):
+        members = range(start, min(start + per, heads))
+        block = order[start * m_blocks:(start + len(members)) * m_blocks]  # a group's CTAs are consecutive
+        assert {h for _, h in block} == set(members)
+        ranks = [m_blocks - 1 - m if causal else m for m, _ in block]
+        assert ranks == sorted(ranks)  # longest first, every head of the group at each query tile
+    assert per % group == 0 or per == heads
+    assert (per // group) * kv_head_bytes <= LPT_KV_BYTES or per == group or per == heads
+
+
 def test_stacked_variant_geometry():
     """Stacked: 32 query rows a warpgroup (64 a CTA, the launch grid's unit), Q and R copied 8 rows at a time
     (one swizzle atom each); 3 K/V stages of 128 keys fit at head_dim 128, 4 do not and the check says so."""
@@ -519,6 +542,25 @@ def test_benchmarked_variants_match_the_triton_forward(fields):
     theirs = attention_fwd(q, k, v, r, True, d**-0.5, None, False)
     for name, x, y in zip(("o", "a", "lse", "tbar"), ours, theirs):
         assert relative_error(x, y.double()) < 1e-2, (name, relative_error(x, y.double()))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not HOPPER, reason="needs a Hopper GPU (sm_90)")
+@pytest.mark.parametrize("shape", [(2, 4, 2, 700, 128), (1, 16, 8, 16384, 128)])  # one group of heads; three
+@pytest.mark.parametrize("stacked", [False, True], ids=["plain", "stacked_overlap"])
+def test_lpt_order_changes_no_value(shape, stacked):
+    """The lpt variant runs the same tiles in another order: o, a, lse and tbar bitwise equal to the same kernel's in
+    the head-by-head order (at 16384 tokens its heads form groups of 6, 6 and 4)."""
+    from parallax_kernels.parallax.cute_launch import _launch
+
+    g = torch.Generator().manual_seed(5)
+    b, h, hkv, n, d = shape
+    q, k, v, r = (torch.randn(b, x, n, d, generator=g).to(torch.bfloat16).cuda() for x in (h, hkv, hkv, h))
+    fields = dict(stacked=True, overlap=True) if stacked else {}
+    head_by_head = _launch(q, k, v, r, True, d**-0.5, **fields)
+    longest_first = _launch(q, k, v, r, True, d**-0.5, lpt=True, **fields)
+    for name, x, y in zip(("o", "a", "lse", "tbar"), longest_first, head_by_head):
+        assert torch.equal(x, y), name
 
 
 # the default's shapes, and documents: edges on and off tiles, GQA group 8, and a warpgroup whose rows all lie past

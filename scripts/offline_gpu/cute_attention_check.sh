@@ -26,7 +26,8 @@ if [ "${TESTS:-1}" = 1 ]; then
   # the forward variants' test needs their artefacts (built with --stages 2 --pingpong 0 --lazy-rescale 0), which a
   # run that times them (CUTE_VARIANTS) carries
   # the stacked forward's test needs its artefacts (--stacked 1 --overlap 0 1: both dtypes, head dims, masks and
-  # documents); TEST_FILTER (a pytest -k expression) replaces these choices
+  # documents), the lpt order's bf16 head_dim-128 causal ones (--lpt 1, plain and --stacked 1 --overlap 1);
+  # TEST_FILTER (a pytest -k expression) replaces these choices
   leave_out=()
   [ -n "${CUTE_VARIANTS:-}" ] || { leave_out+=("not benchmarked_variants"); echo "forward-variant test left out (no CUTE_VARIANTS)"; }
   if ! ls "$PARALLAX_KERNEL_DIR"/parallax_attn_fwd_*_st.cubin > /dev/null 2>&1; then
@@ -34,6 +35,8 @@ if [ "${TESTS:-1}" = 1 ]; then
   elif ! ls "$PARALLAX_KERNEL_DIR"/parallax_attn_fwd_*_st_ov.cubin > /dev/null 2>&1; then
     leave_out+=("not stacked_overlap"); echo "stacked overlap test left out (no overlap artefacts)"
   fi
+  ls "$PARALLAX_KERNEL_DIR"/parallax_attn_fwd_*_lpt.cubin > /dev/null 2>&1 \
+    || { leave_out+=("not lpt_order"); echo "lpt order test left out (no lpt artefacts)"; }
   only=()
   if [ -n "${TEST_FILTER:-}" ]; then only=(-k "$TEST_FILTER")
   elif [ ${#leave_out[@]} -gt 0 ]; then only=(-k "$(IFS='|'; echo "${leave_out[*]}" | sed 's/|/ and /g')"); fi

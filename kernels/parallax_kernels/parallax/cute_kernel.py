@@ -55,7 +55,8 @@ from cutlass.cute.nvgpu import cpasync, warpgroup
 from parallax_kernels import cute_runtime as rt
 from parallax_kernels.parallax.cute_fragments import (a_operand_fragment, as_a_operand, mn_view, pack_pair,
                                                        store_as_a_operand, visible_in_document)
-from parallax_kernels.parallax.cute_variant import MMA_ROWS, MMA_WARPGROUPS, NUM_THREADS, AttentionVariant
+from parallax_kernels.parallax.cute_variant import (LPT_KV_BYTES, MMA_ROWS, MMA_WARPGROUPS, NUM_THREADS,
+                                                    AttentionVariant, lpt_tile)
 
 PRODUCER_REGS = 24
 CONSUMER_REGS = 240
@@ -137,10 +138,11 @@ class ParallaxAttentionForward:
 
         self.shared_storage = SharedStorage
         m_blocks = (n + self.v.cta_rows - 1) // self.v.cta_rows
+        grid = [m_blocks * bh, 1, 1] if self.v.lpt else [m_blocks, bh, 1]
         self.kernel(
             mma_qk, mma_pv, tma_q, m_q, tma_r, m_r, tma_k, m_k, tma_v, m_v,
             p_o, p_a, p_lse, p_tbar, n, heads, group, scale_log2, p_bounds, q_smem, k_smem, v_smem,
-        ).launch(grid=[m_blocks, bh, 1], block=[NUM_THREADS, 1, 1], smem=SharedStorage.size_in_bytes(),
+        ).launch(grid=grid, block=[NUM_THREADS, 1, 1], smem=SharedStorage.size_in_bytes(),
                  stream=stream, min_blocks_per_mp=1)
 
     # ---- device side ------------------------------------------------------------------------
@@ -186,11 +188,16 @@ class ParallaxAttentionForward:
         sK = storage.sK.get_tensor(k_smem.outer, swizzle=k_smem.inner)
         sV = storage.sV.get_tensor(v_smem.outer, swizzle=v_smem.inner)
 
-        # work item: (query tile, batch * head); causal CTAs take the longest tiles first
+        # work item: (query tile, batch * head); causal CTAs take the longest tiles first (lpt: across a group of
+        # heads)
         bidx, bh, _ = cute.arch.block_idx()
         gdim, _, _ = cute.arch.grid_dim()
         m_blk = bidx
-        if cutlass.const_expr(self.causal):
+        if cutlass.const_expr(self.v.lpt):
+            m_blocks = (n + self.v.cta_rows - 1) // self.v.cta_rows
+            m_blk, bh = lpt_tile(bidx, m_blocks, gdim // m_blocks, n * (4 * d), group, self.causal,
+                                 budget=Int32(LPT_KV_BYTES), lo=cutlass.min, hi=cutlass.max)
+        elif cutlass.const_expr(self.causal):
             m_blk = gdim - 1 - bidx
         b = bh // heads
         h = bh - b * heads

@@ -114,7 +114,7 @@ def _bounds(document_ids: torch.Tensor | None) -> torch.Tensor | None:
 def _launch(q, k, v, r, causal: bool, scale: float, document_ids: torch.Tensor | None = None,
             artefact_dir: Path | None = None, **variant_fields):
     """Launch the forward (q, k, v, r contiguous, 16-byte aligned); `variant_fields` (block_n, stages,
-    pingpong, lazy_rescale, stacked, overlap) override the default variant's, for benchmarks."""
+    pingpong, lazy_rescale, stacked, overlap, lpt) override the default variant's, for benchmarks."""
     b, h, n, d = q.shape
     hkv = k.shape[1]
     dtype = str(q.dtype).removeprefix("torch.")
@@ -122,7 +122,7 @@ def _launch(q, k, v, r, causal: bool, scale: float, document_ids: torch.Tensor |
     variant = AttentionVariant(dtype=dtype, head_dim=d, causal=causal, documents=bounds is not None,
                                **variant_fields)
     variant.check()
-    if b * h > MAX_GRID_Y:  # the grid's y dimension holds the (batch, head) pairs
+    if b * h > MAX_GRID_Y and not variant.lpt:  # the grid's y dimension holds the (batch, head) pairs
         raise ValueError(f"parallax_attention backend 'cute': B * H = {b * h} (batch, head) pairs; the launch takes "
                          f"at most {MAX_GRID_Y}")
     kernel = load_attention_kernel(variant, artefact_dir)
@@ -136,7 +136,8 @@ def _launch(q, k, v, r, causal: bool, scale: float, document_ids: torch.Tensor |
             _tma_descriptor(k, box_kv), sizes_kv, _tma_descriptor(v, box_kv), sizes_kv,
             o.data_ptr(), a.data_ptr(), lse.data_ptr(), tbar.data_ptr(), n, h, h // hkv, scale * math.log2(math.e),
             bounds.data_ptr() if bounds is not None else 0]
-    grid = (-(-n // variant.cta_rows), b * h, 1)
+    m_blocks = -(-n // variant.cta_rows)
+    grid = (m_blocks * b * h, 1, 1) if variant.lpt else (m_blocks, b * h, 1)
     kernel.launch(grid, args, torch.cuda.current_stream(q.device).cuda_stream)
     return o, a, lse, tbar
 

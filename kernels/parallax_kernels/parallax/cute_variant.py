@@ -17,6 +17,9 @@ MAX_SMEM_BYTES = 232448  # an H100/H200 block's shared memory, opted in (227 KB)
 # accumulator row, so BN = 128 fits at both head dims
 DEFAULT_BLOCK_N = {64: 128, 128: 64}
 STACKED_BLOCK_N = 128
+# lpt order: query heads are taken in groups whose K and V (all of their KV heads' keys) fit this many bytes, about
+# half an H100/H200's 50 MB L2, so that a group's key tiles are read from DRAM about once
+LPT_KV_BYTES = 24 * 2**20
 
 
 @dataclass(frozen=True)
@@ -44,6 +47,10 @@ class AttentionVariant:
     # (stacked only) FlashAttention-3's intra-warpgroup overlap: tile j's softmax runs while tile j - 1's P V
     # chain does, one P live beside the next S, T (the unstacked kernel spills with it)
     overlap: bool = False
+    # the order in which CTAs take their (query tile, batch head): False, head by head (the grid's y), each
+    # head's longest tiles first; True, longest first across a group of heads whose K and V fit in L2 (a 1-D
+    # grid, lpt_tile), so that the last CTAs to start are short ones
+    lpt: bool = False
 
     def __post_init__(self):
         # block_n 0 names the default: store it resolved, so that both spellings are one variant (one artefact
@@ -86,7 +93,7 @@ class AttentionVariant:
         turns = "" if self.pingpong else "_np"
         rescale = "" if self.lazy_rescale else "_er"
         docs = "_doc" if self.documents else ""
-        stacked = ("_st" if self.stacked else "") + ("_ov" if self.overlap else "")
+        stacked = ("_st" if self.stacked else "") + ("_ov" if self.overlap else "") + ("_lpt" if self.lpt else "")
         return (f"parallax_attn_fwd_{self.dtype}_d{self.head_dim}_{mask}{docs}_n{self.bn}_s{self.stages}{turns}"
                 f"{rescale}{stacked}")
 
@@ -106,6 +113,20 @@ class AttentionVariant:
         rows (stacked: 8, the rows of one swizzle atom, which the interleaving places apart) or BN key rows,
         one (batch, head)."""
         return [64, 8 if self.stacked else self.wg_rows, 1], [64, self.bn, 1]
+
+
+def lpt_tile(cta, m_blocks, heads, kv_head_bytes, group, causal: bool, budget=LPT_KV_BYTES, lo=min, hi=max):
+    """The (query tile, batch head) of CTA `cta` (0 .. m_blocks * heads - 1) in the lpt order: heads in groups of
+    whole KV heads whose K and V (kv_head_bytes each) fit `budget` bytes, and in a group the longest query
+    tiles (causal: the last) of all its heads first. Plain arithmetic, so that the kernel runs it on DSL
+    integers (lo, hi: their min and max) and the tests on Python ints."""
+    per = lo(hi(budget // kv_head_bytes, 1) * group, heads)  # query heads a group
+    first = cta // (per * m_blocks) * per
+    here = lo(per, heads - first)  # (the last group may be smaller)
+    within = cta - first * m_blocks
+    rank = within // here
+    m_blk = m_blocks - 1 - rank if causal else rank
+    return m_blk, first + within - rank * here
 
 
 # ---- the backward (cute_backward.py) --------------------------------------------------------------
