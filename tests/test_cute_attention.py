@@ -62,15 +62,18 @@ def test_lpt_order_takes_every_tile_once_longest_first_in_groups_of_heads(m_bloc
     kv_head_bytes = n * 4 * 128
     order = [lpt_tile(cta, m_blocks, heads, kv_head_bytes, group, causal) for cta in range(m_blocks * heads)]
     assert sorted(order) == [(m, h) for m in range(m_blocks) for h in range(heads)]
-    per = min(max(LPT_KV_BYTES // kv_head_bytes, 1) * group, heads)
+    rank = [m_blocks - 1 - m if causal else m for m, _ in order]
+    if m_blocks == 1:  # one tile a head: the order is the heads', whatever the groups
+        assert [h for _, h in order] == list(range(heads))
+        return
+    per = rank.index(1)  # the first group's size: the CTAs before its first second-longest tile
+    assert per == heads or (per % group == 0 and (per // group) * kv_head_bytes <= max(LPT_KV_BYTES, kv_head_bytes)
+                            and (per // group + 1) * kv_head_bytes > LPT_KV_BYTES)  # whole KV heads, as many as fit
     for start in range(0, heads, per):
         members = range(start, min(start + per, heads))
-        block = order[start * m_blocks:(start + len(members)) * m_blocks]  # a group's CTAs are consecutive
-        assert {h for _, h in block} == set(members)
-        ranks = [m_blocks - 1 - m if causal else m for m, _ in block]
-        assert ranks == sorted(ranks)  # longest first, every head of the group at each query tile
-    assert per % group == 0 or per == heads
-    assert (per // group) * kv_head_bytes <= LPT_KV_BYTES or per == group or per == heads
+        block = slice(start * m_blocks, (start + len(members)) * m_blocks)  # a group's CTAs are consecutive
+        assert {h for _, h in order[block]} == set(members)
+        assert rank[block] == sorted(rank[block])  # longest first, every head of the group at each query tile
 
 
 def test_stacked_variant_geometry():
@@ -547,7 +550,7 @@ def test_benchmarked_variants_match_the_triton_forward(fields):
 @pytest.mark.gpu
 @pytest.mark.skipif(not HOPPER, reason="needs a Hopper GPU (sm_90)")
 @pytest.mark.parametrize("shape", [(2, 4, 2, 700, 128), (1, 16, 8, 16384, 128)])  # one group of heads; three
-@pytest.mark.parametrize("stacked", [False, True], ids=["plain", "stacked_overlap"])
+@pytest.mark.parametrize("stacked", [False, True], ids=["lpt_plain", "lpt_stacked_overlap"])
 def test_lpt_order_changes_no_value(shape, stacked):
     """The lpt variant runs the same tiles in another order: o, a, lse and tbar bitwise equal to the same kernel's in
     the head-by-head order (at 16384 tokens its heads form groups of 6, 6 and 4)."""

@@ -31,12 +31,14 @@ if [ "${TESTS:-1}" = 1 ]; then
   leave_out=()
   [ -n "${CUTE_VARIANTS:-}" ] || { leave_out+=("not benchmarked_variants"); echo "forward-variant test left out (no CUTE_VARIANTS)"; }
   if ! ls "$PARALLAX_KERNEL_DIR"/parallax_attn_fwd_*_st.cubin > /dev/null 2>&1; then
-    leave_out+=("not stacked_forward"); echo "stacked forward test left out (no stacked artefacts)"
+    leave_out+=("not stacked_forward" "not lpt_stacked"); echo "stacked forward tests left out (no stacked artefacts)"
   elif ! ls "$PARALLAX_KERNEL_DIR"/parallax_attn_fwd_*_st_ov.cubin > /dev/null 2>&1; then
     leave_out+=("not stacked_overlap"); echo "stacked overlap test left out (no overlap artefacts)"
   fi
-  ls "$PARALLAX_KERNEL_DIR"/parallax_attn_fwd_*_lpt.cubin > /dev/null 2>&1 \
-    || { leave_out+=("not lpt_order"); echo "lpt order test left out (no lpt artefacts)"; }
+  ls "$PARALLAX_KERNEL_DIR"/parallax_attn_fwd_bfloat16_d128_causal_n64_s3_lpt.cubin > /dev/null 2>&1 \
+    || { leave_out+=("not lpt_plain"); echo "lpt test of the default variant left out (no artefact)"; }
+  ls "$PARALLAX_KERNEL_DIR"/parallax_attn_fwd_bfloat16_d128_causal_n128_s3_st_ov_lpt.cubin > /dev/null 2>&1 \
+    || { leave_out+=("not lpt_stacked"); echo "lpt test of the stacked variant left out (no artefact)"; }
   only=()
   if [ -n "${TEST_FILTER:-}" ]; then only=(-k "$TEST_FILTER")
   elif [ ${#leave_out[@]} -gt 0 ]; then only=(-k "$(IFS='|'; echo "${leave_out[*]}" | sed 's/|/ and /g')"); fi

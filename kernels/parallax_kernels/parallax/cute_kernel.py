@@ -197,6 +197,8 @@ class ParallaxAttentionForward:
             m_blocks = (n + self.v.cta_rows - 1) // self.v.cta_rows
             m_blk, bh = lpt_tile(bidx, m_blocks, gdim // m_blocks, n * (4 * d), group, self.causal,
                                  budget=Int32(LPT_KV_BYTES), lo=cutlass.min, hi=cutlass.max)
+            # (the same in every thread: kept in uniform registers, beside the consumers' 240)
+            m_blk, bh = cute.arch.make_warp_uniform(m_blk), cute.arch.make_warp_uniform(bh)
         elif cutlass.const_expr(self.causal):
             m_blk = gdim - 1 - bidx
         b = bh // heads
