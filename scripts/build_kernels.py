@@ -71,6 +71,9 @@ def main(argv: list[str] | None = None) -> None:
                    help="Q/R/dO stages of the backward (with --attention)")
     p.add_argument("--backward-deterministic", type=int, nargs="+", default=[1, 0], choices=[0, 1],
                    help="1: dQ/dR added in key-tile order (backend 'cute_deterministic'), 0: in any order ('cute')")
+    p.add_argument("--backward-lpt", type=int, nargs="+", default=[0], choices=[0, 1],
+                   help="1: the backward's CTAs take key tile 0 of every KV head of a group first "
+                        "(BackwardVariant.lpt), 0: head by head (the default)")
     p.add_argument("--no-backward", action="store_true", help="with --attention: the forward variants only")
     p.add_argument("--persistent", action="store_true",
                    help="also build the persistent-grid variant of each ticket-merge kernel (opt-in: "
@@ -120,11 +123,11 @@ def build_attention(args, dsl: str) -> None:
         print(f"{variant.name}: {len(cubin)} bytes in {time.time() - start:.1f} s -> {path}", flush=True)
     if args.no_backward:
         return
-    for dtype, head_dim, causal, docs, block_m, stages, ordered in itertools.product(
+    for dtype, head_dim, causal, docs, block_m, stages, ordered, lpt in itertools.product(
             args.dtype, args.head_dim, args.causal, args.documents, args.backward_block_m, args.backward_stages,
-            args.backward_deterministic):
+            args.backward_deterministic, args.backward_lpt):
         variant = BackwardVariant(dtype, head_dim, bool(causal), block_m=block_m, stages=stages,
-                                  deterministic=bool(ordered), documents=bool(docs))
+                                  deterministic=bool(ordered), documents=bool(docs), lpt=bool(lpt))
         variant.check()
         start = time.time()
         cubin, ptx, name = cute_backward.compile_variant(variant)

@@ -566,6 +566,31 @@ def test_lpt_order_changes_no_value(shape, stacked):
         assert torch.equal(x, y), name
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(not HOPPER, reason="needs a Hopper GPU (sm_90)")
+@pytest.mark.parametrize("shape", [(2, 4, 2, 700, 128), (4, 16, 8, 4096, 128), (1, 8, 1, 1000, 64)])
+@pytest.mark.parametrize("deterministic", [False, True], ids=["lpt_backward", "lpt_backward_ordered"])
+def test_lpt_order_changes_no_backward_value(shape, deterministic):
+    """The backward's lpt order runs the same key tiles in another order: dk, dv bitwise equal to the head-by-head
+    order's (each is one CTA's); dq, dr too with the key-ordered adds, and to fp32 rounding of the adds' order
+    without them (at 4096 tokens, D = 128, group 2, a KV head's inputs are 8 MiB: its 32 KV heads go in groups
+    of 3)."""
+    from parallax_kernels.parallax.cute_launch import _launch, _launch_backward
+
+    g = torch.Generator().manual_seed(6)
+    b, h, hkv, n, d = shape
+    q, k, v, r, grad = (torch.randn(b, x, n, d, generator=g).to(torch.bfloat16).cuda() for x in (h, hkv, hkv, h, h))
+    o, a, lse, tbar = _launch(q, k, v, r, True, d**-0.5)
+    head_by_head = _launch_backward(grad, q, k, v, r, o, a, lse, tbar, True, d**-0.5, deterministic=deterministic)
+    longest_first = _launch_backward(grad, q, k, v, r, o, a, lse, tbar, True, d**-0.5, deterministic=deterministic,
+                                     lpt=True)
+    for name, x, y in zip(("dq", "dk", "dv", "dr"), longest_first, head_by_head):
+        if deterministic or name in ("dk", "dv"):
+            assert torch.equal(x, y), name
+        else:
+            assert relative_error(x, y.double()) < 1e-2, (name, relative_error(x, y.double()))
+
+
 # the default's shapes, and documents: edges on and off tiles, GQA group 8, and a warpgroup whose rows all lie past
 # the end (129 tokens: the second CTA's second warpgroup starts at row 160)
 STACKED_CASES = ([(*case, None) for case in GPU_CASES]

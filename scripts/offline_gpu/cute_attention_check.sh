@@ -26,7 +26,8 @@ if [ "${TESTS:-1}" = 1 ]; then
   # the forward variants' test needs their artefacts (built with --stages 2 --pingpong 0 --lazy-rescale 0), which a
   # run that times them (CUTE_VARIANTS) carries
   # the stacked forward's test needs its artefacts (--stacked 1 --overlap 0 1: both dtypes, head dims, masks and
-  # documents), the lpt order's bf16 head_dim-128 causal ones (--lpt 1, plain and --stacked 1 --overlap 1);
+  # documents), the lpt order's bf16 head_dim-128 causal ones (--lpt 1, plain and --stacked 1 --overlap 1), the
+  # backward lpt order's bf16 causal ones (--backward-lpt 1, both --backward-deterministic, both head dims);
   # TEST_FILTER (a pytest -k expression) replaces these choices
   leave_out=()
   [ -n "${CUTE_VARIANTS:-}" ] || { leave_out+=("not benchmarked_variants"); echo "forward-variant test left out (no CUTE_VARIANTS)"; }
@@ -39,6 +40,8 @@ if [ "${TESTS:-1}" = 1 ]; then
     || { leave_out+=("not lpt_plain"); echo "lpt test of the default variant left out (no artefact)"; }
   ls "$PARALLAX_KERNEL_DIR"/parallax_attn_fwd_bfloat16_d128_causal_n128_s3_st_ov_lpt.cubin > /dev/null 2>&1 \
     || { leave_out+=("not lpt_stacked"); echo "lpt test of the stacked variant left out (no artefact)"; }
+  ls "$PARALLAX_KERNEL_DIR"/parallax_attn_bwd_*_lpt.cubin > /dev/null 2>&1 \
+    || { leave_out+=("not lpt_backward"); echo "backward lpt tests left out (no artefacts)"; }
   only=()
   if [ -n "${TEST_FILTER:-}" ]; then only=(-k "$TEST_FILTER")
   elif [ ${#leave_out[@]} -gt 0 ]; then only=(-k "$(IFS='|'; echo "${leave_out[*]}" | sed 's/|/ and /g')"); fi

@@ -156,7 +156,11 @@ def _launch_backward(grad_o, q, k, v, r, o, a, lse, tbar, causal: bool, scale: f
     bounds = _bounds(document_ids)
     variant = BackwardVariant(dtype=dtype, head_dim=d, causal=causal, documents=bounds is not None, **variant_fields)
     variant.check()
-    if b * hkv > MAX_GRID_Y:
+    n_blocks = -(-n // BWD_BLOCK_N)
+    if variant.lpt and n_blocks * b * hkv >= 2**31:
+        raise ValueError(f"parallax_attention backend 'cute', lpt order: (B, Hkv, N) = {(b, hkv, n)} needs "
+                         f"{n_blocks * b * hkv} backward CTAs; the launch takes fewer than 2^31")
+    if b * hkv > MAX_GRID_Y and not variant.lpt:
         raise ValueError(f"parallax_attention backend 'cute': B * Hkv = {b * hkv} (batch, KV head) pairs; the "
                          f"backward launch takes at most {MAX_GRID_Y}")
     kernel = load_attention_kernel(variant, artefact_dir)
@@ -180,7 +184,7 @@ def _launch_backward(grad_o, q, k, v, r, o, a, lse, tbar, causal: bool, scale: f
         stats.data_ptr(), acc[0].data_ptr(), acc[1].data_ptr(), turns.data_ptr() if turns is not None else 0,
         dk.data_ptr(), dv.data_ptr(), n, n_pad, h, h // hkv, scale * math.log2(math.e), scale,
         bounds.data_ptr() if bounds is not None else 0]
-    grid = (-(-n // BWD_BLOCK_N), b * hkv, 1)
+    grid = (n_blocks * b * hkv, 1, 1) if variant.lpt else (n_blocks, b * hkv, 1)
     kernel.launch(grid, args, torch.cuda.current_stream(q.device).cuda_stream)
     dq, dr = gradients_from_tiles(acc, (b, h, n, d), q.dtype, variant.bm)
     return dq, dk, dv, dr

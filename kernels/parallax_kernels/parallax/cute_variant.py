@@ -116,10 +116,11 @@ class AttentionVariant:
 
 
 def lpt_tile(cta, m_blocks, heads, kv_head_bytes, group, causal: bool, budget=LPT_KV_BYTES, lo=min, hi=max):
-    """The (query tile, batch head) of CTA `cta` (0 .. m_blocks * heads - 1) in the lpt order: heads in groups of
-    whole KV heads whose K and V (kv_head_bytes each) fit `budget` bytes, and in a group the longest query
-    tiles (causal: the last) of all its heads first. Plain arithmetic, so that the kernel runs it on DSL
-    integers (lo, hi: their min and max) and the tests on Python ints."""
+    """The (tile, batch head) of CTA `cta` (0 .. m_blocks * heads - 1) in the lpt order: heads in groups of whole
+    KV heads whose inputs (kv_head_bytes each, in budget's unit) fit `budget`, and in a group the longest tiles
+    of all its heads first: causal, the last query tile (the forward); not, tile 0 (the backward's key tiles,
+    causal, are longest first). Plain arithmetic, so that the kernels run it on DSL integers (lo, hi: their min
+    and max) and the tests on Python ints."""
     per = lo(hi(budget // kv_head_bytes, 1) * group, heads)  # query heads a group
     first = cta // (per * m_blocks) * per
     here = lo(per, heads - first)  # (the last group may be smaller)
@@ -151,6 +152,9 @@ class BackwardVariant:
     # packed documents: a key is seen by the queries of its own document only; query tiles outside a CTA's
     # documents are skipped
     documents: bool = False
+    # as AttentionVariant.lpt: a 1-D grid whose CTAs take key tile 0 (causal: the most query tiles) of every KV
+    # head of a group first, the groups' Q, R, dO and K, V within LPT_KV_BYTES
+    lpt: bool = False
 
     def __post_init__(self):
         if self.block_m == 0 and self.head_dim in DEFAULT_BWD_BLOCK_M:
@@ -179,7 +183,8 @@ class BackwardVariant:
         mask = "causal" if self.causal else "full"
         order = "_ordered" if self.deterministic else ""
         docs = "_doc" if self.documents else ""
-        return f"parallax_attn_bwd_{self.dtype}_d{self.head_dim}_{mask}{docs}_m{self.bm}_s{self.stages}{order}"
+        lpt = "_lpt" if self.lpt else ""
+        return f"parallax_attn_bwd_{self.dtype}_d{self.head_dim}_{mask}{docs}_m{self.bm}_s{self.stages}{order}{lpt}"
 
     @property
     def num_threads(self) -> int:
