@@ -284,6 +284,9 @@ def _sharded_worker(rank, world, port, name, per_head, params0, grads, out_path)
         full = [p.full_tensor() for p in params]
         if rank == 0:
             torch.save([f.detach() for f in full], out_path)
+        # both ranks done with every exchange before either tears gloo down: one tearing down while the other
+        # still talks to it can abort the process (seen once in a full CI run, SIGABRT)
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 
@@ -360,6 +363,7 @@ def _fsdp_save_worker(rank, world, port, ckpt_dir, grads_path):
         full = {n: p.full_tensor() for n, p in model.named_parameters()}
         if rank == 0:
             torch.save(full, os.path.join(ckpt_dir, "..", "params.pt"))
+        dist.barrier()  # (as in _sharded_worker)
     finally:
         dist.destroy_process_group()
 
