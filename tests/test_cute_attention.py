@@ -285,6 +285,11 @@ def test_unavailable_reasons_name_the_cause(tmp_path, monkeypatch):
     monkeypatch.setattr(rt, "dsl_installed", lambda: False)
     monkeypatch.setenv("PARALLAX_KERNEL_DIR", str(tmp_path))
     assert "scripts/build_kernels.py --attention --out DIR" in unavailable_reason(fake)
+    for lpt_only in (AttentionVariant("bfloat16", 128, True, lpt=True),  # builds the backends never launch
+                     BackwardVariant("bfloat16", 128, True, lpt=True),
+                     BackwardVariant("bfloat16", 128, True, deterministic=True, lpt=True)):
+        (tmp_path / f"{lpt_only.name}.cubin").write_bytes(b"\x7fELF")
+    assert "no prebuilt attention forward or backward kernels" in unavailable_reason(fake)
     (tmp_path / f"{AttentionVariant('bfloat16', 128, True).name}.cubin").write_bytes(b"\x7fELF")
     assert "no prebuilt attention backward kernels" in unavailable_reason(fake)  # training needs both
     (tmp_path / f"{BackwardVariant('bfloat16', 128, True).name}.cubin").write_bytes(b"\x7fELF")

@@ -91,8 +91,11 @@ def unavailable_reason(x: torch.Tensor, deterministic: bool = False) -> str | No
         # same advice (load_attention_kernel).
         return None
     folder = rt.default_artefact_dir()
-    backward = [f.stem.endswith("_ordered") == deterministic for f in folder.glob("parallax_attn_bwd_*.cubin")]
-    missing = [kind for kind, found in (("forward", any(folder.glob("parallax_attn_fwd_*.cubin"))),
+    # (the lpt builds, which the backends do not launch, say nothing of the default ones)
+    backward = [f.stem.endswith("_ordered") == deterministic for f in folder.glob("parallax_attn_bwd_*.cubin")
+                if not f.stem.endswith("_lpt")]
+    forward = [f for f in folder.glob("parallax_attn_fwd_*.cubin") if not f.stem.endswith("_lpt")]
+    missing = [kind for kind, found in (("forward", any(forward)),
                                         ("key-ordered backward" if deterministic else "backward", any(backward)))
                if not found]
     if not rt.dsl_installed() and missing:
