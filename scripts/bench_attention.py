@@ -7,9 +7,9 @@
                                      # (K/V stages; np: no warpgroup turns; er: every row rescaled every tile;
                                      # st: stacked Q/R operand; ov: softmax beside the previous P V; lp: longest
                                      # tiles first across heads; n64: 64-key tiles)
-        [--cute-backward-variants b2 b3 b2lp ...]   # also time these CuTe backward variants (Q/R/dO
-                                     # stages; lp: longest key tiles first across KV heads; m<block_m>: query
-                                     # rows a step)
+        [--cute-backward-variants b2 b3 b2lp b2dc ...]   # also time these CuTe backward variants (Q/R/dO
+                                     # stages; lp: longest key tiles first across KV heads; dc: the warpgroups
+                                     # decoupled; m<block_m>: query rows a step)
         [--documents MEAN]             # pack each row with documents of random lengths, MEAN tokens on average
 
 Peers, each in its native layout, causal, bf16, GQA with Hkv = H / kv-ratio:
@@ -218,8 +218,9 @@ def main() -> None:
                          "heads; n: keys per tile), each with its output's relative error against the default "
                          "variant's")
     ap.add_argument("--cute-backward-variants", nargs="+", default=[],
-                    help="backward-only timings of CuTe backward variants: b<stages>[lp][m<block_m>] (stages: "
-                         "Q/R/dO stages; lp: key tile 0 of every KV head of a group first; m: query rows a step), "
+                    help="backward-only timings of CuTe backward variants: b<stages>[lp][dc][m<block_m>] (stages: "
+                         "Q/R/dO stages; lp: key tile 0 of every KV head of a group first; dc: each warpgroup's "
+                         "dQ/dR chain a step later, after the other's ds, dt; m: query rows a step), "
                          "on the default forward's outputs, each with the largest relative error of its dq, dk, dv, "
                          "dr against the default backward's")
     ap.add_argument("--reference-kernel", default=None, help="another kernels/parallax_kernels/parallax/triton_fused.py to time beside this one")
@@ -318,11 +319,12 @@ def time_cute_backward_variants(q, k, v, r, names) -> tuple[dict, dict]:
     grad = torch.randn_like(o)
 
     def parse(name):
-        parsed = re.fullmatch(r"b(\d)(lp)?(?:m(\d+))?", name)
+        parsed = re.fullmatch(r"b(\d)(lp)?(dc)?(?:m(\d+))?", name)
         if parsed is None:
-            raise SystemExit(f"--cute-backward-variants {name}: expected b<stages>[lp][m<block_m>], e.g. b2 b3 b2lp "
-                             "b2m32")
-        return dict(stages=int(parsed[1]), lpt=parsed[2] is not None, block_m=int(parsed[3] or 0))
+            raise SystemExit(f"--cute-backward-variants {name}: expected b<stages>[lp][dc][m<block_m>], e.g. b2 b3 "
+                             "b2lp b2dc b2m32")
+        return dict(stages=int(parsed[1]), lpt=parsed[2] is not None, decoupled=parsed[3] is not None,
+                    block_m=int(parsed[4] or 0))
 
     def backward(**fields):
         return _launch_backward(grad, q, k, v, r, o, a, lse, tbar, True, scale, **fields)

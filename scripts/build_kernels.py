@@ -74,6 +74,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--backward-lpt", type=int, nargs="+", default=[0], choices=[0, 1],
                    help="1: the backward's CTAs take key tile 0 of every KV head of a group first "
                         "(BackwardVariant.lpt), 0: head by head (the default)")
+    p.add_argument("--backward-decoupled", type=int, nargs="+", default=[0], choices=[0, 1],
+                   help="1: each consumer warpgroup issues a query tile's dQ^T / dR^T chain a step later, after the "
+                        "other's ds^T / dt^T of it (BackwardVariant.decoupled), 0: both meet on every tile (the "
+                        "default)")
     p.add_argument("--no-backward", action="store_true", help="with --attention: the forward variants only")
     p.add_argument("--persistent", action="store_true",
                    help="also build the persistent-grid variant of each ticket-merge kernel (opt-in: "
@@ -123,11 +127,12 @@ def build_attention(args, dsl: str) -> None:
         print(f"{variant.name}: {len(cubin)} bytes in {time.time() - start:.1f} s -> {path}", flush=True)
     if args.no_backward:
         return
-    for dtype, head_dim, causal, docs, block_m, stages, ordered, lpt in itertools.product(
+    for dtype, head_dim, causal, docs, block_m, stages, ordered, lpt, decoupled in itertools.product(
             args.dtype, args.head_dim, args.causal, args.documents, args.backward_block_m, args.backward_stages,
-            args.backward_deterministic, args.backward_lpt):
+            args.backward_deterministic, args.backward_lpt, args.backward_decoupled):
         variant = BackwardVariant(dtype, head_dim, bool(causal), block_m=block_m, stages=stages,
-                                  deterministic=bool(ordered), documents=bool(docs), lpt=bool(lpt))
+                                  deterministic=bool(ordered), documents=bool(docs), lpt=bool(lpt),
+                                  decoupled=bool(decoupled))
         variant.check()
         start = time.time()
         cubin, ptx, name = cute_backward.compile_variant(variant)

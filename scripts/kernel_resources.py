@@ -97,7 +97,8 @@ def ptxas_notes(report: str) -> str:
 
 def cute_resources(head_dims: list[int]) -> None:
     """Registers, stack, shared memory and ptxas's wgmma notes of the CuTe DSL attention forward (the default, the
-    stacked and the stacked with the overlap) and backward (backends "cute", "cute_deterministic"), compiled here for sm_90a (needs nvidia-cutlass-dsl, no GPU). The
+    stacked and the stacked with the overlap) and backward (backends "cute", "cute_deterministic", each also
+    decoupled), compiled here for sm_90a (needs nvidia-cutlass-dsl, no GPU). The
     register count is the kernel's at launch: the warpgroups then move to 24 (producer) and 240 (consumers) with
     setmaxnreg; spills show as stack bytes."""
     os.environ.setdefault("CUTE_DSL_ARCH", "sm_90a")
@@ -111,8 +112,9 @@ def cute_resources(head_dims: list[int]) -> None:
         for causal in (True, False):
             variants = [(cute_kernel, AttentionVariant("bfloat16", d, causal, stacked=stacked, overlap=overlap))
                         for stacked, overlap in ((False, False), (True, False), (True, True))]
-            variants += [(cute_backward, BackwardVariant("bfloat16", d, causal, deterministic=ordered))
-                         for ordered in (False, True)]
+            variants += [(cute_backward, BackwardVariant("bfloat16", d, causal, deterministic=ordered,
+                                                         decoupled=decoupled))
+                         for decoupled in (False, True) for ordered in (False, True)]
             for module, variant in variants:
                 cubin, ptx, _ = module.compile_variant(variant)
                 fields = cubin_usage(cubin)

@@ -285,10 +285,16 @@ def test_unavailable_reasons_name_the_cause(tmp_path, monkeypatch):
     monkeypatch.setattr(rt, "dsl_installed", lambda: False)
     monkeypatch.setenv("PARALLAX_KERNEL_DIR", str(tmp_path))
     assert "scripts/build_kernels.py --attention --out DIR" in unavailable_reason(fake)
-    for lpt_only in (AttentionVariant("bfloat16", 128, True, lpt=True),  # builds the backends never launch
-                     BackwardVariant("bfloat16", 128, True, lpt=True),
-                     BackwardVariant("bfloat16", 128, True, deterministic=True, lpt=True)):
-        (tmp_path / f"{lpt_only.name}.cubin").write_bytes(b"\x7fELF")
+    for opt_in in (AttentionVariant("bfloat16", 128, True, lpt=True),  # builds the backends never launch
+                   AttentionVariant("bfloat16", 128, True, stacked=True),
+                   AttentionVariant("bfloat16", 128, True, stacked=True, overlap=True),
+                   AttentionVariant("bfloat16", 128, True, stages=2),
+                   AttentionVariant("bfloat16", 64, True),  # another head_dim
+                   BackwardVariant("bfloat16", 128, True, lpt=True),
+                   BackwardVariant("bfloat16", 128, True, decoupled=True),
+                   BackwardVariant("bfloat16", 128, True, deterministic=True, lpt=True),
+                   BackwardVariant("bfloat16", 128, True, deterministic=True, decoupled=True)):
+        (tmp_path / f"{opt_in.name}.cubin").write_bytes(b"\x7fELF")
     assert "no prebuilt attention forward or backward kernels" in unavailable_reason(fake)
     (tmp_path / f"{AttentionVariant('bfloat16', 128, True).name}.cubin").write_bytes(b"\x7fELF")
     assert "no prebuilt attention backward kernels" in unavailable_reason(fake)  # training needs both
@@ -594,6 +600,41 @@ def test_lpt_order_changes_no_backward_value(shape, deterministic):
             assert torch.equal(x, y), name
         else:
             assert relative_error(x, y.double()) < 1e-2, (name, relative_error(x, y.double()))
+
+
+# (B, H, Hkv, N, D, causal, document lengths or None): one query tile (a CTA of one step: no chain in flight before
+# the last), odd lengths, GQA groups 1-8, both head dims, causal and full, 1024 CTAs, and documents
+DECOUPLED_CASES = [(1, 2, 1, 20, 128, True, None), (2, 4, 2, 700, 128, True, None), (2, 4, 4, 257, 64, False, None),
+                   (1, 8, 1, 1000, 64, True, None), (2, 6, 6, 300, 128, False, None),
+                   (4, 16, 8, 4096, 128, True, None), DOC_CASES[0], DOC_CASES[3]]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not HOPPER, reason="needs a Hopper GPU (sm_90)")
+@pytest.mark.parametrize("deterministic", [False, True], ids=["decoupled_backward", "decoupled_backward_ordered"])
+@pytest.mark.parametrize("case", DECOUPLED_CASES, ids=lambda c: "x".join(map(str, c[:5])) + ("c" if c[5] else "f")
+                         + ("" if c[6] is None else "_docs"))
+def test_decoupled_backward_changes_no_value(case, deterministic):
+    """The decoupled backward (BackwardVariant.decoupled) computes every chain the lockstep one does, only issued a
+    step later: dk, dv bitwise equal to the default backward's; dq, dr too with the key-ordered adds, and to fp32
+    rounding of the adds' order without them."""
+    from parallax_kernels.parallax.cute_launch import _launch, _launch_backward
+
+    b, h, hkv, n, d, causal, lengths = case
+    g = torch.Generator().manual_seed(8)
+    q, k, v, r, grad = (torch.randn(b, x, n, d, generator=g).to(torch.bfloat16).cuda() for x in (h, hkv, hkv, h, h))
+    docs = None if lengths is None else packed(lengths).cuda()
+    scale = d**-0.5
+    o, a, lse, tbar = _launch(q, k, v, r, causal, scale, document_ids=docs)
+    args = (grad, q, k, v, r, o, a, lse, tbar, causal, scale)
+    lockstep = _launch_backward(*args, document_ids=docs, deterministic=deterministic)
+    decoupled = _launch_backward(*args, document_ids=docs, deterministic=deterministic, decoupled=True)
+    for name, x, y in zip(("dq", "dk", "dv", "dr"), decoupled, lockstep):
+        assert torch.isfinite(x).all(), name
+        if deterministic or name in ("dk", "dv"):
+            assert torch.equal(x, y), name
+        else:
+            assert relative_error(x, y.double()) < 1e-3, (name, relative_error(x, y.double()))
 
 
 # the default's shapes, and documents: edges on and off tiles, GQA group 8, and a warpgroup whose rows all lie past

@@ -29,19 +29,29 @@ needs_dsl = pytest.mark.skipif(not rt.dsl_installed(), reason="nvidia-cutlass-ds
 # the backends of the CuTe kernels and whether their backward adds dQ, dR in key-tile order (bitwise reproducible);
 # plain "cute" is parallax_attention_cute's (and the ops') default
 CUTE_BACKENDS = {"cute": False, "cute_deterministic": True}
-# the compiled variants: (head_dim, causal, deterministic, packed documents)
-COMPILED = [(128, True, True, False), (64, False, False, False), (128, True, True, True)]
-COMPILED_IDS = ["d128_causal_ordered", "d64_full", "d128_causal_doc_ordered"]
+# the compiled variants: (head_dim, causal, deterministic, packed documents, decoupled)
+COMPILED = [(128, True, True, False, False), (64, False, False, False, False), (128, True, True, True, False),
+            (128, True, True, False, True), (64, True, False, False, True)]
+COMPILED_IDS = ["d128_causal_ordered", "d64_full", "d128_causal_doc_ordered", "d128_causal_ordered_decoupled",
+                "d64_causal_decoupled"]
+FIELDS = "d, causal, ordered, docs, decoupled"
 
 
-def compiled_variant(d: int, causal: bool, deterministic: bool, docs: bool = False) -> BackwardVariant:
-    return BackwardVariant("bfloat16", d, causal, deterministic=deterministic, documents=docs)
+def compiled_variant(d: int, causal: bool, deterministic: bool, docs: bool = False,
+                     decoupled: bool = False) -> BackwardVariant:
+    return BackwardVariant("bfloat16", d, causal, deterministic=deterministic, documents=docs, decoupled=decoupled)
 
 
 def steps(variant: BackwardVariant) -> int:
     """Instantiations of the step: the first query tile, the masked loop and (without documents, whose tiles
     are all masked) the unmasked loop."""
     return 2 if variant.documents else 3
+
+
+def flushes(variant: BackwardVariant) -> int:
+    """Code sites that stage and add a [dQ^T | dR^T] share: every step but the first, and after the loops the
+    last chain's; decoupled, after the loops two (the chain in flight, then the last tile's)."""
+    return steps(variant) + (1 if variant.decoupled else 0)
 
 
 # ---- BackwardVariant ------------------------------------------------------------------------------
@@ -84,6 +94,20 @@ def test_the_ordered_variant_has_its_own_name_and_unordered_is_the_default():
     assert AttentionVariant("bfloat16", 128, True).name.startswith("parallax_attn_fwd_")
 
 
+def test_the_decoupled_variant_has_its_own_name_and_three_ds_buffers():
+    """Decoupled, tile i's ds^T / dt^T are read until the other warpgroup's step i + 2: three buffers of 2 BM x BN
+    16-bit values, apart from the Q/R/dO stages; where they do not fit, check names the shared memory."""
+    for d in (128, 64):
+        lockstep = BackwardVariant("bfloat16", d, True)
+        decoupled = BackwardVariant("bfloat16", d, True, decoupled=True)
+        assert decoupled.name == lockstep.name + "_dc" and lockstep.ds_buffers == lockstep.stages == 2
+        assert decoupled.ds_buffers == 3
+        assert decoupled.smem_bytes - lockstep.smem_bytes == 2 * 2 * decoupled.bm * BWD_BLOCK_N
+        decoupled.check()
+    with pytest.raises(ValueError, match="block_m 64 with 3 stages at head_dim 64 needs 241664 bytes"):
+        BackwardVariant("bfloat16", 64, True, stages=3, decoupled=True).check()
+
+
 # ---- the compiled kernel ------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
@@ -97,18 +121,17 @@ def compiled(tmp_path_factory):
     code = ("import sys\n"
             "from parallax_kernels.parallax.cute_backward import compile_variant\n"
             "from parallax_kernels.parallax.cute_variant import BackwardVariant\n"
-            "d, causal, ordered, docs = int(sys.argv[2]), sys.argv[3] == '1', sys.argv[4] == '1', sys.argv[5] == '1'\n"
-            "variant = BackwardVariant('bfloat16', d, causal, deterministic=ordered, documents=docs)\n"
+            "d, causal, ordered, docs, dc = int(sys.argv[2]), *(x == '1' for x in sys.argv[3:7])\n"
+            "variant = BackwardVariant('bfloat16', d, causal, deterministic=ordered, documents=docs, decoupled=dc)\n"
             "cubin, ptx, name = compile_variant(variant)\n"
             "open(f'{sys.argv[1]}/{variant.name}.ptx', 'w').write(ptx)\n"
             "open(f'{sys.argv[1]}/{variant.name}.cubin', 'wb').write(cubin)\n")
     procs = []
-    for d, causal, ordered, docs in COMPILED:
-        ir = out / f"ir_{compiled_variant(d, causal, ordered, docs).name}"
+    for fields in COMPILED:
+        ir = out / f"ir_{compiled_variant(*fields).name}"
         ir.mkdir()
         env = {**os.environ, "CUTE_DSL_ARCH": "sm_90a", "CUTE_DSL_KEEP": "ir", "CUTE_DSL_DUMP_DIR": str(ir)}
-        procs.append(subprocess.Popen([sys.executable, "-c", code, str(out), str(d), str(int(causal)), str(int(ordered)),
-                                       str(int(docs))],
+        procs.append(subprocess.Popen([sys.executable, "-c", code, str(out), *(str(int(x)) for x in fields)],
                                       cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
     for proc in procs:
         _, stderr = proc.communicate(timeout=600)
@@ -213,7 +236,9 @@ def expected_wgmmas(variant: BackwardVariant) -> dict[int, int]:
     - the warpgroup's share of [dQ^T | dR^T] = K^T [ds^T | dt^T]: BN/16 k-steps, N = 2 BM at D = 128 (rows
       split) and BM at D = 64 (dQ^T or dR^T); the chain sits at two code sites, one per warpgroup.
     The step is instantiated three times: the first query tile (masked, no dQ^T / dR^T result in flight before
-    it), the masked loop and the unmasked one; twice with packed documents, whose tiles are all masked."""
+    it), the masked loop and the unmasked one; twice with packed documents, whose tiles are all masked.
+    Decoupled, the first step issues no [dQ^T | dR^T] chain and the last tile's is issued after the loops: as
+    many sites."""
     d, bm, bn = variant.head_dim, variant.bm, BWD_BLOCK_N
     share_n = 2 * bm if d == 128 else bm
     per_step: dict[int, int] = {}
@@ -223,12 +248,12 @@ def expected_wgmmas(variant: BackwardVariant) -> dict[int, int]:
 
 
 @needs_dsl
-@pytest.mark.parametrize("d, causal, ordered, docs", COMPILED, ids=COMPILED_IDS)
-def test_wgmma_chains_are_the_designed_ones(compiled, d, causal, ordered, docs):
+@pytest.mark.parametrize(FIELDS, COMPILED, ids=COMPILED_IDS)
+def test_wgmma_chains_are_the_designed_ones(compiled, d, causal, ordered, docs, decoupled):
     """At D = 128, BM = 32: 3 x (8 + 2 x 8) = 72 m64n64k16, 3 x 8 = 24 m64n32k16 and 3 x (2 + 4) = 18
     m64n128k16; at D = 64, BM = 64: 3 x 4 = 12 m64n128k16 and 3 x (4 + 4 + 8 + 2 x 8) = 96 m64n64k16."""
-    variant = compiled_variant(d, causal, ordered, docs)
-    ptx = (compiled / f"{compiled_variant(d, causal, ordered, docs).name}.ptx").read_text()
+    variant = compiled_variant(d, causal, ordered, docs, decoupled)
+    ptx = (compiled / f"{compiled_variant(d, causal, ordered, docs, decoupled).name}.ptx").read_text()
     assert ".target sm_90a" in ptx
     found: dict[int, int] = {}
     for n in re.findall(r"wgmma\.mma_async\.sync\.aligned\.m64n(\d+)k16\.f32\.bf16\.bf16", ptx):
@@ -238,23 +263,23 @@ def test_wgmma_chains_are_the_designed_ones(compiled, d, causal, ordered, docs):
 
 
 @needs_dsl
-@pytest.mark.parametrize("d, causal, ordered, docs", COMPILED, ids=COMPILED_IDS)
-def test_copies_reductions_and_registers_are_the_designed_ones(compiled, d, causal, ordered, docs):
+@pytest.mark.parametrize(FIELDS, COMPILED, ids=COMPILED_IDS)
+def test_copies_reductions_and_registers_are_the_designed_ones(compiled, d, causal, ordered, docs, decoupled):
     """TMA loads: K, V once and Q, R, dO per step (in the producer's one loop), D/64 copies per tile (the
     128-byte swizzle is 64 elements wide); the four statistics per query row in one plain bulk copy; dQ^T / dR^T
     added with the bulk reduce-add (where a step adds the previous tile's, in the masked and the unmasked loop,
     and after the loops; two each: the two 64-row shares at D = 128, dQ^T or dR^T at D = 64); setmaxnreg down in the
     producer and up in the consumers; no local memory; the parameter list is the launcher's."""
-    ptx = (compiled / f"{compiled_variant(d, causal, ordered, docs).name}.ptx").read_text()
+    ptx = (compiled / f"{compiled_variant(d, causal, ordered, docs, decoupled).name}.ptx").read_text()
     assert ptx.count("cp.async.bulk.tensor.3d.shared::cta.global") == (2 + 3) * d // 64
     assert ptx.count("cp.async.bulk.tensor") == (2 + 3) * d // 64
     assert ptx.count("cp.async.bulk.shared::cluster.global") == 1
     # the bytes each full barrier waits for: K and V; Q, R, dO and the statistics (a count the copies do not
     # reach hangs the kernel)
-    variant = compiled_variant(d, causal, ordered, docs)
+    variant = compiled_variant(d, causal, ordered, docs, decoupled)
     expected = re.findall(r"mov\.b32\s+%r\d+, (\d+);\s*mbarrier\.arrive\.expect_tx", ptx)
     assert sorted(map(int, expected)) == sorted([2 * BWD_BLOCK_N * d * 2, 3 * variant.bm * d * 2 + 4 * 4 * variant.bm])
-    assert ptx.count("cp.reduce.async.bulk.global.shared::cta.bulk_group.add.f32") == steps(variant) * 2
+    assert ptx.count("cp.reduce.async.bulk.global.shared::cta.bulk_group.add.f32") == flushes(variant) * 2
     assert "atom.global.add.f32" not in ptx and "red.global.add.f32" not in ptx  # no per-element atomics
     assert re.findall(r"setmaxnreg\.(\w+)\.sync\.aligned\.u32\s+(\d+);", ptx) == [("dec", "24"), ("inc", "240")]
     assert ".local" not in ptx
@@ -265,14 +290,14 @@ def test_copies_reductions_and_registers_are_the_designed_ones(compiled, d, caus
 
 
 @needs_dsl
-@pytest.mark.parametrize("d, causal, ordered, docs", COMPILED, ids=COMPILED_IDS)
-def test_only_the_deterministic_variant_orders_its_adds(compiled, d, causal, ordered, docs):
+@pytest.mark.parametrize(FIELDS, COMPILED, ids=COMPILED_IDS)
+def test_only_the_deterministic_variant_orders_its_adds(compiled, d, causal, ordered, docs, decoupled):
     """Deterministic: per step the lead thread first waits for its previous add to complete (wait_group without
     .read) and passes that tile's turn on (a proxy fence, then red.release), then after staging spins on this
     query tile's semaphore (ld.acquire; the first read and the loop's: two loads), fences, and adds; at the end
     it waits for the last add and passes its turn on. Unordered: the wait for the staging buffer to be read
     (wait_group.read), the add; at the end, the same wait. Either way the lead's warp reconverges after it."""
-    variant = compiled_variant(d, causal, ordered, docs)
+    variant = compiled_variant(d, causal, ordered, docs, decoupled)
     ptx = (compiled / f"{variant.name}.ptx").read_text()
     events = {"ld.global.acquire.gpu": "acquire", "cp.reduce.async.bulk": "reduce",
               "cp.async.bulk.commit_group": "commit", "cp.async.bulk.wait_group.read": "wait_read",
@@ -281,23 +306,52 @@ def test_only_the_deterministic_variant_orders_its_adds(compiled, d, causal, ord
     pattern = "|".join(re.escape(e) for e in events)
     sequence = [events[m.group(0)] for m in re.finditer(pattern, ptx)]
     if ordered:
-        assert ptx.count("ld.global.acquire.gpu.b32") == 2 * steps(variant)
-        assert ptx.count("red.release.gpu.global.add.s32") == steps(variant) + 1
+        assert ptx.count("ld.global.acquire.gpu.b32") == 2 * flushes(variant)
+        assert ptx.count("red.release.gpu.global.add.s32") == flushes(variant) + 1
         step = ["wait", "fence", "release", "acquire", "acquire", "fence", "reduce", "reduce", "commit"]
-        assert sequence == steps(variant) * step + ["wait", "fence", "release"]
+        assert sequence == flushes(variant) * step + ["wait", "fence", "release"]
     else:
         assert "ld.global.acquire.gpu" not in ptx and "red.release.gpu" not in ptx and "fence" not in sequence
         step = ["wait_read", "reduce", "reduce", "commit"]
-        assert sequence == steps(variant) * step + ["wait_read"]
+        assert sequence == flushes(variant) * step + ["wait_read"]
 
 
 @needs_dsl
-@pytest.mark.parametrize("d, causal, ordered, docs", COMPILED, ids=COMPILED_IDS)
-def test_tma_boxes_the_launcher_encodes_are_the_kernels(compiled, d, causal, ordered, docs):
+@pytest.mark.parametrize(FIELDS, COMPILED, ids=COMPILED_IDS)
+def test_warpgroups_meet_on_the_same_tile_or_decoupled_on_the_previous_one(compiled, d, causal, ordered, docs,
+                                                                          decoupled):
+    """The [dQ^T | dR^T] chain needs both warpgroups' ds^T, dt^T. Lockstep: per step one barrier of both (bar.sync
+    1, 256) after the ds^T / dt^T stores and before the chain. Decoupled: per step a warpgroup syncs on the
+    other's arrival for the previous tile (that warpgroup's named barrier of the step's parity, 4 + 2 cw + parity:
+    an id in a register) before its own stores (the buffer they reuse is free only then), arrives after them, then
+    issues the previous tile's chain; the first step only arrives, and after the loops a last sync comes before
+    the last tile's chain."""
+    variant = compiled_variant(d, causal, ordered, docs, decoupled)
+    ptx = (compiled / f"{variant.name}.ptx").read_text()
+    lockstep = len(re.findall(r"bar\.sync\s+1, 256;", ptx))
+    kinds = {"bar.arrive": "arrive", "bar.sync": "sync", "st.shared.b32": "store"}
+    sequence = []
+    for m in re.finditer(r"bar\.arrive\s+%r\d+, 256;|bar\.sync\s+%r\d+, 256;|st\.shared\.b32", ptx):
+        kind = kinds[m.group(0).split()[0].rstrip("\t")]
+        if not sequence or sequence[-1] != kind:
+            sequence.append(kind)
+    barriers = [k for k in sequence if k != "store"]
+    if not decoupled:
+        assert lockstep == steps(variant) and barriers == []
+        return
+    assert lockstep == 0
+    assert barriers == ["arrive"] + ["sync", "arrive"] * (steps(variant) - 1) + ["sync"]
+    # stores (ds^T / dt^T, or at the end the last chain's staging) follow each sync before the next barrier
+    assert all(sequence[i + 1] == "store" for i, k in enumerate(sequence) if k == "sync")
+
+
+@needs_dsl
+@pytest.mark.parametrize(FIELDS, COMPILED, ids=COMPILED_IDS)
+def test_tma_boxes_the_launcher_encodes_are_the_kernels(compiled, d, causal, ordered, docs, decoupled):
     """The launcher builds the CUtensorMaps itself (no DSL on the GPU host): the boxes it encodes must be
     those the DSL compiled the copies for, as its IR records them (dims innermost first: D, rows, heads)."""
-    variant = compiled_variant(d, causal, ordered, docs)
-    ir = "".join(p.read_text() for p in (compiled / f"ir_{compiled_variant(d, causal, ordered, docs).name}").glob("*.mlir"))
+    variant = compiled_variant(d, causal, ordered, docs, decoupled)
+    ir = "".join(p.read_text() for p in (compiled / f"ir_{compiled_variant(d, causal, ordered, docs, decoupled).name}").glob("*.mlir"))
     boxes = {tuple(map(int, m.split(","))) for m in re.findall(r'tma_gbasis = <"\((\d+,\d+,\d+)\):', ir)}
     assert boxes == {tuple(box) for box in variant.tma_boxes()}
 
@@ -312,13 +366,13 @@ def triton_tool(name: str) -> Path:
 
 
 @needs_dsl
-@pytest.mark.parametrize("d, causal, ordered, docs", COMPILED, ids=COMPILED_IDS)
-def test_no_spills_and_wgmma_tma_in_sass(compiled, d, causal, ordered, docs):
+@pytest.mark.parametrize(FIELDS, COMPILED, ids=COMPILED_IDS)
+def test_no_spills_and_wgmma_tma_in_sass(compiled, d, causal, ordered, docs, decoupled):
     """ptxas keeps the designed wgmmas (HGMMA 64 x N x 16 as many as in the PTX; it may add others of its own),
     the TMA loads, the bulk copy and the bulk reduce-add, with no stack or local memory."""
     tool = triton_tool("cuobjdump")
-    variant = compiled_variant(d, causal, ordered, docs)
-    cubin = str(compiled / f"{compiled_variant(d, causal, ordered, docs).name}.cubin")
+    variant = compiled_variant(d, causal, ordered, docs, decoupled)
+    cubin = str(compiled / f"{compiled_variant(d, causal, ordered, docs, decoupled).name}.cubin")
     usage = subprocess.run([tool, "--dump-resource-usage", cubin], capture_output=True, text=True, check=True).stdout
     fields = dict(item.split(":", 1) for item in next(x for x in usage.splitlines() if "REG:" in x).split() if ":" in item)
     assert int(fields["STACK"]) == 0 and int(fields["LOCAL"]) == 0
@@ -332,11 +386,11 @@ def test_no_spills_and_wgmma_tma_in_sass(compiled, d, causal, ordered, docs):
 
 
 @needs_dsl
-@pytest.mark.parametrize("d, causal, ordered, docs", COMPILED, ids=COMPILED_IDS)
-def test_ptxas_keeps_the_wgmmas_asynchronous(compiled, d, causal, ordered, docs, tmp_path):
+@pytest.mark.parametrize(FIELDS, COMPILED, ids=COMPILED_IDS)
+def test_ptxas_keeps_the_wgmmas_asynchronous(compiled, d, causal, ordered, docs, decoupled, tmp_path):
     """ptxas serialises every wgmma of a kernel (waits after each, C7514) when it cannot match a read of an
     accumulator to the wait for its chain; the staging of the in-flight [dQ^T | dR^T] chain is such a read."""
-    report = subprocess.run([triton_tool("ptxas"), "-arch=sm_90a", "-v", "-o", str(tmp_path / "k.cubin"), str(compiled / f"{compiled_variant(d, causal, ordered, docs).name}.ptx")],
+    report = subprocess.run([triton_tool("ptxas"), "-arch=sm_90a", "-v", "-o", str(tmp_path / "k.cubin"), str(compiled / f"{compiled_variant(d, causal, ordered, docs, decoupled).name}.ptx")],
                             capture_output=True, text=True, check=True)
     assert "instructions are serialized" not in report.stdout + report.stderr
 
@@ -345,17 +399,22 @@ def test_ptxas_keeps_the_wgmmas_asynchronous(compiled, d, causal, ordered, docs,
 
 @needs_dsl
 def test_build_kernels_writes_backward_artefacts(tmp_path):
-    """One mask, one head_dim, one order, no packed documents: the forward variant and one backward variant."""
+    """One mask, one head_dim, one order, no packed documents: the forward variant and one backward variant, in
+    lockstep and decoupled."""
     proc = subprocess.run([sys.executable, "scripts/build_kernels.py", "--attention", "--out", str(tmp_path),
                            "--dtype", "bfloat16", "--head-dim", "64", "--causal", "1",
-                           "--backward-deterministic", "0", "--documents", "0"], cwd=REPO,
+                           "--backward-deterministic", "0", "--documents", "0", "--backward-decoupled", "0", "1"],
+                          cwd=REPO,
                           env={k: v for k, v in os.environ.items() if k != "CUTE_DSL_ARCH"},
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     variant = BackwardVariant("bfloat16", 64, True, deterministic=False)
     forward = AttentionVariant("bfloat16", 64, True)
+    decoupled = BackwardVariant("bfloat16", 64, True, decoupled=True)
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
-        f"{v.name}.{ext}" for v in (variant, forward) for ext in ("cubin", "json"))
+        f"{v.name}.{ext}" for v in (variant, decoupled, forward) for ext in ("cubin", "json"))
+    meta, _ = read_artefact(tmp_path, decoupled)
+    assert meta["variant"] == asdict(decoupled) and meta["smem_bytes"] == decoupled.smem_bytes
     meta, cubin = read_artefact(tmp_path, variant)
     assert cubin[:4] == b"\x7fELF" and meta["kernel"].encode() in cubin
     assert meta["arch"] == "sm_90a" and meta["params"] == BACKWARD_PARAMS and meta["block"] == [384, 1, 1]

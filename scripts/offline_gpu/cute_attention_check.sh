@@ -8,8 +8,8 @@
 #   bash scripts/offline_gpu/cute_attention_check.sh          # with .kernels/
 # TESTS=0 / BENCH=0 leave a part out, TEST_FILTER selects GPU tests (pytest -k); SHAPES and PEERS choose the
 # benchmark's shapes and peers, CUTE_VARIANTS (e.g. "s2 s3 s2np s3st s3stov") adds forward timings of other CuTe
-# variants (their artefacts built with --stages/--pingpong/--stacked/--overlap), CUTE_BACKWARD_VARIANTS (e.g. "b2 b3")
-# backward timings of CuTe backward variants (--backward-stages/--backward-block-m),
+# variants (their artefacts built with --stages/--pingpong/--stacked/--overlap), CUTE_BACKWARD_VARIANTS (e.g. "b2 b3
+# b2dc") backward timings of CuTe backward variants (--backward-stages/--backward-block-m/--backward-decoupled),
 # DOCUMENTS=MEAN times packed documents of about MEAN tokens (bench_attention.py --documents) instead.
 set -uo pipefail
 out=${OUT:-./outputs/cute_attention_check}
@@ -27,8 +27,9 @@ if [ "${TESTS:-1}" = 1 ]; then
   # run that times them (CUTE_VARIANTS) carries
   # the stacked forward's test needs its artefacts (--stacked 1 --overlap 0 1: both dtypes, head dims, masks and
   # documents), the lpt order's bf16 head_dim-128 causal ones (--lpt 1, plain and --stacked 1 --overlap 1), the
-  # backward lpt order's bf16 causal ones (--backward-lpt 1, both --backward-deterministic, both head dims);
-  # TEST_FILTER (a pytest -k expression) replaces these choices
+  # backward lpt order's bf16 causal ones (--backward-lpt 1, both --backward-deterministic, both head dims), the
+  # decoupled backward's bf16 ones (--dtype bfloat16 --backward-decoupled 1: both head dims, masks, documents and
+  # orders); TEST_FILTER (a pytest -k expression) replaces these choices
   leave_out=()
   [ -n "${CUTE_VARIANTS:-}" ] || { leave_out+=("not benchmarked_variants"); echo "forward-variant test left out (no CUTE_VARIANTS)"; }
   if ! ls "$PARALLAX_KERNEL_DIR"/parallax_attn_fwd_*_st.cubin > /dev/null 2>&1; then
@@ -43,6 +44,10 @@ if [ "${TESTS:-1}" = 1 ]; then
   for k in d64_causal_m64_s2 d64_causal_m64_s2_ordered d128_causal_m32_s2 d128_causal_m32_s2_ordered; do
     [ -e "$PARALLAX_KERNEL_DIR/parallax_attn_bwd_bfloat16_${k}_lpt.cubin" ] \
       || { leave_out+=("not lpt_backward"); echo "backward lpt tests left out (no $k lpt artefact)"; break; }
+  done
+  for d in d64 d128; do
+    n=$(ls "$PARALLAX_KERNEL_DIR"/parallax_attn_bwd_bfloat16_${d}_*_dc.cubin 2> /dev/null | wc -l)
+    [ "$n" -ge 8 ] || { leave_out+=("not decoupled_backward"); echo "decoupled backward tests left out ($n of 8 $d artefacts)"; break; }
   done
   only=()
   if [ -n "${TEST_FILTER:-}" ]; then only=(-k "$TEST_FILTER")

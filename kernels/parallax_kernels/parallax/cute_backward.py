@@ -61,6 +61,10 @@ CONSUMER_REGS = 240
 KEYS_PER_WG = 64
 DS_READY_BARRIER = 1  # named barrier: both consumers' ds^T, dt^T are in shared memory (0 is __syncthreads)
 ACC_BARRIER = 2  # named barriers 2, 3: one consumer warpgroup's share of the dQ^T / dR^T staging
+# (decoupled) named barriers 4 + 2 cw + parity: consumer warpgroup cw's ds^T, dt^T of a step of that parity are in
+# shared memory (cw arrives, the other warpgroup syncs); two parities, since cw may arrive for step j + 1 before the
+# other has synced on step j
+DS_TURN_BARRIER = 4
 STATS = 4  # per query row: lse, tbar, Drow, E
 
 
@@ -144,7 +148,7 @@ class ParallaxAttentionBackward:
         kv_smem = sm90_utils.make_smem_layout_a(row_major, (bn, bm, d), dt, 1)  # (BN, D), K-major
         qr_smem = sm90_utils.make_smem_layout_b(row_major, (bn, 2 * bm, d), dt, self.stages)  # (2 BM, D): Q; R
         do_smem = sm90_utils.make_smem_layout_b(row_major, (bn, bm, d), dt, self.stages)  # (BM, D), K-major
-        ds_smem = sm90_utils.make_smem_layout_b(col_major, (d, 2 * bm, bn), dt, self.stages)  # (2 BM, BN): ds; dt
+        ds_smem = sm90_utils.make_smem_layout_b(col_major, (d, 2 * bm, bn), dt, self.v.ds_buffers)  # (2 BM, BN)
 
         g2s = cpasync.CopyBulkTensorTileG2SOp()
         kv_stage = cute.slice_(kv_smem, (None, None, 0))
@@ -217,7 +221,7 @@ class ParallaxAttentionBackward:
                                                         stride=((1, bm), 2 * bm, 2 * bm * self.d)))
         sQ, sR = halves[(None, 0), None, None], halves[(None, 1), None, None]  # the TMA copies' destinations
         sdO = storage.sdO.get_tensor(do_smem.outer, swizzle=do_smem.inner)
-        sdST = storage.sdST.get_tensor(ds_smem.outer, swizzle=ds_smem.inner)  # (2 BM, BN, stages): ds^T, dt^T
+        sdST = storage.sdST.get_tensor(ds_smem.outer, swizzle=ds_smem.inner)  # (2 BM, BN, buffers): ds^T, dt^T
         sdST32 = self._as_pairs(storage.sdST.data_ptr(), ds_smem)
         sStats = storage.stats.get_tensor(cute.make_layout((STATS, bm, self.stages), stride=(1, STATS, STATS * bm)))
 
@@ -360,8 +364,11 @@ class ParallaxAttentionBackward:
                t_sacc, sdST32, sStats, visible, bounds, p_acc, p_dq, p_dr, p_sem, n, n_pad, n0, scale_log2, scale, cw,
                tid)
         bhq0 = b * heads + hk * group
-        q_cons, mma_st, mma_s, mma_kv, mma_q, prev, held = self._step(
-            Int32(m_lo), bhq0, True, False, q_cons, mma_st, mma_s, mma_kv, mma_q, cutlass.Int64(0), held, *ops)
+        # prev: the tile whose [dQ^T | dR^T] chain is in flight (-1: none); last: the previous step's tile; j: steps
+        # taken (decoupled: which ds^T / dt^T buffer and barrier parity a step uses)
+        q_cons, mma_st, mma_s, mma_kv, mma_q, prev, last, j, held = self._step(
+            Int32(m_lo), bhq0, True, False, q_cons, mma_st, mma_s, mma_kv, mma_q, cutlass.Int64(-1),
+            cutlass.Int64(-1), Int32(0), held, *ops)
         for g in cutlass.range(group, unroll=1):
             bhq = bhq0 + g
             first = m_lo
@@ -369,13 +376,18 @@ class ParallaxAttentionBackward:
                 first = m_lo + 1
             # query tiles [.., m_mid) cross the causal diagonal or see keys past the end: masked
             for m in cutlass.range(first, m_mid, unroll=1):
-                q_cons, mma_st, mma_s, mma_kv, mma_q, prev, held = self._step(
-                    m, bhq, True, True, q_cons, mma_st, mma_s, mma_kv, mma_q, prev, held, *ops)
+                q_cons, mma_st, mma_s, mma_kv, mma_q, prev, last, j, held = self._step(
+                    m, bhq, True, True, q_cons, mma_st, mma_s, mma_kv, mma_q, prev, last, j, held, *ops)
             for m in cutlass.range(cutlass.max(first, m_mid), m_hi, unroll=1):
-                q_cons, mma_st, mma_s, mma_kv, mma_q, prev, held = self._step(
-                    m, bhq, False, True, q_cons, mma_st, mma_s, mma_kv, mma_q, prev, held, *ops)
+                q_cons, mma_st, mma_s, mma_kv, mma_q, prev, last, j, held = self._step(
+                    m, bhq, False, True, q_cons, mma_st, mma_s, mma_kv, mma_q, prev, last, j, held, *ops)
         warpgroup.wait_group(0)
         held = self._flush(acc_g, t_sacc, bounds, p_acc, p_dq, p_dr, p_sem, prev, held, n_pad, n0, cw, tid)
+        if cutlass.const_expr(self.v.decoupled):  # the last tile's chain, once the other warpgroup's ds^T are in
+            cute.arch.barrier(barrier_id=DS_TURN_BARRIER + 2 * (1 - cw) + (j - 1) % 2, number_of_threads=256)
+            mma_q = self._issue_dq(mma_q, acc_g, t_akt, t_bdst, (j - 1) % self.v.ds_buffers, cw)
+            warpgroup.wait_group(0)
+            held = self._flush(acc_g, t_sacc, bounds, p_acc, p_dq, p_dr, p_sem, last, held, n_pad, n0, cw, tid)
 
         if tid % 128 == 0:  # the last bulk add has read its staging buffer before the CTA ends
             if cutlass.const_expr(self.v.deterministic):
@@ -405,12 +417,14 @@ class ParallaxAttentionBackward:
     @cute.jit
     def _step(self, m: Int32, bhq: Int32, masked: cutlass.Constexpr, pending: cutlass.Constexpr, q_cons,
               mma_st: cute.TiledMma, mma_s: cute.TiledMma, mma_kv: cute.TiledMma, mma_q: cute.TiledMma,
-              prev: cutlass.Int64, held: cutlass.Int64, t_ak, t_bqr, t_av, t_bdo, t_bqrt, t_bdot, t_akt, t_bdst,
+              prev: cutlass.Int64, last: cutlass.Int64, j: Int32, held: cutlass.Int64, t_ak, t_bqr, t_av, t_bdo, t_bqrt, t_bdot, t_akt, t_bdst,
               acc_st, acc_da, acc_dk, acc_dv, acc_g, coords, t_sacc, sdST32, sStats, visible, bounds, p_acc: cute.Pointer,
               p_dq: cute.Pointer, p_dr: cute.Pointer, p_sem: cute.Pointer, n: Int32, n_pad: Int32, n0: Int32,
               scale_log2: Float32, scale: Float32, cw: Int32, tid: Int32):
-        """One query tile m of query head bhq against this CTA's keys. `pending`: the previous tile's dQ^T / dR^T
-        chain (its tile index `prev`) is in flight, to be added here. Returns with this tile's in flight."""
+        """One query tile m of query head bhq against this CTA's keys, the step's `j`th. `pending`: not the first
+        step; a [dQ^T | dR^T] chain (its tile index `prev`; decoupled, -1 in the second step: none) is in flight,
+        to be added here. Returns with this tile's chain in flight, or decoupled with that of the previous step's
+        tile `last` (issued here, after the other warpgroup's ds^T / dt^T of it are in)."""
         bm = self.bm
         h = q_cons.wait_and_advance()
         st = h.index
@@ -468,11 +482,19 @@ class ParallaxAttentionBackward:
                 da[i, c] = w * one_m  # alpha^T
                 st_v[i, c] = w * (dai * one_m + e * tc - drow) * scale  # ds^T (scaled)
                 st_v[i, c + half] = w * (e - dai)  # dt^T
+        buf = st  # the ds^T / dt^T buffer: the stage's, or decoupled the step's
+        if cutlass.const_expr(self.v.decoupled):
+            buf = j % self.v.ds_buffers
+            if cutlass.const_expr(pending):
+                # the other warpgroup's ds^T / dt^T of the previous step are in; before it arrived it had added
+                # the chain that read buffer j % 3 (of step j - 3) from both warpgroups' (a step after issuing
+                # it), and so had this warpgroup: the buffer is free
+                cute.arch.barrier(barrier_id=DS_TURN_BARRIER + 2 * (1 - cw) + (j - 1) % 2, number_of_threads=256)
         # [ds^T | dt^T] to shared memory as 32-bit pairs: a thread's columns 2j, 2j + 1 are adjacent queries
         for c in cutlass.range_constexpr(0, 2 * half, 2):
             col = coords[0, c][1]
             for i in cutlass.range_constexpr(cute.size(st_v.shape[0])):
-                sdST32[col // 2, coords[i, c][0], st] = pack_pair(st_v[i, c], st_v[i, c + 1], self.dtype)
+                sdST32[col // 2, coords[i, c][0], buf] = pack_pair(st_v[i, c], st_v[i, c + 1], self.dtype)
 
         alpha_a = as_a_operand(acc_da, self.dtype, bm)
         dsdt_a = as_a_operand(acc_st, self.dtype, 2 * bm)
@@ -483,26 +505,45 @@ class ParallaxAttentionBackward:
             cute.gemm(mma_kv, acc_dk, dsdt_a[None, None, kk], t_bqrt[None, None, kk, st], acc_dk)
         warpgroup.commit_group()
 
-        # [ds^T | dt^T] of both warpgroups are in shared memory: this warpgroup's share of K^T [ds^T | dt^T]
         cute.arch.fence_view_async_shared()
-        cute.arch.barrier(barrier_id=DS_READY_BARRIER, number_of_threads=256)
-        # the same chain at two code sites, one per warpgroup: at one, ptxas does not see that the staging's
-        # reads of acc_g, a step later, follow the chain's completion, and serialises the wgmmas
+        if cutlass.const_expr(self.v.decoupled):
+            # this warpgroup's ds^T / dt^T are in; the previous step's tile's chain (both warpgroups' ds^T / dt^T
+            # of it are in: the barrier above)
+            cute.arch.barrier_arrive(barrier_id=DS_TURN_BARRIER + 2 * cw + j % 2, number_of_threads=256)
+            if cutlass.const_expr(pending):
+                mma_q = self._issue_dq(mma_q, acc_g, t_akt, t_bdst, (j - 1) % self.v.ds_buffers, cw)
+        else:
+            # [ds^T | dt^T] of both warpgroups are in shared memory: this warpgroup's share of K^T [ds^T | dt^T]
+            cute.arch.barrier(barrier_id=DS_READY_BARRIER, number_of_threads=256)
+            mma_q = self._issue_dq(mma_q, acc_g, t_akt, t_bdst, st, cw)
+        # dV, dK done (their A operands' registers free); the Q, R, dO tiles and statistics of this stage are
+        # read (the dQ^T / dR^T chain reads K and ds^T / dt^T only): the producer may refill it
+        if cutlass.const_expr(self.v.decoupled and not pending):
+            warpgroup.wait_group(0)  # (no chain issued after dV, dK)
+        else:
+            warpgroup.wait_group(1)
+        h.release()
+        tile = bhq.to(cutlass.Int64) * (n_pad // bm).to(cutlass.Int64) + m.to(cutlass.Int64)
+        in_flight = tile
+        if cutlass.const_expr(self.v.decoupled):
+            in_flight = last
+        return q_cons, mma_st, mma_s, mma_kv, mma_q, in_flight, tile, j + 1, held
+
+    @cute.jit
+    def _issue_dq(self, mma_q: cute.TiledMma, acc_g, t_akt, t_bdst, buf: Int32, cw: Int32) -> cute.TiledMma:
+        """Issue and commit this warpgroup's share of [dQ^T | dR^T] = K^T [ds^T | dt^T] over ds^T / dt^T buffer
+        `buf`. The same chain at two code sites, one per warpgroup: at one, ptxas does not see that the staging's
+        reads of acc_g, a step later, follow the chain's completion, and serialises the wgmmas."""
         if cw == 0:
             for kk in cutlass.range_constexpr(cute.size(t_akt, mode=[2])):
                 mma_q.set(warpgroup.Field.ACCUMULATE, kk != 0)
-                cute.gemm(mma_q, acc_g, t_akt[None, None, kk], t_bdst[None, None, kk, st], acc_g)
+                cute.gemm(mma_q, acc_g, t_akt[None, None, kk], t_bdst[None, None, kk, buf], acc_g)
         else:
             for kk in cutlass.range_constexpr(cute.size(t_akt, mode=[2])):
                 mma_q.set(warpgroup.Field.ACCUMULATE, kk != 0)
-                cute.gemm(mma_q, acc_g, t_akt[None, None, kk], t_bdst[None, None, kk, st], acc_g)
+                cute.gemm(mma_q, acc_g, t_akt[None, None, kk], t_bdst[None, None, kk, buf], acc_g)
         warpgroup.commit_group()
-        # dV, dK done (their A operands' registers free); the Q, R, dO tiles and statistics of this stage are
-        # read (the dQ^T / dR^T chain reads K and ds^T / dt^T only): the producer may refill it
-        warpgroup.wait_group(1)
-        h.release()
-        tile = bhq.to(cutlass.Int64) * (n_pad // bm).to(cutlass.Int64) + m.to(cutlass.Int64)
-        return q_cons, mma_st, mma_s, mma_kv, mma_q, tile, held
+        return mma_q
 
     @cute.jit
     def _flush(self, acc_g, t_sacc, bounds, p_acc: cute.Pointer, p_dq: cute.Pointer, p_dr: cute.Pointer,
@@ -530,7 +571,10 @@ class ParallaxAttentionBackward:
             t_sacc[i] = acc_g[i]
         cute.arch.fence_view_async_shared()
         cute.arch.barrier(barrier_id=ACC_BARRIER + cw, number_of_threads=128)
-        if lead:
+        adds = lead
+        if cutlass.const_expr(self.v.decoupled):
+            adds = lead and tile >= 0  # tile -1: no chain was in flight (what was staged is not a result)
+        if adds:
             if cutlass.const_expr(self.v.deterministic):
                 # this tile's semaphore of this warpgroup's share counts the key tiles added so far: wait for
                 # this one's turn. The key tiles that see a query tile are consecutive, from key tile 0 or (with

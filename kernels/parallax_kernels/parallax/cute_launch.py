@@ -91,13 +91,15 @@ def unavailable_reason(x: torch.Tensor, deterministic: bool = False) -> str | No
         # same advice (load_attention_kernel).
         return None
     folder = rt.default_artefact_dir()
-    # (the lpt builds, which the backends do not launch, say nothing of the default ones)
-    backward = [f.stem.endswith("_ordered") == deterministic for f in folder.glob("parallax_attn_bwd_*.cubin")
-                if not f.stem.endswith("_lpt")]
-    forward = [f for f in folder.glob("parallax_attn_fwd_*.cubin") if not f.stem.endswith("_lpt")]
-    missing = [kind for kind, found in (("forward", any(forward)),
-                                        ("key-ordered backward" if deterministic else "backward", any(backward)))
-               if not found]
+    # the variants the backends launch for this dtype and head_dim (a mask and documents or not); builds of other
+    # variants (benchmarks' opt-ins) say nothing of them
+    dtype, d = str(x.dtype).removeprefix("torch."), x.shape[-1]
+    masks = [(causal, docs) for causal in (True, False) for docs in (False, True)]
+    forward = [AttentionVariant(dtype, d, causal, documents=docs) for causal, docs in masks]
+    backward = [BackwardVariant(dtype, d, causal, deterministic=deterministic, documents=docs) for causal, docs in masks]
+    missing = [kind for kind, variants in (("forward", forward),
+                                           ("key-ordered backward" if deterministic else "backward", backward))
+               if not any((folder / f"{v.name}.cubin").exists() for v in variants)]
     if not rt.dsl_installed() and missing:
         return (f"no prebuilt attention {' or '.join(missing)} kernels in {folder} and nvidia-cutlass-dsl is not "
                 "installed to compile them: run `python scripts/build_kernels.py --attention --out DIR` on any "

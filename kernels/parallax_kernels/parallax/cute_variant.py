@@ -135,6 +135,7 @@ BWD_BLOCK_N = 128  # keys per CTA: 64 per consumer warpgroup
 BWD_NUM_THREADS = 384  # one producer and two consumer warpgroups
 # query rows per step: dK, dV (64 x D fp32 each) stay in registers, beside S^T, T^T, dalpha^T (64 x BM each)
 DEFAULT_BWD_BLOCK_M = {64: 64, 128: 32}
+DECOUPLED_DS_BUFFERS = 3
 
 
 @dataclass(frozen=True)
@@ -155,6 +156,11 @@ class BackwardVariant:
     # as AttentionVariant.lpt: a 1-D grid whose CTAs take key tile 0 (causal: the most query tiles) of every KV
     # head of a group first, the groups' Q, R, dO and K, V within LPT_KV_BYTES
     lpt: bool = False
+    # each warpgroup issues query tile i's [dQ^T | dR^T] chain in step i + 1, once the other warpgroup's ds^T, dt^T
+    # of tile i are in (a named barrier it arrives at and the other syncs on): the warpgroups wait for each
+    # other's previous tile, not the current one, so one's elementwise work can run beside the other's chains.
+    # ds^T, dt^T take DECOUPLED_DS_BUFFERS buffers of their own (cute_backward.py, _step)
+    decoupled: bool = False
 
     def __post_init__(self):
         if self.block_m == 0 and self.head_dim in DEFAULT_BWD_BLOCK_M:
@@ -184,7 +190,9 @@ class BackwardVariant:
         order = "_ordered" if self.deterministic else ""
         docs = "_doc" if self.documents else ""
         lpt = "_lpt" if self.lpt else ""
-        return f"parallax_attn_bwd_{self.dtype}_d{self.head_dim}_{mask}{docs}_m{self.bm}_s{self.stages}{order}{lpt}"
+        decoupled = "_dc" if self.decoupled else ""
+        return (f"parallax_attn_bwd_{self.dtype}_d{self.head_dim}_{mask}{docs}_m{self.bm}_s{self.stages}{order}{lpt}"
+                f"{decoupled}")
 
     @property
     def num_threads(self) -> int:
@@ -194,11 +202,18 @@ class BackwardVariant:
     def smem_bytes(self) -> int:
         """The kernel's shared storage (its struct, checked when compiled): the mbarriers and the statistics
         (4 x BM fp32 a stage) in the first whole KBs, then K, V (BN x D), `stages` x (Q and R stacked (2 BM x D),
-        dO (BM x D), ds^T and dt^T stacked (2 BM x BN)) 16-bit, and the D x BM fp32 staging tiles of dQ^T and
-        dR^T."""
+        dO (BM x D)) and `ds_buffers` x ds^T and dt^T stacked (2 BM x BN), 16-bit, and the D x BM fp32 staging
+        tiles of dQ^T and dR^T."""
         d, bm, s = self.head_dim, self.bm, self.stages
         head = -(-(128 + 16 * bm * s) // 1024) * 1024
-        return head + 2 * (2 * BWD_BLOCK_N * d + s * (3 * bm * d + 2 * bm * BWD_BLOCK_N)) + 8 * d * bm
+        return (head + 2 * (2 * BWD_BLOCK_N * d + s * 3 * bm * d + self.ds_buffers * 2 * bm * BWD_BLOCK_N)
+                + 8 * d * bm)
+
+    @property
+    def ds_buffers(self) -> int:
+        """ds^T / dt^T buffers: one a Q/R/dO stage; decoupled, DECOUPLED_DS_BUFFERS (tile i's is read by the
+        other warpgroup's chain until that warpgroup's step i + 2)."""
+        return DECOUPLED_DS_BUFFERS if self.decoupled else self.stages
 
     def tma_boxes(self) -> tuple[list[int], list[int]]:
         """The TMA boxes (innermost first) of the Q/R/dO and the K/V descriptors."""
