@@ -602,9 +602,9 @@ def test_lpt_order_changes_no_backward_value(shape, deterministic):
             assert relative_error(x, y.double()) < 1e-2, (name, relative_error(x, y.double()))
 
 
-# (B, H, Hkv, N, D, causal, document lengths or None): one query tile (a CTA of one step: no chain in flight before
-# the last), odd lengths, GQA groups 1-8, both head dims, causal and full, 1024 CTAs, and documents
-DECOUPLED_CASES = [(1, 2, 1, 20, 128, True, None), (2, 4, 2, 700, 128, True, None), (2, 4, 4, 257, 64, False, None),
+# (B, H, Hkv, N, D, causal, document lengths or None): one query tile of one head a CTA (one step: no chain in
+# flight before the last), odd lengths, GQA groups 1-8, both head dims, causal and full, 1024 CTAs, and documents
+DECOUPLED_CASES = [(1, 2, 2, 20, 128, True, None), (2, 4, 2, 700, 128, True, None), (2, 4, 4, 257, 64, False, None),
                    (1, 8, 1, 1000, 64, True, None), (2, 6, 6, 300, 128, False, None),
                    (4, 16, 8, 4096, 128, True, None), DOC_CASES[0], DOC_CASES[3]]
 

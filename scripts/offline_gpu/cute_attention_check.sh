@@ -45,9 +45,12 @@ if [ "${TESTS:-1}" = 1 ]; then
     [ -e "$PARALLAX_KERNEL_DIR/parallax_attn_bwd_bfloat16_${k}_lpt.cubin" ] \
       || { leave_out+=("not lpt_backward"); echo "backward lpt tests left out (no $k lpt artefact)"; break; }
   done
-  for d in d64 d128; do
-    n=$(ls "$PARALLAX_KERNEL_DIR"/parallax_attn_bwd_bfloat16_${d}_*_dc.cubin 2> /dev/null | wc -l)
-    [ "$n" -ge 8 ] || { leave_out+=("not decoupled_backward"); echo "decoupled backward tests left out ($n of 8 $d artefacts)"; break; }
+  for k in d64_causal_m64 d64_causal_doc_m64 d64_full_m64 d64_full_doc_m64 d128_causal_m32 d128_causal_doc_m32 \
+           d128_full_m32 d128_full_doc_m32; do
+    for order in "" _ordered; do
+      [ -e "$PARALLAX_KERNEL_DIR/parallax_attn_bwd_bfloat16_${k}_s2${order}_dc.cubin" ] \
+        || { leave_out+=("not decoupled_backward"); echo "decoupled backward tests left out (no ${k}_s2${order}_dc)"; break 2; }
+    done
   done
   only=()
   if [ -n "${TEST_FILTER:-}" ]; then only=(-k "$TEST_FILTER")

@@ -385,6 +385,7 @@ class ParallaxAttentionBackward:
         held = self._flush(acc_g, t_sacc, bounds, p_acc, p_dq, p_dr, p_sem, prev, held, n_pad, n0, cw, tid)
         if cutlass.const_expr(self.v.decoupled):  # the last tile's chain, once the other warpgroup's ds^T are in
             cute.arch.barrier(barrier_id=DS_TURN_BARRIER + 2 * (1 - cw) + (j - 1) % 2, number_of_threads=256)
+            warpgroup.fence()  # the staging above read acc_g, which the chain writes
             mma_q = self._issue_dq(mma_q, acc_g, t_akt, t_bdst, (j - 1) % self.v.ds_buffers, cw)
             warpgroup.wait_group(0)
             held = self._flush(acc_g, t_sacc, bounds, p_acc, p_dq, p_dr, p_sem, last, held, n_pad, n0, cw, tid)
@@ -409,10 +410,10 @@ class ParallaxAttentionBackward:
         for i in cutlass.range_constexpr(cute.size(dk.shape[0])):
             key = n0 + kv_coords[i, 0][0]
             if key < n:
-                for j in cutlass.range_constexpr(0, cute.size(dk.shape[1]), 2):
-                    col = kv_coords[i, j][1]
-                    g_dk[key, col // 2] = pack_pair(dk[i, j], dk[i, j + 1], self.dtype)
-                    g_dv[key, col // 2] = pack_pair(dv[i, j], dv[i, j + 1], self.dtype)
+                for c in cutlass.range_constexpr(0, cute.size(dk.shape[1]), 2):
+                    col = kv_coords[i, c][1]
+                    g_dk[key, col // 2] = pack_pair(dk[i, c], dk[i, c + 1], self.dtype)
+                    g_dv[key, col // 2] = pack_pair(dv[i, c], dv[i, c + 1], self.dtype)
 
     @cute.jit
     def _step(self, m: Int32, bhq: Int32, masked: cutlass.Constexpr, pending: cutlass.Constexpr, q_cons,
