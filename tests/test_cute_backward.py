@@ -19,8 +19,8 @@ import torch
 from parallax_kernels import cute_runtime as rt
 from parallax_kernels.parallax.cute_launch import (ATTENTION_PARAMS, BACKWARD_PARAMS, load_attention_kernel,
                                                    read_artefact, source_hash)
-from parallax_kernels.parallax.cute_variant import (BWD_BLOCK_N, AttentionVariant, BackwardVariant,
-                                                    grad_tile_layout)
+from parallax_kernels.parallax.cute_variant import (BWD_BLOCK_N, DS_TURN_BARRIER, AttentionVariant,
+                                                    BackwardVariant, ds_turn_barrier, grad_tile_layout)
 
 REPO = Path(__file__).resolve().parents[1]
 HOPPER = torch.cuda.is_available() and torch.cuda.get_device_capability() == (9, 0)
@@ -106,6 +106,108 @@ def test_the_decoupled_variant_has_its_own_name_and_three_ds_buffers():
         decoupled.check()
     with pytest.raises(ValueError, match="block_m 64 with 3 stages at head_dim 64 needs 241664 bytes"):
         BackwardVariant("bfloat16", 64, True, stages=3, decoupled=True).check()
+
+
+def decoupled_schedule(cw: int, steps: int, barrier) -> list[tuple]:
+    """Consumer warpgroup cw's events in the decoupled backward, in the kernel's order (cute_backward.py's
+    `_step` and the tail after its loops; step j takes query tile j): the chain issued in step j - 1 (tile
+    j - 2) completes at step j's wait before its flush; a sync on the other warpgroup's arrival for step j - 1
+    precedes the ds^T / dt^T stores into buffer j mod 3; the arrival follows them; then tile j - 1's
+    [dQ^T | dR^T] chain is issued, reading both warpgroups' ds^T / dt^T of that tile."""
+    events = []
+    for j in range(steps):
+        if j >= 2:
+            events.append(("complete", j - 2))
+        if j >= 1:
+            events.append(("sync", barrier(1 - cw, j - 1), (1 - cw, j - 1)))
+        events.append(("store", j))
+        events.append(("arrive", barrier(cw, j), (cw, j)))
+        if j >= 1:
+            events.append(("issue", j - 1))
+    if steps >= 2:
+        events.append(("complete", steps - 2))
+    events += [("sync", barrier(1 - cw, steps - 1), (1 - cw, steps - 1)), ("issue", steps - 1),
+               ("complete", steps - 1)]
+    return events
+
+
+def decoupled_hazards(steps: int, barrier, buffers: int) -> set[str]:
+    """Every interleaving of the two warpgroups' schedules under PTX named-barrier semantics (a barrier of 256
+    threads completes once two warpgroups have arrived or synced at its id, whoever they are; bar.sync waits
+    for that, bar.arrive does not): what can go wrong. A completion must pair a warpgroup's sync with the
+    arrival it means; a chain must find both warpgroups' ds^T / dt^T of its tile in its buffer; a store must not
+    overwrite a buffer that a chain not yet complete reads; and both warpgroups must reach the end, every barrier
+    met."""
+    programs = [decoupled_schedule(cw, steps, barrier) for cw in (0, 1)]
+    found, seen = set(), set()
+    # state: program counters, whether each warpgroup waits at a sync, the arrivals/syncs pending per barrier id,
+    # the tile in each (warpgroup, buffer), the chains in flight (warpgroup, tile)
+    start = ((0, 0), (False, False), (), tuple(((-1,) * buffers) for _ in programs), ())
+    stack = [start]
+    while stack:
+        state = stack.pop()
+        if state in seen:
+            continue
+        seen.add(state)
+        pcs, waiting, pending, stored, in_flight = state
+        moved = False
+        for cw in (0, 1):
+            if waiting[cw] or pcs[cw] == len(programs[cw]):
+                continue
+            event = programs[cw][pcs[cw]]
+            kind = event[0]
+            n_pending, n_waiting, n_flight = dict(pending), list(waiting), set(in_flight)
+            n_stored = [list(s) for s in stored]
+            if kind in ("sync", "arrive"):
+                ident, tag = event[1], event[2]
+                parties = n_pending.get(ident, ()) + ((cw, kind, tag),)
+                if len(parties) == 2:  # the barrier completes: check who met, release a syncing warpgroup
+                    syncs = [p for p in parties if p[1] == "sync"]
+                    arrivals = [p for p in parties if p[1] == "arrive"]
+                    if len(syncs) != 1 or len(arrivals) != 1 or syncs[0][2] != arrivals[0][2]:
+                        found.add(f"barrier {ident} completed by {parties}")
+                    for p in syncs:
+                        n_waiting[p[0]] = False
+                    n_pending.pop(ident, None)
+                else:
+                    n_pending[ident] = parties
+                    if kind == "sync":
+                        n_waiting[cw] = True
+            elif kind == "store":
+                tile = event[1]
+                if any(t % buffers == tile % buffers for _, t in in_flight):
+                    found.add(f"warpgroup {cw} stores tile {tile} over a buffer a chain in flight reads")
+                n_stored[cw][tile % buffers] = tile
+            elif kind == "issue":
+                tile = event[1]
+                if any(s[tile % buffers] != tile for s in stored):
+                    found.add(f"warpgroup {cw} issues tile {tile}'s chain before both warpgroups' stores of it")
+                n_flight.add((cw, tile))
+            else:  # complete
+                n_flight.discard((cw, event[1]))
+            n_pcs = list(pcs)
+            n_pcs[cw] += 1
+            stack.append((tuple(n_pcs), tuple(n_waiting), tuple(sorted(n_pending.items())),
+                          tuple(tuple(s) for s in n_stored), tuple(sorted(n_flight))))
+            moved = True
+        if not moved and pcs != (len(programs[0]), len(programs[1])):
+            found.add(f"deadlock at program counters {pcs}")
+        elif not moved and pending:
+            found.add(f"barriers left half met at the end: {pending}")
+    return found
+
+
+def test_decoupled_warpgroups_meet_as_designed_in_every_interleaving():
+    """The decoupled backward's barrier ids and ds^T / dt^T buffers, explored over every interleaving of the two
+    warpgroups' schedules up to 8 steps: no deadlock, each sync meets the arrival it means, no chain reads a
+    buffer before both stores of its tile or after a later store over it. The same exploration finds what a
+    protocol with one barrier a warpgroup (no parity) or one buffer fewer does."""
+    buffers = BackwardVariant("bfloat16", 128, True, decoupled=True).ds_buffers
+    for steps in range(1, 9):
+        assert decoupled_hazards(steps, ds_turn_barrier, buffers) == set(), steps
+    no_parity = decoupled_hazards(4, lambda cw, step: DS_TURN_BARRIER + 2 * cw, buffers)
+    assert any("completed by" in hazard for hazard in no_parity)
+    assert any("before both" in hazard for hazard in decoupled_hazards(4, ds_turn_barrier, buffers - 1))
 
 
 # ---- the compiled kernel ------------------------------------------------------------------------

@@ -54,17 +54,13 @@ from parallax_kernels import cute_runtime as rt
 from parallax_kernels.parallax.cute_fragments import (as_a_operand, mn_view, pack_pair, transpose_view,
                                                       visible_in_document)
 from parallax_kernels.parallax.cute_variant import (BWD_BLOCK_N, BWD_NUM_THREADS, LPT_KV_BYTES, BackwardVariant,
-                                                    grad_tile_layout, lpt_tile)
+                                                    ds_turn_barrier, grad_tile_layout, lpt_tile)
 
 PRODUCER_REGS = 24
 CONSUMER_REGS = 240
 KEYS_PER_WG = 64
 DS_READY_BARRIER = 1  # named barrier: both consumers' ds^T, dt^T are in shared memory (0 is __syncthreads)
 ACC_BARRIER = 2  # named barriers 2, 3: one consumer warpgroup's share of the dQ^T / dR^T staging
-# (decoupled) named barriers 4 + 2 cw + parity: consumer warpgroup cw's ds^T, dt^T of a step of that parity are in
-# shared memory (cw arrives, the other warpgroup syncs); two parities, since cw may arrive for step j + 1 before the
-# other has synced on step j
-DS_TURN_BARRIER = 4
 STATS = 4  # per query row: lse, tbar, Drow, E
 
 
@@ -384,7 +380,7 @@ class ParallaxAttentionBackward:
         warpgroup.wait_group(0)
         held = self._flush(acc_g, t_sacc, bounds, p_acc, p_dq, p_dr, p_sem, prev, held, n_pad, n0, cw, tid)
         if cutlass.const_expr(self.v.decoupled):  # the last tile's chain, once the other warpgroup's ds^T are in
-            cute.arch.barrier(barrier_id=DS_TURN_BARRIER + 2 * (1 - cw) + (j - 1) % 2, number_of_threads=256)
+            cute.arch.barrier(barrier_id=ds_turn_barrier(1 - cw, j - 1), number_of_threads=256)
             warpgroup.fence()  # the staging above read acc_g, which the chain writes
             mma_q = self._issue_dq(mma_q, acc_g, t_akt, t_bdst, (j - 1) % self.v.ds_buffers, cw)
             warpgroup.wait_group(0)
@@ -490,7 +486,7 @@ class ParallaxAttentionBackward:
                 # the other warpgroup's ds^T / dt^T of the previous step are in; before it arrived it had added
                 # the chain that read buffer j % 3 (of step j - 3) from both warpgroups' (a step after issuing
                 # it), and so had this warpgroup: the buffer is free
-                cute.arch.barrier(barrier_id=DS_TURN_BARRIER + 2 * (1 - cw) + (j - 1) % 2, number_of_threads=256)
+                cute.arch.barrier(barrier_id=ds_turn_barrier(1 - cw, j - 1), number_of_threads=256)
         # [ds^T | dt^T] to shared memory as 32-bit pairs: a thread's columns 2j, 2j + 1 are adjacent queries
         for c in cutlass.range_constexpr(0, 2 * half, 2):
             col = coords[0, c][1]
@@ -510,7 +506,7 @@ class ParallaxAttentionBackward:
         if cutlass.const_expr(self.v.decoupled):
             # this warpgroup's ds^T / dt^T are in; the previous step's tile's chain (both warpgroups' ds^T / dt^T
             # of it are in: the barrier above)
-            cute.arch.barrier_arrive(barrier_id=DS_TURN_BARRIER + 2 * cw + j % 2, number_of_threads=256)
+            cute.arch.barrier_arrive(barrier_id=ds_turn_barrier(cw, j), number_of_threads=256)
             if cutlass.const_expr(pending):
                 mma_q = self._issue_dq(mma_q, acc_g, t_akt, t_bdst, (j - 1) % self.v.ds_buffers, cw)
         else:

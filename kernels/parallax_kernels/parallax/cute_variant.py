@@ -136,6 +136,15 @@ BWD_NUM_THREADS = 384  # one producer and two consumer warpgroups
 # query rows per step: dK, dV (64 x D fp32 each) stay in registers, beside S^T, T^T, dalpha^T (64 x BM each)
 DEFAULT_BWD_BLOCK_M = {64: 64, 128: 32}
 DECOUPLED_DS_BUFFERS = 3
+DS_TURN_BARRIER = 4  # decoupled: the first of its named barriers (0 is __syncthreads, 1-3 the lockstep ones)
+
+
+def ds_turn_barrier(warpgroup, step):
+    """Decoupled backward: the named barrier at which consumer warpgroup `warpgroup` (0, 1) arrives once its
+    ds^T, dt^T of `step` are in shared memory, and on which the other warpgroup syncs a step later. Two a
+    warpgroup, by the step's parity: one may arrive for step j + 1 before the other has synced on its step j,
+    and a named barrier counts arrivals, not whose they are. (Python ints or the kernel's Int32.)"""
+    return DS_TURN_BARRIER + 2 * warpgroup + step % 2
 
 
 @dataclass(frozen=True)
