@@ -108,14 +108,14 @@ def test_the_decoupled_variant_has_its_own_name_and_three_ds_buffers():
         BackwardVariant("bfloat16", 64, True, stages=3, decoupled=True).check()
 
 
-def decoupled_schedule(cw: int, steps: int, barrier) -> list[tuple]:
+def decoupled_schedule(cw: int, n_steps: int, barrier) -> list[tuple]:
     """Consumer warpgroup cw's events in the decoupled backward, in the kernel's order (cute_backward.py's
     `_step` and the tail after its loops; step j takes query tile j): the chain issued in step j - 1 (tile
     j - 2) completes at step j's wait before its flush; a sync on the other warpgroup's arrival for step j - 1
     precedes the ds^T / dt^T stores into buffer j mod 3; the arrival follows them; then tile j - 1's
     [dQ^T | dR^T] chain is issued, reading both warpgroups' ds^T / dt^T of that tile."""
     events = []
-    for j in range(steps):
+    for j in range(n_steps):
         if j >= 2:
             events.append(("complete", j - 2))
         if j >= 1:
@@ -124,21 +124,21 @@ def decoupled_schedule(cw: int, steps: int, barrier) -> list[tuple]:
         events.append(("arrive", barrier(cw, j), (cw, j)))
         if j >= 1:
             events.append(("issue", j - 1))
-    if steps >= 2:
-        events.append(("complete", steps - 2))
-    events += [("sync", barrier(1 - cw, steps - 1), (1 - cw, steps - 1)), ("issue", steps - 1),
-               ("complete", steps - 1)]
+    if n_steps >= 2:
+        events.append(("complete", n_steps - 2))
+    events += [("sync", barrier(1 - cw, n_steps - 1), (1 - cw, n_steps - 1)), ("issue", n_steps - 1),
+               ("complete", n_steps - 1)]
     return events
 
 
-def decoupled_hazards(steps: int, barrier, buffers: int) -> set[str]:
+def decoupled_hazards(n_steps: int, barrier, buffers: int) -> set[str]:
     """Every interleaving of the two warpgroups' schedules under PTX named-barrier semantics (a barrier of 256
     threads completes once two warpgroups have arrived or synced at its id, whoever they are; bar.sync waits
     for that, bar.arrive does not): what can go wrong. A completion must pair a warpgroup's sync with the
     arrival it means; a chain must find both warpgroups' ds^T / dt^T of its tile in its buffer; a store must not
     overwrite a buffer that a chain not yet complete reads; and both warpgroups must reach the end, every barrier
     met."""
-    programs = [decoupled_schedule(cw, steps, barrier) for cw in (0, 1)]
+    programs = [decoupled_schedule(cw, n_steps, barrier) for cw in (0, 1)]
     found, seen = set(), set()
     # state: program counters, whether each warpgroup waits at a sync, the arrivals/syncs pending per barrier id,
     # the tile in each (warpgroup, buffer), the chains in flight (warpgroup, tile)
@@ -203,8 +203,8 @@ def test_decoupled_warpgroups_meet_as_designed_in_every_interleaving():
     buffer before both stores of its tile or after a later store over it. The same exploration finds what a
     protocol with one barrier a warpgroup (no parity) or one buffer fewer does."""
     buffers = BackwardVariant("bfloat16", 128, True, decoupled=True).ds_buffers
-    for steps in range(1, 9):
-        assert decoupled_hazards(steps, ds_turn_barrier, buffers) == set(), steps
+    for n_steps in range(1, 9):
+        assert decoupled_hazards(n_steps, ds_turn_barrier, buffers) == set(), n_steps
     no_parity = decoupled_hazards(4, lambda cw, step: DS_TURN_BARRIER + 2 * cw, buffers)
     assert any("completed by" in hazard for hazard in no_parity)
     assert any("before both" in hazard for hazard in decoupled_hazards(4, ds_turn_barrier, buffers - 1))

@@ -136,7 +136,7 @@ BWD_NUM_THREADS = 384  # one producer and two consumer warpgroups
 # query rows per step: dK, dV (64 x D fp32 each) stay in registers, beside S^T, T^T, dalpha^T (64 x BM each)
 DEFAULT_BWD_BLOCK_M = {64: 64, 128: 32}
 DECOUPLED_DS_BUFFERS = 3
-DS_TURN_BARRIER = 4  # decoupled: the first of its named barriers (0 is __syncthreads, 1-3 the lockstep ones)
+DS_TURN_BARRIER = 4  # decoupled: its first named barrier (0: __syncthreads, 1: lockstep's, 2 and 3: the staging's)
 
 
 def ds_turn_barrier(warpgroup, step):
