@@ -6,7 +6,7 @@
         [--cute-variants s2 s3 s3np s3er s3n64 s3st s3stov s3lp ...]   # also time these CuTe forward variants
                                      # (K/V stages; np: no warpgroup turns; er: every row rescaled every tile;
                                      # st: stacked Q/R operand; ov: softmax beside the previous P V; lp: longest
-                                     # tiles first across heads; n64: 64-key tiles)
+                                     # tiles first across heads; n64: 64-key tiles; the default is s3stov)
         [--cute-backward-variants b2 b3 b2lp b2dc ...]   # also time these CuTe backward variants (Q/R/dO
                                      # stages; lp: longest key tiles first across KV heads; dc: the warpgroups
                                      # decoupled; m<block_m>: query rows a step)
@@ -215,8 +215,8 @@ def main() -> None:
                     help="forward-only timings of CuTe kernel variants: s<stages>[np][er][st][ov][lp][n<block_n>] "
                          "(np: no warpgroup turns; er: eager rescale of every row; st: stacked Q/R operand; ov: "
                          "softmax overlapping the previous tile's P V, with st; lp: longest tiles first across "
-                         "heads; n: keys per tile), each with its output's relative error against the default "
-                         "variant's")
+                         "heads; n: keys per tile; the default is s3stov, s3 the unstacked kernel), each with its "
+                         "output's relative error against the default variant's")
     ap.add_argument("--cute-backward-variants", nargs="+", default=[],
                     help="backward-only timings of CuTe backward variants: b<stages>[lp][dc][m<block_m>] (stages: "
                          "Q/R/dO stages; lp: key tile 0 of every KV head of a group first; dc: each warpgroup's "

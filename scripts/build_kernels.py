@@ -56,12 +56,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--lazy-rescale", type=int, nargs="+", default=[1], choices=[0, 1],
                    help="1: rows whose max did not move skip the output rescale (the default); 0: every row is "
                         "rescaled every tile (with --attention, for benchmarks)")
-    p.add_argument("--stacked", type=int, nargs="+", default=[0], choices=[0, 1],
+    p.add_argument("--stacked", type=int, nargs="+", default=[1], choices=[0, 1],
                    help="1: the stacked forward (Q and R rows in one wgmma operand, 64 query rows a CTA; "
-                        "AttentionVariant.stacked), 0: separate S and T chains (the default; with --attention)")
-    p.add_argument("--overlap", type=int, nargs="+", default=[0], choices=[0, 1],
+                        "AttentionVariant.stacked; the default), 0: separate S and T chains (with --attention)")
+    p.add_argument("--overlap", type=int, nargs="+", default=None, choices=[0, 1],
                    help="1: with --stacked 1, each tile's softmax overlaps the previous tile's P V "
-                        "(AttentionVariant.overlap; with --attention); combinations with --stacked 0 are skipped")
+                        "(AttentionVariant.overlap; with --attention; default: 1 stacked, 0 not); combinations "
+                        "with --stacked 0 are skipped")
     p.add_argument("--lpt", type=int, nargs="+", default=[0], choices=[0, 1],
                    help="1: CTAs take their query tiles longest first across groups of heads "
                         "(AttentionVariant.lpt; with --attention), 0: head by head (the default)")
@@ -112,11 +113,11 @@ def build_attention(args, dsl: str) -> None:
     from parallax_kernels.parallax.cute_launch import write_artefact
     from parallax_kernels.parallax.cute_variant import AttentionVariant, BackwardVariant
 
-    for dtype, head_dim, causal, docs, block_n, stages, pingpong, lazy, stacked, overlap, lpt in itertools.product(
+    layouts = [(stacked, overlap) for stacked in args.stacked
+               for overlap in (args.overlap if args.overlap is not None else [stacked]) if stacked or not overlap]
+    for dtype, head_dim, causal, docs, block_n, stages, pingpong, lazy, (stacked, overlap), lpt in itertools.product(
             args.dtype, args.head_dim, args.causal, args.documents, args.attention_block_n, args.stages, args.pingpong,
-            args.lazy_rescale, args.stacked, args.overlap, args.lpt):
-        if overlap and not stacked:
-            continue
+            args.lazy_rescale, layouts, args.lpt):
         variant = AttentionVariant(dtype, head_dim, bool(causal), block_n=block_n, stages=stages,
                                    pingpong=bool(pingpong), lazy_rescale=bool(lazy), documents=bool(docs),
                                    stacked=bool(stacked), overlap=bool(overlap), lpt=bool(lpt))

@@ -26,28 +26,35 @@ HOPPER = torch.cuda.is_available() and torch.cuda.get_device_capability() == (9,
 needs_dsl = pytest.mark.skipif(not rt.dsl_installed(), reason="nvidia-cutlass-dsl is not installed")
 
 
-@pytest.mark.parametrize("field, value, message", [
-    ("dtype", "float32", "dtype float32 is not supported"),
-    ("head_dim", 96, "head_dim 96 is not supported"),
-    ("block_n", 32, "block_n 32 is not 64 or 128"),
-    ("stages", 5, "5 K/V stages"),
-    ("overlap", True, "overlap needs stacked"),
+@pytest.mark.parametrize("fields, message", [
+    (dict(dtype="float32"), "dtype float32 is not supported"),
+    (dict(head_dim=96), "head_dim 96 is not supported"),
+    (dict(block_n=32), "block_n 32 is not 64 or 128"),
+    (dict(stages=5), "5 K/V stages"),
+    (dict(stacked=False, overlap=True), "overlap needs stacked"),
 ])
-def test_unsupported_variants_are_named(field, value, message):
-    good = dict(dtype="bfloat16", head_dim=128, causal=True)
+def test_unsupported_variants_are_named(fields, message):
     with pytest.raises(ValueError, match=message):
-        AttentionVariant(**{**good, field: value}).check()
+        AttentionVariant(**{**dict(dtype="bfloat16", head_dim=128, causal=True), **fields}).check()
 
 
 def test_the_default_tile_and_its_explicit_spelling_are_one_variant():
-    """(An artefact built with an explicit block_n must serve the default, and the other way round.)"""
-    for d, bn in ((64, 128), (128, 64)):
-        assert AttentionVariant("bfloat16", d, True) == AttentionVariant("bfloat16", d, True, block_n=bn)
-        assert asdict(AttentionVariant("bfloat16", d, True))["block_n"] == bn
-    for d in (64, 128):  # stacked: 128-key tiles at both head dims
-        stacked = AttentionVariant("bfloat16", d, True, stacked=True)
-        assert stacked == AttentionVariant("bfloat16", d, True, block_n=128, stacked=True)
+    """(An artefact built with an explicit block_n or overlap must serve the default, and the other way round.)
+    The default is stacked with the overlap, 128-key tiles at both head dims; unstacked, 128 at head_dim 64 and
+    64 at 128, and no overlap."""
+    for d in (64, 128):
+        default = AttentionVariant("bfloat16", d, True)
+        assert default == AttentionVariant("bfloat16", d, True, block_n=128, stacked=True, overlap=True)
+        assert asdict(default)["block_n"] == 128 and asdict(default)["overlap"] is True
+        assert default.name.endswith("_n128_s3_st_ov")
+        stacked = AttentionVariant("bfloat16", d, True, overlap=False)
+        assert stacked == AttentionVariant("bfloat16", d, True, block_n=128, stacked=True, overlap=False)
         assert stacked.name.endswith("_n128_s3_st")
+    for d, bn in ((64, 128), (128, 64)):
+        unstacked = AttentionVariant("bfloat16", d, True, stacked=False)
+        assert unstacked == AttentionVariant("bfloat16", d, True, block_n=bn, stacked=False, overlap=False)
+        assert asdict(unstacked)["block_n"] == bn and asdict(unstacked)["overlap"] is False
+        assert unstacked.name.endswith(f"_n{bn}_s3")
 
 
 @pytest.mark.parametrize("m_blocks, heads, n, group", [(64, 64, 4096, 2), (256, 16, 16384, 2), (1, 3, 5, 1),
@@ -79,13 +86,13 @@ def test_lpt_order_takes_every_tile_once_longest_first_in_groups_of_heads(m_bloc
 def test_stacked_variant_geometry():
     """Stacked: 32 query rows a warpgroup (64 a CTA, the launch grid's unit), Q and R copied 8 rows at a time
     (one swizzle atom each); 3 K/V stages of 128 keys fit at head_dim 128, 4 do not and the check says so."""
-    plain, stacked = AttentionVariant("bfloat16", 128, True), AttentionVariant("bfloat16", 128, True, stacked=True)
+    plain, stacked = AttentionVariant("bfloat16", 128, True, stacked=False), AttentionVariant("bfloat16", 128, True)
     assert (plain.wg_rows, plain.cta_rows, stacked.wg_rows, stacked.cta_rows) == (64, 128, 32, 64)
     assert plain.tma_boxes() == ([64, 64, 1], [64, 64, 1]) and stacked.tma_boxes() == ([64, 8, 1], [64, 128, 1])
     stacked.check()
     need = 1024 + 2 * 64 * 128 * 2 + 2 * 4 * 128 * 128 * 2
     with pytest.raises(ValueError, match=f"block_n 128 with 4 K/V stages at head_dim 128 needs {need} bytes"):
-        AttentionVariant("bfloat16", 128, True, stages=4, stacked=True).check()
+        AttentionVariant("bfloat16", 128, True, stages=4).check()
 
 
 def test_ptx_parameter_lists_name_by_value_structs():
@@ -107,50 +114,52 @@ def test_tma_descriptors_refuse_unaligned_tensors():
         rt.encode_tma_tiled("bfloat16", 0, [128, 100, 4], [256, 25600], [64, 64])
 
 
+# the variants the CPU tests compile, by key: head_dim (128 causal, 64 full), doc: packed documents, st: stacked,
+# ov: with the overlap (stacked with the overlap is the default; "d128" is the unstacked kernel)
+COMPILED_KEYS = ("d128", "d64stov", "d128docstov", "d128st", "d128stov")
+
+
+def compiled_variant(key: str) -> AttentionVariant:
+    d, docs, stacked, overlap = re.fullmatch(r"d(\d+)(doc)?(st)?(ov)?", key).groups()
+    return AttentionVariant("bfloat16", int(d), d == "128", documents=docs is not None, stacked=stacked is not None,
+                            overlap=overlap is not None)
+
+
 @pytest.fixture(scope="module")
 def compiled(tmp_path_factory):
-    """Five variants (head_dim 128 causal, 64 full, 128 causal with packed documents, 128 causal stacked, and
-    stacked with the overlap), each compiled for sm_90a
-    in a fresh process as on an offline build machine: PTX, cubin and the DSL's IR (which records each TMA
-    descriptor's box)."""
+    """The COMPILED_KEYS variants, each compiled for sm_90a in a fresh process as on an offline build machine:
+    PTX, cubin and the DSL's IR (which records each TMA descriptor's box)."""
     if not rt.dsl_installed():
         pytest.skip("nvidia-cutlass-dsl is not installed")
     out = tmp_path_factory.mktemp("attention")
-    code = ("import sys\n"
+    code = ("import json, sys\n"
             "from parallax_kernels.parallax.cute_kernel import compile_variant\n"
             "from parallax_kernels.parallax.cute_variant import AttentionVariant\n"
-            "d, docs, key = int(sys.argv[2]), sys.argv[3] == '1', sys.argv[4]\n"
-            "variant = AttentionVariant('bfloat16', d, d == 128, documents=docs, stacked='st' in key,\n"
-            "                           overlap=key.endswith('ov'))\n"
-            "cubin, ptx, name = compile_variant(variant)\n"
-            "open(f'{sys.argv[1]}/{key}.ptx', 'w').write(ptx)\n"
-            "open(f'{sys.argv[1]}/{key}.cubin', 'wb').write(cubin)\n")
-    for d, docs, key in ((128, False, "d128"), (64, False, "d64"), (128, True, "d128doc"), (128, False, "d128st"),
-                          (128, False, "d128stov")):
+            "cubin, ptx, name = compile_variant(AttentionVariant(**json.loads(sys.argv[2])))\n"
+            "open(f'{sys.argv[1]}/{sys.argv[3]}.ptx', 'w').write(ptx)\n"
+            "open(f'{sys.argv[1]}/{sys.argv[3]}.cubin', 'wb').write(cubin)\n")
+    for key in COMPILED_KEYS:
         (out / f"ir_{key}").mkdir()
         env = {**os.environ, "CUTE_DSL_ARCH": "sm_90a", "CUTE_DSL_KEEP": "ir", "CUTE_DSL_DUMP_DIR": str(out / f"ir_{key}")}
-        proc = subprocess.run([sys.executable, "-c", code, str(out), str(d), str(int(docs)), key], cwd=REPO, env=env,
-                              capture_output=True, text=True, timeout=600)
+        proc = subprocess.run([sys.executable, "-c", code, str(out), json.dumps(asdict(compiled_variant(key))), key],
+                              cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
         assert proc.returncode == 0, proc.stderr[-3000:]
     return out
 
 
 @needs_dsl
-@pytest.mark.parametrize("d, causal", [(128, True), (64, False)])
-def test_compiled_kernel_has_the_designed_structure(compiled, d, causal):
-    """Per key tile, 2 wgmmas of d/16 k-steps (S = Q K^T, T = R K^T) and 2 of BN/16 (O1 += P1 V, O2 += P2 V),
-    instantiated twice (the unmasked and the masked loop); TMA loads (Q, R: two 64-row tiles each; K, V:
-    one tile each; d/64 copies per tile: the 128-byte swizzle is 64 elements wide); setmaxnreg down in the
-    producer and up in the consumers; no local memory."""
-    variant = AttentionVariant("bfloat16", d, causal)
-    ptx = (compiled / f"d{d}.ptx").read_text()
+def test_unstacked_kernel_has_the_designed_structure(compiled):
+    """Unstacked (head_dim 128, causal): per key tile, 2 wgmmas of d/16 k-steps (S = Q K^T, T = R K^T) and 2 of
+    BN/16 (O1 += P1 V, O2 += P2 V), instantiated twice (the unmasked and the masked loop); TMA loads (Q, R: two
+    64-row tiles each; K, V: one tile each; d/64 copies per tile: the 128-byte swizzle is 64 elements wide);
+    setmaxnreg down in the producer and up in the consumers; no local memory."""
+    variant = compiled_variant("d128")
+    d = variant.head_dim
+    ptx = (compiled / "d128.ptx").read_text()
     assert ".target sm_90a" in ptx
     s_t = re.findall(rf"wgmma\.mma_async\.sync\.aligned\.m64n{variant.bn}k16\.f32\.bf16\.bf16", ptx)
     pv = re.findall(rf"wgmma\.mma_async\.sync\.aligned\.m64n{d}k16\.f32\.bf16\.bf16", ptx)
-    if variant.bn == d:
-        assert len(s_t) == 2 * (2 * d // 16 + 2 * variant.bn // 16)
-    else:
-        assert len(s_t) == 2 * 2 * d // 16 and len(pv) == 2 * 2 * variant.bn // 16
+    assert len(s_t) == 2 * 2 * d // 16 and len(pv) == 2 * 2 * variant.bn // 16
     assert ptx.count("cp.async.bulk.tensor.3d.shared::cta.global") == (4 + 2) * d // 64
     assert re.findall(r"setmaxnreg\.(\w+)\.sync\.aligned\.u32\s+(\d+);", ptx) == [("dec", "24"), ("inc", "240")]
     assert ".local" not in ptx
@@ -160,36 +169,19 @@ def test_compiled_kernel_has_the_designed_structure(compiled, d, causal):
 
 
 @needs_dsl
-def test_documents_variant_masks_every_tile_and_reads_the_bounds(compiled):
-    """With packed documents every key tile runs the masked code (one instantiation of the tile: 2 wgmmas of
-    d/16 k-steps, 2 of BN/16), the loads are the plain variant's, and the kernel reads the bounds pointer (the
-    last parameter) for its tile range and its rows' [start, end)."""
-    d = 128
-    variant = AttentionVariant("bfloat16", d, True, documents=True)
-    ptx = (compiled / "d128doc.ptx").read_text()
-    s_t = re.findall(rf"wgmma\.mma_async\.sync\.aligned\.m64n{variant.bn}k16\.f32\.bf16\.bf16", ptx)
-    pv = re.findall(rf"wgmma\.mma_async\.sync\.aligned\.m64n{d}k16\.f32\.bf16\.bf16", ptx)
-    assert len(s_t) == 2 * d // 16 and len(pv) == 2 * variant.bn // 16
-    assert ptx.count("cp.async.bulk.tensor.3d.shared::cta.global") == (4 + 2) * d // 64
-    assert ".local" not in ptx
-    entry = re.search(r"\.entry (\w+)\(", ptx).group(1)
-    assert rt.ptx_params(ptx, entry) == ATTENTION_PARAMS
-    assert f"{entry}_param_{len(ATTENTION_PARAMS) - 1}]" in ptx
-
-
-@needs_dsl
-@pytest.mark.parametrize("key", ["d128st", "d128stov"])
+@pytest.mark.parametrize("key", ["d128st", "d128stov", "d64stov"])
 def test_stacked_variant_has_one_chain_per_matmul_pair(compiled, key):
-    """Stacked: per key tile one wgmma chain of d/16 k-steps for [S; T] and one of BN/16 for [O1; O2], both
-    m64n128, never the separate chains' m64n64: in the unmasked and the masked loop, and with the overlap also
-    for the first tile's S, T and the last tile's P V outside them. Q and R come in 8-row copies from a loop
-    (in the PTX once per warpgroup, tensor and 64 columns) beside the K and V tiles; the register split and the
-    parameter list are the plain variant's; no local memory."""
-    d = 128
-    variant = AttentionVariant("bfloat16", d, True, stacked=True, overlap=key.endswith("ov"))
+    """Stacked: per key tile one wgmma chain of d/16 k-steps for [S; T] and one of BN/16 for [O1; O2], never the
+    unstacked kernel's m64n64 S, T chains at head_dim 128: in the unmasked and the masked loop, and with the
+    overlap also for the first tile's S, T and the last tile's P V outside them. Q and R come in 8-row copies from
+    a loop (in the PTX once per warpgroup, tensor and 64 columns) beside the K and V tiles; the register split and
+    the parameter list are the unstacked kernel's; no local memory."""
+    variant = compiled_variant(key)
+    d = variant.head_dim
     ptx = (compiled / f"{key}.ptx").read_text()
     chains = re.findall(r"wgmma\.mma_async\.sync\.aligned\.m64n(\d+)k16\.f32\.bf16\.bf16", ptx)
-    assert chains == ["128"] * ((2 + variant.overlap) * (d // 16 + variant.bn // 16))
+    assert sorted(chains) == sorted([str(variant.bn)] * ((2 + variant.overlap) * d // 16)
+                                    + [str(d)] * ((2 + variant.overlap) * variant.bn // 16))
     assert ptx.count("cp.async.bulk.tensor.3d.shared::cta.global") == (2 * 2 + 2) * d // 64
     assert re.findall(r"setmaxnreg\.(\w+)\.sync\.aligned\.u32\s+(\d+);", ptx) == [("dec", "24"), ("inc", "240")]
     assert ".local" not in ptx
@@ -199,25 +191,41 @@ def test_stacked_variant_has_one_chain_per_matmul_pair(compiled, key):
 
 
 @needs_dsl
-@pytest.mark.parametrize("key", ["d128", "d64", "d128st", "d128stov"])
+def test_documents_variant_masks_every_tile_and_reads_the_bounds(compiled):
+    """With packed documents (the default kernel) every key tile runs the masked code (one instantiation of the
+    tile in the loop, and the overlap's first S, T and last P V outside it), the loads are the kernel's without
+    documents, and it reads the bounds pointer (the last parameter) for its tile range and its rows' [start, end)."""
+    variant = compiled_variant("d128docstov")
+    d = variant.head_dim
+    ptx = (compiled / "d128docstov.ptx").read_text()
+    chains = re.findall(r"wgmma\.mma_async\.sync\.aligned\.m64n(\d+)k16\.f32\.bf16\.bf16", ptx)
+    assert len(chains) == 2 * (d // 16 + variant.bn // 16)
+    assert ptx.count("cp.async.bulk.tensor.3d.shared::cta.global") == (2 * 2 + 2) * d // 64
+    assert ".local" not in ptx
+    entry = re.search(r"\.entry (\w+)\(", ptx).group(1)
+    assert rt.ptx_params(ptx, entry) == ATTENTION_PARAMS
+    assert f"{entry}_param_{len(ATTENTION_PARAMS) - 1}]" in ptx
+
+
+@needs_dsl
+@pytest.mark.parametrize("key", ["d128", "d64stov", "d128st", "d128stov"])
 def test_tma_boxes_the_launcher_encodes_are_the_kernels(compiled, key):
     """The launcher builds the CUtensorMaps itself (no DSL on the GPU host): the boxes it encodes must be
     those the DSL compiled the copies for, as its IR records them (dims innermost first: D, rows, heads)."""
-    d = int(key[1:].removesuffix("ov").removesuffix("st"))
-    variant = AttentionVariant("bfloat16", d, d == 128, stacked="st" in key, overlap=key.endswith("ov"))
+    variant = compiled_variant(key)
     ir = "".join(p.read_text() for p in (compiled / f"ir_{key}").glob("*.mlir"))
     boxes = {tuple(map(int, m.split(","))) for m in re.findall(r'tma_gbasis = <"\((\d+,\d+,\d+)\):', ir)}
     assert boxes == {tuple(box) for box in variant.tma_boxes()}
 
 
 @needs_dsl
-@pytest.mark.parametrize("d", ["128", "64", "128doc", "128st", "128stov"])
-def test_no_spills_and_wgmma_tma_in_sass(compiled, d):
+@pytest.mark.parametrize("key", COMPILED_KEYS)
+def test_no_spills_and_wgmma_tma_in_sass(compiled, key):
     triton = pytest.importorskip("triton")
     tools = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
     if not (tools / "cuobjdump").exists():
         pytest.skip("no cuobjdump in Triton's package")
-    cubin = str(compiled / f"d{d}.cubin")
+    cubin = str(compiled / f"{key}.cubin")
     usage = subprocess.run([tools / "cuobjdump", "--dump-resource-usage", cubin], capture_output=True, text=True,
                            check=True).stdout
     fields = dict(item.split(":", 1) for item in next(x for x in usage.splitlines() if "REG:" in x).split() if ":" in item)
@@ -231,7 +239,8 @@ def test_no_spills_and_wgmma_tma_in_sass(compiled, d):
 @needs_dsl
 def test_build_kernels_writes_attention_artefacts(tmp_path):
     proc = subprocess.run([sys.executable, "scripts/build_kernels.py", "--attention", "--out", str(tmp_path),
-                           "--dtype", "bfloat16", "--head-dim", "128", "--causal", "1", "--no-backward"], cwd=REPO,
+                           "--dtype", "bfloat16", "--head-dim", "128", "--causal", "1", "--stacked", "1", "0",
+                           "--no-backward"], cwd=REPO,
                           env={k: v for k, v in os.environ.items() if k != "CUTE_DSL_ARCH"},
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -240,10 +249,12 @@ def test_build_kernels_writes_attention_artefacts(tmp_path):
     assert cubin[:4] == b"\x7fELF" and meta["kernel"].encode() in cubin
     assert meta["arch"] == "sm_90a" and meta["params"] == ATTENTION_PARAMS and meta["block"] == [384, 1, 1]
     assert meta["smem_bytes"] == variant.smem_bytes and meta["source"] == source_hash()
-    documents = AttentionVariant("bfloat16", 128, True, documents=True)  # built by default beside the plain one
+    documents = AttentionVariant("bfloat16", 128, True, documents=True)  # built by default beside the other
     assert read_artefact(tmp_path, documents)[0]["variant"] == asdict(documents)
+    # --stacked 0 without --overlap: the unstacked kernel, no overlap (which it cannot have)
+    unstacked = [AttentionVariant("bfloat16", 128, True, documents=docs, stacked=False) for docs in (False, True)]
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
-        f"{v.name}.{ext}" for v in (variant, documents) for ext in ("cubin", "json"))
+        f"{v.name}.{ext}" for v in (variant, documents, *unstacked) for ext in ("cubin", "json"))
 
 
 def test_artefact_mismatches_are_clear_errors(tmp_path):
@@ -286,8 +297,8 @@ def test_unavailable_reasons_name_the_cause(tmp_path, monkeypatch):
     monkeypatch.setenv("PARALLAX_KERNEL_DIR", str(tmp_path))
     assert "scripts/build_kernels.py --attention --out DIR" in unavailable_reason(fake)
     for opt_in in (AttentionVariant("bfloat16", 128, True, lpt=True),  # builds the backends never launch
-                   AttentionVariant("bfloat16", 128, True, stacked=True),
-                   AttentionVariant("bfloat16", 128, True, stacked=True, overlap=True),
+                   AttentionVariant("bfloat16", 128, True, stacked=False),
+                   AttentionVariant("bfloat16", 128, True, overlap=False),
                    AttentionVariant("bfloat16", 128, True, stages=2),
                    AttentionVariant("bfloat16", 64, True),  # another head_dim
                    BackwardVariant("bfloat16", 128, True, lpt=True),
@@ -545,7 +556,8 @@ def test_saved_statistics_match_the_triton_forward(causal):
 @pytest.mark.parametrize("fields", [dict(stages=2), dict(pingpong=False), dict(lazy_rescale=False)],
                          ids=["stages2", "no_turns", "eager_rescale"])
 def test_benchmarked_variants_match_the_triton_forward(fields):
-    """The other variants scripts/bench_attention.py --cute-variants times (bf16, head_dim 128, causal)."""
+    """The default's variants that scripts/bench_attention.py --cute-variants times (s2stov, s3npstov, s3erstov;
+    bf16, head_dim 128, causal)."""
     from parallax_kernels.parallax.cute_launch import _launch
     from parallax_kernels.parallax.triton_fused import attention_fwd
 
@@ -561,7 +573,7 @@ def test_benchmarked_variants_match_the_triton_forward(fields):
 @pytest.mark.gpu
 @pytest.mark.skipif(not HOPPER, reason="needs a Hopper GPU (sm_90)")
 @pytest.mark.parametrize("shape", [(2, 4, 2, 700, 128), (1, 16, 8, 16384, 128)])  # one group of heads; three
-@pytest.mark.parametrize("stacked", [False, True], ids=["lpt_plain", "lpt_stacked_overlap"])
+@pytest.mark.parametrize("stacked", [True, False], ids=["lpt_default", "lpt_unstacked"])
 def test_lpt_order_changes_no_value(shape, stacked):
     """The lpt variant runs the same tiles in another order: o, a, lse and tbar bitwise equal to the same kernel's in
     the head-by-head order (at 16384 tokens its heads form groups of 6, 6 and 4)."""
@@ -570,7 +582,7 @@ def test_lpt_order_changes_no_value(shape, stacked):
     g = torch.Generator().manual_seed(5)
     b, h, hkv, n, d = shape
     q, k, v, r = (torch.randn(b, x, n, d, generator=g).to(torch.bfloat16).cuda() for x in (h, hkv, hkv, h))
-    fields = dict(stacked=True, overlap=True) if stacked else {}
+    fields = dict(stacked=stacked)
     head_by_head = _launch(q, k, v, r, True, d**-0.5, **fields)
     longest_first = _launch(q, k, v, r, True, d**-0.5, lpt=True, **fields)
     for name, x, y in zip(("o", "a", "lse", "tbar"), longest_first, head_by_head):
@@ -638,22 +650,21 @@ def test_decoupled_backward_changes_no_value(case, deterministic):
 
 
 # the default's shapes, and documents: edges on and off tiles, GQA group 8, and a warpgroup whose rows all lie past
-# the end (129 tokens: the second CTA's second warpgroup starts at row 160)
-STACKED_CASES = ([(*case, None) for case in GPU_CASES]
-                 + [(*case[:6], packed(case[6])) for case in (*DOC_CASES[:3], DOC_CASES[6])])
+# the end (129 tokens: the last CTA's second warpgroup starts at row 160 stacked, 192 unstacked)
+LAYOUT_CASES = ([(*case, None) for case in GPU_CASES]
+                + [(*case[:6], packed(case[6])) for case in (*DOC_CASES[:3], DOC_CASES[6])])
 
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not HOPPER, reason="needs a Hopper GPU (sm_90)")
-@pytest.mark.parametrize("overlap", [False, True], ids=["stacked", "stacked_overlap"])
+@pytest.mark.parametrize("layout", [dict(stacked=False), dict(overlap=False)], ids=["unstacked", "stacked_only"])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-@pytest.mark.parametrize("case", STACKED_CASES, ids=lambda c: "x".join(map(str, c[:5])) + ("c" if c[5] else "f")
+@pytest.mark.parametrize("case", LAYOUT_CASES, ids=lambda c: "x".join(map(str, c[:5])) + ("c" if c[5] else "f")
                          + ("" if c[6] is None else "_docs"))
-def test_stacked_forward_matches_float64_and_the_triton_forward(case, dtype, overlap):
-    """The stacked forward, with and without the overlap (not the default; scripts/bench_attention.py
-    --cute-variants s3st s3stov): o against float64, its error within the bound and at most the default
-    variant's on the same inputs (plus a little); a, lse and tbar, which the backward reads, against the Triton
-    forward."""
+def test_other_forward_layouts_match_float64_and_the_triton_forward(case, dtype, layout):
+    """The unstacked forward and the stacked one without the overlap (not the default; scripts/bench_attention.py
+    --cute-variants s3 s3st): o against float64, its error within the bound and at most the Triton forward's on
+    the same inputs (plus a little); a, lse and tbar, which the backward reads, against the Triton forward."""
     from parallax_kernels.parallax.cute_launch import _launch
     from parallax_kernels.parallax.reference import parallax_attention_reference
     from parallax_kernels.parallax.triton_fused import attention_fwd
@@ -666,13 +677,12 @@ def test_stacked_forward_matches_float64_and_the_triton_forward(case, dtype, ove
     scale = d**-0.5
     want = parallax_attention_reference(*(x.double() for x in (q, k, v, r)), causal=causal, scale=scale,
                                         document_ids=docs)
-    stacked = _launch(q, k, v, r, causal, scale, document_ids=docs, stacked=True, overlap=overlap)
-    plain = _launch(q, k, v, r, causal, scale, document_ids=docs)
-    bound = {torch.bfloat16: 1e-2, torch.float16: 5e-3}[dtype]
-    ours, theirs = relative_error(stacked[0], want), relative_error(plain[0], want)
-    assert ours < bound and ours <= 1.25 * theirs + 1e-4, (ours, theirs)
+    ours = _launch(q, k, v, r, causal, scale, document_ids=docs, **layout)
     triton = attention_fwd(q, k, v, r, causal, scale, docs, False)
-    for name, x, y in zip(("a", "lse", "tbar"), stacked[1:], triton[1:]):
+    bound = {torch.bfloat16: 1e-2, torch.float16: 5e-3}[dtype]
+    mine, theirs = relative_error(ours[0], want), relative_error(triton[0], want)
+    assert mine < bound and mine <= 1.25 * theirs + 1e-4, (mine, theirs)
+    for name, x, y in zip(("a", "lse", "tbar"), ours[1:], triton[1:]):
         assert x.shape == y.shape and x.dtype == y.dtype, name
         assert relative_error(x, y.double()) < 1e-2, (name, relative_error(x, y.double()))
 

@@ -7,7 +7,7 @@
 #   python scripts/build_kernels.py --out .kernels --dtype bfloat16 --head-dim 128 --group 2 --block-n 32 --cluster 0
 #   bash scripts/offline_gpu/cute_attention_check.sh          # with .kernels/
 # TESTS=0 / BENCH=0 leave a part out, TEST_FILTER selects GPU tests (pytest -k); SHAPES and PEERS choose the
-# benchmark's shapes and peers, CUTE_VARIANTS (e.g. "s2 s3 s2np s3st s3stov") adds forward timings of other CuTe
+# benchmark's shapes and peers, CUTE_VARIANTS (e.g. "s3 s3st s2stov") adds forward timings of other CuTe
 # variants (their artefacts built with --stages/--pingpong/--stacked/--overlap), CUTE_BACKWARD_VARIANTS (e.g. "b2 b3
 # b2dc") backward timings of CuTe backward variants (--backward-stages/--backward-block-m/--backward-decoupled),
 # DOCUMENTS=MEAN times packed documents of about MEAN tokens (bench_attention.py --documents) instead.
@@ -23,24 +23,23 @@ fi
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm --format=csv | tee "$out/device.txt"
 python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)" | tee -a "$out/device.txt"
 if [ "${TESTS:-1}" = 1 ]; then
-  # the forward variants' test needs their artefacts (built with --stages 2 --pingpong 0 --lazy-rescale 0), which a
-  # run that times them (CUTE_VARIANTS) carries
-  # the stacked forward's test needs its artefacts (--stacked 1 --overlap 0 1: both dtypes, head dims, masks and
-  # documents), the lpt order's bf16 head_dim-128 causal ones (--lpt 1, plain and --stacked 1 --overlap 1), the
+  # the default forward's variants' test needs their artefacts (built with --stages 2, --pingpong 0 and
+  # --lazy-rescale 0), which a run that times them (CUTE_VARIANTS) carries; the other layouts' test needs theirs
+  # (--stacked 0 and --stacked 1 --overlap 0: both dtypes, head dims, masks and documents), the lpt order's bf16
+  # head_dim-128 causal ones (--lpt 1, the default and --stacked 0), the
   # backward lpt order's bf16 causal ones (--backward-lpt 1, both --backward-deterministic, both head dims), the
   # decoupled backward's bf16 ones (--dtype bfloat16 --backward-decoupled 1: both head dims, masks, documents and
   # orders); TEST_FILTER (a pytest -k expression) replaces these choices
   leave_out=()
   [ -n "${CUTE_VARIANTS:-}" ] || { leave_out+=("not benchmarked_variants"); echo "forward-variant test left out (no CUTE_VARIANTS)"; }
-  if ! ls "$PARALLAX_KERNEL_DIR"/parallax_attn_fwd_*_st.cubin > /dev/null 2>&1; then
-    leave_out+=("not stacked_forward" "not lpt_stacked"); echo "stacked forward tests left out (no stacked artefacts)"
-  elif ! ls "$PARALLAX_KERNEL_DIR"/parallax_attn_fwd_*_st_ov.cubin > /dev/null 2>&1; then
-    leave_out+=("not stacked_overlap"); echo "stacked overlap test left out (no overlap artefacts)"
-  fi
-  ls "$PARALLAX_KERNEL_DIR"/parallax_attn_fwd_bfloat16_d128_causal_n64_s3_lpt.cubin > /dev/null 2>&1 \
-    || { leave_out+=("not lpt_plain"); echo "lpt test of the default variant left out (no artefact)"; }
+  ls "$PARALLAX_KERNEL_DIR"/parallax_attn_fwd_*_s3.cubin > /dev/null 2>&1 \
+    || { leave_out+=("not unstacked"); echo "unstacked forward tests left out (no unstacked artefacts)"; }
+  ls "$PARALLAX_KERNEL_DIR"/parallax_attn_fwd_*_s3_st.cubin > /dev/null 2>&1 \
+    || { leave_out+=("not stacked_only"); echo "stacked-only forward test left out (no artefacts)"; }
   ls "$PARALLAX_KERNEL_DIR"/parallax_attn_fwd_bfloat16_d128_causal_n128_s3_st_ov_lpt.cubin > /dev/null 2>&1 \
-    || { leave_out+=("not lpt_stacked"); echo "lpt test of the stacked variant left out (no artefact)"; }
+    || { leave_out+=("not lpt_default"); echo "lpt test of the default variant left out (no artefact)"; }
+  ls "$PARALLAX_KERNEL_DIR"/parallax_attn_fwd_bfloat16_d128_causal_n64_s3_lpt.cubin > /dev/null 2>&1 \
+    || { leave_out+=("not lpt_unstacked"); echo "lpt test of the unstacked variant left out (no artefact)"; }
   for k in d64_causal_m64_s2 d64_causal_m64_s2_ordered d128_causal_m32_s2 d128_causal_m32_s2_ordered; do
     [ -e "$PARALLAX_KERNEL_DIR/parallax_attn_bwd_bfloat16_${k}_lpt.cubin" ] \
       || { leave_out+=("not lpt_backward"); echo "backward lpt tests left out (no $k lpt artefact)"; break; }

@@ -11,11 +11,11 @@ MMA_ROWS = 64  # rows of a consumer warpgroup's m64 wgmma tile
 MMA_WARPGROUPS = 2  # consumer warpgroups
 NUM_THREADS = 128 * (MMA_WARPGROUPS + 1)  # + one producer warpgroup
 MAX_SMEM_BYTES = 232448  # an H100/H200 block's shared memory, opted in (227 KB)
-# keys per tile: S, T (64 x BN each) and O1, O2 (64 x D each) live in fp32 registers of one warpgroup,
+# keys per tile, unstacked: S, T (64 x BN each) and O1, O2 (64 x D each) live in fp32 registers of one warpgroup,
 # 2 BN + 2 D values per row; BN = 64 at D = 128 keeps that at 256 values per row (128 registers a thread).
 # Stacked, a warpgroup's 64 accumulator rows are 32 query rows and their 32 probe rows: BN + D values per
 # accumulator row, so BN = 128 fits at both head dims
-DEFAULT_BLOCK_N = {64: 128, 128: 64}
+UNSTACKED_BLOCK_N = {64: 128, 128: 64}
 STACKED_BLOCK_N = 128
 # lpt order: query heads are taken in groups whose K and V (all of their KV heads' keys) fit this many bytes, about
 # half an H100/H200's 50 MB L2, so that a group's key tiles are read from DRAM about once
@@ -30,7 +30,7 @@ class AttentionVariant:
     dtype: str  # "bfloat16" | "float16"
     head_dim: int  # 64 | 128
     causal: bool
-    block_n: int = 0  # keys per tile; 0: DEFAULT_BLOCK_N[head_dim]
+    block_n: int = 0  # keys per tile; 0: STACKED_BLOCK_N, unstacked UNSTACKED_BLOCK_N[head_dim]
     stages: int = 3  # K/V shared-memory stages (each: one K tile and one V tile)
     # the two consumer warpgroups take turns issuing their S, T wgmmas (named barriers), so that one's
     # softmax overlaps the other's matrix work; False: each issues as soon as its K tile is in
@@ -42,21 +42,24 @@ class AttentionVariant:
     documents: bool = False
     # one wgmma chain for S and T whose A rows are Q and R of 32 query rows (8-row groups interleaved, so a
     # thread holds S and T of the same row), one for O1 and O2 whose A rows are P1 and P2: half the
-    # accumulator registers per query row, wider key tiles, 64 query rows a CTA
-    stacked: bool = False
+    # accumulator registers per query row, wider key tiles, 64 query rows a CTA. False: separate S and T
+    # chains over 64 query rows a warpgroup (64-key tiles at head_dim 128)
+    stacked: bool = True
     # (stacked only) FlashAttention-3's intra-warpgroup overlap: tile j's softmax runs while tile j - 1's P V
-    # chain does, one P live beside the next S, T (the unstacked kernel spills with it)
-    overlap: bool = False
+    # chain does, one P live beside the next S, T (the unstacked kernel spills with it). None: as `stacked`
+    overlap: bool | None = None
     # the order in which CTAs take their (query tile, batch head): False, head by head (the grid's y), each
     # head's longest tiles first; True, longest first across a group of heads whose K and V fit in L2 (a 1-D
     # grid, lpt_tile), so that the last CTAs to start are short ones
     lpt: bool = False
 
     def __post_init__(self):
-        # block_n 0 names the default: store it resolved, so that both spellings are one variant (one artefact
-        # name, one description in its .json)
-        if self.block_n == 0 and self.head_dim in DEFAULT_BLOCK_N:
-            object.__setattr__(self, "block_n", STACKED_BLOCK_N if self.stacked else DEFAULT_BLOCK_N[self.head_dim])
+        # block_n 0 and overlap None name defaults: store them resolved, so that both spellings are one variant
+        # (one artefact name, one description in its .json)
+        if self.overlap is None:
+            object.__setattr__(self, "overlap", self.stacked)
+        if self.block_n == 0 and self.head_dim in UNSTACKED_BLOCK_N:
+            object.__setattr__(self, "block_n", STACKED_BLOCK_N if self.stacked else UNSTACKED_BLOCK_N[self.head_dim])
 
     def check(self) -> None:
         if self.dtype not in DTYPES:
@@ -76,7 +79,7 @@ class AttentionVariant:
 
     @property
     def bn(self) -> int:
-        return self.block_n or DEFAULT_BLOCK_N.get(self.head_dim, 64)
+        return self.block_n or (STACKED_BLOCK_N if self.stacked else UNSTACKED_BLOCK_N.get(self.head_dim, 64))
 
     @property
     def wg_rows(self) -> int:
