@@ -6,7 +6,8 @@
         [--cute-variants s2 s3 s3np s3er s3n64 s3st s3stov s3lp ...]   # also time these CuTe forward variants
                                      # (K/V stages; np: no warpgroup turns; er: every row rescaled every tile;
                                      # st: stacked Q/R operand; ov: softmax beside the previous P V; lp: longest
-                                     # tiles first across heads; n64: 64-key tiles; the default is s3stov)
+                                     # tiles first across heads; ps: with lp, one CTA an SM walking that
+                                     # order; n64: 64-key tiles; the default is s3stov)
         [--cute-backward-variants b2 b3 b2lp b2dc ...]   # also time these CuTe backward variants (Q/R/dO
                                      # stages; lp: longest key tiles first across KV heads; dc: the warpgroups
                                      # decoupled; m<block_m>: query rows a step)
@@ -212,11 +213,12 @@ def main() -> None:
     ap.add_argument("--json", default=None)
     ap.add_argument("--peers", nargs="+", default=None, help="time only these peers (names as in the table)")
     ap.add_argument("--cute-variants", nargs="+", default=[],
-                    help="forward-only timings of CuTe kernel variants: s<stages>[np][er][st][ov][lp][n<block_n>] "
+                    help="forward-only timings of CuTe kernel variants: s<stages>[np][er][st][ov][lp][ps][n<block_n>] "
                          "(np: no warpgroup turns; er: eager rescale of every row; st: stacked Q/R operand; ov: "
                          "softmax overlapping the previous tile's P V, with st; lp: longest tiles first across "
-                         "heads; n: keys per tile; the default is s3stov, s3 the unstacked kernel), each with its "
-                         "output's relative error against the default variant's")
+                         "heads; ps: with lp, one CTA an SM walking that order; n: keys per tile; the default is "
+                         "s3stov, s3 the unstacked kernel), each with its output's relative error against the "
+                         "default variant's")
     ap.add_argument("--cute-backward-variants", nargs="+", default=[],
                     help="backward-only timings of CuTe backward variants: b<stages>[lp][dc][m<block_m>] (stages: "
                          "Q/R/dO stages; lp: key tile 0 of every KV head of a group first; dc: each warpgroup's "
@@ -293,13 +295,13 @@ def time_cute_variants(q, k, v, r, names) -> tuple[dict, dict]:
     scale = q.shape[-1] ** -0.5
 
     def parse(name):
-        parsed = re.fullmatch(r"s(\d)(np)?(er)?(st)?(ov)?(lp)?(?:n(\d+))?", name)
+        parsed = re.fullmatch(r"s(\d)(np)?(er)?(st)?(ov)?(lp)?(ps)?(?:n(\d+))?", name)
         if parsed is None:
-            raise SystemExit(f"--cute-variants {name}: expected s<stages>[np][er][st][ov][lp][n<block_n>], e.g. s3 "
-                             "s2np s3n64 s2st s2stov s3stovlp")
+            raise SystemExit(f"--cute-variants {name}: expected s<stages>[np][er][st][ov][lp][ps][n<block_n>], e.g. "
+                             "s3 s2np s3n64 s2st s2stov s3stovlp s3stovlpps")
         return dict(stages=int(parsed[1]), pingpong=parsed[2] is None, lazy_rescale=parsed[3] is None,
                     stacked=parsed[4] is not None, overlap=parsed[5] is not None, lpt=parsed[6] is not None,
-                    block_n=int(parsed[7] or 0))
+                    persistent=parsed[7] is not None, block_n=int(parsed[8] or 0))
 
     return time_variants(names, parse, lambda **fields: _launch(q, k, v, r, True, scale, **fields)[:1], "forward")
 

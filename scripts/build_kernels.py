@@ -66,6 +66,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--lpt", type=int, nargs="+", default=[0], choices=[0, 1],
                    help="1: CTAs take their query tiles longest first across groups of heads "
                         "(AttentionVariant.lpt; with --attention), 0: head by head (the default)")
+    p.add_argument("--forward-persistent", type=int, nargs="+", default=[0], choices=[0, 1],
+                   help="1: with --lpt 1, at most one CTA an SM, each walking the lpt order "
+                        "(AttentionVariant.persistent; with --attention), 0: one CTA a work item (the default); "
+                        "combinations with --lpt 0 are skipped")
     p.add_argument("--backward-block-m", type=int, nargs="+", default=[0], choices=[0, 32, 64],
                    help="query rows per backward step (with --attention; 0: the default for the head_dim)")
     p.add_argument("--backward-stages", type=int, nargs="+", default=[2], choices=[2, 3],
@@ -115,12 +119,14 @@ def build_attention(args, dsl: str) -> None:
 
     layouts = [(stacked, overlap) for stacked in args.stacked
                for overlap in (args.overlap if args.overlap is not None else [stacked]) if stacked or not overlap]
-    for dtype, head_dim, causal, docs, block_n, stages, pingpong, lazy, (stacked, overlap), lpt in itertools.product(
-            args.dtype, args.head_dim, args.causal, args.documents, args.attention_block_n, args.stages, args.pingpong,
-            args.lazy_rescale, layouts, args.lpt):
+    orders = [(lpt, persistent) for lpt in args.lpt for persistent in args.forward_persistent if lpt or not persistent]
+    for dtype, head_dim, causal, docs, block_n, stages, pingpong, lazy, (stacked, overlap), (lpt, persistent) in (
+            itertools.product(args.dtype, args.head_dim, args.causal, args.documents, args.attention_block_n,
+                              args.stages, args.pingpong, args.lazy_rescale, layouts, orders)):
         variant = AttentionVariant(dtype, head_dim, bool(causal), block_n=block_n, stages=stages,
                                    pingpong=bool(pingpong), lazy_rescale=bool(lazy), documents=bool(docs),
-                                   stacked=bool(stacked), overlap=bool(overlap), lpt=bool(lpt))
+                                   stacked=bool(stacked), overlap=bool(overlap), lpt=bool(lpt),
+                                   persistent=bool(persistent))
         variant.check()
         start = time.time()
         cubin, ptx, name = compile_variant(variant)

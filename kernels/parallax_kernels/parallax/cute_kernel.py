@@ -5,21 +5,21 @@ o, a (the softmax output), lse (log2 domain) and tbar, so that its backward runs
 Per key tile: S1 = scale Q K^T (log2 domain), T = R K^T, online max m shared by both branches,
 P1 = exp2(S1 - m), P2 = P1 (T - c) centred on the running tbar estimate c, O1 += P1 V, O2 += P2 V.
 
-Layout of one CTA (384 threads, 128 query rows of one (batch, head)):
+Layout of one CTA (384 threads, 64 query rows of one (batch, head); the default, "stacked"):
 - warpgroup 0 is the producer: after `setmaxnreg` down to 24 registers, one warp issues the TMA loads
   (cp.async.bulk.tensor) of the Q and R tiles once, then of each K and V tile into a ring of shared-memory
   stages (3 by default), each stage guarded by a full and an empty mbarrier;
-- warpgroups 1 and 2 are consumers (`setmaxnreg` up to 240), 64 query rows each. Per key tile each issues
-  two wgmmas against the same K tile in shared memory (S from Q, T from R: the probe rows meet the same
-  keys), does the online softmax on the fp32 accumulators in registers, and two more wgmmas with P1 and
-  P2 as register A operands against the same V tile (O1, O2 accumulate in registers). The two take turns
-  issuing their S, T wgmmas (named barriers), so that one's softmax can overlap the other's matrix work;
+- warpgroups 1 and 2 are consumers (`setmaxnreg` up to 240), 32 query rows each, whose m64 A tile holds those
+  queries and their probes, interleaved in 8-row groups: rows 16 g + i hold q and rows 16 g + 8 + i hold r of
+  query 8 g + i. One wgmma chain against a K tile gives every thread S and T of the same query row in its two
+  row halves; the P1 and P2 it makes from them are one A operand ([P1; P2], the same interleaving), and one
+  chain against the V tile accumulates O1 and O2 of that row in the same thread: half the accumulator
+  registers per query row that separate chains need, so the key tile is 128 wide at both head dims. TMA
+  writes each 8-row group (one 128-byte swizzle atom) with its own copy;
+- with the overlap (the default), a warpgroup issues tile j's S, T chain and tile j - 1's P V chain together
+  and runs tile j's softmax while the second one runs (FlashAttention-3's intra-warpgroup overlap); the two
+  warpgroups take turns issuing (named barriers), so that one's softmax also overlaps the other's matrix work;
 - the consumers write o, a from registers (32-bit pairs) and lse, tbar per row.
-Register budget: S, T (64 x BN) and O1, O2 (64 x D) are all fp32 accumulators of one warpgroup, twice
-FlashAttention's, so the key tile is BN = 64 at D = 128 (128 at D = 64) and P V is not deferred behind the
-next tile's softmax (FlashAttention-3's intra-warpgroup overlap): holding P of one tile while the next
-tile's S, T are live spills at both head dims (docs/kernels_hopper.md). The stacked variant below halves
-the accumulators per query row, which makes room for that overlap (AttentionVariant.overlap).
 Causal CTAs run in reverse order of their query tile (the longest first). Tiles wholly below the diagonal
 and inside the sequence skip the mask; a warpgroup whose rows end before a key tile only releases it.
 Rows whose running max did not move skip the O1, O2 rescale (alpha = 1 exactly; the centre's shift of O2
@@ -27,15 +27,13 @@ is still applied).
 Packed documents (the documents variant): a CTA loads the key tiles from its first row's document start to its
 last row's document end, and every tile is masked per row with the row's document bounds [start, end).
 
-The stacked variant (AttentionVariant.stacked) gives each consumer warpgroup 32 query rows (a CTA 64) and
-one m64 A tile whose rows are those queries and their probes, interleaved in 8-row groups: rows 16 g + i
-hold q and rows 16 g + 8 + i hold r of query 8 g + i. The accumulator of one wgmma chain against K then
-gives every thread S and T of the same query row in its two row halves, the P1 and P2 it makes from them
-are one A operand ([P1; P2], the same interleaving), and one chain against V accumulates O1 and O2 of that
-row in the same thread: half the accumulator registers per query row, so the key tile is 128 wide at
-both head dims. TMA writes each 8-row group (one 128-byte swizzle atom) with its own copy. With the
-overlap, a warpgroup issues tile j's S, T chain and tile j - 1's P V chain together and runs tile j's
-softmax while the second one runs.
+Unstacked (AttentionVariant.stacked False): 64 query rows a consumer warpgroup (128 a CTA), S from Q and T
+from R as two chains against the same K tile, O1 and O2 as two against the same V tile; S, T (64 x BN) and
+O1, O2 (64 x D) are then all fp32 accumulators of one warpgroup, twice FlashAttention's, so the key tile is
+BN = 64 at D = 128 (128 at D = 64) and there is no room for the overlap (it spills). Persistent
+(AttentionVariant.persistent, with lpt): at most one CTA an SM, each taking work items of the lpt order one
+after another; the producer loads the next item's Q and R as soon as the consumers' last S, T chains of the
+current one are done.
 
 The kernel takes raw pointers, sizes and the three TMA descriptors (CUtensorMap, by value), so the
 compiled cubin can be launched without the DSL (cute_launch.py builds the descriptors with the CUDA
@@ -188,19 +186,101 @@ class ParallaxAttentionForward:
         sK = storage.sK.get_tensor(k_smem.outer, swizzle=k_smem.inner)
         sV = storage.sV.get_tensor(v_smem.outer, swizzle=v_smem.inner)
 
-        # work item: (query tile, batch * head); causal CTAs take the longest tiles first (lpt: across a group of
-        # heads)
-        bidx, bh, _ = cute.arch.block_idx()
+        bidx, by, _ = cute.arch.block_idx()
         gdim, _, _ = cute.arch.grid_dim()
-        m_blk = bidx
+        m_blocks = (n + self.v.cta_rows - 1) // self.v.cta_rows
+        # work items (query tile, batch * head): one a CTA (lpt: the grid's x covers every item once), or
+        # persistent, items bidx, bidx + gdim, ... of the lpt order
+        bh_count = gdim // m_blocks
+        if cutlass.const_expr(self.v.persistent):
+            bh_count = cute.size(m_q, mode=[2])
+
+        pipeline.pipeline_init_arrive(cluster_shape_mn=(1, 1, 1), is_relaxed=True)
+        pipeline.pipeline_init_wait(cluster_shape_mn=(1, 1, 1))
+
+        if wg == 0:  # ---- producer -------------------------------------------------------------
+            cute.arch.warpgroup_reg_dealloc(PRODUCER_REGS)
+            if warp_idx == 0:
+                cpasync.prefetch_descriptor(tma_q)
+                cpasync.prefetch_descriptor(tma_r)
+                cpasync.prefetch_descriptor(tma_k)
+                cpasync.prefetch_descriptor(tma_v)
+                args = (by, m_blocks, bh_count, n, heads, group, p_bounds, tma_q, m_q, tma_r, m_r, tma_k, m_k, tma_v,
+                        m_v, sQ, sR, sK, sV)
+                if cutlass.const_expr(self.v.persistent):
+                    for w in cutlass.range(bidx, m_blocks * bh_count, gdim, unroll=1):
+                        q_prod, k_prod, v_prod = self._produce(w, *args, q_prod, k_prod, v_prod)
+                else:
+                    self._produce(bidx, *args, q_prod, k_prod, v_prod)
+        else:  # ---- consumers ------------------------------------------------------------------
+            cute.arch.warpgroup_reg_alloc(CONSUMER_REGS)
+            cw = wg - 1
+            item = (by, m_blocks, bh_count, n, heads, group, p_bounds)
+            rest = (sQR, sK, sV, p_o, p_a, p_lse, p_tbar, scale_log2, cw, tidx - 128 * wg)
+            if cutlass.const_expr(self.v.persistent):
+                for w in cutlass.range(bidx, m_blocks * bh_count, gdim, unroll=1):
+                    q_cons, k_cons, v_cons, mma_qk, mma_pv = self._consume(w, *item, mma_qk, mma_pv, q_cons, k_cons,
+                                                                           v_cons, *rest)
+            else:
+                self._consume(bidx, *item, mma_qk, mma_pv, q_cons, k_cons, v_cons, *rest)
+
+    @cute.jit
+    def _produce(self, w: Int32, by: Int32, m_blocks: Int32, bh_count: Int32, n: Int32, heads: Int32, group: Int32,
+                 p_bounds: cute.Pointer, tma_q: cute.CopyAtom, m_q: cute.Tensor, tma_r: cute.CopyAtom,
+                 m_r: cute.Tensor, tma_k: cute.CopyAtom, m_k: cute.Tensor, tma_v: cute.CopyAtom, m_v: cute.Tensor,
+                 sQ, sR, sK, sV, q_prod, k_prod, v_prod):
+        """Work item w's loads: its Q and R tiles once, then its K and V tiles into the ring."""
+        d, bn = self.d, self.bn
+        m_blk, bh, bhk, cta_lo, n_tiles, _ = self._work_item(w, by, m_blocks, bh_count, n, heads, group,
+                                                              p_bounds)
+        g_q = cute.local_tile(m_q[None, None, bh], (self.q_box, d), (None, 0))
+        g_r = cute.local_tile(m_r[None, None, bh], (self.q_box, d), (None, 0))
+        g_k = cute.local_tile(m_k[None, None, bhk], (bn, d), (None, 0))
+        g_v = cute.local_tile(m_v[None, None, bhk], (d, bn), (0, None))
+        t_sq, t_gq = cpasync.tma_partition(tma_q, 0, cute.make_layout(1), cute.group_modes(sQ, 0, 2),
+                                           cute.group_modes(g_q, 0, 2))
+        t_sr, t_gr = cpasync.tma_partition(tma_r, 0, cute.make_layout(1), cute.group_modes(sR, 0, 2),
+                                           cute.group_modes(g_r, 0, 2))
+        t_sk, t_gk = cpasync.tma_partition(tma_k, 0, cute.make_layout(1), cute.group_modes(sK, 0, 2),
+                                           cute.group_modes(g_k, 0, 2))
+        t_sv, t_gv = cpasync.tma_partition(tma_v, 0, cute.make_layout(1), cute.group_modes(sV, 0, 2),
+                                           cute.group_modes(g_v, 0, 2))
+        # (persistent: waits until the consumers' last S, T chains of the previous item are done)
+        hq = q_prod.acquire_and_advance()
+        for x in cutlass.range_constexpr(MMA_WARPGROUPS):
+            if cutlass.const_expr(self.v.stacked):
+                # 8-row copies in a loop: unrolled, their addresses overflow the producer's 24 registers
+                copies = self.v.wg_rows // self.q_box
+                for g in cutlass.range(copies, unroll=1):
+                    tile = (m_blk * MMA_WARPGROUPS + x) * copies + g
+                    cute.copy(tma_q, t_gq[None, tile], t_sq[None, g, x], tma_bar_ptr=hq.barrier)
+                    cute.copy(tma_r, t_gr[None, tile], t_sr[None, g, x], tma_bar_ptr=hq.barrier)
+            else:
+                tile = m_blk * MMA_WARPGROUPS + x
+                cute.copy(tma_q, t_gq[None, tile], t_sq[None, x], tma_bar_ptr=hq.barrier)
+                cute.copy(tma_r, t_gr[None, tile], t_sr[None, x], tma_bar_ptr=hq.barrier)
+        for j in cutlass.range(cta_lo, n_tiles, unroll=1):
+            hk = k_prod.acquire_and_advance()
+            cute.copy(tma_k, t_gk[None, j], t_sk[None, hk.index], tma_bar_ptr=hk.barrier)
+            hv = v_prod.acquire_and_advance()
+            cute.copy(tma_v, t_gv[None, j], t_sv[None, hv.index], tma_bar_ptr=hv.barrier)
+        return q_prod, k_prod, v_prod
+
+    @cute.jit
+    def _work_item(self, w: Int32, by: Int32, m_blocks: Int32, bh_count: Int32, n: Int32, heads: Int32, group: Int32,
+                   p_bounds: cute.Pointer):
+        """Work item w's query tile, batch head and KV head, the key tiles [cta_lo, n_tiles) it loads, and its
+        batch row's document bounds (documents only). w is the CTA's x index (its batch head the y index) or,
+        lpt, its place in the lpt order; causal, the longest tiles come first."""
+        d, bn = self.d, self.bn
+        m_blk, bh = w, by
         if cutlass.const_expr(self.v.lpt):
-            m_blocks = (n + self.v.cta_rows - 1) // self.v.cta_rows
-            m_blk, bh = lpt_tile(bidx, m_blocks, gdim // m_blocks, n * (4 * d), group, self.causal,
+            m_blk, bh = lpt_tile(w, m_blocks, bh_count, n * (4 * d), group, self.causal,
                                  budget=Int32(LPT_KV_BYTES), lo=cutlass.min, hi=cutlass.max)
             # (the same in every thread: kept in uniform registers, beside the consumers' 240)
             m_blk, bh = cute.arch.make_warp_uniform(m_blk), cute.arch.make_warp_uniform(bh)
         elif cutlass.const_expr(self.causal):
-            m_blk = gdim - 1 - bidx
+            m_blk = m_blocks - 1 - w  # (the grid's x is m_blocks)
         b = bh // heads
         h = bh - b * heads
         kv_heads = heads // group
@@ -218,57 +298,14 @@ class ParallaxAttentionForward:
             cta_lo = bounds[m_blk * self.v.cta_rows, 0] // bn
             cta_hi = cutlass.min(cta_hi, bounds[cutlass.min((m_blk + 1) * self.v.cta_rows, n) - 1, 1])
         n_tiles = (cta_hi + bn - 1) // bn
-
-        pipeline.pipeline_init_arrive(cluster_shape_mn=(1, 1, 1), is_relaxed=True)
-        pipeline.pipeline_init_wait(cluster_shape_mn=(1, 1, 1))
-
-        if wg == 0:  # ---- producer -------------------------------------------------------------
-            cute.arch.warpgroup_reg_dealloc(PRODUCER_REGS)
-            if warp_idx == 0:
-                cpasync.prefetch_descriptor(tma_q)
-                cpasync.prefetch_descriptor(tma_r)
-                cpasync.prefetch_descriptor(tma_k)
-                cpasync.prefetch_descriptor(tma_v)
-                g_q = cute.local_tile(m_q[None, None, bh], (self.q_box, d), (None, 0))
-                g_r = cute.local_tile(m_r[None, None, bh], (self.q_box, d), (None, 0))
-                g_k = cute.local_tile(m_k[None, None, bhk], (bn, d), (None, 0))
-                g_v = cute.local_tile(m_v[None, None, bhk], (d, bn), (0, None))
-                t_sq, t_gq = cpasync.tma_partition(tma_q, 0, cute.make_layout(1), cute.group_modes(sQ, 0, 2),
-                                                   cute.group_modes(g_q, 0, 2))
-                t_sr, t_gr = cpasync.tma_partition(tma_r, 0, cute.make_layout(1), cute.group_modes(sR, 0, 2),
-                                                   cute.group_modes(g_r, 0, 2))
-                t_sk, t_gk = cpasync.tma_partition(tma_k, 0, cute.make_layout(1), cute.group_modes(sK, 0, 2),
-                                                   cute.group_modes(g_k, 0, 2))
-                t_sv, t_gv = cpasync.tma_partition(tma_v, 0, cute.make_layout(1), cute.group_modes(sV, 0, 2),
-                                                   cute.group_modes(g_v, 0, 2))
-                hq = q_prod.acquire_and_advance()
-                for w in cutlass.range_constexpr(MMA_WARPGROUPS):
-                    if cutlass.const_expr(self.v.stacked):
-                        # 8-row copies in a loop: unrolled, their addresses overflow the producer's 24 registers
-                        copies = self.v.wg_rows // self.q_box
-                        for g in cutlass.range(copies, unroll=1):
-                            tile = (m_blk * MMA_WARPGROUPS + w) * copies + g
-                            cute.copy(tma_q, t_gq[None, tile], t_sq[None, g, w], tma_bar_ptr=hq.barrier)
-                            cute.copy(tma_r, t_gr[None, tile], t_sr[None, g, w], tma_bar_ptr=hq.barrier)
-                    else:
-                        tile = m_blk * MMA_WARPGROUPS + w
-                        cute.copy(tma_q, t_gq[None, tile], t_sq[None, w], tma_bar_ptr=hq.barrier)
-                        cute.copy(tma_r, t_gr[None, tile], t_sr[None, w], tma_bar_ptr=hq.barrier)
-                for j in cutlass.range(cta_lo, n_tiles, unroll=1):
-                    hk = k_prod.acquire_and_advance()
-                    cute.copy(tma_k, t_gk[None, j], t_sk[None, hk.index], tma_bar_ptr=hk.barrier)
-                    hv = v_prod.acquire_and_advance()
-                    cute.copy(tma_v, t_gv[None, j], t_sv[None, hv.index], tma_bar_ptr=hv.barrier)
-        else:  # ---- consumers ------------------------------------------------------------------
-            cute.arch.warpgroup_reg_alloc(CONSUMER_REGS)
-            cw = wg - 1
-            self._consume(mma_qk, mma_pv, sQR, sK, sV, q_cons, k_cons, v_cons, p_o, p_a, p_lse, p_tbar,
-                          n, bh, m_blk, cw, cta_lo, n_tiles, bounds, scale_log2, tidx - 128 * wg)
+        return m_blk, bh, bhk, cta_lo, n_tiles, bounds
 
     @cute.jit
-    def _consume(self, mma_qk: cute.TiledMma, mma_pv: cute.TiledMma, sQR, sK, sV, q_cons, k_cons, v_cons,
-                 p_o, p_a, p_lse, p_tbar, n: Int32, bh: Int32, m_blk: Int32, cw: Int32, cta_lo: Int32,
-                 n_tiles: Int32, bounds, scale_log2: Float32, tid: Int32):
+    def _consume(self, w: Int32, by: Int32, m_blocks: Int32, bh_count: Int32, n: Int32, heads: Int32, group: Int32,
+                 p_bounds: cute.Pointer, mma_qk: cute.TiledMma, mma_pv: cute.TiledMma, q_cons, k_cons, v_cons, sQR,
+                 sK, sV, p_o, p_a, p_lse, p_tbar, scale_log2: Float32, cw: Int32, tid: Int32):
+        """Work item w for consumer warpgroup cw: its key tiles, then its outputs."""
+        m_blk, bh, _, cta_lo, n_tiles, bounds = self._work_item(w, by, m_blocks, bh_count, n, heads, group, p_bounds)
         d, bn = self.d, self.bn
         thr_qk = mma_qk.get_slice(tid)
         thr_pv = mma_pv.get_slice(tid)
@@ -324,7 +361,10 @@ class ParallaxAttentionForward:
                 wg_tiles = cutlass.max(cutlass.min((wg_hi + bn - 1) // bn, n_tiles), cta_lo)
             mid = cta_lo
 
-        q_cons.wait()
+        if cutlass.const_expr(self.v.persistent):  # one Q, R load an item, released after its S, T chains
+            hq = q_cons.wait_and_advance()
+        else:
+            q_cons.wait()
         if cutlass.const_expr(self.v.pingpong) and cw == 1:  # warpgroup 0 takes the first turn
             cute.arch.barrier_arrive(barrier_id=TURN_BARRIER + 0, number_of_threads=256)
         if cutlass.const_expr(self.v.overlap):
@@ -347,6 +387,8 @@ class ParallaxAttentionForward:
                 k_cons, v_cons, mma_qk, mma_pv = self._tile_overlapped(
                     j, True, mma_qk, mma_pv, a_qr, t_rk, t_rv, acc_st, acc_o, p_ops, rescale, views, pairs, rows,
                     state, coords, seen, k_cons, v_cons, n, row0, scale_log2, cw, n_tiles)
+            if cutlass.const_expr(self.v.persistent):  # its last S, T chain is done: the next item's Q, R may load
+                hq.release()
             for j in cutlass.range(cta_lo, first, unroll=1):  # the last tile's P V
                 hv = v_cons.wait_and_advance()
                 warpgroup.fence()
@@ -362,6 +404,8 @@ class ParallaxAttentionForward:
                 k_cons, v_cons, mma_qk, mma_pv = self._tile(j, True, mma_qk, mma_pv, a_qr, t_rk, t_rv, acc_st,
                                                             acc_o, views, pairs, rows, state, coords, seen, k_cons,
                                                             v_cons, n, row0, scale_log2, cw, n_tiles)
+            if cutlass.const_expr(self.v.persistent):
+                hq.release()
         for j in cutlass.range(wg_tiles, n_tiles, unroll=1):
             hk = k_cons.wait_and_advance()
             if cutlass.const_expr(self.v.pingpong):  # keep the turns paired
@@ -396,6 +440,7 @@ class ParallaxAttentionForward:
                 if tid % 4 == 0:
                     g_lse[row] = state[0, i] + cute.math.log2(d1, fastmath=True)
                     g_tbar[row] = state[3, i]
+        return q_cons, k_cons, v_cons, mma_qk, mma_pv
 
     @cute.jit
     def _tile(self, j: Int32, masked: cutlass.Constexpr, mma_qk: cute.TiledMma, mma_pv: cute.TiledMma, a_qr, t_rk,

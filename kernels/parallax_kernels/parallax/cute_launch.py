@@ -119,7 +119,7 @@ def _bounds(document_ids: torch.Tensor | None) -> torch.Tensor | None:
 def _launch(q, k, v, r, causal: bool, scale: float, document_ids: torch.Tensor | None = None,
             artefact_dir: Path | None = None, **variant_fields):
     """Launch the forward (q, k, v, r contiguous, 16-byte aligned); `variant_fields` (block_n, stages,
-    pingpong, lazy_rescale, stacked, overlap, lpt) override the default variant's, for benchmarks."""
+    pingpong, lazy_rescale, stacked, overlap, lpt, persistent) override the default variant's, for benchmarks."""
     b, h, n, d = q.shape
     hkv = k.shape[1]
     dtype = str(q.dtype).removeprefix("torch.")
@@ -146,8 +146,20 @@ def _launch(q, k, v, r, causal: bool, scale: float, document_ids: torch.Tensor |
             o.data_ptr(), a.data_ptr(), lse.data_ptr(), tbar.data_ptr(), n, h, h // hkv, scale * math.log2(math.e),
             bounds.data_ptr() if bounds is not None else 0]
     grid = (m_blocks * b * h, 1, 1) if variant.lpt else (m_blocks, b * h, 1)
+    if variant.persistent:  # one CTA an SM at most (a CTA takes a whole SM's shared memory)
+        grid = (min(m_blocks * b * h, _sm_count(q.device)), 1, 1)
     kernel.launch(grid, args, torch.cuda.current_stream(q.device).cuda_stream)
     return o, a, lse, tbar
+
+
+_SM_COUNT: dict[int, int] = {}
+
+
+def _sm_count(device: torch.device) -> int:
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    if index not in _SM_COUNT:
+        _SM_COUNT[index] = torch.cuda.get_device_properties(index).multi_processor_count
+    return _SM_COUNT[index]
 
 
 def _launch_backward(grad_o, q, k, v, r, o, a, lse, tbar, causal: bool, scale: float,

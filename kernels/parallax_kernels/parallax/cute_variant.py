@@ -52,6 +52,10 @@ class AttentionVariant:
     # head's longest tiles first; True, longest first across a group of heads whose K and V fit in L2 (a 1-D
     # grid, lpt_tile), so that the last CTAs to start are short ones
     lpt: bool = False
+    # (lpt only) a grid of at most one CTA per SM, each taking the work items (query tile, batch head) cta,
+    # cta + grid, ... of the lpt order: a CTA's producer loads the next item's Q, R and first K, V tiles while its
+    # consumers finish the last P V and store the outputs, where separate CTAs would start cold
+    persistent: bool = False
 
     def __post_init__(self):
         # block_n 0 and overlap None name defaults: store them resolved, so that both spellings are one variant
@@ -72,6 +76,8 @@ class AttentionVariant:
             raise ValueError(f"CuTe attention kernel: {self.stages} K/V stages; 2 to 4 are supported")
         if self.overlap and not self.stacked:
             raise ValueError("CuTe attention kernel: overlap needs stacked (without it the registers spill)")
+        if self.persistent and not self.lpt:
+            raise ValueError("CuTe attention kernel: persistent needs lpt (its CTAs walk the lpt order)")
         if self.smem_bytes > MAX_SMEM_BYTES:
             raise ValueError(f"CuTe attention kernel: block_n {self.bn} with {self.stages} K/V stages at head_dim "
                              f"{self.head_dim} needs {self.smem_bytes} bytes of shared memory; a block has "
@@ -96,7 +102,8 @@ class AttentionVariant:
         turns = "" if self.pingpong else "_np"
         rescale = "" if self.lazy_rescale else "_er"
         docs = "_doc" if self.documents else ""
-        stacked = ("_st" if self.stacked else "") + ("_ov" if self.overlap else "") + ("_lpt" if self.lpt else "")
+        stacked = (("_st" if self.stacked else "") + ("_ov" if self.overlap else "") + ("_lpt" if self.lpt else "")
+                   + ("_ps" if self.persistent else ""))
         return (f"parallax_attn_fwd_{self.dtype}_d{self.head_dim}_{mask}{docs}_n{self.bn}_s{self.stages}{turns}"
                 f"{rescale}{stacked}")
 
