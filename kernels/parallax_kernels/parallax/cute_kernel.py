@@ -154,7 +154,7 @@ class ParallaxAttentionForward:
         n: Int32, heads: Int32, group: Int32, scale_log2: Float32, p_bounds: cute.Pointer,
         q_smem: cute.ComposedLayout, k_smem: cute.ComposedLayout, v_smem: cute.ComposedLayout,
     ):
-        d, bn = self.d, self.bn
+        d = self.d
         tidx, _, _ = cute.arch.thread_idx()
         warp_idx = cute.arch.make_warp_uniform(cute.arch.warp_idx())
         wg = warp_idx // 4
@@ -188,12 +188,18 @@ class ParallaxAttentionForward:
 
         bidx, by, _ = cute.arch.block_idx()
         gdim, _, _ = cute.arch.grid_dim()
-        m_blocks = (n + self.v.cta_rows - 1) // self.v.cta_rows
+        m_blocks = gdim  # (without lpt, the grid's x is the query tiles)
+        if cutlass.const_expr(self.v.lpt):
+            m_blocks = (n + self.v.cta_rows - 1) // self.v.cta_rows
         # work items (query tile, batch * head): one a CTA (lpt: the grid's x covers every item once), or
         # persistent, items bidx, bidx + gdim, ... of the lpt order
         bh_count = gdim // m_blocks
+        args = (by, m_blocks, bh_count, n, heads, group, p_bounds)
         if cutlass.const_expr(self.v.persistent):
             bh_count = cute.size(m_q, mode=[2])
+            args = (by, m_blocks, bh_count, n, heads, group, p_bounds)
+        else:  # (computed once for both sides: computed in each, the registers of some variants spill)
+            item = self._work_item(bidx, *args)
 
         pipeline.pipeline_init_arrive(cluster_shape_mn=(1, 1, 1), is_relaxed=True)
         pipeline.pipeline_init_wait(cluster_shape_mn=(1, 1, 1))
@@ -205,34 +211,31 @@ class ParallaxAttentionForward:
                 cpasync.prefetch_descriptor(tma_r)
                 cpasync.prefetch_descriptor(tma_k)
                 cpasync.prefetch_descriptor(tma_v)
-                args = (by, m_blocks, bh_count, n, heads, group, p_bounds, tma_q, m_q, tma_r, m_r, tma_k, m_k, tma_v,
-                        m_v, sQ, sR, sK, sV)
+                loads = (tma_q, m_q, tma_r, m_r, tma_k, m_k, tma_v, m_v, sQ, sR, sK, sV)
                 if cutlass.const_expr(self.v.persistent):
                     for w in cutlass.range(bidx, m_blocks * bh_count, gdim, unroll=1):
-                        q_prod, k_prod, v_prod = self._produce(w, *args, q_prod, k_prod, v_prod)
+                        q_prod, k_prod, v_prod = self._produce(self._work_item(w, *args), *loads, q_prod, k_prod,
+                                                               v_prod)
                 else:
-                    self._produce(bidx, *args, q_prod, k_prod, v_prod)
+                    self._produce(item, *loads, q_prod, k_prod, v_prod)
         else:  # ---- consumers ------------------------------------------------------------------
             cute.arch.warpgroup_reg_alloc(CONSUMER_REGS)
             cw = wg - 1
-            item = (by, m_blocks, bh_count, n, heads, group, p_bounds)
-            rest = (sQR, sK, sV, p_o, p_a, p_lse, p_tbar, scale_log2, cw, tidx - 128 * wg)
+            rest = (sQR, sK, sV, p_o, p_a, p_lse, p_tbar, n, scale_log2, cw, tidx - 128 * wg)
             if cutlass.const_expr(self.v.persistent):
                 for w in cutlass.range(bidx, m_blocks * bh_count, gdim, unroll=1):
-                    q_cons, k_cons, v_cons, mma_qk, mma_pv = self._consume(w, *item, mma_qk, mma_pv, q_cons, k_cons,
-                                                                           v_cons, *rest)
+                    q_cons, k_cons, v_cons, mma_qk, mma_pv = self._consume(self._work_item(w, *args), mma_qk, mma_pv,
+                                                                           q_cons, k_cons, v_cons, *rest)
             else:
-                self._consume(bidx, *item, mma_qk, mma_pv, q_cons, k_cons, v_cons, *rest)
+                self._consume(item, mma_qk, mma_pv, q_cons, k_cons, v_cons, *rest)
 
     @cute.jit
-    def _produce(self, w: Int32, by: Int32, m_blocks: Int32, bh_count: Int32, n: Int32, heads: Int32, group: Int32,
-                 p_bounds: cute.Pointer, tma_q: cute.CopyAtom, m_q: cute.Tensor, tma_r: cute.CopyAtom,
-                 m_r: cute.Tensor, tma_k: cute.CopyAtom, m_k: cute.Tensor, tma_v: cute.CopyAtom, m_v: cute.Tensor,
-                 sQ, sR, sK, sV, q_prod, k_prod, v_prod):
-        """Work item w's loads: its Q and R tiles once, then its K and V tiles into the ring."""
+    def _produce(self, item, tma_q: cute.CopyAtom, m_q: cute.Tensor, tma_r: cute.CopyAtom, m_r: cute.Tensor,
+                 tma_k: cute.CopyAtom, m_k: cute.Tensor, tma_v: cute.CopyAtom, m_v: cute.Tensor, sQ, sR, sK, sV,
+                 q_prod, k_prod, v_prod):
+        """A work item's loads (item: _work_item's): its Q and R tiles once, then its K and V tiles into the ring."""
         d, bn = self.d, self.bn
-        m_blk, bh, bhk, cta_lo, n_tiles, _ = self._work_item(w, by, m_blocks, bh_count, n, heads, group,
-                                                              p_bounds)
+        m_blk, bh, bhk, cta_lo, n_tiles, _ = item
         g_q = cute.local_tile(m_q[None, None, bh], (self.q_box, d), (None, 0))
         g_r = cute.local_tile(m_r[None, None, bh], (self.q_box, d), (None, 0))
         g_k = cute.local_tile(m_k[None, None, bhk], (bn, d), (None, 0))
@@ -280,7 +283,7 @@ class ParallaxAttentionForward:
             # (the same in every thread: kept in uniform registers, beside the consumers' 240)
             m_blk, bh = cute.arch.make_warp_uniform(m_blk), cute.arch.make_warp_uniform(bh)
         elif cutlass.const_expr(self.causal):
-            m_blk = m_blocks - 1 - w  # (the grid's x is m_blocks)
+            m_blk = m_blocks - 1 - w
         b = bh // heads
         h = bh - b * heads
         kv_heads = heads // group
@@ -301,11 +304,10 @@ class ParallaxAttentionForward:
         return m_blk, bh, bhk, cta_lo, n_tiles, bounds
 
     @cute.jit
-    def _consume(self, w: Int32, by: Int32, m_blocks: Int32, bh_count: Int32, n: Int32, heads: Int32, group: Int32,
-                 p_bounds: cute.Pointer, mma_qk: cute.TiledMma, mma_pv: cute.TiledMma, q_cons, k_cons, v_cons, sQR,
-                 sK, sV, p_o, p_a, p_lse, p_tbar, scale_log2: Float32, cw: Int32, tid: Int32):
-        """Work item w for consumer warpgroup cw: its key tiles, then its outputs."""
-        m_blk, bh, _, cta_lo, n_tiles, bounds = self._work_item(w, by, m_blocks, bh_count, n, heads, group, p_bounds)
+    def _consume(self, item, mma_qk: cute.TiledMma, mma_pv: cute.TiledMma, q_cons, k_cons, v_cons, sQR, sK, sV, p_o,
+                 p_a, p_lse, p_tbar, n: Int32, scale_log2: Float32, cw: Int32, tid: Int32):
+        """A work item (_work_item's) for consumer warpgroup cw: its key tiles, then its outputs."""
+        m_blk, bh, _, cta_lo, n_tiles, bounds = item
         d, bn = self.d, self.bn
         thr_qk = mma_qk.get_slice(tid)
         thr_pv = mma_pv.get_slice(tid)
