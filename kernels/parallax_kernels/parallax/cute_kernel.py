@@ -194,11 +194,11 @@ class ParallaxAttentionForward:
         # work items (query tile, batch * head): one a CTA (lpt: the grid's x covers every item once), or
         # persistent, items bidx, bidx + gdim, ... of the lpt order
         bh_count = gdim // m_blocks
-        args = (by, m_blocks, bh_count, n, heads, group, p_bounds)
         if cutlass.const_expr(self.v.persistent):
             bh_count = cute.size(m_q, mode=[2])
-            args = (by, m_blocks, bh_count, n, heads, group, p_bounds)
-        else:  # (computed once for both sides: computed in each, the registers of some variants spill)
+        args = (by, m_blocks, bh_count, n, heads, group, p_bounds)
+        if cutlass.const_expr(not self.v.persistent):
+            # computed once for both sides (computed in each, the registers of some variants spill)
             item = self._work_item(bidx, *args)
 
         pipeline.pipeline_init_arrive(cluster_shape_mn=(1, 1, 1), is_relaxed=True)
