@@ -584,9 +584,8 @@ def test_lpt_order_changes_no_value(shape, stacked):
     g = torch.Generator().manual_seed(5)
     b, h, hkv, n, d = shape
     q, k, v, r = (torch.randn(b, x, n, d, generator=g).to(torch.bfloat16).cuda() for x in (h, hkv, hkv, h))
-    fields = dict(stacked=stacked)
-    head_by_head = _launch(q, k, v, r, True, d**-0.5, **fields)
-    longest_first = _launch(q, k, v, r, True, d**-0.5, lpt=True, **fields)
+    head_by_head = _launch(q, k, v, r, True, d**-0.5, stacked=stacked)
+    longest_first = _launch(q, k, v, r, True, d**-0.5, lpt=True, stacked=stacked)
     for name, x, y in zip(("o", "a", "lse", "tbar"), longest_first, head_by_head):
         assert torch.equal(x, y), name
 

@@ -147,19 +147,11 @@ def _launch(q, k, v, r, causal: bool, scale: float, document_ids: torch.Tensor |
             bounds.data_ptr() if bounds is not None else 0]
     grid = (m_blocks * b * h, 1, 1) if variant.lpt else (m_blocks, b * h, 1)
     if variant.persistent:  # one CTA an SM at most (a CTA takes a whole SM's shared memory)
+        from parallax_kernels.parallax_decode.triton_split import _sm_count
+
         grid = (min(m_blocks * b * h, _sm_count(q.device)), 1, 1)
     kernel.launch(grid, args, torch.cuda.current_stream(q.device).cuda_stream)
     return o, a, lse, tbar
-
-
-_SM_COUNT: dict[int, int] = {}
-
-
-def _sm_count(device: torch.device) -> int:
-    index = device.index if device.index is not None else torch.cuda.current_device()
-    if index not in _SM_COUNT:
-        _SM_COUNT[index] = torch.cuda.get_device_properties(index).multi_processor_count
-    return _SM_COUNT[index]
 
 
 def _launch_backward(grad_o, q, k, v, r, o, a, lse, tbar, causal: bool, scale: float,
