@@ -9,7 +9,9 @@ of categories with a column per trace (ms per profiled step), then each trace's 
 traces the category table adds each trace's difference from the first: where one model's step is longer than
 another's. Kernel time on one stream is not the step's wall time: the table also gives the span from the first
 kernel's start to the last kernel's end and the time inside it with no kernel running (host gaps, launch
-latency).
+latency). For that idle time the script then names the host ops that launched the kernel ending each gap (the
+runtime or driver call with the kernel's correlation id, and the CPU ops around it on its thread) and how much of
+it the GPU spent waiting for a launch that had not yet been made.
 """
 
 from __future__ import annotations
@@ -47,7 +49,7 @@ def category(kernel: str) -> str:
     return "other"
 
 
-def kernel_events(trace: Path) -> list[dict]:
+def trace_events(trace: Path) -> list[dict]:
     try:
         data = json.loads(trace.read_text())
     except (OSError, json.JSONDecodeError) as err:
@@ -55,6 +57,10 @@ def kernel_events(trace: Path) -> list[dict]:
     events = data.get("traceEvents") if isinstance(data, dict) else None
     if events is None:
         raise SystemExit(f"{trace}: no 'traceEvents' list; expected a torch.profiler Chrome trace")
+    return events
+
+
+def kernel_events(events: list[dict], trace: Path) -> list[dict]:
     kernels = [e for e in events if e.get("cat") in GPU_EVENTS and e.get("ph") == "X" and "dur" in e]
     if not kernels:
         raise SystemExit(f"{trace}: no GPU kernel events (was the profile taken on a GPU with CUDA activity?)")
@@ -62,7 +68,8 @@ def kernel_events(trace: Path) -> list[dict]:
 
 
 def summarise(trace: Path) -> dict:
-    kernels = kernel_events(trace)
+    events = trace_events(trace)
+    kernels = kernel_events(events, trace)
     by_kernel: dict[str, list[float]] = defaultdict(lambda: [0.0, 0])
     by_category: dict[str, float] = defaultdict(float)
     for e in kernels:
@@ -70,19 +77,71 @@ def summarise(trace: Path) -> dict:
         by_kernel[e["name"]][0] += us
         by_kernel[e["name"]][1] += 1
         by_category[category(e["name"])] += us
-    # busy time: the union of kernel intervals (kernels on several streams may overlap)
-    intervals = sorted((float(e["ts"]), float(e["ts"]) + float(e["dur"])) for e in kernels)
-    busy, cur_start, cur_end = 0.0, *intervals[0]
-    for start, end in intervals[1:]:
+    # busy time: the union of kernel intervals (kernels on several streams may overlap); each gap in it is kept
+    # with the kernel that ends it
+    ordered = sorted(kernels, key=lambda e: float(e["ts"]))
+    busy, cur_start = 0.0, float(ordered[0]["ts"])
+    cur_end = cur_start + float(ordered[0]["dur"])
+    gaps = []  # (idle from, idle to, the kernel starting at the end)
+    for e in ordered[1:]:
+        start, end = float(e["ts"]), float(e["ts"]) + float(e["dur"])
         if start > cur_end:
             busy += cur_end - cur_start
+            gaps.append((cur_end, start, e))
             cur_start, cur_end = start, end
         else:
             cur_end = max(cur_end, end)
     busy += cur_end - cur_start
-    span = intervals[-1][1] - intervals[0][0]
+    span = cur_end - float(ordered[0]["ts"])
     return {"kernels": dict(by_kernel), "categories": dict(by_category), "span": span, "busy": busy,
-            "total": sum(by_category.values())}
+            "total": sum(by_category.values()), "idle": idle_causes(events, gaps)}
+
+
+HOST_OP_CATS = ("cpu_op", "user_annotation", "python_function")
+LAUNCH_CATS = ("cuda_runtime", "cuda_driver")
+SKIPPED_HOST_OPS = re.compile(r"^ProfilerStep#")  # encloses everything in the step: says nothing
+
+
+def idle_causes(events: list[dict], gaps: list[tuple]) -> dict[str, list[float]]:
+    """Per host-op path ("outer > inner", the innermost three CPU ops around the launch call), the gaps ended by a
+    kernel that path launched: [gaps, idle us, idle us spent before the launch call began (the GPU waited on the
+    host)]. Gaps whose kernel has no launch call in the trace go to "(launch not in the trace)"."""
+    launches = {e["args"]["correlation"]: e for e in events
+                if e.get("cat") in LAUNCH_CATS and "correlation" in e.get("args", {})}
+    wanted = []  # (launch event, gap) for gaps whose launch is known
+    causes: dict[str, list[float]] = defaultdict(lambda: [0, 0.0, 0.0])
+    for idle_from, idle_to, kernel in gaps:
+        launch = launches.get(kernel.get("args", {}).get("correlation"))
+        if launch is None:
+            cause = causes["(launch not in the trace)"]
+            cause[0] += 1
+            cause[1] += idle_to - idle_from
+        else:
+            wanted.append((launch, idle_from, idle_to))
+    # the CPU ops enclosing each launch call, per thread: one sweep over the ops sorted by start (outer first)
+    threads: dict[tuple, list[dict]] = defaultdict(list)
+    for e in events:
+        if e.get("ph") == "X" and e.get("cat") in HOST_OP_CATS and "dur" in e and not SKIPPED_HOST_OPS.match(e["name"]):
+            threads[(e.get("pid"), e.get("tid"))].append(e)
+    for ops in threads.values():
+        ops.sort(key=lambda e: (float(e["ts"]), -float(e["dur"])))
+    queries: dict[tuple, list] = defaultdict(list)
+    for item in wanted:
+        queries[(item[0].get("pid"), item[0].get("tid"))].append(item)
+    for thread, items in queries.items():
+        ops, i, stack = threads.get(thread, []), 0, []
+        for launch, idle_from, idle_to in sorted(items, key=lambda item: float(item[0]["ts"])):
+            t = float(launch["ts"])
+            while i < len(ops) and float(ops[i]["ts"]) <= t:
+                stack.append(ops[i])
+                i += 1
+            stack = [op for op in stack if float(op["ts"]) + float(op["dur"]) >= t]
+            path = " > ".join(op["name"] for op in stack[-3:]) or "(no CPU op around the launch)"
+            cause = causes[path]
+            cause[0] += 1
+            cause[1] += idle_to - idle_from
+            cause[2] += max(0.0, min(t, idle_to) - idle_from)
+    return dict(causes)
 
 
 def category_table(summaries: list[dict], labels: list[str]) -> str:
@@ -114,6 +173,16 @@ def kernel_table(summary: dict, top: int, width: int = 90) -> str:
     return "\n".join(lines)
 
 
+def idle_table(summary: dict, top: int, width: int = 110) -> str:
+    lines = ["| host ops around the launch of the kernel after the gap (outer > inner) | gaps | idle ms | "
+             "of which before the launch call |", "|---|---:|---:|---:|"]
+    ranked = sorted(summary["idle"].items(), key=lambda kv: -kv[1][1])
+    for path, (count, us, waiting) in ranked[:top]:
+        short = path if len(path) <= width else "..." + path[-(width - 3):]
+        lines.append(f"| `{short}` | {count} | {us / 1e3:.2f} | {waiting / 1e3:.2f} |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("traces", nargs="+", type=Path)
@@ -129,6 +198,9 @@ def main(argv: list[str] | None = None) -> None:
     for label, summary in zip(labels, summaries):
         print(f"\n{label}: top kernels\n")
         print(kernel_table(summary, args.top))
+    for label, summary in zip(labels, summaries):
+        print(f"\n{label}: GPU idle time by the host ops that launched the kernel ending each gap\n")
+        print(idle_table(summary, args.top))
 
 
 if __name__ == "__main__":

@@ -36,7 +36,40 @@ def test_categories_sums_and_gaps(tmp_path, capsys):
     assert "| softmax attention (cuDNN, flash, flex) | 0.0 | 0.1 | +0.1 |" in out
     assert "| parallax attention, CuTe | 0.3 | 0.0 | -0.3 |" in out
     assert "| no kernel running inside that span | 0.1 | 0.0 | -0.1 |" in out
-    assert out.count("| `") == 4  # two kernels listed per trace
+    kernels, idle = out.split("GPU idle time", 1)
+    assert kernels.count("| `") == 4  # two kernels listed per trace
+    assert "| `(launch not in the trace)` | 2 | 0.09 | 0.00 |" in idle  # these traces have no launch calls
+
+
+def test_idle_time_is_named_by_the_host_ops_that_launched_the_kernel_after_each_gap(tmp_path, capsys):
+    def op(name, ts, dur, cat="cpu_op", tid=1, **args):
+        return {"ph": "X", "cat": cat, "name": name, "pid": 9, "tid": tid, "ts": ts, "dur": dur, "args": args}
+
+    events = [
+        op("ProfilerStep#8", 0, 1000, cat="user_annotation"),
+        op("CompiledFunction", 0, 300),
+        op("aten::mm", 10, 20),
+        op("cudaLaunchKernel", 12, 5, cat="cuda_runtime", correlation=1),
+        op("parallax::attention_bwd_cute", 100, 150),
+        op("cuLaunchKernel", 240, 5, cat="cuda_driver", correlation=2),  # launched after the GPU went idle
+        op("Optimizer.step#Muon.step", 400, 500, cat="user_annotation", tid=2),
+        op("aten::mm", 410, 10, tid=2),
+        op("cudaLaunchKernel", 412, 5, cat="cuda_runtime", tid=2, correlation=3),  # launched before the gap
+        {"ph": "X", "cat": "kernel", "name": "nvjet_gemm", "ts": 20, "dur": 180, "args": {"correlation": 1}},
+        {"ph": "X", "cat": "kernel", "name": "ParallaxAttentionBackward", "ts": 250, "dur": 200,
+         "args": {"correlation": 2}},
+        {"ph": "X", "cat": "kernel", "name": "nvjet_gemm", "ts": 470, "dur": 30, "args": {"correlation": 3}},
+        {"ph": "X", "cat": "kernel", "name": "triton_poi_fused_add_0", "ts": 520, "dur": 10, "args": {}},
+    ]
+    trace = tmp_path / "t.json"
+    trace.write_text(json.dumps({"traceEvents": events}))
+    s = trace_summary.summarise(trace)
+    assert s["span"] - s["busy"] == 50 + 20 + 20
+    assert s["idle"] == {"CompiledFunction > parallax::attention_bwd_cute": [1, 50.0, 40.0],
+                         "Optimizer.step#Muon.step > aten::mm": [1, 20.0, 0.0],
+                         "(launch not in the trace)": [1, 20.0, 0.0]}
+    trace_summary.main([str(trace)])
+    assert "| `CompiledFunction > parallax::attention_bwd_cute` | 1 | 0.05 | 0.04 |" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("name,expected", [
