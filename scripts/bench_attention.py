@@ -6,8 +6,8 @@
         [--cute-variants s2 s3 s3np s3er s3n64 s3st s3stov s3lp ...]   # also time these CuTe forward variants
                                      # (K/V stages; np: no warpgroup turns; er: every row rescaled every tile;
                                      # st: stacked Q/R operand; ov: softmax beside the previous P V; lp: longest
-                                     # tiles first across heads; ps: with lp, one CTA an SM walking that
-                                     # order; n64: 64-key tiles; the default is s3stov)
+                                     # tiles first across heads; ps: one CTA an SM walking the work items
+                                     # in that order or head by head; n64: 64-key tiles; the default is s3stov)
         [--cute-backward-variants b2 b3 b2lp b2dc ...]   # also time these CuTe backward variants (Q/R/dO
                                      # stages; lp: longest key tiles first across KV heads; dc: the warpgroups
                                      # decoupled; m<block_m>: query rows a step)
@@ -216,7 +216,8 @@ def main() -> None:
                     help="forward-only timings of CuTe kernel variants: s<stages>[np][er][st][ov][lp][ps][n<block_n>] "
                          "(np: no warpgroup turns; er: eager rescale of every row; st: stacked Q/R operand; ov: "
                          "softmax overlapping the previous tile's P V, with st; lp: longest tiles first across "
-                         "heads; ps: with lp, one CTA an SM walking that order; n: keys per tile; the default is "
+                         "heads; ps: one CTA an SM walking the work items in that order or head by head; n: keys per "
+                         "tile; the default is "
                          "s3stov, s3 the unstacked kernel), each with its output's relative error against the "
                          "default variant's")
     ap.add_argument("--cute-backward-variants", nargs="+", default=[],
@@ -298,7 +299,7 @@ def time_cute_variants(q, k, v, r, names) -> tuple[dict, dict]:
         parsed = re.fullmatch(r"s(\d)(np)?(er)?(st)?(ov)?(lp)?(ps)?(?:n(\d+))?", name)
         if parsed is None:
             raise SystemExit(f"--cute-variants {name}: expected s<stages>[np][er][st][ov][lp][ps][n<block_n>], e.g. "
-                             "s3 s2np s3n64 s2st s2stov s3stovlp s3stovlpps")
+                             "s3 s2np s3n64 s2st s2stov s3stovlp s3stovps s3stovlpps")
         return dict(stages=int(parsed[1]), pingpong=parsed[2] is None, lazy_rescale=parsed[3] is None,
                     stacked=parsed[4] is not None, overlap=parsed[5] is not None, lpt=parsed[6] is not None,
                     persistent=parsed[7] is not None, block_n=int(parsed[8] or 0))

@@ -67,9 +67,8 @@ def main(argv: list[str] | None = None) -> None:
                    help="1: CTAs take their query tiles longest first across groups of heads "
                         "(AttentionVariant.lpt; with --attention), 0: head by head (the default)")
     p.add_argument("--forward-persistent", type=int, nargs="+", default=[0], choices=[0, 1],
-                   help="1: with --lpt 1, at most one CTA an SM, each walking the lpt order "
-                        "(AttentionVariant.persistent; with --attention), 0: one CTA a work item (the default); "
-                        "combinations with --lpt 0 are skipped")
+                   help="1: at most one CTA an SM, each walking the work items in the --lpt order "
+                        "(AttentionVariant.persistent; with --attention), 0: one CTA a work item (the default)")
     p.add_argument("--backward-block-m", type=int, nargs="+", default=[0], choices=[0, 32, 64],
                    help="query rows per backward step (with --attention; 0: the default for the head_dim)")
     p.add_argument("--backward-stages", type=int, nargs="+", default=[2], choices=[2, 3],
@@ -119,7 +118,7 @@ def build_attention(args, dsl: str) -> None:
 
     layouts = [(stacked, overlap) for stacked in args.stacked
                for overlap in (args.overlap if args.overlap is not None else [stacked]) if stacked or not overlap]
-    orders = [(lpt, persistent) for lpt in args.lpt for persistent in args.forward_persistent if lpt or not persistent]
+    orders = [(lpt, persistent) for lpt in args.lpt for persistent in args.forward_persistent]
     for dtype, head_dim, causal, docs, block_n, stages, pingpong, lazy, (stacked, overlap), (lpt, persistent) in (
             itertools.product(args.dtype, args.head_dim, args.causal, args.documents, args.attention_block_n,
                               args.stages, args.pingpong, args.lazy_rescale, layouts, orders)):

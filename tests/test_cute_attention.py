@@ -32,7 +32,6 @@ needs_dsl = pytest.mark.skipif(not rt.dsl_installed(), reason="nvidia-cutlass-ds
     (dict(block_n=32), "block_n 32 is not 64 or 128"),
     (dict(stages=5), "5 K/V stages"),
     (dict(stacked=False, overlap=True), "overlap needs stacked"),
-    (dict(persistent=True), "persistent needs lpt"),
 ])
 def test_unsupported_variants_are_named(fields, message):
     with pytest.raises(ValueError, match=message):
@@ -116,15 +115,15 @@ def test_tma_descriptors_refuse_unaligned_tensors():
 
 
 # the variants the CPU tests compile, by key: head_dim (128 causal, 64 full), doc: packed documents, st: stacked,
-# ov: with the overlap (stacked with the overlap is the default; "d128" is the unstacked kernel), ps: persistent
-# (with the lpt order)
-COMPILED_KEYS = ("d128", "d64stov", "d128docstov", "d128st", "d128stov", "d128stovps")
+# ov: with the overlap (stacked with the overlap is the default; "d128" is the unstacked kernel), lp: the lpt order,
+# ps: persistent
+COMPILED_KEYS = ("d128", "d64stov", "d128docstov", "d128st", "d128stov", "d128stovps", "d128stovlpps")
 
 
 def compiled_variant(key: str) -> AttentionVariant:
-    d, docs, stacked, overlap, persistent = re.fullmatch(r"d(\d+)(doc)?(st)?(ov)?(ps)?", key).groups()
+    d, docs, stacked, overlap, lpt, persistent = re.fullmatch(r"d(\d+)(doc)?(st)?(ov)?(lp)?(ps)?", key).groups()
     return AttentionVariant("bfloat16", int(d), d == "128", documents=docs is not None, stacked=stacked is not None,
-                            overlap=overlap is not None, lpt=persistent is not None, persistent=persistent is not None)
+                            overlap=overlap is not None, lpt=lpt is not None, persistent=persistent is not None)
 
 
 @pytest.fixture(scope="module")
@@ -171,7 +170,7 @@ def test_unstacked_kernel_has_the_designed_structure(compiled):
 
 
 @needs_dsl
-@pytest.mark.parametrize("key", ["d128st", "d128stov", "d64stov", "d128stovps"])
+@pytest.mark.parametrize("key", ["d128st", "d128stov", "d64stov", "d128stovps", "d128stovlpps"])
 def test_stacked_variant_has_one_chain_per_matmul_pair(compiled, key):
     """Stacked: per key tile one wgmma chain of d/16 k-steps for [S; T] and one of BN/16 for [O1; O2], never the
     unstacked kernel's m64n64 S, T chains at head_dim 128: in the unmasked and the masked loop, and with the
@@ -210,7 +209,7 @@ def test_documents_variant_masks_every_tile_and_reads_the_bounds(compiled):
 
 
 @needs_dsl
-@pytest.mark.parametrize("key", ["d128", "d64stov", "d128st", "d128stov", "d128stovps"])
+@pytest.mark.parametrize("key", ["d128", "d64stov", "d128st", "d128stov", "d128stovps", "d128stovlpps"])
 def test_tma_boxes_the_launcher_encodes_are_the_kernels(compiled, key):
     """The launcher builds the CUtensorMaps itself (no DSL on the GPU host): the boxes it encodes must be
     those the DSL compiled the copies for, as its IR records them (dims innermost first: D, rows, heads)."""
@@ -600,9 +599,10 @@ def test_lpt_order_changes_no_value(shape, stacked):
     (4, 16, 8, 1000, 128, True, 300),  # packed documents
     (2, 16, 4, 1000, 64, False, 300),
 ], ids=lambda c: "x".join(map(str, c[:5])) + ("c" if c[5] else "f") + ("_docs" if c[6] else ""))
-def test_persistent_forward_changes_no_value(case):
+@pytest.mark.parametrize("lpt", [False, True], ids=["head_by_head", "lpt"])
+def test_persistent_forward_changes_no_value(case, lpt):
     """The persistent forward runs each work item as the one-CTA-an-item kernel does, several items a CTA one after
-    another: o, a, lse and tbar bitwise equal to the default variant's."""
+    another, in either order: o, a, lse and tbar bitwise equal to the default variant's."""
     from parallax_kernels.parallax.cute_launch import _launch
 
     b, h, hkv, n, d, causal, mean = case
@@ -610,7 +610,7 @@ def test_persistent_forward_changes_no_value(case):
     q, k, v, r = (torch.randn(b, x, n, d, generator=g).to(torch.bfloat16).cuda() for x in (h, hkv, hkv, h))
     docs = packed([random_lengths(n, seed, mean) for seed in range(b)]).cuda() if mean else None
     one_each = _launch(q, k, v, r, causal, d**-0.5, document_ids=docs)
-    persistent = _launch(q, k, v, r, causal, d**-0.5, document_ids=docs, lpt=True, persistent=True)
+    persistent = _launch(q, k, v, r, causal, d**-0.5, document_ids=docs, lpt=lpt, persistent=True)
     for name, x, y in zip(("o", "a", "lse", "tbar"), persistent, one_each):
         assert torch.equal(x, y), name
 

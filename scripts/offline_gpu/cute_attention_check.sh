@@ -26,7 +26,7 @@ if [ "${TESTS:-1}" = 1 ]; then
   # the default forward's variants' test needs their artefacts (built with --stages 2, --pingpong 0 and
   # --lazy-rescale 0), which a run that times them (CUTE_VARIANTS) carries; the other layouts' test needs theirs
   # (--stacked 0 and --stacked 1 --overlap 0: both dtypes, head dims, masks and documents), the lpt order's bf16
-  # head_dim-128 causal ones (--lpt 1, the default and --stacked 0), the persistent forward's bf16 ones (--lpt 1
+  # head_dim-128 causal ones (--lpt 1, the default and --stacked 0), the persistent forward's bf16 ones (--lpt 0 1
   # --forward-persistent 1: both head dims, masks and documents), the
   # backward lpt order's bf16 causal ones (--backward-lpt 1, both --backward-deterministic, both head dims), the
   # decoupled backward's bf16 ones (--dtype bfloat16 --backward-decoupled 1: both head dims, masks, documents and
@@ -40,8 +40,10 @@ if [ "${TESTS:-1}" = 1 ]; then
   ls "$PARALLAX_KERNEL_DIR"/parallax_attn_fwd_bfloat16_d128_causal_n128_s3_st_ov_lpt.cubin > /dev/null 2>&1 \
     || { leave_out+=("not lpt_default"); echo "lpt test of the default variant left out (no artefact)"; }
   for k in d128_causal d128_causal_doc d64_full d64_full_doc; do
-    [ -e "$PARALLAX_KERNEL_DIR/parallax_attn_fwd_bfloat16_${k}_n128_s3_st_ov_lpt_ps.cubin" ] \
-      || { leave_out+=("not persistent"); echo "persistent forward tests left out (no ${k} artefact)"; break; }
+    for order in "" _lpt; do
+      [ -e "$PARALLAX_KERNEL_DIR/parallax_attn_fwd_bfloat16_${k}_n128_s3_st_ov${order}_ps.cubin" ] \
+        || { leave_out+=("not persistent"); echo "persistent forward tests left out (no ${k}${order}_ps artefact)"; break 2; }
+    done
   done
   ls "$PARALLAX_KERNEL_DIR"/parallax_attn_fwd_bfloat16_d128_causal_n64_s3_lpt.cubin > /dev/null 2>&1 \
     || { leave_out+=("not lpt_unstacked"); echo "lpt test of the unstacked variant left out (no artefact)"; }

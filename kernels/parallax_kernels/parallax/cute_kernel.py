@@ -31,9 +31,9 @@ Unstacked (AttentionVariant.stacked False): 64 query rows a consumer warpgroup (
 from R as two chains against the same K tile, O1 and O2 as two against the same V tile; S, T (64 x BN) and
 O1, O2 (64 x D) are then all fp32 accumulators of one warpgroup, twice FlashAttention's, so the key tile is
 BN = 64 at D = 128 (128 at D = 64) and there is no room for the overlap (it spills). Persistent
-(AttentionVariant.persistent, with lpt): at most one CTA an SM, each taking work items of the lpt order one
-after another; the producer loads the next item's Q and R as soon as the consumers' last S, T chains of the
-current one are done.
+(AttentionVariant.persistent): at most one CTA an SM, each taking work items of the head-by-head or the lpt
+order one after another; the producer loads the next item's Q and R as soon as the consumers' last S, T
+chains of the current one are done.
 
 The kernel takes raw pointers, sizes and the three TMA descriptors (CUtensorMap, by value), so the
 compiled cubin can be launched without the DSL (cute_launch.py builds the descriptors with the CUDA
@@ -136,7 +136,7 @@ class ParallaxAttentionForward:
 
         self.shared_storage = SharedStorage
         m_blocks = (n + self.v.cta_rows - 1) // self.v.cta_rows
-        grid = [m_blocks * bh, 1, 1] if self.v.lpt else [m_blocks, bh, 1]
+        grid = [m_blocks * bh, 1, 1] if self.v.lpt or self.v.persistent else [m_blocks, bh, 1]
         self.kernel(
             mma_qk, mma_pv, tma_q, m_q, tma_r, m_r, tma_k, m_k, tma_v, m_v,
             p_o, p_a, p_lse, p_tbar, n, heads, group, scale_log2, p_bounds, q_smem, k_smem, v_smem,
@@ -188,11 +188,11 @@ class ParallaxAttentionForward:
 
         bidx, by, _ = cute.arch.block_idx()
         gdim, _, _ = cute.arch.grid_dim()
-        m_blocks = gdim  # (without lpt, the grid's x is the query tiles)
-        if cutlass.const_expr(self.v.lpt):
+        m_blocks = gdim  # (one CTA an item in the head-by-head order: the grid's x is the query tiles)
+        if cutlass.const_expr(self.v.lpt or self.v.persistent):
             m_blocks = (n + self.v.cta_rows - 1) // self.v.cta_rows
         # work items (query tile, batch * head): one a CTA (lpt: the grid's x covers every item once), or
-        # persistent, items bidx, bidx + gdim, ... of the lpt order
+        # persistent, items bidx, bidx + gdim, ... of the head-by-head or the lpt order
         bh_count = gdim // m_blocks
         if cutlass.const_expr(self.v.persistent):
             bh_count = cute.size(m_q, mode=[2])
@@ -273,10 +273,14 @@ class ParallaxAttentionForward:
     def _work_item(self, w: Int32, by: Int32, m_blocks: Int32, bh_count: Int32, n: Int32, heads: Int32, group: Int32,
                    p_bounds: cute.Pointer):
         """Work item w's query tile, batch head and KV head, the key tiles [cta_lo, n_tiles) it loads, and its
-        batch row's document bounds (documents only). w is the CTA's x index (its batch head the y index) or,
-        lpt, its place in the lpt order; causal, the longest tiles come first."""
+        batch row's document bounds (documents only). w is the CTA's x index (its batch head the y index), or
+        persistent its place in the head-by-head order, or lpt its place in the lpt order; causal, the longest
+        tiles come first."""
         d, bn = self.d, self.bn
         m_blk, bh = w, by
+        if cutlass.const_expr(self.v.persistent and not self.v.lpt):
+            bh = w // m_blocks
+            m_blk = w - bh * m_blocks
         if cutlass.const_expr(self.v.lpt):
             m_blk, bh = lpt_tile(w, m_blocks, bh_count, n * (4 * d), group, self.causal,
                                  budget=Int32(LPT_KV_BYTES), lo=cutlass.min, hi=cutlass.max)

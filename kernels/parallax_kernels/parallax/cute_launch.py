@@ -127,13 +127,16 @@ def _launch(q, k, v, r, causal: bool, scale: float, document_ids: torch.Tensor |
     variant = AttentionVariant(dtype=dtype, head_dim=d, causal=causal, documents=bounds is not None,
                                **variant_fields)
     variant.check()
-    if b * h > MAX_GRID_Y and not variant.lpt:  # the grid's y dimension holds the (batch, head) pairs
+    one_dim = variant.lpt or variant.persistent  # a 1-D grid over the work items, else (query tiles, B H)
+    if b * h > MAX_GRID_Y and not one_dim:  # the grid's y dimension holds the (batch, head) pairs
         raise ValueError(f"parallax_attention backend 'cute': B * H = {b * h} (batch, head) pairs; the launch takes "
                          f"at most {MAX_GRID_Y}")
     m_blocks = -(-n // variant.cta_rows)
-    if variant.lpt and max(m_blocks * b * h, n * 4 * d) >= 2**31:  # the kernel's 32-bit CTA and byte counts
-        raise ValueError(f"parallax_attention backend 'cute', lpt order: (B, H, N, D) = {(b, h, n, d)} needs "
-                         f"{m_blocks * b * h} CTAs and {n * 4 * d} bytes of K and V a head; both must be below 2^31")
+    if one_dim and max(m_blocks * b * h, n * 4 * d if variant.lpt else 0) >= 2**31:  # the kernel's 32-bit counts
+        raise ValueError(f"parallax_attention backend 'cute', {'lpt' if variant.lpt else 'persistent'} order: "
+                         f"(B, H, N, D) = {(b, h, n, d)} needs {m_blocks * b * h} work items"
+                         + (f" and {n * 4 * d} bytes of K and V a head" if variant.lpt else "")
+                         + "; each count must be below 2^31")
     kernel = load_attention_kernel(variant, artefact_dir)
     o = torch.empty(q.shape, dtype=q.dtype, device=q.device)
     a = torch.empty_like(o)
@@ -145,7 +148,7 @@ def _launch(q, k, v, r, causal: bool, scale: float, document_ids: torch.Tensor |
             _tma_descriptor(k, box_kv), sizes_kv, _tma_descriptor(v, box_kv), sizes_kv,
             o.data_ptr(), a.data_ptr(), lse.data_ptr(), tbar.data_ptr(), n, h, h // hkv, scale * math.log2(math.e),
             bounds.data_ptr() if bounds is not None else 0]
-    grid = (m_blocks * b * h, 1, 1) if variant.lpt else (m_blocks, b * h, 1)
+    grid = (m_blocks * b * h, 1, 1) if one_dim else (m_blocks, b * h, 1)
     if variant.persistent:  # one CTA an SM at most (a CTA takes a whole SM's shared memory)
         from parallax_kernels.parallax_decode.triton_split import _sm_count
 

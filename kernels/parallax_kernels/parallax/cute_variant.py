@@ -52,9 +52,9 @@ class AttentionVariant:
     # head's longest tiles first; True, longest first across a group of heads whose K and V fit in L2 (a 1-D
     # grid, lpt_tile), so that the last CTAs to start are short ones
     lpt: bool = False
-    # (lpt only) a grid of at most one CTA per SM, each taking the work items (query tile, batch head) cta,
-    # cta + grid, ... of the lpt order: a CTA's producer loads the next item's Q, R and first K, V tiles while its
-    # consumers finish the last P V and store the outputs, where separate CTAs would start cold
+    # a grid of at most one CTA per SM, each taking the work items (query tile, batch head) cta, cta + grid, ...
+    # of the order above (head by head, or lpt): a CTA's producer loads the next item's Q, R and first K, V tiles
+    # while its consumers finish the last P V and store the outputs, where separate CTAs would start cold
     persistent: bool = False
 
     def __post_init__(self):
@@ -76,8 +76,6 @@ class AttentionVariant:
             raise ValueError(f"CuTe attention kernel: {self.stages} K/V stages; 2 to 4 are supported")
         if self.overlap and not self.stacked:
             raise ValueError("CuTe attention kernel: overlap needs stacked (without it the registers spill)")
-        if self.persistent and not self.lpt:
-            raise ValueError("CuTe attention kernel: persistent needs lpt (its CTAs walk the lpt order)")
         if self.smem_bytes > MAX_SMEM_BYTES:
             raise ValueError(f"CuTe attention kernel: block_n {self.bn} with {self.stages} K/V stages at head_dim "
                              f"{self.head_dim} needs {self.smem_bytes} bytes of shared memory; a block has "
