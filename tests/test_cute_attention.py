@@ -107,6 +107,29 @@ def test_ptx_parameter_lists_name_by_value_structs():
         rt.pack_params(["b8[8]"], [bytes(7)])
 
 
+def test_a_kernels_packer_reuses_its_buffer_for_each_launchs_values():
+    """CubinKernel.launch packs every launch's values into one buffer a thread: each pointer must read the value of
+    the latest launch, whatever the mix of sizes before it, and a value the type cannot hold is an error."""
+    import ctypes
+
+    types = ["b8[1]", "b8[128]", "b8[8]", "u64", "u32", "u32", "f32", "u64"]
+    packer = rt.ParamPacker(types)
+    readers = [ctypes.c_uint8 * 1, ctypes.c_uint8 * 128, ctypes.c_uint8 * 8, ctypes.c_uint64, ctypes.c_uint32,
+               ctypes.c_uint32, ctypes.c_float, ctypes.c_uint64]
+    for seed in (1, 2):
+        args = [bytes([seed]), bytes(range(seed, seed + 128)), bytes(range(8 * seed, 8 * seed + 8)), 2**40 + seed,
+                seed, 2**32 - seed, 0.5 * seed, 16 * seed]
+        pointers = packer.pack(args)
+        read = [ctypes.cast(pointers[i], ctypes.POINTER(t)).contents for i, t in enumerate(readers)]
+        assert [bytes(r) for r in read[:3]] == args[:3]
+        assert [r.value for r in read[3:]] == args[3:]
+        assert all(pointers[i] % 8 == pointers[0] % 8 for i in (1, 2, 3, 7))  # 8-byte slots for 8-byte values
+    with pytest.raises(ValueError, match="kernel parameters .*u32"):
+        packer.pack(args[:4] + [-1] + args[5:])
+    with pytest.raises(ValueError, match="type s64 is not one the launcher packs"):
+        rt.ParamPacker(["s64"])
+
+
 def test_tma_descriptors_refuse_unaligned_tensors():
     with pytest.raises(ValueError, match="multiples of 16 bytes"):
         rt.encode_tma_tiled("bfloat16", 8, [128, 100, 4], [256, 25600], [64, 64, 1])
@@ -773,3 +796,18 @@ def test_packed_documents_with_backend_cute_are_a_valid_config():
     for backend in ("cute", "cute_deterministic"):
         built = type(args)(**{**vars(args), "attention_backend": backend, "document_masking": True})
         assert built.attention_backend == backend and built.document_masking
+
+
+def test_bench_launch_names_its_peers_and_needs_a_gpu():
+    """scripts/bench_launch.py times the functions a compiled model calls; an unknown peer is named, and without a
+    GPU it says so instead of timing nothing."""
+    from scripts import bench_launch
+
+    assert set(bench_launch.peers(["parallax-cute", "parallax-triton", "sdpa-cudnn"])) == {
+        "parallax-cute", "parallax-triton", "sdpa-cudnn"}
+    with pytest.raises(SystemExit, match="unknown peer 'flash'"):
+        bench_launch.peers(["flash"])
+    if not torch.cuda.is_available():
+        proc = subprocess.run([sys.executable, "scripts/bench_launch.py"], cwd=REPO, capture_output=True, text=True,
+                              timeout=120)
+        assert proc.returncode != 0 and "needs a CUDA GPU" in proc.stderr

@@ -13,6 +13,8 @@ import hashlib
 import json
 import os
 import re
+import struct
+import threading
 from dataclasses import asdict
 from pathlib import Path
 
@@ -41,23 +43,59 @@ def ptx_params(ptx: str, kernel_name: str) -> list[str]:
     return types
 
 
-_CTYPES = {"u64": ctypes.c_uint64, "u32": ctypes.c_uint32, "f32": ctypes.c_float}
+_STRUCT_CODES = {"u64": "Q", "u32": "I", "f32": "f"}
 
 
-def pack_params(types: list[str], args: list) -> tuple[list, ctypes.Array]:
-    """cuLaunchKernel's kernelParams: one typed C value per parameter and an array of their addresses."""
-    if len(args) != len(types):
-        raise ValueError(f"kernel takes {len(types)} parameters; got {len(args)}")
-    values = []
-    for t, a in zip(types, args):
-        if t.startswith("b8["):  # bytes passed by value (a CUtensorMap, a struct of sizes)
-            size = int(t[3:-1])
-            if len(a) != size:
-                raise ValueError(f"a {t} parameter takes {size} bytes; got {len(a)}")
-            values.append((ctypes.c_uint8 * size).from_buffer_copy(a))
-        else:
-            values.append(_CTYPES[t](a))
-    return values, (ctypes.c_void_p * len(values))(*[ctypes.addressof(v) for v in values])
+class ParamPacker:
+    """cuLaunchKernel's kernelParams for one kernel's parameter list (ptx_params' types): one struct.Struct packs
+    the values into a buffer, and an array holds the addresses of their slots. Both are made once per thread and
+    reused: the driver copies the values during the launch call, and a launch is on the host's critical path
+    (the GPU idles while a short kernel's launch is slower than the work queued before it)."""
+
+    def __init__(self, types: list[str]):
+        self.types = list(types)
+        fmt, offset, self.offsets, self.byte_params = "<", 0, [], []
+        for i, t in enumerate(self.types):
+            if t.startswith("b8["):  # bytes passed by value (a CUtensorMap, a struct of sizes)
+                size = int(t[3:-1])
+                code, align = f"{size}s", 8
+                self.byte_params.append((i, size, t))
+            elif t in _STRUCT_CODES:
+                code = _STRUCT_CODES[t]
+                size = align = struct.calcsize("<" + code)
+            else:
+                raise ValueError(f"kernel parameter type {t} is not one the launcher packs (b8[N], u64, u32, f32)")
+            pad = -offset % align
+            fmt += f"{pad}x{code}"
+            offset += pad
+            self.offsets.append(offset)
+            offset += size
+        self.struct = struct.Struct(fmt)
+        self._local = threading.local()
+
+    def pack(self, args: list) -> ctypes.Array:
+        if len(args) != len(self.types):
+            raise ValueError(f"kernel takes {len(self.types)} parameters; got {len(args)}")
+        for i, size, t in self.byte_params:  # struct would pad or cut them silently
+            if len(args[i]) != size:
+                raise ValueError(f"a {t} parameter takes {size} bytes; got {len(args[i])}")
+        local = self._local
+        if not hasattr(local, "buffer"):
+            local.buffer = ctypes.create_string_buffer(max(self.struct.size, 1))
+            base = ctypes.addressof(local.buffer)
+            local.pointers = (ctypes.c_void_p * len(self.offsets))(*[base + o for o in self.offsets])
+        try:
+            self.struct.pack_into(local.buffer, 0, *args)
+        except struct.error as err:
+            raise ValueError(f"kernel parameters {self.types}: {err}") from None
+        return local.pointers
+
+
+def pack_params(types: list[str], args: list) -> tuple[ParamPacker, ctypes.Array]:
+    """cuLaunchKernel's kernelParams for `args`: the packer that holds their values (keep it alive through the
+    launch) and the array of their addresses."""
+    packer = ParamPacker(types)
+    return packer, packer.pack(args)
 
 
 class _Driver:
@@ -132,6 +170,7 @@ class CubinKernel:
         self.smem = int(meta["smem_bytes"])
         self.block = tuple(meta["block"])
         self.params = list(meta["params"])
+        self.packer = ParamPacker(self.params)
         self.cluster = int(meta["variant"].get("cluster", 0))  # a cluster kernel must be launched as one
         self._ctas_per_sm: int | None = None
         if self.cluster > 8:  # clusters above the portable 8 CTAs need the kernel's opt-in
@@ -155,7 +194,7 @@ class CubinKernel:
         return self._ctas_per_sm
 
     def launch(self, grid: tuple[int, int, int], args: list, stream: int) -> None:
-        values, pointers = pack_params(self.params, args)  # `values` stays alive through the call
+        pointers = self.packer.pack(args)
         drv = _driver()
         if self.cluster:
             config, attr = cluster_launch_config(grid, self.block, self.smem, stream, self.cluster)
@@ -305,8 +344,10 @@ TMA_SWIZZLE_128B = 3
 TMA_L2_PROMOTION_128B = 2
 
 
+# descriptors depend on the address and shape alone, and torch's caching allocator gives a training step's tensors
+# the same addresses step after step; a step of a 28-layer model encodes a few hundred (forward and backward)
 _TMA_CACHE: dict[tuple, bytes] = {}
-_TMA_CACHE_SIZE = 256  # descriptors depend on the address and shape alone; torch's allocator reuses addresses
+_TMA_CACHE_SIZE = 8192
 
 
 def encode_tma_tiled(dtype: str, address: int, dims: list[int], strides_bytes: list[int], box: list[int],
@@ -330,7 +371,7 @@ def encode_tma_tiled(dtype: str, address: int, dims: list[int], strides_bytes: l
         u64s(*dims), (ctypes.c_uint64 * (rank - 1))(*strides_bytes), u32s(*box), u32s(*([1] * rank)),
         ctypes.c_int(0), ctypes.c_int(swizzle), ctypes.c_int(TMA_L2_PROMOTION_128B), ctypes.c_int(0),
     ), "cuTensorMapEncodeTiled")
-    if len(_TMA_CACHE) >= _TMA_CACHE_SIZE:
-        _TMA_CACHE.clear()
+    if len(_TMA_CACHE) >= _TMA_CACHE_SIZE:  # the oldest goes first
+        del _TMA_CACHE[next(iter(_TMA_CACHE))]
     _TMA_CACHE[key] = bytes(tmap)
     return _TMA_CACHE[key]

@@ -287,7 +287,7 @@ class ParallaxAttentionForward:
             # (the same in every thread: kept in uniform registers, beside the consumers' 240)
             m_blk, bh = cute.arch.make_warp_uniform(m_blk), cute.arch.make_warp_uniform(bh)
         elif cutlass.const_expr(self.causal):
-            m_blk = m_blocks - 1 - w
+            m_blk = m_blocks - 1 - m_blk
         b = bh // heads
         h = bh - b * heads
         kv_heads = heads // group
