@@ -17,10 +17,8 @@ with the CUDA driver.
 from __future__ import annotations
 
 import math
-import os
 import struct
 from pathlib import Path
-from typing import NamedTuple
 
 import torch
 
@@ -41,7 +39,6 @@ ATTENTION_PARAMS = ["b8[1]", "b8[1]"] + ["b8[128]", "b8[8]"] * 4 + ["u64"] * 4 +
 BACKWARD_PARAMS = ["b8[1]"] * 4 + ["b8[128]", "b8[8]"] * 5 + ["u64"] * 6 + ["u32"] * 4 + ["f32"] * 2 + ["u64"]
 _HERE = Path(__file__).resolve().parent
 MAX_GRID_Y = 65535
-LOG2_E = math.log2(math.e)
 
 
 def _kernel_module(variant) -> str:
@@ -119,37 +116,16 @@ def _bounds(document_ids: torch.Tensor | None) -> torch.Tensor | None:
     return torch.stack(document_bounds(document_ids), dim=-1).contiguous()
 
 
-class _Plan(NamedTuple):
-    """What a launch on tensors of one shape needs besides their addresses: made once, then looked up (the
-    launch is on the host's critical path in training; see cute_runtime.ParamPacker)."""
-
-    variant: AttentionVariant | BackwardVariant
-    kernel: rt.CubinKernel
-    grid: tuple[int, int, int]
-    box_q: list[int]
-    box_kv: list[int]
-    sizes_q: bytes  # the TMA tensors' dynamic sizes (N and B H, or B Hkv)
-    sizes_kv: bytes
-
-
-_PLANS: dict[tuple, _Plan] = {}
-
-
-def _plan_key(kind: str, q: torch.Tensor, k: torch.Tensor, causal: bool, documents: bool, artefact_dir,
-              variant_fields: dict) -> tuple:
-    return (kind, tuple(q.shape), k.shape[1], q.dtype, q.device, causal, documents, artefact_dir,
-            os.environ.get(rt.ARTEFACT_ENV), tuple(sorted(variant_fields.items())))
-
-
-def _forward_plan(q, k, causal: bool, documents: bool, artefact_dir, variant_fields: dict) -> _Plan:
-    key = _plan_key("forward", q, k, causal, documents, artefact_dir, variant_fields)
-    plan = _PLANS.get(key)
-    if plan is not None:
-        return plan
+def _launch(q, k, v, r, causal: bool, scale: float, document_ids: torch.Tensor | None = None,
+            artefact_dir: Path | None = None, **variant_fields):
+    """Launch the forward (q, k, v, r contiguous, 16-byte aligned); `variant_fields` (block_n, stages,
+    pingpong, lazy_rescale, stacked, overlap, lpt, persistent) override the default variant's, for benchmarks."""
     b, h, n, d = q.shape
     hkv = k.shape[1]
-    variant = AttentionVariant(dtype=str(q.dtype).removeprefix("torch."), head_dim=d, causal=causal,
-                               documents=documents, **variant_fields)
+    dtype = str(q.dtype).removeprefix("torch.")
+    bounds = _bounds(document_ids)
+    variant = AttentionVariant(dtype=dtype, head_dim=d, causal=causal, documents=bounds is not None,
+                               **variant_fields)
     variant.check()
     one_dim = variant.lpt or variant.persistent  # a 1-D grid over the work items, else (query tiles, B H)
     if b * h > MAX_GRID_Y and not one_dim:  # the grid's y dimension holds the (batch, head) pairs
@@ -162,45 +138,35 @@ def _forward_plan(q, k, causal: bool, documents: bool, artefact_dir, variant_fie
                          + (f" and {n * 4 * d} bytes of K and V a head" if variant.lpt else "")
                          + "; each count must be below 2^31")
     kernel = load_attention_kernel(variant, artefact_dir)
+    o = torch.empty(q.shape, dtype=q.dtype, device=q.device)
+    a = torch.empty_like(o)
+    lse = torch.empty(b, h, n, dtype=torch.float32, device=q.device)
+    tbar = torch.empty_like(lse)
+    box_q, box_kv = variant.tma_boxes()
+    sizes_q, sizes_kv = struct.pack("<ii", n, b * h), struct.pack("<ii", n, b * hkv)
+    args = [b"\0", b"\0", _tma_descriptor(q, box_q), sizes_q, _tma_descriptor(r, box_q), sizes_q,
+            _tma_descriptor(k, box_kv), sizes_kv, _tma_descriptor(v, box_kv), sizes_kv,
+            o.data_ptr(), a.data_ptr(), lse.data_ptr(), tbar.data_ptr(), n, h, h // hkv, scale * math.log2(math.e),
+            bounds.data_ptr() if bounds is not None else 0]
     grid = (m_blocks * b * h, 1, 1) if one_dim else (m_blocks, b * h, 1)
     if variant.persistent:  # one CTA an SM at most (a CTA takes a whole SM's shared memory)
         from parallax_kernels.parallax_decode.triton_split import _sm_count
 
         grid = (min(m_blocks * b * h, _sm_count(q.device)), 1, 1)
-    plan = _Plan(variant, kernel, grid, *variant.tma_boxes(), struct.pack("<ii", n, b * h),
-                 struct.pack("<ii", n, b * hkv))
-    _PLANS[key] = plan
-    return plan
-
-
-def _launch(q, k, v, r, causal: bool, scale: float, document_ids: torch.Tensor | None = None,
-            artefact_dir: Path | None = None, **variant_fields):
-    """Launch the forward (q, k, v, r contiguous, 16-byte aligned); `variant_fields` (block_n, stages,
-    pingpong, lazy_rescale, stacked, overlap, lpt, persistent) override the default variant's, for benchmarks."""
-    b, h, n, d = q.shape
-    bounds = _bounds(document_ids)
-    plan = _forward_plan(q, k, causal, bounds is not None, artefact_dir, variant_fields)
-    o = torch.empty(q.shape, dtype=q.dtype, device=q.device)
-    a = torch.empty_like(o)
-    lse = torch.empty(b, h, n, dtype=torch.float32, device=q.device)
-    tbar = torch.empty_like(lse)
-    args = [b"\0", b"\0", _tma_descriptor(q, plan.box_q), plan.sizes_q, _tma_descriptor(r, plan.box_q), plan.sizes_q,
-            _tma_descriptor(k, plan.box_kv), plan.sizes_kv, _tma_descriptor(v, plan.box_kv), plan.sizes_kv,
-            o.data_ptr(), a.data_ptr(), lse.data_ptr(), tbar.data_ptr(), n, h, h // k.shape[1],
-            scale * LOG2_E, bounds.data_ptr() if bounds is not None else 0]
-    plan.kernel.launch(plan.grid, args, torch.cuda.current_stream(q.device).cuda_stream)
+    kernel.launch(grid, args, torch.cuda.current_stream(q.device).cuda_stream)
     return o, a, lse, tbar
 
 
-def _backward_plan(q, k, causal: bool, documents: bool, artefact_dir, variant_fields: dict) -> _Plan:
-    key = _plan_key("backward", q, k, causal, documents, artefact_dir, variant_fields)
-    plan = _PLANS.get(key)
-    if plan is not None:
-        return plan
+def _launch_backward(grad_o, q, k, v, r, o, a, lse, tbar, causal: bool, scale: float,
+                     document_ids: torch.Tensor | None = None, artefact_dir: Path | None = None, **variant_fields):
+    """Launch the backward (every tensor contiguous, 16-byte aligned); returns dq, dk, dv, dr."""
+    from parallax_kernels.parallax.cute_backward_io import backward_statistics, gradients_from_tiles
+
     b, h, n, d = q.shape
     hkv = k.shape[1]
-    variant = BackwardVariant(dtype=str(q.dtype).removeprefix("torch."), head_dim=d, causal=causal,
-                              documents=documents, **variant_fields)
+    dtype = str(q.dtype).removeprefix("torch.")
+    bounds = _bounds(document_ids)
+    variant = BackwardVariant(dtype=dtype, head_dim=d, causal=causal, documents=bounds is not None, **variant_fields)
     variant.check()
     n_blocks = -(-n // BWD_BLOCK_N)
     if variant.lpt and n_blocks * b * hkv >= 2**31:
@@ -210,22 +176,6 @@ def _backward_plan(q, k, causal: bool, documents: bool, artefact_dir, variant_fi
         raise ValueError(f"parallax_attention backend 'cute': B * Hkv = {b * hkv} (batch, KV head) pairs; the "
                          f"backward launch takes at most {MAX_GRID_Y}")
     kernel = load_attention_kernel(variant, artefact_dir)
-    grid = (n_blocks * b * hkv, 1, 1) if variant.lpt else (n_blocks, b * hkv, 1)
-    plan = _Plan(variant, kernel, grid, *variant.tma_boxes(), struct.pack("<ii", n, b * h),
-                 struct.pack("<ii", n, b * hkv))
-    _PLANS[key] = plan
-    return plan
-
-
-def _launch_backward(grad_o, q, k, v, r, o, a, lse, tbar, causal: bool, scale: float,
-                     document_ids: torch.Tensor | None = None, artefact_dir: Path | None = None, **variant_fields):
-    """Launch the backward (every tensor contiguous, 16-byte aligned); returns dq, dk, dv, dr."""
-    from parallax_kernels.parallax.cute_backward_io import backward_statistics, gradients_from_tiles
-
-    b, h, n, d = q.shape
-    bounds = _bounds(document_ids)
-    plan = _backward_plan(q, k, causal, bounds is not None, artefact_dir, variant_fields)
-    variant = plan.variant
     # per query row (lse, tbar, Drow, E), padded to whole query tiles; padding rows get lse = inf (weight 0)
     n_pad = -(-n // variant.bm) * variant.bm
     stats = backward_statistics(grad_o, o, a, lse, tbar, n_pad)
@@ -237,15 +187,17 @@ def _launch_backward(grad_o, q, k, v, r, o, a, lse, tbar, causal: bool, scale: f
     turns = torch.zeros(b * h, m_tiles, 2, dtype=torch.int32, device=q.device) if variant.deterministic else None
     dk = torch.empty(k.shape, dtype=k.dtype, device=k.device)
     dv = torch.empty_like(dk)
-    acc_ptr, acc_half = acc.data_ptr(), b * h * m_tiles * d * variant.bm * 4  # dQ's then dR's, in bytes
-    args = [b"\0"] * 4 + [
-        _tma_descriptor(q, plan.box_q), plan.sizes_q, _tma_descriptor(r, plan.box_q), plan.sizes_q,
-        _tma_descriptor(grad_o, plan.box_q), plan.sizes_q, _tma_descriptor(k, plan.box_kv), plan.sizes_kv,
-        _tma_descriptor(v, plan.box_kv), plan.sizes_kv,
-        stats.data_ptr(), acc_ptr, acc_ptr + acc_half, turns.data_ptr() if turns is not None else 0,
-        dk.data_ptr(), dv.data_ptr(), n, n_pad, h, h // k.shape[1], scale * LOG2_E, scale,
+    box_q, box_kv = variant.tma_boxes()
+    sizes_q, sizes_kv = struct.pack("<ii", n, b * h), struct.pack("<ii", n, b * hkv)
+    descriptors = [part for t, box, sizes in ((q, box_q, sizes_q), (r, box_q, sizes_q), (grad_o, box_q, sizes_q),
+                                              (k, box_kv, sizes_kv), (v, box_kv, sizes_kv))
+                   for part in (_tma_descriptor(t, box), sizes)]
+    args = [b"\0"] * 4 + descriptors + [
+        stats.data_ptr(), acc[0].data_ptr(), acc[1].data_ptr(), turns.data_ptr() if turns is not None else 0,
+        dk.data_ptr(), dv.data_ptr(), n, n_pad, h, h // hkv, scale * math.log2(math.e), scale,
         bounds.data_ptr() if bounds is not None else 0]
-    plan.kernel.launch(plan.grid, args, torch.cuda.current_stream(q.device).cuda_stream)
+    grid = (n_blocks * b * hkv, 1, 1) if variant.lpt else (n_blocks, b * hkv, 1)
+    kernel.launch(grid, args, torch.cuda.current_stream(q.device).cuda_stream)
     dq, dr = gradients_from_tiles(acc, (b, h, n, d), q.dtype, variant.bm)
     return dq, dk, dv, dr
 
