@@ -344,8 +344,8 @@ TMA_SWIZZLE_128B = 3
 TMA_L2_PROMOTION_128B = 2
 
 
-# descriptors depend on the address and shape alone, and torch's caching allocator gives a training step's tensors
-# the same addresses step after step; a step of a 28-layer model encodes a few hundred (forward and backward)
+# descriptors depend on the address and shape alone, and torch's caching allocator tends to give a training step's
+# tensors the same addresses step after step; a step needs one per attention input, layer and pass
 _TMA_CACHE: dict[tuple, bytes] = {}
 _TMA_CACHE_SIZE = 8192
 
