@@ -217,9 +217,8 @@ def main() -> None:
                          "(np: no warpgroup turns; er: eager rescale of every row; st: stacked Q/R operand; ov: "
                          "softmax overlapping the previous tile's P V, with st; lp: longest tiles first across "
                          "heads; ps: one CTA an SM walking the work items in that order or head by head; n: keys per "
-                         "tile; the default is "
-                         "s3stov, s3 the unstacked kernel), each with its output's relative error against the "
-                         "default variant's")
+                         "tile; the default is s3stov, s3 the unstacked kernel), each with its output's relative "
+                         "error against the default variant's")
     ap.add_argument("--cute-backward-variants", nargs="+", default=[],
                     help="backward-only timings of CuTe backward variants: b<stages>[lp][dc][m<block_m>] (stages: "
                          "Q/R/dO stages; lp: key tile 0 of every KV head of a group first; dc: each warpgroup's "

@@ -101,10 +101,11 @@ def test_ptx_parameter_lists_name_by_value_structs():
     assert rt.ptx_params(ptx, "k") == ["b8[1]", "b8[128]", "u64", "u32", "f32"]
     import ctypes
 
-    values, pointers = rt.pack_params(["b8[8]", "u32"], [bytes(range(8)), 5])
+    packer = rt.ParamPacker(["b8[8]", "u32"])  # holds the values' buffer while the pointers are read
+    pointers = packer.pack([bytes(range(8)), 5])
     assert bytes(ctypes.cast(pointers[0], ctypes.POINTER(ctypes.c_uint8 * 8)).contents) == bytes(range(8))
     with pytest.raises(ValueError, match="takes 8 bytes; got 7"):
-        rt.pack_params(["b8[8]"], [bytes(7)])
+        rt.ParamPacker(["b8[8]"]).pack([bytes(7)])
 
 
 def test_a_kernels_packer_reuses_its_buffer_for_each_launchs_values():

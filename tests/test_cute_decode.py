@@ -261,15 +261,16 @@ def test_cute_decode_in_a_cache_with_other_strides_and_a_zero_probe():
 def test_launch_parameters_are_packed_as_typed_values_behind_pointers():
     import ctypes
 
-    from parallax_kernels.parallax_decode.cute_launch import pack_params
+    from parallax_kernels.parallax_decode.cute_launch import ParamPacker
 
     args = [0xDEADBEEF00, 7, 2**40 + 8, 0.25]
-    values, pointers = pack_params(["u64", "u32", "u64", "f32"], args)
+    packer = ParamPacker(["u64", "u32", "u64", "f32"])  # holds the values' buffer while the pointers are read
+    pointers = packer.pack(args)
     read = [ctypes.cast(pointers[i], ctypes.POINTER(t)).contents.value
             for i, t in enumerate((ctypes.c_uint64, ctypes.c_uint32, ctypes.c_uint64, ctypes.c_float))]
     assert read == args
     with pytest.raises(ValueError, match="takes 4 parameters; got 3"):
-        pack_params(["u64", "u32", "u64", "f32"], args[:3])
+        packer.pack(args[:3])
 
 
 def test_a_hopper_host_without_kernels_or_the_dsl_is_told_how_to_get_them(tmp_path, monkeypatch):

@@ -91,13 +91,6 @@ class ParamPacker:
         return local.pointers
 
 
-def pack_params(types: list[str], args: list) -> tuple[ParamPacker, ctypes.Array]:
-    """cuLaunchKernel's kernelParams for `args`: the packer that holds their values (keep it alive through the
-    launch) and the array of their addresses."""
-    packer = ParamPacker(types)
-    return packer, packer.pack(args)
-
-
 class _Driver:
     """The few CUDA driver calls needed, through ctypes on libcuda."""
 

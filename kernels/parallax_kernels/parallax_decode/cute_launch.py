@@ -14,7 +14,7 @@ from pathlib import Path
 from parallax_kernels import cute_runtime as rt
 from parallax_kernels.cute_runtime import (  # noqa: F401  (re-exported: the decode API and its tests use them)
     ARCH, ARTEFACT_ENV, CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION, CubinKernel, _driver, _LaunchAttribute,
-    _LaunchConfig, cluster_launch_config, default_artefact_dir, dsl_installed, pack_params, ptx_params,
+    _LaunchConfig, ParamPacker, cluster_launch_config, default_artefact_dir, dsl_installed, ptx_params,
 )
 from parallax_kernels.parallax_decode.cute_variant import DTYPES, HEAD_DIMS, MAX_CLUSTER, NUM_WARPS, DecodeVariant
 
