@@ -97,10 +97,21 @@ class Metrics:
 
 
 @dataclass
+class Profiling:
+    """Added to torchtitan's [profiling]."""
+
+    host_ops: bool = True
+    """record the host's operators (with their shapes) beside the GPU activity, as torchtitan does; false: the GPU
+    activity and the launch calls only, whose record slows the host far less, so that the gaps between kernels come
+    close to those of a step run without the profiler"""
+
+
+@dataclass
 class JobConfig:
     parallax: Parallax = field(default_factory=Parallax)
     diagnostics: Diagnostics = field(default_factory=Diagnostics)
     metrics: Metrics = field(default_factory=Metrics)
+    profiling: Profiling = field(default_factory=Profiling)
     faults: Faults = field(default_factory=Faults)
     optimizer: Optimizer = field(default_factory=Optimizer)
     lr_scheduler: LRScheduler = field(default_factory=LRScheduler)

@@ -105,7 +105,8 @@ SKIPPED_HOST_OPS = re.compile(r"^ProfilerStep#")  # encloses everything in the s
 def idle_causes(events: list[dict], gaps: list[tuple]) -> dict[str, list[float]]:
     """Per host-op path ("outer > inner", the innermost three CPU ops around the launch call), the gaps ended by a
     kernel that path launched: [gaps, idle us, idle us spent before the launch call began (the GPU waited on the
-    host)]. Gaps whose kernel has no launch call in the trace go to "(launch not in the trace)"."""
+    host)]. Gaps whose kernel has no launch call in the trace go to "(launch not in the trace)"; a launch with no CPU
+    op around it (a trace without the host's ops, `[profiling] host_ops = false`) goes by its kernel's category."""
     launches = {e["args"]["correlation"]: e for e in events
                 if e.get("cat") in LAUNCH_CATS and "correlation" in e.get("args", {})}
     wanted = []  # (launch event, gap) for gaps whose launch is known
@@ -117,7 +118,7 @@ def idle_causes(events: list[dict], gaps: list[tuple]) -> dict[str, list[float]]
             cause[0] += 1
             cause[1] += idle_to - idle_from
         else:
-            wanted.append((launch, idle_from, idle_to))
+            wanted.append((launch, idle_from, idle_to, kernel))
     # the CPU ops enclosing each launch call, per thread: one sweep over the ops sorted by start (outer first)
     threads: dict[tuple, list[dict]] = defaultdict(list)
     for e in events:
@@ -130,13 +131,14 @@ def idle_causes(events: list[dict], gaps: list[tuple]) -> dict[str, list[float]]
         queries[(item[0].get("pid"), item[0].get("tid"))].append(item)
     for thread, items in queries.items():
         ops, i, stack = threads.get(thread, []), 0, []
-        for launch, idle_from, idle_to in sorted(items, key=lambda item: float(item[0]["ts"])):
+        for launch, idle_from, idle_to, kernel in sorted(items, key=lambda item: float(item[0]["ts"])):
             t = float(launch["ts"])
             while i < len(ops) and float(ops[i]["ts"]) <= t:
                 stack.append(ops[i])
                 i += 1
             stack = [op for op in stack if float(op["ts"]) + float(op["dur"]) >= t]
-            path = " > ".join(op["name"] for op in stack[-3:]) or "(no CPU op around the launch)"
+            path = (" > ".join(op["name"] for op in stack[-3:])
+                    or f"(no CPU op around the launch) > {category(kernel['name'])}")
             cause = causes[path]
             cause[0] += 1
             cause[1] += idle_to - idle_from

@@ -1,10 +1,14 @@
-"""scripts/trace_summary.py on small hand-written Chrome traces."""
+"""Profiling a training step: scripts/trace_summary.py on small hand-written Chrome traces,
+scripts/offline_gpu/profile_train.sh with a stand-in bench_train, and `[profiling] host_ops`."""
 
 import json
+from pathlib import Path
 
 import pytest
 
 from scripts import trace_summary
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 def _trace(path, kernels):
@@ -70,6 +74,13 @@ def test_idle_time_is_named_by_the_host_ops_that_launched_the_kernel_after_each_
                          "(launch not in the trace)": [1, 20.0, 0.0]}
     trace_summary.main([str(trace)])
     assert "| `CompiledFunction > parallax::attention_bwd_cute` | 1 | 0.05 | 0.04 |" in capsys.readouterr().out
+
+    # without the host's ops (`[profiling] host_ops = false`) a gap goes by the category of the kernel ending it
+    gpu_only = [e for e in events if e["cat"] not in ("cpu_op", "user_annotation")]
+    trace.write_text(json.dumps({"traceEvents": gpu_only}))
+    assert trace_summary.summarise(trace)["idle"] == {
+        "(no CPU op around the launch) > parallax attention, CuTe": [1, 50.0, 40.0],
+        "(no CPU op around the launch) > matmul": [1, 20.0, 0.0], "(launch not in the trace)": [1, 20.0, 0.0]}
 
 
 @pytest.mark.parametrize("name,expected", [
@@ -139,6 +150,7 @@ def test_profile_train_script_summarises_the_traces_bench_train_writes(tmp_path)
     assert proc.returncode == 0, proc.stderr
     args = (tmp_path / "bin" / "bench_train_args.txt").read_text()
     assert "--profiling.enable_profiling" in args and "--parallax.attention_backend cute" in args
+    assert "--profiling.host_ops true" in args
     summary = (out / "trace_summary.md").read_text()
     assert "| matmul | 1.0 | 2.0 | +1.0 |" in summary
     assert sorted(p.name for p in out.iterdir()) == ["0.6B_parallax_muon.log", "0.6B_transformer_muon.log",
@@ -158,3 +170,32 @@ def test_every_launched_parallax_triton_kernel_is_counted_as_attention():
         fn = getattr(kernel, "fn", kernel)  # Autotuner -> JITFunction
         traced = getattr(fn, "fn", fn).__name__
         assert trace_summary.category(traced) == "parallax attention, Triton", (name, traced)
+
+
+def test_profiling_without_host_ops_keeps_the_gpu_activity_and_drops_the_host_records():
+    """`[profiling] host_ops = false`: the profiler torchtitan builds records the GPU activity and no CPU ops or
+    shapes; the key parses as a bool; torch.profiler.profile is restored after training."""
+    import torch
+    from torch.profiler import ProfilerActivity
+    from torchtitan.config import ConfigManager
+
+    import parallax_titan.register  # noqa: F401
+    from parallax_titan.job_config import JobConfig, normalize_bool_flags
+    from parallax_titan.trainer import gpu_activity_only, without_host_ops
+
+    built = []
+    profile = without_host_ops(lambda *args, **kwargs: built.append(kwargs))
+    profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA], record_shapes=True, schedule="s")
+    assert built == [{"activities": [ProfilerActivity.CUDA], "record_shapes": False, "schedule": "s"}]
+    with pytest.raises(ValueError, match=r"\[profiling\] host_ops = false: the profiler records no GPU activity"):
+        profile(activities=[ProfilerActivity.CPU, None])  # torchtitan's list on a machine without a GPU
+
+    original = torch.profiler.profile
+    with gpu_activity_only():
+        assert torch.profiler.profile is not original and torch.profiler.profile.__wrapped__ is original
+    assert torch.profiler.profile is original
+
+    config_file = REPO_ROOT / "configs" / "debug_cpu.toml"
+    for flag, expected in (("false", False), ("true", True)):
+        args = normalize_bool_flags(["--job.config_file", str(config_file), "--profiling.host_ops", flag], JobConfig)
+        assert ConfigManager().parse_args(args).profiling.host_ops is expected

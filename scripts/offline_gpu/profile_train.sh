@@ -2,7 +2,10 @@
 # Where the training step's GPU time goes: scripts/bench_train.py's runs with torch.profiler on their last step
 # (torchtitan's [profiling]; the trace is written after it, so no timed step carries the export), then
 # scripts/trace_summary.py over the traces, each variant against the first.
-# On the embedded corpus and tokenizer (offline host); SIZE, VARIANTS, BACKEND, STEPS choose the runs.
+# On the embedded corpus and tokenizer (offline host); SIZE, VARIANTS, BACKEND, STEPS choose the runs. HOST_OPS=false
+# records the GPU activity and the launch calls only ([profiling] host_ops): the host is then slowed far less by the
+# profiler, so the step's idle GPU time comes close to an unprofiled step's, but the summary cannot name the host
+# ops behind each gap.
 # The summary and the runs' logs go to $OUT (or ./outputs/profile_train); the traces stay in $RUNS_DIR.
 # Its bench_train table counts the profiled steps (the last two run under the profiler): time with bench_train.py
 # alone.
@@ -19,6 +22,7 @@ python3 scripts/bench_train.py --size "$size" --optimizer muon --variants "${var
   --model.hf_assets_path ./parallax_titan/assets/tokenizer --training.global_batch_size 16 \
   --activation_checkpoint.selective_ac_option op --parallax.attention_backend "${BACKEND:-cute}" \
   --profiling.enable_profiling --profiling.profile_freq "$steps" --profiling.profiler_warmup 1 \
+  --profiling.host_ops "${HOST_OPS:-true}" \
   --metrics.disable_color_printing | tee "$out/bench_train.txt"
 traces=() labels=()
 for v in "${variants[@]}"; do
