@@ -187,17 +187,29 @@ class CubinKernel:
         return self._ctas_per_sm
 
     def launch(self, grid: tuple[int, int, int], args: list, stream: int) -> None:
-        pointers = self.packer.pack(args)
-        drv = _driver()
+        self.prepared(grid)(args, stream)
+
+    def prepared(self, grid: tuple[int, int, int]):
+        """A launch of this kernel over `grid`, taking (args, stream): the driver's call with its grid, block
+        and shared-memory arguments made once, for a launcher that calls it with one grid again and again."""
+        drv, pack, func = _driver(), self.packer.pack, self.func
         if self.cluster:
-            config, attr = cluster_launch_config(grid, self.block, self.smem, stream, self.cluster)
-            drv.check(drv.lib.cuLaunchKernelEx(ctypes.byref(config), self.func, pointers, None), "cuLaunchKernelEx")
-            return
-        drv.check(drv.lib.cuLaunchKernel(
-            self.func, ctypes.c_uint(grid[0]), ctypes.c_uint(grid[1]), ctypes.c_uint(grid[2]),
-            ctypes.c_uint(self.block[0]), ctypes.c_uint(self.block[1]), ctypes.c_uint(self.block[2]),
-            ctypes.c_uint(self.smem), ctypes.c_void_p(stream), pointers, None,
-        ), "cuLaunchKernel")
+            config, attr = cluster_launch_config(grid, self.block, self.smem, 0, self.cluster)
+            config_ref, launch_ex = ctypes.byref(config), drv.lib.cuLaunchKernelEx
+
+            def launch_cluster(args: list, stream: int) -> None:
+                config.stream = stream
+                drv.check(launch_ex(config_ref, func, pack(args), None), "cuLaunchKernelEx")
+
+            launch_cluster.keep = attr  # the config points at the attribute
+            return launch_cluster
+        dims = [ctypes.c_uint(x) for x in (*grid, *self.block, self.smem)]
+        launch_kernel = drv.lib.cuLaunchKernel
+
+        def launch(args: list, stream: int) -> None:
+            drv.check(launch_kernel(func, *dims, ctypes.c_void_p(stream), pack(args), None), "cuLaunchKernel")
+
+        return launch
 
 
 def dsl_installed() -> bool:

@@ -17,6 +17,7 @@ with the CUDA driver.
 from __future__ import annotations
 
 import math
+import os
 import struct
 from pathlib import Path
 
@@ -39,6 +40,7 @@ ATTENTION_PARAMS = ["b8[1]", "b8[1]"] + ["b8[128]", "b8[8]"] * 4 + ["u64"] * 4 +
 BACKWARD_PARAMS = ["b8[1]"] * 4 + ["b8[128]", "b8[8]"] * 5 + ["u64"] * 6 + ["u32"] * 4 + ["f32"] * 2 + ["u64"]
 _HERE = Path(__file__).resolve().parent
 MAX_GRID_Y = 65535
+LOG2E = math.log2(math.e)
 
 
 def _kernel_module(variant) -> str:
@@ -116,44 +118,75 @@ def _bounds(document_ids: torch.Tensor | None) -> torch.Tensor | None:
     return torch.stack(document_bounds(document_ids), dim=-1).contiguous()
 
 
+class _ForwardPlan:
+    """What a forward launch needs that depends on the shapes, dtype, mask, device and artefacts alone: made once
+    per such key (_forward_plan), so that a call only allocates its outputs, looks up four TMA descriptors and
+    launches. The launch sits on the host's critical path: where the host issues a layer's work just in time
+    (the first micro-batch of a step), the GPU waits for it."""
+
+    __slots__ = ("launch", "stats_shape", "descriptor_q", "descriptor_kv", "sizes_q", "sizes_kv", "n", "h",
+                 "group")
+
+    def __init__(self, q_shape, k_shape, dtype: torch.dtype, device: torch.device, causal: bool, documents: bool,
+                 artefact_dir: Path | None, variant_fields: dict):
+        b, h, n, d = q_shape
+        hkv = k_shape[1]
+        name = str(dtype).removeprefix("torch.")
+        variant = AttentionVariant(dtype=name, head_dim=d, causal=causal, documents=documents, **variant_fields)
+        variant.check()
+        one_dim = variant.lpt or variant.persistent  # a 1-D grid over the work items, else (query tiles, B H)
+        if b * h > MAX_GRID_Y and not one_dim:  # the grid's y dimension holds the (batch, head) pairs
+            raise ValueError(f"parallax_attention backend 'cute': B * H = {b * h} (batch, head) pairs; the launch "
+                             f"takes at most {MAX_GRID_Y}")
+        m_blocks = -(-n // variant.cta_rows)
+        if one_dim and max(m_blocks * b * h, n * 4 * d if variant.lpt else 0) >= 2**31:  # the kernel's 32-bit counts
+            raise ValueError(f"parallax_attention backend 'cute', {'lpt' if variant.lpt else 'persistent'} order: "
+                             f"(B, H, N, D) = {(b, h, n, d)} needs {m_blocks * b * h} work items"
+                             + (f" and {n * 4 * d} bytes of K and V a head" if variant.lpt else "")
+                             + "; each count must be below 2^31")
+        grid = (m_blocks * b * h, 1, 1) if one_dim else (m_blocks, b * h, 1)
+        if variant.persistent:  # one CTA an SM at most (a CTA takes a whole SM's shared memory)
+            from parallax_kernels.parallax_decode.triton_split import _sm_count
+
+            grid = (min(m_blocks * b * h, _sm_count(device)), 1, 1)
+        self.launch = load_attention_kernel(variant, artefact_dir).prepared(grid)
+        self.stats_shape, self.n, self.h, self.group = (b, h, n), n, h, h // hkv
+        box_q, box_kv = variant.tma_boxes()
+        self.descriptor_q = _descriptor_layout(q_shape, dtype, box_q)
+        self.descriptor_kv = _descriptor_layout(k_shape, dtype, box_kv)
+        self.sizes_q, self.sizes_kv = struct.pack("<ii", n, b * h), struct.pack("<ii", n, b * hkv)
+
+
+_PLANS: dict[tuple, _ForwardPlan] = {}
+
+
+def _forward_plan(q, k, causal: bool, documents: bool, artefact_dir: Path | None, variant_fields: dict):
+    # the artefact folder's variable is part of the key: the kernel is loaded from where it names
+    key = (q.shape, k.shape, q.dtype, q.device, causal, documents, artefact_dir, os.environ.get(rt.ARTEFACT_ENV),
+           tuple(sorted(variant_fields.items())))
+    plan = _PLANS.get(key)
+    if plan is None:
+        plan = _PLANS[key] = _ForwardPlan(q.shape, k.shape, q.dtype, q.device, causal, documents, artefact_dir,
+                                          variant_fields)
+    return plan
+
+
 def _launch(q, k, v, r, causal: bool, scale: float, document_ids: torch.Tensor | None = None,
             artefact_dir: Path | None = None, **variant_fields):
     """Launch the forward (q, k, v, r contiguous, 16-byte aligned); `variant_fields` (block_n, stages,
     pingpong, lazy_rescale, stacked, overlap, lpt, persistent) override the default variant's, for benchmarks."""
-    b, h, n, d = q.shape
-    hkv = k.shape[1]
-    dtype = str(q.dtype).removeprefix("torch.")
     bounds = _bounds(document_ids)
-    variant = AttentionVariant(dtype=dtype, head_dim=d, causal=causal, documents=bounds is not None,
-                               **variant_fields)
-    variant.check()
-    one_dim = variant.lpt or variant.persistent  # a 1-D grid over the work items, else (query tiles, B H)
-    if b * h > MAX_GRID_Y and not one_dim:  # the grid's y dimension holds the (batch, head) pairs
-        raise ValueError(f"parallax_attention backend 'cute': B * H = {b * h} (batch, head) pairs; the launch takes "
-                         f"at most {MAX_GRID_Y}")
-    m_blocks = -(-n // variant.cta_rows)
-    if one_dim and max(m_blocks * b * h, n * 4 * d if variant.lpt else 0) >= 2**31:  # the kernel's 32-bit counts
-        raise ValueError(f"parallax_attention backend 'cute', {'lpt' if variant.lpt else 'persistent'} order: "
-                         f"(B, H, N, D) = {(b, h, n, d)} needs {m_blocks * b * h} work items"
-                         + (f" and {n * 4 * d} bytes of K and V a head" if variant.lpt else "")
-                         + "; each count must be below 2^31")
-    kernel = load_attention_kernel(variant, artefact_dir)
+    plan = _forward_plan(q, k, causal, bounds is not None, artefact_dir, variant_fields)
     o = torch.empty(q.shape, dtype=q.dtype, device=q.device)
     a = torch.empty_like(o)
-    lse = torch.empty(b, h, n, dtype=torch.float32, device=q.device)
+    lse = torch.empty(plan.stats_shape, dtype=torch.float32, device=q.device)
     tbar = torch.empty_like(lse)
-    box_q, box_kv = variant.tma_boxes()
-    sizes_q, sizes_kv = struct.pack("<ii", n, b * h), struct.pack("<ii", n, b * hkv)
-    args = [b"\0", b"\0", _tma_descriptor(q, box_q), sizes_q, _tma_descriptor(r, box_q), sizes_q,
-            _tma_descriptor(k, box_kv), sizes_kv, _tma_descriptor(v, box_kv), sizes_kv,
-            o.data_ptr(), a.data_ptr(), lse.data_ptr(), tbar.data_ptr(), n, h, h // hkv, scale * math.log2(math.e),
-            bounds.data_ptr() if bounds is not None else 0]
-    grid = (m_blocks * b * h, 1, 1) if one_dim else (m_blocks, b * h, 1)
-    if variant.persistent:  # one CTA an SM at most (a CTA takes a whole SM's shared memory)
-        from parallax_kernels.parallax_decode.triton_split import _sm_count
-
-        grid = (min(m_blocks * b * h, _sm_count(q.device)), 1, 1)
-    kernel.launch(grid, args, torch.cuda.current_stream(q.device).cuda_stream)
+    sizes_q, sizes_kv = plan.sizes_q, plan.sizes_kv
+    args = [b"\0", b"\0", plan.descriptor_q(q.data_ptr()), sizes_q, plan.descriptor_q(r.data_ptr()), sizes_q,
+            plan.descriptor_kv(k.data_ptr()), sizes_kv, plan.descriptor_kv(v.data_ptr()), sizes_kv,
+            o.data_ptr(), a.data_ptr(), lse.data_ptr(), tbar.data_ptr(), plan.n, plan.h, plan.group,
+            scale * LOG2E, bounds.data_ptr() if bounds is not None else 0]
+    plan.launch(args, _raw_stream(q.device))
     return o, a, lse, tbar
 
 
@@ -194,20 +227,33 @@ def _launch_backward(grad_o, q, k, v, r, o, a, lse, tbar, causal: bool, scale: f
                    for part in (_tma_descriptor(t, box), sizes)]
     args = [b"\0"] * 4 + descriptors + [
         stats.data_ptr(), acc[0].data_ptr(), acc[1].data_ptr(), turns.data_ptr() if turns is not None else 0,
-        dk.data_ptr(), dv.data_ptr(), n, n_pad, h, h // hkv, scale * math.log2(math.e), scale,
+        dk.data_ptr(), dv.data_ptr(), n, n_pad, h, h // hkv, scale * LOG2E, scale,
         bounds.data_ptr() if bounds is not None else 0]
     grid = (n_blocks * b * hkv, 1, 1) if variant.lpt else (n_blocks, b * hkv, 1)
-    kernel.launch(grid, args, torch.cuda.current_stream(q.device).cuda_stream)
+    kernel.launch(grid, args, _raw_stream(q.device))
     dq, dr = gradients_from_tiles(acc, (b, h, n, d), q.dtype, variant.bm)
     return dq, dk, dv, dr
 
 
+def _descriptor_layout(shape, dtype: torch.dtype, box: list[int]):
+    """The TMA descriptor of contiguous (B, heads, N, D) tensors of this shape and dtype, as a function of the
+    tensor's address: dims innermost first (D, N, B heads)."""
+    b, heads, n, d = shape
+    es = dtype.itemsize
+    name = str(dtype).removeprefix("torch.")
+    dims, strides, box = (d, n, b * heads), (d * es, n * d * es), tuple(box)
+    return lambda address: rt.encode_tma_tiled(name, address, dims, strides, box)
+
+
 def _tma_descriptor(t: torch.Tensor, box: list[int]) -> bytes:
-    """The TMA descriptor of a contiguous (B, heads, N, D) tensor: dims innermost first (D, N, B heads)."""
-    b, heads, n, d = t.shape
-    es = t.element_size()
-    dtype = str(t.dtype).removeprefix("torch.")
-    return rt.encode_tma_tiled(dtype, t.data_ptr(), [d, n, b * heads], [d * es, n * d * es], box)
+    """The TMA descriptor of a contiguous (B, heads, N, D) tensor."""
+    return _descriptor_layout(t.shape, t.dtype, box)(t.data_ptr())
+
+
+def _raw_stream(device: torch.device) -> int:
+    """The current CUDA stream of `device` as the driver's handle (what torch.cuda.current_stream(device).cuda_stream
+    is, without making a Stream object: Inductor's launches read it the same way)."""
+    return torch._C._cuda_getCurrentRawStream(device.index if device.index is not None else torch.cuda.current_device())
 
 
 def _aligned(x: torch.Tensor) -> torch.Tensor:
