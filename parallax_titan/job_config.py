@@ -102,8 +102,7 @@ class Profiling:
 
     host_ops: bool = True
     """record the host's operators (with their shapes) beside the GPU activity, as torchtitan does; false: the GPU
-    activity and the launch calls only, whose record slows the host far less, so that the gaps between kernels come
-    close to those of a step run without the profiler"""
+    activity and the launch calls only (a smaller trace, without the profiler's per-op records on the host)"""
 
 
 @dataclass

@@ -254,10 +254,9 @@ class ParallaxTrainer(Trainer):
 
 
 def without_host_ops(profile):
-    """`profile` (torch.profiler.profile) without the CPU activity and the shape records: the host's operators
-    are not recorded. Each record costs the host time (Inductor's launches took several times as long under
-    torchtitan's profiler), so where the host issues the work just in time the GPU waits in the profiled step
-    where it would not in an unprofiled one."""
+    """`profile` (torch.profiler.profile) without the CPU activity and the shape records: the trace holds the GPU
+    activity and the launch calls, not the host's operators (a smaller trace, and no per-op records on the host
+    during the step, whose idle GPU time depends on how fast the host issues the work)."""
 
     @functools.wraps(profile)
     def wrapped(*args, activities=None, **kwargs):

@@ -3,9 +3,8 @@
 # (torchtitan's [profiling]; the trace is written after it, so no timed step carries the export), then
 # scripts/trace_summary.py over the traces, each variant against the first.
 # On the embedded corpus and tokenizer (offline host); SIZE, VARIANTS, BACKEND, STEPS choose the runs. HOST_OPS=false
-# records the GPU activity and the launch calls only ([profiling] host_ops): the host is then slowed far less by the
-# profiler, so the step's idle GPU time comes close to an unprofiled step's, but the summary cannot name the host
-# ops behind each gap.
+# records the GPU activity and the launch calls only ([profiling] host_ops): a smaller trace without the profiler's
+# per-op records on the host, whose gaps the summary names by the kernel's category, not by the host ops behind them.
 # The summary and the runs' logs go to $OUT (or ./outputs/profile_train); the traces stay in $RUNS_DIR.
 # Its bench_train table counts the profiled steps (the last two run under the profiler): time with bench_train.py
 # alone.
