@@ -296,15 +296,17 @@ def load_kernel(variant, folder: Path | None, *, loaded: dict, read, write, comp
                 build_command: str) -> "CubinKernel":
     """The variant's kernel on the current device, cached in `loaded`: from its artefact in `folder` (default:
     $PARALLAX_KERNEL_DIR or ~/.cache/parallax_titan/kernels) through `read`, else compiled now with the DSL
-    (`compile_module`.compile_variant) and saved there through `write`."""
-    import importlib
-
+    (`compile_module`.compile_variant) and saved there through `write`. A launcher calls this for every launch:
+    a loaded kernel is found by the folder as given and the variable naming the default, without building paths."""
     import torch
 
+    key = (variant, None if folder is None else str(folder), os.environ.get(ARTEFACT_ENV), torch.cuda.current_device())
+    kernel = loaded.get(key)
+    if kernel is not None:
+        return kernel
+    import importlib
+
     folder = default_artefact_dir() if folder is None else Path(folder)
-    key = (variant, str(folder), torch.cuda.current_device())
-    if key in loaded:
-        return loaded[key]
     found = read(folder, variant)
     if found is None:
         if not dsl_installed():
