@@ -109,7 +109,7 @@ def idle_causes(events: list[dict], gaps: list[tuple]) -> dict[str, list[float]]
     op around it (a trace without the host's ops, `[profiling] host_ops = false`) goes by its kernel's category."""
     launches = {e["args"]["correlation"]: e for e in events
                 if e.get("cat") in LAUNCH_CATS and "correlation" in e.get("args", {})}
-    wanted = []  # (launch event, gap) for gaps whose launch is known
+    wanted = []  # (launch event, gap, the kernel ending it) for gaps whose launch is known
     causes: dict[str, list[float]] = defaultdict(lambda: [0, 0.0, 0.0])
     for idle_from, idle_to, kernel in gaps:
         launch = launches.get(kernel.get("args", {}).get("correlation"))
