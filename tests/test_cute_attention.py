@@ -359,6 +359,59 @@ def test_backend_is_registered_and_off_hopper_is_an_error_not_a_fallback():
         parallax_attention(q, q, q, q, backend="cute")
 
 
+def test_forward_launch_passes_the_kernels_parameters_and_makes_its_plan_once_per_shape(monkeypatch):
+    """The launch's parameter list against ATTENTION_PARAMS' order (TMA descriptors of q, r, k, v with their
+    sizes, the outputs, N, H, the group, scale log2(e), no bounds), the grid, and the per-shape plan: the kernel is
+    looked up once per shape and again when the artefact folder's variable changes (a fake kernel and descriptor
+    encoder stand in for the GPU)."""
+    import math
+    import struct
+
+    from parallax_kernels.parallax import cute_launch
+
+    loads, encoded, launched = [], [], []
+
+    class FakeKernel:
+        def prepared(self, grid):
+            return lambda args, stream: launched.append((grid, args, stream))
+
+    def load(variant, folder=None):
+        loads.append(variant)
+        return FakeKernel()
+
+    def encode(dtype, address, dims, strides, box):
+        encoded.append((dtype, address, dims, strides, tuple(box)))
+        return bytes([len(encoded)]) * 128
+
+    monkeypatch.setattr(cute_launch, "_PLANS", {})
+    monkeypatch.setattr(cute_launch, "load_attention_kernel", load)
+    monkeypatch.setattr(rt, "encode_tma_tiled", encode)
+    monkeypatch.setattr(cute_launch, "_raw_stream", lambda device: 7)
+    q, r = torch.zeros(2, 4, 100, 64, dtype=torch.bfloat16), torch.ones(2, 4, 100, 64, dtype=torch.bfloat16)
+    k, v = torch.zeros(2, 2, 100, 64, dtype=torch.bfloat16), torch.ones(2, 2, 100, 64, dtype=torch.bfloat16)
+    o, a, lse, tbar = cute_launch._launch(q, k, v, r, True, 0.125)
+    assert loads == [AttentionVariant("bfloat16", 64, True)]
+    assert o.shape == a.shape == q.shape and lse.shape == tbar.shape == (2, 4, 100) and lse.dtype == torch.float32
+    (grid, args, stream), = launched
+    assert grid == (2, 8, 1) and stream == 7  # 64 query rows a CTA, (batch, head) pairs on y
+    assert len(args) == len(ATTENTION_PARAMS)
+    q_layout, kv_layout = ((64, 100, 8), (128, 12800), (64, 8, 1)), ((64, 100, 4), (128, 12800), (64, 128, 1))
+    assert encoded == [("bfloat16", t.data_ptr(), *layout) for t, layout in
+                       ((q, q_layout), (r, q_layout), (k, kv_layout), (v, kv_layout))]
+    sizes_q, sizes_kv = struct.pack("<ii", 100, 8), struct.pack("<ii", 100, 4)
+    assert args[:10] == [b"\0", b"\0", bytes([1]) * 128, sizes_q, bytes([2]) * 128, sizes_q, bytes([3]) * 128,
+                         sizes_kv, bytes([4]) * 128, sizes_kv]
+    assert args[10:14] == [o.data_ptr(), a.data_ptr(), lse.data_ptr(), tbar.data_ptr()]
+    assert args[14:] == [100, 4, 2, 0.125 * math.log2(math.e), 0]
+
+    cute_launch._launch(q, k, v, r, True, 0.125)  # the same shape: the plan is kept
+    assert len(loads) == 1 and len(launched) == 2
+    cute_launch._launch(q[:1], k[:1], v[:1], r[:1], True, 0.125)  # another shape
+    monkeypatch.setenv(rt.ARTEFACT_ENV, "/elsewhere")  # another artefact folder
+    cute_launch._launch(q, k, v, r, True, 0.125)
+    assert len(loads) == 3 and launched[2][0] == (2, 4, 1)
+
+
 def test_too_many_heads_for_the_grid_are_refused():
     from parallax_kernels.parallax.cute_launch import MAX_GRID_Y, _launch
 
