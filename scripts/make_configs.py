@@ -126,7 +126,10 @@ last_save_model_only = false
 PAPER = dict(
     data_name="Ultra-FineWeb", seq_len=4096, steps=20000, warmup=1000, dataset='dataset = "ultrafineweb"\n',
     ac='mode = "selective"\nselective_ac_option = "op"\n', diag_interval=500, ckpt_interval=1000,
-    validation="[validation]\nenable = false\n",
+    # held-out loss every 500 steps on 32 batches of the training data's held-out split (a shard folder of
+    # scripts/prepare_data.py has one; any other training path needs [validation] dataset_path)
+    validation=('[validation]\nenable = true\ndataset = "ultrafineweb"\nlocal_batch_size = 4\nseq_len = 4096\n'
+                "freq = 500\nsteps = 32\n"),
     launch="torchrun --nproc_per_node=8 -m parallax_titan.train --job.config_file",
 )
 

@@ -271,11 +271,11 @@ def test_prepare_refuses_a_non_empty_output_folder(tmp_path, shards):
     assert (empty / "manifest.json").is_file() and not list(tmp_path.glob(".empty.partial-*"))
 
 
-def _validation_config(train_path, validation_path=None):
+def _validation_config(train_path, validation_path=None, validation_dataset="ultrafineweb"):
     from types import SimpleNamespace
 
-    return SimpleNamespace(training=SimpleNamespace(dataset_path=train_path),
-                           validation=SimpleNamespace(dataset_path=validation_path, dataset="ultrafineweb"))
+    return SimpleNamespace(training=SimpleNamespace(dataset_path=train_path, dataset="ultrafineweb"),
+                           validation=SimpleNamespace(dataset_path=validation_path, dataset=validation_dataset))
 
 
 def test_validation_source_follows_the_training_path(shards, tmp_path):
@@ -286,8 +286,13 @@ def test_validation_source_follows_the_training_path(shards, tmp_path):
     (tmp_path / "train").mkdir()
     (tmp_path / "validation").mkdir()
     assert validation_source(_validation_config(str(tmp_path / "train")))[0] == str(tmp_path / "validation")
-    path, why = validation_source(_validation_config("openbmb/Ultra-FineWeb"))  # a hub id
+    # a hub id: validation streams its own dataset's source, which must not be the training stream itself
+    path, why = validation_source(_validation_config("openbmb/Ultra-FineWeb", validation_dataset="c4_validation"))
     assert path is None and "hub id" in why
+    for train_path in ("openbmb/Ultra-FineWeb", None):
+        with pytest.raises(ValueError, match="would read the training data itself"):
+            validation_source(_validation_config(train_path))
+    assert validation_source(_validation_config(None, validation_dataset="ultrafineweb_zh"))[0] is None  # other split
     other = tmp_path / "other"
     other.mkdir()
     with pytest.raises(ValueError, match="has no held-out split"):

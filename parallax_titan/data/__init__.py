@@ -12,7 +12,8 @@ Validation reads `[validation] dataset_path` when it is set (shards: their held-
 Unset, it follows `[training] dataset_path` (`validation_source` says how): a shard folder validates on
 its own "validation" split, a local text folder named `train` on its sibling `validation` folder, and any
 other training path is an error, since validating on the `[validation] dataset`'s default corpus would
-measure other data. With neither path set, each `dataset` name reads its own default path.
+measure other data. With neither path set, each `dataset` name reads its own default path, and a validation
+dataset whose default source is the training stream itself (the same hub corpus and split) is an error.
 """
 
 from __future__ import annotations
@@ -101,16 +102,40 @@ def build_dataloader(dp_world_size, dp_rank, tokenizer, job_config, infinite: bo
     return build_text_dataloader(dp_world_size, dp_rank, tokenizer, job_config, infinite)
 
 
+def _default_source(name: str) -> tuple[str, str | None] | None:
+    """(path, split) that `dataset = name` reads without a dataset_path; None for a name not registered."""
+    config = DATASETS.get(name)
+    if config is None:
+        return None
+    return config.path, getattr(config.loader, "keywords", {}).get("split")
+
+
+def _check_not_training_stream(t, v) -> None:
+    """Validation on a dataset's default source must not read the very stream the training reads (a hub corpus
+    has no held-out split of its own here): that would report training loss as held-out loss."""
+    train = _default_source(t.dataset)
+    if train is not None and t.dataset_path:
+        train = (t.dataset_path, train[1])
+    if train is not None and train == _default_source(v.dataset):
+        raise ValueError(
+            f"[validation] dataset = {v.dataset!r} would read the training data itself: [training] dataset = "
+            f"{t.dataset!r} with dataset_path {t.dataset_path or 'unset'} streams {train[0]} (split {train[1]}) too. "
+            "Set [validation] dataset_path (--validation.dataset_path) to held-out data, e.g. a shard folder of "
+            "scripts/prepare_data.py, or turn validation off (--validation.no-enable)")
+
+
 def validation_source(job_config) -> tuple[str | None, str]:
     """The validation path and why: set, derived from the training path, or the dataset's default."""
     v, t = job_config.validation, job_config.training
     if v.dataset_path:
         return v.dataset_path, "[validation] dataset_path"
     if not t.dataset_path:
+        _check_not_training_stream(t, v)
         return None, f"the default path of [validation] dataset = {v.dataset!r}"
     if is_shard_folder(t.dataset_path):
         return t.dataset_path, "the held-out 'validation' split of [training] dataset_path"
     if not os.path.exists(t.dataset_path):  # a hub id: the validation dataset streams its own source
+        _check_not_training_stream(t, v)
         return None, (f"[training] dataset_path {t.dataset_path!r} is a hub id; the default path of "
                       f"[validation] dataset = {v.dataset!r}")
     sibling = os.path.join(os.path.dirname(os.path.normpath(t.dataset_path)), "validation")
