@@ -46,7 +46,8 @@ class ParallaxTrainer(Trainer):
         self._step_losses: list[torch.Tensor] = []
         self.skipped_steps = 0
         faults = getattr(job_config, "faults", None)
-        if faults is not None and faults.on_nonfinite != "ignore":
+        self._guarded = faults is not None and faults.on_nonfinite != "ignore"
+        if self._guarded:
             if faults.on_nonfinite not in ("stop", "skip"):
                 raise ValueError(f"[faults] on_nonfinite = {faults.on_nonfinite!r}; choose stop, skip or ignore")
             unguarded = self.optimizers.step
@@ -67,7 +68,8 @@ class ParallaxTrainer(Trainer):
     # --- non-finite guard -------------------------------------------------------------------------
     def forward_backward_step(self, **kwargs):
         loss = super().forward_backward_step(**kwargs)
-        self._step_losses.append(loss.detach())
+        if self._guarded:  # the guard reads and clears them each step; unguarded, nothing would
+            self._step_losses.append(loss.detach())
         return loss
 
     def _nonfinite_here(self) -> bool:

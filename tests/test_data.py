@@ -92,6 +92,21 @@ def test_resume_mid_stream_gives_exactly_the_next_windows(shards):
     assert all((x == y).all() for x, y in zip(again, uninterrupted[30:]))
 
 
+@pytest.mark.parametrize("change, message", [
+    (dict(seq_len=128), r"\[training\] seq_len = 64, and this run has 128"),
+    (dict(seed=7), r"\[debug\] seed = 1, and this run has 7"),
+])
+def test_resume_under_other_window_settings_is_refused(shards, change, message):
+    first = ShardTokenDataset(str(shards), "train", 64, seed=1)
+    _windows(first, 5)
+    other = ShardTokenDataset(str(shards), "train", **{"seq_len": 64, "seed": 1, **change})
+    with pytest.raises(ValueError, match=message):
+        other.load_state_dict(first.state_dict())
+    state = {k: v for k, v in first.state_dict().items() if k in ("epoch", "position", "world")}
+    other.load_state_dict(state)  # a state without those keys is taken as it is
+    assert other.position == 5
+
+
 def test_resume_on_another_number_of_ranks_continues_the_same_global_order(shards):
     two = [ShardTokenDataset(str(shards), "train", 64, dp_rank=r, dp_world_size=2, seed=1) for r in range(2)]
     for rank in two:

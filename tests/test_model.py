@@ -1,6 +1,7 @@
 """Qwen3-Parallax model: shapes, softmax equivalence at W_R = 0, parameter/FLOP arithmetic, errors."""
 
 from dataclasses import replace
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -181,6 +182,22 @@ def test_tokenizer_larger_than_vocab_is_refused():
     args = replace(FLAVORS["debug-parallax"], vocab_size=1000)
     with pytest.raises(ValueError, match=r"tokenizer .*tokenizer.json has 2048 tokens but the model flavor's vocab_size is 1000"):
         args.update_from_config(_job_config(EMBEDDED_TOKENIZER))
+
+
+@pytest.mark.parametrize("config", [None, {}, {"eos_token": "<|no such token|>"}])
+def test_document_masking_without_the_tokenizers_eos_is_refused(tmp_path, config):
+    """No tokenizer, no eos_token, or one the vocabulary lacks: the flavor's default EOS id would never match, so
+    documents would silently never end."""
+    import json
+    import shutil
+
+    if config is not None:
+        shutil.copy(Path(EMBEDDED_TOKENIZER) / "tokenizer.json", tmp_path / "tokenizer.json")
+        (tmp_path / "tokenizer_config.json").write_text(json.dumps(config))
+    args = replace(FLAVORS["debug-parallax"])
+    with pytest.raises(ValueError, match=r"\[parallax\] document_masking"):
+        args.update_from_config(_job_config(str(tmp_path), document_masking=True))
+    replace(FLAVORS["debug-parallax"]).update_from_config(_job_config(str(tmp_path)))  # without masking: accepted
 
 
 def test_bad_parallax_value_from_config_is_a_clear_error():

@@ -212,6 +212,25 @@ def test_skip_mode_drops_the_bad_update_and_trains_on(tmp_path):
     assert all(math.isfinite(losses[s]) for s in range(6, 9)) and losses[8] < losses[1]
 
 
+def test_without_the_guard_the_losses_are_not_kept(monkeypatch):
+    """on_nonfinite = "ignore" installs no guard, and nothing else would clear the step's losses: they must not
+    pile up, one a micro-batch, for the whole run."""
+    import torch
+    from torchtitan.train import Trainer
+
+    from parallax_titan.trainer import ParallaxTrainer
+
+    monkeypatch.setattr(Trainer, "forward_backward_step", lambda self, **kwargs: torch.tensor(1.0))
+    trainer = ParallaxTrainer.__new__(ParallaxTrainer)  # the step alone, without building a model
+    trainer._step_losses, trainer._guarded = [], False
+    for _ in range(3):
+        trainer.forward_backward_step()
+    assert trainer._step_losses == []
+    trainer._guarded = True
+    trainer.forward_backward_step()
+    assert len(trainer._step_losses) == 1
+
+
 @pytest.mark.slow
 def test_incomplete_checkpoint_folder_is_an_error_not_a_fresh_start(tmp_path):
     (tmp_path / "run" / "checkpoint" / "step-3").mkdir(parents=True)

@@ -189,11 +189,22 @@ class ShardTokenDataset(IterableDataset, Stateful):
             self.epoch, self.position = self.epoch + 1, 0
 
     def state_dict(self) -> dict[str, int]:
-        return {"epoch": self.epoch, "position": self.position, "world": self.world}
+        # what the window order depends on goes along, so that a resume under other settings is refused
+        return {"epoch": self.epoch, "position": self.position, "world": self.world, "seq_len": self.seq_len,
+                "seed": self.seed, "num_tokens": self.data.num_tokens}
 
     def load_state_dict(self, state_dict: dict[str, int]) -> None:
         """Resumes on any number of data-parallel ranks: rank r's k-th window is the epoch order's
-        (k * world + r)-th, so the ranks together have taken position * world windows of the epoch."""
+        (k * world + r)-th, so the ranks together have taken position * world windows of the epoch. The
+        windows and their order depend on seq_len, the seed and the split's tokens: a state saved under other
+        values would resume at a place that means other data, so it is refused."""
+        for key, name, here in (("seq_len", "[training] seq_len", self.seq_len), ("seed", "[debug] seed", self.seed),
+                                ("num_tokens", f"the {self.data.split!r} split's token count", self.data.num_tokens)):
+            if key in state_dict and int(state_dict[key]) != here:
+                raise ValueError(
+                    f"the checkpoint's data position in {self.data.folder} was saved with {name} = "
+                    f"{state_dict[key]}, and this run has {here}: it would resume on other windows. Resume with "
+                    f"the checkpoint's value, or start a new run (--job.dump_folder)")
         saved_world = int(state_dict.get("world", self.world))
         consumed = int(state_dict["position"]) * saved_world
         if consumed % self.world:
