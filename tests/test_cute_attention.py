@@ -300,9 +300,31 @@ def test_artefact_mismatches_are_clear_errors(tmp_path):
     path.write_text(json.dumps({**meta, "source": "0" * 16}))
     with pytest.raises(ValueError, match="another version of kernels/parallax_kernels/parallax/cute_kernel.py"):
         read_artefact(tmp_path, variant)
+    path.write_text(json.dumps({k: v for k, v in meta.items() if k != "smem_bytes"}))
+    with pytest.raises(ValueError, match=r"lacks \['smem_bytes'\].*scripts/build_kernels.py --attention"):
+        read_artefact(tmp_path, variant)
+    path.write_text(json.dumps(meta)[:40])  # cut short
+    with pytest.raises(ValueError, match=f"{variant.name}.json is not a readable artefact record"):
+        read_artefact(tmp_path, variant)
     path.write_text(json.dumps(meta))
     assert read_artefact(tmp_path, variant) == (meta, b"\x7fELF")
     assert read_artefact(tmp_path / "empty", variant) is None
+
+
+def test_artefacts_are_written_whole_and_their_hash_covers_the_compile_helpers(tmp_path, monkeypatch):
+    """write_artefact renames finished files into place (no partial file is ever visible or left behind), and
+    the source hash changes with the runtime's compile helpers as well as with the kernel's own files."""
+    from parallax_kernels.parallax.cute_launch import write_artefact
+
+    variant = AttentionVariant("bfloat16", 128, True)
+    ptx = f".entry {variant.name}_k(\n.param .u64 a,\n.param .u32 b\n)"
+    write_artefact(tmp_path, variant, b"\x7fELF-cubin", ptx, f"{variant.name}_k", "x.y")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f"{variant.name}.cubin", f"{variant.name}.json"]
+    assert (tmp_path / f"{variant.name}.cubin").read_bytes() == b"\x7fELF-cubin"
+    assert json.loads((tmp_path / f"{variant.name}.json").read_text())["params"] == ["u64", "u32"]
+    before = source_hash()
+    monkeypatch.setattr(rt, "gmem_pointer", lambda dtype, align: None)  # another placeholder pointer
+    assert source_hash() != before
 
 
 def test_missing_kernel_without_the_dsl_names_the_build_command(tmp_path, monkeypatch):
@@ -410,6 +432,10 @@ def test_forward_launch_passes_the_kernels_parameters_and_makes_its_plan_once_pe
     monkeypatch.setenv(rt.ARTEFACT_ENV, "/elsewhere")  # another artefact folder
     cute_launch._launch(q, k, v, r, True, 0.125)
     assert len(loads) == 3 and launched[2][0] == (2, 4, 1)
+    monkeypatch.delenv(rt.ARTEFACT_ENV)
+    monkeypatch.setenv("XDG_CACHE_HOME", "/another-cache")  # the default folder follows it
+    cute_launch._launch(q, k, v, r, True, 0.125)
+    assert len(loads) == 4
 
 
 def test_too_many_heads_for_the_grid_are_refused():
@@ -841,15 +867,6 @@ def test_unavailable_reason_traces_under_torch_compile(monkeypatch):
     monkeypatch.setattr(torch.compiler, "is_compiling", lambda: False)
     with pytest.raises(AssertionError, match="artefact lookup ran"):
         launch.unavailable_reason(x)
-
-
-def test_packed_documents_with_backend_cute_are_a_valid_config():
-    from parallax_titan.model.flavors import FLAVORS
-
-    args = FLAVORS["debug-parallax"]
-    for backend in ("cute", "cute_deterministic"):
-        built = type(args)(**{**vars(args), "attention_backend": backend, "document_masking": True})
-        assert built.attention_backend == backend and built.document_masking
 
 
 def test_bench_launch_names_its_peers_and_needs_a_gpu():

@@ -88,6 +88,15 @@ def test_triton_decode_matches_float64(case, dtype):
         assert err < (1e-5 if dtype == torch.float32 else 1.5e-2), (backend, float(err))
 
 
+def test_ticket_counters_are_one_set_per_stream():
+    from parallax_kernels.parallax_decode.torch_split import ticket_counters
+
+    cpu = torch.device("cpu")
+    one, again, other = ticket_counters(cpu, 6, stream=1), ticket_counters(cpu, 6, stream=1), ticket_counters(cpu, 6, 2)
+    assert one is again and one is not other and one.shape == (6,) and int(one.abs().sum()) == 0
+    assert ticket_counters(cpu, 6) is ticket_counters(cpu, 6, stream=0)  # a CPU tensor's "stream"
+
+
 @pytest.mark.interpret
 def test_triton_ticket_counter_is_reset_for_the_next_launch():
     from parallax_kernels.parallax_decode.torch_split import TICKET_COUNTERS as _COUNTERS

@@ -29,6 +29,12 @@ def default_artefact_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "parallax_titan" / "kernels"
 
 
+def default_dir_inputs() -> tuple:
+    """The variables default_artefact_dir reads: a cache of loaded kernels keys on them, so that changing one
+    loads from the folder it names."""
+    return tuple(os.environ.get(name) for name in (ARTEFACT_ENV, "XDG_CACHE_HOME", "HOME"))
+
+
 def ptx_params(ptx: str, kernel_name: str) -> list[str]:
     """Parameter types of `kernel_name`'s .entry in PTX, in order: scalars as u64, u32, f32, ...; by-value
     byte arrays (a CUtensorMap, a struct of sizes) as b8[N]."""
@@ -142,9 +148,10 @@ def cluster_launch_config(grid, block, smem: int, stream: int, cluster: int) -> 
 
 
 class CubinKernel:
-    """One kernel of a cubin, loaded into the current device's primary context (torch's)."""
+    """One kernel of a cubin, loaded into the current device's primary context (torch's). `origin` names where
+    the cubin came from (its artefact), for the errors of the driver calls that load and launch it."""
 
-    def __init__(self, cubin: bytes, meta: dict):
+    def __init__(self, cubin: bytes, meta: dict, origin: str = "a cubin"):
         import torch
 
         torch.cuda.init()
@@ -154,12 +161,13 @@ class CubinKernel:
         if not ctx.value:  # torch has not touched this thread's context yet
             torch.zeros(1, device="cuda")
             drv.check(drv.lib.cuCtxGetCurrent(ctypes.byref(ctx)), "cuCtxGetCurrent")
+        self.origin = origin
         self._cubin = ctypes.create_string_buffer(cubin, len(cubin))
         self.module = ctypes.c_void_p()
-        drv.check(drv.lib.cuModuleLoadData(ctypes.byref(self.module), self._cubin), "cuModuleLoadData")
+        drv.check(drv.lib.cuModuleLoadData(ctypes.byref(self.module), self._cubin), f"cuModuleLoadData({origin})")
         self.func = ctypes.c_void_p()
         drv.check(drv.lib.cuModuleGetFunction(ctypes.byref(self.func), self.module, meta["kernel"].encode()),
-                  f"cuModuleGetFunction({meta['kernel']})")
+                  f"cuModuleGetFunction({meta['kernel']} of {origin})")
         self.smem = int(meta["smem_bytes"])
         self.block = tuple(meta["block"])
         self.params = list(meta["params"])
@@ -193,21 +201,22 @@ class CubinKernel:
         """A launch of this kernel over `grid`, taking (args, stream): the driver's call with its grid, block
         and shared-memory arguments made once, for a launcher that calls it with one grid again and again."""
         drv, pack, func = _driver(), self.packer.pack, self.func
+        what = f"of {self.origin} (grid {tuple(grid)}, block {self.block}, {self.smem} bytes of shared memory)"
         if self.cluster:
-            config, attr = cluster_launch_config(grid, self.block, self.smem, 0, self.cluster)
-            config_ref, launch_ex = ctypes.byref(config), drv.lib.cuLaunchKernelEx
+            launch_ex, call = drv.lib.cuLaunchKernelEx, f"cuLaunchKernelEx {what}, clusters of {self.cluster}"
 
             def launch_cluster(args: list, stream: int) -> None:
-                config.stream = stream
-                drv.check(launch_ex(config_ref, func, pack(args), None), "cuLaunchKernelEx")
+                # a config a call, so that launches on two threads do not share its stream field (_attr: the
+                # attribute the config points at, alive through the call)
+                config, _attr = cluster_launch_config(grid, self.block, self.smem, stream, self.cluster)
+                drv.check(launch_ex(ctypes.byref(config), func, pack(args), None), call)
 
-            launch_cluster.keep = attr  # the config points at the attribute
             return launch_cluster
         dims = [ctypes.c_uint(x) for x in (*grid, *self.block, self.smem)]
-        launch_kernel = drv.lib.cuLaunchKernel
+        launch_kernel, call = drv.lib.cuLaunchKernel, f"cuLaunchKernel {what}"
 
         def launch(args: list, stream: int) -> None:
-            drv.check(launch_kernel(func, *dims, ctypes.c_void_p(stream), pack(args), None), "cuLaunchKernel")
+            drv.check(launch_kernel(func, *dims, ctypes.c_void_p(stream), pack(args), None), call)
 
         return launch
 
@@ -228,9 +237,23 @@ def write_artefact(folder: Path, variant, cubin: bytes, ptx: str, kernel_name: s
         "block": [variant.num_threads, 1, 1], "smem_bytes": variant.smem_bytes, "arch": ARCH,
         "nvidia_cutlass_dsl": dsl_version, "source": source,
     }
-    (folder / f"{variant.name}.cubin").write_bytes(cubin)
-    (folder / f"{variant.name}.json").write_text(json.dumps(meta, indent=1) + "\n")
+    # each file appears whole (written under a name of this process's, then renamed), the record last: ranks
+    # that compile a missing variant at once, and readers beside them, never see a partial file
+    _write_atomic(folder / f"{variant.name}.cubin", cubin)
+    _write_atomic(folder / f"{variant.name}.json", (json.dumps(meta, indent=1) + "\n").encode())
     return folder / f"{variant.name}.json"
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    partial = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.partial")
+    try:
+        partial.write_bytes(data)
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
+
+
+ARTEFACT_KEYS = ("variant", "kernel", "params", "block", "smem_bytes", "source")
 
 
 def read_artefact(folder: Path, variant, *, source: str, params: list[str], kernel_file: str,
@@ -244,7 +267,13 @@ def read_artefact(folder: Path, variant, *, source: str, params: list[str], kern
     rebuild = f"rebuild it with {build_command}"
     if not cubin_path.exists():
         raise FileNotFoundError(f"{meta_path} has no cubin beside it ({cubin_path}); {rebuild}")
-    meta = json.loads(meta_path.read_text())
+    try:
+        meta = json.loads(meta_path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{meta_path} is not a readable artefact record ({err}); {rebuild}") from None
+    missing = [k for k in ARTEFACT_KEYS if k not in meta] if isinstance(meta, dict) else list(ARTEFACT_KEYS)
+    if missing:
+        raise ValueError(f"{meta_path} lacks {missing}; {rebuild}")
     if meta.get("variant") != asdict(variant):
         raise ValueError(f"{meta_path} describes {meta.get('variant')}, not {asdict(variant)}; {rebuild}")
     if meta.get("source") != source:
@@ -300,7 +329,7 @@ def load_kernel(variant, folder: Path | None, *, loaded: dict, read, write, comp
     a loaded kernel is found by the folder as given and the variable naming the default, without building paths."""
     import torch
 
-    key = (variant, None if folder is None else str(folder), os.environ.get(ARTEFACT_ENV), torch.cuda.current_device())
+    key = (variant, None if folder is None else str(folder), *default_dir_inputs(), torch.cuda.current_device())
     kernel = loaded.get(key)
     if kernel is not None:
         return kernel
@@ -320,15 +349,20 @@ def load_kernel(variant, folder: Path | None, *, loaded: dict, read, write, comp
         write(folder, variant, cubin, ptx, name, version("nvidia-cutlass-dsl"))
         found = read(folder, variant)
     meta, cubin = found
-    loaded[key] = CubinKernel(cubin, meta)
+    loaded[key] = CubinKernel(cubin, meta, origin=str(folder / f"{variant.name}.cubin"))
     return loaded[key]
 
 
 def source_hash(*files: Path) -> str:
-    """Hash of a kernel's source files: an artefact built from other source is refused, not run."""
+    """Hash of a kernel's source files and of this module's helpers that shape every build (compile_cubin,
+    dsl_dtype, gmem_pointer): an artefact built from other source is refused, not run."""
+    import inspect
+
     digest = hashlib.sha256()
     for path in files:
         digest.update(Path(path).read_bytes())
+    for helper in (compile_cubin, dsl_dtype, gmem_pointer):
+        digest.update(inspect.getsource(helper).encode())
     return digest.hexdigest()[:16]
 
 
@@ -355,6 +389,7 @@ TMA_L2_PROMOTION_128B = 2
 # tensors the same addresses step after step; a step needs one per attention input, layer and pass
 _TMA_CACHE: dict[tuple, bytes] = {}
 _TMA_CACHE_SIZE = 8192
+_TMA_LOCK = threading.Lock()  # the backward runs on autograd's thread, beside the forward's
 
 
 def encode_tma_tiled(dtype: str, address: int, dims: list[int], strides_bytes: list[int], box: list[int],
@@ -366,10 +401,12 @@ def encode_tma_tiled(dtype: str, address: int, dims: list[int], strides_bytes: l
     if len(box) != rank or len(strides_bytes) != rank - 1:
         raise ValueError(f"TMA descriptor: {rank} dims need {rank} box sizes and {rank - 1} strides")
     if address % 16 or any(s % 16 for s in strides_bytes):
-        raise ValueError("TMA descriptor: the address and every stride must be multiples of 16 bytes")
+        raise ValueError(f"TMA descriptor: the address and every stride must be multiples of 16 bytes; got address "
+                         f"{address:#x}, strides {list(strides_bytes)} bytes (dims {list(dims)}, {dtype})")
     key = (dtype, address, tuple(dims), tuple(strides_bytes), tuple(box), swizzle)
-    if key in _TMA_CACHE:
-        return _TMA_CACHE[key]
+    found = _TMA_CACHE.get(key)  # (one lookup: another thread may evict the key in between two)
+    if found is not None:
+        return found
     drv = _driver()
     tmap = (ctypes.c_uint8 * 128)()
     u64s, u32s = ctypes.c_uint64 * rank, ctypes.c_uint32 * rank
@@ -378,7 +415,8 @@ def encode_tma_tiled(dtype: str, address: int, dims: list[int], strides_bytes: l
         u64s(*dims), (ctypes.c_uint64 * (rank - 1))(*strides_bytes), u32s(*box), u32s(*([1] * rank)),
         ctypes.c_int(0), ctypes.c_int(swizzle), ctypes.c_int(TMA_L2_PROMOTION_128B), ctypes.c_int(0),
     ), "cuTensorMapEncodeTiled")
-    if len(_TMA_CACHE) >= _TMA_CACHE_SIZE:  # the oldest goes first
-        del _TMA_CACHE[next(iter(_TMA_CACHE))]
-    _TMA_CACHE[key] = bytes(tmap)
-    return _TMA_CACHE[key]
+    with _TMA_LOCK:
+        if len(_TMA_CACHE) >= _TMA_CACHE_SIZE:  # the oldest goes first
+            _TMA_CACHE.pop(next(iter(_TMA_CACHE)), None)
+        _TMA_CACHE[key] = found = bytes(tmap)
+    return found

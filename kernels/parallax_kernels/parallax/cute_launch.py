@@ -17,7 +17,6 @@ with the CUDA driver.
 from __future__ import annotations
 
 import math
-import os
 import struct
 from pathlib import Path
 
@@ -161,8 +160,8 @@ _PLANS: dict[tuple, _ForwardPlan] = {}
 
 
 def _forward_plan(q, k, causal: bool, documents: bool, artefact_dir: Path | None, variant_fields: dict):
-    # the artefact folder's variable is part of the key: the kernel is loaded from where it names
-    key = (q.shape, k.shape, q.dtype, q.device, causal, documents, artefact_dir, os.environ.get(rt.ARTEFACT_ENV),
+    # the variables naming the default artefact folder are part of the key: the kernel is loaded from where they name
+    key = (q.shape, k.shape, q.dtype, q.device, causal, documents, artefact_dir, *rt.default_dir_inputs(),
            tuple(sorted(variant_fields.items())))
     plan = _PLANS.get(key)
     if plan is None:

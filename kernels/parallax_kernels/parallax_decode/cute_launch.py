@@ -65,7 +65,7 @@ def unavailable_reason(x) -> str | None:
     if x.shape[-1] not in HEAD_DIMS:
         return f"head_dim {x.shape[-1]} is not supported ({', '.join(map(str, HEAD_DIMS))})"
     folder = default_artefact_dir()
-    if not dsl_installed() and not any(folder.glob("*.cubin")):
+    if not dsl_installed() and not any(folder.glob("parallax_decode_*.cubin")):
         return (f"no prebuilt kernels in {folder} and nvidia-cutlass-dsl is not installed to compile them: "
                 "run `python scripts/build_kernels.py --out DIR` on any machine with the package and set "
                 f"{ARTEFACT_ENV}=DIR")

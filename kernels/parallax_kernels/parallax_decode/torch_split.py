@@ -91,10 +91,15 @@ def merge_partials_torch(p: DecodePartials) -> torch.Tensor:
 TICKET_COUNTERS: dict[tuple, torch.Tensor] = {}
 
 
-def ticket_counters(device: torch.device, n: int) -> torch.Tensor:
+def ticket_counters(device: torch.device, n: int, stream: int | None = None) -> torch.Tensor:
     """Zeroed int32 tickets, one per (batch, kv head), for the kernels' in-launch merge: the program that
-    draws the last ticket merges and resets its counter, so every launch leaves them at zero."""
-    key = (device, n)
+    draws the last ticket merges and resets its counter, so every launch leaves them at zero. One set per
+    stream (default: the device's current one, whose launches run one after another): launches on two streams,
+    or a CUDA graph's replay beside eager calls, may overlap and must not draw each other's tickets."""
+    device = torch.device(device)
+    if stream is None:
+        stream = torch.cuda.current_stream(device).cuda_stream if device.type == "cuda" else 0
+    key = (device, n, stream)
     if key not in TICKET_COUNTERS:
         TICKET_COUNTERS[key] = torch.zeros(n, dtype=torch.int32, device=device)
     return TICKET_COUNTERS[key]
