@@ -4,9 +4,10 @@
         [--dataset embedded_en_validation | --dataset-path DIR] [--seq-len 256] [--batch-size 8] [--max-batches N] \
         [-- --section.key value ...]     (the overrides the run was trained with, if any)
 
-The validation data comes from the data pipeline: a shard folder (scripts/prepare_data.py) is read from
-its held-out "validation" split, window by window; a text source (a registered dataset name, optionally
-with --dataset-path) is tokenised and packed the way training packs it, read once. Perplexity is
+The validation data is what the run's [validation] reads, chosen by the trainer's rule (the TOML's [validation]
+dataset_path, else the training data's held-out split: parallax_titan.data.validation_source), unless --dataset
+or --dataset-path names other data. A shard folder (scripts/prepare_data.py) is read from its held-out
+"validation" split, window by window; a text source is tokenised and packed the way training packs it, read once. Perplexity is
 exp(sum of token losses / number of tokens) over every predicted token; the same number the trainer's
 [validation] reports as loss when its windows are the same.
 """
@@ -94,8 +95,11 @@ def main(argv: list[str] | None = None) -> PerplexityResult:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", required=True, help="the run's TOML")
     parser.add_argument("--checkpoint", required=True, help="a checkpoint/step-N folder")
-    parser.add_argument("--dataset", default=None, help="default: the TOML's [validation] dataset")
-    parser.add_argument("--dataset-path", default=None, help="default: the TOML's [validation] dataset_path")
+    parser.add_argument("--dataset", default=None,
+                        help="a registered dataset name (its default path unless --dataset-path); default: the data "
+                             "the run's [validation] reads, chosen as the trainer chooses it")
+    parser.add_argument("--dataset-path", default=None,
+                        help="a shard folder (its validation split) or text files; default: as --dataset")
     parser.add_argument("--seq-len", type=int, default=None, help="default: the TOML's [validation] seq_len")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--max-batches", type=int, default=None)
@@ -109,8 +113,14 @@ def main(argv: list[str] | None = None) -> PerplexityResult:
                             attention_backend=args.attention_backend or ("triton" if cuda else "torch"))
         v = loaded.job.validation
         seq_len = args.seq_len or v.seq_len
-        windows = validation_windows(loaded.job, args.dataset or v.dataset, args.dataset_path or v.dataset_path,
-                                     seq_len)
+        if args.dataset or args.dataset_path:
+            dataset, path = args.dataset or v.dataset, args.dataset_path
+        else:  # the data the trainer's [validation] reads, by the same rule (parallax_titan.data.validation_source)
+            from parallax_titan.data import validation_source
+
+            dataset, (path, why) = v.dataset, validation_source(loaded.job)
+            print(f"Validation data: {path or dataset} ({why})")
+        windows = validation_windows(loaded.job, dataset, path, seq_len)
         autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else torch.autocast("cpu", enabled=False)
         with autocast:
             result = perplexity(loaded.model, batches(windows, args.batch_size), args.device, args.max_batches)

@@ -25,7 +25,7 @@ from parallax_titan import checkpoint_manifest
 from parallax_titan.hf_interop import check_config_matches, check_empty_output, read_hf_checkpoint, write_hf_checkpoint
 from parallax_titan.model.checkpoint import load_model_dcp, save_model_dcp
 from parallax_titan.model.flavors import FLAVORS
-from parallax_titan.model.state_dict_adapter import from_hf_state, PROBE_STARTS
+from parallax_titan.model.state_dict_adapter import from_hf_state, PARALLAX_HF_KEYS, PROBE_STARTS
 
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 
@@ -43,7 +43,11 @@ def to_dcp(args: argparse.Namespace) -> None:
     state = from_hf_state(hf_state, model_args, str(args.hf), probe_start=args.probe_start, seed=args.seed)
     save_model_dcp(state, args.out)
     checkpoint_manifest.write_manifest(args.out)  # verified when the trainer loads it (initial_load_path)
-    probe = f", probe start {args.probe_start!r}" if model_args.attention == "parallax" else ""
+    probe = ""
+    if model_args.attention == "parallax":  # the probe's tensors came with the checkpoint, or were started here
+        suffixes = tuple(key.split("{}", 1)[1] for key in PARALLAX_HF_KEYS)
+        from_checkpoint = any(name.endswith(suffixes) for name in hf_state)
+        probe = ", probe from the checkpoint" if from_checkpoint else f", probe start {args.probe_start!r}"
     print(f"wrote {len(state)} tensors ({model_args.attention} attention{probe}) as fp32 DCP to {args.out}")
 
 
@@ -76,7 +80,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--dcp", type=Path, required=True, help="a checkpoint/step-N folder")
     p.add_argument("--flavor", required=True)
     p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--dtype", choices=sorted(DTYPES), default="bfloat16")
+    p.add_argument("--dtype", choices=sorted(DTYPES), default="bfloat16",
+                   help="the exported tensors' dtype (default bfloat16, whatever the training precision)")
     p.add_argument("--tokenizer", type=Path, required=True,
                    help="the run's tokenizer folder ([model] hf_assets_path): its eos/bos/pad ids go into config.json")
     p.add_argument("--export-tokenizer", action="store_true", help="also copy the tokenizer's files beside the weights")

@@ -1,7 +1,10 @@
 """Parallax diagnostics of a checkpoint (parallax_titan/diagnostics.py), one row per layer.
 
     python scripts/diagnose.py --config configs/debug_cpu.toml --checkpoint outputs/debug_cpu/checkpoint/step-40 \
-        [--text-file FILE | default: the embedded validation text] [--tokens 512] [--json out.json]
+        [--text-file FILE | default: the embedded validation text] [--tokens N] [--json out.json] \
+        [-- --section.key value ...]     (the overrides the run was trained with, if any)
+
+The probe is the text's first N tokens (default: 512, or the model's max_seq_len where that is shorter).
 """
 
 from __future__ import annotations
@@ -31,19 +34,27 @@ def probe_text(path: str | None) -> str:
 
 
 def main(argv: list[str] | None = None) -> dict:
+    from parallax_titan.launch import split_overrides
+
+    argv, overrides = split_overrides(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", required=True)
     parser.add_argument("--checkpoint", required=True)
     parser.add_argument("--text-file", default=None)
-    parser.add_argument("--tokens", type=int, default=512)
+    parser.add_argument("--tokens", type=int, default=None, help="default: 512, or the model's max_seq_len if shorter")
     parser.add_argument("--device", default=default_device())
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
     try:
-        loaded = load_model(args.config, args.checkpoint, device=args.device, attention_backend="torch")
+        loaded = load_model(args.config, args.checkpoint, overrides=overrides, device=args.device,
+                            attention_backend="torch")
     except (ValueError, FileNotFoundError) as error:
         sys.exit(f"diagnose: {error}")
-    ids = loaded.tokenizer.encode(probe_text(args.text_file)).ids[: args.tokens]
+    longest = loaded.args.max_seq_len  # the model's RoPE table
+    if args.tokens is not None and args.tokens > longest:
+        sys.exit(f"diagnose: --tokens {args.tokens} exceeds the model's max_seq_len {longest} (its RoPE table, the "
+                 f"run's [training] seq_len)")
+    ids = loaded.tokenizer.encode(probe_text(args.text_file)).ids[: args.tokens or min(512, longest)]
     if len(ids) < 2:
         sys.exit("diagnose: the probe text has fewer than 2 tokens")
     tokens = torch.tensor(ids, device=args.device)

@@ -2,9 +2,10 @@
 
     python scripts/generate.py --config configs/debug_cpu.toml \
         --checkpoint outputs/debug_cpu/checkpoint/step-40 --prompt "The Python tutorial" \
-        --max-new-tokens 64 --temperature 0.8 --top-p 0.95 --seed 0
+        --max-new-tokens 64 --temperature 0.8 --top-p 0.95 --seed 0 [-- --section.key value ...]
 
-The TOML is the run's own (flavor, [parallax] settings, tokenizer). On a GPU the prompt is prefilled
+The TOML is the run's own (flavor, [parallax] settings, tokenizer), with the overrides it was trained with after
+`--` (e.g. `-- --model.flavor debug-transformer`). On a GPU the prompt is prefilled
 with the fused Triton kernel and decoded with the Triton decode kernel unless told otherwise.
 """
 
@@ -23,6 +24,9 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 
 
 def main(argv: list[str] | None = None) -> None:
+    from parallax_titan.launch import split_overrides
+
+    argv, overrides = split_overrides(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", required=True, help="the run's TOML")
     parser.add_argument("--checkpoint", required=True, help="a checkpoint/step-N folder")
@@ -43,7 +47,8 @@ def main(argv: list[str] | None = None) -> None:
     prefill = args.prefill_backend or ("triton" if cuda else "torch")
     decode = args.decode_backend or ("triton" if cuda else "torch")
     try:
-        loaded = load_model(args.config, args.checkpoint, device=args.device, dtype=dtype, attention_backend=prefill)
+        loaded = load_model(args.config, args.checkpoint, overrides=overrides, device=args.device, dtype=dtype,
+                            attention_backend=prefill)
         prompts = [loaded.tokenizer.encode(p).ids for p in args.prompt]
         decoder = CachedDecoder(loaded.model, prefill_backend=prefill, decode_backend=decode)
         start = time.perf_counter()

@@ -209,6 +209,23 @@ def test_generate_script_samples_from_a_dcp_checkpoint(tmp_path, capsys, debug_c
         main(["--config", str(DEBUG_CONFIG), "--checkpoint", str(tmp_path), "--prompt", "x", "--device", "cpu"])
 
 
+def test_generate_takes_the_runs_overrides_after_a_double_dash(tmp_path, capsys):
+    """A run trained with `--model.flavor debug-transformer` on the debug TOML loads with the same override."""
+    from conftest import DEBUG_CONFIG
+    from parallax_titan.inference import load_model
+    from parallax_titan.model.checkpoint import save_model_dcp
+    from scripts.generate import main
+
+    loaded = load_model(DEBUG_CONFIG, None, overrides=["--model.flavor", "debug-transformer"])
+    save_model_dcp(loaded.model.state_dict(), tmp_path / "step-1")
+    argv = ["--config", str(DEBUG_CONFIG), "--checkpoint", str(tmp_path / "step-1"), "--prompt", "Python",
+            "--max-new-tokens", "4", "--device", "cpu"]
+    with pytest.raises(SystemExit, match="wr.weight"):  # the TOML's own flavor is Parallax
+        main(argv)
+    main([*argv, "--", "--model.flavor", "debug-transformer"])
+    assert capsys.readouterr().out.count("=== ") == 1
+
+
 def test_bench_decode_cells_are_checked_before_any_gpu_work(monkeypatch, capsys):
     """--cells belongs to --sweep cute, and each cell must be B:L; either mistake stops the run with a
     message naming it (both checks come before the script touches a GPU)."""

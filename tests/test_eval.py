@@ -60,6 +60,20 @@ def test_shard_perplexity_is_the_token_weighted_mean_over_every_window(tmp_path,
     assert result.tokens == count and windows % 5 != 0  # a partial last batch is counted too
     assert result.loss == pytest.approx(nll / count, rel=1e-5)
     assert result.perplexity == pytest.approx(math.exp(nll / count), rel=1e-5)
+    # without a data option: what the run's [validation] reads, the training shards' held-out split
+    followed = main(["--config", str(CONFIG), "--checkpoint", str(path), "--seq-len", str(seq), "--batch-size", "5",
+                     "--device", "cpu", "--", "--training.dataset_path", str(shards)])
+    assert followed.data_sha256 == result.data_sha256 and followed.loss == result.loss
+
+
+def test_perplexity_refuses_to_score_the_training_stream(tmp_path, debug_checkpoint):
+    """As the trainer: a validation dataset whose default source is the training data itself is an error."""
+    from eval.perplexity import main
+
+    path, _ = debug_checkpoint
+    with pytest.raises(SystemExit, match="would read the training data itself"):
+        main(["--config", str(CONFIG), "--checkpoint", str(path), "--device", "cpu", "--",
+              "--training.dataset", "embedded_en", "--validation.dataset", "embedded_en"])
 
 
 def test_perplexity_bad_checkpoint_is_a_clear_error(tmp_path):
@@ -194,6 +208,11 @@ def test_diagnose_script_prints_every_layer(debug_checkpoint, tmp_path, capsys):
     out = capsys.readouterr().out
     assert sorted(stats) == [0, 1, 2, 3] and out.count("\n| ") >= 5
     assert all(0 < stats[i]["sr_wr"] <= 64 for i in stats)
+    # by default the probe fits the model's RoPE table (the debug run's seq_len, 256); longer is a clear error
+    main(["--config", str(CONFIG), "--checkpoint", str(path), "--device", "cpu", "--json", str(tmp_path / "e.json")])
+    assert json.loads((tmp_path / "e.json").read_text())["tokens"] == 256
+    with pytest.raises(SystemExit, match="--tokens 300 exceeds the model's max_seq_len 256"):
+        main(["--config", str(CONFIG), "--checkpoint", str(path), "--tokens", "300", "--device", "cpu"])
 
 
 # --- run plots ----------------------------------------------------------------------------------

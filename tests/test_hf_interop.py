@@ -92,11 +92,12 @@ def test_softmax_round_trip_is_exact_and_loads_in_transformers(tmp_path, dtype):
     assert "softmax" in (out / "README.md").read_text()
 
 
-def test_parallax_export_names_its_probe_and_round_trips(tmp_path):
+def test_parallax_export_names_its_probe_and_round_trips(tmp_path, capsys):
     _, hf_dir = tiny_qwen3(tmp_path)
     flavor = "debug-parallax"
     convert(["to-dcp", "--hf", str(hf_dir), "--flavor", flavor, "--out", str(tmp_path / "dcp"),
              "--probe-start", "zero-norm"])
+    assert "probe start 'zero-norm'" in capsys.readouterr().out  # a Qwen3 checkpoint has no probe: started here
     out = tmp_path / "parallax_hf"
     convert(["to-hf", "--dcp", str(tmp_path / "dcp"), "--flavor", flavor, "--out", str(out), "--dtype", "float32",
              "--tokenizer", EMBEDDED_TOKENIZER])
@@ -119,7 +120,9 @@ def test_parallax_export_names_its_probe_and_round_trips(tmp_path):
     config["parallax"]["probe_rope"] = True
     (out / "config.json").write_text(json.dumps(config))
     # back to DCP: the probe tensors are read, not re-initialised
+    capsys.readouterr()
     convert(["to-dcp", "--hf", str(out), "--flavor", flavor, "--out", str(tmp_path / "dcp2")])
+    assert "probe from the checkpoint" in capsys.readouterr().out
     first = load_model_dcp(tmp_path / "dcp", FLAVORS[flavor])
     second = load_model_dcp(tmp_path / "dcp2", FLAVORS[flavor])
     for name in first:

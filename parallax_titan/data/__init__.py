@@ -28,7 +28,7 @@ from torchdata.stateful_dataloader import StatefulDataLoader
 from torchtitan.components.dataloader import ParallelAwareDataloader
 from torchtitan.components.validate import Validator
 from torchtitan.hf_datasets import DatasetConfig
-from torchtitan.hf_datasets.text_datasets import build_text_dataloader, DATASETS
+from torchtitan.hf_datasets.text_datasets import build_text_dataloader, build_text_validation_dataloader, DATASETS
 from torchtitan.tools.logging import logger
 
 from parallax_titan.data.shards import is_shard_folder, ShardTokenDataset, tokenizer_fingerprint
@@ -149,8 +149,11 @@ def validation_source(job_config) -> tuple[str | None, str]:
 
 
 class ShardAwareValidator(Validator):
-    """torchtitan's Validator, whose dataloader may also be a shard folder's validation split.
-    (Validator.__init__ only stores its arguments and builds the dataloader; this does the same.)"""
+    """torchtitan's Validator, whose dataloader may also be a shard folder's validation split, and which reads the
+    same held-out windows every round: torchtitan's keeps one iterator across rounds, so each round would read
+    the windows after the last round's (and lose the batch prefetched when it stopped), and losses of different
+    rounds would measure different data. (Validator.__init__ only stores its arguments and builds the dataloader;
+    this does the same, and builds the dataloader anew before every round after the first.)"""
 
     def __init__(self, job_config, dp_world_size, dp_rank, tokenizer, parallel_dims, loss_fn,
                  validation_context, maybe_enable_amp, metrics_processor, pp_schedule=None,
@@ -160,20 +163,37 @@ class ShardAwareValidator(Validator):
         v.dataset_path = path  # torchtitan's text validator reads it from here
         shown = path or (DATASETS[v.dataset].path if v.dataset in DATASETS else v.dataset)
         logger.info(f"Validation data: {shown} ({why})")
-        if not is_shard_folder(v.dataset_path):
-            super().__init__(job_config, dp_world_size, dp_rank, tokenizer, parallel_dims, loss_fn,
-                             validation_context, maybe_enable_amp, metrics_processor, pp_schedule,
-                             pp_has_first_stage, pp_has_last_stage)
-            return
+        self._rounds = 0
+        if is_shard_folder(v.dataset_path):
+            self._build_loader = partial(
+                _shard_loader, v.dataset_path, "validation", v.seq_len, v.local_batch_size, dp_rank, dp_world_size,
+                job_config, infinite=v.steps != -1, dataloader_cfg=v.dataloader)
+        else:
+            self._build_loader = partial(build_text_validation_dataloader, job_config=job_config,
+                                         dp_world_size=dp_world_size, dp_rank=dp_rank, tokenizer=tokenizer,
+                                         infinite=v.steps != -1)
         self.job_config, self.tokenizer, self.parallel_dims, self.loss_fn = job_config, tokenizer, parallel_dims, loss_fn
-        self.validation_dataloader = _shard_loader(
-            v.dataset_path, "validation", v.seq_len, v.local_batch_size, dp_rank, dp_world_size, job_config,
-            infinite=v.steps != -1, dataloader_cfg=v.dataloader,
-        )
+        self.validation_dataloader = self._build_loader()
+        if is_shard_folder(v.dataset_path) and v.steps != -1:
+            split = self.validation_dataloader.dataset
+            per_rank, wanted = split.num_windows // dp_world_size, v.steps * v.local_batch_size
+            if wanted > per_rank:
+                logger.warning(f"Validation reads {v.steps} x {v.local_batch_size} windows a rank a round, and the "
+                               f"'validation' split of {v.dataset_path} holds {per_rank} a rank: windows repeat "
+                               f"within a round (set [validation] steps to at most {per_rank // v.local_batch_size})")
         self.validation_context, self.maybe_enable_amp = validation_context, maybe_enable_amp
         self.metrics_processor = metrics_processor
         self.pp_schedule, self.pp_has_first_stage, self.pp_has_last_stage = (
             pp_schedule, pp_has_first_stage, pp_has_last_stage)
+        if v.steps == -1:  # (torchtitan's own warning)
+            logger.warning("Setting validation steps to -1 might cause hangs because of unequal sample counts "
+                           "across ranks when dataset is exhausted.")
+
+    def validate(self, model_parts, step: int) -> None:
+        if self._rounds:  # from the first window again
+            self.validation_dataloader = self._build_loader()
+        self._rounds += 1
+        return super().validate(model_parts, step)
 
 
 def build_validator(**kwargs) -> ShardAwareValidator:
