@@ -150,9 +150,9 @@ def validation_source(job_config) -> tuple[str | None, str]:
 
 class ShardAwareValidator(Validator):
     """torchtitan's Validator, whose dataloader may also be a shard folder's validation split, and which reads the
-    same held-out windows every round: torchtitan's keeps one iterator across rounds, so each round would read
-    the windows after the last round's (and lose the batch prefetched when it stopped), and losses of different
-    rounds would measure different data. (Validator.__init__ only stores its arguments and builds the dataloader;
+    same held-out windows every round: torchtitan's keeps one dataloader, whose dataset goes on where the last
+    round stopped, so each round would read the windows after the last round's (less the batch prefetched when
+    it stopped), and the losses of different rounds would measure different data. (Validator.__init__ only stores its arguments and builds the dataloader;
     this does the same, and builds the dataloader anew before every round after the first.)"""
 
     def __init__(self, job_config, dp_world_size, dp_rank, tokenizer, parallel_dims, loss_fn,
