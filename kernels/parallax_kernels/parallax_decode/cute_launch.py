@@ -174,7 +174,9 @@ def _launch(variant, q, k_cache, v_cache, r, cache_seqlens, scale, splits, sms, 
     f32 = dict(dtype=torch.float32, device=q.device)
     pm, pd1, pts = (torch.empty(b, h, splits, **f32) for _ in range(3))
     po1, po2 = (torch.empty(b, h, splits, d, **f32) for _ in range(2))
-    counter = ticket_counters(q.device, b * hkv)
+    stream = torch._C._cuda_getCurrentRawStream(q.device.index if q.device.index is not None
+                                                 else torch.cuda.current_device())
+    counter = ticket_counters(q.device, b * hkv, stream)
     seqlens = cache_seqlens.to(device=q.device, dtype=torch.int32).contiguous()
     ptrs = [t.data_ptr() for t in (q, r, k_cache, v_cache, out, seqlens, pm, pd1, pts, po1, po2, counter)]
     args = ptrs + [b, h, hkv, l_max, splits,
@@ -184,5 +186,5 @@ def _launch(variant, q, k_cache, v_cache, r, cache_seqlens, scale, splits, sms, 
         grid = (persistent_grid(splits * hkv * b, sms, kernel.ctas_per_sm()), 1, 1)
     else:
         grid = (splits, hkv, b)
-    kernel.launch(grid, args, torch.cuda.current_stream(q.device).cuda_stream)
+    kernel.launch(grid, args, stream)
     return out

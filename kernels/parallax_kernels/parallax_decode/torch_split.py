@@ -97,8 +97,11 @@ def ticket_counters(device: torch.device, n: int, stream: int | None = None) -> 
     stream (default: the device's current one, whose launches run one after another): launches on two streams,
     or a CUDA graph's replay beside eager calls, may overlap and must not draw each other's tickets."""
     device = torch.device(device)
-    if stream is None:
-        stream = torch.cuda.current_stream(device).cuda_stream if device.type == "cuda" else 0
+    if stream is None and device.type != "cuda":
+        stream = 0
+    elif stream is None:  # (the driver's handle, read without making a Stream object: a decode step is short)
+        stream = torch._C._cuda_getCurrentRawStream(device.index if device.index is not None
+                                                    else torch.cuda.current_device())
     key = (device, n, stream)
     if key not in TICKET_COUNTERS:
         TICKET_COUNTERS[key] = torch.zeros(n, dtype=torch.int32, device=device)
