@@ -3,7 +3,7 @@
     python scripts/bench_attention.py [--shapes 8,16,2048,128 4,16,4096,128 ...] [--kv-ratio 2] [--json out.json]
         [--reference-kernel FILE]      # e.g. FILE from `git show REF:kernels/parallax_kernels/parallax/triton_fused.py`
         [--peers parallax-cute parallax-triton sdpa-cudnn ...]   # time only these (default: every peer available)
-        [--cute-variants s2 s3 s3np s3er s3n64 s3st s3stov s3lp ...]   # also time these CuTe forward variants
+        [--cute-variants s2 s3 s3np s3er s3n64 s3st s3stov s3lp s3stovw3 ...]   # also time these CuTe forward variants
                                      # (K/V stages; np: no warpgroup turns; er: every row rescaled every tile;
                                      # st: stacked Q/R operand; ov: softmax beside the previous P V; lp: longest
                                      # tiles first across heads; ps: one CTA an SM walking the work items
@@ -213,10 +213,11 @@ def main() -> None:
     ap.add_argument("--json", default=None)
     ap.add_argument("--peers", nargs="+", default=None, help="time only these peers (names as in the table)")
     ap.add_argument("--cute-variants", nargs="+", default=[],
-                    help="forward-only timings of CuTe kernel variants: s<stages>[np][er][st][ov][lp][ps][n<block_n>] "
+                    help="forward-only timings of CuTe kernel variants: s<stages>[np][er][st][ov][lp][ps][w3][n<block_n>] "
                          "(np: no warpgroup turns; er: eager rescale of every row; st: stacked Q/R operand; ov: "
                          "softmax overlapping the previous tile's P V, with st; lp: longest tiles first across "
-                         "heads; ps: one CTA an SM walking the work items in that order or head by head; n: keys per "
+                         "heads; ps: one CTA an SM walking the work items in that order or head by head; w3: three "
+                         "consumer warpgroups (stacked, head_dim 64 only); n: keys per "
                          "tile; the default is s3stov, s3 the unstacked kernel), each with its output's relative "
                          "error against the default variant's")
     ap.add_argument("--cute-backward-variants", nargs="+", default=[],
@@ -295,13 +296,13 @@ def time_cute_variants(q, k, v, r, names) -> tuple[dict, dict]:
     scale = q.shape[-1] ** -0.5
 
     def parse(name):
-        parsed = re.fullmatch(r"s(\d)(np)?(er)?(st)?(ov)?(lp)?(ps)?(?:n(\d+))?", name)
+        parsed = re.fullmatch(r"s(\d)(np)?(er)?(st)?(ov)?(lp)?(ps)?(w3)?(?:n(\d+))?", name)
         if parsed is None:
-            raise SystemExit(f"--cute-variants {name}: expected s<stages>[np][er][st][ov][lp][ps][n<block_n>], e.g. "
-                             "s3 s2np s3n64 s2st s2stov s3stovlp s3stovps s3stovlpps")
+            raise SystemExit(f"--cute-variants {name}: expected s<stages>[np][er][st][ov][lp][ps][w3][n<block_n>], "
+                             "e.g. s3 s2np s3n64 s2st s2stov s3stovlp s3stovps s3stovlpps s3stovw3")
         return dict(stages=int(parsed[1]), pingpong=parsed[2] is None, lazy_rescale=parsed[3] is None,
                     stacked=parsed[4] is not None, overlap=parsed[5] is not None, lpt=parsed[6] is not None,
-                    persistent=parsed[7] is not None, block_n=int(parsed[8] or 0))
+                    persistent=parsed[7] is not None, warpgroups=3 if parsed[8] else 2, block_n=int(parsed[9] or 0))
 
     return time_variants(names, parse, lambda **fields: _launch(q, k, v, r, True, scale, **fields)[:1], "forward")
 

@@ -69,6 +69,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--forward-persistent", type=int, nargs="+", default=[0], choices=[0, 1],
                    help="1: at most one CTA an SM, each walking the work items in the --lpt order "
                         "(AttentionVariant.persistent; with --attention), 0: one CTA a work item (the default)")
+    p.add_argument("--forward-warpgroups", type=int, nargs="+", default=[2], choices=[2, 3],
+                   help="consumer warpgroups of the forward (with --attention): 2 (the default), 3 (opt-in, built for "
+                        "the stacked head_dim-64 kernel only; AttentionVariant.warpgroups)")
     p.add_argument("--backward-block-m", type=int, nargs="+", default=[0], choices=[0, 32, 64],
                    help="query rows per backward step (with --attention; 0: the default for the head_dim)")
     p.add_argument("--backward-stages", type=int, nargs="+", default=[2], choices=[2, 3],
@@ -119,13 +122,16 @@ def build_attention(args, dsl: str) -> None:
     layouts = [(stacked, overlap) for stacked in args.stacked
                for overlap in (args.overlap if args.overlap is not None else [stacked]) if stacked or not overlap]
     orders = [(lpt, persistent) for lpt in args.lpt for persistent in args.forward_persistent]
-    for dtype, head_dim, causal, docs, block_n, stages, pingpong, lazy, (stacked, overlap), (lpt, persistent) in (
-            itertools.product(args.dtype, args.head_dim, args.causal, args.documents, args.attention_block_n,
-                              args.stages, args.pingpong, args.lazy_rescale, layouts, orders)):
+    for (dtype, head_dim, causal, docs, block_n, stages, pingpong, lazy, (stacked, overlap), (lpt, persistent),
+         warpgroups) in itertools.product(args.dtype, args.head_dim, args.causal, args.documents, args.attention_block_n,
+                                          args.stages, args.pingpong, args.lazy_rescale, layouts, orders,
+                                          args.forward_warpgroups):
+        if warpgroups == 3 and not (stacked and head_dim == 64):  # three warpgroups: the stacked d64 kernel only
+            continue
         variant = AttentionVariant(dtype, head_dim, bool(causal), block_n=block_n, stages=stages,
                                    pingpong=bool(pingpong), lazy_rescale=bool(lazy), documents=bool(docs),
                                    stacked=bool(stacked), overlap=bool(overlap), lpt=bool(lpt),
-                                   persistent=bool(persistent))
+                                   persistent=bool(persistent), warpgroups=warpgroups)
         variant.check()
         start = time.time()
         cubin, ptx, name = compile_variant(variant)

@@ -32,6 +32,9 @@ needs_dsl = pytest.mark.skipif(not rt.dsl_installed(), reason="nvidia-cutlass-ds
     (dict(block_n=32), "block_n 32 is not 64 or 128"),
     (dict(stages=5), "5 K/V stages"),
     (dict(stacked=False, overlap=True), "overlap needs stacked"),
+    (dict(warpgroups=4), "4 consumer warpgroups; 2 or 3"),
+    (dict(warpgroups=3), "three consumer warpgroups .* need the stacked kernel at head_dim 64"),
+    (dict(head_dim=64, stacked=False, warpgroups=3), "three consumer warpgroups"),
 ])
 def test_unsupported_variants_are_named(fields, message):
     with pytest.raises(ValueError, match=message):
@@ -95,6 +98,17 @@ def test_stacked_variant_geometry():
         AttentionVariant("bfloat16", 128, True, stages=4).check()
 
 
+def test_three_warpgroup_variant_geometry():
+    """Three consumer warpgroups: 96 query rows a CTA (the launch grid's unit), 512 threads, Q and R of three
+    warpgroups in shared memory, its own artefact name; the default's other fields."""
+    three = AttentionVariant("bfloat16", 64, True, warpgroups=3)
+    three.check()
+    assert (three.wg_rows, three.cta_rows, three.num_threads) == (32, 96, 512)
+    assert three.smem_bytes == 1024 + 2 * 96 * 64 * 2 + 2 * 3 * 128 * 64 * 2
+    assert three.name == AttentionVariant("bfloat16", 64, True).name + "_w3"
+    assert three.tma_boxes() == AttentionVariant("bfloat16", 64, True).tma_boxes()
+
+
 def test_ptx_parameter_lists_name_by_value_structs():
     ptx = (".visible .entry k(\n\t.param .align 1 .b8 k_param_0[1],\n\t.param .align 64 .b8 k_param_1[128],\n"
            "\t.param .u64 .ptr .global .align 16 k_param_2,\n\t.param .u32 k_param_3,\n\t.param .f32 k_param_4\n)")
@@ -140,14 +154,16 @@ def test_tma_descriptors_refuse_unaligned_tensors():
 
 # the variants the CPU tests compile, by key: head_dim (128 causal, 64 full), doc: packed documents, st: stacked,
 # ov: with the overlap (stacked with the overlap is the default; "d128" is the unstacked kernel), lp: the lpt order,
-# ps: persistent
-COMPILED_KEYS = ("d128", "d64stov", "d128docstov", "d128st", "d128stov", "d128stovps", "d128stovlpps")
+# ps: persistent, w3: three consumer warpgroups
+COMPILED_KEYS = ("d128", "d64stov", "d128docstov", "d128st", "d128stov", "d128stovps", "d128stovlpps", "d64stovw3")
 
 
 def compiled_variant(key: str) -> AttentionVariant:
-    d, docs, stacked, overlap, lpt, persistent = re.fullmatch(r"d(\d+)(doc)?(st)?(ov)?(lp)?(ps)?", key).groups()
+    d, docs, stacked, overlap, lpt, persistent, w3 = re.fullmatch(r"d(\d+)(doc)?(st)?(ov)?(lp)?(ps)?(w3)?",
+                                                                  key).groups()
     return AttentionVariant("bfloat16", int(d), d == "128", documents=docs is not None, stacked=stacked is not None,
-                            overlap=overlap is not None, lpt=lpt is not None, persistent=persistent is not None)
+                            overlap=overlap is not None, lpt=lpt is not None, persistent=persistent is not None,
+                            warpgroups=3 if w3 else 2)
 
 
 @pytest.fixture(scope="module")
@@ -194,7 +210,7 @@ def test_unstacked_kernel_has_the_designed_structure(compiled):
 
 
 @needs_dsl
-@pytest.mark.parametrize("key", ["d128st", "d128stov", "d64stov", "d128stovps", "d128stovlpps"])
+@pytest.mark.parametrize("key", ["d128st", "d128stov", "d64stov", "d128stovps", "d128stovlpps", "d64stovw3"])
 def test_stacked_variant_has_one_chain_per_matmul_pair(compiled, key):
     """Stacked: per key tile one wgmma chain of d/16 k-steps for [S; T] and one of BN/16 for [O1; O2], never the
     unstacked kernel's m64n64 S, T chains at head_dim 128: in the unmasked and the masked loop, and with the
@@ -207,12 +223,28 @@ def test_stacked_variant_has_one_chain_per_matmul_pair(compiled, key):
     chains = re.findall(r"wgmma\.mma_async\.sync\.aligned\.m64n(\d+)k16\.f32\.bf16\.bf16", ptx)
     assert sorted(chains) == sorted([str(variant.bn)] * ((2 + variant.overlap) * d // 16)
                                     + [str(d)] * ((2 + variant.overlap) * variant.bn // 16))
-    assert ptx.count("cp.async.bulk.tensor.3d.shared::cta.global") == (2 * 2 + 2) * d // 64
-    assert re.findall(r"setmaxnreg\.(\w+)\.sync\.aligned\.u32\s+(\d+);", ptx) == [("dec", "24"), ("inc", "240")]
+    # Q and R of each warpgroup (from a loop), K and V
+    assert ptx.count("cp.async.bulk.tensor.3d.shared::cta.global") == (2 * variant.warpgroups + 2) * d // 64
+    consumer_regs = {2: "240", 3: "160"}[variant.warpgroups]  # 24 x 128 + consumers x 128 x regs <= 65,536
+    assert re.findall(r"setmaxnreg\.(\w+)\.sync\.aligned\.u32\s+(\d+);", ptx) == [("dec", "24"), ("inc", consumer_regs)]
     assert ".local" not in ptx
     entry = re.search(r"\.entry (\w+)\(", ptx).group(1)
     assert rt.ptx_params(ptx, entry) == ATTENTION_PARAMS
     assert f"{entry}_param_{len(ATTENTION_PARAMS) - 1}]" not in ptx
+
+
+@needs_dsl
+def test_three_warpgroups_take_turns_in_a_ring(compiled):
+    """Three consumer warpgroups: each waits at its own turn barrier (ids 1-3, its 128 threads and the previous
+    warpgroup's) and arrives at the next one's; the last hands the first turn to warpgroup 0 (barrier 1) at the
+    start and after each tile but the last."""
+    ptx = (compiled / "d64stovw3.ptx").read_text()
+    arrivals = re.findall(r"bar\.arrive\s+([^,]+),\s*(\d+);", ptx)
+    syncs = re.findall(r"bar\.sync\s+([^,;]+),\s*(\d+);", ptx)
+    assert arrivals and all(count == "256" for _, count in arrivals + syncs)
+    assert any(target == "1" for target, _ in arrivals)  # the last warpgroup to warpgroup 0
+    assert any(not target.isdigit() for target, _ in arrivals)  # 1 + cw + 1: the next warpgroup's, by register
+    assert re.search(r"\.reqntid 512|\.maxntid 512", ptx)
 
 
 @needs_dsl
@@ -255,7 +287,7 @@ def test_no_spills_and_wgmma_tma_in_sass(compiled, key):
                            check=True).stdout
     fields = dict(item.split(":", 1) for item in next(x for x in usage.splitlines() if "REG:" in x).split() if ":" in item)
     assert int(fields["STACK"]) == 0 and int(fields["LOCAL"]) == 0
-    assert int(fields["REG"]) * 384 <= 65536  # one CTA fits the register file at launch
+    assert int(fields["REG"]) * compiled_variant(key).num_threads <= 65536  # one CTA fits the register file at launch
     sass = subprocess.run([tools / "cuobjdump", "--dump-sass", cubin], capture_output=True, text=True, check=True).stdout
     assert "HGMMA.64x" in sass and "UTMALDG.3D" in sass
     assert "LDL" not in sass and "STL" not in sass
@@ -715,6 +747,32 @@ def test_persistent_forward_changes_no_value(case, lpt):
     one_each = _launch(q, k, v, r, causal, d**-0.5, document_ids=docs)
     persistent = _launch(q, k, v, r, causal, d**-0.5, document_ids=docs, lpt=lpt, persistent=True)
     for name, x, y in zip(("o", "a", "lse", "tbar"), persistent, one_each):
+        assert torch.equal(x, y), name
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not HOPPER, reason="needs a Hopper GPU (sm_90)")
+@pytest.mark.parametrize("case", [
+    (1, 2, 1, 37, True, 0),  # one CTA, most of its rows past the end
+    (2, 4, 2, 700, True, 0),  # odd length: the last CTA's third warpgroup partly past the end
+    (4, 16, 8, 4096, True, 0),
+    (2, 16, 8, 1000, False, 0),
+    (2, 8, 1, 1000, True, 300),  # packed documents
+    (2, 16, 4, 1000, False, 300),
+], ids=lambda c: "x".join(map(str, c[:4])) + ("c" if c[4] else "f") + ("_docs" if c[5] else ""))
+@pytest.mark.parametrize("persistent", [False, True], ids=["one_each", "persistent"])
+def test_three_warpgroup_forward_changes_no_value(case, persistent):
+    """Three consumer warpgroups (96 query rows a CTA) run each query row through the same key tiles in the same
+    order as two (64 rows a CTA): o, a, lse and tbar bitwise equal to the default variant's at head_dim 64."""
+    from parallax_kernels.parallax.cute_launch import _launch
+
+    b, h, hkv, n, causal, mean = case
+    g = torch.Generator().manual_seed(11)
+    q, k, v, r = (torch.randn(b, x, n, 64, generator=g).to(torch.bfloat16).cuda() for x in (h, hkv, hkv, h))
+    docs = packed([random_lengths(n, seed, mean) for seed in range(b)]).cuda() if mean else None
+    two = _launch(q, k, v, r, causal, 0.125, document_ids=docs)
+    three = _launch(q, k, v, r, causal, 0.125, document_ids=docs, warpgroups=3, persistent=persistent)
+    for name, x, y in zip(("o", "a", "lse", "tbar"), three, two):
         assert torch.equal(x, y), name
 
 

@@ -27,6 +27,10 @@ is still applied).
 Packed documents (the documents variant): a CTA loads the key tiles from its first row's document start to its
 last row's document end, and every tile is masked per row with the row's document bounds [start, end).
 
+Three consumer warpgroups (AttentionVariant.warpgroups 3, opt-in, stacked at head_dim 64): 512 threads, 96
+query rows a CTA, the consumers at 160 registers (24 x 128 + 160 x 384 fit the register file), taking their turns
+to issue in a ring (warpgroup 0, 1, 2, 0, ...), so that each one's softmax has two others' chains beside it.
+
 Unstacked (AttentionVariant.stacked False): 64 query rows a consumer warpgroup (128 a CTA), S from Q and T
 from R as two chains against the same K tile, O1 and O2 as two against the same V tile; S, T (64 x BN) and
 O1, O2 (64 x D) are then all fp32 accumulators of one warpgroup, twice FlashAttention's, so the key tile is
@@ -53,12 +57,10 @@ from cutlass.cute.nvgpu import cpasync, warpgroup
 from parallax_kernels import cute_runtime as rt
 from parallax_kernels.parallax.cute_fragments import (a_operand_fragment, as_a_operand, mn_view, pack_pair,
                                                        store_as_a_operand, visible_in_document)
-from parallax_kernels.parallax.cute_variant import (LPT_KV_BYTES, MMA_ROWS, MMA_WARPGROUPS, NUM_THREADS,
-                                                    AttentionVariant, lpt_tile)
+from parallax_kernels.parallax.cute_variant import CONSUMER_REGS, LPT_KV_BYTES, MMA_ROWS, AttentionVariant, lpt_tile
 
 PRODUCER_REGS = 24
-CONSUMER_REGS = 240
-TURN_BARRIER = 1  # named barriers 1, 2: the consumer warpgroups' turns to issue S, T (0 is __syncthreads)
+TURN_BARRIER = 1  # named barriers 1, 2 (3): the consumer warpgroups' turns to issue S, T (0 is __syncthreads)
 
 
 def compile_variant(variant: AttentionVariant) -> tuple[bytes, str, str]:
@@ -107,7 +109,7 @@ class ParallaxAttentionForward:
         row_major = utils.LayoutEnum.ROW_MAJOR
         # Q and R: one (64, D) A tile per consumer warpgroup each (stacked: one holding both); K: (BN, D) per
         # stage; V^T: (D, BN) per stage
-        q_smem = sm90_utils.make_smem_layout_a(row_major, (MMA_ROWS, bn, d), dt, MMA_WARPGROUPS)
+        q_smem = sm90_utils.make_smem_layout_a(row_major, (MMA_ROWS, bn, d), dt, self.v.warpgroups)
         k_smem = sm90_utils.make_smem_layout_b(row_major, (MMA_ROWS, bn, d), dt, self.stages)
         v_smem = sm90_utils.make_smem_layout_b(utils.LayoutEnum.COL_MAJOR, (MMA_ROWS, d, bn), dt, self.stages)
 
@@ -140,7 +142,7 @@ class ParallaxAttentionForward:
         self.kernel(
             mma_qk, mma_pv, tma_q, m_q, tma_r, m_r, tma_k, m_k, tma_v, m_v,
             p_o, p_a, p_lse, p_tbar, n, heads, group, scale_log2, p_bounds, q_smem, k_smem, v_smem,
-        ).launch(grid=grid, block=[NUM_THREADS, 1, 1], smem=SharedStorage.size_in_bytes(),
+        ).launch(grid=grid, block=[self.v.num_threads, 1, 1], smem=SharedStorage.size_in_bytes(),
                  stream=stream, min_blocks_per_mp=1)
 
     # ---- device side ------------------------------------------------------------------------
@@ -160,11 +162,12 @@ class ParallaxAttentionForward:
         wg = warp_idx // 4
 
         storage = utils.SmemAllocator().allocate(self.shared_storage)
-        consumers = pipeline.CooperativeGroup(pipeline.Agent.Thread, 4 * MMA_WARPGROUPS)  # one arrive per warp
+        consumers = pipeline.CooperativeGroup(pipeline.Agent.Thread, 4 * self.v.warpgroups)  # one arrive per warp
         producer = pipeline.CooperativeGroup(pipeline.Agent.Thread, 1)
         q_prod, q_cons = pipeline.PipelineTmaAsync.create(
             barrier_storage=storage.q_mbar.data_ptr(), num_stages=1, producer_group=producer,
-            consumer_group=consumers, tx_count=4 * self.q_bytes, defer_sync=True).make_participants()
+            consumer_group=consumers, tx_count=2 * self.v.warpgroups * self.q_bytes,  # Q and R of each
+            defer_sync=True).make_participants()
         k_prod, k_cons = pipeline.PipelineTmaAsync.create(
             barrier_storage=storage.k_mbar.data_ptr(), num_stages=self.stages, producer_group=producer,
             consumer_group=consumers, tx_count=self.kv_bytes, defer_sync=True).make_participants()
@@ -179,7 +182,7 @@ class ParallaxAttentionForward:
         # (rows, D, copies of a warpgroup, warpgroups): stacked, Q's 8-row group g at rows 16 g, R's at 16 g + 8
         if cutlass.const_expr(self.v.stacked):
             groups = cute.composition(sQR[None, None, None, 0], cute.make_layout(
-                (8, 2, d, self.v.wg_rows // 8, MMA_WARPGROUPS), stride=(1, 8, MMA_ROWS, 16, MMA_ROWS * d)))
+                (8, 2, d, self.v.wg_rows // 8, self.v.warpgroups), stride=(1, 8, MMA_ROWS, 16, MMA_ROWS * d)))
             sQ, sR = groups[None, 0, None, None, None], groups[None, 1, None, None, None]
         else:  # (64, D, warpgroups)
             sQ, sR = sQR[None, None, None, 0], sQR[None, None, None, 1]
@@ -219,7 +222,7 @@ class ParallaxAttentionForward:
                 else:
                     self._produce(item, *loads, q_prod, k_prod, v_prod)
         else:  # ---- consumers ------------------------------------------------------------------
-            cute.arch.warpgroup_reg_alloc(CONSUMER_REGS)
+            cute.arch.warpgroup_reg_alloc(CONSUMER_REGS[self.v.warpgroups])
             cw = wg - 1
             rest = (sQR, sK, sV, p_o, p_a, p_lse, p_tbar, n, scale_log2, cw, tidx - 128 * wg)
             if cutlass.const_expr(self.v.persistent):
@@ -250,16 +253,16 @@ class ParallaxAttentionForward:
                                            cute.group_modes(g_v, 0, 2))
         # (persistent: waits until the consumers' last S, T chains of the previous item are done)
         hq = q_prod.acquire_and_advance()
-        for x in cutlass.range_constexpr(MMA_WARPGROUPS):
+        for x in cutlass.range_constexpr(self.v.warpgroups):
             if cutlass.const_expr(self.v.stacked):
                 # 8-row copies in a loop: unrolled, their addresses overflow the producer's 24 registers
                 copies = self.v.wg_rows // self.q_box
                 for g in cutlass.range(copies, unroll=1):
-                    tile = (m_blk * MMA_WARPGROUPS + x) * copies + g
+                    tile = (m_blk * self.v.warpgroups + x) * copies + g
                     cute.copy(tma_q, t_gq[None, tile], t_sq[None, g, x], tma_bar_ptr=hq.barrier)
                     cute.copy(tma_r, t_gr[None, tile], t_sr[None, g, x], tma_bar_ptr=hq.barrier)
             else:
-                tile = m_blk * MMA_WARPGROUPS + x
+                tile = m_blk * self.v.warpgroups + x
                 cute.copy(tma_q, t_gq[None, tile], t_sq[None, x], tma_bar_ptr=hq.barrier)
                 cute.copy(tma_r, t_gr[None, tile], t_sr[None, x], tma_bar_ptr=hq.barrier)
         for j in cutlass.range(cta_lo, n_tiles, unroll=1):
@@ -371,7 +374,7 @@ class ParallaxAttentionForward:
             hq = q_cons.wait_and_advance()
         else:
             q_cons.wait()
-        if cutlass.const_expr(self.v.pingpong) and cw == 1:  # warpgroup 0 takes the first turn
+        if cutlass.const_expr(self.v.pingpong) and cw == self.v.warpgroups - 1:  # warpgroup 0 takes the first turn
             cute.arch.barrier_arrive(barrier_id=TURN_BARRIER + 0, number_of_threads=256)
         if cutlass.const_expr(self.v.overlap):
             # the first tile (masked: it may be either kind) as usual but for its P V, then each tile with the
@@ -632,11 +635,12 @@ class ParallaxAttentionForward:
 
     @cute.jit
     def _pass_turn(self, cw: Int32, j: Int32, n_tiles: Int32):
-        """Let the other consumer warpgroup issue its S, T wgmmas for tile j: the two alternate, so one's
-        softmax runs while the tensor cores work on the other's tiles (warpgroup 1 skips its last hand-over,
-        which warpgroup 0 would never take)."""
-        if cw == 0:
-            cute.arch.barrier_arrive(barrier_id=TURN_BARRIER + 1, number_of_threads=256)
+        """Let the next consumer warpgroup issue its S, T wgmmas for tile j (the last one: warpgroup 0 for tile
+        j + 1): they take turns in a ring, so one's softmax runs while the tensor cores work on the others' tiles
+        (the last warpgroup skips its last hand-over, which warpgroup 0 would never take)."""
+        last = self.v.warpgroups - 1
+        if cw < last:
+            cute.arch.barrier_arrive(barrier_id=TURN_BARRIER + cw + 1, number_of_threads=256)
         elif j + 1 < n_tiles:
             cute.arch.barrier_arrive(barrier_id=TURN_BARRIER + 0, number_of_threads=256)
 

@@ -173,7 +173,8 @@ def _forward_plan(q, k, causal: bool, documents: bool, artefact_dir: Path | None
 def _launch(q, k, v, r, causal: bool, scale: float, document_ids: torch.Tensor | None = None,
             artefact_dir: Path | None = None, **variant_fields):
     """Launch the forward (q, k, v, r contiguous, 16-byte aligned); `variant_fields` (block_n, stages,
-    pingpong, lazy_rescale, stacked, overlap, lpt, persistent) override the default variant's, for benchmarks."""
+    pingpong, lazy_rescale, stacked, overlap, lpt, persistent, warpgroups) override the default
+    variant's, for benchmarks."""
     bounds = _bounds(document_ids)
     plan = _forward_plan(q, k, causal, bounds is not None, artefact_dir, variant_fields)
     o = torch.empty(q.shape, dtype=q.dtype, device=q.device)

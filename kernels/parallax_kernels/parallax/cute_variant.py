@@ -8,8 +8,11 @@ from dataclasses import dataclass
 DTYPES = ("bfloat16", "float16")
 HEAD_DIMS = (64, 128)
 MMA_ROWS = 64  # rows of a consumer warpgroup's m64 wgmma tile
-MMA_WARPGROUPS = 2  # consumer warpgroups
+MMA_WARPGROUPS = 2  # consumer warpgroups (the default; AttentionVariant.warpgroups)
 NUM_THREADS = 128 * (MMA_WARPGROUPS + 1)  # + one producer warpgroup
+# registers a consumer thread gets (setmaxnreg) with two or three consumer warpgroups beside the producer's 24:
+# 24 x 128 + 240 x 256 and 24 x 128 + 160 x 384 fit an SM's 65,536
+CONSUMER_REGS = {2: 240, 3: 160}
 MAX_SMEM_BYTES = 232448  # an H100/H200 block's shared memory, opted in (227 KB)
 # keys per tile, unstacked: S, T (64 x BN each) and O1, O2 (64 x D each) live in fp32 registers of one warpgroup,
 # 2 BN + 2 D values per row; BN = 64 at D = 128 keeps that at 256 values per row (128 registers a thread).
@@ -56,6 +59,10 @@ class AttentionVariant:
     # of the order above (head by head, or lpt): a CTA's producer loads the next item's Q, R and first K, V tiles
     # while its consumers finish the last P V and store the outputs, where separate CTAs would start cold
     persistent: bool = False
+    # consumer warpgroups: 2, or 3 (stacked, head_dim 64: 96 query rows a CTA at 160 registers a thread, taking
+    # turns in a ring; FlashAttention-3's shape at head_dim 64, which amortises a CTA's start and end over more
+    # rows and gives each warpgroup's softmax two others' chains to hide behind)
+    warpgroups: int = MMA_WARPGROUPS
 
     def __post_init__(self):
         # block_n 0 and overlap None name defaults: store them resolved, so that both spellings are one variant
@@ -76,6 +83,11 @@ class AttentionVariant:
             raise ValueError(f"CuTe attention kernel: {self.stages} K/V stages; 2 to 4 are supported")
         if self.overlap and not self.stacked:
             raise ValueError("CuTe attention kernel: overlap needs stacked (without it the registers spill)")
+        if self.warpgroups not in CONSUMER_REGS:
+            raise ValueError(f"CuTe attention kernel: {self.warpgroups} consumer warpgroups; 2 or 3 are supported")
+        if self.warpgroups == 3 and not (self.stacked and self.head_dim == 64):
+            raise ValueError("CuTe attention kernel: three consumer warpgroups (160 registers a thread) need the "
+                             "stacked kernel at head_dim 64 (others spill)")
         if self.smem_bytes > MAX_SMEM_BYTES:
             raise ValueError(f"CuTe attention kernel: block_n {self.bn} with {self.stages} K/V stages at head_dim "
                              f"{self.head_dim} needs {self.smem_bytes} bytes of shared memory; a block has "
@@ -92,7 +104,7 @@ class AttentionVariant:
 
     @property
     def cta_rows(self) -> int:
-        return self.wg_rows * MMA_WARPGROUPS
+        return self.wg_rows * self.warpgroups
 
     @property
     def name(self) -> str:
@@ -101,13 +113,13 @@ class AttentionVariant:
         rescale = "" if self.lazy_rescale else "_er"
         docs = "_doc" if self.documents else ""
         stacked = (("_st" if self.stacked else "") + ("_ov" if self.overlap else "") + ("_lpt" if self.lpt else "")
-                   + ("_ps" if self.persistent else ""))
+                   + ("_ps" if self.persistent else "") + (f"_w{self.warpgroups}" if self.warpgroups != 2 else ""))
         return (f"parallax_attn_fwd_{self.dtype}_d{self.head_dim}_{mask}{docs}_n{self.bn}_s{self.stages}{turns}"
                 f"{rescale}{stacked}")
 
     @property
     def num_threads(self) -> int:
-        return NUM_THREADS
+        return 128 * (self.warpgroups + 1)
 
     @property
     def smem_bytes(self) -> int:
