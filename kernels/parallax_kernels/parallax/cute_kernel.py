@@ -638,11 +638,16 @@ class ParallaxAttentionForward:
         """Let the next consumer warpgroup issue its S, T wgmmas for tile j (the last one: warpgroup 0 for tile
         j + 1): they take turns in a ring, so one's softmax runs while the tensor cores work on the others' tiles
         (the last warpgroup skips its last hand-over, which warpgroup 0 would never take)."""
-        last = self.v.warpgroups - 1
-        if cw < last:
-            cute.arch.barrier_arrive(barrier_id=TURN_BARRIER + cw + 1, number_of_threads=256)
-        elif j + 1 < n_tiles:
-            cute.arch.barrier_arrive(barrier_id=TURN_BARRIER + 0, number_of_threads=256)
+        if cutlass.const_expr(self.v.warpgroups == 2):
+            if cw == 0:
+                cute.arch.barrier_arrive(barrier_id=TURN_BARRIER + 1, number_of_threads=256)
+            elif j + 1 < n_tiles:
+                cute.arch.barrier_arrive(barrier_id=TURN_BARRIER + 0, number_of_threads=256)
+        else:
+            if cw < self.v.warpgroups - 1:
+                cute.arch.barrier_arrive(barrier_id=TURN_BARRIER + cw + 1, number_of_threads=256)
+            elif j + 1 < n_tiles:
+                cute.arch.barrier_arrive(barrier_id=TURN_BARRIER + 0, number_of_threads=256)
 
     @cute.jit
     def _quad(self, val: Float32, is_max: cutlass.Constexpr) -> Float32:
