@@ -638,7 +638,7 @@ class ParallaxAttentionForward:
         """Let the next consumer warpgroup issue its S, T wgmmas for tile j (the last one: warpgroup 0 for tile
         j + 1): they take turns in a ring, so one's softmax runs while the tensor cores work on the others' tiles
         (the last warpgroup skips its last hand-over, which warpgroup 0 would never take)."""
-        if cutlass.const_expr(self.v.warpgroups == 2):
+        if cutlass.const_expr(self.v.warpgroups == 2):  # constant barrier ids: the two-warpgroup kernels' own code
             if cw == 0:
                 cute.arch.barrier_arrive(barrier_id=TURN_BARRIER + 1, number_of_threads=256)
             elif j + 1 < n_tiles:
