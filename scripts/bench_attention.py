@@ -7,7 +7,8 @@
                                      # (K/V stages; np: no warpgroup turns; er: every row rescaled every tile;
                                      # st: stacked Q/R operand; ov: softmax beside the previous P V; lp: longest
                                      # tiles first across heads; ps: one CTA an SM walking the work items
-                                     # in that order or head by head; n64: 64-key tiles; the default is s3stov)
+                                     # in that order or head by head; w3: three consumer warpgroups, head_dim
+                                     # 64; n64: 64-key tiles; the default is s3stov)
         [--cute-backward-variants b2 b3 b2lp b2dc ...]   # also time these CuTe backward variants (Q/R/dO
                                      # stages; lp: longest key tiles first across KV heads; dc: the warpgroups
                                      # decoupled; m<block_m>: query rows a step)

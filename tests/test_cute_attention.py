@@ -440,7 +440,7 @@ def test_forward_launch_passes_the_kernels_parameters_and_makes_its_plan_once_pe
     monkeypatch.setattr(cute_launch, "_PLANS", {})
     monkeypatch.setattr(cute_launch, "load_attention_kernel", load)
     monkeypatch.setattr(rt, "encode_tma_tiled", encode)
-    monkeypatch.setattr(cute_launch, "_raw_stream", lambda device: 7)
+    monkeypatch.setattr(rt, "raw_stream", lambda device: 7)
     q, r = torch.zeros(2, 4, 100, 64, dtype=torch.bfloat16), torch.ones(2, 4, 100, 64, dtype=torch.bfloat16)
     k, v = torch.zeros(2, 2, 100, 64, dtype=torch.bfloat16), torch.ones(2, 2, 100, 64, dtype=torch.bfloat16)
     o, a, lse, tbar = cute_launch._launch(q, k, v, r, True, 0.125)

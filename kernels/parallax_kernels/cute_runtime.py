@@ -221,6 +221,15 @@ class CubinKernel:
         return launch
 
 
+def raw_stream(device) -> int:
+    """The current CUDA stream of `device` (a torch.device) as the driver's handle: what
+    torch.cuda.current_stream(device).cuda_stream is, without making a Stream object (Inductor's launches read it
+    the same way); launches sit on the host's critical path."""
+    import torch
+
+    return torch._C._cuda_getCurrentRawStream(device.index if device.index is not None else torch.cuda.current_device())
+
+
 def dsl_installed() -> bool:
     import importlib.util
 

@@ -164,7 +164,8 @@ class ShardAwareValidator(Validator):
         shown = path or (DATASETS[v.dataset].path if v.dataset in DATASETS else v.dataset)
         logger.info(f"Validation data: {shown} ({why})")
         self._rounds = 0
-        if is_shard_folder(v.dataset_path):
+        shards = is_shard_folder(v.dataset_path)
+        if shards:
             self._build_loader = partial(
                 _shard_loader, v.dataset_path, "validation", v.seq_len, v.local_batch_size, dp_rank, dp_world_size,
                 job_config, infinite=v.steps != -1, dataloader_cfg=v.dataloader)
@@ -174,7 +175,7 @@ class ShardAwareValidator(Validator):
                                          infinite=v.steps != -1)
         self.job_config, self.tokenizer, self.parallel_dims, self.loss_fn = job_config, tokenizer, parallel_dims, loss_fn
         self.validation_dataloader = self._build_loader()
-        if is_shard_folder(v.dataset_path) and v.steps != -1:
+        if shards and v.steps != -1:
             split = self.validation_dataloader.dataset
             per_rank, wanted = split.num_windows // dp_world_size, v.steps * v.local_batch_size
             if wanted > per_rank:

@@ -186,7 +186,7 @@ def _launch(q, k, v, r, causal: bool, scale: float, document_ids: torch.Tensor |
             plan.descriptor_kv(k.data_ptr()), sizes_kv, plan.descriptor_kv(v.data_ptr()), sizes_kv,
             o.data_ptr(), a.data_ptr(), lse.data_ptr(), tbar.data_ptr(), plan.n, plan.h, plan.group,
             scale * LOG2E, bounds.data_ptr() if bounds is not None else 0]
-    plan.launch(args, _raw_stream(q.device))
+    plan.launch(args, rt.raw_stream(q.device))
     return o, a, lse, tbar
 
 
@@ -230,7 +230,7 @@ def _launch_backward(grad_o, q, k, v, r, o, a, lse, tbar, causal: bool, scale: f
         dk.data_ptr(), dv.data_ptr(), n, n_pad, h, h // hkv, scale * LOG2E, scale,
         bounds.data_ptr() if bounds is not None else 0]
     grid = (n_blocks * b * hkv, 1, 1) if variant.lpt else (n_blocks, b * hkv, 1)
-    kernel.launch(grid, args, _raw_stream(q.device))
+    kernel.launch(grid, args, rt.raw_stream(q.device))
     dq, dr = gradients_from_tiles(acc, (b, h, n, d), q.dtype, variant.bm)
     return dq, dk, dv, dr
 
@@ -248,12 +248,6 @@ def _descriptor_layout(shape, dtype: torch.dtype, box: list[int]):
 def _tma_descriptor(t: torch.Tensor, box: list[int]) -> bytes:
     """The TMA descriptor of a contiguous (B, heads, N, D) tensor."""
     return _descriptor_layout(t.shape, t.dtype, box)(t.data_ptr())
-
-
-def _raw_stream(device: torch.device) -> int:
-    """The current CUDA stream of `device` as the driver's handle (what torch.cuda.current_stream(device).cuda_stream
-    is, without making a Stream object: Inductor's launches read it the same way)."""
-    return torch._C._cuda_getCurrentRawStream(device.index if device.index is not None else torch.cuda.current_device())
 
 
 def _aligned(x: torch.Tensor) -> torch.Tensor:

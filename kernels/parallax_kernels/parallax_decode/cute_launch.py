@@ -174,8 +174,7 @@ def _launch(variant, q, k_cache, v_cache, r, cache_seqlens, scale, splits, sms, 
     f32 = dict(dtype=torch.float32, device=q.device)
     pm, pd1, pts = (torch.empty(b, h, splits, **f32) for _ in range(3))
     po1, po2 = (torch.empty(b, h, splits, d, **f32) for _ in range(2))
-    stream = torch._C._cuda_getCurrentRawStream(q.device.index if q.device.index is not None
-                                                 else torch.cuda.current_device())
+    stream = rt.raw_stream(q.device)
     counter = ticket_counters(q.device, b * hkv, stream)
     seqlens = cache_seqlens.to(device=q.device, dtype=torch.int32).contiguous()
     ptrs = [t.data_ptr() for t in (q, r, k_cache, v_cache, out, seqlens, pm, pd1, pts, po1, po2, counter)]

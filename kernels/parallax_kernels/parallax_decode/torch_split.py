@@ -99,9 +99,10 @@ def ticket_counters(device: torch.device, n: int, stream: int | None = None) -> 
     device = torch.device(device)
     if stream is None and device.type != "cuda":
         stream = 0
-    elif stream is None:  # (the driver's handle, read without making a Stream object: a decode step is short)
-        stream = torch._C._cuda_getCurrentRawStream(device.index if device.index is not None
-                                                    else torch.cuda.current_device())
+    elif stream is None:
+        from parallax_kernels.cute_runtime import raw_stream
+
+        stream = raw_stream(device)
     key = (device, n, stream)
     if key not in TICKET_COUNTERS:
         TICKET_COUNTERS[key] = torch.zeros(n, dtype=torch.int32, device=device)
