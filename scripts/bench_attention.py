@@ -9,9 +9,9 @@
                                      # tiles first across heads; ps: one CTA an SM walking the work items
                                      # in that order or head by head; w3: three consumer warpgroups, head_dim
                                      # 64; n64: 64-key tiles; the default is s3stov)
-        [--cute-backward-variants b2 b3 b2lp b2dc ...]   # also time these CuTe backward variants (Q/R/dO
+        [--cute-backward-variants b2 b3 b2lp b2dc b2kr ...]   # also time these CuTe backward variants (Q/R/dO
                                      # stages; lp: longest key tiles first across KV heads; dc: the warpgroups
-                                     # decoupled; m<block_m>: query rows a step)
+                                     # decoupled; kr: K in registers, head_dim 64; m<block_m>: query rows a step)
         [--documents MEAN]             # pack each row with documents of random lengths, MEAN tokens on average
 
 Peers, each in its native layout, causal, bf16, GQA with Hkv = H / kv-ratio:
@@ -222,9 +222,10 @@ def main() -> None:
                          "tile; the default is s3stov, s3 the unstacked kernel), each with its output's relative "
                          "error against the default variant's")
     ap.add_argument("--cute-backward-variants", nargs="+", default=[],
-                    help="backward-only timings of CuTe backward variants: b<stages>[lp][dc][m<block_m>] (stages: "
-                         "Q/R/dO stages; lp: key tile 0 of every KV head of a group first; dc: each warpgroup's "
-                         "dQ/dR chain a step later, after the other's ds, dt; m: query rows a step), "
+                    help="backward-only timings of CuTe backward variants: b<stages>[lp][dc][kr][m<block_m>] "
+                         "(stages: Q/R/dO stages; lp: key tile 0 of every KV head of a group first; dc: each "
+                         "warpgroup's dQ/dR chain a step later, after the other's ds, dt; kr: K in registers as "
+                         "the score chain's A operand, head_dim 64 only; m: query rows a step), "
                          "on the default forward's outputs, each with the largest relative error of its dq, dk, dv, "
                          "dr against the default backward's")
     ap.add_argument("--reference-kernel", default=None, help="another kernels/parallax_kernels/parallax/triton_fused.py to time beside this one")
@@ -323,12 +324,12 @@ def time_cute_backward_variants(q, k, v, r, names) -> tuple[dict, dict]:
     grad = torch.randn_like(o)
 
     def parse(name):
-        parsed = re.fullmatch(r"b(\d)(lp)?(dc)?(?:m(\d+))?", name)
+        parsed = re.fullmatch(r"b(\d)(lp)?(dc)?(kr)?(?:m(\d+))?", name)
         if parsed is None:
-            raise SystemExit(f"--cute-backward-variants {name}: expected b<stages>[lp][dc][m<block_m>], e.g. b2 b3 "
-                             "b2lp b2dc b2m32")
+            raise SystemExit(f"--cute-backward-variants {name}: expected b<stages>[lp][dc][kr][m<block_m>], e.g. b2 "
+                             "b3 b2lp b2dc b2kr b2m32")
         return dict(stages=int(parsed[1]), lpt=parsed[2] is not None, decoupled=parsed[3] is not None,
-                    block_m=int(parsed[4] or 0))
+                    k_registers=parsed[4] is not None, block_m=int(parsed[5] or 0))
 
     def backward(**fields):
         return _launch_backward(grad, q, k, v, r, o, a, lse, tbar, True, scale, **fields)

@@ -85,6 +85,10 @@ def main(argv: list[str] | None = None) -> None:
                    help="1: each consumer warpgroup issues a query tile's dQ^T / dR^T chain a step later, after the "
                         "other's ds^T / dt^T of it (BackwardVariant.decoupled), 0: both meet on every tile (the "
                         "default)")
+    p.add_argument("--backward-k-registers", type=int, nargs="+", default=[0], choices=[0, 1],
+                   help="1: each consumer warpgroup holds its keys of K in registers as the score chain's A operand "
+                        "(BackwardVariant.k_registers; built for head_dim 64 only), 0: K read from shared memory "
+                        "(the default)")
     p.add_argument("--no-backward", action="store_true", help="with --attention: the forward variants only")
     p.add_argument("--persistent", action="store_true",
                    help="also build the persistent-grid variant of each ticket-merge kernel (opt-in: "
@@ -139,12 +143,14 @@ def build_attention(args, dsl: str) -> None:
         print(f"{variant.name}: {len(cubin)} bytes in {time.time() - start:.1f} s -> {path}", flush=True)
     if args.no_backward:
         return
-    for dtype, head_dim, causal, docs, block_m, stages, ordered, lpt, decoupled in itertools.product(
+    for dtype, head_dim, causal, docs, block_m, stages, ordered, lpt, decoupled, k_registers in itertools.product(
             args.dtype, args.head_dim, args.causal, args.documents, args.backward_block_m, args.backward_stages,
-            args.backward_deterministic, args.backward_lpt, args.backward_decoupled):
+            args.backward_deterministic, args.backward_lpt, args.backward_decoupled, args.backward_k_registers):
+        if k_registers and head_dim != 64:  # K in registers: the head_dim-64 kernel only
+            continue
         variant = BackwardVariant(dtype, head_dim, bool(causal), block_m=block_m, stages=stages,
                                   deterministic=bool(ordered), documents=bool(docs), lpt=bool(lpt),
-                                  decoupled=bool(decoupled))
+                                  decoupled=bool(decoupled), k_registers=bool(k_registers))
         variant.check()
         start = time.time()
         cubin, ptx, name = cute_backward.compile_variant(variant)

@@ -808,15 +808,22 @@ DECOUPLED_CASES = [(1, 2, 2, 20, 128, True, None), (2, 4, 2, 700, 128, True, Non
                    (4, 16, 8, 4096, 128, True, None), DOC_CASES[0], DOC_CASES[3]]
 
 
+# the opt-in backward variants that compute what the default does in another schedule or from other storage:
+# decoupled at every case, K in registers at head_dim 64 (the only one it is built for)
+OPT_IN_BACKWARDS = ([("decoupled", case) for case in DECOUPLED_CASES]
+                    + [("k_registers", case) for case in DECOUPLED_CASES if case[4] == 64])
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not HOPPER, reason="needs a Hopper GPU (sm_90)")
-@pytest.mark.parametrize("deterministic", [False, True], ids=["decoupled_backward", "decoupled_backward_ordered"])
-@pytest.mark.parametrize("case", DECOUPLED_CASES, ids=lambda c: "x".join(map(str, c[:5])) + ("c" if c[5] else "f")
-                         + ("" if c[6] is None else "_docs"))
-def test_decoupled_backward_changes_no_value(case, deterministic):
+@pytest.mark.parametrize("deterministic", [False, True], ids=["unordered", "ordered"])
+@pytest.mark.parametrize("option, case", OPT_IN_BACKWARDS, ids=lambda c: c if isinstance(c, str) else (
+    "x".join(map(str, c[:5])) + ("c" if c[5] else "f") + ("" if c[6] is None else "_docs")))
+def test_opt_in_backward_changes_no_value(option, case, deterministic):
     """The decoupled backward (BackwardVariant.decoupled) computes every chain the lockstep one does, only issued a
-    step later: dk, dv bitwise equal to the default backward's; dq, dr too with the key-ordered adds, and to fp32
-    rounding of the adds' order without them."""
+    step later; with K in registers (BackwardVariant.k_registers) the score chain reads the same K values from
+    registers rather than shared memory. Either way: dk, dv bitwise equal to the default backward's; dq, dr too
+    with the key-ordered adds, and to fp32 rounding of the adds' order without them."""
     from parallax_kernels.parallax.cute_launch import _launch, _launch_backward
 
     b, h, hkv, n, d, causal, lengths = case
@@ -827,8 +834,8 @@ def test_decoupled_backward_changes_no_value(case, deterministic):
     o, a, lse, tbar = _launch(q, k, v, r, causal, scale, document_ids=docs)
     args = (grad, q, k, v, r, o, a, lse, tbar, causal, scale)
     lockstep = _launch_backward(*args, document_ids=docs, deterministic=deterministic)
-    decoupled = _launch_backward(*args, document_ids=docs, deterministic=deterministic, decoupled=True)
-    for name, x, y in zip(("dq", "dk", "dv", "dr"), decoupled, lockstep):
+    opt_in = _launch_backward(*args, document_ids=docs, deterministic=deterministic, **{option: True})
+    for name, x, y in zip(("dq", "dk", "dv", "dr"), opt_in, lockstep):
         assert torch.isfinite(x).all(), name
         if deterministic or name in ("dk", "dv"):
             assert torch.equal(x, y), name

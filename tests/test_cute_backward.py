@@ -29,17 +29,19 @@ needs_dsl = pytest.mark.skipif(not rt.dsl_installed(), reason="nvidia-cutlass-ds
 # the backends of the CuTe kernels and whether their backward adds dQ, dR in key-tile order (bitwise reproducible);
 # plain "cute" is parallax_attention_cute's (and the ops') default
 CUTE_BACKENDS = {"cute": False, "cute_deterministic": True}
-# the compiled variants: (head_dim, causal, deterministic, packed documents, decoupled)
-COMPILED = [(128, True, True, False, False), (64, False, False, False, False), (128, True, True, True, False),
-            (128, True, True, False, True), (64, True, False, False, True)]
+# the compiled variants: (head_dim, causal, deterministic, packed documents, decoupled, K in registers)
+COMPILED = [(128, True, True, False, False, False), (64, False, False, False, False, False),
+            (128, True, True, True, False, False), (128, True, True, False, True, False),
+            (64, True, False, False, True, False), (64, True, False, False, False, True)]
 COMPILED_IDS = ["d128_causal_ordered", "d64_full", "d128_causal_doc_ordered", "d128_causal_ordered_decoupled",
-                "d64_causal_decoupled"]
-FIELDS = "d, causal, ordered, docs, decoupled"
+                "d64_causal_decoupled", "d64_causal_k_registers"]
+FIELDS = "d, causal, ordered, docs, decoupled, k_registers"
 
 
-def compiled_variant(d: int, causal: bool, deterministic: bool, docs: bool = False,
-                     decoupled: bool = False) -> BackwardVariant:
-    return BackwardVariant("bfloat16", d, causal, deterministic=deterministic, documents=docs, decoupled=decoupled)
+def compiled_variant(d: int, causal: bool, deterministic: bool, docs: bool = False, decoupled: bool = False,
+                     k_registers: bool = False) -> BackwardVariant:
+    return BackwardVariant("bfloat16", d, causal, deterministic=deterministic, documents=docs, decoupled=decoupled,
+                           k_registers=k_registers)
 
 
 def steps(variant: BackwardVariant) -> int:
@@ -63,6 +65,7 @@ def flushes(variant: BackwardVariant) -> int:
     ("block_m", 16, "block_m 16 is not 32 or 64"),
     ("stages", 1, "1 Q/R/dO stages"),
     ("stages", 4, "4 Q/R/dO stages"),
+    ("k_registers", True, "K in registers .k_registers. is built for head_dim 64 only, not 128"),
 ])
 def test_unsupported_backward_variants_are_named(field, value, message):
     good = dict(dtype="bfloat16", head_dim=128, causal=True)
@@ -92,6 +95,16 @@ def test_the_ordered_variant_has_its_own_name_and_unordered_is_the_default():
     # the forward's and the backward's artefacts never share a name
     assert ordered.name.startswith("parallax_attn_bwd_")
     assert AttentionVariant("bfloat16", 128, True).name.startswith("parallax_attn_fwd_")
+
+
+def test_the_k_registers_variant_has_its_own_name_and_the_defaults_storage():
+    """K in registers changes where the score chain reads K from, not the shared memory (K stays there for the
+    dQ^T / dR^T chain) or the TMA boxes."""
+    shared = BackwardVariant("bfloat16", 64, True)
+    registers = BackwardVariant("bfloat16", 64, True, k_registers=True)
+    registers.check()
+    assert registers.name == shared.name + "_kr"
+    assert (registers.smem_bytes, registers.tma_boxes()) == (shared.smem_bytes, shared.tma_boxes())
 
 
 def test_the_decoupled_variant_has_its_own_name_and_three_ds_buffers():
@@ -214,17 +227,17 @@ def test_decoupled_warpgroups_meet_as_designed_in_every_interleaving():
 
 @pytest.fixture(scope="module")
 def compiled(tmp_path_factory):
-    """Two variants (bf16 head_dim 128 causal deterministic, bf16 head_dim 64 full unordered), each compiled
-    for sm_90a in a fresh process as on an offline build machine (both at once): PTX, cubin and the DSL's IR
-    (which records each TMA descriptor's box)."""
+    """The COMPILED variants, each compiled for sm_90a in a fresh process as on an offline build machine (all at
+    once): PTX, cubin and the DSL's IR (which records each TMA descriptor's box)."""
     if not rt.dsl_installed():
         pytest.skip("nvidia-cutlass-dsl is not installed")
     out = tmp_path_factory.mktemp("attention_backward")
     code = ("import sys\n"
             "from parallax_kernels.parallax.cute_backward import compile_variant\n"
             "from parallax_kernels.parallax.cute_variant import BackwardVariant\n"
-            "d, causal, ordered, docs, dc = int(sys.argv[2]), *(x == '1' for x in sys.argv[3:7])\n"
-            "variant = BackwardVariant('bfloat16', d, causal, deterministic=ordered, documents=docs, decoupled=dc)\n"
+            "d, causal, ordered, docs, dc, kr = int(sys.argv[2]), *(x == '1' for x in sys.argv[3:8])\n"
+            "variant = BackwardVariant('bfloat16', d, causal, deterministic=ordered, documents=docs, decoupled=dc,\n"
+            "                          k_registers=kr)\n"
             "cubin, ptx, name = compile_variant(variant)\n"
             "open(f'{sys.argv[1]}/{variant.name}.ptx', 'w').write(ptx)\n"
             "open(f'{sys.argv[1]}/{variant.name}.cubin', 'wb').write(cubin)\n")
@@ -351,11 +364,11 @@ def expected_wgmmas(variant: BackwardVariant) -> dict[int, int]:
 
 @needs_dsl
 @pytest.mark.parametrize(FIELDS, COMPILED, ids=COMPILED_IDS)
-def test_wgmma_chains_are_the_designed_ones(compiled, d, causal, ordered, docs, decoupled):
+def test_wgmma_chains_are_the_designed_ones(compiled, d, causal, ordered, docs, decoupled, k_registers):
     """At D = 128, BM = 32: 3 x (8 + 2 x 8) = 72 m64n64k16, 3 x 8 = 24 m64n32k16 and 3 x (2 + 4) = 18
     m64n128k16; at D = 64, BM = 64: 3 x 4 = 12 m64n128k16 and 3 x (4 + 4 + 8 + 2 x 8) = 96 m64n64k16."""
-    variant = compiled_variant(d, causal, ordered, docs, decoupled)
-    ptx = (compiled / f"{compiled_variant(d, causal, ordered, docs, decoupled).name}.ptx").read_text()
+    variant = compiled_variant(d, causal, ordered, docs, decoupled, k_registers)
+    ptx = (compiled / f"{compiled_variant(d, causal, ordered, docs, decoupled, k_registers).name}.ptx").read_text()
     assert ".target sm_90a" in ptx
     found: dict[int, int] = {}
     for n in re.findall(r"wgmma\.mma_async\.sync\.aligned\.m64n(\d+)k16\.f32\.bf16\.bf16", ptx):
@@ -365,20 +378,39 @@ def test_wgmma_chains_are_the_designed_ones(compiled, d, causal, ordered, docs, 
 
 
 @needs_dsl
+@pytest.mark.parametrize(FIELDS, [c for c in COMPILED if c[0] == 64],
+                         ids=[i for c, i in zip(COMPILED, COMPILED_IDS) if c[0] == 64])
+def test_the_score_chain_reads_k_from_registers_only_in_the_k_registers_variant(compiled, d, causal, ordered, docs,
+                                                                              decoupled, k_registers):
+    """At D = 64 the m64n128k16 wgmmas are the [S^T | T^T] chain's (N = 2 BM = 128; every other chain has N = 64).
+    With K in registers their A operand is four 32-bit registers, K having been read into them once (32 16-bit
+    shared loads a thread: 64 keys x 64 / 128 threads); otherwise a shared-memory descriptor, and no 16-bit loads."""
+    ptx = (compiled / f"{compiled_variant(d, causal, ordered, docs, decoupled, k_registers).name}.ptx").read_text()
+    score = re.findall(r"wgmma\.mma_async\.sync\.aligned\.m64n128k16\.f32\.bf16\.bf16 \{[^}]*\}, (\{[^}]*\}|%rd\d+),", ptx)
+    assert score
+    if k_registers:
+        assert all(re.fullmatch(r"\{%r\d+, %r\d+, %r\d+, %r\d+\}", a) for a in score)
+        assert ptx.count("ld.shared.b16") == 64 * d // 128
+    else:
+        assert all(a.startswith("%rd") for a in score)
+        assert "ld.shared.b16" not in ptx
+
+
+@needs_dsl
 @pytest.mark.parametrize(FIELDS, COMPILED, ids=COMPILED_IDS)
-def test_copies_reductions_and_registers_are_the_designed_ones(compiled, d, causal, ordered, docs, decoupled):
+def test_copies_reductions_and_registers_are_the_designed_ones(compiled, d, causal, ordered, docs, decoupled, k_registers):
     """TMA loads: K, V once and Q, R, dO per step (in the producer's one loop), D/64 copies per tile (the
     128-byte swizzle is 64 elements wide); the four statistics per query row in one plain bulk copy; dQ^T / dR^T
     added with the bulk reduce-add (where a step adds the previous tile's, in the masked and the unmasked loop,
     and after the loops; two each: the two 64-row shares at D = 128, dQ^T or dR^T at D = 64); setmaxnreg down in the
     producer and up in the consumers; no local memory; the parameter list is the launcher's."""
-    ptx = (compiled / f"{compiled_variant(d, causal, ordered, docs, decoupled).name}.ptx").read_text()
+    ptx = (compiled / f"{compiled_variant(d, causal, ordered, docs, decoupled, k_registers).name}.ptx").read_text()
     assert ptx.count("cp.async.bulk.tensor.3d.shared::cta.global") == (2 + 3) * d // 64
     assert ptx.count("cp.async.bulk.tensor") == (2 + 3) * d // 64
     assert ptx.count("cp.async.bulk.shared::cluster.global") == 1
     # the bytes each full barrier waits for: K and V; Q, R, dO and the statistics (a count the copies do not
     # reach hangs the kernel)
-    variant = compiled_variant(d, causal, ordered, docs, decoupled)
+    variant = compiled_variant(d, causal, ordered, docs, decoupled, k_registers)
     expected = re.findall(r"mov\.b32\s+%r\d+, (\d+);\s*mbarrier\.arrive\.expect_tx", ptx)
     assert sorted(map(int, expected)) == sorted([2 * BWD_BLOCK_N * d * 2, 3 * variant.bm * d * 2 + 4 * 4 * variant.bm])
     assert ptx.count("cp.reduce.async.bulk.global.shared::cta.bulk_group.add.f32") == flushes(variant) * 2
@@ -393,13 +425,13 @@ def test_copies_reductions_and_registers_are_the_designed_ones(compiled, d, caus
 
 @needs_dsl
 @pytest.mark.parametrize(FIELDS, COMPILED, ids=COMPILED_IDS)
-def test_only_the_deterministic_variant_orders_its_adds(compiled, d, causal, ordered, docs, decoupled):
+def test_only_the_deterministic_variant_orders_its_adds(compiled, d, causal, ordered, docs, decoupled, k_registers):
     """Deterministic: per step the lead thread first waits for its previous add to complete (wait_group without
     .read) and passes that tile's turn on (a proxy fence, then red.release), then after staging spins on this
     query tile's semaphore (ld.acquire; the first read and the loop's: two loads), fences, and adds; at the end
     it waits for the last add and passes its turn on. Unordered: the wait for the staging buffer to be read
     (wait_group.read), the add; at the end, the same wait. Either way the lead's warp reconverges after it."""
-    variant = compiled_variant(d, causal, ordered, docs, decoupled)
+    variant = compiled_variant(d, causal, ordered, docs, decoupled, k_registers)
     ptx = (compiled / f"{variant.name}.ptx").read_text()
     events = {"ld.global.acquire.gpu": "acquire", "cp.reduce.async.bulk": "reduce",
               "cp.async.bulk.commit_group": "commit", "cp.async.bulk.wait_group.read": "wait_read",
@@ -421,14 +453,14 @@ def test_only_the_deterministic_variant_orders_its_adds(compiled, d, causal, ord
 @needs_dsl
 @pytest.mark.parametrize(FIELDS, COMPILED, ids=COMPILED_IDS)
 def test_warpgroups_meet_on_the_same_tile_or_decoupled_on_the_previous_one(compiled, d, causal, ordered, docs,
-                                                                          decoupled):
+                                                                          decoupled, k_registers):
     """The [dQ^T | dR^T] chain needs both warpgroups' ds^T, dt^T. Lockstep: per step one barrier of both (bar.sync
     1, 256) after the ds^T / dt^T stores and before the chain. Decoupled: per step a warpgroup syncs on the
     other's arrival for the previous tile (that warpgroup's named barrier of the step's parity, 4 + 2 cw + parity:
     an id in a register) before its own stores (the buffer they reuse is free only then), arrives after them, then
     issues the previous tile's chain; the first step only arrives, and after the loops a last sync comes before
     the last tile's chain."""
-    variant = compiled_variant(d, causal, ordered, docs, decoupled)
+    variant = compiled_variant(d, causal, ordered, docs, decoupled, k_registers)
     ptx = (compiled / f"{variant.name}.ptx").read_text()
     lockstep = len(re.findall(r"bar\.sync\s+1, 256;", ptx))
     kinds = {"bar.arrive": "arrive", "bar.sync": "sync", "st.shared.b32": "store"}
@@ -449,11 +481,11 @@ def test_warpgroups_meet_on_the_same_tile_or_decoupled_on_the_previous_one(compi
 
 @needs_dsl
 @pytest.mark.parametrize(FIELDS, COMPILED, ids=COMPILED_IDS)
-def test_tma_boxes_the_launcher_encodes_are_the_kernels(compiled, d, causal, ordered, docs, decoupled):
+def test_tma_boxes_the_launcher_encodes_are_the_kernels(compiled, d, causal, ordered, docs, decoupled, k_registers):
     """The launcher builds the CUtensorMaps itself (no DSL on the GPU host): the boxes it encodes must be
     those the DSL compiled the copies for, as its IR records them (dims innermost first: D, rows, heads)."""
-    variant = compiled_variant(d, causal, ordered, docs, decoupled)
-    ir = "".join(p.read_text() for p in (compiled / f"ir_{compiled_variant(d, causal, ordered, docs, decoupled).name}").glob("*.mlir"))
+    variant = compiled_variant(d, causal, ordered, docs, decoupled, k_registers)
+    ir = "".join(p.read_text() for p in (compiled / f"ir_{compiled_variant(d, causal, ordered, docs, decoupled, k_registers).name}").glob("*.mlir"))
     boxes = {tuple(map(int, m.split(","))) for m in re.findall(r'tma_gbasis = <"\((\d+,\d+,\d+)\):', ir)}
     assert boxes == {tuple(box) for box in variant.tma_boxes()}
 
@@ -469,12 +501,12 @@ def triton_tool(name: str) -> Path:
 
 @needs_dsl
 @pytest.mark.parametrize(FIELDS, COMPILED, ids=COMPILED_IDS)
-def test_no_spills_and_wgmma_tma_in_sass(compiled, d, causal, ordered, docs, decoupled):
+def test_no_spills_and_wgmma_tma_in_sass(compiled, d, causal, ordered, docs, decoupled, k_registers):
     """ptxas keeps the designed wgmmas (HGMMA 64 x N x 16 as many as in the PTX; it may add others of its own),
     the TMA loads, the bulk copy and the bulk reduce-add, with no stack or local memory."""
     tool = triton_tool("cuobjdump")
-    variant = compiled_variant(d, causal, ordered, docs, decoupled)
-    cubin = str(compiled / f"{compiled_variant(d, causal, ordered, docs, decoupled).name}.cubin")
+    variant = compiled_variant(d, causal, ordered, docs, decoupled, k_registers)
+    cubin = str(compiled / f"{compiled_variant(d, causal, ordered, docs, decoupled, k_registers).name}.cubin")
     usage = subprocess.run([tool, "--dump-resource-usage", cubin], capture_output=True, text=True, check=True).stdout
     fields = dict(item.split(":", 1) for item in next(x for x in usage.splitlines() if "REG:" in x).split() if ":" in item)
     assert int(fields["STACK"]) == 0 and int(fields["LOCAL"]) == 0
@@ -489,10 +521,11 @@ def test_no_spills_and_wgmma_tma_in_sass(compiled, d, causal, ordered, docs, dec
 
 @needs_dsl
 @pytest.mark.parametrize(FIELDS, COMPILED, ids=COMPILED_IDS)
-def test_ptxas_keeps_the_wgmmas_asynchronous(compiled, d, causal, ordered, docs, decoupled, tmp_path):
+def test_ptxas_keeps_the_wgmmas_asynchronous(compiled, d, causal, ordered, docs, decoupled, k_registers, tmp_path):
     """ptxas serialises every wgmma of a kernel (waits after each, C7514) when it cannot match a read of an
     accumulator to the wait for its chain; the staging of the in-flight [dQ^T | dR^T] chain is such a read."""
-    report = subprocess.run([triton_tool("ptxas"), "-arch=sm_90a", "-v", "-o", str(tmp_path / "k.cubin"), str(compiled / f"{compiled_variant(d, causal, ordered, docs, decoupled).name}.ptx")],
+    ptx = compiled / f"{compiled_variant(d, causal, ordered, docs, decoupled, k_registers).name}.ptx"
+    report = subprocess.run([triton_tool("ptxas"), "-arch=sm_90a", "-v", "-o", str(tmp_path / "k.cubin"), str(ptx)],
                             capture_output=True, text=True, check=True)
     assert "instructions are serialized" not in report.stdout + report.stderr
 

@@ -51,8 +51,8 @@ from cutlass.cute.nvgpu import cpasync, warpgroup
 from cutlass.cutlass_dsl import dsl_user_op
 
 from parallax_kernels import cute_runtime as rt
-from parallax_kernels.parallax.cute_fragments import (as_a_operand, mn_view, pack_pair, transpose_view,
-                                                      visible_in_document)
+from parallax_kernels.parallax.cute_fragments import (a_operand_fragment, as_a_operand, mn_view, pack_pair,
+                                                      transpose_view, visible_in_document)
 from parallax_kernels.parallax.cute_variant import (BWD_BLOCK_N, BWD_NUM_THREADS, LPT_KV_BYTES, BackwardVariant,
                                                     ds_turn_barrier, grad_tile_layout, lpt_tile)
 
@@ -130,8 +130,9 @@ class ParallaxAttentionBackward:
         k_major, mn_major = warpgroup.OperandMajorMode.K, warpgroup.OperandMajorMode.MN
         # [S^T | T^T] = K [Q; R]^T: (BN keys, 2 BM), K = D, Q and R stacked in one operand (one K read for both);
         # dalpha^T = V dO^T: (BN, BM). The two consumers split the keys.
+        k_source = warpgroup.OperandSource.RMEM if self.v.k_registers else warpgroup.OperandSource.SMEM
         mma_st = sm90_utils.make_trivial_tiled_mma(dt, dt, k_major, k_major, Float32, (2, 1, 1),
-                                                   (KEYS_PER_WG, 2 * bm))
+                                                   (KEYS_PER_WG, 2 * bm), k_source)
         mma_s = sm90_utils.make_trivial_tiled_mma(dt, dt, k_major, k_major, Float32, (2, 1, 1), (KEYS_PER_WG, bm))
         # dV: (BN keys, D), K = BM queries; dK: K = 2 BM ([ds^T | dt^T] [Q; R]); A from registers
         mma_kv = sm90_utils.make_trivial_tiled_mma(dt, dt, k_major, mn_major, Float32, (2, 1, 1), (KEYS_PER_WG, d),
@@ -318,7 +319,9 @@ class ParallaxAttentionBackward:
         d, bm, bn = self.d, self.bm, self.bn
         sK0, sV0 = sK[None, None, 0], sV[None, None, 0]
         thr_st, wg_st = mma_st.get_slice(tid), mma_st.get_slice(128 * cw)
-        t_ak = wg_st.make_fragment_A(wg_st.partition_A(sK0))
+        t_ak = None  # K as the score chain's A operand: shared memory, or registers filled once K is in
+        if cutlass.const_expr(not self.v.k_registers):
+            t_ak = wg_st.make_fragment_A(wg_st.partition_A(sK0))
         t_bqr = wg_st.make_fragment_B(wg_st.partition_B(sQR))
         acc_st = thr_st.make_fragment_C(thr_st.partition_shape_C((bn, 2 * bm)))  # [S^T | T^T], then [ds^T | dt^T]
         coords = mn_view(thr_st.partition_C(cute.make_identity_tensor((bn, 2 * bm))))
@@ -351,6 +354,8 @@ class ParallaxAttentionBackward:
             keys = [n0 + coords[i, 0][0] for i in range(cute.size(coords.shape[0]))]
             visible_in_document(visible, bounds, keys, n, self.causal, rows_are_queries=False)
         kv_cons.wait()
+        if cutlass.const_expr(self.v.k_registers):
+            t_ak = self._k_operand(thr_kv, sK0)
         held = cutlass.Int64(-1)  # (deterministic) the query tile whose dQ/dR turn this warpgroup holds
         mma_kv.set(warpgroup.Field.ACCUMULATE, True)
         # Software pipeline: a step issues its dQ^T / dR^T chain and returns with it in flight; the next step
@@ -603,6 +608,18 @@ class ParallaxAttentionBackward:
         return held
 
     # ---- pieces ---------------------------------------------------------------------------------
+    @cute.jit
+    def _k_operand(self, thr_kv, sK0) -> cute.Tensor:
+        """This thread's part of its warpgroup's 64 keys of K as a register A operand (64, D) of a K = D wgmma.
+        The A fragment's value order is the C fragment's of a (64, D) tile (as_a_operand), so each value is read
+        from K at the coordinates that a (BN, D) accumulator of mma_kv gives it."""
+        frag = a_operand_fragment(self.dtype, self.d)
+        coords = thr_kv.partition_C(cute.make_identity_tensor((self.bn, self.d)))
+        as_acc = cute.make_tensor(frag.iterator, cute.make_layout(coords.shape))
+        for i in cutlass.range_constexpr(cute.size(as_acc)):
+            as_acc[i] = sK0[coords[i]]
+        return frag
+
     def _as_pairs(self, ptr: cute.Pointer, ds_smem: cute.ComposedLayout) -> cute.Tensor:
         """A ds^T / dt^T buffer as 32-bit pairs of adjacent queries, for the stores. The wgmma's swizzle
         (ds_smem.inner, on byte addresses: 2^B 16-byte chunks XORed by the row) is rebuilt on 32-bit

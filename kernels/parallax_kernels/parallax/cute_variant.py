@@ -190,6 +190,10 @@ class BackwardVariant:
     # other's previous tile, not the current one, so one's elementwise work can run beside the other's chains.
     # ds^T, dt^T take DECOUPLED_DS_BUFFERS buffers of their own (cute_backward.py, _step)
     decoupled: bool = False
+    # the warpgroup's 64 keys of K held in registers (loaded once) as the A operand of the [S^T | T^T] chain, so
+    # that its wgmmas read only [Q; R] from shared memory; 16 registers a thread, head_dim 64 only (at 128 the
+    # 32 it takes are not free)
+    k_registers: bool = False
 
     def __post_init__(self):
         if self.block_m == 0 and self.head_dim in DEFAULT_BWD_BLOCK_M:
@@ -204,6 +208,9 @@ class BackwardVariant:
             raise ValueError(f"CuTe attention backward: block_m {self.block_m} is not 32 or 64")
         if not 2 <= self.stages <= 3:
             raise ValueError(f"CuTe attention backward: {self.stages} Q/R/dO stages; 2 or 3 are supported")
+        if self.k_registers and self.head_dim != 64:
+            raise ValueError(f"CuTe attention backward: K in registers (k_registers) is built for head_dim 64 only, "
+                             f"not {self.head_dim}")
         if self.smem_bytes > MAX_SMEM_BYTES:
             raise ValueError(f"CuTe attention backward: block_m {self.bm} with {self.stages} stages at head_dim "
                              f"{self.head_dim} needs {self.smem_bytes} bytes of shared memory; a block has "
@@ -220,8 +227,9 @@ class BackwardVariant:
         docs = "_doc" if self.documents else ""
         lpt = "_lpt" if self.lpt else ""
         decoupled = "_dc" if self.decoupled else ""
+        k_registers = "_kr" if self.k_registers else ""
         return (f"parallax_attn_bwd_{self.dtype}_d{self.head_dim}_{mask}{docs}_m{self.bm}_s{self.stages}{order}{lpt}"
-                f"{decoupled}")
+                f"{decoupled}{k_registers}")
 
     @property
     def num_threads(self) -> int:
