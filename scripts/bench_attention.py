@@ -8,7 +8,8 @@
                                      # st: stacked Q/R operand; ov: softmax beside the previous P V; lp: longest
                                      # tiles first across heads; ps: one CTA an SM walking the work items
                                      # in that order or head by head; w3: three consumer warpgroups, head_dim
-                                     # 64; n64: 64-key tiles; the default is s3stov)
+                                     # 64, else two; n64: 64-key tiles; the default is s3stov, at head_dim 64
+                                     # s3stovw3)
         [--cute-backward-variants b2 b3 b2lp b2dc b2kr ...]   # also time these CuTe backward variants (Q/R/dO
                                      # stages; lp: longest key tiles first across KV heads; dc: the warpgroups
                                      # decoupled; kr: K in registers, head_dim 64; m<block_m>: query rows a step)
@@ -218,8 +219,9 @@ def main() -> None:
                          "(np: no warpgroup turns; er: eager rescale of every row; st: stacked Q/R operand; ov: "
                          "softmax overlapping the previous tile's P V, with st; lp: longest tiles first across "
                          "heads; ps: one CTA an SM walking the work items in that order or head by head; w3: three "
-                         "consumer warpgroups (stacked, head_dim 64 only); n: keys per "
-                         "tile; the default is s3stov, s3 the unstacked kernel), each with its output's relative "
+                         "consumer warpgroups (stacked, head_dim 64 only; without it two); n: keys per "
+                         "tile; the default is s3stov, at head_dim 64 s3stovw3; s3 the unstacked kernel), each with "
+                         "its output's relative "
                          "error against the default variant's")
     ap.add_argument("--cute-backward-variants", nargs="+", default=[],
                     help="backward-only timings of CuTe backward variants: b<stages>[lp][dc][kr][m<block_m>] "

@@ -69,9 +69,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--forward-persistent", type=int, nargs="+", default=[0], choices=[0, 1],
                    help="1: at most one CTA an SM, each walking the work items in the --lpt order "
                         "(AttentionVariant.persistent; with --attention), 0: one CTA a work item (the default)")
-    p.add_argument("--forward-warpgroups", type=int, nargs="+", default=[2], choices=[2, 3],
-                   help="consumer warpgroups of the forward (with --attention): 2 (the default), 3 (opt-in, built for "
-                        "the stacked head_dim-64 kernel only; AttentionVariant.warpgroups)")
+    p.add_argument("--forward-warpgroups", type=int, nargs="+", default=[0], choices=[0, 2, 3],
+                   help="consumer warpgroups of the forward (with --attention; AttentionVariant.warpgroups): 0, the "
+                        "default for the head_dim (3 stacked at head_dim 64, else 2); 2; 3 (built for the stacked "
+                        "head_dim-64 kernel only)")
     p.add_argument("--backward-block-m", type=int, nargs="+", default=[0], choices=[0, 32, 64],
                    help="query rows per backward step (with --attention; 0: the default for the head_dim)")
     p.add_argument("--backward-stages", type=int, nargs="+", default=[2], choices=[2, 3],
@@ -126,6 +127,7 @@ def build_attention(args, dsl: str) -> None:
     layouts = [(stacked, overlap) for stacked in args.stacked
                for overlap in (args.overlap if args.overlap is not None else [stacked]) if stacked or not overlap]
     orders = [(lpt, persistent) for lpt in args.lpt for persistent in args.forward_persistent]
+    built = set()
     for (dtype, head_dim, causal, docs, block_n, stages, pingpong, lazy, (stacked, overlap), (lpt, persistent),
          warpgroups) in itertools.product(args.dtype, args.head_dim, args.causal, args.documents, args.attention_block_n,
                                           args.stages, args.pingpong, args.lazy_rescale, layouts, orders,
@@ -136,6 +138,9 @@ def build_attention(args, dsl: str) -> None:
                                    pingpong=bool(pingpong), lazy_rescale=bool(lazy), documents=bool(docs),
                                    stacked=bool(stacked), overlap=bool(overlap), lpt=bool(lpt),
                                    persistent=bool(persistent), warpgroups=warpgroups)
+        if variant in built:  # the default and its explicit spelling
+            continue
+        built.add(variant)
         variant.check()
         start = time.time()
         cubin, ptx, name = compile_variant(variant)

@@ -42,20 +42,24 @@ def test_unsupported_variants_are_named(fields, message):
 
 
 def test_the_default_tile_and_its_explicit_spelling_are_one_variant():
-    """(An artefact built with an explicit block_n or overlap must serve the default, and the other way round.)
-    The default is stacked with the overlap, 128-key tiles at both head dims; unstacked, 128 at head_dim 64 and
-    64 at 128, and no overlap."""
-    for d in (64, 128):
+    """(An artefact built with an explicit block_n, overlap or warpgroups must serve the default, and the other way
+    round.) The default is stacked with the overlap, 128-key tiles at both head dims, three consumer warpgroups at
+    head_dim 64 and two at 128; unstacked, 128 at head_dim 64 and 64 at 128, no overlap, two warpgroups."""
+    for d, wgs, suffix in ((64, 3, "_w3"), (128, 2, "")):
         default = AttentionVariant("bfloat16", d, True)
-        assert default == AttentionVariant("bfloat16", d, True, block_n=128, stacked=True, overlap=True)
+        assert default == AttentionVariant("bfloat16", d, True, block_n=128, stacked=True, overlap=True,
+                                           warpgroups=wgs)
         assert asdict(default)["block_n"] == 128 and asdict(default)["overlap"] is True
-        assert default.name.endswith("_n128_s3_st_ov")
+        assert asdict(default)["warpgroups"] == wgs
+        assert default.name.endswith("_n128_s3_st_ov" + suffix)
         stacked = AttentionVariant("bfloat16", d, True, overlap=False)
-        assert stacked == AttentionVariant("bfloat16", d, True, block_n=128, stacked=True, overlap=False)
-        assert stacked.name.endswith("_n128_s3_st")
+        assert stacked == AttentionVariant("bfloat16", d, True, block_n=128, stacked=True, overlap=False,
+                                           warpgroups=wgs)
+        assert stacked.name.endswith("_n128_s3_st" + suffix)
     for d, bn in ((64, 128), (128, 64)):
         unstacked = AttentionVariant("bfloat16", d, True, stacked=False)
-        assert unstacked == AttentionVariant("bfloat16", d, True, block_n=bn, stacked=False, overlap=False)
+        assert unstacked == AttentionVariant("bfloat16", d, True, block_n=bn, stacked=False, overlap=False,
+                                             warpgroups=2)
         assert asdict(unstacked)["block_n"] == bn and asdict(unstacked)["overlap"] is False
         assert unstacked.name.endswith(f"_n{bn}_s3")
 
@@ -100,13 +104,18 @@ def test_stacked_variant_geometry():
 
 def test_three_warpgroup_variant_geometry():
     """Three consumer warpgroups: 96 query rows a CTA (the launch grid's unit), 512 threads, Q and R of three
-    warpgroups in shared memory, its own artefact name; the default's other fields."""
+    warpgroups in shared memory, its own artefact name; the two-warpgroup kernel's other fields. Three are the
+    default of the stacked kernel at head_dim 64, two elsewhere."""
     three = AttentionVariant("bfloat16", 64, True, warpgroups=3)
+    two = AttentionVariant("bfloat16", 64, True, warpgroups=2)
     three.check()
     assert (three.wg_rows, three.cta_rows, three.num_threads) == (32, 96, 512)
     assert three.smem_bytes == 1024 + 2 * 96 * 64 * 2 + 2 * 3 * 128 * 64 * 2
-    assert three.name == AttentionVariant("bfloat16", 64, True).name + "_w3"
-    assert three.tma_boxes() == AttentionVariant("bfloat16", 64, True).tma_boxes()
+    assert three.name == two.name + "_w3"
+    assert three.tma_boxes() == two.tma_boxes()
+    assert AttentionVariant("bfloat16", 64, True) == three  # one variant, one artefact, whichever the spelling
+    assert AttentionVariant("bfloat16", 128, True).warpgroups == 2
+    assert AttentionVariant("bfloat16", 64, True, stacked=False).warpgroups == 2
 
 
 def test_ptx_parameter_lists_name_by_value_structs():
@@ -762,15 +771,15 @@ def test_persistent_forward_changes_no_value(case, lpt):
 ], ids=lambda c: "x".join(map(str, c[:4])) + ("c" if c[4] else "f") + ("_docs" if c[5] else ""))
 @pytest.mark.parametrize("persistent", [False, True], ids=["one_each", "persistent"])
 def test_three_warpgroup_forward_changes_no_value(case, persistent):
-    """Three consumer warpgroups (96 query rows a CTA) run each query row through the same key tiles in the same
-    order as two (64 rows a CTA): o, a, lse and tbar bitwise equal to the default variant's at head_dim 64."""
+    """Three consumer warpgroups (96 query rows a CTA, the default at head_dim 64) run each query row through the
+    same key tiles in the same order as two (64 rows a CTA): o, a, lse and tbar bitwise equal."""
     from parallax_kernels.parallax.cute_launch import _launch
 
     b, h, hkv, n, causal, mean = case
     g = torch.Generator().manual_seed(11)
     q, k, v, r = (torch.randn(b, x, n, 64, generator=g).to(torch.bfloat16).cuda() for x in (h, hkv, hkv, h))
     docs = packed([random_lengths(n, seed, mean) for seed in range(b)]).cuda() if mean else None
-    two = _launch(q, k, v, r, causal, 0.125, document_ids=docs)
+    two = _launch(q, k, v, r, causal, 0.125, document_ids=docs, warpgroups=2)
     three = _launch(q, k, v, r, causal, 0.125, document_ids=docs, warpgroups=3, persistent=persistent)
     for name, x, y in zip(("o", "a", "lse", "tbar"), three, two):
         assert torch.equal(x, y), name

@@ -8,8 +8,6 @@ from dataclasses import dataclass
 DTYPES = ("bfloat16", "float16")
 HEAD_DIMS = (64, 128)
 MMA_ROWS = 64  # rows of a consumer warpgroup's m64 wgmma tile
-MMA_WARPGROUPS = 2  # consumer warpgroups (the default; AttentionVariant.warpgroups)
-NUM_THREADS = 128 * (MMA_WARPGROUPS + 1)  # + one producer warpgroup
 # registers a consumer thread gets (setmaxnreg) with two or three consumer warpgroups beside the producer's 24:
 # 24 x 128 + 240 x 256 and 24 x 128 + 160 x 384 fit an SM's 65,536
 CONSUMER_REGS = {2: 240, 3: 160}
@@ -23,6 +21,12 @@ STACKED_BLOCK_N = 128
 # lpt order: query heads are taken in groups whose K and V (all of their KV heads' keys) fit this many bytes, about
 # half an H100/H200's 50 MB L2, so that a group's key tiles are read from DRAM about once
 LPT_KV_BYTES = 24 * 2**20
+
+
+def default_warpgroups(head_dim: int, stacked: bool) -> int:
+    """Consumer warpgroups of the forward unless a variant names them: 3 for the stacked kernel at head_dim 64
+    (the faster there: docs/kernels_hopper.md), else 2 (at head_dim 128 three spill at 160 registers)."""
+    return 3 if stacked and head_dim == 64 else 2
 
 
 @dataclass(frozen=True)
@@ -61,8 +65,8 @@ class AttentionVariant:
     persistent: bool = False
     # consumer warpgroups: 2, or 3 (stacked, head_dim 64: 96 query rows a CTA at 160 registers a thread, taking
     # turns in a ring; FlashAttention-3's shape at head_dim 64, which amortises a CTA's start and end over more
-    # rows and gives each warpgroup's softmax two others' chains to hide behind)
-    warpgroups: int = MMA_WARPGROUPS
+    # rows and gives each warpgroup's softmax two others' chains to hide behind). 0: default_warpgroups
+    warpgroups: int = 0
 
     def __post_init__(self):
         # block_n 0 and overlap None name defaults: store them resolved, so that both spellings are one variant
@@ -71,6 +75,8 @@ class AttentionVariant:
             object.__setattr__(self, "overlap", self.stacked)
         if self.block_n == 0 and self.head_dim in UNSTACKED_BLOCK_N:
             object.__setattr__(self, "block_n", STACKED_BLOCK_N if self.stacked else UNSTACKED_BLOCK_N[self.head_dim])
+        if self.warpgroups == 0:
+            object.__setattr__(self, "warpgroups", default_warpgroups(self.head_dim, self.stacked))
 
     def check(self) -> None:
         if self.dtype not in DTYPES:
