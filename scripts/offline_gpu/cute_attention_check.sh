@@ -8,8 +8,9 @@
 #   bash scripts/offline_gpu/cute_attention_check.sh          # with .kernels/
 # TESTS=0 / BENCH=0 leave a part out, TEST_FILTER selects GPU tests (pytest -k); SHAPES and PEERS choose the
 # benchmark's shapes and peers, CUTE_VARIANTS (e.g. "s3 s3st s2stov") adds forward timings of other CuTe
-# variants (their artefacts built with --stages/--pingpong/--stacked/--overlap), CUTE_BACKWARD_VARIANTS (e.g. "b2 b3
-# b2dc") backward timings of CuTe backward variants (--backward-stages/--backward-block-m/--backward-decoupled),
+# variants (their artefacts built with --stages/--pingpong/--stacked/--overlap/--forward-warpgroups),
+# CUTE_BACKWARD_VARIANTS (e.g. "b2 b3 b2dc b2kr") backward timings of CuTe backward variants
+# (--backward-stages/--backward-block-m/--backward-decoupled/--backward-k-registers),
 # DOCUMENTS=MEAN times packed documents of about MEAN tokens (bench_attention.py --documents) instead.
 set -uo pipefail
 out=${OUT:-./outputs/cute_attention_check}
@@ -27,10 +28,12 @@ if [ "${TESTS:-1}" = 1 ]; then
   # --lazy-rescale 0), which a run that times them (CUTE_VARIANTS) carries; the other layouts' test needs theirs
   # (--stacked 0 and --stacked 1 --overlap 0: both dtypes, head dims, masks and documents), the lpt order's bf16
   # head_dim-128 causal ones (--lpt 1, the default and --stacked 0), the persistent forward's bf16 ones (--lpt 0 1
-  # --forward-persistent 1: both head dims, masks and documents), the
-  # backward lpt order's bf16 causal ones (--backward-lpt 1, both --backward-deterministic, both head dims), the
-  # decoupled backward's bf16 ones (--dtype bfloat16 --backward-decoupled 1: both head dims, masks, documents and
-  # orders); TEST_FILTER (a pytest -k expression) replaces these choices
+  # --forward-persistent 1: both head dims, masks and documents), the two-warpgroup head_dim-64 forward's bf16
+  # ones (--forward-warpgroups 2), the backward lpt order's bf16 causal ones (--backward-lpt 1, both
+  # --backward-deterministic, both head dims), the decoupled backward's bf16 ones (--dtype bfloat16
+  # --backward-decoupled 1: both head dims, masks, documents and orders), the K-in-registers backward's bf16 ones
+  # (--dtype bfloat16 --head-dim 64 --backward-k-registers 1); TEST_FILTER (a pytest -k expression) replaces
+  # these choices
   leave_out=()
   [ -n "${CUTE_VARIANTS:-}" ] || { leave_out+=("not benchmarked_variants"); echo "forward-variant test left out (no CUTE_VARIANTS)"; }
   ls "$PARALLAX_KERNEL_DIR"/parallax_attn_fwd_*_s3.cubin > /dev/null 2>&1 \
@@ -39,11 +42,18 @@ if [ "${TESTS:-1}" = 1 ]; then
     || { leave_out+=("not stacked_only"); echo "stacked-only forward test left out (no artefacts)"; }
   ls "$PARALLAX_KERNEL_DIR"/parallax_attn_fwd_bfloat16_d128_causal_n128_s3_st_ov_lpt.cubin > /dev/null 2>&1 \
     || { leave_out+=("not lpt_default"); echo "lpt test of the default variant left out (no artefact)"; }
+  # (the head_dim-64 default has three warpgroups: its artefacts end in _w3)
   for k in d128_causal d128_causal_doc d64_full d64_full_doc; do
+    wgs=""; [ "${k#d64}" != "$k" ] && wgs=_w3
     for order in "" _lpt; do
-      [ -e "$PARALLAX_KERNEL_DIR/parallax_attn_fwd_bfloat16_${k}_n128_s3_st_ov${order}_ps.cubin" ] \
-        || { leave_out+=("not persistent"); echo "persistent forward tests left out (no ${k}${order}_ps artefact)"; break 2; }
+      [ -e "$PARALLAX_KERNEL_DIR/parallax_attn_fwd_bfloat16_${k}_n128_s3_st_ov${order}_ps${wgs}.cubin" ] \
+        || { leave_out+=("not persistent"); echo "persistent forward tests left out (no ${k}${order}_ps${wgs} artefact)"; break 2; }
     done
+  done
+  # the three-warpgroup test compares with the two-warpgroup head_dim-64 kernel (--forward-warpgroups 2)
+  for k in d64_causal d64_full d64_causal_doc d64_full_doc; do
+    [ -e "$PARALLAX_KERNEL_DIR/parallax_attn_fwd_bfloat16_${k}_n128_s3_st_ov.cubin" ] \
+      || { leave_out+=("not three_warpgroup"); echo "three-warpgroup forward test left out (no two-warpgroup ${k})"; break; }
   done
   ls "$PARALLAX_KERNEL_DIR"/parallax_attn_fwd_bfloat16_d128_causal_n64_s3_lpt.cubin > /dev/null 2>&1 \
     || { leave_out+=("not lpt_unstacked"); echo "lpt test of the unstacked variant left out (no artefact)"; }
@@ -55,7 +65,13 @@ if [ "${TESTS:-1}" = 1 ]; then
            d128_full_m32 d128_full_doc_m32; do
     for order in "" _ordered; do
       [ -e "$PARALLAX_KERNEL_DIR/parallax_attn_bwd_bfloat16_${k}_s2${order}_dc.cubin" ] \
-        || { leave_out+=("not decoupled_backward"); echo "decoupled backward tests left out (no ${k}_s2${order}_dc)"; break 2; }
+        || { leave_out+=("not (opt_in_backward and decoupled)"); echo "decoupled backward tests left out (no ${k}_s2${order}_dc)"; break 2; }
+    done
+  done
+  for k in d64_causal_m64 d64_full_m64 d64_full_doc_m64; do
+    for order in "" _ordered; do
+      [ -e "$PARALLAX_KERNEL_DIR/parallax_attn_bwd_bfloat16_${k}_s2${order}_kr.cubin" ] \
+        || { leave_out+=("not (opt_in_backward and k_registers)"); echo "K-in-registers backward tests left out (no ${k}_s2${order}_kr)"; break 2; }
     done
   done
   only=()

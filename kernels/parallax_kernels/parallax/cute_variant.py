@@ -198,7 +198,7 @@ class BackwardVariant:
     decoupled: bool = False
     # the warpgroup's 64 keys of K held in registers (loaded once) as the A operand of the [S^T | T^T] chain, so
     # that its wgmmas read only [Q; R] from shared memory; 16 registers a thread, head_dim 64 only (at 128 the
-    # 32 it takes are not free)
+    # 32 it takes are not free). Not faster than the default where timed (docs/kernels_hopper.md)
     k_registers: bool = False
 
     def __post_init__(self):
