@@ -57,8 +57,8 @@ def main(argv: list[str] | None = None) -> None:
                    help="1: rows whose max did not move skip the output rescale (the default); 0: every row is "
                         "rescaled every tile (with --attention, for benchmarks)")
     p.add_argument("--stacked", type=int, nargs="+", default=[1], choices=[0, 1],
-                   help="1: the stacked forward (Q and R rows in one wgmma operand, 64 query rows a CTA; "
-                        "AttentionVariant.stacked; the default), 0: separate S and T chains (with --attention)")
+                   help="1: the stacked forward (Q and R rows in one wgmma operand, 64 query rows a CTA, 96 at "
+                        "head_dim 64; AttentionVariant.stacked; the default), 0: separate S and T chains (with --attention)")
     p.add_argument("--overlap", type=int, nargs="+", default=None, choices=[0, 1],
                    help="1: with --stacked 1, each tile's softmax overlaps the previous tile's P V "
                         "(AttentionVariant.overlap; with --attention; default: 1 stacked, 0 not); combinations "

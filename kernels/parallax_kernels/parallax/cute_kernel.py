@@ -5,7 +5,8 @@ o, a (the softmax output), lse (log2 domain) and tbar, so that its backward runs
 Per key tile: S1 = scale Q K^T (log2 domain), T = R K^T, online max m shared by both branches,
 P1 = exp2(S1 - m), P2 = P1 (T - c) centred on the running tbar estimate c, O1 += P1 V, O2 += P2 V.
 
-Layout of one CTA (384 threads, 64 query rows of one (batch, head); the default, "stacked"):
+Layout of one CTA (384 threads, 64 query rows of one (batch, head); the default, "stacked", at head_dim 128;
+at head_dim 64 three consumer warpgroups, below):
 - warpgroup 0 is the producer: after `setmaxnreg` down to 24 registers, one warp issues the TMA loads
   (cp.async.bulk.tensor) of the Q and R tiles once, then of each K and V tile into a ring of shared-memory
   stages (3 by default), each stage guarded by a full and an empty mbarrier;
@@ -27,8 +28,8 @@ is still applied).
 Packed documents (the documents variant): a CTA loads the key tiles from its first row's document start to its
 last row's document end, and every tile is masked per row with the row's document bounds [start, end).
 
-Three consumer warpgroups (AttentionVariant.warpgroups 3, opt-in, stacked at head_dim 64): 512 threads, 96
-query rows a CTA, the consumers at 160 registers (24 x 128 + 160 x 384 fit the register file), taking their turns
+Three consumer warpgroups (AttentionVariant.warpgroups 3, the stacked kernel's default at head_dim 64): 512
+threads, 96 query rows a CTA, the consumers at 160 registers (24 x 128 + 160 x 384 fit the register file), taking their turns
 to issue in a ring (warpgroup 0, 1, 2, 0, ...), so that each one's softmax has two others' chains beside it.
 
 Unstacked (AttentionVariant.stacked False): 64 query rows a consumer warpgroup (128 a CTA), S from Q and T
