@@ -7,9 +7,9 @@
 The validation data is what the run's [validation] reads, chosen by the trainer's rule (the TOML's [validation]
 dataset_path, else the training data's held-out split: parallax_titan.data.validation_source), unless --dataset
 or --dataset-path names other data. A shard folder (scripts/prepare_data.py) is read from its held-out
-"validation" split, window by window; a text source is tokenised and packed the way training packs it, read once. Perplexity is
-exp(sum of token losses / number of tokens) over every predicted token; the same number the trainer's
-[validation] reports as loss when its windows are the same.
+"validation" split, window by window; a text source is tokenised and packed the way training packs it, read
+once. Perplexity is exp(sum of token losses / number of tokens) over every predicted token; the same number the
+trainer's [validation] reports as loss when its windows are the same.
 """
 
 from __future__ import annotations

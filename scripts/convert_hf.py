@@ -25,7 +25,7 @@ from parallax_titan import checkpoint_manifest
 from parallax_titan.hf_interop import check_config_matches, check_empty_output, read_hf_checkpoint, write_hf_checkpoint
 from parallax_titan.model.checkpoint import load_model_dcp, save_model_dcp
 from parallax_titan.model.flavors import FLAVORS
-from parallax_titan.model.state_dict_adapter import from_hf_state, PARALLAX_HF_KEYS, PROBE_STARTS
+from parallax_titan.model.state_dict_adapter import from_hf_state, has_probe_tensors, PROBE_STARTS
 
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 
@@ -45,9 +45,7 @@ def to_dcp(args: argparse.Namespace) -> None:
     checkpoint_manifest.write_manifest(args.out)  # verified when the trainer loads it (initial_load_path)
     probe = ""
     if model_args.attention == "parallax":  # the probe's tensors came with the checkpoint, or were started here
-        suffixes = tuple(key.split("{}", 1)[1] for key in PARALLAX_HF_KEYS)
-        from_checkpoint = any(name.endswith(suffixes) for name in hf_state)
-        probe = ", probe from the checkpoint" if from_checkpoint else f", probe start {args.probe_start!r}"
+        probe = ", probe from the checkpoint" if has_probe_tensors(hf_state) else f", probe start {args.probe_start!r}"
     print(f"wrote {len(state)} tensors ({model_args.attention} attention{probe}) as fp32 DCP to {args.out}")
 
 

@@ -365,7 +365,7 @@ def test_wgmma_chains_are_the_designed_ones(compiled, d, causal, ordered, docs, 
     """At D = 128, BM = 32: 3 x (8 + 2 x 8) = 72 m64n64k16, 3 x 8 = 24 m64n32k16 and 3 x (2 + 4) = 18
     m64n128k16; at D = 64, BM = 64: 3 x 4 = 12 m64n128k16 and 3 x (4 + 4 + 8 + 2 x 8) = 96 m64n64k16."""
     variant = compiled_variant(d, causal, ordered, docs, decoupled, k_registers)
-    ptx = (compiled / f"{compiled_variant(d, causal, ordered, docs, decoupled, k_registers).name}.ptx").read_text()
+    ptx = (compiled / f"{variant.name}.ptx").read_text()
     assert ".target sm_90a" in ptx
     found: dict[int, int] = {}
     for n in re.findall(r"wgmma\.mma_async\.sync\.aligned\.m64n(\d+)k16\.f32\.bf16\.bf16", ptx):
@@ -382,7 +382,8 @@ def test_the_score_chain_reads_k_from_registers_only_in_the_k_registers_variant(
     """At D = 64 the m64n128k16 wgmmas are the [S^T | T^T] chain's (N = 2 BM = 128; every other chain has N = 64).
     With K in registers their A operand is four 32-bit registers, K having been read into them once (32 16-bit
     shared loads a thread: 64 keys x 64 / 128 threads); otherwise a shared-memory descriptor, and no 16-bit loads."""
-    ptx = (compiled / f"{compiled_variant(d, causal, ordered, docs, decoupled, k_registers).name}.ptx").read_text()
+    variant = compiled_variant(d, causal, ordered, docs, decoupled, k_registers)
+    ptx = (compiled / f"{variant.name}.ptx").read_text()
     score = re.findall(r"wgmma\.mma_async\.sync\.aligned\.m64n128k16\.f32\.bf16\.bf16 \{[^}]*\}, (\{[^}]*\}|%rd\d+),", ptx)
     assert score
     if k_registers:
@@ -401,13 +402,13 @@ def test_copies_reductions_and_registers_are_the_designed_ones(compiled, d, caus
     added with the bulk reduce-add (where a step adds the previous tile's, in the masked and the unmasked loop,
     and after the loops; two each: the two 64-row shares at D = 128, dQ^T or dR^T at D = 64); setmaxnreg down in the
     producer and up in the consumers; no local memory; the parameter list is the launcher's."""
-    ptx = (compiled / f"{compiled_variant(d, causal, ordered, docs, decoupled, k_registers).name}.ptx").read_text()
+    variant = compiled_variant(d, causal, ordered, docs, decoupled, k_registers)
+    ptx = (compiled / f"{variant.name}.ptx").read_text()
     assert ptx.count("cp.async.bulk.tensor.3d.shared::cta.global") == (2 + 3) * d // 64
     assert ptx.count("cp.async.bulk.tensor") == (2 + 3) * d // 64
     assert ptx.count("cp.async.bulk.shared::cluster.global") == 1
     # the bytes each full barrier waits for: K and V; Q, R, dO and the statistics (a count the copies do not
     # reach hangs the kernel)
-    variant = compiled_variant(d, causal, ordered, docs, decoupled, k_registers)
     expected = re.findall(r"mov\.b32\s+%r\d+, (\d+);\s*mbarrier\.arrive\.expect_tx", ptx)
     assert sorted(map(int, expected)) == sorted([2 * BWD_BLOCK_N * d * 2, 3 * variant.bm * d * 2 + 4 * 4 * variant.bm])
     assert ptx.count("cp.reduce.async.bulk.global.shared::cta.bulk_group.add.f32") == flushes(variant) * 2
@@ -482,7 +483,7 @@ def test_tma_boxes_the_launcher_encodes_are_the_kernels(compiled, d, causal, ord
     """The launcher builds the CUtensorMaps itself (no DSL on the GPU host): the boxes it encodes must be
     those the DSL compiled the copies for, as its IR records them (dims innermost first: D, rows, heads)."""
     variant = compiled_variant(d, causal, ordered, docs, decoupled, k_registers)
-    ir = "".join(p.read_text() for p in (compiled / f"ir_{compiled_variant(d, causal, ordered, docs, decoupled, k_registers).name}").glob("*.mlir"))
+    ir = "".join(p.read_text() for p in (compiled / f"ir_{variant.name}").glob("*.mlir"))
     boxes = {tuple(map(int, m.split(","))) for m in re.findall(r'tma_gbasis = <"\((\d+,\d+,\d+)\):', ir)}
     assert boxes == {tuple(box) for box in variant.tma_boxes()}
 
@@ -503,7 +504,7 @@ def test_no_spills_and_wgmma_tma_in_sass(compiled, d, causal, ordered, docs, dec
     the TMA loads, the bulk copy and the bulk reduce-add, with no stack or local memory."""
     tool = triton_tool("cuobjdump")
     variant = compiled_variant(d, causal, ordered, docs, decoupled, k_registers)
-    cubin = str(compiled / f"{compiled_variant(d, causal, ordered, docs, decoupled, k_registers).name}.cubin")
+    cubin = str(compiled / f"{variant.name}.cubin")
     usage = subprocess.run([tool, "--dump-resource-usage", cubin], capture_output=True, text=True, check=True).stdout
     fields = dict(item.split(":", 1) for item in next(x for x in usage.splitlines() if "REG:" in x).split() if ":" in item)
     assert int(fields["STACK"]) == 0 and int(fields["LOCAL"]) == 0
@@ -521,7 +522,8 @@ def test_no_spills_and_wgmma_tma_in_sass(compiled, d, causal, ordered, docs, dec
 def test_ptxas_keeps_the_wgmmas_asynchronous(compiled, d, causal, ordered, docs, decoupled, k_registers, tmp_path):
     """ptxas serialises every wgmma of a kernel (waits after each, C7514) when it cannot match a read of an
     accumulator to the wait for its chain; the staging of the in-flight [dQ^T | dR^T] chain is such a read."""
-    ptx = compiled / f"{compiled_variant(d, causal, ordered, docs, decoupled, k_registers).name}.ptx"
+    variant = compiled_variant(d, causal, ordered, docs, decoupled, k_registers)
+    ptx = compiled / f"{variant.name}.ptx"
     report = subprocess.run([triton_tool("ptxas"), "-arch=sm_90a", "-v", "-o", str(tmp_path / "k.cubin"), str(ptx)],
                             capture_output=True, text=True, check=True)
     assert "instructions are serialized" not in report.stdout + report.stderr

@@ -285,9 +285,9 @@ def test_a_jsonl_file_with_a_bad_line_far_in_stops_before_training_naming_file_a
 @pytest.mark.slow
 @pytest.mark.parametrize("source", ["text", "shards"])
 def test_every_validation_round_reads_the_same_windows(tmp_path, source):
-    """At a learning rate of 1e-30 the weights do not change (each update is below their rounding), so every round's held-out loss must be the same number: each
-    round reads the same windows from the first (torchtitan's validator would go on where the last round
-    stopped)."""
+    """At a learning rate of 1e-30 the weights do not change (each update is below their rounding), so every
+    round's held-out loss must be the same number: each round reads the same windows from the first
+    (torchtitan's validator would go on where the last round stopped)."""
     from parallax_titan.data import EMBEDDED_TOKENIZER, EMBEDDED_TRAIN
     from parallax_titan.data.prepare import prepare
 

@@ -152,8 +152,9 @@ class ShardAwareValidator(Validator):
     """torchtitan's Validator, whose dataloader may also be a shard folder's validation split, and which reads the
     same held-out windows every round: torchtitan's keeps one dataloader, whose dataset goes on where the last
     round stopped, so each round would read the windows after the last round's (less the batch prefetched when
-    it stopped), and the losses of different rounds would measure different data. (Validator.__init__ only stores its arguments and builds the dataloader;
-    this does the same, and builds the dataloader anew before every round after the first.)"""
+    it stopped), and the losses of different rounds would measure different data. (Validator.__init__ only
+    stores its arguments and builds the dataloader; this does the same, and builds the dataloader anew before
+    every round after the first.)"""
 
     def __init__(self, job_config, dp_world_size, dp_rank, tokenizer, parallel_dims, loss_fn,
                  validation_context, maybe_enable_amp, metrics_processor, pp_schedule=None,

@@ -53,6 +53,11 @@ def _layer_pattern(key: str) -> str:
     return re.sub(r"\.(\d+)\.", ".{}.", key, count=1)
 
 
+def has_probe_tensors(hf_state: dict[str, torch.Tensor]) -> bool:
+    """Whether an HF checkpoint holds Parallax probe tensors (from_hf_state reads them; without, it starts them)."""
+    return any(_layer_pattern(name) in PARALLAX_HF_KEYS for name in hf_state)
+
+
 def from_hf_state(
     hf_state: dict[str, torch.Tensor],
     args: ParallaxModelArgs,

@@ -29,8 +29,9 @@ Packed documents (the documents variant): a CTA loads the key tiles from its fir
 last row's document end, and every tile is masked per row with the row's document bounds [start, end).
 
 Three consumer warpgroups (AttentionVariant.warpgroups 3, the stacked kernel's default at head_dim 64): 512
-threads, 96 query rows a CTA, the consumers at 160 registers (24 x 128 + 160 x 384 fit the register file), taking their turns
-to issue in a ring (warpgroup 0, 1, 2, 0, ...), so that each one's softmax has two others' chains beside it.
+threads, 96 query rows a CTA, the consumers at 160 registers (24 x 128 + 160 x 384 fit the register file),
+taking their turns to issue in a ring (warpgroup 0, 1, 2, 0, ...), so that each one's softmax has two others'
+chains beside it.
 
 Unstacked (AttentionVariant.stacked False): 64 query rows a consumer warpgroup (128 a CTA), S from Q and T
 from R as two chains against the same K tile, O1 and O2 as two against the same V tile; S, T (64 x BN) and
