@@ -1,7 +1,8 @@
 """Convert between Hugging Face Qwen3 checkpoints and this repo's DCP checkpoints.
 
     # HF Qwen3 -> model-only DCP for `[checkpoint] initial_load_path` (softmax, or Parallax with an exact start)
-    python scripts/convert_hf.py to-dcp --hf assets/Qwen3-0.6B --flavor 0.6B-parallax --out outputs/qwen3-0.6B-parallax-init
+    # (--hf: a full model folder, e.g. `hf download Qwen/Qwen3-0.6B --local-dir hf/Qwen3-0.6B`)
+    python scripts/convert_hf.py to-dcp --hf hf/Qwen3-0.6B --flavor 0.6B-parallax --out outputs/qwen3-0.6B-parallax-init
     # a trained checkpoint (checkpoint/step-N, full or model-only) -> safetensors + config.json + model card;
     # --tokenizer is the run's [model] hf_assets_path: its eos/bos/pad ids go into config.json
     python scripts/convert_hf.py to-hf --dcp outputs/run/checkpoint/step-20000 --flavor 0.6B-parallax \
