@@ -10,9 +10,10 @@
                                      # in that order or head by head; w3: three consumer warpgroups, head_dim
                                      # 64, else two; n64: 64-key tiles; the default is s3stov, at head_dim 64
                                      # s3stovw3)
-        [--cute-backward-variants b2 b3 b2lp b2dc b2kr ...]   # also time these CuTe backward variants (Q/R/dO
-                                     # stages; lp: longest key tiles first across KV heads; dc: the warpgroups
-                                     # decoupled; kr: K in registers, head_dim 64; m<block_m>: query rows a step)
+        [--cute-backward-variants b2 b3 b2hh b2g4 b2dc b2kr ...]   # also time these CuTe backward variants (Q/R/dO
+                                     # stages; hh: head by head; g4: the lpt order in groups of 4 KV heads;
+                                     # dc: the warpgroups decoupled; kr: K in registers, head_dim 64;
+                                     # m<block_m>: query rows a step)
         [--documents MEAN]             # pack each row with documents of random lengths, MEAN tokens on average
 
 Peers, each in its native layout, causal, bf16, GQA with Hkv = H / kv-ratio:
@@ -224,8 +225,9 @@ def main() -> None:
                          "its output's relative "
                          "error against the default variant's")
     ap.add_argument("--cute-backward-variants", nargs="+", default=[],
-                    help="backward-only timings of CuTe backward variants: b<stages>[lp][dc][kr][m<block_m>] "
-                         "(stages: Q/R/dO stages; lp: key tile 0 of every KV head of a group first; dc: each "
+                    help="backward-only timings of CuTe backward variants: b<stages>[hh|g<heads>][dc][kr][m<block_m>] "
+                         "(stages: Q/R/dO stages; hh: head by head, not the default lpt order (key tile 0 of every KV "
+                         "head of a group first); g: groups of that many KV heads, not the launcher's; dc: each "
                          "warpgroup's dQ/dR chain a step later, after the other's ds, dt; kr: K in registers as "
                          "the score chain's A operand, head_dim 64 only; m: query rows a step), "
                          "on the default forward's outputs, each with the largest relative error of its dq, dk, dv, "
@@ -326,12 +328,14 @@ def time_cute_backward_variants(q, k, v, r, names) -> tuple[dict, dict]:
     grad = torch.randn_like(o)
 
     def parse(name):
-        parsed = re.fullmatch(r"b(\d)(lp)?(dc)?(kr)?(?:m(\d+))?", name)
+        parsed = re.fullmatch(r"b(\d)(?:(hh)|g(\d+))?(dc)?(kr)?(?:m(\d+))?", name)
         if parsed is None:
-            raise SystemExit(f"--cute-backward-variants {name}: expected b<stages>[lp][dc][kr][m<block_m>], e.g. b2 "
-                             "b3 b2lp b2dc b2kr b2m32")
-        return dict(stages=int(parsed[1]), lpt=parsed[2] is not None, decoupled=parsed[3] is not None,
-                    k_registers=parsed[4] is not None, block_m=int(parsed[5] or 0))
+            raise SystemExit(f"--cute-backward-variants {name}: expected b<stages>[hh|g<heads>][dc][kr][m<block_m>], "
+                             "e.g. b2 b3 b2hh b2g4 b2dc b2kr b2m32 (hh: head by head; g<heads>: the lpt order in "
+                             "groups of that many KV heads, a divisor of B Hkv; neither: the launcher's groups)")
+        fields = dict(stages=int(parsed[1]), lpt=parsed[2] is None, decoupled=parsed[4] is not None,
+                      k_registers=parsed[5] is not None, block_m=int(parsed[6] or 0))
+        return fields | (dict(lpt_heads=int(parsed[3])) if parsed[3] else {})
 
     def backward(**fields):
         return _launch_backward(grad, q, k, v, r, o, a, lse, tbar, True, scale, **fields)

@@ -79,9 +79,9 @@ def main(argv: list[str] | None = None) -> None:
                    help="Q/R/dO stages of the backward (with --attention)")
     p.add_argument("--backward-deterministic", type=int, nargs="+", default=[1, 0], choices=[0, 1],
                    help="1: dQ/dR added in key-tile order (backend 'cute_deterministic'), 0: in any order ('cute')")
-    p.add_argument("--backward-lpt", type=int, nargs="+", default=[0], choices=[0, 1],
+    p.add_argument("--backward-lpt", type=int, nargs="+", default=[1], choices=[0, 1],
                    help="1: the backward's CTAs take key tile 0 of every KV head of a group first "
-                        "(BackwardVariant.lpt), 0: head by head (the default)")
+                        "(BackwardVariant.lpt; the default), 0: head by head")
     p.add_argument("--backward-decoupled", type=int, nargs="+", default=[0], choices=[0, 1],
                    help="1: each consumer warpgroup issues a query tile's dQ^T / dR^T chain a step later, after the "
                         "other's ds^T / dt^T of it (BackwardVariant.decoupled), 0: both meet on every tile (the "

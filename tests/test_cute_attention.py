@@ -391,9 +391,9 @@ def test_unavailable_reasons_name_the_cause(tmp_path, monkeypatch):
                    AttentionVariant("bfloat16", 128, True, overlap=False),
                    AttentionVariant("bfloat16", 128, True, stages=2),
                    AttentionVariant("bfloat16", 64, True),  # another head_dim
-                   BackwardVariant("bfloat16", 128, True, lpt=True),
+                   BackwardVariant("bfloat16", 128, True, lpt=False),
                    BackwardVariant("bfloat16", 128, True, decoupled=True),
-                   BackwardVariant("bfloat16", 128, True, deterministic=True, lpt=True),
+                   BackwardVariant("bfloat16", 128, True, deterministic=True, lpt=False),
                    BackwardVariant("bfloat16", 128, True, deterministic=True, decoupled=True)):
         (tmp_path / f"{opt_in.name}.cubin").write_bytes(b"\x7fELF")
     assert "no prebuilt attention forward or backward kernels" in unavailable_reason(fake)
@@ -791,20 +791,24 @@ def test_three_warpgroup_forward_changes_no_value(case, persistent):
 @pytest.mark.skipif(not HOPPER, reason="needs a Hopper GPU (sm_90)")
 @pytest.mark.parametrize("shape", [(2, 4, 2, 700, 128), (4, 16, 8, 4096, 128), (1, 8, 1, 1000, 64)])
 @pytest.mark.parametrize("deterministic", [False, True], ids=["lpt_backward", "lpt_backward_ordered"])
-def test_lpt_order_changes_no_backward_value(shape, deterministic):
-    """The backward's lpt order runs the same key tiles in another order: dk, dv bitwise equal to the head-by-head
-    order's (each is one CTA's); dq, dr too with the key-ordered adds, and to fp32 rounding of the adds' order
-    without them (at 4096 tokens, D = 128, group 2, a KV head's inputs are 8 MiB: its 32 KV heads go in groups
-    of 3)."""
+@pytest.mark.parametrize("groups", ["chosen", "one_head", "two_groups", "one_group"])
+def test_lpt_order_changes_no_backward_value(shape, deterministic, groups):
+    """The backward's lpt order (the default) runs the same key tiles as the head-by-head order (opt-in) in
+    another order: dk, dv bitwise equal (each is one CTA's); dq, dr too with the key-ordered adds, and to fp32
+    rounding of the adds' order without them. Groups of KV heads as the launcher chooses them (at 4096 tokens,
+    D = 128, group 2: 4 of the 32 KV heads, 32 MiB of inputs), of one KV head, two groups and one group of all."""
     from parallax_kernels.parallax.cute_launch import _launch, _launch_backward
 
     g = torch.Generator().manual_seed(6)
     b, h, hkv, n, d = shape
     q, k, v, r, grad = (torch.randn(b, x, n, d, generator=g).to(torch.bfloat16).cuda() for x in (h, hkv, hkv, h, h))
+    lpt_heads = {"chosen": None, "one_head": 1, "one_group": b * hkv,
+                 "two_groups": b * hkv // 2 if b * hkv % 2 == 0 else b * hkv}[groups]
     o, a, lse, tbar = _launch(q, k, v, r, True, d**-0.5)
-    head_by_head = _launch_backward(grad, q, k, v, r, o, a, lse, tbar, True, d**-0.5, deterministic=deterministic)
+    head_by_head = _launch_backward(grad, q, k, v, r, o, a, lse, tbar, True, d**-0.5, deterministic=deterministic,
+                                    lpt=False)
     longest_first = _launch_backward(grad, q, k, v, r, o, a, lse, tbar, True, d**-0.5, deterministic=deterministic,
-                                     lpt=True)
+                                     lpt_heads=lpt_heads)
     for name, x, y in zip(("dq", "dk", "dv", "dr"), longest_first, head_by_head):
         if deterministic or name in ("dk", "dv"):
             assert torch.equal(x, y), name

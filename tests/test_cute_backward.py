@@ -19,8 +19,9 @@ import torch
 from parallax_kernels import cute_runtime as rt
 from parallax_kernels.parallax.cute_launch import (ATTENTION_PARAMS, BACKWARD_PARAMS, load_attention_kernel,
                                                    read_artefact, source_hash)
-from parallax_kernels.parallax.cute_variant import (BWD_BLOCK_N, DS_TURN_BARRIER, AttentionVariant,
-                                                    BackwardVariant, ds_turn_barrier, grad_tile_layout)
+from parallax_kernels.parallax.cute_variant import (BWD_BLOCK_N, BWD_LPT_BYTES, DS_TURN_BARRIER, AttentionVariant,
+                                                    BackwardVariant, backward_lpt_heads, backward_lpt_tile,
+                                                    ds_turn_barrier, grad_tile_layout)
 
 REPO = Path(__file__).resolve().parents[1]
 HOPPER = torch.cuda.is_available() and torch.cuda.get_device_capability() == (9, 0)
@@ -91,7 +92,10 @@ def test_the_ordered_variant_has_its_own_name_and_unordered_is_the_default():
     ordered = BackwardVariant("bfloat16", 128, True, deterministic=True)
     unordered = BackwardVariant("bfloat16", 128, True)
     assert ordered.deterministic and not unordered.deterministic and ordered != unordered
-    assert ordered.name == unordered.name + "_ordered"
+    assert ordered.name == unordered.name.replace("_lpt", "_ordered_lpt")
+    # the default order is the lpt order; head by head is its own variant
+    assert unordered.lpt and unordered.name.endswith("_lpt")
+    assert BackwardVariant("bfloat16", 128, True, lpt=False).name == unordered.name.removesuffix("_lpt")
     # the forward's and the backward's artefacts never share a name
     assert ordered.name.startswith("parallax_attn_bwd_")
     assert AttentionVariant("bfloat16", 128, True).name.startswith("parallax_attn_fwd_")
@@ -499,22 +503,25 @@ def triton_tool(name: str) -> Path:
 
 @needs_dsl
 @pytest.mark.parametrize(FIELDS, COMPILED, ids=COMPILED_IDS)
-def test_no_spills_and_wgmma_tma_in_sass(compiled, d, causal, ordered, docs, decoupled, k_registers):
+def test_sass_has_the_wgmmas_and_tma_and_spills_only_where_designed(compiled, d, causal, ordered, docs, decoupled, k_registers):
     """ptxas keeps the designed wgmmas (HGMMA 64 x N x 16 as many as in the PTX; it may add others of its own),
-    the TMA loads, the bulk copy and the bulk reduce-add, with no stack or local memory."""
+    the TMA loads, the bulk copy and the bulk reduce-add, with no stack or local memory but 8 bytes a thread on
+    the stack in the documents key-ordered variant at head_dim 128 (its key tile and KV head, computed in the lpt
+    order, take two registers more than the block indices they are head by head)."""
     tool = triton_tool("cuobjdump")
     variant = compiled_variant(d, causal, ordered, docs, decoupled, k_registers)
     cubin = str(compiled / f"{variant.name}.cubin")
     usage = subprocess.run([tool, "--dump-resource-usage", cubin], capture_output=True, text=True, check=True).stdout
     fields = dict(item.split(":", 1) for item in next(x for x in usage.splitlines() if "REG:" in x).split() if ":" in item)
-    assert int(fields["STACK"]) == 0 and int(fields["LOCAL"]) == 0
+    spills = (d, ordered, docs) == (128, True, True)
+    assert int(fields["STACK"]) == (8 if spills else 0)
     assert int(fields["REG"]) * variant.num_threads <= 65536  # one CTA fits the register file at launch
     sass = subprocess.run([tool, "--dump-sass", cubin], capture_output=True, text=True, check=True).stdout
     for n, count in expected_wgmmas(variant).items():
         assert len(re.findall(rf"HGMMA\.64x{n}x16\b", sass)) == count, n
     assert len(re.findall(r"UTMALDG\.3D\b", sass)) == (2 + 3) * d // 64
     assert "UBLKCP.S.G" in sass and "UBLKRED.G.S.ADD.F32" in sass
-    assert not re.search(r"\b(LDL|STL)\b", sass)
+    assert bool(re.search(r"\b(LDL|STL)\b", sass)) == spills
 
 
 @needs_dsl
@@ -603,7 +610,51 @@ def test_too_many_kv_heads_for_the_backward_grid_are_refused():
 
     q = torch.zeros(1, MAX_GRID_Y + 1, 1, 64, dtype=torch.bfloat16)
     with pytest.raises(ValueError, match="pairs; the backward launch takes at most 65535"):
-        _launch_backward(q, q, q, q, q, q, q, q[..., 0], q[..., 0], True, 0.125)
+        _launch_backward(q, q, q, q, q, q, q, q[..., 0], q[..., 0], True, 0.125, lpt=False)
+    with pytest.raises(ValueError, match="pairs in groups of 1; the backward launch takes at most 65535"):
+        _launch_backward(q, q, q, q, q, q, q, q[..., 0], q[..., 0], True, 0.125, lpt_heads=1)
+
+
+
+@pytest.mark.parametrize("kv_heads, kv_head_mib", [(64, 4), (32, 8), (16, 16), (8, 32), (8, 64), (32, 6), (31, 1),
+                                                  (21, 3), (1, 1)])
+def test_backward_lpt_groups_are_the_most_whole_heads_that_fit(kv_heads, kv_head_mib):
+    """backward_lpt_heads: the largest divisor of B Hkv whose inputs fit BWD_LPT_BYTES, at least one head."""
+    per = backward_lpt_heads(kv_heads, kv_head_mib * 2**20)
+    fits = [g for g in range(1, kv_heads + 1) if kv_heads % g == 0 and g * kv_head_mib * 2**20 <= BWD_LPT_BYTES]
+    assert per == max(fits, default=1)
+    assert backward_lpt_heads(32, 8 * 2**20) == 4  # (4, 16, 8, 4096, 128): 8 MiB a KV head
+    assert backward_lpt_heads(31, 2**20) == 31 and backward_lpt_heads(62, 2**20) == 31
+
+
+@pytest.mark.parametrize("kv_heads, key_tiles, per", [(32, 32, 16), (6, 5, 1), (6, 5, 2), (6, 5, 3), (6, 5, 6),
+                                                      (1, 9, 1)])
+def test_backward_lpt_order_takes_every_key_tile_once_lowest_first(kv_heads, key_tiles, per):
+    """backward_lpt_tile, the arithmetic of the lpt backward's kernel: over the grid (G, key tiles, B Hkv / G) in
+    block-index order (x fastest), each (key tile, KV head) once; a group's CTAs are consecutive and take key
+    tile 0 of each of its heads, then key tile 1, ...; so a lower key tile of a KV head has a lower block index,
+    which the key-ordered adds wait on."""
+    order = [backward_lpt_tile(x, y, z, per) for z in range(kv_heads // per) for y in range(key_tiles)
+             for x in range(per)]
+    assert sorted(order) == [(t, h) for t in range(key_tiles) for h in range(kv_heads)]
+    for z in range(kv_heads // per):
+        block = order[z * per * key_tiles:(z + 1) * per * key_tiles]
+        assert {h for _, h in block} == set(range(z * per, (z + 1) * per))
+        assert [t for t, _ in block] == sorted(t for t, _ in block)
+    for h in range(kv_heads):
+        assert [t for t, hh in order if hh == h] == list(range(key_tiles))
+
+
+def test_lpt_groups_that_do_not_divide_the_heads_are_refused():
+    from parallax_kernels.parallax.cute_launch import _launch_backward
+
+    q = torch.zeros(2, 6, 8, 64, dtype=torch.bfloat16)
+    k = torch.zeros(2, 3, 8, 64, dtype=torch.bfloat16)
+    stats = q[..., 0]
+    with pytest.raises(ValueError, match="lpt_heads=4 KV heads a group must divide B \\* Hkv = 6"):
+        _launch_backward(q, q, k, k, q, q, q, stats, stats, True, 0.125, lpt_heads=4)
+    with pytest.raises(ValueError, match="lpt_heads is for the lpt order"):
+        _launch_backward(q, q, k, k, q, q, q, stats, stats, True, 0.125, lpt=False, lpt_heads=2)
 
 
 # ---- ops and backends ---------------------------------------------------------------------------

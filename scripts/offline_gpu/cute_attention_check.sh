@@ -29,7 +29,7 @@ if [ "${TESTS:-1}" = 1 ]; then
   # (--stacked 0 and --stacked 1 --overlap 0: both dtypes, head dims, masks and documents), the lpt order's bf16
   # head_dim-128 causal ones (--lpt 1, the default and --stacked 0), the persistent forward's bf16 ones (--lpt 0 1
   # --forward-persistent 1: both head dims, masks and documents), the two-warpgroup head_dim-64 forward's bf16
-  # ones (--forward-warpgroups 2), the backward lpt order's bf16 causal ones (--backward-lpt 1, both
+  # ones (--forward-warpgroups 2), the head-by-head backward's bf16 causal ones (--backward-lpt 0, both
   # --backward-deterministic, both head dims), the decoupled backward's bf16 ones (--dtype bfloat16
   # --backward-decoupled 1: both head dims, masks, documents and orders), the K-in-registers backward's bf16 ones
   # (--dtype bfloat16 --head-dim 64 --backward-k-registers 1); TEST_FILTER (a pytest -k expression) replaces
@@ -59,20 +59,21 @@ if [ "${TESTS:-1}" = 1 ]; then
   done
   ls "$PARALLAX_KERNEL_DIR"/parallax_attn_fwd_bfloat16_d128_causal_n64_s3_lpt.cubin > /dev/null 2>&1 \
     || { leave_out+=("not lpt_unstacked"); echo "lpt test of the unstacked variant left out (no artefact)"; }
+  # (the default backward runs in the lpt order, artefacts *_lpt; the head-by-head order is opt-in)
   for k in d64_causal_m64_s2 d64_causal_m64_s2_ordered d128_causal_m32_s2 d128_causal_m32_s2_ordered; do
-    [ -e "$PARALLAX_KERNEL_DIR/parallax_attn_bwd_bfloat16_${k}_lpt.cubin" ] \
-      || { leave_out+=("not lpt_backward"); echo "backward lpt tests left out (no $k lpt artefact)"; break; }
+    [ -e "$PARALLAX_KERNEL_DIR/parallax_attn_bwd_bfloat16_${k}.cubin" ] \
+      || { leave_out+=("not lpt_backward"); echo "backward lpt tests left out (no head-by-head $k artefact)"; break; }
   done
   for k in d64_causal_m64 d64_causal_doc_m64 d64_full_m64 d64_full_doc_m64 d128_causal_m32 d128_causal_doc_m32 \
            d128_full_m32 d128_full_doc_m32; do
     for order in "" _ordered; do
-      [ -e "$PARALLAX_KERNEL_DIR/parallax_attn_bwd_bfloat16_${k}_s2${order}_dc.cubin" ] \
+      [ -e "$PARALLAX_KERNEL_DIR/parallax_attn_bwd_bfloat16_${k}_s2${order}_lpt_dc.cubin" ] \
         || { leave_out+=("not (opt_in_backward and decoupled)"); echo "decoupled backward tests left out (no ${k}_s2${order}_dc)"; break 2; }
     done
   done
   for k in d64_causal_m64 d64_full_m64 d64_full_doc_m64; do
     for order in "" _ordered; do
-      [ -e "$PARALLAX_KERNEL_DIR/parallax_attn_bwd_bfloat16_${k}_s2${order}_kr.cubin" ] \
+      [ -e "$PARALLAX_KERNEL_DIR/parallax_attn_bwd_bfloat16_${k}_s2${order}_lpt_kr.cubin" ] \
         || { leave_out+=("not (opt_in_backward and k_registers)"); echo "K-in-registers backward tests left out (no ${k}_s2${order}_kr)"; break 2; }
     done
   done

@@ -53,8 +53,8 @@ from cutlass.cutlass_dsl import dsl_user_op
 from parallax_kernels import cute_runtime as rt
 from parallax_kernels.parallax.cute_fragments import (a_operand_fragment, as_a_operand, mn_view, pack_pair,
                                                       transpose_view, visible_in_document)
-from parallax_kernels.parallax.cute_variant import (BWD_BLOCK_N, BWD_NUM_THREADS, LPT_KV_BYTES, BackwardVariant,
-                                                    ds_turn_barrier, grad_tile_layout, lpt_tile)
+from parallax_kernels.parallax.cute_variant import (BWD_BLOCK_N, BWD_NUM_THREADS, BackwardVariant,
+                                                    backward_lpt_tile, ds_turn_barrier, grad_tile_layout)
 
 PRODUCER_REGS = 24
 CONSUMER_REGS = 240
@@ -174,7 +174,7 @@ class ParallaxAttentionBackward:
 
         self.shared_storage = SharedStorage
         n_blocks = (n + bn - 1) // bn
-        grid = [n_blocks * bhkv, 1, 1] if self.v.lpt else [n_blocks, bhkv, 1]
+        grid = [bhkv, n_blocks, 1] if self.v.lpt else [n_blocks, bhkv, 1]  # (lpt: one group; launches set G)
         self.kernel(
             mma_st, mma_s, mma_kv, mma_q, tma_q, m_q, tma_r, m_r, tma_do, m_do, tma_k, m_k, tma_v, m_v,
             p_stats, p_dq, p_dr, p_sem, p_dk, p_dv, n, n_pad, heads, group, scale_log2, scale, p_bounds,
@@ -222,19 +222,18 @@ class ParallaxAttentionBackward:
         sdST32 = self._as_pairs(storage.sdST.data_ptr(), ds_smem)
         sStats = storage.stats.get_tensor(cute.make_layout((STATS, bm, self.stages), stride=(1, STATS, STATS * bm)))
 
-        # work item: (key tile, batch * KV head); causal: key tile 0 has the most query tiles and runs first (lpt:
-        # across a group of KV heads). Either way a lower key tile of a KV head has a lower block index (the
-        # deterministic adds wait for the lower ones)
-        kt, bhk, _ = cute.arch.block_idx()
+        # work item: (key tile, batch * KV head); causal: key tile 0 has the most query tiles and runs first. lpt:
+        # the grid is (G, key tiles, B Hkv / G) for groups of G KV heads (the launcher's choice,
+        # backward_lpt_heads), so that a group takes key tile 0 of each of its KV heads, then key tile 1, ...
+        # Either way a lower key tile of a KV head has a lower block index (the deterministic adds wait for the
+        # lower ones), and the key tile is a block index, which ptxas can read again rather than keep
         if cutlass.const_expr(self.v.lpt):
+            x, kt, z = cute.arch.block_idx()
             gdim, _, _ = cute.arch.grid_dim()
-            n_blocks = (n + bn - 1) // bn
-            # a KV head's inputs in KiB: its K, V and its group's Q, R, dO (2 + 3 group rows of D 16-bit values a
-            # token), counted so that 32-bit integers hold them at any length
-            kib = (n + 1023) // 1024 * ((4 + 6 * group) * self.d)
-            kt, bhk = lpt_tile(kt, n_blocks, gdim // n_blocks, kib, 1, False, budget=Int32(LPT_KV_BYTES // 1024),
-                               lo=cutlass.min, hi=cutlass.max)
-            kt, bhk = cute.arch.make_warp_uniform(kt), cute.arch.make_warp_uniform(bhk)
+            kt, bhk = backward_lpt_tile(x, kt, z, gdim)
+            bhk = cute.arch.make_warp_uniform(bhk)
+        else:
+            kt, bhk, _ = cute.arch.block_idx()
         kv_heads = heads // group
         b = bhk // kv_heads
         hk = bhk - b * kv_heads

@@ -25,7 +25,7 @@ import torch
 from parallax_kernels import cute_runtime as rt
 from parallax_kernels.batching import fold, unfold
 from parallax_kernels.parallax.cute_variant import (BWD_BLOCK_N, DTYPES, HEAD_DIMS, AttentionVariant,
-                                                    BackwardVariant)
+                                                    BackwardVariant, backward_lpt_heads)
 
 ARCH = rt.ARCH
 # the kernel's parameters (cute_kernel.py ParallaxAttentionForward.kernel): the two tiled MMAs (empty
@@ -191,8 +191,10 @@ def _launch(q, k, v, r, causal: bool, scale: float, document_ids: torch.Tensor |
 
 
 def _launch_backward(grad_o, q, k, v, r, o, a, lse, tbar, causal: bool, scale: float,
-                     document_ids: torch.Tensor | None = None, artefact_dir: Path | None = None, **variant_fields):
-    """Launch the backward (every tensor contiguous, 16-byte aligned); returns dq, dk, dv, dr."""
+                     document_ids: torch.Tensor | None = None, artefact_dir: Path | None = None,
+                     lpt_heads: int | None = None, **variant_fields):
+    """Launch the backward (every tensor contiguous, 16-byte aligned); returns dq, dk, dv, dr. `lpt_heads`: KV
+    heads a group in the lpt order (a divisor of B Hkv; default backward_lpt_heads's choice)."""
     from parallax_kernels.parallax.cute_backward_io import backward_statistics, gradients_from_tiles
 
     b, h, n, d = q.shape
@@ -202,12 +204,22 @@ def _launch_backward(grad_o, q, k, v, r, o, a, lse, tbar, causal: bool, scale: f
     variant = BackwardVariant(dtype=dtype, head_dim=d, causal=causal, documents=bounds is not None, **variant_fields)
     variant.check()
     n_blocks = -(-n // BWD_BLOCK_N)
-    if variant.lpt and n_blocks * b * hkv >= 2**31:
-        raise ValueError(f"parallax_attention backend 'cute', lpt order: (B, Hkv, N) = {(b, hkv, n)} needs "
-                         f"{n_blocks * b * hkv} backward CTAs; the launch takes fewer than 2^31")
-    if b * hkv > MAX_GRID_Y and not variant.lpt:
-        raise ValueError(f"parallax_attention backend 'cute': B * Hkv = {b * hkv} (batch, KV head) pairs; the "
-                         f"backward launch takes at most {MAX_GRID_Y}")
+    if variant.lpt:
+        if lpt_heads is None:  # a KV head's inputs: K, V and its query heads' Q, R, dO
+            lpt_heads = backward_lpt_heads(b * hkv, n * d * q.element_size() * (2 + 3 * (h // hkv)))
+        elif lpt_heads < 1 or (b * hkv) % lpt_heads:
+            raise ValueError(f"parallax_attention backend 'cute', lpt order: lpt_heads={lpt_heads} KV heads a "
+                             f"group must divide B * Hkv = {b * hkv}")
+        if n_blocks > MAX_GRID_Y:
+            raise ValueError(f"parallax_attention backend 'cute', lpt order: N = {n} needs {n_blocks} key tiles; "
+                             f"the backward launch takes at most {MAX_GRID_Y}")
+    elif lpt_heads is not None:
+        raise ValueError("parallax_attention backend 'cute': lpt_heads is for the lpt order (lpt=True)")
+    kv_rows = b * hkv // lpt_heads if variant.lpt else b * hkv  # groups (the grid's z), or (batch, KV head) pairs
+    if kv_rows > MAX_GRID_Y:
+        raise ValueError(f"parallax_attention backend 'cute': B * Hkv = {b * hkv} (batch, KV head) pairs"
+                         + (f" in groups of {lpt_heads}" if variant.lpt else "")
+                         + f"; the backward launch takes at most {MAX_GRID_Y} rows of CTAs")
     kernel = load_attention_kernel(variant, artefact_dir)
     # per query row (lse, tbar, Drow, E), padded to whole query tiles; padding rows get lse = inf (weight 0)
     n_pad = -(-n // variant.bm) * variant.bm
@@ -229,7 +241,7 @@ def _launch_backward(grad_o, q, k, v, r, o, a, lse, tbar, causal: bool, scale: f
         stats.data_ptr(), acc[0].data_ptr(), acc[1].data_ptr(), turns.data_ptr() if turns is not None else 0,
         dk.data_ptr(), dv.data_ptr(), n, n_pad, h, h // hkv, scale * LOG2E, scale,
         bounds.data_ptr() if bounds is not None else 0]
-    grid = (n_blocks * b * hkv, 1, 1) if variant.lpt else (n_blocks, b * hkv, 1)
+    grid = (lpt_heads, n_blocks, kv_rows) if variant.lpt else (n_blocks, kv_rows, 1)
     kernel.launch(grid, args, rt.raw_stream(q.device))
     dq, dr = gradients_from_tiles(acc, (b, h, n, d), q.dtype, variant.bm)
     return dq, dk, dv, dr

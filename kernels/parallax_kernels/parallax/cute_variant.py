@@ -18,8 +18,8 @@ MAX_SMEM_BYTES = 232448  # an H100/H200 block's shared memory, opted in (227 KB)
 # accumulator row, so BN = 128 fits at both head dims
 UNSTACKED_BLOCK_N = {64: 128, 128: 64}
 STACKED_BLOCK_N = 128
-# lpt order: query heads are taken in groups whose K and V (all of their KV heads' keys) fit this many bytes, about
-# half an H100/H200's 50 MB L2, so that a group's key tiles are read from DRAM about once
+# the forward's lpt order: query heads are taken in groups whose K and V (all of their KV heads' keys) fit this
+# many bytes, about half an H100/H200's 50 MB L2, so that a group's key tiles are read from DRAM about once
 LPT_KV_BYTES = 24 * 2**20
 
 
@@ -142,11 +142,11 @@ class AttentionVariant:
 
 
 def lpt_tile(cta, m_blocks, heads, kv_head_bytes, group, causal: bool, budget=LPT_KV_BYTES, lo=min, hi=max):
-    """The (tile, batch head) of CTA `cta` (0 .. m_blocks * heads - 1) in the lpt order: heads in groups of whole
-    KV heads whose inputs (kv_head_bytes each, in budget's unit) fit `budget`, and in a group the longest tiles
-    of all its heads first: causal, the last query tile (the forward); not, tile 0 (the backward's key tiles,
-    causal, are longest first). Plain arithmetic, so that the kernels run it on DSL integers (lo, hi: their min
-    and max) and the tests on Python ints."""
+    """The (query tile, batch head) of forward CTA `cta` (0 .. m_blocks * heads - 1) in the lpt order: heads in
+    groups of whole KV heads whose inputs (kv_head_bytes each, in budget's unit) fit `budget`, and in a group the
+    tiles of all its heads by rank: causal, the last query tile (the longest) first; not, tile 0 first. Plain
+    arithmetic, so that the kernel runs it on DSL integers (lo, hi: their min and max) and the tests on Python
+    ints."""
     per = lo(hi(budget // kv_head_bytes, 1) * group, heads)  # query heads a group
     first = cta // (per * m_blocks) * per
     here = lo(per, heads - first)  # (the last group may be smaller)
@@ -157,6 +157,29 @@ def lpt_tile(cta, m_blocks, heads, kv_head_bytes, group, causal: bool, budget=LP
 
 
 # ---- the backward (cute_backward.py) --------------------------------------------------------------
+# the backward's lpt order: KV heads in groups whose inputs (K, V and their query heads' Q, R, dO) fit this many
+# bytes, about two thirds of an H100/H200's 50 MB L2 (the best of the group sizes timed: docs/kernels_hopper.md)
+BWD_LPT_BYTES = 32 * 2**20
+
+
+def backward_lpt_heads(kv_heads: int, kv_head_bytes: int, budget: int = BWD_LPT_BYTES) -> int:
+    """KV heads a group in the backward's lpt order (B Hkv = kv_heads in all): the most that divide kv_heads and
+    whose inputs (kv_head_bytes each) fit `budget`, at least one. Head by head, the last CTAs to start are the
+    longest (causal: key tile 0 of the last KV heads) and SMs wait on them; with a group's longest key tiles
+    first, its short ones fill the end. A group's CTAs share its Q, R, dO tiles, which stay in L2 while the
+    group's inputs fit; equal groups end together."""
+    fit = max(budget // kv_head_bytes, 1)
+    return max(per for per in range(1, min(fit, kv_heads) + 1) if kv_heads % per == 0)
+
+
+def backward_lpt_tile(x, y, z, grid_x):
+    """The (key tile, batch KV head) of backward CTA (x, y, z) in the lpt order, whose grid is (G, key tiles,
+    B Hkv / G) for groups of G KV heads: z is the group, y the key tile, x the KV head within the group. Blocks
+    start in index order, x fastest, so a group's CTAs take key tile 0 of each of its KV heads, then key tile 1,
+    ... (Python ints or the kernel's Int32.)"""
+    return y, z * grid_x + x
+
+
 BWD_BLOCK_N = 128  # keys per CTA: 64 per consumer warpgroup
 BWD_NUM_THREADS = 384  # one producer and two consumer warpgroups
 # query rows per step: dK, dV (64 x D fp32 each) stay in registers, beside S^T, T^T, dalpha^T (64 x BM each)
@@ -188,9 +211,10 @@ class BackwardVariant:
     # packed documents: a key is seen by the queries of its own document only; query tiles outside a CTA's
     # documents are skipped
     documents: bool = False
-    # as AttentionVariant.lpt: a 1-D grid whose CTAs take key tile 0 (causal: the most query tiles) of every KV
-    # head of a group first, the groups' Q, R, dO and K, V within LPT_KV_BYTES
-    lpt: bool = False
+    # True: the KV heads in groups (backward_lpt_heads), each group's CTAs taking key tile 0 (causal: the most
+    # query tiles) of all its KV heads first, then key tile 1, ...: the grid is (G, key tiles, B Hkv / G).
+    # False: head by head, the grid (key tiles, B Hkv)
+    lpt: bool = True
     # each warpgroup issues query tile i's [dQ^T | dR^T] chain in step i + 1, once the other warpgroup's ds^T, dt^T
     # of tile i are in (a named barrier it arrives at and the other syncs on): the warpgroups wait for each
     # other's previous tile, not the current one, so one's elementwise work can run beside the other's chains.
