@@ -506,8 +506,8 @@ def triton_tool(name: str) -> Path:
 def test_sass_has_the_wgmmas_and_tma_and_spills_only_where_designed(compiled, d, causal, ordered, docs, decoupled, k_registers):
     """ptxas keeps the designed wgmmas (HGMMA 64 x N x 16 as many as in the PTX; it may add others of its own),
     the TMA loads, the bulk copy and the bulk reduce-add, with no stack or local memory but 8 bytes a thread on
-    the stack in the documents key-ordered variant at head_dim 128 (its key tile and KV head, computed in the lpt
-    order, take two registers more than the block indices they are head by head)."""
+    the stack in the documents key-ordered variant at head_dim 128 (in the default lpt order; head by head it
+    keeps none)."""
     tool = triton_tool("cuobjdump")
     variant = compiled_variant(d, causal, ordered, docs, decoupled, k_registers)
     cubin = str(compiled / f"{variant.name}.cubin")
