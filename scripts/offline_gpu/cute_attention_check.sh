@@ -9,8 +9,9 @@
 # TESTS=0 / BENCH=0 leave a part out, TEST_FILTER selects GPU tests (pytest -k); SHAPES and PEERS choose the
 # benchmark's shapes and peers, CUTE_VARIANTS (e.g. "s3 s3st s2stov") adds forward timings of other CuTe
 # variants (their artefacts built with --stages/--pingpong/--stacked/--overlap/--forward-warpgroups),
-# CUTE_BACKWARD_VARIANTS (e.g. "b2 b3 b2dc b2kr") backward timings of CuTe backward variants
-# (--backward-stages/--backward-block-m/--backward-decoupled/--backward-k-registers),
+# CUTE_BACKWARD_VARIANTS (e.g. "b2 b2hh b3 b2dc b2kr") backward timings of CuTe backward variants
+# (--backward-stages/--backward-block-m/--backward-decoupled/--backward-k-registers; b2hh, head by head:
+# --backward-lpt 0),
 # DOCUMENTS=MEAN times packed documents of about MEAN tokens (bench_attention.py --documents) instead.
 set -uo pipefail
 out=${OUT:-./outputs/cute_attention_check}
@@ -68,13 +69,13 @@ if [ "${TESTS:-1}" = 1 ]; then
            d128_full_m32 d128_full_doc_m32; do
     for order in "" _ordered; do
       [ -e "$PARALLAX_KERNEL_DIR/parallax_attn_bwd_bfloat16_${k}_s2${order}_lpt_dc.cubin" ] \
-        || { leave_out+=("not (opt_in_backward and decoupled)"); echo "decoupled backward tests left out (no ${k}_s2${order}_dc)"; break 2; }
+        || { leave_out+=("not (opt_in_backward and decoupled)"); echo "decoupled backward tests left out (no ${k}_s2${order}_lpt_dc)"; break 2; }
     done
   done
   for k in d64_causal_m64 d64_full_m64 d64_full_doc_m64; do
     for order in "" _ordered; do
       [ -e "$PARALLAX_KERNEL_DIR/parallax_attn_bwd_bfloat16_${k}_s2${order}_lpt_kr.cubin" ] \
-        || { leave_out+=("not (opt_in_backward and k_registers)"); echo "K-in-registers backward tests left out (no ${k}_s2${order}_kr)"; break 2; }
+        || { leave_out+=("not (opt_in_backward and k_registers)"); echo "K-in-registers backward tests left out (no ${k}_s2${order}_lpt_kr)"; break 2; }
     done
   done
   only=()

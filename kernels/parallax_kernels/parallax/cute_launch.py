@@ -207,7 +207,7 @@ def _launch_backward(grad_o, q, k, v, r, o, a, lse, tbar, causal: bool, scale: f
     if variant.lpt:
         if lpt_heads is None:  # a KV head's inputs: K, V and its query heads' Q, R, dO
             lpt_heads = backward_lpt_heads(b * hkv, n * d * q.element_size() * (2 + 3 * (h // hkv)))
-        elif lpt_heads < 1 or (b * hkv) % lpt_heads:
+        elif not isinstance(lpt_heads, int) or lpt_heads < 1 or (b * hkv) % lpt_heads:
             raise ValueError(f"parallax_attention backend 'cute', lpt order: lpt_heads={lpt_heads} KV heads a "
                              f"group must divide B * Hkv = {b * hkv}")
         if n_blocks > MAX_GRID_Y:

@@ -158,7 +158,7 @@ def lpt_tile(cta, m_blocks, heads, kv_head_bytes, group, causal: bool, budget=LP
 
 # ---- the backward (cute_backward.py) --------------------------------------------------------------
 # the backward's lpt order: KV heads in groups whose inputs (K, V and their query heads' Q, R, dO) fit this many
-# bytes, about two thirds of an H100/H200's 50 MB L2 (the best of the group sizes timed: docs/kernels_hopper.md)
+# bytes, about two thirds of an H100/H200's 50 MB L2 (the group sizes timed on an H100: docs/kernels_hopper.md)
 BWD_LPT_BYTES = 32 * 2**20
 
 
