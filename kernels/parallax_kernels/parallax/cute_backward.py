@@ -226,7 +226,7 @@ class ParallaxAttentionBackward:
         # the grid is (G, key tiles, B Hkv / G) for groups of G KV heads (the launcher's choice,
         # backward_lpt_heads), so that a group takes key tile 0 of each of its KV heads, then key tile 1, ...
         # Either way a lower key tile of a KV head has a lower block index (the deterministic adds wait for the
-        # lower ones), and the key tile is a block index, which ptxas can read again rather than keep
+        # lower ones), and the key tile is a block index
         if cutlass.const_expr(self.v.lpt):
             x, kt, z = cute.arch.block_idx()
             gdim, _, _ = cute.arch.grid_dim()
