@@ -514,7 +514,7 @@ def test_sass_has_the_wgmmas_and_tma_and_spills_only_where_designed(compiled, d,
     usage = subprocess.run([tool, "--dump-resource-usage", cubin], capture_output=True, text=True, check=True).stdout
     fields = dict(item.split(":", 1) for item in next(x for x in usage.splitlines() if "REG:" in x).split() if ":" in item)
     spills = (d, ordered, docs) == (128, True, True)
-    assert int(fields["STACK"]) <= (8 if spills else 0)
+    assert int(fields["STACK"]) <= (8 if spills else 0) and int(fields["LOCAL"]) == 0
     assert int(fields["REG"]) * variant.num_threads <= 65536  # one CTA fits the register file at launch
     sass = subprocess.run([tool, "--dump-sass", cubin], capture_output=True, text=True, check=True).stdout
     for n, count in expected_wgmmas(variant).items():
@@ -613,7 +613,6 @@ def test_too_many_kv_heads_for_the_backward_grid_are_refused():
         _launch_backward(q, q, q, q, q, q, q, q[..., 0], q[..., 0], True, 0.125, lpt=False)
     with pytest.raises(ValueError, match="pairs in groups of 1; the backward launch takes at most 65535"):
         _launch_backward(q, q, q, q, q, q, q, q[..., 0], q[..., 0], True, 0.125, lpt_heads=1)
-
 
 
 @pytest.mark.parametrize("kv_heads, kv_head_mib", [(64, 4), (32, 8), (16, 16), (8, 32), (8, 64), (32, 6), (31, 1),
