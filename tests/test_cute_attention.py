@@ -276,6 +276,20 @@ def test_documents_variant_masks_every_tile_and_reads_the_bounds(compiled):
 
 
 @needs_dsl
+@pytest.mark.parametrize("key", COMPILED_KEYS)
+def test_outputs_leave_in_16_byte_stores(compiled, key):
+    """o and a leave as 16-byte stores of 8 adjacent columns (each quad of threads transposes its 32-bit pairs),
+    d / 32 of each per accumulator row of a thread (one query row stacked, two unstacked); only lse and tbar are
+    stored a 32-bit word at a time."""
+    variant = compiled_variant(key)
+    ptx = (compiled / f"{key}.ptx").read_text()
+    rows = 1 if variant.stacked else 2
+    assert ptx.count("st.global.v4.b32") == 2 * rows * variant.head_dim // 32
+    assert ptx.count("st.global.b32") == 2 * rows
+    assert ptx.count("shfl.sync.bfly") >= 2 * rows * variant.head_dim // 8  # the transposes' (and the row sums')
+
+
+@needs_dsl
 @pytest.mark.parametrize("key", ["d128", "d64stov", "d128st", "d128stov", "d128stovps", "d128stovlpps"])
 def test_tma_boxes_the_launcher_encodes_are_the_kernels(compiled, key):
     """The launcher builds the CUtensorMaps itself (no DSL on the GPU host): the boxes it encodes must be

@@ -20,7 +20,8 @@ at head_dim 64 three consumer warpgroups, below):
 - with the overlap (the default), a warpgroup issues tile j's S, T chain and tile j - 1's P V chain together
   and runs tile j's softmax while the second one runs (FlashAttention-3's intra-warpgroup overlap); the two
   warpgroups take turns issuing (named barriers), so that one's softmax also overlaps the other's matrix work;
-- the consumers write o, a from registers (32-bit pairs) and lse, tbar per row.
+- the consumers write o, a from registers (16-byte chunks of a row, gathered by shuffles in each quad of
+  threads) and lse, tbar per row.
 Causal CTAs run in reverse order of their query tile (the longest first). Tiles wholly below the diagonal
 and inside the sequence skip the mask; a warpgroup whose rows end before a key tile only releases it.
 Rows whose running max did not move skip the O1, O2 rescale (alpha = 1 exactly; the centre's shift of O2
@@ -57,8 +58,9 @@ from cutlass import Float32, Int32
 from cutlass.cute.nvgpu import cpasync, warpgroup
 
 from parallax_kernels import cute_runtime as rt
-from parallax_kernels.parallax.cute_fragments import (a_operand_fragment, as_a_operand, mn_view, pack_pair,
-                                                       store_as_a_operand, visible_in_document)
+from parallax_kernels.parallax.cute_fragments import (a_operand_fragment, as_a_operand, chunk_view, mn_view,
+                                                       pack_pair, pair_words, store_as_a_operand, store_row_chunks,
+                                                       visible_in_document)
 from parallax_kernels.parallax.cute_variant import CONSUMER_REGS, LPT_KV_BYTES, MMA_ROWS, AttentionVariant, lpt_tile
 
 PRODUCER_REGS = 24
@@ -70,7 +72,7 @@ def compile_variant(variant: AttentionVariant) -> tuple[bytes, str, str]:
     is imported). Returns (cubin, ptx, kernel symbol)."""
     kernel = ParallaxAttentionForward(variant)
     ptr, dt = rt.gmem_pointer, kernel.dtype
-    # o and a are addressed as 32-bit pairs (the epilogue stores two 16-bit values at once); the last pointer is
+    # o and a are addressed as 32-bit words (the epilogue stores 16-byte chunks of them); the last pointer is
     # the documents' per-token bounds (read by the documents variant only)
     args = ([ptr(dt, 16)] * 4 + [ptr(cutlass.Uint32, 16)] * 2 + [ptr(Float32, 16)] * 2 + [Int32(128)] * 5
             + [Float32(1.0), ptr(Int32, 8)])
@@ -338,7 +340,6 @@ class ParallaxAttentionForward:
         o1_v, o2_v = mn_view(acc_o[0]), mn_view(acc_o[chains - 1])
         pairs = ((0, 1),) if self.v.stacked else ((0, 0), (1, 1))
         coords = mn_view(thr_qk.partition_C(cute.make_identity_tensor((MMA_ROWS, bn))))
-        o_coords = mn_view(thr_pv.partition_C(cute.make_identity_tensor((MMA_ROWS, d))))
         row0 = m_blk * self.v.cta_rows + cw * self.v.wg_rows  # first query row of this warpgroup
         rows = [self._query_row(coords[i, 0][0]) for i, _ in pairs]  # this thread's query rows, from row0
         # per query row of this thread: running max m, d1 = sum P1, t_sum = sum P1 t, centre c
@@ -428,12 +429,11 @@ class ParallaxAttentionForward:
 
         # ---- epilogue: a = O1 / d1, o = a - O2 / d1, lse = m + log2 d1, tbar = c ------------------
         base = bh.to(cutlass.Int64) * n.to(cutlass.Int64)
-        # o, a are written as 32-bit pairs of 16-bit values: a thread holds columns 2k, 2k + 1 of its rows
-        half = d // 2
-        g_o = cute.make_tensor(p_o + base * half, cute.make_layout((n, half), stride=(half, 1)))
-        g_a = cute.make_tensor(p_a + base * half, cute.make_layout((n, half), stride=(half, 1)))
+        # o and a leave as 16-byte chunks (store_row_chunks): the stores end every CTA and overlap nothing
+        g_a, g_o = chunk_view(p_a + base * (d // 2), n, d), chunk_view(p_o + base * (d // 2), n, d)
         g_lse = cute.make_tensor(p_lse + base, cute.make_layout((n,)))
         g_tbar = cute.make_tensor(p_tbar + base, cute.make_layout((n,)))
+        n_words = cute.size(o1_v.shape[1]) // 2  # 32-bit pairs a row: columns 8k + 2 lane, + 1 for k < n_words
         for i in cutlass.range_constexpr(len(pairs)):
             i1, i2 = pairs[i]
             row = row0 + rows[i]
@@ -441,13 +441,14 @@ class ParallaxAttentionForward:
             if d1 <= 0.0:  # (rows past the sequence's end)
                 d1 = Float32(1.0)
             inv = cute.arch.rcp_approx(d1)
+            words = pair_words(2, n_words)  # a, o
+            for k in cutlass.range_constexpr(n_words):
+                a0 = o1_v[i1, 2 * k] * inv
+                a1 = o1_v[i1, 2 * k + 1] * inv
+                words[0, k] = pack_pair(a0, a1, self.dtype)
+                words[1, k] = pack_pair(a0 - o2_v[i2, 2 * k] * inv, a1 - o2_v[i2, 2 * k + 1] * inv, self.dtype)
+            store_row_chunks(words, [g_a, g_o], row, tid % 4, row < n)
             if row < n:
-                for j in cutlass.range_constexpr(0, cute.size(o1_v.shape[1]), 2):
-                    col = o_coords[i1, j][1]  # even; column j + 1 of the view is col + 1
-                    a0 = o1_v[i1, j] * inv
-                    a1 = o1_v[i1, j + 1] * inv
-                    g_a[row, col // 2] = pack_pair(a0, a1, self.dtype)
-                    g_o[row, col // 2] = pack_pair(a0 - o2_v[i2, j] * inv, a1 - o2_v[i2, j + 1] * inv, self.dtype)
                 if tid % 4 == 0:
                     g_lse[row] = state[0, i] + cute.math.log2(d1, fastmath=True)
                     g_tbar[row] = state[3, i]
