@@ -65,8 +65,8 @@ def store_row_chunks(words: cute.Tensor, outs: list, row, lane, valid):
     """Store one accumulator row of each output as 16-byte chunks. words[x, k] (pair_words) holds output x's
     columns 8k + 2 lane, + 1 of the row, as a wgmma accumulator gives them (lane: the thread's place in the
     quad of threads that share the row); outs[x] is that output's chunk_view. Each quad transposes its words in
-    blocks of four (two butterfly shuffles), so that a lane holds 8 adjacent columns: a quarter of the store
-    instructions that 32-bit words take, each writing whole 32-byte sectors. Every lane must call it (the
+    blocks of four (two butterfly steps of two shuffles), so that a lane holds 8 adjacent columns: a quarter of
+    the store instructions that 32-bit words take, each writing whole 32-byte sectors. Every lane must call it (the
     shuffles take the whole warp); `valid` False skips only the stores (rows past the sequence)."""
     n_blocks = cute.size(words, mode=[1]) // 4
     for x in cutlass.range_constexpr(len(outs)):
@@ -89,9 +89,9 @@ def _quad_transpose(words: cute.Tensor, x: cutlass.Constexpr, k0: cutlass.Conste
         bit = 1 << step
         for w in cutlass.range_constexpr(4):
             if cutlass.const_expr(w & bit == 0):
-                keep, send = words[x, k0 + w], words[x, k0 + (w | bit)]  # (a lane whose bit is 0 sends w | bit)
+                send = words[x, k0 + (w | bit)]  # (a lane whose bit is 0 sends word w | bit, the others word w)
                 if lane & bit != 0:
-                    keep, send = send, keep
+                    send = words[x, k0 + w]
                 got = cute.arch.shuffle_sync_bfly(send, offset=bit, mask=-1, mask_and_clamp=31)
                 if lane & bit != 0:
                     words[x, k0 + w] = got

@@ -429,7 +429,7 @@ class ParallaxAttentionForward:
 
         # ---- epilogue: a = O1 / d1, o = a - O2 / d1, lse = m + log2 d1, tbar = c ------------------
         base = bh.to(cutlass.Int64) * n.to(cutlass.Int64)
-        # o and a leave as 16-byte chunks (store_row_chunks): the stores end every CTA and overlap nothing
+        # o and a leave as 16-byte chunks (store_row_chunks): a quarter of the store instructions of 32-bit pairs
         g_a, g_o = chunk_view(p_a + base * (d // 2), n, d), chunk_view(p_o + base * (d // 2), n, d)
         g_lse = cute.make_tensor(p_lse + base, cute.make_layout((n,)))
         g_tbar = cute.make_tensor(p_tbar + base, cute.make_layout((n,)))
