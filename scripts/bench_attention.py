@@ -9,12 +9,14 @@
                                      # tiles first across heads; ps: one CTA an SM walking the work items
                                      # in that order or head by head; w3: three consumer warpgroups, head_dim
                                      # 64, else two; n64: 64-key tiles; the default is s3stov, at head_dim 64
-                                     # s3stovw3)
+                                     # s3stovw3, and for causal sequences of at most 4096 tokens s3stovlpps
+                                     # (s3stovlppsw3): cute_variant.forward_order)
         [--cute-backward-variants b2 b3 b2hh b2g4 b2dc b2kr ...]   # also time these CuTe backward variants (Q/R/dO
                                      # stages; hh: head by head; g4: the lpt order in groups of 4 KV heads;
                                      # dc: the warpgroups decoupled; kr: K in registers, head_dim 64;
                                      # m<block_m>: query rows a step)
         [--documents MEAN]             # pack each row with documents of random lengths, MEAN tokens on average
+        [--repeat N]                   # time the default and the named CuTe variants N times each, in turn
 
 Peers, each in its native layout, causal, bf16, GQA with Hkv = H / kv-ratio:
   parallax-triton  this repo's fused kernel (backend="triton")
@@ -34,7 +36,10 @@ Peers, each in its native layout, causal, bf16, GQA with Hkv = H / kv-ratio:
 FLOPs (causal, half the N x N): softmax forward F = 2 B H N^2 D, backward 2.5 F (FlashAttention's
 convention, recomputation included). Parallax forward 2 F (4 matmuls), backward 8/5 of softmax's = 4 F.
 With --documents, N^2 is the sum of the documents' L^2: the pairs a document mask leaves visible.
-Times are medians of triton.testing.do_bench; memory is the peak allocated during one fwd+bwd.
+Times are medians of triton.testing.do_bench; memory is the peak allocated during one fwd+bwd. With --repeat N
+the CuTe variants and the default (`default`) are timed in N rounds, one timing of each per round, and each gets
+the median of its N timings and their range: a GPU's clock moves under a long run, and variants timed in turn meet
+the same clocks, where single timings a few seconds apart can differ by more than the variants do.
 """
 
 from __future__ import annotations
@@ -221,7 +226,8 @@ def main() -> None:
                          "softmax overlapping the previous tile's P V, with st; lp: longest tiles first across "
                          "heads; ps: one CTA an SM walking the work items in that order or head by head; w3: three "
                          "consumer warpgroups (stacked, head_dim 64 only; without it two); n: keys per "
-                         "tile; the default is s3stov, at head_dim 64 s3stovw3; s3 the unstacked kernel), each with "
+                         "tile; the default is s3stov, at head_dim 64 s3stovw3, and for causal sequences of at most "
+                         "4096 tokens s3stovlpps (s3stovlppsw3); s3 the unstacked kernel), each with "
                          "its output's relative "
                          "error against the default variant's")
     ap.add_argument("--cute-backward-variants", nargs="+", default=[],
@@ -236,7 +242,12 @@ def main() -> None:
     ap.add_argument("--documents", type=int, default=0, metavar="MEAN",
                     help="pack each batch row with documents of random lengths, about MEAN tokens on average "
                          "(0: one sequence a row)")
+    ap.add_argument("--repeat", type=int, default=1, metavar="N",
+                    help="time the default and each --cute-variants / --cute-backward-variants variant in N rounds, "
+                         "one timing of each a round (medians and ranges reported)")
     args = ap.parse_args()
+    if args.repeat < 1:
+        raise SystemExit(f"--repeat {args.repeat}: expected at least 1")
     reference = load_reference_kernel(args.reference_kernel) if args.reference_kernel else None
     dtype = torch.bfloat16
     packing = f", packed documents of about {args.documents} tokens" if args.documents else ""
@@ -281,11 +292,12 @@ def main() -> None:
                                          fwd_bwd_tflops=f_both / both / 1e9, peak_mib=peak)
             del fn, inputs
         if args.cute_variants:
-            result["cute_variants_fwd_ms"], result["cute_variants_rel_err"] = time_cute_variants(
-                q, k, v, r, args.cute_variants)
+            result["cute_variants_fwd_ms"], result["cute_variants_rel_err"], result["cute_variants_fwd_ms_rounds"] = \
+                time_cute_variants(q, k, v, r, args.cute_variants, args.repeat)
         if args.cute_backward_variants:
-            result["cute_backward_variants_ms"], result["cute_backward_variants_rel_err"] = \
-                time_cute_backward_variants(q, k, v, r, args.cute_backward_variants)
+            (result["cute_backward_variants_ms"], result["cute_backward_variants_rel_err"],
+             result["cute_backward_variants_ms_rounds"]) = time_cute_backward_variants(
+                q, k, v, r, args.cute_backward_variants, args.repeat)
         rows.append(result)
         torch.cuda.empty_cache()
         print_shape(result)
@@ -294,9 +306,9 @@ def main() -> None:
             json.dump(rows, f, indent=2)
 
 
-def time_cute_variants(q, k, v, r, names) -> tuple[dict, dict]:
+def time_cute_variants(q, k, v, r, names, repeat: int = 1) -> tuple[dict, dict, dict]:
     """Forward time (ms) of each named CuTe variant on the same inputs, skipping ones without an artefact, and the
-    relative error (2-norm) of its output o against the default variant's."""
+    relative error (2-norm) of its output o against the default variant's (time_variants)."""
     from parallax_kernels.parallax.cute_launch import _launch
 
     scale = q.shape[-1] ** -0.5
@@ -310,10 +322,11 @@ def time_cute_variants(q, k, v, r, names) -> tuple[dict, dict]:
                     stacked=parsed[4] is not None, overlap=parsed[5] is not None, lpt=parsed[6] is not None,
                     persistent=parsed[7] is not None, warpgroups=3 if parsed[8] else 2, block_n=int(parsed[9] or 0))
 
-    return time_variants(names, parse, lambda **fields: _launch(q, k, v, r, True, scale, **fields)[:1], "forward")
+    return time_variants(names, parse, lambda **fields: _launch(q, k, v, r, True, scale, **fields)[:1], "forward",
+                         repeat)
 
 
-def time_cute_backward_variants(q, k, v, r, names) -> tuple[dict, dict]:
+def time_cute_backward_variants(q, k, v, r, names, repeat: int = 1) -> tuple[dict, dict, dict]:
     """Backward time (ms, the launch's statistics and gradient-tile kernels included) of each named CuTe backward
     variant on the default forward's outputs, skipping ones without an artefact, and the largest relative error
     (2-norm) of its four gradients against the default backward's."""
@@ -324,7 +337,7 @@ def time_cute_backward_variants(q, k, v, r, names) -> tuple[dict, dict]:
         o, a, lse, tbar = _launch(q, k, v, r, True, scale)
     except (RuntimeError, ValueError) as err:
         print(f"cute backward variants not timed: the default forward did not run: {err}")
-        return {}, {}
+        return {}, {}, {}
     grad = torch.randn_like(o)
 
     def parse(name):
@@ -340,18 +353,20 @@ def time_cute_backward_variants(q, k, v, r, names) -> tuple[dict, dict]:
     def backward(**fields):
         return _launch_backward(grad, q, k, v, r, o, a, lse, tbar, True, scale, **fields)
 
-    return time_variants(names, parse, backward, "backward")
+    return time_variants(names, parse, backward, "backward", repeat)
 
 
-def time_variants(names, parse, run, what: str) -> tuple[dict, dict]:
-    """Times (ms) of run(**parse(name)) for each name, and the largest relative error (2-norm) of its outputs
-    against run()'s, the default variant's; a variant that does not run (no artefact) is skipped."""
-    times, errors = {}, {}
+def time_variants(names, parse, run, what: str, repeat: int = 1) -> tuple[dict, dict, dict]:
+    """Times (ms) of run(**parse(name)) for each name, the largest relative error (2-norm) of its outputs against
+    run()'s, the default variant's, and with repeat > 1 every round's timing (the default's as `default`; the
+    times are then the medians of the rounds); a variant that does not run (no artefact) is skipped."""
+    times, errors, rounds = {}, {}, {}
     try:
         reference = [x.float() for x in run()]
     except (RuntimeError, ValueError) as err:
         print(f"cute {what} variants not timed: the default variant, their reference, did not run: {err}")
-        return times, errors
+        return times, errors, rounds
+    timed = {"default": {}} if repeat > 1 else {}
     for name in names:
         fields = parse(name)
         try:
@@ -360,8 +375,27 @@ def time_variants(names, parse, run, what: str) -> tuple[dict, dict]:
             print(f"cute {what} variant {name} not timed: {err}")
             continue
         errors[name] = max(((x.float() - y).norm() / y.norm()).item() for x, y in zip(outputs, reference))
-        times[name] = do_bench(lambda: run(**fields), warmup=10, rep=50, return_mode="median")
-    return times, errors
+        timed[name] = fields
+    for _ in range(repeat):
+        for name, fields in timed.items():
+            rounds.setdefault(name, []).append(
+                do_bench(lambda: run(**fields), warmup=10, rep=50, return_mode="median"))
+    times = {name: sorted(ms)[len(ms) // 2] for name, ms in rounds.items()}
+    return times, errors, rounds if repeat > 1 else {}
+
+
+def print_variants(what: str, times: dict, errors: dict, rounds: dict, f: float, error_name: str) -> None:
+    """One line of variant timings; with rounds (--repeat), their medians and ranges, the default's first."""
+    if not rounds:
+        print(f"cute {what} variants: " + ", ".join(
+            f"{name} {ms:.3f} ms ({f / ms / 1e9:.0f} TFLOP/s, {error_name} {errors[name]:.1e})"
+            for name, ms in times.items()))
+        return
+    print(f"cute {what} variants, medians of {len(rounds['default'])} rounds (range), each against the default's:")
+    for name, ms in times.items():
+        error = f", {error_name} {errors[name]:.1e}" if name in errors else ""
+        print(f"  {name}: {ms:.3f} ms ({min(rounds[name]):.3f}-{max(rounds[name]):.3f}), {f / ms / 1e9:.0f} TFLOP/s, "
+              f"{ms / times['default']:.3f}x{error}")
 
 
 def print_shape(result) -> None:
@@ -376,16 +410,12 @@ def print_shape(result) -> None:
         print(f"| {name} | {p['fwd_ms']:.3f} | {p['fwd_tflops']:.0f} | {p['fwd_bwd_ms']:.3f} | "
               f"{p['fwd_bwd_tflops']:.0f} | {p['peak_mib']:.0f} |")
     if result.get("cute_variants_fwd_ms"):
-        f_fwd = flops(b, h, n, d, "parallax")[0]
-        print("cute forward variants: " + ", ".join(
-            f"{name} {ms:.3f} ms ({f_fwd / ms / 1e9:.0f} TFLOP/s, o rel. err. {result['cute_variants_rel_err'][name]:.1e})"
-            for name, ms in result["cute_variants_fwd_ms"].items()))
+        print_variants("forward", result["cute_variants_fwd_ms"], result["cute_variants_rel_err"],
+                       result["cute_variants_fwd_ms_rounds"], flops(b, h, n, d, "parallax")[0], "o rel. err.")
     if result.get("cute_backward_variants_ms"):
-        f_bwd = flops(b, h, n, d, "parallax")[1] - flops(b, h, n, d, "parallax")[0]
-        errors = result["cute_backward_variants_rel_err"]
-        print("cute backward variants: " + ", ".join(
-            f"{name} {ms:.3f} ms ({f_bwd / ms / 1e9:.0f} TFLOP/s, max grad rel. err. {errors[name]:.1e})"
-            for name, ms in result["cute_backward_variants_ms"].items()))
+        f_fwd, f_both = flops(b, h, n, d, "parallax")
+        print_variants("backward", result["cute_backward_variants_ms"], result["cute_backward_variants_rel_err"],
+                       result["cute_backward_variants_ms_rounds"], f_both - f_fwd, "max grad rel. err.")
     for mine in ("parallax-cute", "parallax-cute-deterministic", "parallax-triton", "parallax-triton-atomic"):
         if mine not in peers:
             continue

@@ -4,7 +4,9 @@
     python scripts/build_kernels.py --out build/kernels --dtype bfloat16 --head-dim 128 --group 2
     python scripts/build_kernels.py --attention --out build/kernels     # the attention forward and backward: dtype x
                                                                         # head_dim x causal/full x packed documents
-                                                                        # or not (16 + 32, 2-3 s each)
+                                                                        # or not, and the persistent forward the
+                                                                        # backends launch for short causal sequences
+                                                                        # (20 + 32, 2-5 s each)
 
 Runs on any machine with the package, GPU or not (it targets sm_90a). Copy the folder to the GPU host
 and point PARALLAX_KERNEL_DIR at it (default there: ~/.cache/parallax_titan/kernels); the decode op
@@ -19,6 +21,7 @@ import itertools
 import os
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 os.environ.setdefault("CUTE_DSL_ARCH", "sm_90a")  # before cutlass is imported: no GPU to ask
@@ -63,12 +66,14 @@ def main(argv: list[str] | None = None) -> None:
                    help="1: with --stacked 1, each tile's softmax overlaps the previous tile's P V "
                         "(AttentionVariant.overlap; with --attention; default: 1 stacked, 0 not); combinations "
                         "with --stacked 0 are skipped")
-    p.add_argument("--lpt", type=int, nargs="+", default=[0], choices=[0, 1],
+    p.add_argument("--lpt", type=int, nargs="+", default=None, choices=[0, 1],
                    help="1: CTAs take their query tiles longest first across groups of heads "
-                        "(AttentionVariant.lpt; with --attention), 0: head by head (the default)")
-    p.add_argument("--forward-persistent", type=int, nargs="+", default=[0], choices=[0, 1],
+                        "(AttentionVariant.lpt; with --attention), 0: head by head (default, with neither this nor "
+                        "--forward-persistent: the orders the backends launch, cute_variant.forward_order: head by "
+                        "head, and for the causal default layout without documents also lpt and persistent)")
+    p.add_argument("--forward-persistent", type=int, nargs="+", default=None, choices=[0, 1],
                    help="1: at most one CTA an SM, each walking the work items in the --lpt order "
-                        "(AttentionVariant.persistent; with --attention), 0: one CTA a work item (the default)")
+                        "(AttentionVariant.persistent; with --attention), 0: one CTA a work item (default: see --lpt)")
     p.add_argument("--forward-warpgroups", type=int, nargs="+", default=[0], choices=[0, 2, 3],
                    help="consumer warpgroups of the forward (with --attention; AttentionVariant.warpgroups): 0, the "
                         "default for the head_dim (3 stacked at head_dim 64, else 2); 2; 3 (built for the stacked "
@@ -120,32 +125,27 @@ def main(argv: list[str] | None = None) -> None:
 
 def build_attention(args, dsl: str) -> None:
     from parallax_kernels.parallax import cute_backward
-    from parallax_kernels.parallax.cute_kernel import compile_variant
     from parallax_kernels.parallax.cute_launch import write_artefact
-    from parallax_kernels.parallax.cute_variant import AttentionVariant, BackwardVariant
+    from parallax_kernels.parallax.cute_variant import AttentionVariant, BackwardVariant, launched_forward_orders
 
     layouts = [(stacked, overlap) for stacked in args.stacked
                for overlap in (args.overlap if args.overlap is not None else [stacked]) if stacked or not overlap]
-    orders = [(lpt, persistent) for lpt in args.lpt for persistent in args.forward_persistent]
+    named = args.lpt is not None or args.forward_persistent is not None
+    orders = [dict(lpt=bool(lpt), persistent=bool(persistent)) for lpt in args.lpt or [0]
+              for persistent in args.forward_persistent or [0]]
     built = set()
-    for (dtype, head_dim, causal, docs, block_n, stages, pingpong, lazy, (stacked, overlap), (lpt, persistent),
-         warpgroups) in itertools.product(args.dtype, args.head_dim, args.causal, args.documents, args.attention_block_n,
-                                          args.stages, args.pingpong, args.lazy_rescale, layouts, orders,
-                                          args.forward_warpgroups):
+    for (dtype, head_dim, causal, docs, block_n, stages, pingpong, lazy, (stacked, overlap), warpgroups) in \
+            itertools.product(args.dtype, args.head_dim, args.causal, args.documents, args.attention_block_n,
+                              args.stages, args.pingpong, args.lazy_rescale, layouts, args.forward_warpgroups):
         if warpgroups == 3 and not (stacked and head_dim == 64):  # three warpgroups: the stacked d64 kernel only
             continue
         variant = AttentionVariant(dtype, head_dim, bool(causal), block_n=block_n, stages=stages,
                                    pingpong=bool(pingpong), lazy_rescale=bool(lazy), documents=bool(docs),
-                                   stacked=bool(stacked), overlap=bool(overlap), lpt=bool(lpt),
-                                   persistent=bool(persistent), warpgroups=warpgroups)
-        if variant in built:  # the default and its explicit spelling
-            continue
-        built.add(variant)
-        variant.check()
-        start = time.time()
-        cubin, ptx, name = compile_variant(variant)
-        path = write_artefact(args.out, variant, cubin, ptx, name, dsl)
-        print(f"{variant.name}: {len(cubin)} bytes in {time.time() - start:.1f} s -> {path}", flush=True)
+                                   stacked=bool(stacked), overlap=bool(overlap), warpgroups=warpgroups)
+        # no order named: the backends' orders for their layout (launched_forward_orders), head by head for others
+        launched = variant == AttentionVariant(dtype, head_dim, bool(causal), documents=bool(docs))
+        for order in orders if named else launched_forward_orders(bool(causal), bool(docs)) if launched else [{}]:
+            build_forward(replace(variant, **order), args.out, dsl, built)
     if args.no_backward:
         return
     for dtype, head_dim, causal, docs, block_m, stages, ordered, lpt, decoupled, k_registers in itertools.product(
@@ -161,6 +161,20 @@ def build_attention(args, dsl: str) -> None:
         cubin, ptx, name = cute_backward.compile_variant(variant)
         path = write_artefact(args.out, variant, cubin, ptx, name, dsl)
         print(f"{variant.name}: {len(cubin)} bytes in {time.time() - start:.1f} s -> {path}", flush=True)
+
+
+def build_forward(variant, out: Path, dsl: str, built: set) -> None:
+    from parallax_kernels.parallax.cute_kernel import compile_variant
+    from parallax_kernels.parallax.cute_launch import write_artefact
+
+    if variant in built:  # the default and its explicit spelling
+        return
+    built.add(variant)
+    variant.check()
+    start = time.time()
+    cubin, ptx, name = compile_variant(variant)
+    path = write_artefact(out, variant, cubin, ptx, name, dsl)
+    print(f"{variant.name}: {len(cubin)} bytes in {time.time() - start:.1f} s -> {path}", flush=True)
 
 
 if __name__ == "__main__":

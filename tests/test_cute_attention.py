@@ -10,7 +10,7 @@ import os
 import re
 import subprocess
 import sys
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import pytest
@@ -335,8 +335,10 @@ def test_build_kernels_writes_attention_artefacts(tmp_path):
     assert read_artefact(tmp_path, documents)[0]["variant"] == asdict(documents)
     # --stacked 0 without --overlap: the unstacked kernel, no overlap (which it cannot have)
     unstacked = [AttentionVariant("bfloat16", 128, True, documents=docs, stacked=False) for docs in (False, True)]
+    # and what the backends launch for short causal sequences (forward_order): the default layout only
+    persistent = replace(variant, lpt=True, persistent=True)
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
-        f"{v.name}.{ext}" for v in (variant, documents, *unstacked) for ext in ("cubin", "json"))
+        f"{v.name}.{ext}" for v in (variant, documents, *unstacked, persistent) for ext in ("cubin", "json"))
 
 
 def test_artefact_mismatches_are_clear_errors(tmp_path):
@@ -468,8 +470,8 @@ def test_forward_launch_passes_the_kernels_parameters_and_makes_its_plan_once_pe
     monkeypatch.setattr(rt, "raw_stream", lambda device: 7)
     q, r = torch.zeros(2, 4, 130, 64, dtype=torch.bfloat16), torch.ones(2, 4, 130, 64, dtype=torch.bfloat16)
     k, v = torch.zeros(2, 2, 130, 64, dtype=torch.bfloat16), torch.ones(2, 2, 130, 64, dtype=torch.bfloat16)
-    o, a, lse, tbar = cute_launch._launch(q, k, v, r, True, 0.125)
-    assert loads == [AttentionVariant("bfloat16", 64, True)]
+    o, a, lse, tbar = cute_launch._launch(q, k, v, r, False, 0.125)
+    assert loads == [AttentionVariant("bfloat16", 64, False)]
     assert o.shape == a.shape == q.shape and lse.shape == tbar.shape == (2, 4, 130) and lse.dtype == torch.float32
     (grid, args, stream), = launched
     assert grid == (2, 8, 1) and stream == 7  # 96 query rows a CTA (three warpgroups), (batch, head) pairs on y
@@ -483,24 +485,66 @@ def test_forward_launch_passes_the_kernels_parameters_and_makes_its_plan_once_pe
     assert args[10:14] == [o.data_ptr(), a.data_ptr(), lse.data_ptr(), tbar.data_ptr()]
     assert args[14:] == [130, 4, 2, 0.125 * math.log2(math.e), 0]
 
-    cute_launch._launch(q, k, v, r, True, 0.125)  # the same shape: the plan is kept
+    cute_launch._launch(q, k, v, r, False, 0.125)  # the same shape: the plan is kept
     assert len(loads) == 1 and len(launched) == 2
-    cute_launch._launch(q[:1], k[:1], v[:1], r[:1], True, 0.125)  # another shape
+    cute_launch._launch(q[:1], k[:1], v[:1], r[:1], False, 0.125)  # another shape
     monkeypatch.setenv(rt.ARTEFACT_ENV, "/elsewhere")  # another artefact folder
-    cute_launch._launch(q, k, v, r, True, 0.125)
+    cute_launch._launch(q, k, v, r, False, 0.125)
     assert len(loads) == 3 and launched[2][0] == (2, 4, 1)
     monkeypatch.delenv(rt.ARTEFACT_ENV)
     monkeypatch.setenv("XDG_CACHE_HOME", "/another-cache")  # the default folder follows it
-    cute_launch._launch(q, k, v, r, True, 0.125)
+    cute_launch._launch(q, k, v, r, False, 0.125)
     assert len(loads) == 4
+
+
+def test_backends_launch_the_persistent_forward_for_short_causal_sequences(monkeypatch):
+    """Without named variant fields the launch takes forward_order's variant: causal sequences of at most
+    PERSISTENT_MAX_TOKENS tokens without documents the persistent lpt forward on at most one CTA an SM; longer
+    ones, full attention and packed documents one CTA a work item; named fields exactly the variant they name
+    (a fake kernel stands in for the GPU)."""
+    from parallax_kernels.parallax import cute_launch
+    from parallax_kernels.parallax.cute_variant import PERSISTENT_MAX_TOKENS
+    from parallax_kernels.parallax_decode import triton_split
+
+    launched = []
+
+    class FakeKernel:
+        def __init__(self, variant):
+            self.variant = variant
+
+        def prepared(self, grid):
+            return lambda args, stream: launched.append((self.variant, grid))
+
+    monkeypatch.setattr(cute_launch, "_PLANS", {})
+    monkeypatch.setattr(cute_launch, "load_attention_kernel", lambda variant, folder=None: FakeKernel(variant))
+    monkeypatch.setattr(rt, "encode_tma_tiled", lambda *args: bytes(128))
+    monkeypatch.setattr(rt, "raw_stream", lambda device: 0)
+    monkeypatch.setattr(triton_split, "_sm_count", lambda device: 132)
+
+    def launch(n, causal=True, docs=False, **fields):
+        q = torch.zeros(2, 4, n, 128, dtype=torch.bfloat16)
+        k = torch.zeros(2, 2, n, 128, dtype=torch.bfloat16)
+        ids = torch.zeros(2, n, dtype=torch.int32) if docs else None
+        cute_launch._launch(q, k, k, q, causal, 0.125, document_ids=ids, **fields)
+        return launched[-1]
+
+    one_each = AttentionVariant("bfloat16", 128, True)
+    short = PERSISTENT_MAX_TOKENS
+    assert launch(short) == (replace(one_each, lpt=True, persistent=True), (132, 1, 1))  # 64 tiles x 8 heads
+    assert launch(100) == (replace(one_each, lpt=True, persistent=True), (16, 1, 1))  # fewer items than SMs
+    assert launch(short + 1) == (one_each, (-(-(short + 1) // 64), 8, 1))
+    assert launch(100, causal=False) == (replace(one_each, causal=False), (2, 8, 1))
+    assert launch(100, docs=True) == (replace(one_each, documents=True), (2, 8, 1))
+    assert launch(100, stages=2) == (replace(one_each, stages=2), (2, 8, 1))
+    assert launch(100, persistent=True) == (replace(one_each, persistent=True), (16, 1, 1))
 
 
 def test_too_many_heads_for_the_grid_are_refused():
     from parallax_kernels.parallax.cute_launch import MAX_GRID_Y, _launch
 
     q = torch.zeros(1, MAX_GRID_Y + 1, 1, 64, dtype=torch.bfloat16)
-    with pytest.raises(ValueError, match="pairs; the launch takes at most 65535"):
-        _launch(q, q, q, q, True, 0.125)
+    with pytest.raises(ValueError, match="pairs; the launch takes at most 65535"):  # (the 2-D grid: full attention)
+        _launch(q, q, q, q, False, 0.125)
 
 
 def test_documents_reach_the_kernels_as_per_token_bounds():
@@ -754,6 +798,7 @@ def test_lpt_order_changes_no_value(shape, stacked):
 @pytest.mark.parametrize("case", [
     (2, 4, 2, 700, 128, True, 0),  # fewer items than SMs: one a CTA
     (4, 16, 8, 1000, 128, True, 0),  # 1,024 items: several a CTA, of different lengths
+    (8, 16, 8, 2048, 128, True, 0),  # 4,096 items, about 31 a CTA: the turns and Q, R stages run on across items
     (1, 8, 1, 16384, 128, True, 0),  # three groups of heads
     (2, 16, 8, 1000, 64, False, 0),
     (4, 16, 8, 1000, 128, True, 300),  # packed documents
@@ -762,17 +807,19 @@ def test_lpt_order_changes_no_value(shape, stacked):
 @pytest.mark.parametrize("lpt", [False, True], ids=["head_by_head", "lpt"])
 def test_persistent_forward_changes_no_value(case, lpt):
     """The persistent forward runs each work item as the one-CTA-an-item kernel does, several items a CTA one after
-    another, in either order: o, a, lse and tbar bitwise equal to the default variant's."""
+    another, in either order: o, a, lse and tbar bitwise equal to the one-CTA-an-item kernel's, and so are those of
+    the variant the backends launch for the shape."""
     from parallax_kernels.parallax.cute_launch import _launch
 
     b, h, hkv, n, d, causal, mean = case
     g = torch.Generator().manual_seed(7)
     q, k, v, r = (torch.randn(b, x, n, d, generator=g).to(torch.bfloat16).cuda() for x in (h, hkv, hkv, h))
     docs = packed([random_lengths(n, seed, mean) for seed in range(b)]).cuda() if mean else None
-    one_each = _launch(q, k, v, r, causal, d**-0.5, document_ids=docs)
+    one_each = _launch(q, k, v, r, causal, d**-0.5, document_ids=docs, lpt=False, persistent=False)
     persistent = _launch(q, k, v, r, causal, d**-0.5, document_ids=docs, lpt=lpt, persistent=True)
-    for name, x, y in zip(("o", "a", "lse", "tbar"), persistent, one_each):
-        assert torch.equal(x, y), name
+    backends = _launch(q, k, v, r, causal, d**-0.5, document_ids=docs)  # (short causal: persistent, lpt)
+    for name, x, y, z in zip(("o", "a", "lse", "tbar"), persistent, one_each, backends):
+        assert torch.equal(x, y) and torch.equal(z, y), name
 
 
 @pytest.mark.gpu

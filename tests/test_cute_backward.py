@@ -540,8 +540,9 @@ def test_ptxas_keeps_the_wgmmas_asynchronous(compiled, d, causal, ordered, docs,
 
 @needs_dsl
 def test_build_kernels_writes_backward_artefacts(tmp_path):
-    """One mask, one head_dim, one order, no packed documents: the forward variant and one backward variant, in
-    lockstep and decoupled."""
+    """One mask, one head_dim, one order, no packed documents: the forward variants the backends launch (one CTA a
+    work item, and persistent in the lpt order for short sequences) and one backward variant, in lockstep and
+    decoupled."""
     proc = subprocess.run([sys.executable, "scripts/build_kernels.py", "--attention", "--out", str(tmp_path),
                            "--dtype", "bfloat16", "--head-dim", "64", "--causal", "1",
                            "--backward-deterministic", "0", "--documents", "0", "--backward-decoupled", "0", "1"],
@@ -550,10 +551,11 @@ def test_build_kernels_writes_backward_artefacts(tmp_path):
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     variant = BackwardVariant("bfloat16", 64, True, deterministic=False)
-    forward = AttentionVariant("bfloat16", 64, True)
+    forwards = [AttentionVariant("bfloat16", 64, True), AttentionVariant("bfloat16", 64, True, lpt=True,
+                                                                         persistent=True)]
     decoupled = BackwardVariant("bfloat16", 64, True, decoupled=True)
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
-        f"{v.name}.{ext}" for v in (variant, decoupled, forward) for ext in ("cubin", "json"))
+        f"{v.name}.{ext}" for v in (variant, decoupled, *forwards) for ext in ("cubin", "json"))
     meta, _ = read_artefact(tmp_path, decoupled)
     assert meta["variant"] == asdict(decoupled) and meta["smem_bytes"] == decoupled.smem_bytes
     meta, cubin = read_artefact(tmp_path, variant)

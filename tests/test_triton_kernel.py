@@ -330,3 +330,32 @@ def test_bench_refuses_a_requested_peer_it_cannot_time():
     bench.check_requested(["parallax-triton"], available)
     with pytest.raises(SystemExit, match=r"--peers fla-parallax: not available here \(here: parallax-triton sdpa-cudnn\)"):
         bench.check_requested(["parallax-triton", "fla-parallax"], available)
+
+
+def test_bench_times_variants_in_rounds(monkeypatch):
+    """scripts/bench_attention.py --repeat: the default and every variant that runs are timed once a round, in turn,
+    each reported as the median of its rounds; a variant that does not run is left out of every round."""
+    import scripts.bench_attention as bench
+
+    calls = []
+    clock = iter([5.0, 4.0, 9.0, 6.0, 3.0, 9.5, 4.0, 5.0, 8.0])  # rounds of (default, fast, slow)
+
+    def fake_bench(fn, **_):
+        calls.append(fn())
+        return next(clock)
+
+    def run(kind="default"):
+        if kind == "missing":
+            raise RuntimeError("no artefact")
+        return [torch.ones(2) * (2.0 if kind == "slow" else 1.0)]
+
+    monkeypatch.setattr(bench, "do_bench", fake_bench)
+    times, errors, rounds = bench.time_variants(["fast", "missing", "slow"], lambda name: {"kind": name}, run,
+                                                "forward", repeat=3)
+    assert [float(c[0][0]) for c in calls] == [1.0, 1.0, 2.0] * 3
+    assert rounds == {"default": [5.0, 6.0, 4.0], "fast": [4.0, 3.0, 5.0], "slow": [9.0, 9.5, 8.0]}
+    assert times == {"default": 5.0, "fast": 4.0, "slow": 9.0}
+    assert errors == {"fast": 0.0, "slow": 1.0}
+    clock = iter([7.0])
+    times, _, rounds = bench.time_variants(["fast"], lambda name: {"kind": name}, run, "forward")
+    assert times == {"fast": 7.0} and rounds == {}

@@ -38,9 +38,11 @@ Unstacked (AttentionVariant.stacked False): 64 query rows a consumer warpgroup (
 from R as two chains against the same K tile, O1 and O2 as two against the same V tile; S, T (64 x BN) and
 O1, O2 (64 x D) are then all fp32 accumulators of one warpgroup, twice FlashAttention's, so the key tile is
 BN = 64 at D = 128 (128 at D = 64) and there is no room for the overlap (it spills). Persistent
-(AttentionVariant.persistent): at most one CTA an SM, each taking work items of the head-by-head or the lpt
-order one after another; the producer loads the next item's Q and R as soon as the consumers' last S, T
-chains of the current one are done.
+(AttentionVariant.persistent; what the backends launch for short causal sequences, in the lpt order): at most
+one CTA an SM, each taking work items of the head-by-head or the lpt order one after another. Each consumer
+warpgroup's Q and R rows are a stage of their own, so the producer loads a warpgroup's rows of the next item
+once its last S, T chain of the current one is done, and the warpgroups' turns run on from one item into the
+next: warpgroup 0 starts the next item while the last one finishes the current item's P V and stores.
 
 The kernel takes raw pointers, sizes and the three TMA descriptors (CUtensorMap, by value), so the
 compiled cubin can be launched without the DSL (cute_launch.py builds the descriptors with the CUDA
@@ -133,7 +135,7 @@ class ParallaxAttentionForward:
 
         @cute.struct
         class SharedStorage:
-            q_mbar: cute.struct.MemRange[cutlass.Int64, 2]
+            q_mbar: cute.struct.MemRange[cutlass.Int64, 2 * self.v.warpgroups]
             k_mbar: cute.struct.MemRange[cutlass.Int64, 2 * self.stages]
             v_mbar: cute.struct.MemRange[cutlass.Int64, 2 * self.stages]
             sQR: cute.struct.Align[cute.struct.MemRange[dt, a_tiles * cute.cosize(q_smem)], 1024]  # Q then R
@@ -168,10 +170,13 @@ class ParallaxAttentionForward:
         storage = utils.SmemAllocator().allocate(self.shared_storage)
         consumers = pipeline.CooperativeGroup(pipeline.Agent.Thread, 4 * self.v.warpgroups)  # one arrive per warp
         producer = pipeline.CooperativeGroup(pipeline.Agent.Thread, 1)
-        q_prod, q_cons = pipeline.PipelineTmaAsync.create(
-            barrier_storage=storage.q_mbar.data_ptr(), num_stages=1, producer_group=producer,
-            consumer_group=consumers, tx_count=2 * self.v.warpgroups * self.q_bytes,  # Q and R of each
-            defer_sync=True).make_participants()
+        # Q and R: one stage per consumer warpgroup (its rows of both), waited on and released by its 4 warps, so
+        # that in the persistent grid a warpgroup's next rows load once its own last S, T chain is done
+        q_pipe = pipeline.PipelineTmaAsync.create(
+            barrier_storage=storage.q_mbar.data_ptr(), num_stages=self.v.warpgroups, producer_group=producer,
+            consumer_group=pipeline.CooperativeGroup(pipeline.Agent.Thread, 4), tx_count=2 * self.q_bytes,
+            defer_sync=True)
+        q_prod = q_pipe.make_producer()
         k_prod, k_cons = pipeline.PipelineTmaAsync.create(
             barrier_storage=storage.k_mbar.data_ptr(), num_stages=self.stages, producer_group=producer,
             consumer_group=consumers, tx_count=self.kv_bytes, defer_sync=True).make_participants()
@@ -230,11 +235,17 @@ class ParallaxAttentionForward:
             cw = wg - 1
             rest = (sQR, sK, sV, p_o, p_a, p_lse, p_tbar, n, scale_log2, cw, tidx - 128 * wg)
             if cutlass.const_expr(self.v.persistent):
-                for w in cutlass.range(bidx, m_blocks * bh_count, gdim, unroll=1):
-                    q_cons, k_cons, v_cons, mma_qk, mma_pv = self._consume(self._work_item(w, *args), mma_qk, mma_pv,
-                                                                           q_cons, k_cons, v_cons, *rest)
+                items = m_blocks * bh_count
+                for w in cutlass.range(bidx, items, gdim, unroll=1):
+                    # the turns run on from one item into the next (the first item starts them); the warpgroup's
+                    # Q, R stage flips phase every item
+                    rank = (w - bidx) // gdim
+                    more = cutlass.max(cutlass.min(items - (w + gdim), 1), 0)
+                    k_cons, v_cons, mma_qk, mma_pv = self._consume(
+                        self._work_item(w, *args), mma_qk, mma_pv, q_pipe, rank % 2, 1 - cutlass.min(rank, 1), more,
+                        k_cons, v_cons, *rest)
             else:
-                self._consume(item, mma_qk, mma_pv, q_cons, k_cons, v_cons, *rest)
+                self._consume(item, mma_qk, mma_pv, q_pipe, Int32(0), Int32(1), Int32(0), k_cons, v_cons, *rest)
 
     @cute.jit
     def _produce(self, item, tma_q: cute.CopyAtom, m_q: cute.Tensor, tma_r: cute.CopyAtom, m_r: cute.Tensor,
@@ -255,9 +266,9 @@ class ParallaxAttentionForward:
                                            cute.group_modes(g_k, 0, 2))
         t_sv, t_gv = cpasync.tma_partition(tma_v, 0, cute.make_layout(1), cute.group_modes(sV, 0, 2),
                                            cute.group_modes(g_v, 0, 2))
-        # (persistent: waits until the consumers' last S, T chains of the previous item are done)
-        hq = q_prod.acquire_and_advance()
         for x in cutlass.range_constexpr(self.v.warpgroups):
+            # warpgroup x's rows (persistent: once its last S, T chain of the previous item is done)
+            hq = q_prod.acquire_and_advance()
             if cutlass.const_expr(self.v.stacked):
                 # 8-row copies in a loop: unrolled, their addresses overflow the producer's 24 registers
                 copies = self.v.wg_rows // self.q_box
@@ -315,10 +326,14 @@ class ParallaxAttentionForward:
         return m_blk, bh, bhk, cta_lo, n_tiles, bounds
 
     @cute.jit
-    def _consume(self, item, mma_qk: cute.TiledMma, mma_pv: cute.TiledMma, q_cons, k_cons, v_cons, sQR, sK, sV, p_o,
-                 p_a, p_lse, p_tbar, n: Int32, scale_log2: Float32, cw: Int32, tid: Int32):
-        """A work item (_work_item's) for consumer warpgroup cw: its key tiles, then its outputs."""
+    def _consume(self, item, mma_qk: cute.TiledMma, mma_pv: cute.TiledMma, q_pipe, q_phase: Int32, starts: Int32,
+                 more: Int32, k_cons, v_cons, sQR, sK, sV, p_o, p_a, p_lse, p_tbar, n: Int32, scale_log2: Float32,
+                 cw: Int32, tid: Int32):
+        """A work item (_work_item's) for consumer warpgroup cw: its key tiles, then its outputs. q_phase: the
+        phase of the warpgroup's Q, R stage; starts 1: the CTA's first item (the turns start); more 1: another item
+        follows in this CTA (the last warpgroup hands the turn on after this item's last tile)."""
         m_blk, bh, _, cta_lo, n_tiles, bounds = item
+        turn_end = n_tiles + more  # _pass_turn hands the turn on after tiles j with j + 1 < turn_end
         d, bn = self.d, self.bn
         thr_qk = mma_qk.get_slice(tid)
         thr_pv = mma_pv.get_slice(tid)
@@ -373,12 +388,12 @@ class ParallaxAttentionForward:
                 wg_tiles = cutlass.max(cutlass.min((wg_hi + bn - 1) // bn, n_tiles), cta_lo)
             mid = cta_lo
 
-        if cutlass.const_expr(self.v.persistent):  # one Q, R load an item, released after its S, T chains
-            hq = q_cons.wait_and_advance()
-        else:
-            q_cons.wait()
-        if cutlass.const_expr(self.v.pingpong) and cw == self.v.warpgroups - 1:  # warpgroup 0 takes the first turn
-            cute.arch.barrier_arrive(barrier_id=TURN_BARRIER + 0, number_of_threads=256)
+        q_stage = pipeline.PipelineState(self.v.warpgroups, Int32(0), cw, q_phase)
+        q_pipe.consumer_wait(q_stage)  # this warpgroup's Q, R rows
+        if cutlass.const_expr(self.v.pingpong):
+            if cw == self.v.warpgroups - 1:
+                if starts == 1:  # warpgroup 0 takes the first turn
+                    cute.arch.barrier_arrive(barrier_id=TURN_BARRIER + 0, number_of_threads=256)
         if cutlass.const_expr(self.v.overlap):
             # the first tile (masked: it may be either kind) as usual but for its P V, then each tile with the
             # previous one's P V in flight, then the last P V; loops of 0 or 1 trip stand for the ifs
@@ -387,20 +402,20 @@ class ParallaxAttentionForward:
             first = cutlass.min(cta_lo + 1, wg_tiles)
             for j in cutlass.range(cta_lo, first, unroll=1):
                 k_cons, mma_qk = self._scores(j, True, mma_qk, a_qr, t_rk, acc_st, views, pairs, rows, state, coords,
-                                              seen, k_cons, n, row0, scale_log2, cw, n_tiles)
+                                              seen, k_cons, n, row0, scale_log2, cw, turn_end)
                 for x in cutlass.range_constexpr(chains):  # its P1, P2, for the next tile to multiply
                     store_as_a_operand(acc_st[x], p_ops[x])
             mid = cutlass.max(mid, first)
             for j in cutlass.range(first, mid, unroll=1):
                 k_cons, v_cons, mma_qk, mma_pv = self._tile_overlapped(
                     j, False, mma_qk, mma_pv, a_qr, t_rk, t_rv, acc_st, acc_o, p_ops, rescale, views, pairs, rows,
-                    state, coords, seen, k_cons, v_cons, n, row0, scale_log2, cw, n_tiles)
+                    state, coords, seen, k_cons, v_cons, n, row0, scale_log2, cw, turn_end)
             for j in cutlass.range(mid, wg_tiles, unroll=1):
                 k_cons, v_cons, mma_qk, mma_pv = self._tile_overlapped(
                     j, True, mma_qk, mma_pv, a_qr, t_rk, t_rv, acc_st, acc_o, p_ops, rescale, views, pairs, rows,
-                    state, coords, seen, k_cons, v_cons, n, row0, scale_log2, cw, n_tiles)
-            if cutlass.const_expr(self.v.persistent):  # its last S, T chain is done: the next item's Q, R may load
-                hq.release()
+                    state, coords, seen, k_cons, v_cons, n, row0, scale_log2, cw, turn_end)
+            if cutlass.const_expr(self.v.persistent):  # its last S, T chain is done: its next rows may load
+                q_pipe.consumer_release(q_stage)
             for j in cutlass.range(cta_lo, first, unroll=1):  # the last tile's P V
                 hv = v_cons.wait_and_advance()
                 warpgroup.fence()
@@ -411,18 +426,18 @@ class ParallaxAttentionForward:
             for j in cutlass.range(cta_lo, mid, unroll=1):
                 k_cons, v_cons, mma_qk, mma_pv = self._tile(j, False, mma_qk, mma_pv, a_qr, t_rk, t_rv, acc_st,
                                                             acc_o, views, pairs, rows, state, coords, seen, k_cons,
-                                                            v_cons, n, row0, scale_log2, cw, n_tiles)
+                                                            v_cons, n, row0, scale_log2, cw, turn_end)
             for j in cutlass.range(mid, wg_tiles, unroll=1):
                 k_cons, v_cons, mma_qk, mma_pv = self._tile(j, True, mma_qk, mma_pv, a_qr, t_rk, t_rv, acc_st,
                                                             acc_o, views, pairs, rows, state, coords, seen, k_cons,
-                                                            v_cons, n, row0, scale_log2, cw, n_tiles)
+                                                            v_cons, n, row0, scale_log2, cw, turn_end)
             if cutlass.const_expr(self.v.persistent):
-                hq.release()
+                q_pipe.consumer_release(q_stage)
         for j in cutlass.range(wg_tiles, n_tiles, unroll=1):
             hk = k_cons.wait_and_advance()
             if cutlass.const_expr(self.v.pingpong):  # keep the turns paired
                 cute.arch.barrier(barrier_id=TURN_BARRIER + cw, number_of_threads=256)
-                self._pass_turn(cw, j, n_tiles)
+                self._pass_turn(cw, j, turn_end)
             hk.release()
             hv = v_cons.wait_and_advance()
             hv.release()
@@ -452,15 +467,15 @@ class ParallaxAttentionForward:
                 if tid % 4 == 0:
                     g_lse[row] = state[0, i] + cute.math.log2(d1, fastmath=True)
                     g_tbar[row] = state[3, i]
-        return q_cons, k_cons, v_cons, mma_qk, mma_pv
+        return k_cons, v_cons, mma_qk, mma_pv
 
     @cute.jit
     def _tile(self, j: Int32, masked: cutlass.Constexpr, mma_qk: cute.TiledMma, mma_pv: cute.TiledMma, a_qr, t_rk,
               t_rv, acc_st, acc_o, views, pairs: cutlass.Constexpr, rows, state, coords, seen, k_cons, v_cons,
-              n: Int32, row0: Int32, scale_log2: Float32, cw: Int32, n_tiles: Int32):
+              n: Int32, row0: Int32, scale_log2: Float32, cw: Int32, turn_end: Int32):
         """One key tile j for this warpgroup's rows: S, T, then the softmax, then O1, O2."""
         k_cons, mma_qk = self._scores(j, masked, mma_qk, a_qr, t_rk, acc_st, views, pairs, rows, state, coords, seen,
-                                      k_cons, n, row0, scale_log2, cw, n_tiles)
+                                      k_cons, n, row0, scale_log2, cw, turn_end)
         # P1 and P2 (stacked: [P1; P2], interleaved as S and T were) as A operands against the same V stage
         p_ops = [as_a_operand(acc, self.dtype, self.bn) for acc in acc_st]
         hv = v_cons.wait_and_advance()
@@ -473,7 +488,7 @@ class ParallaxAttentionForward:
     @cute.jit
     def _scores(self, j: Int32, masked: cutlass.Constexpr, mma_qk: cute.TiledMma, a_qr, t_rk, acc_st, views,
                 pairs: cutlass.Constexpr, rows, state, coords, seen, k_cons, n: Int32, row0: Int32,
-                scale_log2: Float32, cw: Int32, n_tiles: Int32):
+                scale_log2: Float32, cw: Int32, turn_end: Int32):
         """Key tile j's S, T chain in this warpgroup's turn, then its softmax (O rescaled in place): the tile up to
         its P V (and, in the overlapped loop, its first tile)."""
         hk = k_cons.wait_and_advance()
@@ -482,7 +497,7 @@ class ParallaxAttentionForward:
         warpgroup.fence()
         mma_qk = self._issue_st(mma_qk, a_qr, t_rk, acc_st, hk.index)
         if cutlass.const_expr(self.v.pingpong):
-            self._pass_turn(cw, j, n_tiles)
+            self._pass_turn(cw, j, turn_end)
         warpgroup.wait_group(0)
         hk.release()
         self._softmax(j, masked, views, pairs, rows, state, coords, seen, n, row0, scale_log2, None)
@@ -492,7 +507,7 @@ class ParallaxAttentionForward:
     def _tile_overlapped(self, j: Int32, masked: cutlass.Constexpr, mma_qk: cute.TiledMma, mma_pv: cute.TiledMma,
                          a_qr, t_rk, t_rv, acc_st, acc_o, p_ops, rescale, views, pairs: cutlass.Constexpr, rows,
                          state, coords, seen, k_cons, v_cons, n: Int32, row0: Int32, scale_log2: Float32, cw: Int32,
-                         n_tiles: Int32):
+                         turn_end: Int32):
         """Key tile j with the previous tile's P V in flight (FlashAttention-3's intra-warpgroup overlap): issue
         S, T of tile j and O1, O2 += P V of tile j - 1 (p_ops), run tile j's softmax while the second chain
         runs, then rescale O (after that chain, which accumulates into it) and turn tile j's P1, P2 into p_ops."""
@@ -504,7 +519,7 @@ class ParallaxAttentionForward:
         mma_qk = self._issue_st(mma_qk, a_qr, t_rk, acc_st, hk.index)
         mma_pv = self._issue_pv(mma_pv, p_ops, t_rv, acc_o, hv.index)
         if cutlass.const_expr(self.v.pingpong):
-            self._pass_turn(cw, j, n_tiles)
+            self._pass_turn(cw, j, turn_end)
         warpgroup.wait_group(1)  # S, T done; P V may still run
         hk.release()
         self._softmax(j, masked, views, pairs, rows, state, coords, seen, n, row0, scale_log2, rescale)
@@ -637,19 +652,20 @@ class ParallaxAttentionForward:
         return acc_row
 
     @cute.jit
-    def _pass_turn(self, cw: Int32, j: Int32, n_tiles: Int32):
+    def _pass_turn(self, cw: Int32, j: Int32, turn_end: Int32):
         """Let the next consumer warpgroup issue its S, T wgmmas for tile j (the last one: warpgroup 0 for tile
-        j + 1): they take turns in a ring, so one's softmax runs while the tensor cores work on the others' tiles
-        (the last warpgroup skips its last hand-over, which warpgroup 0 would never take)."""
+        j + 1): they take turns in a ring, so one's softmax runs while the tensor cores work on the others' tiles.
+        turn_end: the item's key tiles, plus one where another item follows in this CTA (persistent), whose first
+        tile warpgroup 0 then takes: the last warpgroup skips only a hand-over that would never be taken."""
         if cutlass.const_expr(self.v.warpgroups == 2):  # constant barrier ids: the two-warpgroup kernels' own code
             if cw == 0:
                 cute.arch.barrier_arrive(barrier_id=TURN_BARRIER + 1, number_of_threads=256)
-            elif j + 1 < n_tiles:
+            elif j + 1 < turn_end:
                 cute.arch.barrier_arrive(barrier_id=TURN_BARRIER + 0, number_of_threads=256)
         else:
             if cw < self.v.warpgroups - 1:
                 cute.arch.barrier_arrive(barrier_id=TURN_BARRIER + cw + 1, number_of_threads=256)
-            elif j + 1 < n_tiles:
+            elif j + 1 < turn_end:
                 cute.arch.barrier_arrive(barrier_id=TURN_BARRIER + 0, number_of_threads=256)
 
     @cute.jit

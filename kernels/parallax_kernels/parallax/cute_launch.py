@@ -25,7 +25,7 @@ import torch
 from parallax_kernels import cute_runtime as rt
 from parallax_kernels.batching import fold, unfold
 from parallax_kernels.parallax.cute_variant import (BWD_BLOCK_N, DTYPES, HEAD_DIMS, AttentionVariant,
-                                                    BackwardVariant, backward_lpt_heads)
+                                                    BackwardVariant, backward_lpt_heads, forward_order)
 
 ARCH = rt.ARCH
 # the kernel's parameters (cute_kernel.py ParallaxAttentionForward.kernel): the two tiled MMAs (empty
@@ -131,7 +131,8 @@ class _ForwardPlan:
         b, h, n, d = q_shape
         hkv = k_shape[1]
         name = str(dtype).removeprefix("torch.")
-        variant = AttentionVariant(dtype=name, head_dim=d, causal=causal, documents=documents, **variant_fields)
+        fields = variant_fields or forward_order(n, causal, documents)  # the backends' choice unless one is named
+        variant = AttentionVariant(dtype=name, head_dim=d, causal=causal, documents=documents, **fields)
         variant.check()
         one_dim = variant.lpt or variant.persistent  # a 1-D grid over the work items, else (query tiles, B H)
         if b * h > MAX_GRID_Y and not one_dim:  # the grid's y dimension holds the (batch, head) pairs
@@ -172,9 +173,10 @@ def _forward_plan(q, k, causal: bool, documents: bool, artefact_dir: Path | None
 
 def _launch(q, k, v, r, causal: bool, scale: float, document_ids: torch.Tensor | None = None,
             artefact_dir: Path | None = None, **variant_fields):
-    """Launch the forward (q, k, v, r contiguous, 16-byte aligned); `variant_fields` (block_n, stages,
-    pingpong, lazy_rescale, stacked, overlap, lpt, persistent, warpgroups) override the default
-    variant's, for benchmarks."""
+    """Launch the forward (q, k, v, r contiguous, 16-byte aligned). Without `variant_fields` the variant the
+    backends launch (forward_order: for short causal sequences the persistent lpt one); with them (block_n,
+    stages, pingpong, lazy_rescale, stacked, overlap, lpt, persistent, warpgroups), exactly that variant, the
+    other fields the AttentionVariant defaults (one CTA a work item, head by head), for benchmarks and tests."""
     bounds = _bounds(document_ids)
     plan = _forward_plan(q, k, causal, bounds is not None, artefact_dir, variant_fields)
     o = torch.empty(q.shape, dtype=q.dtype, device=q.device)

@@ -23,6 +23,26 @@ STACKED_BLOCK_N = 128
 LPT_KV_BYTES = 24 * 2**20
 
 
+# causal sequences of at most this many tokens, without documents, run the persistent forward in the lpt order
+# when a launch names no variant: their CTAs are short (at 2K tokens 1 to 16 key tiles, 8.5 on average), and one
+# CTA an SM running item after item overlaps each item's start with the previous one's end; from 8K tokens the
+# persistent grid was as fast or slower (docs/kernels_hopper.md)
+PERSISTENT_MAX_TOKENS = 4096
+
+
+def forward_order(n: int, causal: bool, documents: bool) -> dict:
+    """The work order of the forward the backends launch for N tokens: {"lpt": True, "persistent": True} for causal
+    sequences of at most PERSISTENT_MAX_TOKENS without documents, else {} (one CTA a work item, head by head)."""
+    short = causal and not documents and n <= PERSISTENT_MAX_TOKENS
+    return {"lpt": True, "persistent": True} if short else {}
+
+
+def launched_forward_orders(causal: bool, documents: bool) -> list[dict]:
+    """Every work order forward_order gives for a mask and documents or not, at some length (what
+    scripts/build_kernels.py builds by default)."""
+    return [{}, forward_order(0, causal, documents)] if forward_order(0, causal, documents) else [{}]
+
+
 def default_warpgroups(head_dim: int, stacked: bool) -> int:
     """Consumer warpgroups of the forward unless a variant names them: 3 for the stacked kernel at head_dim 64
     (the faster there: docs/kernels_hopper.md), else 2 (at head_dim 128 three spill at 160 registers)."""
@@ -60,8 +80,10 @@ class AttentionVariant:
     # grid, lpt_tile), so that the last CTAs to start are short ones
     lpt: bool = False
     # a grid of at most one CTA per SM, each taking the work items (query tile, batch head) cta, cta + grid, ...
-    # of the order above (head by head, or lpt): a CTA's producer loads the next item's Q, R and first K, V tiles
-    # while its consumers finish the last P V and store the outputs, where separate CTAs would start cold
+    # of the order above (head by head, or lpt): a CTA's producer loads a consumer warpgroup's Q, R rows of the
+    # next item once its last S, T chain of the current one is done, and the warpgroups' turns run on into the
+    # next item, so one starts it while another stores, where separate CTAs would start cold (with lpt, what the
+    # backends launch for short causal sequences: forward_order)
     persistent: bool = False
     # consumer warpgroups: 2, or 3 (stacked, head_dim 64: 96 query rows a CTA at 160 registers a thread, taking
     # turns in a ring; FlashAttention-3's shape at head_dim 64, which amortises a CTA's start and end over more
