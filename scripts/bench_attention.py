@@ -48,6 +48,7 @@ import argparse
 import importlib.util
 import json
 import re
+import statistics
 import tempfile
 from pathlib import Path
 
@@ -380,7 +381,7 @@ def time_variants(names, parse, run, what: str, repeat: int = 1) -> tuple[dict, 
         for name, fields in timed.items():
             rounds.setdefault(name, []).append(
                 do_bench(lambda: run(**fields), warmup=10, rep=50, return_mode="median"))
-    times = {name: sorted(ms)[len(ms) // 2] for name, ms in rounds.items()}
+    times = {name: statistics.median(ms) for name, ms in rounds.items()}
     return times, errors, rounds if repeat > 1 else {}
 
 

@@ -799,6 +799,7 @@ def test_lpt_order_changes_no_value(shape, stacked):
     (2, 4, 2, 700, 128, True, 0),  # fewer items than SMs: one a CTA
     (4, 16, 8, 1000, 128, True, 0),  # 1,024 items: several a CTA, of different lengths
     (8, 16, 8, 2048, 128, True, 0),  # 4,096 items, about 31 a CTA: the turns and Q, R stages run on across items
+    (4, 16, 8, 4096, 64, True, 0),  # three warpgroups: the head_dim-64 default at this length
     (1, 8, 1, 16384, 128, True, 0),  # three groups of heads
     (2, 16, 8, 1000, 64, False, 0),
     (4, 16, 8, 1000, 128, True, 300),  # packed documents
