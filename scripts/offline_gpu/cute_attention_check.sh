@@ -12,7 +12,8 @@
 # CUTE_BACKWARD_VARIANTS (e.g. "b2 b2hh b3 b2dc b2kr") backward timings of CuTe backward variants
 # (--backward-stages/--backward-block-m/--backward-decoupled/--backward-k-registers; b2hh, head by head:
 # --backward-lpt 0),
-# DOCUMENTS=MEAN times packed documents of about MEAN tokens (bench_attention.py --documents) instead.
+# DOCUMENTS=MEAN times packed documents of about MEAN tokens (bench_attention.py --documents) instead, REPEAT=N
+# times the default and those variants in N alternating rounds (bench_attention.py --repeat).
 set -uo pipefail
 out=${OUT:-./outputs/cute_attention_check}
 mkdir -p "$out"
@@ -99,6 +100,6 @@ if [ "${BENCH:-1}" = 1 ]; then
   timeout ${BENCH_TIMEOUT:-420} python3 scripts/bench_attention.py --shapes $shapes --peers $peers \
     --torch-backend-max-tokens 0 ${CUTE_VARIANTS:+--cute-variants $CUTE_VARIANTS} \
     ${CUTE_BACKWARD_VARIANTS:+--cute-backward-variants $CUTE_BACKWARD_VARIANTS} ${DOCUMENTS:+--documents $DOCUMENTS} \
-    --json "$out/bench_attention.json" > "$out/bench_attention.log" 2>&1
+    ${REPEAT:+--repeat $REPEAT} --json "$out/bench_attention.json" > "$out/bench_attention.log" 2>&1
   echo "== bench_attention (rc=$?)"; grep -v Warning "$out/bench_attention.log" | tail -60
 fi
