@@ -115,16 +115,13 @@ def main(argv: list[str] | None = None) -> None:
             args.dtype, args.head_dim, args.group, args.block_n, args.cluster, persistent):
         if pers and cluster:  # a persistent grid merges with the ticket only
             continue
-        variant = DecodeVariant(dtype, head_dim, group, block_n, cluster, pers)
-        variant.check()
-        start = time.time()
-        cubin, ptx, name = compile_variant(variant)
-        path = write_artefact(args.out, variant, cubin, ptx, name, dsl)
-        print(f"{variant.name}: {len(cubin)} bytes in {time.time() - start:.1f} s -> {path}", flush=True)
+        build(DecodeVariant(dtype, head_dim, group, block_n, cluster, pers), compile_variant, write_artefact,
+              args.out, dsl)
 
 
 def build_attention(args, dsl: str) -> None:
     from parallax_kernels.parallax import cute_backward
+    from parallax_kernels.parallax.cute_kernel import compile_variant
     from parallax_kernels.parallax.cute_launch import write_artefact
     from parallax_kernels.parallax.cute_variant import AttentionVariant, BackwardVariant, launched_forward_orders
 
@@ -145,7 +142,10 @@ def build_attention(args, dsl: str) -> None:
         # no order named: the backends' orders for their layout (launched_forward_orders), head by head for others
         launched = variant == AttentionVariant(dtype, head_dim, bool(causal), documents=bool(docs))
         for order in orders if named else launched_forward_orders(bool(causal), bool(docs)) if launched else [{}]:
-            build_forward(replace(variant, **order), args.out, dsl, built)
+            forward = replace(variant, **order)
+            if forward not in built:  # (the default and its explicit spelling are one variant)
+                built.add(forward)
+                build(forward, compile_variant, write_artefact, args.out, dsl)
     if args.no_backward:
         return
     for dtype, head_dim, causal, docs, block_m, stages, ordered, lpt, decoupled, k_registers in itertools.product(
@@ -153,23 +153,14 @@ def build_attention(args, dsl: str) -> None:
             args.backward_deterministic, args.backward_lpt, args.backward_decoupled, args.backward_k_registers):
         if k_registers and head_dim != 64:  # K in registers: the head_dim-64 kernel only
             continue
-        variant = BackwardVariant(dtype, head_dim, bool(causal), block_m=block_m, stages=stages,
-                                  deterministic=bool(ordered), documents=bool(docs), lpt=bool(lpt),
-                                  decoupled=bool(decoupled), k_registers=bool(k_registers))
-        variant.check()
-        start = time.time()
-        cubin, ptx, name = cute_backward.compile_variant(variant)
-        path = write_artefact(args.out, variant, cubin, ptx, name, dsl)
-        print(f"{variant.name}: {len(cubin)} bytes in {time.time() - start:.1f} s -> {path}", flush=True)
+        build(BackwardVariant(dtype, head_dim, bool(causal), block_m=block_m, stages=stages,
+                              deterministic=bool(ordered), documents=bool(docs), lpt=bool(lpt),
+                              decoupled=bool(decoupled), k_registers=bool(k_registers)),
+              cute_backward.compile_variant, write_artefact, args.out, dsl)
 
 
-def build_forward(variant, out: Path, dsl: str, built: set) -> None:
-    from parallax_kernels.parallax.cute_kernel import compile_variant
-    from parallax_kernels.parallax.cute_launch import write_artefact
-
-    if variant in built:  # the default and its explicit spelling
-        return
-    built.add(variant)
+def build(variant, compile_variant, write_artefact, out: Path, dsl: str) -> None:
+    """Check, compile and write one variant's artefact (decode, attention forward or backward), and say so."""
     variant.check()
     start = time.time()
     cubin, ptx, name = compile_variant(variant)

@@ -40,7 +40,8 @@ def forward_order(n: int, causal: bool, documents: bool) -> dict:
 def launched_forward_orders(causal: bool, documents: bool) -> list[dict]:
     """Every work order forward_order gives for a mask and documents or not, at some length (what
     scripts/build_kernels.py builds by default)."""
-    return [{}, forward_order(0, causal, documents)] if forward_order(0, causal, documents) else [{}]
+    short = forward_order(0, causal, documents)
+    return [{}, short] if short else [{}]
 
 
 def default_warpgroups(head_dim: int, stacked: bool) -> int:
