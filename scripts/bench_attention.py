@@ -342,13 +342,14 @@ def time_cute_backward_variants(q, k, v, r, names, repeat: int = 1) -> tuple[dic
     grad = torch.randn_like(o)
 
     def parse(name):
-        parsed = re.fullmatch(r"b(\d)(?:(hh)|g(\d+))?(dc)?(kr)?(?:m(\d+))?", name)
+        parsed = re.fullmatch(r"b(\d)(?:(hh)|g(\d+))?(dc)?(kr)?(wa)?(?:m(\d+))?", name)
         if parsed is None:
-            raise SystemExit(f"--cute-backward-variants {name}: expected b<stages>[hh|g<heads>][dc][kr][m<block_m>], "
-                             "e.g. b2 b3 b2hh b2g4 b2dc b2kr b2m32 (hh: head by head; g<heads>: the lpt order in "
+            raise SystemExit(f"--cute-backward-variants {name}: expected b<stages>[hh|g<heads>][dc][kr][wa][m<block_m>], "
+                             "e.g. b2 b3 b2hh b2g4 b2dc b2kr b2wa b2m32 (hh: head by head; g<heads>: the lpt order in "
                              "groups of that many KV heads, a divisor of B Hkv; neither: the launcher's groups)")
         fields = dict(stages=int(parsed[1]), lpt=parsed[2] is None, decoupled=parsed[4] is not None,
-                      k_registers=parsed[5] is not None, block_m=int(parsed[6] or 0))
+                      k_registers=parsed[5] is not None, warp_adds=parsed[6] is not None,
+                      block_m=int(parsed[7] or 0))
         return fields | (dict(lpt_heads=int(parsed[3])) if parsed[3] else {})
 
     def backward(**fields):

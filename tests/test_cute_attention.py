@@ -886,9 +886,10 @@ DECOUPLED_CASES = [(1, 2, 2, 20, 128, True, None), (2, 4, 2, 700, 128, True, Non
 
 
 # the opt-in backward variants that compute what the default does in another schedule or from other storage:
-# decoupled at every case, K in registers at head_dim 64 (the only one it is built for)
+# decoupled and per-warp adds at every case, K in registers at head_dim 64 (the only one it is built for)
 OPT_IN_BACKWARDS = ([("decoupled", case) for case in DECOUPLED_CASES]
-                    + [("k_registers", case) for case in DECOUPLED_CASES if case[4] == 64])
+                    + [("k_registers", case) for case in DECOUPLED_CASES if case[4] == 64]
+                    + [("warp_adds", case) for case in DECOUPLED_CASES])
 
 
 @pytest.mark.gpu
@@ -899,7 +900,8 @@ OPT_IN_BACKWARDS = ([("decoupled", case) for case in DECOUPLED_CASES]
 def test_opt_in_backward_changes_no_value(option, case, deterministic):
     """The decoupled backward (BackwardVariant.decoupled) computes every chain the lockstep one does, only issued a
     step later; with K in registers (BackwardVariant.k_registers) the score chain reads the same K values from
-    registers rather than shared memory. Either way: dk, dv bitwise equal to the default backward's; dq, dr too
+    registers rather than shared memory; with per-warp adds (BackwardVariant.warp_adds) each warp adds its rows
+    of the same dQ^T / dR^T tiles. Each way: dk, dv bitwise equal to the default backward's; dq, dr too
     with the key-ordered adds, and to fp32 rounding of the adds' order without them."""
     from parallax_kernels.parallax.cute_launch import _launch, _launch_backward
 

@@ -9,8 +9,9 @@
 # TESTS=0 / BENCH=0 leave a part out, TEST_FILTER selects GPU tests (pytest -k); SHAPES and PEERS choose the
 # benchmark's shapes and peers, CUTE_VARIANTS (e.g. "s3 s3st s2stov") adds forward timings of other CuTe
 # variants (their artefacts built with --stages/--pingpong/--stacked/--overlap/--forward-warpgroups),
-# CUTE_BACKWARD_VARIANTS (e.g. "b2 b2hh b3 b2dc b2kr") backward timings of CuTe backward variants
-# (--backward-stages/--backward-block-m/--backward-decoupled/--backward-k-registers; b2hh, head by head:
+# CUTE_BACKWARD_VARIANTS (e.g. "b2 b2hh b3 b2dc b2kr b2wa") backward timings of CuTe backward variants
+# (--backward-stages/--backward-block-m/--backward-decoupled/--backward-k-registers/--backward-warp-adds; b2hh,
+# head by head:
 # --backward-lpt 0),
 # DOCUMENTS=MEAN times packed documents of about MEAN tokens (bench_attention.py --documents) instead, REPEAT=N
 # times the default and those variants in N alternating rounds (bench_attention.py --repeat).
@@ -34,7 +35,8 @@ if [ "${TESTS:-1}" = 1 ]; then
   # ones (--forward-warpgroups 2), the head-by-head backward's bf16 causal ones (--backward-lpt 0, both
   # --backward-deterministic, both head dims), the decoupled backward's bf16 ones (--dtype bfloat16
   # --backward-decoupled 1: both head dims, masks, documents and orders), the K-in-registers backward's bf16 ones
-  # (--dtype bfloat16 --head-dim 64 --backward-k-registers 1); TEST_FILTER (a pytest -k expression) replaces
+  # (--dtype bfloat16 --head-dim 64 --backward-k-registers 1), the per-warp adds' bf16 ones (--dtype bfloat16
+  # --backward-warp-adds 1 --backward-deterministic 0 1); TEST_FILTER (a pytest -k expression) replaces
   # these choices
   leave_out=()
   [ -n "${CUTE_VARIANTS:-}" ] || { leave_out+=("not benchmarked_variants"); echo "forward-variant test left out (no CUTE_VARIANTS)"; }
@@ -77,6 +79,12 @@ if [ "${TESTS:-1}" = 1 ]; then
     for order in "" _ordered; do
       [ -e "$PARALLAX_KERNEL_DIR/parallax_attn_bwd_bfloat16_${k}_s2${order}_lpt_kr.cubin" ] \
         || { leave_out+=("not (opt_in_backward and k_registers)"); echo "K-in-registers backward tests left out (no ${k}_s2${order}_lpt_kr)"; break 2; }
+    done
+  done
+  for k in d64_causal_m64 d64_full_doc_m64 d128_causal_m32 d128_full_m32 d128_causal_doc_m32; do
+    for order in "" _ordered; do
+      [ -e "$PARALLAX_KERNEL_DIR/parallax_attn_bwd_bfloat16_${k}_s2${order}_lpt_wa.cubin" ] \
+        || { leave_out+=("not (opt_in_backward and warp_adds)"); echo "per-warp-adds backward tests left out (no ${k}_s2${order}_lpt_wa)"; break 2; }
     done
   done
   only=()

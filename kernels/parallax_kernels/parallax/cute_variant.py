@@ -247,6 +247,9 @@ class BackwardVariant:
     # that its wgmmas read only [Q; R] from shared memory; 16 registers a thread, head_dim 64 only (at 128 the
     # 32 it takes are not free). Not faster than the default where timed (docs/kernels_hopper.md)
     k_registers: bool = False
+    # each consumer warp stages and bulk-adds its own 16 rows of the warpgroup's [dQ^T | dR^T] share (a contiguous
+    # block of grad_tile_layout), with no barrier of the warpgroup around the staging
+    warp_adds: bool = False
 
     def __post_init__(self):
         if self.block_m == 0 and self.head_dim in DEFAULT_BWD_BLOCK_M:
@@ -281,8 +284,9 @@ class BackwardVariant:
         lpt = "_lpt" if self.lpt else ""
         decoupled = "_dc" if self.decoupled else ""
         k_registers = "_kr" if self.k_registers else ""
+        warp_adds = "_wa" if self.warp_adds else ""
         return (f"parallax_attn_bwd_{self.dtype}_d{self.head_dim}_{mask}{docs}_m{self.bm}_s{self.stages}{order}{lpt}"
-                f"{decoupled}{k_registers}")
+                f"{decoupled}{k_registers}{warp_adds}")
 
     @property
     def num_threads(self) -> int:
