@@ -390,9 +390,7 @@ class ParallaxAttentionBackward:
             warpgroup.wait_group(0)
             held = self._flush(acc_g, t_sacc, bounds, p_acc, p_dq, p_dr, p_sem, last, held, n_pad, n0, cw, tid)
 
-        adder, part = tid % 128 == 0, cw * 4  # the threads that issue bulk adds, and their parts of a tile
-        if cutlass.const_expr(self.v.warp_adds):
-            adder, part = tid % 32 == 0, cw * 4 + (tid % 128) // 32
+        adder, part = self._adder(cw, tid)
         if adder:  # the last bulk add has read its staging buffer before the CTA ends
             if cutlass.const_expr(self.v.deterministic):
                 cute.arch.cp_async_bulk_wait_group(0, read=False)  # and completed: pass its turn on
@@ -549,6 +547,13 @@ class ParallaxAttentionBackward:
         warpgroup.commit_group()
         return mma_q
 
+    def _adder(self, cw: Int32, tid: Int32):
+        """Whether this thread issues bulk adds (the lead of its warpgroup, or with warp_adds of its warp), and
+        which part of a tile, of the CTA's 8, those adds are (the deterministic turns)."""
+        if cutlass.const_expr(self.v.warp_adds):
+            return tid % 32 == 0, cw * 4 + (tid % 128) // 32
+        return tid % 128 == 0, cw * 4
+
     @cute.jit
     def _flush(self, acc_g, t_sacc, bounds, p_acc: cute.Pointer, p_dq: cute.Pointer, p_dr: cute.Pointer,
                p_sem: cute.Pointer, tile: cutlass.Int64, held: cutlass.Int64, n_pad: Int32, n0: Int32, cw: Int32,
@@ -562,11 +567,7 @@ class ParallaxAttentionBackward:
         warpgroup now holds (deterministic variant)."""
         d, bm = self.d, self.bm
         warp_adds = self.v.warp_adds
-        lead = tid % 128 == 0
-        part = cw * 4  # this thread's part of a tile, of the CTA's 8 (the deterministic turns)
-        if cutlass.const_expr(warp_adds):
-            lead = tid % 32 == 0
-            part = cw * 4 + (tid % 128) // 32
+        lead, part = self._adder(cw, tid)
         if lead:
             if cutlass.const_expr(self.v.deterministic):
                 # the previous add has completed (a step after it was issued): pass its tile's turn on, its
