@@ -30,19 +30,22 @@ needs_dsl = pytest.mark.skipif(not rt.dsl_installed(), reason="nvidia-cutlass-ds
 # the backends of the CuTe kernels and whether their backward adds dQ, dR in key-tile order (bitwise reproducible);
 # plain "cute" is parallax_attention_cute's (and the ops') default
 CUTE_BACKENDS = {"cute": False, "cute_deterministic": True}
-# the compiled variants: (head_dim, causal, deterministic, packed documents, decoupled, K in registers)
-COMPILED = [(128, True, True, False, False, False, False), (64, False, False, False, False, False, False),
+# the compiled variants: (head_dim, causal, deterministic, packed documents, decoupled, K in registers, per-warp
+# dQ/dR adds): the head_dim-64 ones with per-warp adds, as each is built by default (DEFAULT_BWD_WARP_ADDS), but
+# one; the head_dim-128 ones without, but one
+COMPILED = [(128, True, True, False, False, False, False), (64, False, False, False, False, False, True),
             (128, True, True, True, False, False, False), (128, True, True, False, True, False, False),
-            (64, True, False, False, True, False, False), (64, True, False, False, False, True, False),
-            (128, True, True, False, False, False, True), (64, False, False, True, False, False, True)]
+            (64, True, False, False, True, False, True), (64, True, False, False, False, True, True),
+            (128, True, True, False, False, False, True), (64, False, True, True, False, False, True),
+            (64, False, False, False, False, False, False)]
 COMPILED_IDS = ["d128_causal_ordered", "d64_full", "d128_causal_doc_ordered", "d128_causal_ordered_decoupled",
                 "d64_causal_decoupled", "d64_causal_k_registers", "d128_causal_ordered_warp_adds",
-                "d64_full_doc_warp_adds"]
+                "d64_full_doc_ordered", "d64_full_warpgroup_adds"]
 FIELDS = "d, causal, ordered, docs, decoupled, k_registers, warp_adds"
 
 
 def compiled_variant(d: int, causal: bool, deterministic: bool, docs: bool = False, decoupled: bool = False,
-                     k_registers: bool = False, warp_adds: bool = False) -> BackwardVariant:
+                     k_registers: bool = False, warp_adds: bool | None = None) -> BackwardVariant:
     return BackwardVariant("bfloat16", d, causal, deterministic=deterministic, documents=docs, decoupled=decoupled,
                            k_registers=k_registers, warp_adds=warp_adds)
 
@@ -88,6 +91,23 @@ def test_the_default_block_m_and_its_explicit_spelling_are_one_variant():
         assert default.tma_boxes() == ([64, bm, 1], [64, BWD_BLOCK_N, 1])
     # the other block_m is another variant
     assert BackwardVariant("bfloat16", 128, True, block_m=64).name != BackwardVariant("bfloat16", 128, True).name
+
+
+def test_the_default_adds_are_per_warp_at_head_dim_64_only_and_the_name_says_which():
+    """dQ/dR added by each warp at D = 64, by each warpgroup at D = 128 (DEFAULT_BWD_WARP_ADDS), in both orders; an
+    artefact built with the explicit spelling serves the default; the other adds are another variant, whose name
+    differs by _wa before any opt-in's suffix."""
+    for d, per_warp in ((64, True), (128, False)):
+        for ordered in (False, True):
+            default = BackwardVariant("bfloat16", d, True, deterministic=ordered)
+            explicit = BackwardVariant("bfloat16", d, True, deterministic=ordered, warp_adds=per_warp)
+            other = BackwardVariant("bfloat16", d, True, deterministic=ordered, warp_adds=not per_warp)
+            assert default.warp_adds is per_warp and asdict(default)["warp_adds"] is per_warp
+            assert default == explicit and default.name == explicit.name and other != default
+            warp, warpgroup = (default, other) if per_warp else (other, default)
+            assert warp.name == warpgroup.name + "_wa" and warp.name.endswith("_lpt_wa")
+            decoupled = BackwardVariant("bfloat16", d, True, deterministic=ordered, decoupled=True)
+            assert decoupled.warp_adds is per_warp and decoupled.name == default.name + "_dc"
 
 
 def test_the_ordered_variant_has_its_own_name_and_unordered_is_the_default():
@@ -433,8 +453,9 @@ def test_copies_reductions_and_registers_are_the_designed_ones(compiled, d, caus
 @pytest.mark.parametrize(FIELDS, COMPILED, ids=COMPILED_IDS)
 def test_only_the_deterministic_variant_orders_its_adds(compiled, d, causal, ordered, docs, decoupled, k_registers,
                                                         warp_adds):
-    """Deterministic: per step the lead thread (of the warpgroup, or with per-warp adds of each warp) first waits for its previous add to complete (wait_group without
-    .read) and passes that tile's turn on (a proxy fence, then red.release), then after staging spins on this
+    """Deterministic: per step the lead thread (of the warpgroup, or with per-warp adds of each warp) first waits for
+    its previous add to complete (wait_group without .read) and passes that tile's turn on (a proxy fence, then
+    red.release), then after staging spins on this
     query tile's semaphore (ld.acquire; the first read and the loop's: two loads), fences, and adds; at the end
     it waits for the last add and passes its turn on. Unordered: the wait for the staging buffer to be read
     (wait_group.read), the add; at the end, the same wait. Either way the lead's warp reconverges after it."""
@@ -519,7 +540,7 @@ def test_sass_has_the_wgmmas_and_tma_and_spills_only_where_designed(compiled, d,
     """ptxas keeps the designed wgmmas (HGMMA 64 x N x 16 as many as in the PTX; it may add others of its own),
     the TMA loads, the bulk copy and the bulk reduce-add, with no stack or local memory but 8 bytes a thread on
     the stack in the documents key-ordered variant at head_dim 128 (in the default lpt order; head by head it
-    keeps none)."""
+    keeps none; at head_dim 64 full, where the per-warpgroup adds keep 8, the per-warp adds keep none)."""
     tool = triton_tool("cuobjdump")
     variant = compiled_variant(d, causal, ordered, docs, decoupled, k_registers, warp_adds)
     cubin = str(compiled / f"{variant.name}.cubin")
@@ -612,12 +633,42 @@ def test_backward_artefact_mismatches_are_clear_errors(tmp_path):
     assert read_artefact(tmp_path / "empty", variant) is None
 
 
-def test_missing_backward_kernel_without_the_dsl_names_the_build_command(tmp_path, monkeypatch):
+@pytest.mark.parametrize("d", [128, 64])
+def test_missing_backward_kernel_without_the_dsl_names_the_build_command(tmp_path, monkeypatch, d):
     monkeypatch.setattr(rt, "dsl_installed", lambda: False)
     monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
-    variant = BackwardVariant("bfloat16", 128, True, deterministic=False)
+    variant = BackwardVariant("bfloat16", d, True, deterministic=False)
     with pytest.raises(RuntimeError, match=f"{variant.name}.*scripts/build_kernels.py --attention --out"):
         load_attention_kernel(variant, tmp_path)
+
+
+@needs_dsl
+def test_build_kernels_builds_each_head_dims_default_adds_or_those_named():
+    """--backward-warp-adds: by default each head_dim's adds (per warp at 64, per warpgroup at 128, as the backends
+    launch them), 0 / 1 those at both head dims, 0 1 both (what main() would build: the build itself replaced by
+    printing the variant's name, in a fresh process as on a build machine)."""
+    code = ("import sys\n"
+            "sys.path.insert(0, 'scripts')\n"
+            "import build_kernels\n"
+            "build_kernels.build = lambda variant, *rest: print(variant.name)\n"
+            "build_kernels.main(sys.argv[1:])\n")
+    base = ["--attention", "--dtype", "bfloat16", "--causal", "1", "--documents", "0", "--backward-deterministic",
+            "0", "1"]
+
+    def backward(*extra):
+        proc = subprocess.run([sys.executable, "-c", code, *base, *extra], cwd=REPO, capture_output=True, text=True,
+                              env={**os.environ, "CUTE_DSL_ARCH": "sm_90a"}, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        return sorted(line for line in proc.stdout.split() if line.startswith("parallax_attn_bwd_"))
+
+    def names(*head_dims, **fields):
+        return sorted(BackwardVariant("bfloat16", d, True, deterministic=ordered, **fields).name
+                      for d in head_dims for ordered in (False, True))
+
+    assert backward() == names(64, 128) == sorted(names(64, warp_adds=True) + names(128, warp_adds=False))
+    assert backward("--backward-warp-adds", "1") == names(64, 128, warp_adds=True)
+    assert backward("--backward-warp-adds", "0", "1") == sorted(names(64, 128, warp_adds=False)
+                                                                + names(64, 128, warp_adds=True))
 
 
 def test_too_many_kv_heads_for_the_backward_grid_are_refused():
