@@ -11,10 +11,11 @@
                                      # 64, else two; n64: 64-key tiles; the default is s3stov, at head_dim 64
                                      # s3stovw3, and for causal sequences of at most 4096 tokens s3stovlpps
                                      # (s3stovlppsw3): cute_variant.forward_order)
-        [--cute-backward-variants b2 b3 b2hh b2g4 b2dc b2kr ...]   # also time these CuTe backward variants (Q/R/dO
-                                     # stages; hh: head by head; g4: the lpt order in groups of 4 KV heads;
-                                     # dc: the warpgroups decoupled; kr: K in registers, head_dim 64;
-                                     # m<block_m>: query rows a step)
+        [--cute-backward-variants b2 b3 b2hh b2g4 b2dc b2kr b2wa b2wg ...]   # also time these CuTe backward
+                                     # variants (Q/R/dO stages; hh: head by head; g4: the lpt order in groups of 4
+                                     # KV heads; dc: the warpgroups decoupled; kr: K in registers, head_dim 64;
+                                     # wa / wg: dQ/dR added by each warp / each warpgroup, neither: the
+                                     # head_dim's default (wa at 64, wg at 128); m<block_m>: query rows a step)
         [--documents MEAN]             # pack each row with documents of random lengths, MEAN tokens on average
         [--repeat N]                   # time the default and the named CuTe variants N times each, in turn
 
@@ -232,11 +233,14 @@ def main() -> None:
                          "its output's relative "
                          "error against the default variant's")
     ap.add_argument("--cute-backward-variants", nargs="+", default=[],
-                    help="backward-only timings of CuTe backward variants: b<stages>[hh|g<heads>][dc][kr][m<block_m>] "
+                    help="backward-only timings of CuTe backward variants: "
+                         "b<stages>[hh|g<heads>][dc][kr][wa|wg][m<block_m>] "
                          "(stages: Q/R/dO stages; hh: head by head, not the default lpt order (key tile 0 of every KV "
                          "head of a group first); g: groups of that many KV heads, not the launcher's; dc: each "
                          "warpgroup's dQ/dR chain a step later, after the other's ds, dt; kr: K in registers as "
-                         "the score chain's A operand, head_dim 64 only; m: query rows a step), "
+                         "the score chain's A operand, head_dim 64 only; wa: each warp adds its rows of dQ/dR, wg: "
+                         "each warpgroup its share, neither: the head_dim's default (wa at 64, wg at 128); m: query "
+                         "rows a step), "
                          "on the default forward's outputs, each with the largest relative error of its dq, dk, dv, "
                          "dr against the default backward's")
     ap.add_argument("--reference-kernel", default=None, help="another kernels/parallax_kernels/parallax/triton_fused.py to time beside this one")
@@ -342,13 +346,16 @@ def time_cute_backward_variants(q, k, v, r, names, repeat: int = 1) -> tuple[dic
     grad = torch.randn_like(o)
 
     def parse(name):
-        parsed = re.fullmatch(r"b(\d)(?:(hh)|g(\d+))?(dc)?(kr)?(?:m(\d+))?", name)
+        parsed = re.fullmatch(r"b(\d)(?:(hh)|g(\d+))?(dc)?(kr)?(wa|wg)?(?:m(\d+))?", name)
         if parsed is None:
-            raise SystemExit(f"--cute-backward-variants {name}: expected b<stages>[hh|g<heads>][dc][kr][m<block_m>], "
-                             "e.g. b2 b3 b2hh b2g4 b2dc b2kr b2m32 (hh: head by head; g<heads>: the lpt order in "
-                             "groups of that many KV heads, a divisor of B Hkv; neither: the launcher's groups)")
+            raise SystemExit(f"--cute-backward-variants {name}: expected "
+                             "b<stages>[hh|g<heads>][dc][kr][wa|wg][m<block_m>], e.g. b2 b3 b2hh b2g4 b2dc b2kr b2wa "
+                             "b2wg b2m32 (hh: head by head; g<heads>: the lpt order in groups of that many KV heads, a "
+                             "divisor of B Hkv; neither: the launcher's groups; wa / wg: per-warp / per-warpgroup "
+                             "dQ/dR adds; neither: the head_dim's default)")
         fields = dict(stages=int(parsed[1]), lpt=parsed[2] is None, decoupled=parsed[4] is not None,
-                      k_registers=parsed[5] is not None, block_m=int(parsed[6] or 0))
+                      k_registers=parsed[5] is not None, warp_adds={"wa": True, "wg": False}.get(parsed[6]),
+                      block_m=int(parsed[7] or 0))
         return fields | (dict(lpt_heads=int(parsed[3])) if parsed[3] else {})
 
     def backward(**fields):

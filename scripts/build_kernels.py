@@ -95,6 +95,10 @@ def main(argv: list[str] | None = None) -> None:
                    help="1: each consumer warpgroup holds its keys of K in registers as the score chain's A operand "
                         "(BackwardVariant.k_registers; built for head_dim 64 only), 0: K read from shared memory "
                         "(the default)")
+    p.add_argument("--backward-warp-adds", type=int, nargs="+", default=None, choices=[0, 1],
+                   help="1: each consumer warp stages and adds its own rows of dQ^T / dR^T (BackwardVariant.warp_adds), "
+                        "0: each consumer warpgroup its share; default: the head_dim's (cute_variant."
+                        "DEFAULT_BWD_WARP_ADDS: 1 at head_dim 64, 0 at 128); 0 1 builds both")
     p.add_argument("--no-backward", action="store_true", help="with --attention: the forward variants only")
     p.add_argument("--persistent", action="store_true",
                    help="also build the persistent-grid variant of each ticket-merge kernel (opt-in: "
@@ -148,14 +152,16 @@ def build_attention(args, dsl: str) -> None:
                 build(forward, compile_variant, write_artefact, args.out, dsl)
     if args.no_backward:
         return
-    for dtype, head_dim, causal, docs, block_m, stages, ordered, lpt, decoupled, k_registers in itertools.product(
-            args.dtype, args.head_dim, args.causal, args.documents, args.backward_block_m, args.backward_stages,
-            args.backward_deterministic, args.backward_lpt, args.backward_decoupled, args.backward_k_registers):
+    for dtype, head_dim, causal, docs, block_m, stages, ordered, lpt, decoupled, k_registers, warp_adds in \
+            itertools.product(args.dtype, args.head_dim, args.causal, args.documents, args.backward_block_m,
+                              args.backward_stages, args.backward_deterministic, args.backward_lpt,
+                              args.backward_decoupled, args.backward_k_registers, args.backward_warp_adds or [None]):
         if k_registers and head_dim != 64:  # K in registers: the head_dim-64 kernel only
             continue
         build(BackwardVariant(dtype, head_dim, bool(causal), block_m=block_m, stages=stages,
                               deterministic=bool(ordered), documents=bool(docs), lpt=bool(lpt),
-                              decoupled=bool(decoupled), k_registers=bool(k_registers)),
+                              decoupled=bool(decoupled), k_registers=bool(k_registers),
+                              warp_adds=None if warp_adds is None else bool(warp_adds)),
               cute_backward.compile_variant, write_artefact, args.out, dsl)
 
 

@@ -409,6 +409,7 @@ def test_unavailable_reasons_name_the_cause(tmp_path, monkeypatch):
                    AttentionVariant("bfloat16", 64, True),  # another head_dim
                    BackwardVariant("bfloat16", 128, True, lpt=False),
                    BackwardVariant("bfloat16", 128, True, decoupled=True),
+                   BackwardVariant("bfloat16", 128, True, warp_adds=True),
                    BackwardVariant("bfloat16", 128, True, deterministic=True, lpt=False),
                    BackwardVariant("bfloat16", 128, True, deterministic=True, decoupled=True)):
         (tmp_path / f"{opt_in.name}.cubin").write_bytes(b"\x7fELF")
@@ -420,6 +421,14 @@ def test_unavailable_reasons_name_the_cause(tmp_path, monkeypatch):
     assert "no prebuilt attention key-ordered backward kernels" in unavailable_reason(fake, deterministic=True)
     (tmp_path / f"{BackwardVariant('bfloat16', 128, True, deterministic=True).name}.cubin").write_bytes(b"\x7fELF")
     assert unavailable_reason(fake, deterministic=True) is None
+    # at head_dim 64 the backends launch the per-warp adds (artefacts *_wa): the per-warpgroup ones do not serve
+    at_64 = SimpleNamespace(**{**vars(fake), "shape": (1, 2, 4, 64)})
+    for deterministic in (False, True):
+        default = BackwardVariant("bfloat16", 64, True, deterministic=deterministic)
+        (tmp_path / f"{replace(default, warp_adds=False).name}.cubin").write_bytes(b"\x7fELF")
+        assert "backward kernels" in unavailable_reason(at_64, deterministic=deterministic)
+        (tmp_path / f"{default.name}.cubin").write_bytes(b"\x7fELF")
+        assert default.name.endswith("_lpt_wa") and unavailable_reason(at_64, deterministic=deterministic) is None
     assert "head_dim 96 is not supported" in unavailable_reason(SimpleNamespace(**{**vars(fake), "shape": (1, 2, 4, 96)}))
     assert "dtype torch.float32" in unavailable_reason(SimpleNamespace(**{**vars(fake), "dtype": torch.float32}))
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (10, 0))
@@ -885,10 +894,12 @@ DECOUPLED_CASES = [(1, 2, 2, 20, 128, True, None), (2, 4, 2, 700, 128, True, Non
                    (4, 16, 8, 4096, 128, True, None), DOC_CASES[0], DOC_CASES[3]]
 
 
-# the opt-in backward variants that compute what the default does in another schedule or from other storage:
-# decoupled at every case, K in registers at head_dim 64 (the only one it is built for)
+# the opt-in backward variants that compute what the default does in another schedule or from other storage, each
+# the default with one field turned over: decoupled and the other dQ/dR adds (per warpgroup at head_dim 64, per
+# warp at 128) at every case, K in registers at head_dim 64 (the only one it is built for)
 OPT_IN_BACKWARDS = ([("decoupled", case) for case in DECOUPLED_CASES]
-                    + [("k_registers", case) for case in DECOUPLED_CASES if case[4] == 64])
+                    + [("k_registers", case) for case in DECOUPLED_CASES if case[4] == 64]
+                    + [("warp_adds", case) for case in DECOUPLED_CASES])
 
 
 @pytest.mark.gpu
@@ -899,8 +910,10 @@ OPT_IN_BACKWARDS = ([("decoupled", case) for case in DECOUPLED_CASES]
 def test_opt_in_backward_changes_no_value(option, case, deterministic):
     """The decoupled backward (BackwardVariant.decoupled) computes every chain the lockstep one does, only issued a
     step later; with K in registers (BackwardVariant.k_registers) the score chain reads the same K values from
-    registers rather than shared memory. Either way: dk, dv bitwise equal to the default backward's; dq, dr too
-    with the key-ordered adds, and to fp32 rounding of the adds' order without them."""
+    registers rather than shared memory; with the other adds (BackwardVariant.warp_adds: the default's turned
+    over) each warpgroup, or each warp, adds the same dQ^T / dR^T tiles. Each way: dk, dv bitwise equal to the
+    default backward's; dq, dr too with the key-ordered adds, and to fp32 rounding of the adds' order without
+    them."""
     from parallax_kernels.parallax.cute_launch import _launch, _launch_backward
 
     b, h, hkv, n, d, causal, lengths = case
@@ -911,7 +924,9 @@ def test_opt_in_backward_changes_no_value(option, case, deterministic):
     o, a, lse, tbar = _launch(q, k, v, r, causal, scale, document_ids=docs)
     args = (grad, q, k, v, r, o, a, lse, tbar, causal, scale)
     lockstep = _launch_backward(*args, document_ids=docs, deterministic=deterministic)
-    opt_in = _launch_backward(*args, document_ids=docs, deterministic=deterministic, **{option: True})
+    default = BackwardVariant("bfloat16", d, causal)  # (its option fields depend on the head_dim alone)
+    opt_in = _launch_backward(*args, document_ids=docs, deterministic=deterministic,
+                              **{option: not getattr(default, option)})
     for name, x, y in zip(("dq", "dk", "dv", "dr"), opt_in, lockstep):
         assert torch.isfinite(x).all(), name
         if deterministic or name in ("dk", "dv"):

@@ -30,19 +30,24 @@ needs_dsl = pytest.mark.skipif(not rt.dsl_installed(), reason="nvidia-cutlass-ds
 # the backends of the CuTe kernels and whether their backward adds dQ, dR in key-tile order (bitwise reproducible);
 # plain "cute" is parallax_attention_cute's (and the ops') default
 CUTE_BACKENDS = {"cute": False, "cute_deterministic": True}
-# the compiled variants: (head_dim, causal, deterministic, packed documents, decoupled, K in registers)
-COMPILED = [(128, True, True, False, False, False), (64, False, False, False, False, False),
-            (128, True, True, True, False, False), (128, True, True, False, True, False),
-            (64, True, False, False, True, False), (64, True, False, False, False, True)]
+# the compiled variants: (head_dim, causal, deterministic, packed documents, decoupled, K in registers, per-warp
+# dQ/dR adds): the head_dim-64 ones with per-warp adds, as each is built by default (DEFAULT_BWD_WARP_ADDS), but
+# one; the head_dim-128 ones without, but one
+COMPILED = [(128, True, True, False, False, False, False), (64, False, False, False, False, False, True),
+            (128, True, True, True, False, False, False), (128, True, True, False, True, False, False),
+            (64, True, False, False, True, False, True), (64, True, False, False, False, True, True),
+            (128, True, True, False, False, False, True), (64, False, True, True, False, False, True),
+            (64, False, False, False, False, False, False)]
 COMPILED_IDS = ["d128_causal_ordered", "d64_full", "d128_causal_doc_ordered", "d128_causal_ordered_decoupled",
-                "d64_causal_decoupled", "d64_causal_k_registers"]
-FIELDS = "d, causal, ordered, docs, decoupled, k_registers"
+                "d64_causal_decoupled", "d64_causal_k_registers", "d128_causal_ordered_warp_adds",
+                "d64_full_doc_ordered", "d64_full_warpgroup_adds"]
+FIELDS = "d, causal, ordered, docs, decoupled, k_registers, warp_adds"
 
 
 def compiled_variant(d: int, causal: bool, deterministic: bool, docs: bool = False, decoupled: bool = False,
-                     k_registers: bool = False) -> BackwardVariant:
+                     k_registers: bool = False, warp_adds: bool | None = None) -> BackwardVariant:
     return BackwardVariant("bfloat16", d, causal, deterministic=deterministic, documents=docs, decoupled=decoupled,
-                           k_registers=k_registers)
+                           k_registers=k_registers, warp_adds=warp_adds)
 
 
 def steps(variant: BackwardVariant) -> int:
@@ -86,6 +91,23 @@ def test_the_default_block_m_and_its_explicit_spelling_are_one_variant():
         assert default.tma_boxes() == ([64, bm, 1], [64, BWD_BLOCK_N, 1])
     # the other block_m is another variant
     assert BackwardVariant("bfloat16", 128, True, block_m=64).name != BackwardVariant("bfloat16", 128, True).name
+
+
+def test_the_default_adds_are_per_warp_at_head_dim_64_only_and_the_name_says_which():
+    """dQ/dR added by each warp at D = 64, by each warpgroup at D = 128 (DEFAULT_BWD_WARP_ADDS), in both orders; an
+    artefact built with the explicit spelling serves the default; the other adds are another variant, whose name
+    differs by _wa before any opt-in's suffix."""
+    for d, per_warp in ((64, True), (128, False)):
+        for ordered in (False, True):
+            default = BackwardVariant("bfloat16", d, True, deterministic=ordered)
+            explicit = BackwardVariant("bfloat16", d, True, deterministic=ordered, warp_adds=per_warp)
+            other = BackwardVariant("bfloat16", d, True, deterministic=ordered, warp_adds=not per_warp)
+            assert default.warp_adds is per_warp and asdict(default)["warp_adds"] is per_warp
+            assert default == explicit and default.name == explicit.name and other != default
+            warp, warpgroup = (default, other) if per_warp else (other, default)
+            assert warp.name == warpgroup.name + "_wa" and warp.name.endswith("_lpt_wa")
+            decoupled = BackwardVariant("bfloat16", d, True, deterministic=ordered, decoupled=True)
+            assert decoupled.warp_adds is per_warp and decoupled.name == default.name + "_dc"
 
 
 def test_the_ordered_variant_has_its_own_name_and_unordered_is_the_default():
@@ -236,9 +258,9 @@ def compiled(tmp_path_factory):
     code = ("import sys\n"
             "from parallax_kernels.parallax.cute_backward import compile_variant\n"
             "from parallax_kernels.parallax.cute_variant import BackwardVariant\n"
-            "d, causal, ordered, docs, dc, kr = int(sys.argv[2]), *(x == '1' for x in sys.argv[3:8])\n"
+            "d, causal, ordered, docs, dc, kr, wa = int(sys.argv[2]), *(x == '1' for x in sys.argv[3:9])\n"
             "variant = BackwardVariant('bfloat16', d, causal, deterministic=ordered, documents=docs, decoupled=dc,\n"
-            "                          k_registers=kr)\n"
+            "                          k_registers=kr, warp_adds=wa)\n"
             "cubin, ptx, name = compile_variant(variant)\n"
             "open(f'{sys.argv[1]}/{variant.name}.ptx', 'w').write(ptx)\n"
             "open(f'{sys.argv[1]}/{variant.name}.cubin', 'wb').write(cubin)\n")
@@ -365,10 +387,11 @@ def expected_wgmmas(variant: BackwardVariant) -> dict[int, int]:
 
 @needs_dsl
 @pytest.mark.parametrize(FIELDS, COMPILED, ids=COMPILED_IDS)
-def test_wgmma_chains_are_the_designed_ones(compiled, d, causal, ordered, docs, decoupled, k_registers):
+def test_wgmma_chains_are_the_designed_ones(compiled, d, causal, ordered, docs, decoupled, k_registers,
+                                            warp_adds):
     """At D = 128, BM = 32: 3 x (8 + 2 x 8) = 72 m64n64k16, 3 x 8 = 24 m64n32k16 and 3 x (2 + 4) = 18
     m64n128k16; at D = 64, BM = 64: 3 x 4 = 12 m64n128k16 and 3 x (4 + 4 + 8 + 2 x 8) = 96 m64n64k16."""
-    variant = compiled_variant(d, causal, ordered, docs, decoupled, k_registers)
+    variant = compiled_variant(d, causal, ordered, docs, decoupled, k_registers, warp_adds)
     ptx = (compiled / f"{variant.name}.ptx").read_text()
     assert ".target sm_90a" in ptx
     found: dict[int, int] = {}
@@ -382,11 +405,11 @@ def test_wgmma_chains_are_the_designed_ones(compiled, d, causal, ordered, docs, 
 @pytest.mark.parametrize(FIELDS, [c for c in COMPILED if c[0] == 64],
                          ids=[i for c, i in zip(COMPILED, COMPILED_IDS) if c[0] == 64])
 def test_the_score_chain_reads_k_from_registers_only_in_the_k_registers_variant(compiled, d, causal, ordered, docs,
-                                                                              decoupled, k_registers):
+                                                                              decoupled, k_registers, warp_adds):
     """At D = 64 the m64n128k16 wgmmas are the [S^T | T^T] chain's (N = 2 BM = 128; every other chain has N = 64).
     With K in registers their A operand is four 32-bit registers, K having been read into them once (32 16-bit
     shared loads a thread: 64 keys x 64 / 128 threads); otherwise a shared-memory descriptor, and no 16-bit loads."""
-    variant = compiled_variant(d, causal, ordered, docs, decoupled, k_registers)
+    variant = compiled_variant(d, causal, ordered, docs, decoupled, k_registers, warp_adds)
     ptx = (compiled / f"{variant.name}.ptx").read_text()
     score = re.findall(r"wgmma\.mma_async\.sync\.aligned\.m64n128k16\.f32\.bf16\.bf16 \{[^}]*\}, (\{[^}]*\}|%rd\d+),", ptx)
     assert score
@@ -400,13 +423,14 @@ def test_the_score_chain_reads_k_from_registers_only_in_the_k_registers_variant(
 
 @needs_dsl
 @pytest.mark.parametrize(FIELDS, COMPILED, ids=COMPILED_IDS)
-def test_copies_reductions_and_registers_are_the_designed_ones(compiled, d, causal, ordered, docs, decoupled, k_registers):
+def test_copies_reductions_and_registers_are_the_designed_ones(compiled, d, causal, ordered, docs, decoupled,
+                                                               k_registers, warp_adds):
     """TMA loads: K, V once and Q, R, dO per step (in the producer's one loop), D/64 copies per tile (the
     128-byte swizzle is 64 elements wide); the four statistics per query row in one plain bulk copy; dQ^T / dR^T
     added with the bulk reduce-add (where a step adds the previous tile's, in the masked and the unmasked loop,
     and after the loops; two each: the two 64-row shares at D = 128, dQ^T or dR^T at D = 64); setmaxnreg down in the
     producer and up in the consumers; no local memory; the parameter list is the launcher's."""
-    variant = compiled_variant(d, causal, ordered, docs, decoupled, k_registers)
+    variant = compiled_variant(d, causal, ordered, docs, decoupled, k_registers, warp_adds)
     ptx = (compiled / f"{variant.name}.ptx").read_text()
     assert ptx.count("cp.async.bulk.tensor.3d.shared::cta.global") == (2 + 3) * d // 64
     assert ptx.count("cp.async.bulk.tensor") == (2 + 3) * d // 64
@@ -427,13 +451,15 @@ def test_copies_reductions_and_registers_are_the_designed_ones(compiled, d, caus
 
 @needs_dsl
 @pytest.mark.parametrize(FIELDS, COMPILED, ids=COMPILED_IDS)
-def test_only_the_deterministic_variant_orders_its_adds(compiled, d, causal, ordered, docs, decoupled, k_registers):
-    """Deterministic: per step the lead thread first waits for its previous add to complete (wait_group without
-    .read) and passes that tile's turn on (a proxy fence, then red.release), then after staging spins on this
+def test_only_the_deterministic_variant_orders_its_adds(compiled, d, causal, ordered, docs, decoupled, k_registers,
+                                                        warp_adds):
+    """Deterministic: per step the lead thread (of the warpgroup, or with per-warp adds of each warp) first waits for
+    its previous add to complete (wait_group without .read) and passes that tile's turn on (a proxy fence, then
+    red.release), then after staging spins on this
     query tile's semaphore (ld.acquire; the first read and the loop's: two loads), fences, and adds; at the end
     it waits for the last add and passes its turn on. Unordered: the wait for the staging buffer to be read
     (wait_group.read), the add; at the end, the same wait. Either way the lead's warp reconverges after it."""
-    variant = compiled_variant(d, causal, ordered, docs, decoupled, k_registers)
+    variant = compiled_variant(d, causal, ordered, docs, decoupled, k_registers, warp_adds)
     ptx = (compiled / f"{variant.name}.ptx").read_text()
     events = {"ld.global.acquire.gpu": "acquire", "cp.reduce.async.bulk": "reduce",
               "cp.async.bulk.commit_group": "commit", "cp.async.bulk.wait_group.read": "wait_read",
@@ -455,14 +481,15 @@ def test_only_the_deterministic_variant_orders_its_adds(compiled, d, causal, ord
 @needs_dsl
 @pytest.mark.parametrize(FIELDS, COMPILED, ids=COMPILED_IDS)
 def test_warpgroups_meet_on_the_same_tile_or_decoupled_on_the_previous_one(compiled, d, causal, ordered, docs,
-                                                                          decoupled, k_registers):
-    """The [dQ^T | dR^T] chain needs both warpgroups' ds^T, dt^T. Lockstep: per step one barrier of both (bar.sync
+                                                                          decoupled, k_registers, warp_adds):
+    """The [dQ^T | dR^T] chain needs both warpgroups' ds^T, dt^T (the staging of its result needs one warpgroup's
+    threads, or with per-warp adds one warp's). Lockstep: per step one barrier of both (bar.sync
     1, 256) after the ds^T / dt^T stores and before the chain. Decoupled: per step a warpgroup syncs on the
     other's arrival for the previous tile (that warpgroup's named barrier of the step's parity, 4 + 2 cw + parity:
     an id in a register) before its own stores (the buffer they reuse is free only then), arrives after them, then
     issues the previous tile's chain; the first step only arrives, and after the loops a last sync comes before
     the last tile's chain."""
-    variant = compiled_variant(d, causal, ordered, docs, decoupled, k_registers)
+    variant = compiled_variant(d, causal, ordered, docs, decoupled, k_registers, warp_adds)
     ptx = (compiled / f"{variant.name}.ptx").read_text()
     lockstep = len(re.findall(r"bar\.sync\s+1, 256;", ptx))
     kinds = {"bar.arrive": "arrive", "bar.sync": "sync", "st.shared.b32": "store"}
@@ -472,6 +499,10 @@ def test_warpgroups_meet_on_the_same_tile_or_decoupled_on_the_previous_one(compi
         if not sequence or sequence[-1] != kind:
             sequence.append(kind)
     barriers = [k for k in sequence if k != "store"]
+    # the staging of a [dQ^T | dR^T] share: between two barriers of the warpgroup (bar.sync 2 + cw, 128), or with
+    # per-warp adds between the warp's own syncs (bar.warp.sync)
+    staging = len(re.findall(r"bar\.sync\s+%r\d+, 128;", ptx))
+    assert staging == (0 if warp_adds else 2 * flushes(variant)), staging
     if not decoupled:
         assert lockstep == steps(variant) and barriers == []
         return
@@ -483,10 +514,11 @@ def test_warpgroups_meet_on_the_same_tile_or_decoupled_on_the_previous_one(compi
 
 @needs_dsl
 @pytest.mark.parametrize(FIELDS, COMPILED, ids=COMPILED_IDS)
-def test_tma_boxes_the_launcher_encodes_are_the_kernels(compiled, d, causal, ordered, docs, decoupled, k_registers):
+def test_tma_boxes_the_launcher_encodes_are_the_kernels(compiled, d, causal, ordered, docs, decoupled, k_registers,
+                                                        warp_adds):
     """The launcher builds the CUtensorMaps itself (no DSL on the GPU host): the boxes it encodes must be
     those the DSL compiled the copies for, as its IR records them (dims innermost first: D, rows, heads)."""
-    variant = compiled_variant(d, causal, ordered, docs, decoupled, k_registers)
+    variant = compiled_variant(d, causal, ordered, docs, decoupled, k_registers, warp_adds)
     ir = "".join(p.read_text() for p in (compiled / f"ir_{variant.name}").glob("*.mlir"))
     boxes = {tuple(map(int, m.split(","))) for m in re.findall(r'tma_gbasis = <"\((\d+,\d+,\d+)\):', ir)}
     assert boxes == {tuple(box) for box in variant.tma_boxes()}
@@ -503,13 +535,14 @@ def triton_tool(name: str) -> Path:
 
 @needs_dsl
 @pytest.mark.parametrize(FIELDS, COMPILED, ids=COMPILED_IDS)
-def test_sass_has_the_wgmmas_and_tma_and_spills_only_where_designed(compiled, d, causal, ordered, docs, decoupled, k_registers):
+def test_sass_has_the_wgmmas_and_tma_and_spills_only_where_designed(compiled, d, causal, ordered, docs, decoupled,
+                                                                    k_registers, warp_adds):
     """ptxas keeps the designed wgmmas (HGMMA 64 x N x 16 as many as in the PTX; it may add others of its own),
     the TMA loads, the bulk copy and the bulk reduce-add, with no stack or local memory but 8 bytes a thread on
     the stack in the documents key-ordered variant at head_dim 128 (in the default lpt order; head by head it
-    keeps none)."""
+    keeps none; at head_dim 64 full, where the per-warpgroup adds keep 8, the per-warp adds keep none)."""
     tool = triton_tool("cuobjdump")
-    variant = compiled_variant(d, causal, ordered, docs, decoupled, k_registers)
+    variant = compiled_variant(d, causal, ordered, docs, decoupled, k_registers, warp_adds)
     cubin = str(compiled / f"{variant.name}.cubin")
     usage = subprocess.run([tool, "--dump-resource-usage", cubin], capture_output=True, text=True, check=True).stdout
     fields = dict(item.split(":", 1) for item in next(x for x in usage.splitlines() if "REG:" in x).split() if ":" in item)
@@ -526,10 +559,11 @@ def test_sass_has_the_wgmmas_and_tma_and_spills_only_where_designed(compiled, d,
 
 @needs_dsl
 @pytest.mark.parametrize(FIELDS, COMPILED, ids=COMPILED_IDS)
-def test_ptxas_keeps_the_wgmmas_asynchronous(compiled, d, causal, ordered, docs, decoupled, k_registers, tmp_path):
+def test_ptxas_keeps_the_wgmmas_asynchronous(compiled, d, causal, ordered, docs, decoupled, k_registers, warp_adds,
+                                             tmp_path):
     """ptxas serialises every wgmma of a kernel (waits after each, C7514) when it cannot match a read of an
     accumulator to the wait for its chain; the staging of the in-flight [dQ^T | dR^T] chain is such a read."""
-    variant = compiled_variant(d, causal, ordered, docs, decoupled, k_registers)
+    variant = compiled_variant(d, causal, ordered, docs, decoupled, k_registers, warp_adds)
     ptx = compiled / f"{variant.name}.ptx"
     report = subprocess.run([triton_tool("ptxas"), "-arch=sm_90a", "-v", "-o", str(tmp_path / "k.cubin"), str(ptx)],
                             capture_output=True, text=True, check=True)
@@ -599,12 +633,42 @@ def test_backward_artefact_mismatches_are_clear_errors(tmp_path):
     assert read_artefact(tmp_path / "empty", variant) is None
 
 
-def test_missing_backward_kernel_without_the_dsl_names_the_build_command(tmp_path, monkeypatch):
+@pytest.mark.parametrize("d", [128, 64])
+def test_missing_backward_kernel_without_the_dsl_names_the_build_command(tmp_path, monkeypatch, d):
     monkeypatch.setattr(rt, "dsl_installed", lambda: False)
     monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
-    variant = BackwardVariant("bfloat16", 128, True, deterministic=False)
+    variant = BackwardVariant("bfloat16", d, True, deterministic=False)
     with pytest.raises(RuntimeError, match=f"{variant.name}.*scripts/build_kernels.py --attention --out"):
         load_attention_kernel(variant, tmp_path)
+
+
+@needs_dsl
+def test_build_kernels_builds_each_head_dims_default_adds_or_those_named():
+    """--backward-warp-adds: by default each head_dim's adds (per warp at 64, per warpgroup at 128, as the backends
+    launch them), 0 / 1 those at both head dims, 0 1 both (what main() would build: the build itself replaced by
+    printing the variant's name, in a fresh process as on a build machine)."""
+    code = ("import sys\n"
+            "sys.path.insert(0, 'scripts')\n"
+            "import build_kernels\n"
+            "build_kernels.build = lambda variant, *rest: print(variant.name)\n"
+            "build_kernels.main(sys.argv[1:])\n")
+    base = ["--attention", "--dtype", "bfloat16", "--causal", "1", "--documents", "0", "--backward-deterministic",
+            "0", "1"]
+
+    def backward(*extra):
+        proc = subprocess.run([sys.executable, "-c", code, *base, *extra], cwd=REPO, capture_output=True, text=True,
+                              env={**os.environ, "CUTE_DSL_ARCH": "sm_90a"}, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        return sorted(line for line in proc.stdout.split() if line.startswith("parallax_attn_bwd_"))
+
+    def names(*head_dims, **fields):
+        return sorted(BackwardVariant("bfloat16", d, True, deterministic=ordered, **fields).name
+                      for d in head_dims for ordered in (False, True))
+
+    assert backward() == names(64, 128) == sorted(names(64, warp_adds=True) + names(128, warp_adds=False))
+    assert backward("--backward-warp-adds", "1") == names(64, 128, warp_adds=True)
+    assert backward("--backward-warp-adds", "0", "1") == sorted(names(64, 128, warp_adds=False)
+                                                                + names(64, 128, warp_adds=True))
 
 
 def test_too_many_kv_heads_for_the_backward_grid_are_refused():

@@ -359,3 +359,29 @@ def test_bench_times_variants_in_rounds(monkeypatch):
     clock = iter([7.0])
     times, _, rounds = bench.time_variants(["fast"], lambda name: {"kind": name}, run, "forward")
     assert times == {"fast": 7.0} and rounds == {}
+
+
+def test_bench_backward_variant_codes_name_the_launchers_fields(monkeypatch):
+    """scripts/bench_attention.py --cute-backward-variants: each code's fields as the backward launcher takes them;
+    wa / wg ask for the per-warp / per-warpgroup dQ/dR adds, neither leaves the head_dim's default (None); the
+    default backward (no fields) is the reference."""
+    import scripts.bench_attention as bench
+    from parallax_kernels.parallax import cute_launch
+
+    launched = []
+
+    def backward(*args, **fields):
+        launched.append(fields)
+        return [torch.ones(2)]
+
+    monkeypatch.setattr(cute_launch, "_launch", lambda q, *args, **fields: (q, q, q[..., 0], q[..., 0]))
+    monkeypatch.setattr(cute_launch, "_launch_backward", backward)
+    monkeypatch.setattr(bench, "do_bench", lambda fn, **_: float(len(fn())))
+    q = torch.zeros(1, 2, 4, 64)
+    bench.time_cute_backward_variants(q, q, q, q, ["b2", "b2wa", "b2wg", "b3hhdcwgm32", "b2g4krwa"])
+    plain = dict(stages=2, lpt=True, decoupled=False, k_registers=False, warp_adds=None, block_m=0)
+    assert launched[:6] == [{}, plain, {**plain, "warp_adds": True}, {**plain, "warp_adds": False},
+                            dict(stages=3, lpt=False, decoupled=True, k_registers=False, warp_adds=False, block_m=32),
+                            {**plain, "k_registers": True, "warp_adds": True, "lpt_heads": 4}]
+    with pytest.raises(SystemExit, match=r"\[wa\|wg\]"):
+        bench.time_cute_backward_variants(q, q, q, q, ["b2wawg"])

@@ -9,9 +9,10 @@
 # TESTS=0 / BENCH=0 leave a part out, TEST_FILTER selects GPU tests (pytest -k); SHAPES and PEERS choose the
 # benchmark's shapes and peers, CUTE_VARIANTS (e.g. "s3 s3st s2stov") adds forward timings of other CuTe
 # variants (their artefacts built with --stages/--pingpong/--stacked/--overlap/--forward-warpgroups),
-# CUTE_BACKWARD_VARIANTS (e.g. "b2 b2hh b3 b2dc b2kr") backward timings of CuTe backward variants
-# (--backward-stages/--backward-block-m/--backward-decoupled/--backward-k-registers; b2hh, head by head:
-# --backward-lpt 0),
+# CUTE_BACKWARD_VARIANTS (e.g. "b2 b2hh b3 b2dc b2kr b2wa b2wg") backward timings of CuTe backward variants
+# (--backward-stages/--backward-block-m/--backward-decoupled/--backward-k-registers/--backward-warp-adds; b2hh,
+# head by head: --backward-lpt 0; b2wa / b2wg, dQ/dR added by each warp / each warpgroup: --backward-warp-adds
+# 1 / 0, the one that is not the head_dim's default (1 at head_dim 64, 0 at 128)),
 # DOCUMENTS=MEAN times packed documents of about MEAN tokens (bench_attention.py --documents) instead, REPEAT=N
 # times the default and those variants in N alternating rounds (bench_attention.py --repeat).
 set -uo pipefail
@@ -34,8 +35,9 @@ if [ "${TESTS:-1}" = 1 ]; then
   # ones (--forward-warpgroups 2), the head-by-head backward's bf16 causal ones (--backward-lpt 0, both
   # --backward-deterministic, both head dims), the decoupled backward's bf16 ones (--dtype bfloat16
   # --backward-decoupled 1: both head dims, masks, documents and orders), the K-in-registers backward's bf16 ones
-  # (--dtype bfloat16 --head-dim 64 --backward-k-registers 1); TEST_FILTER (a pytest -k expression) replaces
-  # these choices
+  # (--dtype bfloat16 --head-dim 64 --backward-k-registers 1), the other dQ/dR adds' bf16 ones (--dtype bfloat16
+  # --backward-deterministic 0 1 with --head-dim 64 --backward-warp-adds 0 and --head-dim 128
+  # --backward-warp-adds 1); TEST_FILTER (a pytest -k expression) replaces these choices
   leave_out=()
   [ -n "${CUTE_VARIANTS:-}" ] || { leave_out+=("not benchmarked_variants"); echo "forward-variant test left out (no CUTE_VARIANTS)"; }
   ls "$PARALLAX_KERNEL_DIR"/parallax_attn_fwd_*_s3.cubin > /dev/null 2>&1 \
@@ -61,22 +63,32 @@ if [ "${TESTS:-1}" = 1 ]; then
   done
   ls "$PARALLAX_KERNEL_DIR"/parallax_attn_fwd_bfloat16_d128_causal_n64_s3_lpt.cubin > /dev/null 2>&1 \
     || { leave_out+=("not lpt_unstacked"); echo "lpt test of the unstacked variant left out (no artefact)"; }
-  # (the default backward runs in the lpt order, artefacts *_lpt; the head-by-head order is opt-in)
+  # (the default backward runs in the lpt order, artefacts *_lpt; the head-by-head order is opt-in; at head_dim
+  # 64 the default adds dQ/dR per warp: its artefacts end in _wa before any opt-in's suffix, at 128 they do not)
+  wa() { [ "${1#d64}" != "$1" ] && echo _wa; }
   for k in d64_causal_m64_s2 d64_causal_m64_s2_ordered d128_causal_m32_s2 d128_causal_m32_s2_ordered; do
-    [ -e "$PARALLAX_KERNEL_DIR/parallax_attn_bwd_bfloat16_${k}.cubin" ] \
-      || { leave_out+=("not lpt_backward"); echo "backward lpt tests left out (no head-by-head $k artefact)"; break; }
+    [ -e "$PARALLAX_KERNEL_DIR/parallax_attn_bwd_bfloat16_${k}$(wa $k).cubin" ] \
+      || { leave_out+=("not lpt_backward"); echo "backward lpt tests left out (no head-by-head $k$(wa $k) artefact)"; break; }
   done
   for k in d64_causal_m64 d64_causal_doc_m64 d64_full_m64 d64_full_doc_m64 d128_causal_m32 d128_causal_doc_m32 \
            d128_full_m32 d128_full_doc_m32; do
     for order in "" _ordered; do
-      [ -e "$PARALLAX_KERNEL_DIR/parallax_attn_bwd_bfloat16_${k}_s2${order}_lpt_dc.cubin" ] \
-        || { leave_out+=("not (opt_in_backward and decoupled)"); echo "decoupled backward tests left out (no ${k}_s2${order}_lpt_dc)"; break 2; }
+      [ -e "$PARALLAX_KERNEL_DIR/parallax_attn_bwd_bfloat16_${k}_s2${order}_lpt$(wa $k)_dc.cubin" ] \
+        || { leave_out+=("not (opt_in_backward and decoupled)"); echo "decoupled backward tests left out (no ${k}_s2${order}_lpt$(wa $k)_dc)"; break 2; }
     done
   done
   for k in d64_causal_m64 d64_full_m64 d64_full_doc_m64; do
     for order in "" _ordered; do
-      [ -e "$PARALLAX_KERNEL_DIR/parallax_attn_bwd_bfloat16_${k}_s2${order}_lpt_kr.cubin" ] \
-        || { leave_out+=("not (opt_in_backward and k_registers)"); echo "K-in-registers backward tests left out (no ${k}_s2${order}_lpt_kr)"; break 2; }
+      [ -e "$PARALLAX_KERNEL_DIR/parallax_attn_bwd_bfloat16_${k}_s2${order}_lpt_wa_kr.cubin" ] \
+        || { leave_out+=("not (opt_in_backward and k_registers)"); echo "K-in-registers backward tests left out (no ${k}_s2${order}_lpt_wa_kr)"; break 2; }
+    done
+  done
+  # the adds that are not the head_dim's default: per warpgroup at 64 (no _wa), per warp at 128 (_wa)
+  for k in d64_causal_m64 d64_full_m64 d64_full_doc_m64 d128_causal_m32 d128_full_m32 d128_causal_doc_m32; do
+    other=_wa; [ -n "$(wa $k)" ] && other=""
+    for order in "" _ordered; do
+      [ -e "$PARALLAX_KERNEL_DIR/parallax_attn_bwd_bfloat16_${k}_s2${order}_lpt${other}.cubin" ] \
+        || { leave_out+=("not (opt_in_backward and warp_adds)"); echo "other-adds backward tests left out (no ${k}_s2${order}_lpt${other})"; break 2; }
     done
   done
   only=()

@@ -26,9 +26,9 @@ end (no atomics, deterministic) and are stored once.
   run, writes the result to shared memory and adds it to fp32 buffers with bulk reduce-adds
   (cp.reduce.async.bulk .add.f32, FlashAttention-3's choice over per-element atomics). The key tiles' adds
   into one query tile land in any order unless the variant is deterministic: then a semaphore per (query
-  head, query tile, warpgroup share) orders them by key tile (a CTA waits for its turn and adds; when it
-  stages its next tile, the add has long completed, and it passes that turn on), so dQ and dR are bitwise
-  reproducible run to run.
+  head, query tile, part: a warpgroup's share, or with per-warp adds a warp's) orders them by key tile (a CTA
+  waits for its turn and adds; when it stages its next tile, the add has long completed, and it passes that
+  turn on), so dQ and dR are bitwise reproducible run to run.
 Registers: dK, dV (64 x D fp32 each) stay live through the loop, so the score tiles are 64 x 2 BM ([S^T | T^T]) and 64 x BM with BM
 = 32 at D = 128 (64 at D = 64); [dQ^T | dR^T] (D x 2 BM) is split between the warpgroups.
 Packed documents (the documents variant): a CTA visits the query tiles from its first key's document start
@@ -390,11 +390,12 @@ class ParallaxAttentionBackward:
             warpgroup.wait_group(0)
             held = self._flush(acc_g, t_sacc, bounds, p_acc, p_dq, p_dr, p_sem, last, held, n_pad, n0, cw, tid)
 
-        if tid % 128 == 0:  # the last bulk add has read its staging buffer before the CTA ends
+        adder, part = self._adder(cw, tid)
+        if adder:  # the last bulk add has read its staging buffer before the CTA ends
             if cutlass.const_expr(self.v.deterministic):
                 cute.arch.cp_async_bulk_wait_group(0, read=False)  # and completed: pass its turn on
                 cute.arch.fence_proxy("async.global")
-                add_release(p_sem + held * 2 + cw, 1)
+                add_release(p_sem + held * 8 + part, 1)
             else:
                 cute.arch.cp_async_bulk_wait_group(0, read=True)
         cute.arch.sync_warp()
@@ -546,6 +547,13 @@ class ParallaxAttentionBackward:
         warpgroup.commit_group()
         return mma_q
 
+    def _adder(self, cw: Int32, tid: Int32):
+        """Whether this thread issues bulk adds (the lead of its warpgroup, or with warp_adds of its warp), and
+        which part of a tile, of the CTA's 8, those adds are (the deterministic turns)."""
+        if cutlass.const_expr(self.v.warp_adds):
+            return tid % 32 == 0, cw * 4 + (tid % 128) // 32
+        return tid % 128 == 0, cw * 4
+
     @cute.jit
     def _flush(self, acc_g, t_sacc, bounds, p_acc: cute.Pointer, p_dq: cute.Pointer, p_dr: cute.Pointer,
                p_sem: cute.Pointer, tile: cutlass.Int64, held: cutlass.Int64, n_pad: Int32, n0: Int32, cw: Int32,
@@ -553,9 +561,13 @@ class ParallaxAttentionBackward:
         """Stage this warpgroup's share of a finished [dQ^T | dR^T] tile in shared memory (once the previous bulk
         add has read it), then add it to the (query tile, head) blocks `tile` of the fp32 buffers with bulk
         reduces: at D = 128 rows [64 cw, 64 cw + 64) of both, at D = 64 all of dQ^T (cw 0) or of dR^T (cw 1).
-        Returns the tile whose turn this warpgroup now holds (deterministic variant)."""
+        warp_adds: a warp holds 16 of those rows, one contiguous block of the tile (grad_tile_layout), and
+        stages and adds its own with no barrier wider than the warp; otherwise the warpgroup's lead thread adds
+        the whole share after a barrier of the warpgroup. Returns the tile whose turn this warp (warp_adds) or
+        warpgroup now holds (deterministic variant)."""
         d, bm = self.d, self.bm
-        lead = tid % 128 == 0
+        warp_adds = self.v.warp_adds
+        lead, part = self._adder(cw, tid)
         if lead:
             if cutlass.const_expr(self.v.deterministic):
                 # the previous add has completed (a step after it was issued): pass its tile's turn on, its
@@ -563,24 +575,28 @@ class ParallaxAttentionBackward:
                 cute.arch.cp_async_bulk_wait_group(0, read=False)
                 if held >= 0:
                     cute.arch.fence_proxy("async.global")
-                    add_release(p_sem + held * 2 + cw, 1)
+                    add_release(p_sem + held * 8 + part, 1)
             else:
                 cute.arch.cp_async_bulk_wait_group(0, read=True)
-        cute.arch.sync_warp()  # the lead's lanes wait for it here, not at the aligned barrier below
-        cute.arch.barrier(barrier_id=ACC_BARRIER + cw, number_of_threads=128)
+        cute.arch.sync_warp()  # the lead's lanes wait for it here, not at an aligned barrier
+        if cutlass.const_expr(not warp_adds):
+            cute.arch.barrier(barrier_id=ACC_BARRIER + cw, number_of_threads=128)
         for i in cutlass.range_constexpr(cute.size(acc_g)):
             t_sacc[i] = acc_g[i]
         cute.arch.fence_view_async_shared()
-        cute.arch.barrier(barrier_id=ACC_BARRIER + cw, number_of_threads=128)
+        if cutlass.const_expr(warp_adds):
+            cute.arch.sync_warp()  # the warp's stores, visible to the async proxy, before its lead adds them
+        else:
+            cute.arch.barrier(barrier_id=ACC_BARRIER + cw, number_of_threads=128)
         adds = lead
         if cutlass.const_expr(self.v.decoupled):
             adds = lead and tile >= 0  # tile -1: no chain was in flight (what was staged is not a result)
         if adds:
             if cutlass.const_expr(self.v.deterministic):
-                # this tile's semaphore of this warpgroup's share counts the key tiles added so far: wait for
-                # this one's turn. The key tiles that see a query tile are consecutive, from key tile 0 or (with
-                # documents) the one holding the start of the query tile's first row's document
-                turn = p_sem + tile * 2 + cw
+                # this tile's semaphore of this part counts the key tiles added so far: wait for this one's
+                # turn. The key tiles that see a query tile are consecutive, from key tile 0 or (with documents)
+                # the one holding the start of the query tile's first row's document
+                turn = p_sem + tile * 8 + part
                 ahead = n0 // self.bn
                 if cutlass.const_expr(self.v.documents):
                     m_pad = (n_pad // self.bm).to(cutlass.Int64)
@@ -591,15 +607,20 @@ class ParallaxAttentionBackward:
                     seen = load_acquire(turn)
                 cute.arch.fence_proxy("async.global")  # the previous adds (acquired) before this one (async proxy)
             block = tile * (d * bm)
+            rows = 64 * bm  # the rows of one 64-row wgmma tile: contiguous in grad_tile_layout
+            at = 0
+            if cutlass.const_expr(warp_adds):
+                rows = 16 * bm  # a warp's 16 of them: contiguous too
+                at = ((tid % 128) // 32) * rows
             if cutlass.const_expr(d == 128):
-                share = 64 * bm  # the rows of one 64-row wgmma tile: contiguous in grad_tile_layout
-                bulk_reduce_add_f32(p_acc + cw * share, p_dq + block + cw * share, share * 4)
-                bulk_reduce_add_f32(p_acc + d * bm + cw * share, p_dr + block + cw * share, share * 4)
+                at = at + cw * 64 * bm
+                bulk_reduce_add_f32(p_acc + at, p_dq + block + at, rows * 4)
+                bulk_reduce_add_f32(p_acc + d * bm + at, p_dr + block + at, rows * 4)
             else:
                 if cw == 0:
-                    bulk_reduce_add_f32(p_acc, p_dq + block, d * bm * 4)
+                    bulk_reduce_add_f32(p_acc + at, p_dq + block + at, rows * 4)
                 else:
-                    bulk_reduce_add_f32(p_acc + d * bm, p_dr + block, d * bm * 4)
+                    bulk_reduce_add_f32(p_acc + d * bm + at, p_dr + block + at, rows * 4)
             cute.arch.cp_async_bulk_commit_group()
         cute.arch.sync_warp()
         if cutlass.const_expr(self.v.deterministic):

@@ -229,9 +229,9 @@ def _launch_backward(grad_o, q, k, v, r, o, a, lse, tbar, causal: bool, scale: f
     # dQ, dR accumulate in fp32, one contiguous D x BM block per (batch head, query tile) (grad_tile_layout)
     m_tiles = n_pad // variant.bm
     acc = torch.zeros(2, b * h, m_tiles, d * variant.bm, dtype=torch.float32, device=q.device)
-    # deterministic: per (batch head, query tile) the number of key tiles whose share 0 and share 1 (the two
-    # warpgroups' parts of dQ and dR, cute_backward._flush) are added
-    turns = torch.zeros(b * h, m_tiles, 2, dtype=torch.int32, device=q.device) if variant.deterministic else None
+    # deterministic: per (batch head, query tile) the number of key tiles whose part p of dQ and dR is added
+    # (p = 4 warpgroup + warp: each consumer warp adds its own rows, cute_backward._flush)
+    turns = torch.zeros(b * h, m_tiles, 8, dtype=torch.int32, device=q.device) if variant.deterministic else None
     dk = torch.empty(k.shape, dtype=k.dtype, device=k.device)
     dv = torch.empty_like(dk)
     box_q, box_kv = variant.tma_boxes()

@@ -207,6 +207,9 @@ BWD_BLOCK_N = 128  # keys per CTA: 64 per consumer warpgroup
 BWD_NUM_THREADS = 384  # one producer and two consumer warpgroups
 # query rows per step: dK, dV (64 x D fp32 each) stay in registers, beside S^T, T^T, dalpha^T (64 x BM each)
 DEFAULT_BWD_BLOCK_M = {64: 64, 128: 32}
+# each consumer warp adds its own rows of dQ^T / dR^T (BackwardVariant.warp_adds), or each warpgroup its share:
+# per warp takes 0.97-0.98x the backward's time at head_dim 64, 1.03-1.04x at 128 (one H100, docs/kernels_hopper.md)
+DEFAULT_BWD_WARP_ADDS = {64: True, 128: False}
 DECOUPLED_DS_BUFFERS = 3
 DS_TURN_BARRIER = 4  # decoupled: its first named barrier (0: __syncthreads, 1: lockstep's, 2 and 3: the staging's)
 
@@ -247,10 +250,16 @@ class BackwardVariant:
     # that its wgmmas read only [Q; R] from shared memory; 16 registers a thread, head_dim 64 only (at 128 the
     # 32 it takes are not free). Not faster than the default where timed (docs/kernels_hopper.md)
     k_registers: bool = False
+    # True: each consumer warp stages and bulk-adds its own 16 rows of the warpgroup's [dQ^T | dR^T] share (a
+    # contiguous block of grad_tile_layout), with no barrier of the warpgroup around the staging; False: the
+    # warpgroup's lead thread adds the whole share; None: DEFAULT_BWD_WARP_ADDS[head_dim]
+    warp_adds: bool | None = None
 
     def __post_init__(self):
         if self.block_m == 0 and self.head_dim in DEFAULT_BWD_BLOCK_M:
             object.__setattr__(self, "block_m", DEFAULT_BWD_BLOCK_M[self.head_dim])
+        if self.warp_adds is None:  # resolved, so that the default and its explicit spelling are one variant
+            object.__setattr__(self, "warp_adds", DEFAULT_BWD_WARP_ADDS.get(self.head_dim, False))
 
     def check(self) -> None:
         if self.dtype not in DTYPES:
@@ -279,10 +288,12 @@ class BackwardVariant:
         order = "_ordered" if self.deterministic else ""
         docs = "_doc" if self.documents else ""
         lpt = "_lpt" if self.lpt else ""
+        # the adds before the opt-ins: an opt-in's name is its head_dim default's plus its own suffix
+        warp_adds = "_wa" if self.warp_adds else ""
         decoupled = "_dc" if self.decoupled else ""
         k_registers = "_kr" if self.k_registers else ""
         return (f"parallax_attn_bwd_{self.dtype}_d{self.head_dim}_{mask}{docs}_m{self.bm}_s{self.stages}{order}{lpt}"
-                f"{decoupled}{k_registers}")
+                f"{warp_adds}{decoupled}{k_registers}")
 
     @property
     def num_threads(self) -> int:
