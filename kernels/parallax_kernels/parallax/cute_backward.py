@@ -53,7 +53,7 @@ from cutlass.cutlass_dsl import dsl_user_op
 from parallax_kernels import cute_runtime as rt
 from parallax_kernels.parallax.cute_fragments import (a_operand_fragment, as_a_operand, mn_view, pack_pair,
                                                       transpose_view, visible_in_document)
-from parallax_kernels.parallax.cute_variant import (BWD_BLOCK_N, BWD_NUM_THREADS, BackwardVariant,
+from parallax_kernels.parallax.cute_variant import (BWD_ADD_PARTS, BWD_BLOCK_N, BWD_NUM_THREADS, BackwardVariant,
                                                     backward_lpt_tile, ds_turn_barrier, grad_tile_layout)
 
 PRODUCER_REGS = 24
@@ -395,7 +395,7 @@ class ParallaxAttentionBackward:
             if cutlass.const_expr(self.v.deterministic):
                 cute.arch.cp_async_bulk_wait_group(0, read=False)  # and completed: pass its turn on
                 cute.arch.fence_proxy("async.global")
-                add_release(p_sem + held * 8 + part, 1)
+                add_release(p_sem + held * BWD_ADD_PARTS + part, 1)
             else:
                 cute.arch.cp_async_bulk_wait_group(0, read=True)
         cute.arch.sync_warp()
@@ -549,7 +549,7 @@ class ParallaxAttentionBackward:
 
     def _adder(self, cw: Int32, tid: Int32):
         """Whether this thread issues bulk adds (the lead of its warpgroup, or with warp_adds of its warp), and
-        which part of a tile, of the CTA's 8, those adds are (the deterministic turns)."""
+        which part of a tile, of the CTA's BWD_ADD_PARTS, those adds are (the deterministic turns)."""
         if cutlass.const_expr(self.v.warp_adds):
             return tid % 32 == 0, cw * 4 + (tid % 128) // 32
         return tid % 128 == 0, cw * 4
@@ -575,7 +575,7 @@ class ParallaxAttentionBackward:
                 cute.arch.cp_async_bulk_wait_group(0, read=False)
                 if held >= 0:
                     cute.arch.fence_proxy("async.global")
-                    add_release(p_sem + held * 8 + part, 1)
+                    add_release(p_sem + held * BWD_ADD_PARTS + part, 1)
             else:
                 cute.arch.cp_async_bulk_wait_group(0, read=True)
         cute.arch.sync_warp()  # the lead's lanes wait for it here, not at an aligned barrier
@@ -596,7 +596,7 @@ class ParallaxAttentionBackward:
                 # this tile's semaphore of this part counts the key tiles added so far: wait for this one's
                 # turn. The key tiles that see a query tile are consecutive, from key tile 0 or (with documents)
                 # the one holding the start of the query tile's first row's document
-                turn = p_sem + tile * 8 + part
+                turn = p_sem + tile * BWD_ADD_PARTS + part
                 ahead = n0 // self.bn
                 if cutlass.const_expr(self.v.documents):
                     m_pad = (n_pad // self.bm).to(cutlass.Int64)

@@ -24,7 +24,7 @@ import torch
 
 from parallax_kernels import cute_runtime as rt
 from parallax_kernels.batching import fold, unfold
-from parallax_kernels.parallax.cute_variant import (BWD_BLOCK_N, DTYPES, HEAD_DIMS, AttentionVariant,
+from parallax_kernels.parallax.cute_variant import (BWD_ADD_PARTS, BWD_BLOCK_N, DTYPES, HEAD_DIMS, AttentionVariant,
                                                     BackwardVariant, backward_lpt_heads, forward_order)
 
 ARCH = rt.ARCH
@@ -231,7 +231,8 @@ def _launch_backward(grad_o, q, k, v, r, o, a, lse, tbar, causal: bool, scale: f
     acc = torch.zeros(2, b * h, m_tiles, d * variant.bm, dtype=torch.float32, device=q.device)
     # deterministic: per (batch head, query tile) the number of key tiles whose part p of dQ and dR is added
     # (p = 4 warpgroup + warp: each consumer warp adds its own rows, cute_backward._flush)
-    turns = torch.zeros(b * h, m_tiles, 8, dtype=torch.int32, device=q.device) if variant.deterministic else None
+    turns = (torch.zeros(b * h, m_tiles, BWD_ADD_PARTS, dtype=torch.int32, device=q.device)
+             if variant.deterministic else None)
     dk = torch.empty(k.shape, dtype=k.dtype, device=k.device)
     dv = torch.empty_like(dk)
     box_q, box_kv = variant.tma_boxes()

@@ -210,6 +210,9 @@ DEFAULT_BWD_BLOCK_M = {64: 64, 128: 32}
 # each consumer warp adds its own rows of dQ^T / dR^T (BackwardVariant.warp_adds), or each warpgroup its share:
 # per warp takes 0.97-0.98x the backward's time at head_dim 64, 1.03-1.04x at 128 (one H100, docs/kernels_hopper.md)
 DEFAULT_BWD_WARP_ADDS = {64: True, 128: False}
+# deterministic backward: turns (semaphores) per query tile, one a consumer warp (2 warpgroups of 4), which the
+# launcher allocates and the kernel indexes
+BWD_ADD_PARTS = 8
 DECOUPLED_DS_BUFFERS = 3
 DS_TURN_BARRIER = 4  # decoupled: its first named barrier (0: __syncthreads, 1: lockstep's, 2 and 3: the staging's)
 
