@@ -18,6 +18,7 @@
                                      # head_dim's default (wa at 64, wg at 128); m<block_m>: query rows a step)
         [--documents MEAN]             # pack each row with documents of random lengths, MEAN tokens on average
         [--repeat N]                   # time the default and the named CuTe variants N times each, in turn
+        [--peer-rounds N]              # time the peers N times each, in turn (medians and ranges)
 
 Peers, each in its native layout, causal, bf16, GQA with Hkv = H / kv-ratio:
   parallax-triton  this repo's fused kernel (backend="triton")
@@ -40,7 +41,8 @@ With --documents, N^2 is the sum of the documents' L^2: the pairs a document mas
 Times are medians of triton.testing.do_bench; memory is the peak allocated during one fwd+bwd. With --repeat N
 the CuTe variants and the default (`default`) are timed in N rounds, one timing of each per round, and each gets
 the median of its N timings and their range: a GPU's clock moves under a long run, and variants timed in turn meet
-the same clocks, where single timings a few seconds apart can differ by more than the variants do.
+the same clocks, where single timings a few seconds apart can differ by more than the variants do. --peer-rounds N
+does the same for the peers' table, so that the ratios to cuDNN's softmax are of medians of timings taken in turn.
 """
 
 from __future__ import annotations
@@ -180,24 +182,38 @@ def flex_peer(q, k, v, docs):
     return ("softmax", lambda x=s: attend(*x, block_mask=mask, enable_gqa=k.shape[1] != q.shape[1]), s)
 
 
-def time_peer(fn, inputs):
-    out = fn()
-    grad = torch.randn_like(out)
-    fwd = do_bench(fn, warmup=10, rep=50, return_mode="median")
+def time_peers(peers: dict, rounds: int = 1) -> dict:
+    """Forward and forward + backward times (ms) of each peer (name -> (kind, fn, inputs)) in `rounds` rounds, one
+    timing of each a round, in turn: name -> (forward times, forward + backward times, peak MiB of one fwd+bwd)."""
+    steps = {}
+    for name, (_, fn, inputs) in peers.items():
+        grad = torch.randn_like(fn())
 
-    def fwd_bwd():
-        fn().backward(grad)
+        def fwd_bwd(fn=fn, grad=grad):
+            fn().backward(grad)
 
-    both = do_bench(fwd_bwd, warmup=10, rep=50, grad_to_none=inputs, return_mode="median")
-    for x in inputs:  # the last timed step's gradients would otherwise count as the baseline
-        x.grad = None
+        steps[name] = (fn, fwd_bwd, inputs)
+    times = {name: ([], []) for name in steps}
+    for _ in range(rounds):
+        for name, (fn, fwd_bwd, inputs) in steps.items():
+            times[name][0].append(do_bench(fn, warmup=10, rep=50, return_mode="median"))
+            times[name][1].append(do_bench(fwd_bwd, warmup=10, rep=50, grad_to_none=inputs, return_mode="median"))
+            for x in inputs:  # the last timed step's gradients would otherwise count in the next peer's memory
+                x.grad = None
+    return {name: (*times[name], peak_memory(fwd_bwd, inputs)) for name, (_, fwd_bwd, inputs) in steps.items()}
+
+
+def peak_memory(fwd_bwd, inputs) -> float:
+    """Peak MiB allocated during one forward + backward, over what was allocated before it."""
     torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()
     base = torch.cuda.memory_allocated()
     fwd_bwd()
     torch.cuda.synchronize()
     peak = (torch.cuda.max_memory_allocated() - base) / 2**20
-    return fwd, both, peak
+    for x in inputs:
+        x.grad = None
+    return peak
 
 
 def atomic_vs_split_grads(q, k, v, r, docs=None) -> float:
@@ -250,9 +266,13 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=1, metavar="N",
                     help="time the default and each --cute-variants / --cute-backward-variants variant in N rounds, "
                          "one timing of each a round (medians and ranges reported)")
+    ap.add_argument("--peer-rounds", type=int, default=1, metavar="N",
+                    help="time the peers in N rounds, one forward and one forward + backward timing of each a round, "
+                         "in turn (medians reported, ranges too where N > 1)")
     args = ap.parse_args()
-    if args.repeat < 1:
-        raise SystemExit(f"--repeat {args.repeat}: expected at least 1")
+    for flag, value in (("--repeat", args.repeat), ("--peer-rounds", args.peer_rounds)):
+        if value < 1:
+            raise SystemExit(f"{flag} {value}: expected at least 1")
     reference = load_reference_kernel(args.reference_kernel) if args.reference_kernel else None
     dtype = torch.bfloat16
     packing = f", packed documents of about {args.documents} tokens" if args.documents else ""
@@ -288,14 +308,15 @@ def main() -> None:
         result = {"shape": [b, h, hkv, n, d], **checks, "peers": {}}
         if docs is not None:
             result["documents"] = int(sum(int(row.unique_consecutive().numel()) for row in docs))
-        for name, (kind, fn, inputs) in peers.items():
-            if args.peers is not None and name not in args.peers:
-                continue
-            fwd, both, peak = time_peer(fn, inputs)
-            f_fwd, f_both = flops(b, h, n, d, kind, docs)
+        timed = {name: peer for name, peer in peers.items() if args.peers is None or name in args.peers}
+        for name, (fwds, boths, peak) in time_peers(timed, args.peer_rounds).items():
+            fwd, both = statistics.median(fwds), statistics.median(boths)
+            f_fwd, f_both = flops(b, h, n, d, timed[name][0], docs)
             result["peers"][name] = dict(fwd_ms=fwd, fwd_bwd_ms=both, fwd_tflops=f_fwd / fwd / 1e9,
                                          fwd_bwd_tflops=f_both / both / 1e9, peak_mib=peak)
-            del fn, inputs
+            if args.peer_rounds > 1:
+                result["peers"][name] |= dict(fwd_ms_rounds=fwds, fwd_bwd_ms_rounds=boths)
+        del timed
         if args.cute_variants:
             result["cute_variants_fwd_ms"], result["cute_variants_rel_err"], result["cute_variants_fwd_ms_rounds"] = \
                 time_cute_variants(q, k, v, r, args.cute_variants, args.repeat)
@@ -412,10 +433,18 @@ def print_shape(result) -> None:
     extra = "".join(f", {k} rel. err. {v:.1e}" for k, v in result.items() if k.startswith("vs_"))
     docs = f", {result['documents']} documents" if "documents" in result else ""
     print(f"\n(B,H,Hkv,N,D) = ({b},{h},{hkv},{n},{d}){docs}{extra}")
+    rounds = len(next(iter(peers.values()), {}).get("fwd_ms_rounds", [None]))
+    if rounds > 1:
+        print(f"peers: medians of {rounds} rounds (range)")
+
+    def ms(p, key):
+        spread = f" ({min(p[key + '_rounds']):.3f}-{max(p[key + '_rounds']):.3f})" if rounds > 1 else ""
+        return f"{p[key]:.3f}{spread}"
+
     print("| peer | fwd ms | fwd TFLOP/s | fwd+bwd ms | fwd+bwd TFLOP/s | peak MiB |")
     print("|---|---:|---:|---:|---:|---:|")
     for name, p in peers.items():
-        print(f"| {name} | {p['fwd_ms']:.3f} | {p['fwd_tflops']:.0f} | {p['fwd_bwd_ms']:.3f} | "
+        print(f"| {name} | {ms(p, 'fwd_ms')} | {p['fwd_tflops']:.0f} | {ms(p, 'fwd_bwd_ms')} | "
               f"{p['fwd_bwd_tflops']:.0f} | {p['peak_mib']:.0f} |")
     if result.get("cute_variants_fwd_ms"):
         print_variants("forward", result["cute_variants_fwd_ms"], result["cute_variants_rel_err"],

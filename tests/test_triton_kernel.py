@@ -361,6 +361,41 @@ def test_bench_times_variants_in_rounds(monkeypatch):
     assert times == {"fast": 7.0} and rounds == {}
 
 
+def test_bench_times_peers_in_rounds(monkeypatch):
+    """scripts/bench_attention.py --peer-rounds: each peer's forward and forward + backward are timed once a round,
+    peers in turn, and the table reports the medians of the rounds (ranges kept); one round is one timing each."""
+    import scripts.bench_attention as bench
+
+    order = []
+
+    def peer(name, scale):
+        x = torch.ones(3, requires_grad=True)
+
+        def fn():
+            order.append(name)
+            return x * scale
+
+        return ("softmax", fn, [x])
+
+    peers = {"a": peer("a", 1.0), "b": peer("b", 2.0)}
+    clock = iter([1.0, 3.0, 2.0, 5.0, 1.4, 2.6, 2.2, 4.0, 0.8, 2.9, 1.8, 4.4])  # a fwd, a both, b fwd, b both ...
+
+    def fake_bench(fn, **_):
+        order.append("|")
+        fn()
+        return next(clock)
+
+    monkeypatch.setattr(bench, "do_bench", fake_bench)
+    monkeypatch.setattr(bench, "peak_memory", lambda fwd_bwd, inputs: 7.0)
+    timed = bench.time_peers(peers, rounds=3)
+    rounds = "".join(order[2:])  # after each peer's one call to shape its output gradient
+    assert order[:2] == ["a", "b"] and rounds == "|a|a|b|b" * 3
+    assert timed == {"a": ([1.0, 1.4, 0.8], [3.0, 2.6, 2.9], 7.0), "b": ([2.0, 2.2, 1.8], [5.0, 4.0, 4.4], 7.0)}
+    assert [bench.statistics.median(t) for t in timed["b"][:2]] == [2.0, 4.4]
+    clock = iter([1.0, 2.0])
+    assert bench.time_peers({"a": peer("a", 1.0)}) == {"a": ([1.0], [2.0], 7.0)}
+
+
 def test_bench_backward_variant_codes_name_the_launchers_fields(monkeypatch):
     """scripts/bench_attention.py --cute-backward-variants: each code's fields as the backward launcher takes them;
     wa / wg ask for the per-warp / per-warpgroup dQ/dR adds, neither leaves the head_dim's default (None); the

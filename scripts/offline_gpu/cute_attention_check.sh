@@ -14,7 +14,8 @@
 # head by head: --backward-lpt 0; b2wa / b2wg, dQ/dR added by each warp / each warpgroup: --backward-warp-adds
 # 1 / 0, the one that is not the head_dim's default (1 at head_dim 64, 0 at 128)),
 # DOCUMENTS=MEAN times packed documents of about MEAN tokens (bench_attention.py --documents) instead, REPEAT=N
-# times the default and those variants in N alternating rounds (bench_attention.py --repeat).
+# times the default and those variants in N alternating rounds (bench_attention.py --repeat), PEER_ROUNDS=N the
+# peers' table (bench_attention.py --peer-rounds).
 set -uo pipefail
 out=${OUT:-./outputs/cute_attention_check}
 mkdir -p "$out"
@@ -112,6 +113,6 @@ if [ "${BENCH:-1}" = 1 ]; then
   timeout ${BENCH_TIMEOUT:-420} python3 scripts/bench_attention.py --shapes $shapes --peers $peers \
     --torch-backend-max-tokens 0 ${CUTE_VARIANTS:+--cute-variants $CUTE_VARIANTS} \
     ${CUTE_BACKWARD_VARIANTS:+--cute-backward-variants $CUTE_BACKWARD_VARIANTS} ${DOCUMENTS:+--documents $DOCUMENTS} \
-    ${REPEAT:+--repeat $REPEAT} --json "$out/bench_attention.json" > "$out/bench_attention.log" 2>&1
+    ${REPEAT:+--repeat $REPEAT} ${PEER_ROUNDS:+--peer-rounds $PEER_ROUNDS} --json "$out/bench_attention.json" > "$out/bench_attention.log" 2>&1
   echo "== bench_attention (rc=$?)"; grep -v Warning "$out/bench_attention.log" | tail -60
 fi
