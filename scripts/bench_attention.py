@@ -216,6 +216,15 @@ def peak_memory(fwd_bwd, inputs) -> float:
     return peak
 
 
+def peer_result(fwds: list, boths: list, peak: float, f_fwd: float, f_both: float) -> dict:
+    """A peer's row of the table (and the json): the medians of its forward and forward + backward times (ms), their
+    TFLOP/s for f_fwd and f_both FLOPs, its peak MiB and, with more than one round, every round's times."""
+    fwd, both = statistics.median(fwds), statistics.median(boths)
+    row = dict(fwd_ms=fwd, fwd_bwd_ms=both, fwd_tflops=f_fwd / fwd / 1e9, fwd_bwd_tflops=f_both / both / 1e9,
+               peak_mib=peak)
+    return row | (dict(fwd_ms_rounds=list(fwds), fwd_bwd_ms_rounds=list(boths)) if len(fwds) > 1 else {})
+
+
 def atomic_vs_split_grads(q, k, v, r, docs=None) -> float:
     """Largest relative difference over dq, dk, dv, dr between the two backward variants (same inputs and
     output gradient): checks, in the timed run, that the atomic backward computes the same gradients."""
@@ -310,12 +319,7 @@ def main() -> None:
             result["documents"] = int(sum(int(row.unique_consecutive().numel()) for row in docs))
         timed = {name: peer for name, peer in peers.items() if args.peers is None or name in args.peers}
         for name, (fwds, boths, peak) in time_peers(timed, args.peer_rounds).items():
-            fwd, both = statistics.median(fwds), statistics.median(boths)
-            f_fwd, f_both = flops(b, h, n, d, timed[name][0], docs)
-            result["peers"][name] = dict(fwd_ms=fwd, fwd_bwd_ms=both, fwd_tflops=f_fwd / fwd / 1e9,
-                                         fwd_bwd_tflops=f_both / both / 1e9, peak_mib=peak)
-            if args.peer_rounds > 1:
-                result["peers"][name] |= dict(fwd_ms_rounds=fwds, fwd_bwd_ms_rounds=boths)
+            result["peers"][name] = peer_result(fwds, boths, peak, *flops(b, h, n, d, timed[name][0], docs))
         del timed
         if args.cute_variants:
             result["cute_variants_fwd_ms"], result["cute_variants_rel_err"], result["cute_variants_fwd_ms_rounds"] = \

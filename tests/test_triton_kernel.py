@@ -363,37 +363,45 @@ def test_bench_times_variants_in_rounds(monkeypatch):
 
 def test_bench_times_peers_in_rounds(monkeypatch):
     """scripts/bench_attention.py --peer-rounds: each peer's forward and forward + backward are timed once a round,
-    peers in turn, and the table reports the medians of the rounds (ranges kept); one round is one timing each."""
+    peers in turn, each backward with its own output gradient; its row holds the medians of the rounds (and, with
+    more than one round, every round's times); one round is one timing each."""
     import scripts.bench_attention as bench
 
     order = []
 
-    def peer(name, scale):
-        x = torch.ones(3, requires_grad=True)
+    def peer(name, size):  # outputs of different shapes: a backward given another peer's gradient fails
+        x = torch.ones(size, requires_grad=True)
 
         def fn():
             order.append(name)
-            return x * scale
+            return x * 2.0
 
         return ("softmax", fn, [x])
 
-    peers = {"a": peer("a", 1.0), "b": peer("b", 2.0)}
+    peers = {"a": peer("a", 3), "b": peer("b", 5)}
     clock = iter([1.0, 3.0, 2.0, 5.0, 1.4, 2.6, 2.2, 4.0, 0.8, 2.9, 1.8, 4.4])  # a fwd, a both, b fwd, b both ...
 
-    def fake_bench(fn, **_):
+    def fake_bench(fn, grad_to_none=None, **_):
         order.append("|")
         fn()
         return next(clock)
 
     monkeypatch.setattr(bench, "do_bench", fake_bench)
-    monkeypatch.setattr(bench, "peak_memory", lambda fwd_bwd, inputs: 7.0)
+    monkeypatch.setattr(bench, "peak_memory", lambda fwd_bwd, inputs: (fwd_bwd(), 7.0)[1])
     timed = bench.time_peers(peers, rounds=3)
     rounds = "".join(order[2:])  # after each peer's one call to shape its output gradient
-    assert order[:2] == ["a", "b"] and rounds == "|a|a|b|b" * 3
+    assert order[:2] == ["a", "b"] and rounds == "|a|a|b|b" * 3 + "ab"
     assert timed == {"a": ([1.0, 1.4, 0.8], [3.0, 2.6, 2.9], 7.0), "b": ([2.0, 2.2, 1.8], [5.0, 4.0, 4.4], 7.0)}
-    assert [bench.statistics.median(t) for t in timed["b"][:2]] == [2.0, 4.4]
+    assert all(x.grad is not None for _, _, inputs in peers.values() for x in inputs)  # each backward ran
     clock = iter([1.0, 2.0])
-    assert bench.time_peers({"a": peer("a", 1.0)}) == {"a": ([1.0], [2.0], 7.0)}
+    assert bench.time_peers({"a": peer("a", 3)}) == {"a": ([1.0], [2.0], 7.0)}
+
+    # the row: medians, not means (1.0, not 2.0), TFLOP/s of the medians, the rounds in their order
+    row = bench.peer_result([1.0, 4.0, 1.0], [2.0, 3.0, 10.0], 7.0, 2e9, 6e9)
+    assert row == dict(fwd_ms=1.0, fwd_bwd_ms=3.0, fwd_tflops=2.0, fwd_bwd_tflops=2.0, peak_mib=7.0,
+                       fwd_ms_rounds=[1.0, 4.0, 1.0], fwd_bwd_ms_rounds=[2.0, 3.0, 10.0])
+    assert bench.peer_result([0.5], [1.5], 7.0, 2e9, 6e9) == dict(fwd_ms=0.5, fwd_bwd_ms=1.5, fwd_tflops=4.0,
+                                                                  fwd_bwd_tflops=4.0, peak_mib=7.0)
 
 
 def test_bench_backward_variant_codes_name_the_launchers_fields(monkeypatch):
