@@ -193,18 +193,26 @@ def time_peers(peers: dict, rounds: int = 1) -> dict:
             fn().backward(grad)
 
         steps[name] = (fn, fwd_bwd, inputs)
-    times = {name: ([], []) for name in steps}
+    times = in_rounds({(name, part): bench for name, (fn, fwd_bwd, inputs) in steps.items()
+                       for part, bench in (("fwd", (fn, None)), ("both", (fwd_bwd, inputs)))}, rounds)
+    return {name: (times[name, "fwd"], times[name, "both"], peak_memory(fwd_bwd, inputs))
+            for name, (_, fwd_bwd, inputs) in steps.items()}
+
+
+def in_rounds(benches: dict, rounds: int) -> dict:
+    """Times (ms) of each bench (key -> (fn, tensors whose grads do_bench clears)) in `rounds` rounds, one timing of
+    each a round, in turn: key -> the list of its timings."""
+    times = {key: [] for key in benches}
     for _ in range(rounds):
-        for name, (fn, fwd_bwd, inputs) in steps.items():
-            times[name][0].append(do_bench(fn, warmup=10, rep=50, return_mode="median"))
-            times[name][1].append(do_bench(fwd_bwd, warmup=10, rep=50, grad_to_none=inputs, return_mode="median"))
-            for x in inputs:  # left in place, they would be the baseline of peak_memory's backward, not its peak
-                x.grad = None
-    return {name: (*times[name], peak_memory(fwd_bwd, inputs)) for name, (_, fwd_bwd, inputs) in steps.items()}
+        for key, (fn, grads) in benches.items():
+            times[key].append(do_bench(fn, warmup=10, rep=50, grad_to_none=grads, return_mode="median"))
+    return times
 
 
 def peak_memory(fwd_bwd, inputs) -> float:
     """Peak MiB allocated during one forward + backward, over what was allocated before it."""
+    for x in inputs:  # left from a timing, they would be the baseline of this backward, not its peak
+        x.grad = None
     torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()
     base = torch.cuda.memory_allocated()
@@ -409,10 +417,7 @@ def time_variants(names, parse, run, what: str, repeat: int = 1) -> tuple[dict, 
             continue
         errors[name] = max(((x.float() - y).norm() / y.norm()).item() for x, y in zip(outputs, reference))
         timed[name] = fields
-    for _ in range(repeat):
-        for name, fields in timed.items():
-            rounds.setdefault(name, []).append(
-                do_bench(lambda: run(**fields), warmup=10, rep=50, return_mode="median"))
+    rounds = in_rounds({name: (lambda fields=fields: run(**fields), None) for name, fields in timed.items()}, repeat)
     times = {name: statistics.median(ms) for name, ms in rounds.items()}
     return times, errors, rounds if repeat > 1 else {}
 
