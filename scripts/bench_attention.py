@@ -43,6 +43,7 @@ the CuTe variants and the default (`default`) are timed in N rounds, one timing 
 the median of its N timings and their range: a GPU's clock moves under a long run, and variants timed in turn meet
 the same clocks, where single timings a few seconds apart can differ by more than the variants do. --peer-rounds N
 does the same for the peers' table, so that the ratios to cuDNN's softmax are of medians of timings taken in turn.
+The table's backward alone is each round's fwd+bwd time minus that round's fwd time (their median over rounds).
 """
 
 from __future__ import annotations
@@ -225,12 +226,16 @@ def peak_memory(fwd_bwd, inputs) -> float:
 
 
 def peer_result(fwds: list, boths: list, peak: float, f_fwd: float, f_both: float) -> dict:
-    """A peer's row of the table (and the json): the medians of its forward and forward + backward times (ms), their
-    TFLOP/s for f_fwd and f_both FLOPs, its peak MiB and, with more than one round, every round's times."""
-    fwd, both = statistics.median(fwds), statistics.median(boths)
-    row = dict(fwd_ms=fwd, fwd_bwd_ms=both, fwd_tflops=f_fwd / fwd / 1e9, fwd_bwd_tflops=f_both / both / 1e9,
-               peak_mib=peak)
-    return row | (dict(fwd_ms_rounds=list(fwds), fwd_bwd_ms_rounds=list(boths)) if len(fwds) > 1 else {})
+    """A peer's row of the table (and the json): the medians of its forward and forward + backward times (ms), and
+    of the backward alone (each round's forward + backward minus that round's forward: the same clocks), their
+    TFLOP/s for f_fwd, f_both and f_both - f_fwd FLOPs, its peak MiB and, with more than one round, every round's
+    times."""
+    bwds = [both - fwd for fwd, both in zip(fwds, boths)]
+    fwd, both, bwd = statistics.median(fwds), statistics.median(boths), statistics.median(bwds)
+    row = dict(fwd_ms=fwd, fwd_bwd_ms=both, bwd_ms=bwd, fwd_tflops=f_fwd / fwd / 1e9,
+               fwd_bwd_tflops=f_both / both / 1e9, bwd_tflops=(f_both - f_fwd) / bwd / 1e9, peak_mib=peak)
+    rounds = dict(fwd_ms_rounds=list(fwds), fwd_bwd_ms_rounds=list(boths), bwd_ms_rounds=bwds)
+    return row | (rounds if len(fwds) > 1 else {})
 
 
 def atomic_vs_split_grads(q, k, v, r, docs=None) -> float:
@@ -450,11 +455,11 @@ def print_shape(result) -> None:
         spread = f" ({min(p[key + '_rounds']):.3f}-{max(p[key + '_rounds']):.3f})" if rounds > 1 else ""
         return f"{p[key]:.3f}{spread}"
 
-    print("| peer | fwd ms | fwd TFLOP/s | fwd+bwd ms | fwd+bwd TFLOP/s | peak MiB |")
-    print("|---|---:|---:|---:|---:|---:|")
+    print("| peer | fwd ms | fwd TFLOP/s | fwd+bwd ms | fwd+bwd TFLOP/s | bwd ms | bwd TFLOP/s | peak MiB |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for name, p in peers.items():
         print(f"| {name} | {ms(p, 'fwd_ms')} | {p['fwd_tflops']:.0f} | {ms(p, 'fwd_bwd_ms')} | "
-              f"{p['fwd_bwd_tflops']:.0f} | {p['peak_mib']:.0f} |")
+              f"{p['fwd_bwd_tflops']:.0f} | {ms(p, 'bwd_ms')} | {p['bwd_tflops']:.0f} | {p['peak_mib']:.0f} |")
     if result.get("cute_variants_fwd_ms"):
         print_variants("forward", result["cute_variants_fwd_ms"], result["cute_variants_rel_err"],
                        result["cute_variants_fwd_ms_rounds"], flops(b, h, n, d, "parallax")[0], "o rel. err.")
@@ -469,7 +474,8 @@ def print_shape(result) -> None:
                      "flex-softmax"):
             if peer in peers and peer != mine:
                 print(f"ratio {mine} / {peer}: fwd {peers[mine]['fwd_ms'] / peers[peer]['fwd_ms']:.2f}, "
-                      f"fwd+bwd {peers[mine]['fwd_bwd_ms'] / peers[peer]['fwd_bwd_ms']:.2f}")
+                      f"fwd+bwd {peers[mine]['fwd_bwd_ms'] / peers[peer]['fwd_bwd_ms']:.2f}, "
+                      f"bwd {peers[mine]['bwd_ms'] / peers[peer]['bwd_ms']:.2f}")
 
 
 if __name__ == "__main__":

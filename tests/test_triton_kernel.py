@@ -396,12 +396,14 @@ def test_bench_times_peers_in_rounds(monkeypatch):
     clock = iter([1.0, 2.0])
     assert bench.time_peers({"a": peer("a", 3)}) == {"a": ([1.0], [2.0], 7.0)}
 
-    # the row: medians, not means (1.0, not 2.0), TFLOP/s of the medians, the rounds in their order
-    row = bench.peer_result([1.0, 4.0, 1.0], [2.0, 3.0, 10.0], 7.0, 2e9, 6e9)
-    assert row == dict(fwd_ms=1.0, fwd_bwd_ms=3.0, fwd_tflops=2.0, fwd_bwd_tflops=2.0, peak_mib=7.0,
-                       fwd_ms_rounds=[1.0, 4.0, 1.0], fwd_bwd_ms_rounds=[2.0, 3.0, 10.0])
-    assert bench.peer_result([0.5], [1.5], 7.0, 2e9, 6e9) == dict(fwd_ms=0.5, fwd_bwd_ms=1.5, fwd_tflops=4.0,
-                                                                  fwd_bwd_tflops=4.0, peak_mib=7.0)
+    # the row: medians, not means (1.0, not 2.0), TFLOP/s of the medians, the rounds in their order; the backward
+    # alone is the median of each round's difference (3.0 of 4.0, 2.0, 3.0), not the medians' (5.0 - 1.0)
+    row = bench.peer_result([1.0, 4.0, 1.0], [5.0, 6.0, 4.0], 7.0, 2e9, 8e9)
+    assert row == dict(fwd_ms=1.0, fwd_bwd_ms=5.0, bwd_ms=3.0, fwd_tflops=2.0, fwd_bwd_tflops=1.6, bwd_tflops=2.0,
+                       peak_mib=7.0, fwd_ms_rounds=[1.0, 4.0, 1.0], fwd_bwd_ms_rounds=[5.0, 6.0, 4.0],
+                       bwd_ms_rounds=[4.0, 2.0, 3.0])
+    assert bench.peer_result([0.5], [1.5], 7.0, 2e9, 6e9) == dict(
+        fwd_ms=0.5, fwd_bwd_ms=1.5, bwd_ms=1.0, fwd_tflops=4.0, fwd_bwd_tflops=4.0, bwd_tflops=4.0, peak_mib=7.0)
 
 
 def test_bench_backward_variant_codes_name_the_launchers_fields(monkeypatch):
