@@ -4,7 +4,8 @@
 
 Conventions: parallax_titan/model/flops.py. "attn fwd" is the forward attention-core FLOPs per token
 (what the compute-matched control equalises); "train" is forward+backward FLOPs per token, dense
-layers (LM head included) plus attention core.
+layers (LM head included) plus attention core over all keys (torchtitan's count, MFU's); "train, causal" counts
+the keys a causal query meets, what a causal training step executes.
 """
 
 from __future__ import annotations
@@ -22,8 +23,8 @@ from parallax_titan.model.flops import (
 def table(seq_len: int) -> str:
     rows = [
         f"| flavor | attention | heads x head_dim | FFN | params | non-embedding | "
-        f"attn fwd GFLOP/token | train GFLOP/token (seq {seq_len}) |",
-        "|---|---|---|---|---:|---:|---:|---:|",
+        f"attn fwd GFLOP/token | train GFLOP/token (seq {seq_len}) | train, causal |",
+        "|---|---|---|---|---:|---:|---:|---:|---:|",
     ]
     for name, args in FLAVORS.items():
         p = count_parameters(args)
@@ -32,7 +33,8 @@ def table(seq_len: int) -> str:
             f"(kv {args.n_kv_heads}) | {args.hidden_dim} | {p['total'] / 1e6:,.2f}M | "
             f"{p['non_embedding'] / 1e6:,.2f}M | "
             f"{attention_flops_per_token(args, seq_len, training=False) / 1e9:.3f} | "
-            f"{training_flops_per_token(args, seq_len) / 1e9:.3f} |"
+            f"{training_flops_per_token(args, seq_len) / 1e9:.3f} | "
+            f"{training_flops_per_token(args, seq_len, causal=True) / 1e9:.3f} |"
         )
     return "\n".join(rows)
 

@@ -148,6 +148,11 @@ def test_flop_arithmetic_by_hand():
     p = count_parameters(args)
     # tied head still runs its matmul: counted once as dense work
     assert training_flops_per_token(args, 4096) == 6 * (p["non_embedding"] + 151936 * 1024) + 12 * 28 * 16 * 128 * 4096
+    # causal: query i meets i + 1 of the 4096 keys, 4097 / 2 on average; the dense work is unchanged
+    assert attention_flops_per_token(parallax, 4096, causal=True) == 20 * 28 * 16 * 128 * 4097 / 2
+    assert (training_flops_per_token(args, 4096) - training_flops_per_token(args, 4096, causal=True)
+            == 12 * 28 * 16 * 128 * (4096 - 4097 / 2))
+    assert attention_flops_per_token(args, 1, causal=True) == attention_flops_per_token(args, 1)
 
 
 def test_unknown_attention_type_is_a_clear_error():

@@ -8,6 +8,8 @@ over all T keys as torchtitan does):
 - Attention core, per layer and query head, one matmul = 2*D*T FLOPs, times the type's matmul count
   (softmax: 2 forward, 6 with the backward; parallax: 4 and 10). Recomputation inside fused kernels is not
   model FLOPs and is not counted (as in MFU).
+- `causal=True` counts what a causal step executes instead: query i meets i + 1 keys, (T + 1) / 2 on average,
+  so the attention core is (T + 1) / (2 T) of the count above (the work the kernels skip is not done).
 """
 
 from __future__ import annotations
@@ -24,13 +26,14 @@ def count_parameters(args) -> dict[str, int]:
     return {"total": total, "embedding": embedding, "non_embedding": total - embedding}
 
 
-def attention_flops_per_token(args, seq_len: int, training: bool = True) -> int:
+def attention_flops_per_token(args, seq_len: int, training: bool = True, causal: bool = False) -> float:
     kind = attention_type(args.attention)
     matmuls = kind.training_matmuls if training else kind.forward_matmuls
-    return matmuls * 2 * args.head_dim * seq_len * args.n_heads * args.n_layers
+    keys = (seq_len + 1) / 2 if causal else seq_len  # keys a query meets, on average
+    return matmuls * 2 * args.head_dim * keys * args.n_heads * args.n_layers
 
 
-def training_flops_per_token(args, seq_len: int) -> int:
+def training_flops_per_token(args, seq_len: int, causal: bool = False) -> float:
     p = count_parameters(args)
     dense = p["non_embedding"] + (args.vocab_size * args.dim if args.enable_weight_tying else 0)
-    return 6 * dense + attention_flops_per_token(args, seq_len, training=True)
+    return 6 * dense + attention_flops_per_token(args, seq_len, training=True, causal=causal)
