@@ -233,7 +233,9 @@ def peer_result(fwds: list, boths: list, peak: float, f_fwd: float, f_both: floa
     bwds = [both - fwd for fwd, both in zip(fwds, boths)]
     fwd, both, bwd = statistics.median(fwds), statistics.median(boths), statistics.median(bwds)
     row = dict(fwd_ms=fwd, fwd_bwd_ms=both, bwd_ms=bwd, fwd_tflops=f_fwd / fwd / 1e9,
-               fwd_bwd_tflops=f_both / both / 1e9, bwd_tflops=(f_both - f_fwd) / bwd / 1e9, peak_mib=peak)
+               fwd_bwd_tflops=f_both / both / 1e9,
+               bwd_tflops=(f_both - f_fwd) / bwd / 1e9 if bwd > 0 else float("nan"),  # noise can cancel a tiny backward
+               peak_mib=peak)
     rounds = dict(fwd_ms_rounds=list(fwds), fwd_bwd_ms_rounds=list(boths), bwd_ms_rounds=bwds)
     return row | (rounds if len(fwds) > 1 else {})
 

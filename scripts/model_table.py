@@ -5,7 +5,7 @@
 Conventions: parallax_titan/model/flops.py. "attn fwd" is the forward attention-core FLOPs per token
 (what the compute-matched control equalises); "train" is forward+backward FLOPs per token, dense
 layers (LM head included) plus attention core over all keys (torchtitan's count, MFU's); "train, causal" counts
-the keys a causal query meets, what a causal training step executes.
+only the keys a causal query attends to.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from parallax_titan.model.flops import (
 def table(seq_len: int) -> str:
     rows = [
         f"| flavor | attention | heads x head_dim | FFN | params | non-embedding | "
-        f"attn fwd GFLOP/token | train GFLOP/token (seq {seq_len}) | train, causal |",
+        f"attn fwd GFLOP/token | train GFLOP/token (seq {seq_len}) | train, causal GFLOP/token |",
         "|---|---|---|---|---:|---:|---:|---:|---:|",
     ]
     for name, args in FLAVORS.items():

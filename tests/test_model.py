@@ -153,6 +153,14 @@ def test_flop_arithmetic_by_hand():
     assert (training_flops_per_token(args, 4096) - training_flops_per_token(args, 4096, causal=True)
             == 12 * 28 * 16 * 128 * (4096 - 4097 / 2))
     assert attention_flops_per_token(args, 1, causal=True) == attention_flops_per_token(args, 1)
+    # the ratios docs/design.md section 7 quotes, causal and over all keys
+    for flavor, causal, full in (("0.6B-parallax", 1.26, 1.35), ("0.6B-parallax-compute-matched", 1.02, 0.98),
+                                 ("1.7B-parallax", 1.14, 1.20)):
+        base = FLAVORS[flavor.split("-")[0] + "-transformer"]
+        for is_causal, want in ((True, causal), (False, full)):
+            ratio = (training_flops_per_token(FLAVORS[flavor], 4096, causal=is_causal)
+                     / training_flops_per_token(base, 4096, causal=is_causal))
+            assert round(ratio, 2) == want, (flavor, is_causal, ratio)
 
 
 def test_unknown_attention_type_is_a_clear_error():

@@ -70,4 +70,4 @@ class ParallaxModelArgs(Qwen3ModelArgs):
             logger.warning(
                 f"analytic parameter count {counted['total']:,} differs from the model's {actual:,}"
             )
-        return actual, training_flops_per_token(self, seq_len)
+        return actual, int(training_flops_per_token(self, seq_len))  # torchtitan's count: every key

@@ -8,8 +8,8 @@ over all T keys as torchtitan does):
 - Attention core, per layer and query head, one matmul = 2*D*T FLOPs, times the type's matmul count
   (softmax: 2 forward, 6 with the backward; parallax: 4 and 10). Recomputation inside fused kernels is not
   model FLOPs and is not counted (as in MFU).
-- `causal=True` counts what a causal step executes instead: query i meets i + 1 keys, (T + 1) / 2 on average,
-  so the attention core is (T + 1) / (2 T) of the count above (the work the kernels skip is not done).
+- `causal=True` counts the keys a causal query attends to instead: query i meets i + 1 keys, (T + 1) / 2 on
+  average, so the attention core is (T + 1) / (2 T) of the count above (recomputation still not counted).
 """
 
 from __future__ import annotations
