@@ -1,7 +1,8 @@
 """Training throughput of the paper's variants, one after another in one run of this script.
 
     python scripts/bench_train.py --size 0.6B --optimizer muon --nproc 1 --steps 20 \
-        -- --training.dataset embedded_en --model.hf_assets_path ./parallax_titan/assets/tokenizer
+        -- --training.dataset embedded_en --training.dataset_path ./parallax_titan/assets/embedded_en/train \
+        --model.hf_assets_path ./parallax_titan/assets/tokenizer
 
 For each variant (Transformer, Parallax, parameter-matched Transformer, compute-matched Parallax) it
 launches `configs/<size>_<variant>_<optimizer>.toml` through torchrun for --steps steps with the

@@ -161,6 +161,17 @@ def test_text_source_errors(tmp_path):
         load_text_dataset(str(wrong))
 
 
+def test_an_unreachable_hub_source_names_the_settings_to_change(monkeypatch):
+    import parallax_titan.data.text as text
+
+    def offline(*args, **kwargs):
+        raise ConnectionError("Couldn't reach 'openbmb/Ultra-FineWeb' on the Hub (LocalEntryNotFoundError)")
+
+    monkeypatch.setattr(text, "load_dataset", offline)
+    with pytest.raises(ConnectionError, match=r"openbmb/Ultra-FineWeb is a hub id .*--training\.dataset_path"):
+        load_text_dataset("openbmb/Ultra-FineWeb")
+
+
 def test_local_parquet_and_jsonl_sources(tmp_path):
     ds = load_text_dataset(EMBEDDED_TRAIN)
     assert len(ds) == 574 and len(ds[0]["content"]) > 200

@@ -133,7 +133,14 @@ def load_text_dataset(path: str, split: str = "en", streaming: bool = True):
     elif os.path.isabs(path) or path.startswith((".", "~")):
         raise FileNotFoundError(f"dataset_path {path} does not exist")
     else:
-        ds = load_dataset(path, split=split, streaming=streaming)
+        try:
+            ds = load_dataset(path, split=split, streaming=streaming)
+        except ConnectionError as err:  # `datasets` names the hub id, not the setting that chose it
+            raise ConnectionError(
+                f"dataset {path} is a hub id (a dataset_path, or the default path of a `dataset` name in [training] "
+                f"or [validation]) and the hub cannot be reached: {err}. Set [training] dataset_path "
+                "(--training.dataset_path) to local data, e.g. a shard folder of scripts/prepare_data.py, which "
+                "[validation] then follows (docs/data.md)") from err
     # a streamed dataset may not know its columns up front (None): then the first row will tell
     if ds.column_names is not None and TEXT_COLUMN not in ds.column_names:
         raise ValueError(

@@ -12,6 +12,7 @@ run() {  # name config steps [overrides...]
   [[ $runs == all || " $runs " == *" $name "* ]] || return 0
   timeout 240 torchrun --standalone --nproc_per_node=1 -m parallax_titan.train --job.config_file "$config" \
     --model.hf_assets_path ./parallax_titan/assets/tokenizer --training.dataset embedded_en \
+    --training.dataset_path ./parallax_titan/assets/embedded_en/train \
     --training.steps "$steps" --training.local_batch_size ${LOCAL_BATCH:-4} --training.global_batch_size ${LOCAL_BATCH:-4} \
     --lr_scheduler.warmup_steps 2 --checkpoint.no-enable --metrics.log_freq 1 \
     --metrics.disable_color_printing --job.dump_folder "/tmp/$name" "$@" ${EXTRA:-} > "$out/$name.log" 2>&1
