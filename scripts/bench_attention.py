@@ -19,6 +19,7 @@
         [--documents MEAN]             # pack each row with documents of random lengths, MEAN tokens on average
         [--repeat N]                   # time the default and the named CuTe variants N times each, in turn
         [--peer-rounds N]              # time the peers N times each, in turn (medians and ranges)
+        [--gpu-samples]                # sample the GPU's SM clock, power and throttle reasons while timing
 
 Peers, each in its native layout, causal, bf16, GQA with Hkv = H / kv-ratio:
   parallax-triton  this repo's fused kernel (backend="triton")
@@ -44,16 +45,22 @@ the median of its N timings and their range: a GPU's clock moves under a long ru
 the same clocks, where single timings a few seconds apart can differ by more than the variants do. --peer-rounds N
 does the same for the peers' table, so that the ratios to cuDNN's softmax are of medians of timings taken in turn.
 The table's backward alone is each round's fwd+bwd time minus that round's fwd time (their median over rounds).
+--gpu-samples runs nvidia-smi beside the timings (scripts/gpu_samples.py) and reports, per shape, the SM clock and
+power the timings met and how often the power cap or heat held the clocks: a Hopper board timed over and over runs
+at its power limit.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.util
 import json
 import re
 import statistics
+import sys
 import tempfile
+import time
 from pathlib import Path
 
 import torch
@@ -62,6 +69,9 @@ from torch.nn.attention import sdpa_kernel, SDPBackend
 from triton.testing import do_bench
 
 from parallax_titan.ops import parallax_attention
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from scripts.gpu_samples import GpuSamples, describe, nvidia_smi_id  # noqa: E402
 
 DEFAULT_SHAPES = ["8,16,2048,128", "4,16,4096,128", "2,16,8192,128", "4,16,4096,64"]
 
@@ -293,6 +303,9 @@ def main() -> None:
     ap.add_argument("--peer-rounds", type=int, default=1, metavar="N",
                     help="time the peers in N rounds, one forward and one forward + backward timing of each a round, "
                          "in turn (medians reported, ranges too where N > 1)")
+    ap.add_argument("--gpu-samples", action="store_true",
+                    help="sample the GPU's SM clock, power and throttle reasons with nvidia-smi every 100 ms while "
+                         "timing, and report them per shape")
     args = ap.parse_args()
     for flag, value in (("--repeat", args.repeat), ("--peer-rounds", args.peer_rounds)):
         if value < 1:
@@ -303,52 +316,70 @@ def main() -> None:
     print(f"device: {torch.cuda.get_device_name()}, torch {torch.__version__}, bf16, causal, Hkv = H/{args.kv_ratio}"
           f"{packing}")
     rows = []
-    for spec in args.shapes:
-        b, h, n, d = map(int, spec.split(","))
-        hkv = h // args.kv_ratio
-        docs = packed_documents(b, n, args.documents, "cuda") if args.documents else None
-        peers, (q, k, v, r) = make_peers(b, h, hkv, n, d, dtype, b * n <= args.torch_backend_max_tokens, reference,
-                                         docs)
-        check_requested(args.peers, peers)
-        # correctness in the same run: the fused kernel against fla's kernel (and the eager backend)
-        ours = parallax_attention(q, k, v, r, backend="triton", document_ids=docs).float()
-        checks = {}
-        if "fla-parallax" in peers:
-            from fla.ops.parallax import parallel_parallax
-
-            fla_out = parallel_parallax(*(x.transpose(1, 2).contiguous() for x in (q, r, k, v))).transpose(1, 2).float()
-            checks["vs_fla"] = float((ours - fla_out).norm() / fla_out.norm())
-        if "parallax-cute" in peers:
-            from parallax_kernels.parallax.cute_launch import parallax_attention_cute
-
-            cute_out = parallax_attention_cute(q, k, v, r, causal=True, scale=d**-0.5, document_ids=docs).float()
-            checks["vs_triton_cute"] = float((cute_out - ours).norm() / ours.norm())
-        if args.peers is None or "parallax-triton-atomic" in args.peers:
-            checks["vs_split_grads_atomic"] = atomic_vs_split_grads(q, k, v, r, docs)
-        if reference is not None:
-            theirs = reference.parallax_attention_triton(q, k, v, r, causal=True, scale=d**-0.5,
-                                                         document_ids=docs).float()
-            checks["vs_reference_kernel"] = float((ours - theirs).norm() / theirs.norm())
-        result = {"shape": [b, h, hkv, n, d], **checks, "peers": {}}
-        if docs is not None:
-            result["documents"] = int(sum(int(row.unique_consecutive().numel()) for row in docs))
-        timed = {name: peer for name, peer in peers.items() if args.peers is None or name in args.peers}
-        for name, (fwds, boths, peak) in time_peers(timed, args.peer_rounds).items():
-            result["peers"][name] = peer_result(fwds, boths, peak, *flops(b, h, n, d, timed[name][0], docs))
-        del timed
-        if args.cute_variants:
-            result["cute_variants_fwd_ms"], result["cute_variants_rel_err"], result["cute_variants_fwd_ms_rounds"] = \
-                time_cute_variants(q, k, v, r, args.cute_variants, args.repeat)
-        if args.cute_backward_variants:
-            (result["cute_backward_variants_ms"], result["cute_backward_variants_rel_err"],
-             result["cute_backward_variants_ms_rounds"]) = time_cute_backward_variants(
-                q, k, v, r, args.cute_backward_variants, args.repeat)
-        rows.append(result)
-        torch.cuda.empty_cache()
-        print_shape(result)
+    sampler = GpuSamples(nvidia_smi_id(torch.cuda.current_device())) if args.gpu_samples else None
+    windows = []  # each shape's timings: (start, end) in time.time()
+    with sampler or contextlib.nullcontext():
+        for spec in args.shapes:
+            row, window = time_shape(spec, args, reference, dtype)
+            rows.append(row)
+            windows.append(window)
+    if sampler is not None:  # read once nvidia-smi has stopped and written all it sampled
+        print("\nGPU while timing (nvidia-smi every 100 ms; share of samples whose clocks the power cap or heat held):")
+        for row, (start, end) in zip(rows, windows):
+            row["gpu"] = sampler.summary(start, end)
+            print(f"{tuple(row['shape'])}: {describe(row['gpu'])}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=2)
+
+
+def time_shape(spec: str, args, reference, dtype) -> tuple[dict, tuple[float, float]]:
+    """One shape's correctness checks and timings (printed): the json's row, and when the timings began and
+    ended (time.time())."""
+    b, h, n, d = map(int, spec.split(","))
+    hkv = h // args.kv_ratio
+    docs = packed_documents(b, n, args.documents, "cuda") if args.documents else None
+    peers, (q, k, v, r) = make_peers(b, h, hkv, n, d, dtype, b * n <= args.torch_backend_max_tokens, reference,
+                                     docs)
+    check_requested(args.peers, peers)
+    # correctness in the same run: the fused kernel against fla's kernel (and the eager backend)
+    ours = parallax_attention(q, k, v, r, backend="triton", document_ids=docs).float()
+    checks = {}
+    if "fla-parallax" in peers:
+        from fla.ops.parallax import parallel_parallax
+
+        fla_out = parallel_parallax(*(x.transpose(1, 2).contiguous() for x in (q, r, k, v))).transpose(1, 2).float()
+        checks["vs_fla"] = float((ours - fla_out).norm() / fla_out.norm())
+    if "parallax-cute" in peers:
+        from parallax_kernels.parallax.cute_launch import parallax_attention_cute
+
+        cute_out = parallax_attention_cute(q, k, v, r, causal=True, scale=d**-0.5, document_ids=docs).float()
+        checks["vs_triton_cute"] = float((cute_out - ours).norm() / ours.norm())
+    if args.peers is None or "parallax-triton-atomic" in args.peers:
+        checks["vs_split_grads_atomic"] = atomic_vs_split_grads(q, k, v, r, docs)
+    if reference is not None:
+        theirs = reference.parallax_attention_triton(q, k, v, r, causal=True, scale=d**-0.5,
+                                                     document_ids=docs).float()
+        checks["vs_reference_kernel"] = float((ours - theirs).norm() / theirs.norm())
+    result = {"shape": [b, h, hkv, n, d], **checks, "peers": {}}
+    if docs is not None:
+        result["documents"] = int(sum(int(row.unique_consecutive().numel()) for row in docs))
+    timed = {name: peer for name, peer in peers.items() if args.peers is None or name in args.peers}
+    start = time.time()
+    for name, (fwds, boths, peak) in time_peers(timed, args.peer_rounds).items():
+        result["peers"][name] = peer_result(fwds, boths, peak, *flops(b, h, n, d, timed[name][0], docs))
+    del timed
+    if args.cute_variants:
+        result["cute_variants_fwd_ms"], result["cute_variants_rel_err"], result["cute_variants_fwd_ms_rounds"] = \
+            time_cute_variants(q, k, v, r, args.cute_variants, args.repeat)
+    if args.cute_backward_variants:
+        (result["cute_backward_variants_ms"], result["cute_backward_variants_rel_err"],
+         result["cute_backward_variants_ms_rounds"]) = time_cute_backward_variants(
+            q, k, v, r, args.cute_backward_variants, args.repeat)
+    end = time.time()
+    torch.cuda.empty_cache()
+    print_shape(result)
+    return result, (start, end)
 
 
 def time_cute_variants(q, k, v, r, names, repeat: int = 1) -> tuple[dict, dict, dict]:

@@ -1,0 +1,129 @@
+"""The GPU's SM clock, power draw and the reasons it gives for holding its clocks, sampled beside a benchmark.
+
+A Hopper board timed over and over runs at its power limit, with SM clocks that move from one 100 ms sample to the
+next, so a kernel's time depends on the clocks it met (docs/benchmarks.md, "Rounds at the power limit"). A
+benchmark that samples the GPU can say which it met:
+
+    with GpuSamples() as gpu:
+        ...                      # the timings, between time.time() stamps start and end
+    print(describe(gpu.summary(start, end)))
+
+`nvidia-smi --query-gpu=... -lms 100` runs beside the timings, writing to a file; its output is read once it has
+stopped (written to a file, its lines may wait in a buffer while it runs).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import shutil
+import statistics
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass
+from datetime import datetime
+
+QUERY = "timestamp,clocks.sm,power.draw,power.limit,clocks_event_reasons.active"
+# clocks_event_reasons bits (nvidia-smi --help-query-gpu)
+POWER_CAP = 0x4  # software power cap
+THERMAL = 0x20 | 0x40  # software and hardware thermal slowdown
+
+
+@dataclass
+class Sample:
+    time: float  # seconds since the epoch
+    sm_mhz: float
+    watts: float
+    limit_watts: float
+    reasons: int
+
+
+def parse(text: str) -> list[Sample]:
+    """Samples from `nvidia-smi --query-gpu=QUERY --format=csv,noheader,nounits` output; lines it could not
+    measure ("[N/A]", a header) are skipped."""
+    samples = []
+    for row in csv.reader(io.StringIO(text)):
+        if len(row) != 5:
+            continue
+        try:
+            stamp = datetime.strptime(row[0].strip(), "%Y/%m/%d %H:%M:%S.%f").timestamp()
+            samples.append(Sample(stamp, float(row[1]), float(row[2]), float(row[3]), int(row[4].strip(), 16)))
+        except ValueError:
+            continue
+    return samples
+
+
+def summarize(samples: list[Sample], start: float, end: float) -> dict:
+    """Statistics of the samples taken between start and end (time.time()): SM clock median, tenth percentile and
+    range (MHz), median power and the limit (W), and the share of samples held by the power cap or heat."""
+    inside = [s for s in samples if start <= s.time <= end]
+    if not inside:
+        return {"samples": 0}
+    clocks = sorted(s.sm_mhz for s in inside)
+    return {
+        "samples": len(inside),
+        "sm_mhz_median": statistics.median(clocks),
+        "sm_mhz_p10": clocks[int(0.1 * (len(clocks) - 1))],
+        "sm_mhz_min": clocks[0],
+        "sm_mhz_max": clocks[-1],
+        "watts_median": statistics.median(s.watts for s in inside),
+        "watts_limit": inside[-1].limit_watts,
+        "power_capped": sum(bool(s.reasons & POWER_CAP) for s in inside) / len(inside),
+        "thermal": sum(bool(s.reasons & THERMAL) for s in inside) / len(inside),
+    }
+
+
+def describe(stats: dict) -> str:
+    """One line for a benchmark's log."""
+    if not stats.get("samples"):
+        return "GPU while timing: no samples"
+    return (f"GPU while timing ({stats['samples']} samples): SM clock median {stats['sm_mhz_median']:.0f} MHz "
+            f"(10th percentile {stats['sm_mhz_p10']:.0f}, range {stats['sm_mhz_min']:.0f}-{stats['sm_mhz_max']:.0f}), "
+            f"power median {stats['watts_median']:.0f} W of {stats['watts_limit']:.0f}, held by the power cap in "
+            f"{100 * stats['power_capped']:.0f}% of samples, by heat in {100 * stats['thermal']:.0f}%")
+
+
+def nvidia_smi_id(device: int) -> str:
+    """nvidia-smi's name for CUDA device `device` of this process: its entry in CUDA_VISIBLE_DEVICES (an index or a
+    UUID, both of which nvidia-smi --id takes) where that is set, else the index itself."""
+    visible = [x.strip() for x in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if x.strip()]
+    return visible[device] if device < len(visible) else str(device)
+
+
+class GpuSamples:
+    """Samples the GPU nvidia-smi calls `gpu` every `interval_ms` while the block runs."""
+
+    def __init__(self, gpu: str = "0", interval_ms: int = 100):
+        if shutil.which("nvidia-smi") is None:
+            raise SystemExit("--gpu-samples: nvidia-smi is not on PATH; it samples the GPU's clocks and power")
+        self.command = ["nvidia-smi", f"--id={gpu}", f"--query-gpu={QUERY}", "--format=csv,noheader,nounits",
+                        "-lms", str(interval_ms)]
+        self.samples: list[Sample] = []
+        self._proc = None
+
+    def __enter__(self) -> GpuSamples:
+        fd, self._path = tempfile.mkstemp(suffix=".csv")
+        os.close(fd)
+        with open(self._path, "a") as out:  # the child keeps its own descriptor, appending
+            self._proc = subprocess.Popen(self.command, stdout=out, stderr=subprocess.STDOUT,
+                                          stdin=subprocess.DEVNULL)
+        time.sleep(0.3)  # its first sample
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._proc.terminate()
+        self._proc.wait(timeout=10)
+        self.samples = self.read()
+        os.unlink(self._path)
+
+    def read(self) -> list[Sample]:
+        with open(self._path) as f:
+            return parse(f.read())
+
+    def summary(self, start: float, end: float) -> dict:
+        """summarize() of the samples between start and end; after the block has ended."""
+        if self._proc is None or self._proc.returncode is None:
+            raise RuntimeError("GpuSamples.summary: the samples are read once the block has ended")
+        return summarize(self.samples, start, end)
