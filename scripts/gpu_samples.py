@@ -113,14 +113,17 @@ class GpuSamples:
         return self
 
     def __exit__(self, *exc) -> None:
-        self._proc.terminate()
+        stopped = self._proc.poll() is not None  # on its own: e.g. a driver without one of the QUERY fields
+        if not stopped:
+            self._proc.terminate()
         self._proc.wait(timeout=10)
-        self.samples = self.read()
-        os.unlink(self._path)
-
-    def read(self) -> list[Sample]:
         with open(self._path) as f:
-            return parse(f.read())
+            text = f.read()
+        os.unlink(self._path)
+        if stopped and exc[0] is None:
+            raise RuntimeError(f"--gpu-samples: `{' '.join(self.command)}` stopped with status "
+                               f"{self._proc.returncode} while the timings ran: {text.strip()[:400]}")
+        self.samples = parse(text)
 
     def summary(self, start: float, end: float) -> dict:
         """summarize() of the samples between start and end; after the block has ended."""

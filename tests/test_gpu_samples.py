@@ -71,3 +71,13 @@ def test_without_nvidia_smi_the_flag_is_refused_by_name(monkeypatch, tmp_path):
     monkeypatch.setenv("PATH", str(tmp_path))
     with pytest.raises(SystemExit, match="--gpu-samples: nvidia-smi is not on PATH"):
         GpuSamples()
+
+
+def test_an_nvidia_smi_that_stops_on_its_own_is_an_error_with_its_words(tmp_path, monkeypatch):
+    fake = tmp_path / "nvidia-smi"
+    fake.write_text('#!/bin/bash\necho \'Field "clocks_event_reasons.active" is not a valid field to query.\'\nexit 2\n')
+    fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
+    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
+    with pytest.raises(RuntimeError, match=r"stopped with status 2 .*not a valid field"):
+        with GpuSamples():
+            time.sleep(0.2)
