@@ -46,8 +46,8 @@ the same clocks, where single timings a few seconds apart can differ by more tha
 does the same for the peers' table, so that the ratios to cuDNN's softmax are of medians of timings taken in turn.
 The table's backward alone is each round's fwd+bwd time minus that round's fwd time (their median over rounds).
 --gpu-samples runs nvidia-smi beside the timings (scripts/gpu_samples.py) and reports, per shape, the SM clock and
-power the timings met and how often the power cap or heat held the clocks: a Hopper board timed over and over runs
-at its power limit.
+power of the samples taken during its do_bench calls and how often the power cap or heat held the clocks: a Hopper
+board timed over and over runs at its power limit.
 """
 
 from __future__ import annotations
@@ -210,13 +210,18 @@ def time_peers(peers: dict, rounds: int = 1) -> dict:
             for name, (_, fwd_bwd, inputs) in steps.items()}
 
 
+TIMINGS: list[tuple[float, float]] = []  # (start, end) in time.time() of every timing: what --gpu-samples reads
+
+
 def in_rounds(benches: dict, rounds: int) -> dict:
     """Times (ms) of each bench (key -> (fn, tensors whose grads do_bench clears)) in `rounds` rounds, one timing of
     each a round, in turn: key -> the list of its timings."""
     times = {key: [] for key in benches}
     for _ in range(rounds):
         for key, (fn, grads) in benches.items():
+            start = time.time()
             times[key].append(do_bench(fn, warmup=10, rep=50, grad_to_none=grads, return_mode="median"))
+            TIMINGS.append((start, time.time()))  # do_bench returns once the GPU is done
     return times
 
 
@@ -317,25 +322,25 @@ def main() -> None:
           f"{packing}")
     rows = []
     sampler = GpuSamples(nvidia_smi_id(torch.cuda.current_device())) if args.gpu_samples else None
-    windows = []  # each shape's timings: (start, end) in time.time()
+    timings = []  # each shape's timings: their (start, end) pairs
     with sampler or contextlib.nullcontext():
         for spec in args.shapes:
-            row, window = time_shape(spec, args, reference, dtype)
-            rows.append(row)
-            windows.append(window)
-    if sampler is not None:  # read once nvidia-smi has stopped and written all it sampled
-        print("\nGPU while timing (nvidia-smi every 100 ms; share of samples whose clocks the power cap or heat held):")
-        for row, (start, end) in zip(rows, windows):
-            row["gpu"] = sampler.summary(start, end)
+            first = len(TIMINGS)
+            rows.append(time_shape(spec, args, reference, dtype))
+            timings.append(TIMINGS[first:])
+    if sampler is not None:  # read once nvidia-smi has stopped
+        print("\nGPU during the timings (nvidia-smi every 100 ms; the share of samples whose clocks the power cap or "
+              "heat held):")
+        for row, windows in zip(rows, timings):
+            row["gpu"] = sampler.summary(windows)
             print(f"{tuple(row['shape'])}: {describe(row['gpu'])}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=2)
 
 
-def time_shape(spec: str, args, reference, dtype) -> tuple[dict, tuple[float, float]]:
-    """One shape's correctness checks and timings (printed): the json's row, and when the timings began and
-    ended (time.time())."""
+def time_shape(spec: str, args, reference, dtype) -> dict:
+    """One shape's correctness checks and timings (printed), as the json's row."""
     b, h, n, d = map(int, spec.split(","))
     hkv = h // args.kv_ratio
     docs = packed_documents(b, n, args.documents, "cuda") if args.documents else None
@@ -365,7 +370,6 @@ def time_shape(spec: str, args, reference, dtype) -> tuple[dict, tuple[float, fl
     if docs is not None:
         result["documents"] = int(sum(int(row.unique_consecutive().numel()) for row in docs))
     timed = {name: peer for name, peer in peers.items() if args.peers is None or name in args.peers}
-    start = time.time()
     for name, (fwds, boths, peak) in time_peers(timed, args.peer_rounds).items():
         result["peers"][name] = peer_result(fwds, boths, peak, *flops(b, h, n, d, timed[name][0], docs))
     del timed
@@ -376,10 +380,9 @@ def time_shape(spec: str, args, reference, dtype) -> tuple[dict, tuple[float, fl
         (result["cute_backward_variants_ms"], result["cute_backward_variants_rel_err"],
          result["cute_backward_variants_ms_rounds"]) = time_cute_backward_variants(
             q, k, v, r, args.cute_backward_variants, args.repeat)
-    end = time.time()
     torch.cuda.empty_cache()
     print_shape(result)
-    return result, (start, end)
+    return result
 
 
 def time_cute_variants(q, k, v, r, names, repeat: int = 1) -> tuple[dict, dict, dict]:

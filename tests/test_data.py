@@ -168,7 +168,8 @@ def test_an_unreachable_hub_source_names_the_settings_to_change(monkeypatch):
         raise ConnectionError("Couldn't reach 'openbmb/Ultra-FineWeb' on the Hub (LocalEntryNotFoundError)")
 
     monkeypatch.setattr(text, "load_dataset", offline)
-    with pytest.raises(ConnectionError, match=r"openbmb/Ultra-FineWeb is a hub id .*--training\.dataset_path"):
+    with pytest.raises(ConnectionError, match=r"openbmb/Ultra-FineWeb is a hub id .*--training\.dataset_path .*"
+                                              r"--validation\.dataset_path, or scripts/prepare_data\.py --source"):
         load_text_dataset("openbmb/Ultra-FineWeb")
 
 

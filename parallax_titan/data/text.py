@@ -135,12 +135,12 @@ def load_text_dataset(path: str, split: str = "en", streaming: bool = True):
     else:
         try:
             ds = load_dataset(path, split=split, streaming=streaming)
-        except ConnectionError as err:  # `datasets` names the hub id, not the setting that chose it
+        except ConnectionError as err:  # `datasets` names the hub id, not the settings that can replace it
             raise ConnectionError(
-                f"dataset {path} is a hub id (a dataset_path, or the default path of a `dataset` name in [training] "
-                f"or [validation]) and the hub cannot be reached: {err}. Set [training] dataset_path "
-                "(--training.dataset_path) to local data, e.g. a shard folder of scripts/prepare_data.py, which "
-                "[validation] then follows (docs/data.md)") from err
+                f"dataset {path} is a hub id and the hub cannot be reached: {err}. Offline, name local data (a "
+                "shard folder of scripts/prepare_data.py, or parquet/jsonl files) where the hub id came from: "
+                "--training.dataset_path (also the default of --validation.dataset_path, docs/data.md), "
+                "--validation.dataset_path, or scripts/prepare_data.py --source") from err
     # a streamed dataset may not know its columns up front (None): then the first row will tell
     if ds.column_names is not None and TEXT_COLUMN not in ds.column_names:
         raise ValueError(
